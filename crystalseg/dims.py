@@ -1,0 +1,17 @@
+"""Dimension and variable names shared by every stage (defined once, imported everywhere)."""
+
+from __future__ import annotations
+
+TIME = "time"
+Y = "y"
+X = "x"
+PARTICLE = "particle"
+SIZE_BIN = "size_bin"
+
+FRAME_DIMS = (TIME, Y, X)
+
+IMAGE = "image"
+MASK = "mask"
+
+#: Class codes used by synthetic ground truth and the default model.
+DEFAULT_CODES = ("background", "crystal")

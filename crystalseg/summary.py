@@ -1,0 +1,70 @@
+"""Short plain-text summaries of a run store for the terminal."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:g} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.2f} h"
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000:
+            return f"{n:.0f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def format_run_info(info: dict[str, Any]) -> str:
+    """Text of ``crystalseg info`` from :func:`crystalseg.store.describe_run`'s dict."""
+    lines = [info["path"]]
+    lines.append(f"  frames       {info['frames']} (chunks of {info['frames_per_chunk']})")
+    lines.append(
+        f"  frame size   {info['height_px']} x {info['width_px']} px (y x), {info['dtype']}"
+    )
+    if info["frames"] > 1:
+        span = info["time_end_s"] - info["time_start_s"]
+        lines.append(
+            f"  time         {info['time_start_s']:g} to {info['time_end_s']:g} s "
+            f"({_duration(span)}), median interval {info['median_interval_s']:g} s; "
+            f"from {info['time_source']}"
+        )
+    else:
+        lines.append(f"  time         one frame; from {info['time_source']}")
+    if info["pixel_size_um"] is None:
+        lines.append("  pixel size   unknown: sizes are reported in px (set it with --pixel-size)")
+    else:
+        fy, fx = info["field_um"]
+        lines.append(f"  pixel size   {info['pixel_size_um']:g} um (field {fy:.0f} x {fx:.0f} um)")
+    source = info["source"]
+    if isinstance(source, dict) and source.get("description"):
+        lines.append(f"  source       {source['description']}")
+    if info["stages"]:
+        for name, stage in info["stages"].items():
+            status = stage.get("status", "?")
+            if status == "finished":
+                text = f"finished {stage.get('finished', '')}"
+            else:
+                text = (
+                    f"INCOMPLETE ({stage.get('frames_done', 0)} of "
+                    f"{stage.get('frames_total', '?')} frames); rerun to resume"
+                )
+            lines.append(f"  {name:<12} {text}")
+    for stage in ("segment", "measure"):
+        if stage not in info["stages"]:
+            lines.append(f"  {stage:<12} not run")
+    extra = [a for a in info["arrays"] if a not in ("image", "time")] + info["groups"]
+    if extra:
+        lines.append(f"  contents     {', '.join(extra)}")
+    ratio = info["compression_ratio"]
+    lines.append(
+        f"  on disk      {_bytes(info['bytes_on_disk'])}"
+        + (f" (compression {ratio:.2f}x)" if ratio else "")
+    )
+    return "\n".join(lines)
