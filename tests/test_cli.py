@@ -1,0 +1,151 @@
+"""The command line: exit codes, one-line errors, and that commands leave real results."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import xarray as xr
+from click.testing import CliRunner
+from PIL import Image
+
+from crystalseg.cli import cli
+from crystalseg.store import describe_run, open_run
+
+
+def run(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, ["-q", *args])
+    return result.exit_code, result.output
+
+
+def assert_one_line_error(code: int, output: str, *needles: str) -> None:
+    assert code != 0
+    lines = [line for line in output.strip().splitlines() if line]
+    assert len(lines) == 1, output
+    assert lines[0].startswith("Error: "), output
+    assert "Traceback" not in output
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_import_tiff_then_info(tmp_path: Path, rng: np.random.Generator) -> None:
+    frames = rng.integers(0, 4000, (7, 30, 40), dtype=np.uint16)
+    tifffile.imwrite(
+        tmp_path / "s.tif",
+        frames,
+        imagej=True,
+        resolution=(2.0, 2.0),
+        metadata={"unit": "um", "finterval": 3.0, "axes": "TYX"},
+    )
+    code, out = run("import", str(tmp_path / "s.tif"), str(tmp_path / "r.zarr"))
+    assert code == 0, out
+    ds = open_run(tmp_path / "r.zarr")
+    np.testing.assert_array_equal(ds["image"].values, frames)
+    np.testing.assert_allclose(ds["time"].values, np.arange(7) * 3.0)
+    assert ds.attrs["pixel_size_um"] == pytest.approx(0.5)
+    assert "7 (chunks of" in out and "0.5 um" in out and "ImageJ finterval" in out
+
+    code, out = run("info", str(tmp_path / "r.zarr"))
+    assert code == 0 and "30 x 40 px" in out and "import       finished" in out
+
+
+def test_import_overrides_and_folder_sort(tmp_path: Path) -> None:
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in (10, 2, 1):
+        Image.fromarray(np.full((8, 9), i, np.uint8)).save(folder / f"frame{i}.png")
+    code, out = run(
+        "import", str(folder), str(tmp_path / "r.zarr"), "--interval", "5", "--pixel-size", "1.25"
+    )
+    assert code == 0, out
+    ds = xr.open_zarr(tmp_path / "r.zarr")
+    assert ds["image"].values[:, 0, 0].tolist() == [1, 2, 10]
+    assert ds["time"].values.tolist() == [0.0, 5.0, 10.0]
+    assert ds.attrs["pixel_size_um"] == 1.25
+
+
+@pytest.mark.filterwarnings("always::crystalseg.errors.CrystalsegWarning")
+def test_import_without_times_warns_and_assumes_one_second(tmp_path: Path) -> None:
+    np.save(tmp_path / "s.npy", np.zeros((3, 4, 4), np.uint8))
+    result = CliRunner().invoke(
+        cli, ["-q", "import", str(tmp_path / "s.npy"), str(tmp_path / "r.zarr")]
+    )
+    assert result.exit_code == 0
+    assert "--interval" in result.output
+    assert describe_run(tmp_path / "r.zarr")["time_source"].startswith("assumed 1 s")
+
+
+def test_bad_inputs_give_one_line_errors(tmp_path: Path) -> None:
+    assert_one_line_error(
+        *run("import", str(tmp_path / "missing.tif"), str(tmp_path / "r.zarr")), "missing.tif"
+    )
+    (tmp_path / "notes.tif").write_text("not an image")
+    assert_one_line_error(*run("import", str(tmp_path / "notes.tif"), str(tmp_path / "r.zarr")))
+    (tmp_path / "empty").mkdir()
+    assert_one_line_error(*run("import", str(tmp_path / "empty"), str(tmp_path / "r.zarr")))
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(mixed / "a1.png")
+    Image.fromarray(np.zeros((9, 8), np.uint8)).save(mixed / "a2.png")
+    assert_one_line_error(*run("import", str(mixed), str(tmp_path / "r.zarr")), "a2.png")
+    np.save(tmp_path / "four.npy", np.zeros((2, 3, 5, 6), np.uint8))
+    assert_one_line_error(*run("import", str(tmp_path / "four.npy"), str(tmp_path / "r.zarr")))
+    assert_one_line_error(*run("info", str(tmp_path / "nothing.zarr")), "does not exist")
+    assert_one_line_error(
+        *run("import", str(tmp_path / "four.npy"), str(tmp_path / "r.zarr"), "--pixel-size", "-1")
+    )
+    # none of the failed imports left a store behind that looks complete
+    assert not (tmp_path / "r.zarr").exists()
+
+
+def test_existing_store_is_kept_without_overwrite(tmp_path: Path) -> None:
+    np.save(tmp_path / "a.npy", np.full((2, 4, 4), 7, np.uint8))
+    np.save(tmp_path / "b.npy", np.full((3, 4, 4), 9, np.uint8))
+    assert (
+        run("import", str(tmp_path / "a.npy"), str(tmp_path / "r.zarr"), "--interval", "1")[0] == 0
+    )
+    code, out = run("import", str(tmp_path / "b.npy"), str(tmp_path / "r.zarr"), "--interval", "1")
+    assert_one_line_error(code, out, "--overwrite")
+    assert open_run(tmp_path / "r.zarr")["image"].values.max() == 7  # nothing lost
+    code, _ = run(
+        "import",
+        str(tmp_path / "b.npy"),
+        str(tmp_path / "r.zarr"),
+        "--interval",
+        "1",
+        "--overwrite",
+    )
+    assert code == 0 and open_run(tmp_path / "r.zarr")["image"].values.max() == 9
+
+
+def test_synth_writes_run_with_truth_and_pairs(tmp_path: Path) -> None:
+    code, out = run(
+        "synth",
+        str(tmp_path / "s.zarr"),
+        "--frames",
+        "3",
+        "--size",
+        "96",
+        "128",
+        "--seed",
+        "3",
+        "--scenario",
+        "clear",
+        "--pairs",
+        str(tmp_path / "pairs"),
+    )
+    assert code == 0, out
+    ds = open_run(tmp_path / "s.zarr")
+    assert ds["image"].shape == (3, 96, 128)
+    truth = xr.open_zarr(tmp_path / "s.zarr", group="truth")
+    assert truth["labels"].shape == (3, 96, 128)
+    np.testing.assert_array_equal(truth["mask"].values > 0, truth["labels"].values > 0)
+    assert sorted(p.name for p in (tmp_path / "pairs").iterdir())[:2] == ["0.png", "0_mask.png"]
+
+
+def test_synth_unknown_scenario(tmp_path: Path) -> None:
+    assert_one_line_error(
+        *run("synth", str(tmp_path / "s.zarr"), "--scenario", "crowdd"), "crowded"
+    )
