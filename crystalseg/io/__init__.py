@@ -1,0 +1,113 @@
+"""Readers that open a recording as grey frames ``(time, y, x)``, whatever its format.
+
+:func:`open_source` looks at a path and picks the reader:
+
+======================================  ==========================================
+path                                    reader
+======================================  ==========================================
+TIFF file (plain, OME-TIFF, ImageJ)     :class:`~crystalseg.io.tiff.TiffSource`
+folder of PNG/BMP/TIFF/JPEG frames      :class:`~crystalseg.io.folder.FolderSource`
+glob pattern (``run1/*.png``)           :class:`~crystalseg.io.folder.FolderSource`
+one PNG/BMP/JPEG image                  :class:`~crystalseg.io.folder.FolderSource`
+zarr array / group / OME-Zarr image     :class:`~crystalseg.io.zarr_source.ZarrSource`
+``.npy`` array                          :class:`~crystalseg.io.npy.NpySource`
+======================================  ==========================================
+
+Every reader is a :class:`~crystalseg.io.base.FrameSource`; colour becomes grey
+by :func:`~crystalseg.io.base.to_grey`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from crystalseg.errors import ConfigError, InputNotFoundError, UnsupportedInputError
+from crystalseg.io.base import FrameSource, TimeSource, to_grey
+from crystalseg.io.folder import IMAGE_SUFFIXES, FolderSource
+from crystalseg.io.npy import NpySource
+from crystalseg.io.tiff import TiffSource
+from crystalseg.io.zarr_source import ZarrSource, is_zarr_dir
+
+__all__ = [
+    "FolderSource",
+    "FrameSource",
+    "NpySource",
+    "TiffSource",
+    "TimeSource",
+    "ZarrSource",
+    "open_source",
+    "to_grey",
+]
+
+logger = logging.getLogger(__name__)
+
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+_NPY_MAGIC = b"\x93NUMPY"
+_IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"BM")
+_GLOB_CHARS = "*?["
+_EXPECTED = "a TIFF stack, an image folder or glob pattern, a zarr/OME-Zarr store or a .npy file"
+
+
+def open_source(path: str | Path, *, channel: int | None = None) -> FrameSource:
+    """Open a recording for streaming, choosing the reader by what ``path`` is.
+
+    Parameters
+    ----------
+    path : str or Path
+        A TIFF/OME-TIFF/ImageJ TIFF file; a folder of images or a glob pattern
+        (``"run1/*.png"``); one PNG/BMP/JPEG image; a zarr array, a zarr group
+        holding one array, or an OME-Zarr image (v0.4 or v0.5); a ``.npy`` file.
+        The file's content decides, not only its extension.
+    channel : int or None
+        Channel (or RGB sample) to keep when frames have several; None turns
+        RGB(A) into grey by :func:`to_grey` and rejects other multi-channel data.
+
+    Returns
+    -------
+    FrameSource
+        Opened source; use it as a context manager, or call ``close()``.
+
+    Raises
+    ------
+    InputNotFoundError
+        ``path`` does not exist, or the glob pattern matches no file.
+    UnsupportedInputError
+        ``path`` exists but is not a recording crystalseg reads, or its layout
+        has no single time axis (the message names the shape and the fix).
+    FrameMismatchError
+        Files of a folder differ in size or pixel mode.
+    """
+    if channel is not None and (isinstance(channel, bool) or not isinstance(channel, int)):
+        raise ConfigError(f"channel must be an integer index; got {channel!r}. Pass --channel 0.")
+    text = str(path)
+    p = Path(path).expanduser()
+    if not p.exists():
+        if any(c in text for c in _GLOB_CHARS):
+            return FolderSource.from_glob(text, channel=channel)
+        raise InputNotFoundError(f"'{text}' does not exist; expected {_EXPECTED}. Check the path.")
+    p = Path(os.path.abspath(p))  # provenance names absolute paths, symlinks kept
+    if p.is_dir():
+        if is_zarr_dir(p):
+            return ZarrSource(p, channel=channel)
+        return FolderSource.from_folder(p, channel=channel)
+    if p.name in ("zarr.json", ".zarray", ".zgroup", ".zattrs"):
+        return ZarrSource(p.parent, channel=channel)
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(8)
+    except OSError as exc:
+        raise UnsupportedInputError(
+            f"'{text}' cannot be read ({exc}); check its permissions."
+        ) from exc
+    if head.startswith(_TIFF_MAGIC):
+        return TiffSource(p, channel=channel)
+    if head.startswith(_NPY_MAGIC):
+        return NpySource(p, channel=channel)
+    if head.startswith(_IMAGE_MAGIC) or p.suffix.lower() in IMAGE_SUFFIXES:
+        return FolderSource.from_file(p, channel=channel)
+    raise UnsupportedInputError(
+        f"'{text}' is not a format crystalseg reads (starts with bytes {head[:8]!r}); expected "
+        f"{_EXPECTED}. Export the recording as a multi-page TIFF."
+    )
