@@ -129,6 +129,27 @@ def _open_group(path: str | Path, mode: str = "r") -> zarr.Group:
         ) from exc
 
 
+def _attrs(node: zarr.Group | zarr.Array) -> dict[str, Any]:
+    """Attributes of a zarr node as a plain dict (zarr types them as JSON unions)."""
+    return dict(node.attrs.asdict())
+
+
+def _provenance(node: zarr.Group) -> dict[str, Any]:
+    value: Any = _attrs(node).get(PROVENANCE_KEY) or {}
+    return dict(value)
+
+
+def get_array(group: zarr.Group, name: str, path: str | Path = "") -> zarr.Array:
+    """Array ``name`` of a store's group, or a :class:`RunFormatError` saying it is missing."""
+    try:
+        node = group[name]
+    except KeyError as exc:
+        raise RunFormatError(f"run store '{path}' has no array '{name}'") from exc
+    if not isinstance(node, zarr.Array):
+        raise RunFormatError(f"'{name}' in run store '{path}' is a group, not an array")
+    return node
+
+
 def read_run_attrs(path: str | Path) -> dict[str, Any]:
     """Root attributes of a run store, after checking that this crystalseg can read it.
 
@@ -140,7 +161,7 @@ def read_run_attrs(path: str | Path) -> dict[str, Any]:
         Not a zarr group, not written by crystalseg, or by a newer format version.
     """
     group = _open_group(path)
-    attrs = dict(group.attrs)
+    attrs = _attrs(group)
     found = attrs.get(FORMAT_KEY)
     if found is None:
         raise RunFormatError(
@@ -233,7 +254,7 @@ class StageProgress:
 
 def _update_stage(path: Path, stage: str, **fields: Any) -> None:
     group = _open_group(path, "r+")
-    provenance = dict(group.attrs.get(PROVENANCE_KEY, {}))
+    provenance = _provenance(group)
     stages = dict(provenance.get("stages", {}))
     info = dict(stages.get(stage, {}))
     info.update(_jsonable(fields))
@@ -268,7 +289,7 @@ def begin_stage(
     path = Path(path)
     group = _open_group(path, "r+")
     settings = _jsonable(dict(settings))
-    previous = dict(group.attrs.get(PROVENANCE_KEY, {})).get("stages", {}).get(stage)
+    previous = _provenance(group).get("stages", {}).get(stage)
     arr = _progress_array(group, stage)
     resumable = (
         not restart
@@ -327,8 +348,7 @@ class RunWriter:
         self.progress = progress
         self.frames_per_chunk = progress.frames_per_chunk
         self._group = _open_group(path, "r+")
-        self._image = self._group[IMAGE]
-        assert isinstance(self._image, zarr.Array)
+        self._image = get_array(self._group, IMAGE, path)
         self.shape: tuple[int, int, int] = tuple(self._image.shape)  # type: ignore[assignment]
 
     def write_frames(self, start: int, frames: np.ndarray) -> None:
@@ -463,11 +483,11 @@ def create_run(
         raise ValueError(f"pixel_size_um must be a positive number or None, got {pixel_size_um}")
     fpc = int(frames_per_chunk or default_frames_per_chunk((ny, nx), dtype.itemsize))
     fpc = max(1, min(fpc, n))
-    settings = dict(settings or {})
-    source = _jsonable(dict(source))
+    stage_settings: dict[str, Any] = dict(settings or {})
+    source_json: dict[str, Any] = _jsonable(dict(source))
 
     if path.exists() and not overwrite:
-        writer = _resume_run(path, stage, settings, source, (n, ny, nx), dtype, fpc)
+        writer = _resume_run(path, stage, stage_settings, source_json, (n, ny, nx), dtype, fpc)
         if writer is not None:
             return writer
     if path.exists():
@@ -509,12 +529,12 @@ def create_run(
             PROVENANCE_KEY: {
                 "created": _now(),
                 "crystalseg_version": crystalseg_version(),
-                "source": source,
+                "source": source_json,
                 "stages": {},
             },
         }
     )
-    progress = begin_stage(path, stage, settings=settings, n_frames=n, frames_per_chunk=fpc)
+    progress = begin_stage(path, stage, settings=stage_settings, n_frames=n, frames_per_chunk=fpc)
     return RunWriter(path, progress)
 
 
@@ -537,7 +557,7 @@ def _resume_run(
         )
     attrs = read_run_attrs(path)
     info = attrs.get(PROVENANCE_KEY, {}).get("stages", {}).get(stage, {})
-    image = _open_group(path)[IMAGE]
+    image = get_array(_open_group(path), IMAGE, path)
     same = (
         info.get("status") == "running"
         and info.get("settings") == _jsonable(settings)
@@ -645,7 +665,7 @@ def read_table(path: str | Path, group: str) -> pd.DataFrame:
         raise RunFormatError(f"run store '{path}' has no table '{group}'") from exc
     if not isinstance(node, zarr.Group):
         raise RunFormatError(f"'{group}' in '{path}' is an array, not a table")
-    order = node.attrs.get("columns")
+    order = _attrs(node).get("columns")
     columns = {name: _column(arr) for name, arr in node.arrays()}
     if order:
         columns = {name: columns[name] for name in order if name in columns}
@@ -666,8 +686,9 @@ def describe_run(path: str | Path) -> dict[str, Any]:
     """
     attrs = read_run_attrs(path)
     group = _open_group(path)
-    image = group[IMAGE]
-    time = np.asarray(group[TIME][:]) if TIME in group else np.zeros(0)
+    image = get_array(group, IMAGE, path)
+    time_arr = get_array(group, TIME, path)
+    time = np.asarray(time_arr[:])
     n, ny, nx = (int(v) for v in image.shape)
     pixel = attrs.get("pixel_size_um")
     provenance = attrs.get(PROVENANCE_KEY, {})
@@ -684,7 +705,7 @@ def describe_run(path: str | Path) -> dict[str, Any]:
         "time_start_s": float(time[0]) if n else None,
         "time_end_s": float(time[-1]) if n else None,
         "median_interval_s": float(np.median(intervals)) if len(intervals) else None,
-        "time_source": group[TIME].attrs.get("source", "unknown") if TIME in group else None,
+        "time_source": _attrs(time_arr).get("source", "unknown"),
         "pixel_size_um": pixel,
         "field_um": None if pixel is None else (ny * pixel, nx * pixel),
         "source": provenance.get("source", {}),

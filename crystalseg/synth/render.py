@@ -1,0 +1,774 @@
+"""Bright-field rendering of a synthetic run, frame by frame, with exact ground truth.
+
+Image formation (``polarity="dark"``, transmitted bright field)::
+
+    image = illumination * window * gain_t * exp(-contrast * sum_i OD_i)
+
+where each crystal adds an optical density patch ``OD_i`` rendered on its own
+bounding box plus a margin: interior body density, facet shading of a bevel
+(the faces between the outline and an inset outline), dark facet lines along
+the inset and the spokes between facets, a dark rim band at the edge, an
+optional bright halo (negative density) outside, a few inclusions, all blurred
+by a Gaussian whose sigma grows with the crystal's distance from the focal
+plane. Summing densities multiplies transmissions. Bubbles add a thick dark
+annulus with a bright centre. ``window`` holds stationary dust and smudges;
+``illumination`` a gradient, vignetting and a faint low-frequency texture. The
+``"bright"`` polarity (reflected light, as in in-line probes) instead maps
+``1 - exp(-OD)`` onto a dark background. Then a small optical blur, a camera
+gamma, a sensor gain pattern, Poisson-Gaussian noise, quantisation and, for some
+runs, a JPEG round trip.
+
+Every look parameter is drawn per run (:class:`Appearance`) and per crystal
+from the seed; frame t's noise and lamp flicker come from a generator seeded by
+``(seed, t)``, so frames render in any order with identical pixels.
+
+Ground truth is purely geometric: a pixel belongs to a crystal when its centre
+lies inside the crystal's polygon; where polygons overlap the crystal in front
+(the larger ``z_order``) owns it. Bubbles are background.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import logging
+import math
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from scipy import ndimage, special
+
+from crystalseg.errors import ConfigError
+from crystalseg.synth.population import (
+    STREAM_APPEARANCE,
+    STREAM_FRAME,
+    STREAM_WINDOW,
+    Population,
+    build_population,
+    stream,
+)
+from crystalseg.synth.scenarios import HABITS, SynthConfig
+
+log = logging.getLogger(__name__)
+
+F32 = np.float32
+#: Pixel box (y0, y1, x0, x1), end-exclusive, inside the frame.
+Box = tuple[int, int, int, int]
+#: Largest total brightening (negative optical density) of overlapping halos.
+HALO_LIMIT = 0.35
+#: Least optical density (after blur) that keeps a labelled crystal visible.
+MIN_VISIBLE_OD = 0.12
+
+#: Columns of the per-frame crystal table and their units (micrometre columns are
+#: added when the run is calibrated).
+CRYSTAL_UNITS: dict[str, str] = {
+    "frame": "1",
+    "time_s": "s",
+    "id": "1",
+    "habit": "1",
+    "agglomerate": "1",
+    "area_px": "px^2",
+    "ecd_px": "px",
+    "length_px": "px",
+    "width_px": "px",
+    "polygon_area_px": "px^2",
+    "centroid_x_px": "px",
+    "centroid_y_px": "px",
+    "orientation_deg": "deg",
+    "touches_edge": "1",
+    "occluded_fraction": "1",
+    "blur_px": "px",
+}
+UM_COLUMNS: dict[str, tuple[str, str, int]] = {
+    # name: (pixel column, units, power of the pixel size)
+    "area_um2": ("area_px", "um^2", 2),
+    "ecd_um": ("ecd_px", "um", 1),
+    "length_um": ("length_px", "um", 1),
+    "width_um": ("width_px", "um", 1),
+    "polygon_area_um2": ("polygon_area_px", "um^2", 2),
+}
+DISTRACTOR_UNITS: dict[str, str] = {
+    "frame": "1",
+    "time_s": "s",
+    "id": "1",
+    "kind": "1",
+    "x_px": "px",
+    "y_px": "px",
+    "radius_px": "px",
+    "touches_edge": "1",
+}
+
+
+# --------------------------------------------------------------------------- appearance
+
+
+@dataclass(frozen=True)
+class Appearance:
+    """The look of one run, drawn from its seed (all intensities are fractions of full scale).
+
+    Attributes
+    ----------
+    polarity : ``"dark"`` crystals darker than the background (transmitted light) or
+        ``"bright"`` crystals brighter than a dark background (reflected light)
+    background : mean background level
+    bright_gain : brightness of a fully opaque crystal over the background (bright polarity)
+    contrast : factor on every optical density
+    body_od : range of the interior optical density of a crystal (negative: lensing, brighter)
+    rim_od, rim_width_px : dark band at the crystal edge
+    facet_od : shading amplitude of the bevel facets (by the angle to ``light_angle``)
+    line_od, line_width_px : internal facet lines
+    halo_od, halo_width_px : bright halo outside the edge (grows with defocus)
+    light_angle : direction the light comes from (radians)
+    inclusion_prob : probability that a crystal carries dark inclusions
+    focus_blur_px, defocus_blur_px : Gaussian sigma in focus and the extra at depth 1
+    psf_px : blur of the whole image by the optics
+    gradient, gradient_angle, vignetting, texture : uneven illumination
+    dust_per_mpx, smudges_per_mpx : stationary dirt on the window
+    photons : photo-electrons at full scale (shot noise); read_noise : Gaussian sigma
+    gamma : camera response exponent; flicker : RMS frame-to-frame lamp fluctuation
+    prnu : RMS row and column gain pattern of the sensor
+    jpeg_quality : 0, or the quality of a JPEG round trip (8-bit runs only), as in
+        recordings saved as JPEG
+    bit_depth : significant bits of a ``uint16`` run (12-bit cameras fill 0..4095)
+    """
+
+    polarity: Literal["dark", "bright"]
+    background: float
+    bright_gain: float
+    contrast: float
+    body_od: tuple[float, float]
+    rim_od: float
+    rim_width_px: float
+    facet_od: float
+    line_od: float
+    line_width_px: float
+    halo_od: float
+    halo_width_px: float
+    light_angle: float
+    inclusion_prob: float
+    focus_blur_px: float
+    defocus_blur_px: float
+    psf_px: float
+    gradient: float
+    gradient_angle: float
+    vignetting: float
+    texture: float
+    dust_per_mpx: float
+    smudges_per_mpx: float
+    photons: float
+    read_noise: float
+    gamma: float
+    flicker: float
+    prnu: float
+    jpeg_quality: int
+    bit_depth: int
+
+
+def draw_appearance(rng: np.random.Generator) -> Appearance:
+    """Draw a run's :class:`Appearance` (domain randomisation of the look)."""
+    polarity: Literal["dark", "bright"] = "bright" if rng.random() < 0.2 else "dark"
+    body_lo = float(rng.uniform(-0.15, 0.25))
+    return Appearance(
+        polarity=polarity,
+        background=float(rng.uniform(0.45, 0.85) if polarity == "dark" else rng.uniform(0.08, 0.3)),
+        bright_gain=float(rng.uniform(1.5, 4.0)),
+        contrast=float(np.exp(rng.uniform(math.log(0.45), math.log(1.6)))),
+        body_od=(body_lo, body_lo + float(rng.uniform(0.05, 0.7))),
+        rim_od=float(rng.uniform(0.3, 1.5)),
+        rim_width_px=float(rng.uniform(0.7, 2.5)),
+        facet_od=float(rng.uniform(0.0, 0.35)),
+        line_od=float(rng.uniform(0.0, 0.6)),
+        line_width_px=float(rng.uniform(0.5, 1.2)),
+        halo_od=float(rng.uniform(0.0, 0.25)),
+        halo_width_px=float(rng.uniform(1.0, 4.0)),
+        light_angle=float(rng.uniform(0, 2 * np.pi)),
+        inclusion_prob=float(rng.uniform(0.0, 0.4)),
+        focus_blur_px=float(rng.uniform(0.0, 1.0)),
+        defocus_blur_px=float(rng.uniform(0.5, 5.0)),
+        psf_px=float(rng.uniform(0.0, 0.9)),
+        gradient=float(rng.uniform(0.0, 0.25)),
+        gradient_angle=float(rng.uniform(0, 2 * np.pi)),
+        vignetting=float(rng.uniform(0.0, 0.45)),
+        texture=float(rng.uniform(0.0, 0.04)),
+        dust_per_mpx=float(rng.uniform(0.0, 150.0)),
+        smudges_per_mpx=float(rng.uniform(0.0, 30.0)),
+        photons=float(np.exp(rng.uniform(math.log(200.0), math.log(20000.0)))),
+        read_noise=float(rng.uniform(0.002, 0.015)),
+        gamma=float(rng.uniform(0.8, 1.25)),
+        flicker=float(rng.uniform(0.0, 0.02)),
+        prnu=float(rng.uniform(0.0, 0.004)),
+        jpeg_quality=int(rng.integers(50, 96)) if rng.random() < 0.3 else 0,
+        bit_depth=int(rng.choice([10, 12, 14, 16])),
+    )
+
+
+@dataclass(frozen=True, eq=False)
+class CrystalOptics:
+    """Per-crystal look (struct of arrays, one entry per crystal of the population)."""
+
+    body_od: np.ndarray
+    top_od: np.ndarray
+    rim_od: np.ndarray
+    rim_width: np.ndarray
+    rim_offset: np.ndarray
+    bevel: np.ndarray
+    line_od: np.ndarray
+    line_width: np.ndarray
+    facet_od: np.ndarray
+    light_angle: np.ndarray
+    halo_od: np.ndarray
+    halo_width: np.ndarray
+    blur: np.ndarray
+    inclusions: tuple[np.ndarray, ...]  # per crystal (m, 4): u, v (outline coords), r, od
+    bubble_ring_od: np.ndarray
+    bubble_ring_frac: np.ndarray
+    bubble_spot_od: np.ndarray
+    bubble_blur: np.ndarray
+
+
+def draw_optics(pop: Population, app: Appearance, rng: np.random.Generator) -> CrystalOptics:
+    """Draw each crystal's and bubble's look around the run's :class:`Appearance`."""
+    n = pop.n_crystals
+    u = lambda lo, hi: rng.uniform(lo, hi, n)  # noqa: E731
+    rim_width = app.rim_width_px * u(0.7, 1.3)
+    inclusions = []
+    has = rng.random(n) < app.inclusion_prob
+    for i in range(n):
+        if not has[i]:
+            inclusions.append(np.zeros((0, 4)))
+            continue
+        m = int(rng.integers(1, 5))
+        outline = pop.outlines[i]
+        w = rng.dirichlet(np.ones(len(outline)), m) * 0.75  # inside: shrunk convex combination
+        uv = w @ outline
+        r = rng.uniform(0.04, 0.18, m) * pop.width_ratio[i]
+        od = rng.uniform(0.1, 0.8, m)
+        inclusions.append(np.column_stack([uv, r, od]))
+    b = len(pop.bubble_radius)
+    blur = app.focus_blur_px + app.defocus_blur_px * np.abs(pop.depth)
+    body_od = u(*app.body_od)
+    # every labelled crystal must stay visible: after its blur, the rim (or the body)
+    # keeps at least MIN_VISIBLE_OD of optical density
+    rim_od = app.rim_od * u(0.6, 1.3)
+    rim_peak = rim_od * rim_width / np.sqrt(rim_width**2 + blur**2)
+    need = MIN_VISIBLE_OD / app.contrast
+    rim_od = np.where(
+        (rim_peak < need) & (np.abs(body_od) < need), rim_od * need / rim_peak, rim_od
+    )
+    return CrystalOptics(
+        body_od=body_od,
+        top_od=rng.normal(0.0, 0.5 * app.facet_od + 1e-6, n),
+        rim_od=rim_od,
+        rim_width=rim_width,
+        rim_offset=rim_width * u(0.0, 1.0),
+        bevel=u(0.2, 0.65),
+        line_od=app.line_od * u(0.3, 1.3),
+        line_width=app.line_width_px * u(0.8, 1.2),
+        facet_od=app.facet_od * u(0.3, 1.2),
+        light_angle=app.light_angle + rng.normal(0.0, 0.3, n),
+        halo_od=app.halo_od * u(0.3, 1.0) * (1.0 + 0.7 * pop.depth),
+        halo_width=app.halo_width_px * (1.0 + np.abs(pop.depth)),
+        blur=blur,
+        inclusions=tuple(inclusions),
+        bubble_ring_od=rng.uniform(0.6, 2.0, b),
+        bubble_ring_frac=rng.uniform(0.25, 0.6, b),
+        bubble_spot_od=rng.uniform(0.1, 0.6, b),
+        bubble_blur=app.focus_blur_px + 0.6 * app.defocus_blur_px * np.abs(pop.bubble_depth),
+    )
+
+
+# --------------------------------------------------------------------------- patches
+
+
+def _box(verts: np.ndarray, margin: float, height: int, width: int) -> Box | None:
+    """Pixel box (y0, y1, x0, x1) of the vertices plus ``margin``, clipped to the frame."""
+    x0 = max(math.floor(verts[:, 0].min() - margin), 0)
+    x1 = min(math.ceil(verts[:, 0].max() + margin) + 1, width)
+    y0 = max(math.floor(verts[:, 1].min() - margin), 0)
+    y1 = min(math.ceil(verts[:, 1].max() + margin) + 1, height)
+    if x0 >= x1 or y0 >= y1:
+        return None
+    return y0, y1, x0, x1
+
+
+def _edge_distances(verts: np.ndarray, box: Box) -> tuple[np.ndarray, ...]:
+    """Signed distance of every pixel centre of ``box`` to each edge line (k, h, w).
+
+    For a convex counter-clockwise polygon the maximum over edges is the signed
+    distance to the outline inside (negative) and a lower bound outside.
+    """
+    y0, y1, x0, x1 = box
+    edges = np.roll(verts, -1, axis=0) - verts
+    lengths = np.hypot(edges[:, 0], edges[:, 1])
+    nx = (edges[:, 1] / lengths).astype(F32)
+    ny = (-edges[:, 0] / lengths).astype(F32)
+    c = (nx * verts[:, 0] + ny * verts[:, 1]).astype(F32)
+    xs = np.arange(x0, x1, dtype=F32)
+    ys = np.arange(y0, y1, dtype=F32)
+    s = nx[:, None, None] * xs[None, None, :] + (ny[:, None] * ys[None, :] - c[:, None])[:, :, None]
+    return s, nx, ny
+
+
+def _crystal_od(
+    s: np.ndarray,
+    d: np.ndarray,
+    nx: np.ndarray,
+    ny: np.ndarray,
+    box: Box,
+    i: int,
+    opt: CrystalOptics,
+    width_px: float,
+    inclusions: np.ndarray,
+) -> np.ndarray:
+    """Optical density patch (h, w) of crystal i before defocus blur.
+
+    ``s`` (k, h, w) are the signed distances to the k edge lines and ``d`` their
+    maximum, the signed distance to the outline. The edge that attains the
+    maximum names the bevel facet a pixel lies on; where the runner-up is as
+    close, the pixel lies on a spoke between two facets.
+    """
+    light = (math.cos(opt.light_angle[i]), math.sin(opt.light_angle[i]))
+    shade_e = (opt.facet_od[i] * (nx * light[0] + ny * light[1])).astype(F32)
+    best = s[0].copy()
+    second = np.full_like(best, -np.inf)
+    shade = np.full_like(best, shade_e[0])
+    for e in range(1, len(s)):
+        se = s[e]
+        np.maximum(second, np.minimum(best, se), out=second)
+        np.copyto(shade, shade_e[e], where=se > best)
+        np.maximum(best, se, out=best)
+    inside = np.clip(F32(0.5) - d, 0, 1)
+    delta = F32(max(opt.bevel[i] * 0.5 * width_px, 0.5))
+    bevel = special.expit((d + delta) / F32(0.6))  # 1 on the bevel facets, 0 on top
+    od = inside * (F32(opt.body_od[i]) + bevel * shade + (1 - bevel) * F32(opt.top_od[i]))
+    rim = (d + F32(opt.rim_offset[i])) / F32(opt.rim_width[i])
+    od += F32(opt.rim_od[i]) * np.exp(-rim * rim)
+    if opt.line_od[i] > 0.01 and len(s) > 2:
+        lw = F32(opt.line_width[i])
+        spoke = (d - second) / lw
+        inset = (d + delta) / lw
+        lines = np.exp(-inset * inset) + bevel * np.exp(-spoke * spoke)
+        od += F32(opt.line_od[i]) * inside * lines
+    if opt.halo_od[i] > 0.01:
+        halo = (d - F32(1.5 * opt.halo_width[i])) / F32(opt.halo_width[i])
+        od -= F32(opt.halo_od[i]) * np.exp(-halo * halo) * np.clip(d, 0, 1)
+    if len(inclusions):
+        y0, y1, x0, x1 = box
+        xs = np.arange(x0, x1, dtype=F32)[None, :]
+        ys = np.arange(y0, y1, dtype=F32)[:, None]
+        for cx, cy, r, dens in inclusions:
+            r2 = F32(max(r, 0.7) ** 2)
+            od += F32(dens) * np.exp(-((xs - F32(cx)) ** 2 + (ys - F32(cy)) ** 2) / r2)
+    return od.astype(F32, copy=False)
+
+
+def _bubble_od(
+    cx: float, cy: float, radius: float, ring_frac: float, ring_od: float, spot_od: float, box: Box
+) -> np.ndarray:
+    """Optical density of a bubble: thick dark annulus, grey inside, bright centre spot."""
+    y0, y1, x0, x1 = box
+    r = np.hypot(
+        np.arange(x0, x1, dtype=F32)[None, :] - F32(cx),
+        np.arange(y0, y1, dtype=F32)[:, None] - F32(cy),
+    )
+    inner = radius * (1 - ring_frac)
+    soft = F32(0.7)
+    ring = special.expit((r - F32(inner)) / soft) * special.expit((F32(radius) - r) / soft)
+    core = special.expit((F32(inner) - r) / soft)
+    spot = np.exp(-((r / F32(max(0.3 * inner, 0.8))) ** 2))
+    return (F32(ring_od) * ring + F32(0.15 * ring_od) * core - F32(spot_od) * spot).astype(F32)
+
+
+def _add_blurred(target: np.ndarray, box: Box, patch: np.ndarray, sigma: float) -> None:
+    if sigma > 0.3:
+        patch = ndimage.gaussian_filter(patch, sigma, mode="constant", truncate=3.0)
+    y0, y1, x0, x1 = box
+    target[y0:y1, x0:x1] += patch
+
+
+# --------------------------------------------------------------------------- the run
+
+
+@dataclass(frozen=True, eq=False)
+class SynthFrame:
+    """One rendered frame and its exact ground truth.
+
+    Attributes
+    ----------
+    index : frame number t
+    time_s : seconds since frame 0
+    image : ndarray (y, x) uint8 or uint16
+    labels : ndarray (y, x) int32
+        Crystal id per pixel (stable across frames), 0 background.
+    class_mask : ndarray (y, x) uint8
+        1 crystal, 0 background (bubbles are background).
+    crystals : DataFrame
+        One row per crystal with at least one visible pixel; see :data:`CRYSTAL_UNITS`.
+    distractors : DataFrame
+        One row per bubble overlapping the frame; see :data:`DISTRACTOR_UNITS`.
+    """
+
+    index: int
+    time_s: float
+    image: np.ndarray
+    labels: np.ndarray
+    class_mask: np.ndarray
+    crystals: pd.DataFrame
+    distractors: pd.DataFrame
+
+
+class SyntheticRun:
+    """A synthetic crystallization run: population and look drawn once, frames on demand.
+
+    Parameters
+    ----------
+    config : the run's :class:`SynthConfig`
+
+    Attributes
+    ----------
+    config, scenario, population, appearance, optics
+    time_s : ndarray (frames,) float64, seconds since the first frame
+    pixel_size_um : micrometres per pixel, None for an uncalibrated config
+
+    Examples
+    --------
+    >>> run = SyntheticRun(SynthConfig(frames=3, height=64, width=64, seed=1))
+    >>> frame = run.render(2)
+    >>> int((frame.labels > 0).sum()) == int(frame.class_mask.sum())
+    True
+    """
+
+    def __init__(self, config: SynthConfig) -> None:
+        if not isinstance(config, SynthConfig):
+            raise ConfigError(f"expected a SynthConfig, got {type(config).__name__}")
+        self.config = config
+        self.scenario = config.scenario_params
+        self.population = build_population(config)
+        rng = stream(config.seed, STREAM_APPEARANCE)
+        self.appearance = draw_appearance(rng)
+        self.optics = draw_optics(self.population, self.appearance, rng)
+        self.time_s = np.arange(config.frames, dtype="float64") * float(config.interval_s)
+        self.pixel_size_um: float | None = (
+            self.population.pixel_size_um if config.calibrated else None
+        )
+        self._max_value = 255 if config.dtype == "uint8" else 2**self.appearance.bit_depth - 1
+
+    def __len__(self) -> int:
+        return self.config.frames
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (
+            f"SyntheticRun(scenario={self.scenario.name!r}, frames={c.frames}, "
+            f"{c.height}x{c.width}, seed={c.seed}, crystals={self.population.n_crystals})"
+        )
+
+    # ------------------------------------------------------------------ static parts
+
+    @cached_property
+    def background(self) -> np.ndarray:
+        """ndarray (y, x) float32: illumination times window transmission (stationary)."""
+        c, app = self.config, self.appearance
+        rng = stream(c.seed, STREAM_WINDOW)
+        h, w = c.height, c.width
+        ys = np.linspace(-1, 1, h, dtype=F32)[:, None]
+        xs = np.linspace(-1, 1, w, dtype=F32)[None, :]
+        ca, sa = math.cos(app.gradient_angle), math.sin(app.gradient_angle)
+        illum = 1 + F32(app.gradient) * (ca * xs + sa * ys) / F32(math.sqrt(2))
+        illum = illum * (1 - F32(app.vignetting) * (xs * xs + ys * ys) / 2)
+        for _ in range(4):
+            k = rng.normal(0, 2.5, 2)
+            illum = illum * (
+                1
+                + F32(app.texture)
+                * np.cos(F32(k[0]) * xs + F32(k[1]) * ys + F32(rng.uniform(0, 6.3)))
+            )
+        od = np.zeros((h, w), dtype=F32)
+        area_mpx = h * w / 1e6
+        for _ in range(int(rng.poisson(app.dust_per_mpx * area_mpx))):
+            cx, cy = rng.uniform(0, w), rng.uniform(0, h)
+            r = float(rng.uniform(0.6, 3.0))
+            box = _box(np.array([[cx, cy]]), 3 * r + 4, h, w)
+            if box is not None:
+                patch = _disc(cx, cy, r, box) * F32(rng.uniform(0.05, 0.5))
+                _add_blurred(od, box, patch, float(rng.uniform(0.3, 1.5)))
+        for _ in range(int(rng.poisson(app.smudges_per_mpx * area_mpx))):
+            cx, cy = rng.uniform(0, w), rng.uniform(0, h)
+            r = float(rng.uniform(8.0, 60.0))
+            box = _box(np.array([[cx, cy]]), 1.6 * r + 4, h, w)
+            if box is None:
+                continue
+            y0, y1, x0, x1 = box
+            dist = np.hypot(
+                np.arange(x0, x1, dtype=F32)[None, :] - F32(cx),
+                np.arange(y0, y1, dtype=F32)[:, None] - F32(cy),
+            )
+            if rng.random() < 0.5:  # out-of-focus dust: a faint ring
+                shape = np.exp(-(((dist - F32(r)) / F32(0.15 * r + 1)) ** 2))
+            else:
+                shape = np.exp(-((dist / F32(r)) ** 2))
+            od[y0:y1, x0:x1] += shape * F32(rng.uniform(0.01, 0.07) * rng.choice([1, 1, -0.5]))
+        prnu = 1 + F32(app.prnu) * (
+            rng.standard_normal((h, 1), F32) + rng.standard_normal((1, w), F32)
+        )
+        return (F32(app.background) * illum * prnu * np.exp(-od)).astype(F32)
+
+    # ------------------------------------------------------------------ frames
+
+    def render(self, t: int) -> SynthFrame:
+        """Render frame ``t`` (0 <= t < frames): image and ground truth.
+
+        The result depends on ``(config, t)`` only, never on which frames were
+        rendered before.
+        """
+        return self._render(self._check_index(t), image=True)
+
+    def render_truth(self, t: int) -> SynthFrame:
+        """Ground truth of frame ``t`` without the optics (``image`` is an empty array).
+
+        Much faster than :meth:`render`; labels and tables equal those of ``render(t)``.
+        """
+        return self._render(self._check_index(t), image=False)
+
+    def _check_index(self, t: int) -> int:
+        if isinstance(t, bool) or not isinstance(t, int | np.integer):
+            raise ConfigError(f"frame index must be an integer, got {t!r}")
+        if not 0 <= t < self.config.frames:
+            raise ConfigError(f"frame {t} is outside this run's frames 0..{self.config.frames - 1}")
+        return int(t)
+
+    def _render(self, t: int, *, image: bool) -> SynthFrame:
+        c, pop, opt = self.config, self.population, self.optics
+        h, w = c.height, c.width
+        length = pop.length_px(t)
+        centre, angle = pop.pose(t)
+        born = ~np.isnan(length)
+        # no vertex lies farther than one length (max Feret) from the centroid
+        reach = np.where(born, length, 0) + 3 * opt.blur + 3 * opt.halo_width + 8
+        near = (
+            born
+            & (centre[:, 0] + reach > 0)
+            & (centre[:, 0] - reach < w)
+            & (centre[:, 1] + reach > 0)
+            & (centre[:, 1] - reach < h)
+        )
+        cand = np.flatnonzero(near)
+        cand = cand[np.argsort(pop.z_order[cand], kind="stable")]  # back to front
+        labels = np.zeros((h, w), dtype=np.int32)
+        od = np.zeros((h, w), dtype=F32) if image else None
+        own = np.zeros(len(cand), dtype=np.int64)
+        for j, i in enumerate(cand.tolist()):
+            verts = pop.vertices(i, centre[i], angle[i], length[i])
+            width_px = length[i] * pop.width_ratio[i]
+            if image:
+                margin = 3 * opt.blur[i] + 2 * opt.rim_width[i] + 3 * opt.halo_width[i] + 4
+            else:
+                margin = 1.0
+            box = _box(verts, margin, h, w)
+            if box is None:
+                continue
+            s, nx, ny = _edge_distances(verts, box)
+            d = s.max(0)
+            raster = d <= 0
+            own[j] = np.count_nonzero(raster)
+            y0, y1, x0, x1 = box
+            if own[j]:
+                labels[y0:y1, x0:x1][raster] = i + 1
+            if od is not None:
+                inc = opt.inclusions[i]
+                if len(inc):
+                    inc_xy = _place(inc[:, :2], centre[i], angle[i], length[i])
+                    inc = np.column_stack([inc_xy, inc[:, 2] * length[i], inc[:, 3]])
+                patch = _crystal_od(s, d, nx, ny, box, i, opt, width_px, inc)
+                _add_blurred(od, box, patch, float(opt.blur[i]))
+
+        # bubbles: distractors, never in the labels
+        b_idx, b_xy = pop.bubbles_at(t)
+        b_rows = []
+        for k, (bx, by) in zip(b_idx, b_xy, strict=True):
+            radius = pop.bubble_radius[k]
+            centre_xy = np.array([[bx, by]])
+            inner = _box(centre_xy, radius, h, w)
+            if inner is None:  # the bubble itself lies outside the frame
+                continue
+            box = _box(centre_xy, radius + 3 * opt.bubble_blur[k] + 3, h, w)
+            assert box is not None
+            edge = bx - radius < 0 or by - radius < 0 or bx + radius > w - 1 or by + radius > h - 1
+            b_rows.append((k + 1, bx, by, radius, edge))
+            if od is not None:
+                patch = _bubble_od(
+                    bx,
+                    by,
+                    radius,
+                    opt.bubble_ring_frac[k],
+                    opt.bubble_ring_od[k],
+                    opt.bubble_spot_od[k],
+                    box,
+                )
+                _add_blurred(od, box, patch, float(opt.bubble_blur[k]))
+
+        crystals = self._crystal_table(t, labels, cand, own, length, centre, angle)
+        distractors = self._distractor_table(t, b_rows)
+        if od is not None:
+            pixels = self._compose(t, od)
+        else:
+            pixels = np.zeros((0, 0), dtype=c.dtype)
+        return SynthFrame(
+            index=t,
+            time_s=float(self.time_s[t]),
+            image=pixels,
+            labels=labels,
+            class_mask=(labels > 0).astype(np.uint8),
+            crystals=crystals,
+            distractors=distractors,
+        )
+
+    def _compose(self, t: int, od: np.ndarray) -> np.ndarray:
+        app = self.appearance
+        rng = stream(self.config.seed, STREAM_FRAME, t)
+        gain = F32(1 + app.flicker * rng.standard_normal())
+        od *= F32(app.contrast)
+        # halos add up where crystals crowd; saturate the brightening softly
+        np.copyto(od, F32(-HALO_LIMIT) * np.tanh(od / F32(-HALO_LIMIT)), where=od < 0)
+        trans = np.exp(-od)
+        if app.polarity == "dark":
+            img = self.background * gain * trans
+        else:
+            img = self.background * gain * (1 + F32(app.bright_gain) * (1 - trans))
+        if app.psf_px > 0.3:
+            img = ndimage.gaussian_filter(img, app.psf_px, mode="nearest", truncate=3.0)
+        np.clip(img, 0, None, out=img)
+        img = img ** F32(app.gamma)
+        sigma = np.sqrt(img / F32(app.photons) + F32(app.read_noise**2))
+        img += sigma * rng.standard_normal(img.shape, dtype=F32)
+        np.clip(img, 0, 1, out=img)
+        pixels = np.rint(img * F32(self._max_value)).astype(self.config.dtype)
+        if app.jpeg_quality and pixels.dtype == np.uint8:
+            buffer = io.BytesIO()
+            Image.fromarray(pixels).save(buffer, format="JPEG", quality=app.jpeg_quality)
+            pixels = np.asarray(Image.open(buffer), dtype=np.uint8)
+        return pixels
+
+    def _crystal_table(
+        self,
+        t: int,
+        labels: np.ndarray,
+        cand: np.ndarray,
+        own: np.ndarray,
+        length: np.ndarray,
+        centre: np.ndarray,
+        angle: np.ndarray,
+    ) -> pd.DataFrame:
+        pop = self.population
+        ids = cand + 1
+        counts = np.bincount(labels.ravel(), minlength=pop.n_crystals + 1)
+        area = counts[ids]
+        vis = area > 0
+        ids, idx, area, own = ids[vis], cand[vis], area[vis], own[vis]
+        border = np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
+        on_edge = np.zeros(pop.n_crystals + 1, dtype=bool)
+        on_edge[border] = True
+        lengths = length[idx]
+        orient = np.degrees(np.mod(angle[idx] + np.pi / 2, np.pi) - np.pi / 2)
+        table: dict[str, Any] = {
+            "frame": np.full(len(ids), t, dtype=np.int32),
+            "time_s": np.full(len(ids), self.time_s[t]),
+            "id": ids.astype(np.int32),
+            "habit": np.array([HABITS[int(h)] for h in pop.habit[idx]], dtype=object),
+            "agglomerate": pop.agglomerate[idx],
+            "area_px": area.astype(np.int64),
+            "ecd_px": np.sqrt(4.0 * area / np.pi),
+            "length_px": lengths,
+            "width_px": lengths * pop.width_ratio[idx],
+            "polygon_area_px": lengths**2 * pop.area_ratio[idx],
+            "centroid_x_px": centre[idx, 0],
+            "centroid_y_px": centre[idx, 1],
+            "orientation_deg": orient,
+            "touches_edge": on_edge[ids],
+            "occluded_fraction": 1.0 - area / np.maximum(own, 1),
+            "blur_px": self.optics.blur[idx],
+        }
+        if self.pixel_size_um is not None:
+            for name, (src, _, power) in UM_COLUMNS.items():
+                table[name] = table[src] * self.pixel_size_um**power
+        return pd.DataFrame(table)
+
+    def _distractor_table(self, t: int, rows: list[tuple]) -> pd.DataFrame:
+        n = len(rows)
+        cols: list[tuple[Any, ...]] = list(zip(*rows, strict=True)) if rows else [()] * 5
+        table: dict[str, Any] = {
+            "frame": np.full(n, t, dtype=np.int32),
+            "time_s": np.full(n, self.time_s[t]),
+            "id": np.asarray(cols[0], dtype=np.int32),
+            "kind": np.array(["bubble"] * n, dtype=object),
+            "x_px": np.asarray(cols[1], dtype=float),
+            "y_px": np.asarray(cols[2], dtype=float),
+            "radius_px": np.asarray(cols[3], dtype=float),
+            "touches_edge": np.asarray(cols[4], dtype=bool),
+        }
+        if self.pixel_size_um is not None:
+            table["radius_um"] = table["radius_px"] * self.pixel_size_um
+        return pd.DataFrame(table)
+
+    # ------------------------------------------------------------------ provenance
+
+    def settings(self) -> dict[str, Any]:
+        """Everything that made this run: config, scenario ranges and the values drawn."""
+        c, pop = self.config, self.population
+        config = dataclasses.asdict(c)
+        config["scenario"] = self.scenario.name
+        return {
+            "config": config,
+            "scenario": dataclasses.asdict(self.scenario),
+            "appearance": dataclasses.asdict(self.appearance),
+            "drawn": {
+                "pixel_size_um": pop.pixel_size_um,
+                "zoom": pop.zoom,
+                "habit_mix": dict(zip(HABITS, pop.habit_mix, strict=True)),
+                "growth_rate_um_s": pop.growth_rate_um_s,
+                "n_crystals": pop.n_crystals,
+                "n_bubbles": len(pop.bubble_radius),
+            },
+        }
+
+    def population_table(self) -> pd.DataFrame:
+        """One row per crystal of the population: habit, birth, size law, agglomerate.
+
+        ``length_px(t) = length0_px + growth_px_s * (time_s - t_birth_s)`` for
+        ``time_s >= t_birth_s``.
+        """
+        pop = self.population
+        table: dict[str, Any] = {
+            "id": np.arange(1, pop.n_crystals + 1, dtype=np.int32),
+            "habit": np.array([HABITS[int(h)] for h in pop.habit], dtype=object),
+            "agglomerate": pop.agglomerate,
+            "t_birth_s": pop.t_birth_s,
+            "length0_px": pop.length0_px,
+            "growth_px_s": pop.growth_px_s,
+            "aspect_ratio": 1.0 / pop.width_ratio,
+            "z_order": pop.z_order.astype(np.int32),
+            "depth": pop.depth,
+            "blur_px": self.optics.blur,
+        }
+        if self.pixel_size_um is not None:
+            table["length0_um"] = pop.length0_px * self.pixel_size_um
+            table["growth_um_s"] = pop.growth_px_s * self.pixel_size_um
+        return pd.DataFrame(table)
+
+
+def _place(uv: np.ndarray, centre: np.ndarray, angle: float, length: float) -> np.ndarray:
+    c, s = math.cos(angle), math.sin(angle)
+    return uv * length @ np.array([[c, s], [-s, c]]) + centre
+
+
+def _disc(cx: float, cy: float, r: float, box: Box) -> np.ndarray:
+    y0, y1, x0, x1 = box
+    dist = np.hypot(
+        np.arange(x0, x1, dtype=F32)[None, :] - F32(cx),
+        np.arange(y0, y1, dtype=F32)[:, None] - F32(cy),
+    )
+    return np.clip(F32(r + 0.5) - dist, 0, 1)
