@@ -7,6 +7,8 @@ Y = "y"
 X = "x"
 PARTICLE = "particle"
 SIZE_BIN = "size_bin"
+LENGTH_BIN = "length_bin"
+WIDTH_BIN = "width_bin"
 
 FRAME_DIMS = (TIME, Y, X)
 

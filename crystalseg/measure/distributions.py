@@ -36,15 +36,12 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike
 
-from crystalseg.dims import SIZE_BIN
+from crystalseg.dims import LENGTH_BIN, SIZE_BIN, WIDTH_BIN
 from crystalseg.errors import ConfigError
 from crystalseg.measure.features import miles_lantuejoul_weights
 
 log = logging.getLogger(__name__)
 
-#: Dimension names of the 2-D length × width histogram of elongated crystals.
-LENGTH_BIN = "length_bin"
-WIDTH_BIN = "width_bin"
 
 #: Quantiles reported as D10, D50, D90.
 QUANTILES = (0.1, 0.5, 0.9)
