@@ -8,16 +8,19 @@ resumes when the same command is run again.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import threading
 import warnings
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from crystalseg.errors import ConfigError, CrystalsegError, CrystalsegWarning
-from crystalseg.io import open_source
-from crystalseg.store import create_run
+from crystalseg.io import FrameSource, open_source
+from crystalseg.store import RunWriter, create_run
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,42 @@ def frame_times(
         stacklevel=3,
     )
     return np.arange(n_frames, dtype="float64"), "assumed 1 s interval (no timing metadata)"
+
+
+def _copy_chunks(
+    src: FrameSource, writer: RunWriter, progress: Callable[[int], None] | None
+) -> None:
+    """Copy every chunk the store still lacks, a few chunks at a time in threads.
+
+    Each worker reads, compresses and writes whole store chunks of its own, so the
+    codec runs on all cores while at most ``workers`` chunks are in memory.
+    """
+    pending = writer.progress.pending_chunks()
+    skipped = src.shape[0] - sum(stop - start for start, stop in pending)
+    if progress and skipped:
+        progress(skipped)
+    lock = threading.Lock()  # readers of one file are not thread-safe
+
+    def copy(chunk: tuple[int, int]) -> int:
+        start, stop = chunk
+        with lock:
+            frames = src.read(start, stop)
+        writer.write_frames(start, frames)
+        writer.mark_done(start, stop)
+        return stop - start
+
+    workers = max(1, min(len(pending), os.cpu_count() or 1))
+    with ThreadPoolExecutor(workers) as pool:
+        window = workers * 2
+        futures = [pool.submit(copy, chunk) for chunk in pending[:window]]
+        upcoming = iter(pending[window:])
+        while futures:
+            done = futures.pop(0).result()
+            nxt = next(upcoming, None)
+            if nxt is not None:
+                futures.append(pool.submit(copy, nxt))
+            if progress:
+                progress(done)
 
 
 def import_run(
@@ -113,15 +152,7 @@ def import_run(
             time_attrs={"source": time_source},
         )
         try:
-            pending = writer.progress.pending_chunks()
-            skipped = src.shape[0] - sum(stop - start for start, stop in pending)
-            if progress and skipped:
-                progress(skipped)
-            for start, stop in pending:
-                writer.write_frames(start, src.read(start, stop))
-                writer.mark_done(start, stop)
-                if progress:
-                    progress(stop - start)
+            _copy_chunks(src, writer, progress)
         except CrystalsegError:
             if not existed:
                 shutil.rmtree(dest, ignore_errors=True)
