@@ -12,6 +12,7 @@ import os
 import shutil
 import threading
 import warnings
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -73,16 +74,20 @@ def _copy_chunks(
 
     workers = max(1, min(len(pending), os.cpu_count() or 1))
     with ThreadPoolExecutor(workers) as pool:
-        window = workers * 2
-        futures = [pool.submit(copy, chunk) for chunk in pending[:window]]
-        upcoming = iter(pending[window:])
-        while futures:
-            done = futures.pop(0).result()
-            nxt = next(upcoming, None)
-            if nxt is not None:
-                futures.append(pool.submit(copy, nxt))
-            if progress:
-                progress(done)
+        in_flight = deque(pool.submit(copy, chunk) for chunk in pending[:workers])
+        upcoming = iter(pending[workers:])
+        try:
+            while in_flight:
+                n_done = in_flight.popleft().result()
+                if progress:
+                    progress(n_done)
+                chunk = next(upcoming, None)
+                if chunk is not None:
+                    in_flight.append(pool.submit(copy, chunk))
+        except BaseException:  # also Ctrl-C: stop queued chunks, keep finished ones
+            for future in in_flight:
+                future.cancel()
+            raise
 
 
 def import_run(
