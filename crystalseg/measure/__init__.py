@@ -1,7 +1,10 @@
-"""Measurement: particle features per frame and size distributions per frame.
+"""Measurement: instances, particle features and size distributions, per frame and per run.
 
-Pure NumPy/pandas (no torch, zarr or dask here): the run-level wiring lives in
-the stages that call these functions.
+The per-frame functions (:func:`label_instances`, :func:`measure_frame`,
+:func:`frame_distributions`) are pure NumPy/SciPy; :func:`measure_run` wires them
+over a run store with dask and writes the ``particles`` and ``psd`` groups.
+Nothing here imports torch (a run without a mask is segmented through
+:mod:`crystalseg.segment`, imported only then).
 """
 
 from __future__ import annotations
@@ -22,18 +25,51 @@ from crystalseg.measure.features import (
     measure_frame,
     miles_lantuejoul_weights,
 )
+from crystalseg.measure.instances import (
+    BOUNDARY_CODES,
+    SplitMethod,
+    boundary_class,
+    crystal_classes,
+    instance_scores,
+    label_instances,
+)
+from crystalseg.measure.results import (
+    EXCLUDED_REASONS,
+    PARTICLE_COLUMNS,
+    export_particles,
+    iter_particles,
+    summarize_measurement,
+)
+from crystalseg.measure.run import MeasureProgress, measure_mask_frame, measure_run
+from crystalseg.measure.settings import SIZE_COLUMNS, MeasureSettings
 
 __all__ = [
+    "BOUNDARY_CODES",
+    "EXCLUDED_REASONS",
     "FEATURE_COLUMNS",
     "FEATURE_UNITS",
     "LENGTH_BIN",
+    "PARTICLE_COLUMNS",
+    "SIZE_COLUMNS",
     "WIDTH_BIN",
+    "MeasureProgress",
+    "MeasureSettings",
+    "SplitMethod",
+    "boundary_class",
+    "crystal_classes",
+    "export_particles",
     "feature_units",
     "frame_distributions",
+    "instance_scores",
+    "iter_particles",
+    "label_instances",
     "log_bins",
     "measure_frame",
+    "measure_mask_frame",
+    "measure_run",
     "miles_lantuejoul_weights",
     "moment_mean",
     "size_distribution",
+    "summarize_measurement",
     "weighted_quantile",
 ]

@@ -1,0 +1,568 @@
+"""From a class mask to one label per particle: components, splitting of touching crystals.
+
+A segmentation model says, for every pixel, which class it belongs to; the
+measurement needs one id per crystal. :func:`label_instances` does that for one
+frame in one of two ways:
+
+* **watershed** (masks with crystal classes only): connected components of the
+  foreground, each split along the necks of its distance transform. Every local
+  maximum of the (optionally smoothed) distance transform seeds a region of a
+  watershed; then adjacent regions are merged, highest saddle first, unless the
+  valley between them is both deep (the lower peak stands at least
+  ``min_depth_px`` above the saddle) and narrow (the saddle is below
+  ``neck_ratio`` times the lower peak: the neck is thinner than that fraction
+  of the thinner crystal's width). The first test ignores the pixel noise of
+  digital outlines; the second, being scale free, keeps a needle or plate whole
+  along its flat distance ridge while separating round blobs that touch at a
+  waist. Crystals that lie side by side along their length, or cross, leave no
+  neck and stay merged: that is what a boundary class is for.
+* **boundary** (masks whose codes include a class named "boundary", "edge",
+  "border" or "contour", e.g. background, crystal, boundary): the interior
+  classes, cut apart by the predicted boundary, give one marker per crystal
+  (8-connected components of at least :data:`MIN_MARKER_PX` pixels); the
+  markers are grown back, breadth first, over interior and boundary pixels.
+  Foreground pieces that hold no marker (crystals so thin that they are all
+  boundary) become particles of their own. Where a thin crystal narrows to two
+  pixels or less it has no interior, which would cut it in two; so two regions
+  that meet only across such a thin contact (every pixel on both sides of the
+  contact touches the background) are joined again.
+
+Either way, particles smaller than ``min_area_px`` are dropped and the labels
+are renumbered 1..n in raster order of their first pixel.
+
+:func:`instance_scores` compares labels with ground truth (matched F1 at an IoU
+threshold, over-split and merge rates, count error) for evaluating the splitting
+on synthetic runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+from scipy import ndimage as ndi
+from skimage.morphology import local_maxima
+from skimage.segmentation import watershed
+
+from crystalseg.errors import ConfigError, MaskValueError
+
+log = logging.getLogger(__name__)
+
+SplitMethod = Literal["auto", "watershed", "boundary", "none"]
+
+#: Class names that mark the boundary between touching crystals (case-insensitive).
+BOUNDARY_CODES: tuple[str, ...] = ("boundary", "edge", "border", "contour")
+
+#: Defaults of the watershed split, tuned on synthetic runs (seeds 0-4 of every
+#: scenario, true class masks); see ``benchmarks/bench_measure.py --accuracy``.
+DEFAULT_MIN_DEPTH_PX = 1.0
+DEFAULT_NECK_RATIO = 0.7
+DEFAULT_SMOOTH_PX = 1.0
+#: Boundary split: interior components smaller than this seed no particle.
+MIN_MARKER_PX = 3
+
+_STRUCTURE_8 = np.ones((3, 3), dtype=bool)
+
+
+def boundary_class(codes: Sequence[str]) -> int | None:
+    """Index of the boundary class among ``codes``, or None when there is none.
+
+    Parameters
+    ----------
+    codes : sequence of str
+        Class names of the mask, background first.
+
+    Raises
+    ------
+    ConfigError
+        If more than one class is named like a boundary.
+    """
+    found = [i for i, c in enumerate(codes) if str(c).strip().lower() in BOUNDARY_CODES]
+    if len(found) > 1:
+        raise ConfigError(
+            f"codes {list(codes)} name {len(found)} boundary classes; keep one of "
+            f"{BOUNDARY_CODES} and rename the others."
+        )
+    return found[0] if found else None
+
+
+def crystal_classes(
+    codes: Sequence[str], *, classes: Sequence[str | int] | None = None
+) -> tuple[int, ...]:
+    """Indices of the classes that count as crystals.
+
+    Parameters
+    ----------
+    codes : sequence of str
+        Class names of the mask; index 0 is the background.
+    classes : sequence of str or int, optional
+        Names (or indices) of the classes to measure; default every class but
+        the background and the boundary class.
+
+    Returns
+    -------
+    tuple of int
+        Sorted class indices, at least one.
+
+    Raises
+    ------
+    ConfigError
+        If a requested class is unknown, is the background or the boundary, or
+        no crystal class is left.
+    """
+    codes = [str(c) for c in codes]
+    if len(codes) < 2:
+        raise ConfigError(f"codes {codes} must name a background and at least one crystal class.")
+    boundary = boundary_class(codes)
+    allowed = [i for i in range(1, len(codes)) if i != boundary]
+    if classes is None:
+        chosen = allowed
+    else:
+        chosen = []
+        for c in classes:
+            index = codes.index(c) if isinstance(c, str) and c in codes else c
+            if not isinstance(index, int | np.integer) or index not in allowed:
+                names = [codes[i] for i in allowed]
+                raise ConfigError(
+                    f"class {c!r} cannot be measured; choose among the crystal classes {names} "
+                    f"of the mask (codes {codes})."
+                )
+            chosen.append(int(index))
+    if not chosen:
+        raise ConfigError(f"codes {codes} hold no crystal class to measure.")
+    return tuple(sorted(set(chosen)))
+
+
+def label_instances(
+    mask: np.ndarray,
+    *,
+    codes: Sequence[str] = ("background", "crystal"),
+    classes: Sequence[str | int] | None = None,
+    split: SplitMethod = "auto",
+    min_area_px: int = 1,
+    min_depth_px: float = DEFAULT_MIN_DEPTH_PX,
+    neck_ratio: float = DEFAULT_NECK_RATIO,
+    smooth_px: float = DEFAULT_SMOOTH_PX,
+) -> np.ndarray:
+    """Instance labels of one frame's class mask: one id per crystal.
+
+    Parameters
+    ----------
+    mask : ndarray, shape (y, x), integer dtype
+        Class index per pixel (0 background), as ``mask`` of a run store.
+    codes : sequence of str
+        Class names of the mask, background first (the mask's ``codes`` attribute).
+    classes : sequence of str or int, optional
+        Crystal classes to label (:func:`crystal_classes`); default all of them.
+    split : {"auto", "watershed", "boundary", "none"}
+        How touching crystals are separated (see the module docstring): "auto"
+        uses the boundary class when ``codes`` has one, else the watershed;
+        "none" keeps connected components (8-connected) as they are.
+    min_area_px : int
+        Particles with fewer pixels are dropped (≥ 1).
+    min_depth_px : float
+        Watershed split only: least depth, in pixels of the distance transform,
+        of the valley between two crystals (≥ 0).
+    neck_ratio : float
+        Watershed split only: two regions stay apart only when the distance
+        transform at their saddle is below this fraction of the lower peak
+        (0 < neck_ratio ≤ 1; smaller splits less).
+    smooth_px : float
+        Watershed split only: sigma of a Gaussian smoothing of the distance
+        transform before the maxima are found (0 = off).
+
+    Returns
+    -------
+    ndarray of int32, shape (y, x)
+        0 background, 1..n one id per particle, numbered in raster order.
+
+    Raises
+    ------
+    MaskValueError
+        If ``mask`` is not a 2-D integer array.
+    ConfigError
+        If a setting is out of range, or ``split="boundary"`` without a
+        boundary class.
+    """
+    mask = np.asarray(mask)
+    if mask.ndim != 2 or mask.dtype == bool or not np.issubdtype(mask.dtype, np.integer):
+        raise MaskValueError(
+            f"mask must be one frame (y, x) of integer class indices, got shape {mask.shape} "
+            f"and dtype {mask.dtype}; pass a frame of the run's 'mask' array."
+        )
+    _check_split_settings(split, min_area_px, min_depth_px, neck_ratio, smooth_px)
+    selected = crystal_classes(codes, classes=classes)
+    boundary = boundary_class(codes)
+    method = split
+    if method == "auto":
+        method = "boundary" if boundary is not None else "watershed"
+    if method == "boundary" and boundary is None:
+        raise ConfigError(
+            f"split='boundary' needs a boundary class, but the mask's codes are {list(codes)}; "
+            "use split='watershed' or a model trained with a 'boundary' class."
+        )
+
+    crystal = _isin(mask, selected)
+    if method == "boundary":
+        assert boundary is not None
+        others = [i for i in crystal_classes(codes) if i not in selected]
+        labels = _split_boundary(crystal, mask == boundary, _isin(mask, others))
+    elif method == "watershed":
+        labels = _split_watershed(
+            crystal,
+            min_depth_px=min_depth_px,
+            neck_ratio=neck_ratio,
+            smooth_px=smooth_px,
+            min_area_px=int(min_area_px),
+        )
+    else:
+        labels, _ = ndi.label(crystal, structure=_STRUCTURE_8)
+    return _filter_and_renumber(labels, min_area_px)
+
+
+def _check_split_settings(
+    split: str, min_area_px: int, min_depth_px: float, neck_ratio: float, smooth_px: float
+) -> None:
+    if split not in ("auto", "watershed", "boundary", "none"):
+        raise ConfigError(
+            f"split {split!r} is unknown; use 'auto', 'watershed', 'boundary' or 'none'."
+        )
+    if isinstance(min_area_px, bool) or int(min_area_px) != min_area_px or min_area_px < 1:
+        raise ConfigError(f"min_area_px must be an integer >= 1, got {min_area_px!r}.")
+    if not (math.isfinite(min_depth_px) and min_depth_px >= 0):
+        raise ConfigError(f"min_depth_px must be >= 0, got {min_depth_px!r}.")
+    if not (0 < neck_ratio <= 1):
+        raise ConfigError(f"neck_ratio must lie in (0, 1], got {neck_ratio!r}.")
+    if not (math.isfinite(smooth_px) and smooth_px >= 0):
+        raise ConfigError(f"smooth_px must be >= 0 (0 = no smoothing), got {smooth_px!r}.")
+
+
+def _isin(mask: np.ndarray, values: Sequence[int]) -> np.ndarray:
+    if len(values) == 1:
+        return mask == values[0]
+    return np.isin(mask, values)
+
+
+# --------------------------------------------------------------------------- watershed
+
+
+def _split_watershed(
+    crystal: np.ndarray,
+    *,
+    min_depth_px: float,
+    neck_ratio: float,
+    smooth_px: float,
+    min_area_px: int,
+) -> np.ndarray:
+    """Distance-transform watershed from all maxima, then merging across shallow or wide necks."""
+    if not crystal.any():
+        return np.zeros(crystal.shape, dtype=np.int32)
+    # Work on the bounding box of the foreground (plus a margin for the smoothing).
+    rows = np.flatnonzero(crystal.any(axis=1))
+    cols = np.flatnonzero(crystal.any(axis=0))
+    pad = math.ceil(3 * smooth_px) + 1
+    y0, y1 = max(rows[0] - pad, 0), min(rows[-1] + pad + 1, crystal.shape[0])
+    x0, x1 = max(cols[0] - pad, 0), min(cols[-1] + pad + 1, crystal.shape[1])
+    fg = crystal[y0:y1, x0:x1]
+
+    dist = ndi.distance_transform_edt(fg).astype(np.float32)
+    if smooth_px > 0:
+        dist = ndi.gaussian_filter(dist, smooth_px, mode="nearest")
+        dist[~fg] = 0.0
+    peaks = local_maxima(dist, connectivity=2, allow_borders=True) & fg
+    markers, n = ndi.label(peaks, structure=_STRUCTURE_8)
+    regions = watershed(-dist, markers, mask=fg, connectivity=2)
+    if n > 1:
+        lut = _merge_regions(regions, dist, n, min_depth_px, neck_ratio, min_area_px)
+        regions = lut[regions]
+    out = np.zeros(crystal.shape, dtype=np.int32)
+    out[y0:y1, x0:x1] = regions
+    return out
+
+
+def _merge_regions(
+    regions: np.ndarray,
+    dist: np.ndarray,
+    n: int,
+    min_depth_px: float,
+    neck_ratio: float,
+    min_area_px: int,
+) -> np.ndarray:
+    """Lookup table region -> merged id, merging across insignificant saddles.
+
+    Saddles are visited from the highest down (as in the persistence of the
+    maxima): at each, the two current groups merge unless the lower one's peak
+    stands at least ``min_depth_px`` above the saddle and the saddle is below
+    ``neck_ratio`` times that peak, and both groups have ``min_area_px`` pixels
+    (a fragment too small to be measured joins its neighbour rather than being
+    dropped later).
+    """
+    peak = np.zeros(n + 1, dtype=np.float64)
+    flat_r = regions.ravel()
+    np.maximum.at(peak, flat_r, dist.ravel().astype(np.float64))
+    size = np.bincount(flat_r, minlength=n + 1).tolist()
+
+    keys, saddles = [], []
+    h, w = regions.shape
+    for dy, dx in ((0, 1), (1, 0), (1, 1), (1, -1)):
+        ya, yb = slice(0, h - dy), slice(dy, h)
+        xa, xb = (slice(0, w - dx), slice(dx, w)) if dx >= 0 else (slice(1, w), slice(0, w - 1))
+        a, b = regions[ya, xa], regions[yb, xb]
+        touch = (a != b) & (a > 0) & (b > 0)
+        if not touch.any():
+            continue
+        ra, rb = a[touch].astype(np.int64), b[touch].astype(np.int64)
+        s = np.minimum(dist[ya, xa][touch], dist[yb, xb][touch])
+        keys.append(np.minimum(ra, rb) * (n + 1) + np.maximum(ra, rb))
+        saddles.append(s)
+    lut = np.arange(n + 1, dtype=np.int32)
+    if not keys:
+        return lut
+    key = np.concatenate(keys)
+    sad = np.concatenate(saddles).astype(np.float64)
+    order = np.lexsort((sad, key))
+    key, sad = key[order], sad[order]
+    last = np.r_[key[1:] != key[:-1], True]  # highest saddle of every pair
+    key, sad = key[last], sad[last]
+    pa, pb = key // (n + 1), key % (n + 1)
+
+    parent = list(range(n + 1))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    top = peak.tolist()
+    for k in np.argsort(-sad, kind="stable").tolist():
+        ra, rb = find(int(pa[k])), find(int(pb[k]))
+        if ra == rb:
+            continue
+        low = min(top[ra], top[rb])
+        s = float(sad[k])
+        big = size[ra] >= min_area_px and size[rb] >= min_area_px
+        if big and low - s >= min_depth_px and s < neck_ratio * low:
+            continue  # a real neck between two measurable crystals: keep them apart
+        if top[ra] < top[rb]:
+            ra, rb = rb, ra
+        parent[rb] = ra
+        size[ra] += size[rb]
+    roots = np.array([find(i) for i in range(n + 1)], dtype=np.int32)
+    return roots
+
+
+# --------------------------------------------------------------------------- boundary class
+
+
+def _split_boundary(
+    interior: np.ndarray, boundary: np.ndarray, other_crystals: np.ndarray
+) -> np.ndarray:
+    """Markers from the interior cut apart by the boundary class, grown back over both."""
+    fg = interior | boundary
+    markers, n = ndi.label(interior, structure=_STRUCTURE_8)
+    if n:
+        # Specks of interior (a few pixels where a thin crystal widens) seed no
+        # particle of their own; the surrounding crystal's marker grows over them.
+        size = np.bincount(markers.ravel())
+        small = size < MIN_MARKER_PX
+        small[0] = False
+        if small.any():
+            markers = np.where(small[markers], 0, markers)
+            markers, n = ndi.label(markers > 0, structure=_STRUCTURE_8)
+    if n == 0:
+        grown = np.zeros(interior.shape, dtype=np.int32)
+    else:
+        # Flooding a flat image grows the markers breadth first, so each boundary
+        # pixel joins the marker nearest to it along the foreground.
+        flat = np.zeros(interior.shape, dtype=np.uint8)
+        grown = watershed(flat, markers, mask=fg, connectivity=2).astype(np.int32)
+    rest = fg & (grown == 0)
+    if rest.any():
+        pieces, m = ndi.label(rest, structure=_STRUCTURE_8)
+        if other_crystals.any():
+            # Boundary rings of crystals of classes not measured are no particles.
+            near = ndi.binary_dilation(other_crystals, structure=_STRUCTURE_8)
+            drop = np.unique(pieces[near & (pieces > 0)])
+            keep = np.ones(m + 1, dtype=bool)
+            keep[drop] = False
+            keep[0] = False
+            pieces = np.where(keep[pieces], pieces, 0)
+        grown = np.where(pieces > 0, pieces + n, grown).astype(np.int32)
+    return _merge_thin_contacts(grown, fg)
+
+
+def _merge_thin_contacts(labels: np.ndarray, fg: np.ndarray) -> np.ndarray:
+    """Merge regions that meet only where the foreground is at most 2 px wide.
+
+    A crystal too thin somewhere to have an interior there (all boundary) breaks
+    its interior, and so its marker, in two; where the two halves meet, every
+    pixel on either side of the contact touches the background. Two crystals
+    that touch each other meet across a contact wider than that.
+    """
+    n = int(labels.max())
+    if n < 2:
+        return labels
+    pad = np.pad(fg, 1, constant_values=True)
+    rim = fg & ~(pad[:-2, 1:-1] & pad[2:, 1:-1] & pad[1:-1, :-2] & pad[1:-1, 2:])
+    h, w = labels.shape
+    keys, wide = [], []
+    for dy, dx in ((0, 1), (1, 0), (1, 1), (1, -1)):
+        ya, yb = slice(0, h - dy), slice(dy, h)
+        xa, xb = (slice(0, w - dx), slice(dx, w)) if dx >= 0 else (slice(1, w), slice(0, w - 1))
+        a, b = labels[ya, xa], labels[yb, xb]
+        touch = (a != b) & (a > 0) & (b > 0)
+        if not touch.any():
+            continue
+        ra, rb = a[touch].astype(np.int64), b[touch].astype(np.int64)
+        keys.append(np.minimum(ra, rb) * (n + 1) + np.maximum(ra, rb))
+        wide.append(~(rim[ya, xa][touch] & rim[yb, xb][touch]))
+    if not keys:
+        return labels
+    key, inverse = np.unique(np.concatenate(keys), return_inverse=True)
+    n_wide = np.bincount(inverse, weights=np.concatenate(wide), minlength=len(key))
+    thin = key[n_wide == 0]
+    if not len(thin):
+        return labels
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    graph = coo_matrix(
+        (np.ones(len(thin)), (thin // (n + 1), thin % (n + 1))), shape=(n + 1, n + 1)
+    )
+    _, component = connected_components(graph, directed=False)
+    # Renumber so that 0 stays background.
+    lut = (component + 1).astype(np.int32)
+    lut[0] = 0
+    return lut[labels]
+
+
+# --------------------------------------------------------------------------- finishing
+
+
+def _filter_and_renumber(labels: np.ndarray, min_area_px: int) -> np.ndarray:
+    """Drop labels under ``min_area_px`` pixels and renumber 1..n in raster order."""
+    flat = labels.ravel()
+    if flat.size == 0 or not flat.any():
+        return np.zeros(labels.shape, dtype=np.int32)
+    area = np.bincount(flat)
+    ids, first = np.unique(flat, return_index=True)
+    keep = (ids > 0) & (area[ids] >= min_area_px)
+    ids, first = ids[keep], first[keep]
+    lut = np.zeros(len(area), dtype=np.int32)
+    lut[ids[np.argsort(first, kind="stable")]] = np.arange(1, len(ids) + 1, dtype=np.int32)
+    return lut[labels]
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def instance_scores(
+    labels: np.ndarray,
+    truth: np.ndarray,
+    *,
+    iou_threshold: float = 0.5,
+    truth_ids: np.ndarray | None = None,
+) -> dict[str, float | int]:
+    """How well instance labels match ground-truth instances of the same frame.
+
+    Parameters
+    ----------
+    labels, truth : ndarray, shape (y, x), integer dtype
+        Predicted and true instance ids (0 background).
+    iou_threshold : float
+        A prediction matches a truth instance when their IoU exceeds this
+        (≥ 0.5 makes the matching unique).
+    truth_ids : ndarray, optional
+        Only these true instances are scored (e.g. those above a detection
+        limit); predictions are scored when most of their pixels lie on one of
+        them, or on background.
+
+    Returns
+    -------
+    dict
+        ``n_true``, ``n_pred``, ``matched``, ``precision``, ``recall``, ``f1``;
+        ``over_split`` (true instances of which two or more predictions each
+        take at least half their own pixels) and ``merged`` (true instances
+        that put at least half their pixels into a prediction shared with
+        another such instance), and their rates per true instance;
+        ``count_error`` = (n_pred − n_true) / n_true.
+    """
+    labels = np.asarray(labels)
+    truth = np.asarray(truth)
+    if labels.shape != truth.shape:
+        raise MaskValueError(f"labels {labels.shape} and truth {truth.shape} differ in shape.")
+    p_flat = labels.ravel().astype(np.int64)
+    t_flat = truth.ravel().astype(np.int64)
+    n_p = int(p_flat.max(initial=0)) + 1
+    n_t = int(t_flat.max(initial=0)) + 1
+    p_area = np.bincount(p_flat, minlength=n_p)
+    t_area = np.bincount(t_flat, minlength=n_t)
+    both = (p_flat > 0) | (t_flat > 0)
+    pair, inter = np.unique(p_flat[both] * n_t + t_flat[both], return_counts=True)
+    pp, tt = pair // n_t, pair % n_t
+
+    t_valid = t_area > 0
+    t_valid[0] = False
+    if truth_ids is not None:
+        chosen = np.zeros(n_t, dtype=bool)
+        ids = np.asarray(truth_ids, dtype=np.int64)
+        chosen[ids[(ids > 0) & (ids < n_t)]] = True
+        t_valid &= chosen
+    # Each prediction's main truth (the one holding most of its pixels).
+    p_main = np.zeros(n_p, dtype=np.int64)
+    p_main_px = np.zeros(n_p, dtype=np.int64)
+    order = np.lexsort((inter, pp))
+    last = np.r_[pp[order][1:] != pp[order][:-1], True]
+    sel = order[last]
+    p_main[pp[sel]] = tt[sel]
+    p_main_px[pp[sel]] = inter[sel]
+    p_valid = p_area > 0
+    p_valid[0] = False
+    if truth_ids is not None:
+        p_valid &= t_valid[p_main] | (p_main == 0)
+
+    real = (pp > 0) & (tt > 0)
+    iou = inter[real] / (p_area[pp[real]] + t_area[tt[real]] - inter[real])
+    hit = (iou > iou_threshold) & t_valid[tt[real]] & p_valid[pp[real]]
+    matched = int(hit.sum())
+    n_true, n_pred = int(t_valid.sum()), int(p_valid.sum())
+
+    # Over-split: ≥ 2 predictions that each lie mostly (≥ 50 %) inside one true instance.
+    mostly = p_valid & (p_main > 0) & (2 * p_main_px >= p_area)
+    children = np.bincount(p_main[mostly], minlength=n_t)
+    over_split = int((t_valid & (children >= 2)).sum())
+    # Merged: ≥ 2 true instances that each put ≥ 50 % of their pixels into one prediction.
+    t_part = real & (2 * inter >= t_area[tt]) & t_valid[tt]
+    shared = np.bincount(pp[t_part], minlength=n_p)
+    merged = int((shared[pp[t_part]] >= 2).sum())
+
+    precision = matched / n_pred if n_pred else math.nan
+    recall = matched / n_true if n_true else math.nan
+    f1 = 2 * matched / (n_pred + n_true) if n_pred + n_true else math.nan
+    return {
+        "n_true": n_true,
+        "n_pred": n_pred,
+        "matched": matched,
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "over_split": over_split,
+        "merged": merged,
+        "over_split_rate": over_split / n_true if n_true else math.nan,
+        "merged_rate": merged / n_true if n_true else math.nan,
+        "count_error": (n_pred - n_true) / n_true if n_true else math.nan,
+    }
+
+
+__all__ = [
+    "BOUNDARY_CODES",
+    "SplitMethod",
+    "boundary_class",
+    "crystal_classes",
+    "instance_scores",
+    "label_instances",
+]

@@ -1,0 +1,608 @@
+"""Where measurement results live in the run store, and how they are read back out.
+
+* group ``psd``: one xarray Dataset, dims (time, size_bin) and (time, length_bin,
+  width_bin), CF attributes (``units``, ``long_name``) on every variable and the
+  measurement settings in the dataset attributes; created empty (NaN) before the
+  first chunk is measured and filled chunk by chunk, so parallel writers never
+  share a zarr chunk.
+* group ``_measure``: staging of the particle table, one zarr group per measured
+  chunk of frames (``chunk_00000040`` for frames from 40), written as each chunk
+  completes so that an interrupted measurement keeps its work.
+* group ``particles``: the particle table (one row per particle per frame, one
+  1-D array per column along ``particle``), assembled from the staging groups
+  when every chunk is done, streaming, so memory stays flat in the run length.
+  :func:`crystalseg.store.read_table` and ``xarray.open_zarr(path,
+  group="particles")`` read it; :func:`export_particles` writes Parquet or CSV.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import dask.array as da
+import numpy as np
+import pandas as pd
+import xarray as xr
+import zarr
+
+from crystalseg.dims import LENGTH_BIN, PARTICLE, SIZE_BIN, TIME, WIDTH_BIN
+from crystalseg.errors import ConfigError, RunFormatError, StageStateError
+from crystalseg.measure.distributions import frame_distributions
+from crystalseg.measure.features import FEATURE_COLUMNS, feature_units, measure_frame
+from crystalseg.measure.settings import MeasureSettings
+from crystalseg.store import crystalseg_version, default_compressor, read_run_attrs, stage_info
+
+log = logging.getLogger(__name__)
+
+PSD_GROUP = "psd"
+PARTICLES_GROUP = "particles"
+STAGING_GROUP = "_measure"
+STAGE = "measure"
+
+#: Why a particle is not counted in the distributions, by the code stored in staging.
+EXCLUDED_REASONS: tuple[str, ...] = ("", "edge", "out_of_focus", "larger_than_frame")
+
+#: Columns of the particle table, in order.
+PARTICLE_COLUMNS: tuple[str, ...] = (
+    "frame",
+    "time_s",
+    *FEATURE_COLUMNS,
+    "kept",
+    "excluded_reason",
+    "weight",
+)
+
+_LONG_NAMES: dict[str, str] = {
+    "frame": "frame index",
+    "time_s": "time since first frame",
+    "label": "particle id within its frame",
+    "area": "projected area",
+    "equivalent_diameter_area": "equivalent circle diameter",
+    "ecd": "equivalent circle diameter",
+    "feret_diameter_max": "maximum Feret diameter (length)",
+    "feret_diameter_min": "minimum Feret diameter (width)",
+    "aspect_ratio": "maximum over minimum Feret diameter",
+    "axis_major_length": "major axis of the ellipse of equal second moments",
+    "axis_minor_length": "minor axis of the ellipse of equal second moments",
+    "orientation": "angle between the row axis and the major axis",
+    "perimeter": "perimeter",
+    "perimeter_convex": "perimeter of the convex hull",
+    "circularity": "4 pi area / perimeter^2",
+    "area_convex": "area of the convex hull",
+    "solidity": "area / convex area",
+    "convexity": "convex perimeter / perimeter",
+    "centroid_y": "centroid row",
+    "centroid_x": "centroid column",
+    "bbox_min_y": "bounding box first row",
+    "bbox_min_x": "bounding box first column",
+    "bbox_max_y": "bounding box row after the last",
+    "bbox_max_x": "bounding box column after the last",
+    "intensity_mean": "mean raw intensity",
+    "sharpness": "focus score: mean squared intensity gradient over the outline",
+    "touches_edge": "particle touches the frame edge",
+    "kept": "counted in the distributions",
+    "excluded_reason": "why the particle is not counted ('' when kept)",
+    "weight": "number weight in the distributions (Miles-Lantuejoul factor, 0 if excluded)",
+}
+
+_PSD_META: dict[str, tuple[str, str]] = {
+    # name: (long name, units: "size" for the size unit, "density" for the field density)
+    "count_kept": ("particles counted in the distributions", "1"),
+    "number": ("weighted number of particles counted (edge-corrected count)", "1"),
+    "count_detected": ("particles found in the frame, counted or not", "1"),
+    "count_edge": ("particles touching the frame edge", "1"),
+    "count_elongated": ("counted particles at or above the elongated aspect ratio", "1"),
+    "number_density": ("weighted number of particles per area of field", "density"),
+    "q0": ("number-based size density per log10 size", "1"),
+    "q3": ("volume-based size density per log10 size", "1"),
+    "fraction_outside_number": ("number fraction outside the size bins", "1"),
+    "fraction_outside_volume": ("volume fraction outside the size bins", "1"),
+    "d10_number": ("number-based D10", "size"),
+    "d50_number": ("number-based median size D50", "size"),
+    "d90_number": ("number-based D90", "size"),
+    "d10_volume": ("volume-based D10", "size"),
+    "d50_volume": ("volume-based median size D50", "size"),
+    "d90_volume": ("volume-based D90", "size"),
+    "d_1_0": ("number mean size D[1,0]", "size"),
+    "d_3_2": ("Sauter mean size D[3,2]", "size"),
+    "d_4_3": ("De Brouckere mean size D[4,3]", "size"),
+    "span_volume": ("span (D90 - D10) / D50, volume basis", "1"),
+    "aspect_ratio_mean": ("number-weighted mean aspect ratio", "1"),
+    "circularity_mean": ("number-weighted mean circularity", "1"),
+    "projected_area_fraction": ("fraction of the field covered by particles", "1"),
+    "length_width": (
+        "weighted number of elongated crystals by length (max Feret) and width (min Feret)",
+        "1",
+    ),
+}
+_INT_VARS = frozenset({"count_kept", "count_detected", "count_edge", "count_elongated"})
+#: psd names of entries of frame_distributions that would shadow Dataset methods.
+PSD_RENAMES = {"count": "count_kept"}
+
+
+# --------------------------------------------------------------------------- layout
+
+
+def particle_column_attrs(pixel_size_um: float | None) -> dict[str, dict[str, str]]:
+    """CF ``units`` and ``long_name`` of every column of the particle table."""
+    units = feature_units(pixel_size_um)
+    units.update({"frame": "1", "time_s": "s", "kept": "1", "excluded_reason": "1", "weight": "1"})
+    return {c: {"units": units[c], "long_name": _LONG_NAMES[c]} for c in PARTICLE_COLUMNS}
+
+
+def size_units(pixel_size_um: float | None) -> str:
+    """Unit of sizes: "um" for calibrated runs, "px" otherwise."""
+    return "um" if pixel_size_um is not None else "px"
+
+
+def psd_variables(settings: MeasureSettings) -> dict[str, tuple[tuple[str, ...], np.dtype]]:
+    """Name -> (dims without time, dtype) of every per-frame variable of ``psd``."""
+    empty = measure_frame(np.zeros((1, 1), dtype=np.int32))
+    empty["weight"] = np.zeros(0)
+    dist = frame_distributions(empty, bins=settings.bin_edges(), weight_column="weight")
+    names = [PSD_RENAMES.get(k, k) for k in dist] + ["count_detected", "number_density"]
+    out: dict[str, tuple[tuple[str, ...], np.dtype]] = {}
+    for name in names:
+        source = {v: k for k, v in PSD_RENAMES.items()}.get(name, name)
+        dims = dist[source][0] if source in dist else ()
+        out[name] = (tuple(dims), np.dtype(np.int64 if name in _INT_VARS else np.float64))
+    return out
+
+
+def psd_attrs(
+    settings: MeasureSettings,
+    *,
+    pixel_size_um: float | None,
+    mask_identity: dict[str, Any],
+    frame_shape: tuple[int, int],
+) -> dict[str, Any]:
+    """Dataset attributes of ``psd``: how every number in it was made."""
+    low, high, count = settings.bins
+    unit = size_units(pixel_size_um)
+    edge_text = {
+        "exclude": "particles touching the frame edge are excluded (biases sizes low "
+        "only through the loss of large particles; see count_edge)",
+        "miles-lantuejoul": "particles touching the frame edge are excluded and the others "
+        "weighted by the Miles-Lantuejoul correction (H W) / ((H - h)(W - w))",
+        "keep": "particles touching the frame edge are kept as measured (their sizes are "
+        "biased low)",
+    }[settings.edge]
+    return {
+        "title": "particle size distribution per frame",
+        "crystalseg_version": crystalseg_version(),
+        "measure_settings": json.dumps(settings.to_dict()),
+        "edge_treatment": settings.edge,
+        "edge_treatment_description": edge_text,
+        "size_column": settings.size_column,
+        "size_basis": f"{_LONG_NAMES[settings.size_column]} ({settings.size_column}); number "
+        "basis q0 counts particles (times their weight), volume basis q3 weights each by "
+        "size^3 (a sphere of that size)",
+        "size_units": unit,
+        "bins": [low, high, count],
+        "bin_spacing": "logarithmic",
+        "pixel_size_um": pixel_size_um,
+        "frame_shape_px": list(frame_shape),
+        "min_area_px": settings.min_area_px,
+        "split": settings.split,
+        "min_sharpness": settings.min_sharpness,
+        "mask": json.dumps(mask_identity),
+    }
+
+
+def create_psd(
+    path: Path,
+    settings: MeasureSettings,
+    *,
+    time_s: np.ndarray,
+    frames_per_chunk: int,
+    pixel_size_um: float | None,
+    mask_identity: dict[str, Any],
+    frame_shape: tuple[int, int],
+) -> None:
+    """Create group ``psd`` with every variable filled with NaN (or 0 for counts)."""
+    edges = settings.bin_edges()
+    centres = np.sqrt(edges[:-1] * edges[1:])
+    n = len(time_s)
+    unit = size_units(pixel_size_um)
+    density_units = "mm-2" if pixel_size_um is not None else "1"
+    data_vars = {}
+    for name, (dims, dtype) in psd_variables(settings).items():
+        shape = (n, *(len(centres) for _ in dims))
+        chunks = (frames_per_chunk, *(len(centres) for _ in dims))
+        fill = 0 if dtype.kind == "i" else np.nan
+        long_name, kind = _PSD_META[name]
+        units = {"size": unit, "density": density_units}.get(kind, kind)
+        attrs = {"long_name": long_name, "units": units}
+        if name == "number_density" and pixel_size_um is None:
+            attrs["comment"] = "NaN: the run has no pixel size"
+        data_vars[name] = (
+            (TIME, *dims),
+            da.full(shape, fill, dtype=dtype, chunks=chunks),
+            attrs,
+        )
+    bin_attrs = {"units": unit, "long_name": "geometric centre of the size bin"}
+    coords = {
+        TIME: (TIME, np.asarray(time_s, dtype=np.float64), {"units": "s", "long_name": "time"}),
+        SIZE_BIN: (SIZE_BIN, centres, bin_attrs),
+        "size_bin_lower": (SIZE_BIN, edges[:-1], {"units": unit, "long_name": "lower bin edge"}),
+        "size_bin_upper": (SIZE_BIN, edges[1:], {"units": unit, "long_name": "upper bin edge"}),
+        LENGTH_BIN: (LENGTH_BIN, centres, {**bin_attrs, "long_name": "length bin centre"}),
+        WIDTH_BIN: (WIDTH_BIN, centres, {**bin_attrs, "long_name": "width bin centre"}),
+    }
+    ds = xr.Dataset(data_vars, coords=coords)
+    ds.attrs.update(
+        psd_attrs(
+            settings,
+            pixel_size_um=pixel_size_um,
+            mask_identity=mask_identity,
+            frame_shape=frame_shape,
+        )
+    )
+    encoding = {name: {"compressors": default_compressor()} for name in ds.data_vars}
+    ds.to_zarr(
+        str(path),
+        group=PSD_GROUP,
+        mode="w",
+        compute=False,
+        consolidated=False,
+        zarr_format=3,
+        encoding=encoding,
+    )
+
+
+def write_psd_chunk(path: Path, start: int, values: dict[str, np.ndarray]) -> None:
+    """Write the per-frame variables of frames ``start:start + len`` into ``psd``."""
+    group = zarr.open_group(str(path / PSD_GROUP), mode="r+", use_consolidated=False)
+    for name, value in values.items():
+        arr = group[name]
+        assert isinstance(arr, zarr.Array)
+        arr[start : start + len(value)] = value
+
+
+# --------------------------------------------------------------------------- staging
+
+
+def _staging_name(start: int) -> str:
+    return f"chunk_{start:08d}"
+
+
+def prepare_staging(path: Path, *, fresh: bool) -> None:
+    """Create the staging group (emptied when ``fresh``)."""
+    staging = path / STAGING_GROUP
+    if fresh and staging.exists():
+        shutil.rmtree(staging)
+    zarr.open_group(str(path), mode="r+", use_consolidated=False).require_group(STAGING_GROUP)
+
+
+#: Columns of a staged chunk, in order: the particle columns with the reason as a code.
+STAGED_COLUMNS: tuple[str, ...] = tuple(
+    "excluded_code" if c == "excluded_reason" else c for c in PARTICLE_COLUMNS
+)
+
+
+def write_staged_particles(path: Path, start: int, table: pd.DataFrame) -> None:
+    """Write one chunk's particle rows into ``_measure/chunk_<start>`` (replacing it).
+
+    All columns are numbers (ids and pixel positions far below 2**53, flags 0/1,
+    the exclusion reason as its code), so they travel as one float64 array
+    (rows, columns): one write per chunk instead of one per column.
+    """
+    values = np.empty((len(table), len(STAGED_COLUMNS)), dtype=np.float64)
+    for j, name in enumerate(STAGED_COLUMNS):
+        values[:, j] = table[name].to_numpy(dtype=np.float64)
+    group = zarr.open_group(
+        str(path / STAGING_GROUP / _staging_name(start)), mode="w", zarr_format=3
+    )
+    arr = group.create_array(
+        "rows",
+        shape=values.shape,
+        chunks=(max(len(values), 1), len(STAGED_COLUMNS)),
+        dtype=np.float64,
+        fill_value=0.0,
+        compressors=default_compressor(),
+    )
+    if len(values):
+        arr[:] = values
+    group.attrs.update({"rows": len(values), "columns": list(STAGED_COLUMNS)})
+
+
+def _rows(group: zarr.Group) -> int:
+    value = group.attrs.asdict().get("rows", 0)
+    return int(value) if isinstance(value, int | float) else 0
+
+
+def _array(group: zarr.Group, name: str) -> zarr.Array:
+    node = group[name]
+    if not isinstance(node, zarr.Array):
+        raise RunFormatError(f"'{name}' in the measurement results is not an array")
+    return node
+
+
+def _staged_group(path: Path, start: int) -> zarr.Group:
+    where = path / STAGING_GROUP / _staging_name(start)
+    try:
+        return zarr.open_group(str(where), mode="r", use_consolidated=False)
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError) as exc:
+        raise StageStateError(
+            f"measurement of '{path}' lost the particles of frames from {start}; "
+            "rerun with overwrite=True (--overwrite)"
+        ) from exc
+
+
+def assemble_particles(
+    path: Path,
+    chunks: list[tuple[int, int]],
+    *,
+    pixel_size_um: float | None,
+    attrs: dict[str, Any],
+    block_rows: int = 1 << 16,
+) -> int:
+    """Copy the staged chunks, in time order, into group ``particles``; returns the row count.
+
+    Rows are gathered into blocks of ``block_rows`` (the chunk length of the
+    output arrays) and written block by block, so memory is one block plus one
+    staged chunk whatever the run length.
+    """
+    groups = [_staged_group(path, start) for start, _ in chunks]
+    total = sum(_rows(g) for g in groups)
+
+    remove_particles(path)
+    root = zarr.open_group(str(path), mode="r+", use_consolidated=False)
+    out = root.create_group(PARTICLES_GROUP)
+    out.attrs.update({**attrs, "columns": list(PARTICLE_COLUMNS)})
+    column_attrs = particle_column_attrs(pixel_size_um)
+    arrays: dict[str, zarr.Array] = {}
+    for name in PARTICLE_COLUMNS:
+        text = name == "excluded_reason"
+        arr = out.create_array(
+            name,
+            shape=(total,),
+            chunks=(max(1, min(total, block_rows)),),
+            dtype=str if text else _COLUMN_DTYPES.get(name, np.float64),
+            fill_value=None if text else 0,
+            dimension_names=(PARTICLE,),
+            compressors=None if text else default_compressor(),
+        )
+        arr.attrs.update(column_attrs[name])
+        arrays[name] = arr
+    reasons = np.asarray(EXCLUDED_REASONS, dtype=object)
+
+    def write(block: np.ndarray, offset: int) -> None:
+        for j, name in enumerate(PARTICLE_COLUMNS):
+            col = block[:, j]
+            if name == "excluded_reason":
+                values = reasons[col.astype(np.intp)].astype(str)
+            else:
+                values = col.astype(_COLUMN_DTYPES.get(name, np.float64))
+            arrays[name][offset : offset + len(block)] = values
+
+    offset, buffer = 0, []
+    buffered = 0
+    for group in groups:
+        if _rows(group) == 0:
+            continue
+        buffer.append(np.asarray(_array(group, "rows")[:]))
+        buffered += len(buffer[-1])
+        while buffered >= block_rows:
+            rows = np.concatenate(buffer)
+            write(rows[:block_rows], offset)
+            offset += block_rows
+            buffer, buffered = [rows[block_rows:]], len(rows) - block_rows
+    if buffered:
+        write(np.concatenate(buffer), offset)
+        offset += buffered
+    return offset
+
+
+_COLUMN_DTYPES: dict[str, Any] = {
+    "frame": np.int64,
+    "label": np.int64,
+    "bbox_min_y": np.int64,
+    "bbox_min_x": np.int64,
+    "bbox_max_y": np.int64,
+    "bbox_max_x": np.int64,
+    "touches_edge": np.bool_,
+    "kept": np.bool_,
+}
+
+
+def remove_particles(path: Path) -> None:
+    """Delete the ``particles`` table (when a new measurement starts)."""
+    particles = path / PARTICLES_GROUP
+    if particles.exists():
+        shutil.rmtree(particles)
+
+
+def remove_staging(path: Path) -> None:
+    """Delete the staging group (after the stage is marked finished)."""
+    staging = path / STAGING_GROUP
+    if staging.exists():
+        shutil.rmtree(staging)
+
+
+# --------------------------------------------------------------------------- reading out
+
+
+def _particles_group(path: Path) -> zarr.Group:
+    info = stage_info(path).get(STAGE)
+    root = zarr.open_group(str(path), mode="r", use_consolidated=False)
+    if info is None or info.get("status") != "finished" or PARTICLES_GROUP not in root:
+        raise StageStateError(
+            f"run '{path}' has no finished measurement; run 'crystalseg measure {path}' first"
+        )
+    node = root[PARTICLES_GROUP]
+    if not isinstance(node, zarr.Group):
+        raise RunFormatError(f"'{PARTICLES_GROUP}' in '{path}' is not a table group")
+    return node
+
+
+def iter_particles(run: str | os.PathLike[str], *, rows: int = 1 << 18) -> Iterator[pd.DataFrame]:
+    """The particle table of a measured run, in blocks of at most ``rows`` rows.
+
+    Parameters
+    ----------
+    run : path of the run store
+    rows : rows per block (memory is one block)
+
+    Yields
+    ------
+    DataFrame, columns :data:`PARTICLE_COLUMNS`
+    """
+    group = _particles_group(Path(run))
+    arrays = {name: _array(group, name) for name in PARTICLE_COLUMNS}
+    total = int(arrays["frame"].shape[0])
+    for lo in range(0, max(total, 1), rows):
+        hi = min(lo + rows, total)
+        block = {}
+        for name, arr in arrays.items():
+            values = np.asarray(arr[lo:hi])
+            if values.dtype.kind in "TU":
+                values = values.astype(object)
+            block[name] = values
+        yield pd.DataFrame(block)
+
+
+def export_particles(
+    run: str | os.PathLike[str],
+    path: str | os.PathLike[str],
+    *,
+    format: Literal["parquet", "csv"] | None = None,
+) -> Path:
+    """Write the particle table of a measured run to Parquet or CSV, streaming.
+
+    Parameters
+    ----------
+    run : path of the measured run store
+    path : output file
+    format : {"parquet", "csv"}, optional
+        Default from the suffix of ``path`` (``.parquet``/``.pq`` or ``.csv``).
+        Parquet keeps the dtypes and stores each column's units in its field
+        metadata; CSV (for spreadsheets) writes a header of column names.
+
+    Returns
+    -------
+    Path of the written file.
+
+    Raises
+    ------
+    ConfigError
+        Unknown format, or none given and the suffix says nothing.
+    StageStateError
+        The run has no finished measurement.
+    """
+    out = Path(path)
+    fmt = format
+    if fmt is None:
+        suffix = out.suffix.lower()
+        fmt = "parquet" if suffix in (".parquet", ".pq") else "csv" if suffix == ".csv" else None
+        if fmt is None:
+            raise ConfigError(
+                f"cannot tell the format of '{out}' from its suffix; name it *.parquet or "
+                "*.csv, or pass format='parquet' or 'csv'"
+            )
+    if fmt not in ("parquet", "csv"):
+        raise ConfigError(f"export format {fmt!r} is unknown; use 'parquet' or 'csv'")
+    pixel = read_run_attrs(Path(run)).get("pixel_size_um")
+    blocks = iter_particles(run)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "csv":
+        with open(out, "w", newline="", encoding="utf-8") as fh:
+            for i, block in enumerate(blocks):
+                block.to_csv(fh, index=False, header=i == 0)
+        return out
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    attrs = particle_column_attrs(pixel)
+    writer = None
+    try:
+        for block in blocks:
+            table = pa.Table.from_pandas(block, preserve_index=False)
+            if writer is None:
+                schema = pa.schema(
+                    [
+                        field.with_metadata({k: str(v) for k, v in attrs[field.name].items()})
+                        for field in table.schema
+                    ],
+                    metadata={"pixel_size_um": json.dumps(pixel), "source": str(run)},
+                )
+                writer = pq.ParquetWriter(str(out), schema)
+            writer.write_table(table.cast(writer.schema))
+    finally:
+        if writer is not None:
+            writer.close()
+    return out
+
+
+def summarize_measurement(run: str | os.PathLike[str]) -> dict[str, Any]:
+    """What the CLI prints after ``crystalseg measure``: counts, D50 at start and end, where.
+
+    Returns
+    -------
+    dict
+        ``path``, ``frames``, ``particles`` (rows of the table), ``particles_counted``
+        (kept), ``size_column``, ``size_units``, ``edge_treatment``, ``d50_start``
+        and ``d50_end`` (number-based D50 of the first and last frame with counted
+        particles, NaN if none), ``time_start_s`` and ``time_end_s`` (those frames'
+        times), ``count_start`` and ``count_end``, ``psd`` and ``particles_table``
+        (where the results are: ``"<run> (group psd)"``), ``settings``.
+
+    Raises
+    ------
+    StageStateError
+        The run has no finished measurement.
+    """
+    path = Path(run)
+    group = _particles_group(path)
+    kept = _array(group, "kept")
+    n_rows = int(kept.shape[0])
+    n_kept = 0
+    for lo in range(0, n_rows, 1 << 20):
+        n_kept += int(np.count_nonzero(np.asarray(kept[lo : lo + (1 << 20)])))
+    with xr.open_zarr(str(path), group=PSD_GROUP, consolidated=None) as ds:
+        count = ds["count_kept"].values
+        d50 = ds["d50_number"].values
+        time = ds[TIME].values
+        attrs = dict(ds.attrs)
+    present = np.flatnonzero(count > 0)
+    first = int(present[0]) if len(present) else None
+    last = int(present[-1]) if len(present) else None
+
+    def at(values: np.ndarray, index: int | None) -> float:
+        return float(values[index]) if index is not None else math.nan
+
+    return {
+        "path": str(path),
+        "frames": len(count),
+        "particles": n_rows,
+        "particles_counted": n_kept,
+        "size_column": attrs.get("size_column"),
+        "size_units": attrs.get("size_units"),
+        "edge_treatment": attrs.get("edge_treatment"),
+        "d50_start": at(d50, first),
+        "d50_end": at(d50, last),
+        "time_start_s": at(time, first),
+        "time_end_s": at(time, last),
+        "count_start": int(count[first]) if first is not None else 0,
+        "count_end": int(count[last]) if last is not None else 0,
+        "psd": f"{path} (group {PSD_GROUP})",
+        "particles_table": f"{path} (group {PARTICLES_GROUP})",
+        "settings": json.loads(attrs.get("measure_settings", "{}")),
+    }
+
+
+__all__ = [
+    "EXCLUDED_REASONS",
+    "PARTICLE_COLUMNS",
+    "export_particles",
+    "iter_particles",
+    "summarize_measurement",
+]

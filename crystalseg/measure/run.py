@@ -1,0 +1,533 @@
+"""Measure a whole run store: mask → instances → particle table and PSD per frame.
+
+:func:`measure_run` is what ``crystalseg measure`` calls. It segments the run
+first when it has no finished ``mask`` (with the bundled model unless another is
+given), then measures the frames in parallel with dask, one task per time chunk
+of the mask: each task reads its frames of ``mask`` and ``image`` from the store,
+measures them (:func:`measure_mask_frame`), writes its slice of group ``psd``
+and its particle rows into a staging group, and only then marks its frames done
+in the stage's progress record. Nothing holds more than a chunk of frames, so
+memory stays flat in the number of frames, and an interrupted run resumes with
+the chunks that are missing. When all are done, the staged rows are copied into
+the ``particles`` table, the stage is marked finished and the staging removed.
+
+Locally the tasks run on dask's process pool by default (all cores: the
+distance transform, watershed and table building hold the GIL for part of their
+time, so threads scale less than processes on many cores), or on threads;
+with a ``distributed`` client or scheduler address they run on the cluster's
+workers, which must see the store's filesystem. The process pool starts its
+workers with ``spawn``: a script that calls :func:`measure_run` needs the usual
+``if __name__ == "__main__":`` guard (the CLI and notebooks need nothing).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+import zarr
+
+from crystalseg.dims import IMAGE, MASK, TIME
+from crystalseg.errors import ConfigError, RunFormatError, StageStateError
+from crystalseg.measure.distributions import frame_distributions
+from crystalseg.measure.features import measure_frame, miles_lantuejoul_weights
+from crystalseg.measure.instances import crystal_classes, label_instances
+from crystalseg.measure.results import (
+    EXCLUDED_REASONS,
+    PARTICLES_GROUP,
+    PSD_GROUP,
+    PSD_RENAMES,
+    STAGE,
+    STAGING_GROUP,
+    assemble_particles,
+    create_psd,
+    prepare_staging,
+    remove_particles,
+    remove_staging,
+    write_psd_chunk,
+    write_staged_particles,
+)
+from crystalseg.measure.settings import MeasureSettings
+from crystalseg.store import (
+    StageProgress,
+    begin_stage,
+    consolidate,
+    get_array,
+    open_run,
+    read_run_attrs,
+    stage_info,
+)
+
+log = logging.getLogger(__name__)
+
+#: ``progress(stage, frames_done, frames_total)``: stage is "segment" or "measure";
+#: called after every chunk; raising from it stops the run (which can be resumed).
+MeasureProgress = Callable[[str, int, int], None]
+
+LocalScheduler = Literal["processes", "threads", "synchronous"]
+
+_DEFAULT_CODES = ("background", "crystal")
+
+
+# --------------------------------------------------------------------------- one frame
+
+
+def measure_mask_frame(
+    mask: np.ndarray,
+    image: np.ndarray | None,
+    *,
+    settings: MeasureSettings,
+    codes: tuple[str, ...] = _DEFAULT_CODES,
+    pixel_size_um: float | None = None,
+) -> tuple[pd.DataFrame, dict[str, tuple[tuple[str, ...], np.ndarray | float]]]:
+    """Particles and distributions of one frame from its class mask.
+
+    Parameters
+    ----------
+    mask : ndarray, shape (y, x), integer dtype
+        Class index per pixel.
+    image : ndarray, shape (y, x), optional
+        The raw frame (intensity and sharpness; without it the sharpness filter
+        cannot apply and sharpness is NaN).
+    settings : MeasureSettings
+    codes : tuple of str
+        Class names of the mask, background first.
+    pixel_size_um : float, optional
+        Micrometres per pixel; sizes are in µm with it, px without.
+
+    Returns
+    -------
+    table : DataFrame
+        :func:`~crystalseg.measure.features.measure_frame` columns plus
+        ``kept`` (bool), ``excluded_code`` (index into
+        :data:`~crystalseg.measure.results.EXCLUDED_REASONS`) and ``weight``
+        (number weight: 1, the Miles–Lantuéjoul factor, or 0 when excluded).
+    distributions : dict of str to (dims, value)
+        :func:`~crystalseg.measure.distributions.frame_distributions` of the
+        kept particles (its ``count`` named ``count_kept``, as in ``psd``),
+        plus ``count_detected`` and ``number_density``
+        (weighted number per mm² of field, NaN without a pixel size).
+    """
+    labels = label_instances(
+        mask,
+        codes=codes,
+        classes=settings.classes,
+        split=settings.split,
+        min_area_px=settings.min_area_px,
+        min_depth_px=settings.min_depth_px,
+        neck_ratio=settings.neck_ratio,
+        smooth_px=settings.smooth_px,
+    )
+    table = measure_frame(labels, image, pixel_size_um=pixel_size_um)
+    n = len(table)
+    code = np.zeros(n, dtype=np.uint8)
+    weight = np.ones(n)
+    if settings.edge != "keep":
+        code[table["touches_edge"].to_numpy()] = EXCLUDED_REASONS.index("edge")
+    if settings.min_sharpness is not None:
+        blurred = ~(table["sharpness"].to_numpy() >= settings.min_sharpness)
+        code[(code == 0) & blurred] = EXCLUDED_REASONS.index("out_of_focus")
+    if settings.edge == "miles-lantuejoul" and n:
+        ml = miles_lantuejoul_weights(
+            (table["bbox_max_y"] - table["bbox_min_y"]).to_numpy(),
+            (table["bbox_max_x"] - table["bbox_min_x"]).to_numpy(),
+            mask.shape,
+        )
+        code[(code == 0) & ~np.isfinite(ml)] = EXCLUDED_REASONS.index("larger_than_frame")
+        weight = np.where(np.isfinite(ml), ml, 0.0)
+    kept = code == 0
+    table["kept"] = kept
+    table["excluded_code"] = code
+    table["weight"] = np.where(kept, weight, 0.0)
+
+    h, w = mask.shape
+    scale = 1.0 if pixel_size_um is None else float(pixel_size_um)
+    frame_area = h * w * scale * scale
+    dist = frame_distributions(
+        table,
+        bins=settings.bin_edges(),
+        size_column=settings.size_column,
+        weight_column="weight",
+        edge="keep",
+        frame_shape=(h, w),
+        frame_area=frame_area,
+        elongated_aspect_ratio=settings.elongated_aspect_ratio,
+    )
+    dist = {PSD_RENAMES.get(k, k): v for k, v in dist.items()}
+    dist["count_detected"] = ((), n)
+    density = float(dist["number"][1]) / (frame_area * 1e-6) if pixel_size_um else np.nan
+    dist["number_density"] = ((), density)
+    return table, dist
+
+
+# --------------------------------------------------------------------------- one chunk
+
+
+@dataclass(frozen=True)
+class _ChunkJob:
+    """Everything a worker needs to measure frames ``start:stop`` of the store."""
+
+    path: Path
+    start: int
+    stop: int
+    settings: MeasureSettings
+    codes: tuple[str, ...]
+    pixel_size_um: float | None
+    progress: StageProgress
+
+
+def _measure_chunk(job: _ChunkJob) -> int:
+    """Measure one chunk, write its psd slice and staged particles, mark it done."""
+    group = zarr.open_group(str(job.path), mode="r", use_consolidated=False)
+    masks = np.asarray(get_array(group, MASK, job.path)[job.start : job.stop])
+    images = np.asarray(get_array(group, IMAGE, job.path)[job.start : job.stop])
+    times = np.asarray(get_array(group, TIME, job.path)[job.start : job.stop], dtype=np.float64)
+
+    tables: list[pd.DataFrame] = []
+    columns: dict[str, list[np.ndarray | float]] = {}
+    for i in range(job.stop - job.start):
+        table, dist = measure_mask_frame(
+            masks[i],
+            images[i],
+            settings=job.settings,
+            codes=job.codes,
+            pixel_size_um=job.pixel_size_um,
+        )
+        table.insert(0, "time_s", np.full(len(table), times[i]))
+        table.insert(0, "frame", np.full(len(table), job.start + i, dtype=np.int64))
+        tables.append(table)
+        for name, (_, value) in dist.items():
+            columns.setdefault(name, []).append(value)
+    write_psd_chunk(job.path, job.start, {k: np.stack(v) for k, v in columns.items()})
+    non_empty = [t for t in tables if len(t)]
+    rows = pd.concat(non_empty, ignore_index=True) if non_empty else tables[0]
+    write_staged_particles(job.path, job.start, rows)
+    job.progress.mark_done(job.start, job.stop)
+    return job.stop - job.start
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def measure_run(
+    run: str | os.PathLike[str],
+    *,
+    settings: MeasureSettings | None = None,
+    model: Any = None,
+    client: Any = None,
+    progress: MeasureProgress | None = None,
+    overwrite: bool = False,
+    scheduler: LocalScheduler = "processes",
+    num_workers: int | None = None,
+    frames_per_chunk: int | None = None,
+) -> xr.Dataset:
+    """Measure every frame of a run store; write ``psd`` and ``particles`` into it.
+
+    Parameters
+    ----------
+    run : path of the run store
+    settings : MeasureSettings, optional
+        What to measure and how (default :class:`MeasureSettings`()).
+    model : checkpoint directory or Segmenter, optional
+        Used only when the run has no finished mask: it is segmented first with
+        this model (None: the bundled default model), see
+        :func:`crystalseg.segment.segment_run`.
+    client : distributed.Client or str, optional
+        A client or scheduler address: the chunks run on the cluster's workers
+        (each writes straight into the store, which every worker must see).
+        None runs here.
+    progress : callable (stage, frames_done, frames_total), optional
+        Called as chunks complete, with stage "segment" or "measure".
+    overwrite : bool
+        Replace a measurement made with other settings (without it, that is an
+        error). A finished measurement with the same settings of the same mask is
+        returned as is; an unfinished one resumes.
+    scheduler : {"processes", "threads", "synchronous"}
+        Local dask scheduler when ``client`` is None.
+    num_workers : int, optional
+        Local workers (default: all cores).
+    frames_per_chunk : int, optional
+        Frames per task and per chunk of ``psd`` (default: the mask's chunks).
+
+    Returns
+    -------
+    Dataset
+        Group ``psd`` of the store, opened lazily (``xarray.open_zarr(run,
+        group="psd")``): dims (time, size_bin) and (time, length_bin, width_bin).
+
+    Raises
+    ------
+    StageStateError
+        The run has no mask and cannot be segmented, or was measured with other
+        settings and ``overwrite`` is False.
+    RunFormatError, ConfigError
+        Unreadable store, impossible settings.
+    """
+    settings = MeasureSettings() if settings is None else settings
+    if not isinstance(settings, MeasureSettings):
+        raise ConfigError(f"settings must be a MeasureSettings, got {type(settings).__name__}")
+    if scheduler not in ("processes", "threads", "synchronous"):
+        raise ConfigError(
+            f"scheduler {scheduler!r} is unknown; use 'processes', 'threads' or 'synchronous'"
+        )
+    path = Path(run).resolve()
+    open_run(path)  # checks the store is a complete run
+    _ensure_mask(path, model=model, client=client, progress=progress)
+
+    group = zarr.open_group(str(path), mode="r", use_consolidated=False)
+    mask = get_array(group, MASK, path)
+    n, ny, nx = (int(v) for v in mask.shape)
+    if n == 0:
+        raise RunFormatError(f"run '{path}' has no frames to measure")
+    codes = _mask_codes(mask)
+    crystal_classes(codes, classes=settings.classes)  # fails early on unknown classes
+    fpc = int(frames_per_chunk or mask.chunks[0])
+    if fpc < 1:
+        raise ConfigError(f"frames_per_chunk must be >= 1, got {frames_per_chunk!r}")
+    fpc = min(fpc, n)
+    pixel_size_um = read_run_attrs(path).get("pixel_size_um")
+    mask_identity = _mask_identity(path, mask)
+    stage_settings = {"measure": settings.to_dict(), "mask": mask_identity}
+
+    state = _check_existing(path, settings, mask_identity, overwrite=overwrite)
+    if state == "finished":
+        log.info("%s is already measured with these settings; nothing to do", path)
+        if progress is not None:
+            progress(STAGE, n, n)
+        return _open_psd(path)
+    stage = begin_stage(
+        path,
+        STAGE,
+        settings=stage_settings,
+        n_frames=n,
+        frames_per_chunk=fpc,
+        restart=state == "new",
+    )
+    if not stage.done().any() or not _outputs_exist(path):
+        if stage.done().any():  # progress recorded but its outputs are gone: start over
+            stage = begin_stage(
+                path,
+                STAGE,
+                settings=stage_settings,
+                n_frames=n,
+                frames_per_chunk=fpc,
+                restart=True,
+            )
+        time_s = np.asarray(get_array(group, TIME, path)[:], dtype=np.float64)
+        create_psd(
+            path,
+            settings,
+            time_s=time_s,
+            frames_per_chunk=fpc,
+            pixel_size_um=pixel_size_um,
+            mask_identity=mask_identity,
+            frame_shape=(ny, nx),
+        )
+        prepare_staging(path, fresh=True)
+        remove_particles(path)  # a table of earlier settings must not outlive them
+    pending = stage.pending_chunks()
+    done = n - sum(stop - start for start, stop in pending)
+    if progress is not None:
+        progress(STAGE, done, n)
+    jobs = [
+        _ChunkJob(path, start, stop, settings, codes, pixel_size_um, stage)
+        for start, stop in pending
+    ]
+    if jobs:
+        log.info("measuring %d frames of %s in %d chunks", n - done, path, len(jobs))
+    if client is not None:
+        _run_distributed(jobs, client, done, n, progress)
+    else:
+        _run_local(jobs, scheduler, num_workers, done, n, progress)
+
+    all_chunks = [(s, min(s + fpc, n)) for s in range(0, n, fpc)]
+    rows = assemble_particles(
+        path,
+        all_chunks,
+        pixel_size_um=pixel_size_um,
+        attrs={
+            "pixel_size_um": pixel_size_um,
+            "edge_treatment": settings.edge,
+            "measure_settings": settings.to_dict(),
+            "mask": mask_identity,
+        },
+    )
+    stage.finish(particles=rows)
+    remove_staging(path)
+    consolidate(path)
+    log.info("measured %d frames of %s: %d particles", n, path, rows)
+    return _open_psd(path)
+
+
+def _open_psd(path: Path) -> xr.Dataset:
+    return xr.open_zarr(str(path), group=PSD_GROUP, consolidated=None)
+
+
+def _outputs_exist(path: Path) -> bool:
+    return (path / PSD_GROUP / "zarr.json").exists() and (path / STAGING_GROUP).exists()
+
+
+def _ensure_mask(path: Path, *, model: Any, client: Any, progress: MeasureProgress | None) -> None:
+    """Segment the run when it has no finished mask."""
+    info = stage_info(path).get("segment")
+    if info is not None and info.get("status") == "finished":
+        return
+    if info is None and MASK in zarr.open_group(str(path), mode="r", use_consolidated=False):
+        log.info("%s has a mask written outside crystalseg segment; measuring it", path)
+        return
+    try:
+        from crystalseg.segment import segment_run
+    except ImportError as exc:  # pragma: no cover - torch is a dependency
+        raise StageStateError(
+            f"run '{path}' has no mask and segmentation is unavailable ({exc}); "
+            "run 'crystalseg segment' first"
+        ) from exc
+    log.info("%s has no finished mask: segmenting it first", path)
+
+    def seg_progress(done: int, total: int) -> None:
+        if progress is not None:
+            progress("segment", done, total)
+
+    segment_run(path, model, client=client, progress=seg_progress)
+
+
+def _mask_codes(mask: zarr.Array) -> tuple[str, ...]:
+    attrs = dict(mask.attrs.asdict())
+    codes = attrs.get("codes")
+    if isinstance(codes, list | tuple) and codes:
+        return tuple(str(c) for c in codes)
+    if attrs.get("flag_meanings"):
+        return tuple(str(attrs["flag_meanings"]).split())
+    log.warning("mask has no 'codes' attribute; assuming classes %s", _DEFAULT_CODES)
+    return _DEFAULT_CODES
+
+
+def _mask_identity(path: Path, mask: zarr.Array) -> dict[str, Any]:
+    """What identifies the mask being measured: its model and when it was made."""
+    info = stage_info(path).get("segment", {})
+    attrs = dict(mask.attrs.asdict())
+    return {
+        "model_sha256": attrs.get("model_sha256"),
+        "segment_started": info.get("started"),
+        "segment_finished": info.get("finished"),
+    }
+
+
+def _check_existing(
+    path: Path,
+    settings: MeasureSettings,
+    mask_identity: dict[str, Any],
+    *,
+    overwrite: bool,
+) -> Literal["new", "resume", "finished"]:
+    """Start anew, resume, nothing to do; or refuse to replace other settings' results."""
+    info = stage_info(path).get(STAGE)
+    if info is None or overwrite:
+        return "new"
+    previous = info.get("settings") or {}
+    if previous.get("mask") != mask_identity:
+        log.info("the mask of %s changed since it was measured: measuring again", path)
+        return "new"
+    if previous.get("measure") != settings.to_dict():
+        old = previous.get("measure") or {}
+        new = settings.to_dict()
+        changed = sorted(k for k in new if old.get(k) != new[k])
+        raise StageStateError(
+            f"run '{path}' was measured with other settings ({', '.join(changed)}); "
+            "pass --overwrite to replace the results"
+        )
+    if info.get("status") == "finished":
+        root = zarr.open_group(str(path), mode="r", use_consolidated=False)
+        if PSD_GROUP in root and PARTICLES_GROUP in root:
+            return "finished"
+        return "new"
+    return "resume"
+
+
+# --------------------------------------------------------------------------- schedulers
+
+
+def _run_local(
+    jobs: list[_ChunkJob],
+    scheduler: LocalScheduler,
+    num_workers: int | None,
+    done: int,
+    total: int,
+    progress: MeasureProgress | None,
+) -> None:
+    if not jobs:
+        return
+    import dask
+    from dask.callbacks import Callback
+
+    state = {"done": done}
+
+    def posttask(key: Any, result: Any, dsk: Any, st: Any, worker_id: Any) -> None:
+        if str(key).startswith("measure-chunk-"):
+            state["done"] += result
+            if progress is not None:
+                progress(STAGE, state["done"], total)
+
+    tasks = [
+        dask.delayed(_measure_chunk, pure=False)(job, dask_key_name=f"measure-chunk-{job.start}")
+        for job in jobs
+    ]
+    workers = num_workers or os.cpu_count() or 1
+    workers = max(1, min(workers, len(jobs)))
+    with Callback(posttask=posttask):
+        if scheduler == "threads":
+            # Our own pool, shut down (after the running chunks) before returning, so
+            # an interruption leaves no thread writing into the store.
+            with ThreadPoolExecutor(workers) as pool:
+                dask.compute(*tasks, scheduler="threads", pool=pool)
+        elif scheduler == "processes":
+            dask.compute(*tasks, scheduler="processes", num_workers=workers)
+        else:
+            dask.compute(*tasks, scheduler="synchronous")
+
+
+def _run_distributed(
+    jobs: list[_ChunkJob],
+    client: Any,
+    done: int,
+    total: int,
+    progress: MeasureProgress | None,
+) -> None:
+    if not jobs:
+        return
+    from distributed import Client, as_completed
+
+    own = isinstance(client, str)
+    if own:
+        client = Client(client)
+    tag = uuid.uuid4().hex[:8]
+    try:
+        futures = [
+            client.submit(
+                _measure_chunk, job, key=f"crystalseg-measure-{tag}-{job.start}", pure=False
+            )
+            for job in jobs
+        ]
+        try:
+            for fut in as_completed(futures):
+                done += fut.result()
+                if progress is not None:
+                    progress(STAGE, done, total)
+        except BaseException:
+            client.cancel(futures)
+            raise
+    finally:
+        if own:
+            client.close()
+
+
+__all__ = ["MeasureProgress", "measure_mask_frame", "measure_run"]

@@ -1,0 +1,173 @@
+"""What a measurement does with a run: the settings recorded next to every result."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import numpy as np
+
+from crystalseg.errors import ConfigError
+from crystalseg.measure.distributions import EdgeTreatment, log_bins
+from crystalseg.measure.instances import (
+    DEFAULT_MIN_DEPTH_PX,
+    DEFAULT_NECK_RATIO,
+    DEFAULT_SMOOTH_PX,
+    SplitMethod,
+)
+
+#: Particle-table columns that may serve as the size of the distributions.
+SIZE_COLUMNS: tuple[str, ...] = (
+    "ecd",
+    "feret_diameter_max",
+    "feret_diameter_min",
+    "axis_major_length",
+    "axis_minor_length",
+)
+
+_EDGES = ("exclude", "miles-lantuejoul", "keep")
+_SPLITS = ("auto", "watershed", "boundary", "none")
+
+
+@dataclass(frozen=True)
+class MeasureSettings:
+    """How particles are found, filtered and binned; recorded in the ``psd`` attributes.
+
+    Parameters
+    ----------
+    min_area_px : int
+        Particles with fewer pixels are dropped before measuring (a detection
+        limit; the ground truth of synthetic runs is compared with the same limit).
+    split : {"auto", "watershed", "boundary", "none"}
+        How touching crystals are separated
+        (:func:`~crystalseg.measure.instances.label_instances`): "auto" uses the
+        mask's boundary class when it has one, else the distance-transform
+        watershed.
+    neck_ratio, min_depth_px, smooth_px : float
+        Watershed split: a neck separates two crystals when the distance
+        transform at the saddle is below ``neck_ratio`` times the thinner
+        crystal's peak and at least ``min_depth_px`` below it; ``smooth_px`` is
+        the sigma of the smoothing of the distance transform.
+    edge : {"exclude", "miles-lantuejoul", "keep"}
+        Particles cut by the frame edge bias sizes low: exclude them (default),
+        exclude them and weight the others by the Miles–Lantuéjoul correction,
+        or keep them as measured.
+    min_sharpness : float or None
+        Exclude particles whose ``sharpness`` (mean squared intensity gradient
+        over their outline, intensities scaled to 0..1) is below this; None
+        keeps all.
+    classes : tuple of str, or None
+        Mask classes to measure (names from the mask's codes); None measures
+        every class but background and boundary.
+    size_column : str
+        Particle size used for the distributions, one of :data:`SIZE_COLUMNS`
+        (default the equivalent circle diameter).
+    bins : (float, float, int)
+        Lower edge of the first size bin, upper edge of the last, and the
+        number of bins, spaced logarithmically; in µm for calibrated runs, px
+        otherwise. The same bins hold for every frame, and for both axes of the
+        length × width histogram.
+    elongated_aspect_ratio : float
+        Crystals with at least this aspect ratio (max / min Feret diameter)
+        enter the length × width histogram.
+    """
+
+    min_area_px: int = 10
+    split: SplitMethod = "auto"
+    neck_ratio: float = DEFAULT_NECK_RATIO
+    min_depth_px: float = DEFAULT_MIN_DEPTH_PX
+    smooth_px: float = DEFAULT_SMOOTH_PX
+    edge: EdgeTreatment = "exclude"
+    min_sharpness: float | None = None
+    classes: tuple[str, ...] | None = None
+    size_column: str = "ecd"
+    bins: tuple[float, float, int] = (1.0, 1000.0, 60)
+    elongated_aspect_ratio: float = 2.0
+
+    def __post_init__(self) -> None:
+        area = self.min_area_px
+        if isinstance(area, bool) or not isinstance(area, int | np.integer) or area < 1:
+            raise ConfigError(f"min_area_px must be an integer >= 1, got {area!r}.")
+        object.__setattr__(self, "min_area_px", int(area))
+        if self.split not in _SPLITS:
+            raise ConfigError(f"split {self.split!r} is unknown; use one of {', '.join(_SPLITS)}.")
+        if not (_number(self.neck_ratio) and 0 < self.neck_ratio <= 1):
+            raise ConfigError(f"neck_ratio must lie in (0, 1], got {self.neck_ratio!r}.")
+        for name in ("min_depth_px", "smooth_px"):
+            value = getattr(self, name)
+            if not (_number(value) and value >= 0):
+                raise ConfigError(f"{name} must be a number >= 0, got {value!r}.")
+        if self.edge not in _EDGES:
+            raise ConfigError(
+                f"edge treatment {self.edge!r} is unknown; use one of {', '.join(_EDGES)}."
+            )
+        if self.min_sharpness is not None and not (
+            _number(self.min_sharpness) and self.min_sharpness >= 0
+        ):
+            raise ConfigError(
+                f"min_sharpness must be a number >= 0 or None (off), got {self.min_sharpness!r}."
+            )
+        if self.classes is not None:
+            classes = (self.classes,) if isinstance(self.classes, str) else tuple(self.classes)
+            if not classes or not all(isinstance(c, str) and c for c in classes):
+                raise ConfigError(
+                    f"classes must be class names of the mask, e.g. ('crystal',), "
+                    f"got {self.classes!r}."
+                )
+            object.__setattr__(self, "classes", classes)
+        if self.size_column not in SIZE_COLUMNS:
+            raise ConfigError(
+                f"size_column {self.size_column!r} is not a size; use one of "
+                f"{', '.join(SIZE_COLUMNS)}."
+            )
+        if len(self.bins) != 3:
+            raise ConfigError(f"bins must be (min, max, count), got {self.bins!r}.")
+        low, high, count = self.bins
+        if isinstance(count, bool) or int(count) != count:
+            raise ConfigError(f"the bin count must be an integer, got {count!r}.")
+        log_bins(float(low), float(high), int(count))  # validates
+        object.__setattr__(self, "bins", (float(low), float(high), int(count)))
+        if not (_number(self.elongated_aspect_ratio) and self.elongated_aspect_ratio >= 1):
+            raise ConfigError(
+                f"elongated_aspect_ratio must be >= 1, got {self.elongated_aspect_ratio!r}."
+            )
+
+    def bin_edges(self) -> np.ndarray:
+        """Size-bin edges, shape (count + 1,), from :attr:`bins`."""
+        low, high, count = self.bins
+        return log_bins(low, high, count)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict (tuples become lists), as recorded in the store."""
+        out = asdict(self)
+        out["bins"] = list(self.bins)
+        out["classes"] = None if self.classes is None else list(self.classes)
+        return out
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> MeasureSettings:
+        """Settings from :meth:`to_dict` output (unknown keys are an error)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(
+                f"unknown measurement setting(s) {unknown}; known are {sorted(known)}."
+            )
+        kw = dict(values)
+        if kw.get("bins") is not None:
+            kw["bins"] = tuple(kw["bins"])
+        if kw.get("classes") is not None:
+            kw["classes"] = tuple(kw["classes"])
+        return cls(**kw)
+
+
+def _number(value: Any) -> bool:
+    return (
+        isinstance(value, int | float | np.integer | np.floating)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+    )
+
+
+__all__ = ["SIZE_COLUMNS", "MeasureSettings"]

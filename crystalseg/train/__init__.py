@@ -1,0 +1,39 @@
+"""Training U-Nets on annotated frames: data, augmentation, the learner, ``train_model``."""
+
+from __future__ import annotations
+
+from crystalseg.train.augment import Augmenter, AugmentSettings, make_augmenter
+from crystalseg.train.data import PairItem, SegmentationData, discover_pairs, pairs, read_image
+from crystalseg.train.learner import (
+    Learner,
+    LRFindResult,
+    TrainResult,
+    TrainSettings,
+    train_model,
+    unet_learner,
+)
+from crystalseg.train.losses import LOSS_NAMES, make_loss
+from crystalseg.train.masks import MaskRule, parse_mask_values, read_mask, to_class_indices
+
+__all__ = [
+    "LOSS_NAMES",
+    "AugmentSettings",
+    "Augmenter",
+    "LRFindResult",
+    "Learner",
+    "MaskRule",
+    "PairItem",
+    "SegmentationData",
+    "TrainResult",
+    "TrainSettings",
+    "discover_pairs",
+    "make_augmenter",
+    "make_loss",
+    "pairs",
+    "parse_mask_values",
+    "read_image",
+    "read_mask",
+    "to_class_indices",
+    "train_model",
+    "unet_learner",
+]

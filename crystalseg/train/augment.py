@@ -1,0 +1,174 @@
+"""Augmentation of training batches for microscopy, on the batch's device (kornia).
+
+Geometric steps (flips, 90° rotations, small rotations and scalings) move image and
+mask together, the mask resampled by nearest neighbour so classes stay classes;
+intensity steps (brightness, contrast, gamma, blur, noise, optionally contrast
+inversion and uneven illumination) touch the image only. Images are on the 0..1
+scale, before the model's mean/std normalisation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Literal, cast
+
+import torch
+from torch import nn
+
+from crystalseg.errors import ConfigError
+
+AugmentPreset = Literal["default", "strong", "none"]
+
+
+@dataclass(frozen=True)
+class AugmentSettings:
+    """Ranges and probabilities of each augmentation (0 or an empty range turns one off).
+
+    Attributes
+    ----------
+    flips : random horizontal and vertical flips
+    rot90 : random multiples of 90° (exact, no interpolation)
+    rotate_deg : small rotations up to ± this many degrees
+    scale : (min, max) zoom factors of the small affine step
+    affine_p : probability of the small rotation/scaling step
+    brightness : additive shift up to ± this (0..1 scale)
+    contrast, gamma : (min, max) factors
+    intensity_p : probability of each of brightness, contrast and gamma
+    blur_sigma : (min, max) Gaussian blur sigma in pixels (defocus)
+    blur_p : probability of blur
+    noise_std : standard deviation of additive Gaussian noise (0..1 scale)
+    noise_p : probability of noise
+    invert_p : probability of inverting contrast (dark crystals on bright ground and back)
+    illumination_p : probability of an illumination gradient
+    """
+
+    flips: bool = True
+    rot90: bool = True
+    rotate_deg: float = 15.0
+    scale: tuple[float, float] = (0.85, 1.2)
+    affine_p: float = 0.5
+    brightness: float = 0.1
+    contrast: tuple[float, float] = (0.75, 1.33)
+    gamma: tuple[float, float] = (0.75, 1.33)
+    intensity_p: float = 0.5
+    blur_sigma: tuple[float, float] = (0.1, 1.5)
+    blur_p: float = 0.25
+    noise_std: float = 0.03
+    noise_p: float = 0.3
+    invert_p: float = 0.0
+    illumination_p: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("affine_p", "intensity_p", "blur_p", "noise_p", "invert_p", "illumination_p"):
+            p = getattr(self, name)
+            if not 0.0 <= p <= 1.0:
+                raise ConfigError(f"augmentation {name} must be a probability in [0, 1], got {p}")
+        for name in ("scale", "contrast", "gamma", "blur_sigma"):
+            lo, hi = (float(v) for v in getattr(self, name))
+            if not 0.0 < lo <= hi:
+                raise ConfigError(f"augmentation {name} must be (min, max) with 0 < min <= max")
+            object.__setattr__(self, name, (lo, hi))
+        if not 0.0 <= self.rotate_deg <= 180.0:
+            raise ConfigError(f"rotate_deg must be in [0, 180], got {self.rotate_deg}")
+        if not 0.0 <= self.brightness < 1.0:
+            raise ConfigError(f"brightness must be in [0, 1), got {self.brightness}")
+        if self.noise_std < 0:
+            raise ConfigError(f"noise_std must be >= 0, got {self.noise_std}")
+
+    @classmethod
+    def preset(cls, name: AugmentPreset) -> AugmentSettings | None:
+        """``"default"``, ``"strong"`` (wide appearance changes, for generalisation) or None."""
+        if name == "none":
+            return None
+        if name == "default":
+            return cls()
+        if name == "strong":
+            return cls(
+                rotate_deg=30.0,
+                scale=(0.7, 1.4),
+                affine_p=0.6,
+                brightness=0.2,
+                contrast=(0.5, 1.8),
+                gamma=(0.6, 1.6),
+                intensity_p=0.7,
+                blur_sigma=(0.1, 2.5),
+                blur_p=0.35,
+                noise_std=0.05,
+                noise_p=0.5,
+                invert_p=0.2,
+                illumination_p=0.4,
+            )
+        raise ConfigError(f"augment must be 'default', 'strong' or 'none', got {name!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form recorded in the checkpoint."""
+        return asdict(self)
+
+
+class Augmenter(nn.Module):
+    """Applies :class:`AugmentSettings` to a batch; image and mask move together.
+
+    ``forward(x, y)`` takes x (B, C, H, W) float on 0..1 and y (B, H, W) int64 class
+    indices and returns both, same shapes, augmented. Randomness comes from torch's
+    global generator, so ``torch.manual_seed`` makes it repeatable.
+    """
+
+    def __init__(self, settings: AugmentSettings) -> None:
+        super().__init__()
+        import kornia.augmentation as K
+
+        s = settings
+        self.settings = s
+        geo: list[nn.Module] = []
+        if s.flips:
+            geo += [K.RandomHorizontalFlip(p=0.5), K.RandomVerticalFlip(p=0.5)]
+        if s.rot90:
+            geo.append(K.RandomRotation90(times=(0, 3), p=1.0))
+        if s.affine_p > 0 and (s.rotate_deg > 0 or s.scale != (1.0, 1.0)):
+            geo.append(
+                K.RandomAffine(
+                    degrees=s.rotate_deg,
+                    scale=s.scale,
+                    padding_mode="reflection",
+                    p=s.affine_p,
+                )
+            )
+        inten: list[nn.Module] = []
+        if s.invert_p > 0:
+            inten.append(K.RandomInvert(p=s.invert_p))
+        if s.intensity_p > 0:
+            if s.brightness > 0:
+                inten.append(
+                    K.RandomBrightness((1 - s.brightness, 1 + s.brightness), p=s.intensity_p)
+                )
+            if s.contrast != (1.0, 1.0):
+                inten.append(K.RandomContrast(s.contrast, p=s.intensity_p))
+            if s.gamma != (1.0, 1.0):
+                inten.append(K.RandomGamma(s.gamma, p=s.intensity_p))
+        if s.illumination_p > 0:
+            inten.append(K.RandomLinearIllumination(gain=(0.01, 0.2), p=s.illumination_p))
+        if s.blur_p > 0:
+            k = 2 * int(3 * s.blur_sigma[1]) + 1
+            inten.append(K.RandomGaussianBlur((k, k), s.blur_sigma, p=s.blur_p))
+        if s.noise_p > 0 and s.noise_std > 0:
+            inten.append(K.RandomGaussianNoise(mean=0.0, std=s.noise_std, p=s.noise_p))
+        self.geometric = (
+            K.AugmentationSequential(*cast(Any, geo), data_keys=["input", "mask"]) if geo else None
+        )
+        self.intensity = nn.Sequential(*inten) if inten else None
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.geometric is not None:
+            x, m = self.geometric(x, y.unsqueeze(1))
+            y = m.squeeze(1).to(y.dtype)
+        if self.intensity is not None:
+            x = self.intensity(x).clamp_(0.0, 1.0)
+        return x, y
+
+
+def make_augmenter(augment: AugmentSettings | AugmentPreset | None) -> Augmenter | None:
+    """An :class:`Augmenter` for settings or a preset name; None for ``"none"``/None."""
+    if augment is None:
+        return None
+    settings = AugmentSettings.preset(augment) if isinstance(augment, str) else augment
+    return None if settings is None else Augmenter(settings)

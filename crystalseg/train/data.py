@@ -1,0 +1,740 @@
+"""Training data: image/mask pairs from files, folders or run stores; crops and splits.
+
+Four sources, freely mixed in one list:
+
+* ``[(image, mask), ...]`` tuples of paths;
+* a folder in the ``X.ext`` / ``X_mask.ext`` layout (files named ``*_mask`` are never
+  taken as images);
+* a folder holding ``images/`` and ``masks/`` matched by stem (``X`` or ``X_mask``);
+* run stores (``*.zarr``) holding frames plus masks: the exact ground truth of a
+  synthetic run (group ``truth``, array ``mask``) or a segmented run's ``mask``; or a
+  folder of run stores.
+
+Images are BMP, PNG, TIFF or JPEG; masks are PNG, BMP or TIFF. File pairs are read
+once up front so bad masks fail before training starts; frames of run stores are
+read lazily. Training draws random crops of a fixed size (reflect-padded when an
+image is smaller); validation uses whole images.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from crystalseg.errors import (
+    ConfigError,
+    FrameMismatchError,
+    InputNotFoundError,
+    RunFormatError,
+    UnsupportedInputError,
+)
+from crystalseg.models.checkpoint import ModelSpec, intensity_bounds, to_unit
+from crystalseg.train.masks import MASK_SUFFIXES, MaskRule, MaskValues, read_mask
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".bmp", ".png", ".tif", ".tiff", ".jpg", ".jpeg")
+MASK_TAG = "_mask"
+
+PathLike = str | os.PathLike[str]
+
+
+@dataclass(frozen=True)
+class PairItem:
+    """Where one training sample comes from.
+
+    Attributes
+    ----------
+    name : str
+        Shown in messages: the image file name, or ``run.zarr[frame]``.
+    image, mask : Path or None
+        Files of a file pair.
+    run : Path or None
+        Run store of a run frame.
+    frame : int or None
+        Time index within ``run``.
+    mask_group : str or None
+        ``"truth"`` for a synthetic run's ground truth, ``""`` for the root ``mask``.
+    group : str
+        Unit of the validation split: frames of one run stay together.
+    """
+
+    name: str
+    image: Path | None = None
+    mask: Path | None = None
+    run: Path | None = None
+    frame: int | None = None
+    mask_group: str | None = None
+    group: str = ""
+
+    def matches(self, key: str) -> bool:
+        """True if ``key`` names this item (file name, stem, path or run)."""
+        key = str(key)
+        cands = {self.name}
+        if self.image is not None:
+            cands |= {self.image.name, self.image.stem, str(self.image)}
+        if self.run is not None:
+            cands |= {self.run.name, str(self.run), self.run.stem}
+        return key in cands
+
+
+# --------------------------------------------------------------------------------------
+# Reading files
+
+
+def read_image(path: PathLike) -> np.ndarray:
+    """Pixels of an image file: (H, W) grey or (H, W, 3|4) colour, uint8/uint16/float.
+
+    Raises
+    ------
+    InputNotFoundError, UnsupportedInputError
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise InputNotFoundError(f"image '{p}' does not exist")
+    suffix = p.suffix.lower()
+    if suffix not in IMAGE_SUFFIXES:
+        raise UnsupportedInputError(
+            f"'{p.name}' is not a supported image ({', '.join(IMAGE_SUFFIXES)})"
+        )
+    try:
+        if suffix in (".tif", ".tiff"):
+            import tifffile
+
+            arr = np.asarray(tifffile.imread(str(p)))
+        else:
+            from PIL import Image
+
+            with Image.open(p) as im:
+                if im.mode == "P":  # palette: the colours are the image
+                    arr = np.array(im.convert("RGBA" if "transparency" in im.info else "RGB"))
+                else:
+                    arr = np.array(im)
+    except Exception as exc:
+        raise UnsupportedInputError(f"cannot read image '{p.name}': {exc}") from exc
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8) * 255
+    if arr.dtype == np.int32 and arr.min() >= 0 and arr.max() <= 65535:
+        arr = arr.astype(np.uint16)
+    if arr.ndim == 3 and arr.shape[-1] not in (3, 4):
+        raise UnsupportedInputError(
+            f"image '{p.name}' has shape {arr.shape}: a stack of {arr.shape[0]} frames? "
+            "Import stacks as a run store (crystalseg import) and train on the run"
+        )
+    if arr.ndim not in (2, 3):
+        raise UnsupportedInputError(f"image '{p.name}' has shape {arr.shape}; expected (y, x)")
+    return arr
+
+
+def _to_channels(image: np.ndarray, channels: int) -> np.ndarray:
+    """Grey (H, W) for one channel, (H, W, 3) for three; the rule of crystalseg import."""
+    if image.ndim == 3:
+        if channels == 3:
+            return np.ascontiguousarray(image[..., :3])
+        if image.dtype.kind == "u" and image.dtype.itemsize <= 2:
+            from crystalseg.io.base import to_grey
+
+            return to_grey(image)
+        w = np.asarray((0.2125, 0.7154, 0.0721), dtype=np.float32)
+        return (image[..., :3].astype(np.float32) * w).sum(-1)
+    return image
+
+
+# --------------------------------------------------------------------------------------
+# Discovery
+
+
+def _is_image(p: Path) -> bool:
+    return p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+
+
+def _is_run_store(p: Path) -> bool:
+    return p.is_dir() and (p / "zarr.json").is_file()
+
+
+def _files(folder: Path) -> list[Path]:
+    from natsort import natsorted
+
+    return natsorted((p for p in folder.iterdir() if _is_image(p)), key=lambda q: q.name)
+
+
+def _find_mask(folder: Path, stem: str) -> Path | None:
+    for suffix in MASK_SUFFIXES:
+        for cand in (folder / f"{stem}{suffix}", folder / f"{stem}{suffix.upper()}"):
+            if cand.is_file():
+                return cand
+    return None
+
+
+def _pairs_in_flat_folder(folder: Path) -> list[PairItem]:
+    files = _files(folder)
+    masks = [p for p in files if p.stem.lower().endswith(MASK_TAG)]
+    images = [p for p in files if not p.stem.lower().endswith(MASK_TAG)]
+    items, unlabelled = [], []
+    used: set[Path] = set()
+    for img in images:
+        mask = _find_mask(folder, img.stem + MASK_TAG)
+        if mask is None:
+            unlabelled.append(img.name)
+            continue
+        used.add(mask)
+        items.append(PairItem(img.name, image=img, mask=mask, group=str(img)))
+    orphans = [m.name for m in masks if m not in used]
+    if orphans:
+        raise InputNotFoundError(
+            f"{len(orphans)} mask(s) in '{folder}' have no image, e.g. '{orphans[0]}'; the "
+            f"image of 'X{MASK_TAG}.png' must be named 'X.<ext>' in the same folder"
+        )
+    if unlabelled:
+        log.warning(
+            "%d image(s) in '%s' have no X%s mask and are skipped, e.g. '%s'",
+            len(unlabelled),
+            folder,
+            MASK_TAG,
+            unlabelled[0],
+        )
+    return items
+
+
+def _pairs_in_split_folders(images_dir: Path, masks_dir: Path) -> list[PairItem]:
+    masks = {p.stem: p for p in _files(masks_dir) if p.suffix.lower() in MASK_SUFFIXES}
+    items, unlabelled = [], []
+    used: set[str] = set()
+    for img in _files(images_dir):
+        key = img.stem if img.stem in masks else img.stem + MASK_TAG
+        if key not in masks:
+            unlabelled.append(img.name)
+            continue
+        used.add(key)
+        items.append(PairItem(img.name, image=img, mask=masks[key], group=str(img)))
+    orphans = sorted(set(masks) - used)
+    if orphans:
+        raise InputNotFoundError(
+            f"{len(orphans)} mask(s) in '{masks_dir}' match no image in '{images_dir}' by "
+            f"stem, e.g. '{masks[orphans[0]].name}'; name masks like their images"
+        )
+    if unlabelled:
+        log.warning(
+            "%d image(s) in '%s' have no mask in '%s' and are skipped, e.g. '%s'",
+            len(unlabelled),
+            images_dir,
+            masks_dir,
+            unlabelled[0],
+        )
+    return items
+
+
+def _run_items(run: Path, frame_step: int) -> list[PairItem]:
+    import zarr
+
+    try:
+        root = zarr.open_group(str(run), mode="r")
+    except Exception as exc:
+        raise RunFormatError(f"'{run}' is not a readable run store ({exc})") from exc
+    keys = set(root.keys())
+    if "image" not in keys:
+        raise RunFormatError(f"run store '{run}' has no 'image' array; re-import the recording")
+    truth = root["truth"] if "truth" in keys else None
+    if isinstance(truth, zarr.Group) and "mask" in set(truth.keys()):
+        mask_group, mask = "truth", truth["mask"]
+    elif "mask" in keys:
+        mask_group, mask = "", root["mask"]
+        log.warning(
+            "run '%s' has no ground truth; training on its segmented 'mask' (model output)",
+            run.name,
+        )
+    else:
+        raise RunFormatError(
+            f"run store '{run}' holds no masks (neither truth/mask nor a segmented mask); "
+            "annotate it or segment it first"
+        )
+    image = root["image"]
+    if not isinstance(image, zarr.Array) or not isinstance(mask, zarr.Array):
+        raise RunFormatError(f"run store '{run}': 'image' and 'mask' must be arrays")
+    if tuple(mask.shape) != tuple(image.shape):
+        raise FrameMismatchError(
+            f"run '{run.name}': mask shape {tuple(mask.shape)} differs from image shape "
+            f"{tuple(image.shape)}; the store is inconsistent"
+        )
+    return [
+        PairItem(f"{run.name}[{t}]", run=run, frame=t, mask_group=mask_group, group=str(run))
+        for t in range(0, image.shape[0], frame_step)
+    ]
+
+
+def discover_pairs(
+    source: PathLike | Sequence[PathLike | tuple[PathLike, PathLike]], *, frame_step: int = 1
+) -> list[PairItem]:
+    """All (image, mask) sources in ``source`` (see module docstring for the layouts).
+
+    Raises
+    ------
+    InputNotFoundError
+        A path does not exist, a mask has no image, or nothing was found.
+    UnsupportedInputError
+        A folder in none of the layouts.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        entries: list[Any] = [source]
+    else:
+        entries = list(source)
+    items: list[PairItem] = []
+    for entry in entries:
+        if isinstance(entry, (tuple, list)):
+            if len(entry) != 2:
+                raise ConfigError(f"expected (image, mask) pairs, got {entry!r}")
+            img, mask = Path(entry[0]), Path(entry[1])
+            for p in (img, mask):
+                if not p.is_file():
+                    raise InputNotFoundError(f"'{p}' does not exist")
+            items.append(PairItem(img.name, image=img, mask=mask, group=str(img)))
+            continue
+        p = Path(entry)
+        if not p.exists():
+            raise InputNotFoundError(f"training data '{p}' does not exist")
+        if _is_run_store(p):
+            items += _run_items(p, frame_step)
+        elif p.is_dir() and (p / "images").is_dir() and (p / "masks").is_dir():
+            items += _pairs_in_split_folders(p / "images", p / "masks")
+        elif p.is_dir():
+            runs = sorted(q for q in p.iterdir() if _is_run_store(q))
+            if runs:
+                for run in runs:
+                    items += _run_items(run, frame_step)
+            else:
+                items += _pairs_in_flat_folder(p)
+        else:
+            raise UnsupportedInputError(
+                f"'{p}' is a file; pass (image, mask) pairs, a folder of X.png/X_mask.png "
+                "pairs, a folder with images/ and masks/, or run stores"
+            )
+    if not items:
+        raise InputNotFoundError(
+            f"no image/mask pairs found in {[str(e) for e in entries][:3]}; expected "
+            f"X.png + X{MASK_TAG}.png pairs, images/ + masks/ folders or run stores"
+        )
+    names = [i.name for i in items]
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        log.info("several samples are named '%s'; messages name their full paths", dup)
+    return items
+
+
+# --------------------------------------------------------------------------------------
+# Fingerprint and split
+
+
+def _fingerprint(items: Sequence[PairItem], rule: MaskRule) -> str:
+    """sha256 of the files' content (pairs) or of the stores' file names and sizes (runs)."""
+    h = hashlib.sha256()
+    h.update(repr((rule.codes, rule.to_json())).encode())
+    seen_runs: set[Path] = set()
+    for item in items:
+        if item.run is not None:
+            if item.run in seen_runs:
+                continue
+            seen_runs.add(item.run)
+            h.update(f"run:{item.run.name}".encode())
+            for f in sorted(item.run.rglob("*")):
+                if f.is_file():
+                    h.update(f"{f.relative_to(item.run)}:{f.stat().st_size}".encode())
+            continue
+        for file in (item.image, item.mask):
+            if file is not None:
+                h.update(file.name.encode())
+                h.update(hashlib.sha256(file.read_bytes()).digest())
+    return h.hexdigest()[:16]
+
+
+def split_items(
+    items: Sequence[PairItem],
+    *,
+    valid_fraction: float,
+    valid: Sequence[PathLike] | None,
+    seed: int,
+) -> tuple[list[PairItem], list[PairItem]]:
+    """Train and validation items, fixed by ``seed``; whole runs go to one side.
+
+    Raises
+    ------
+    ConfigError
+        A name in ``valid`` matches no item, or no training item would remain.
+    """
+    if valid is not None:
+        keys = [os.fspath(v) for v in valid]
+        unmatched = [k for k in keys if not any(i.matches(k) for i in items)]
+        if unmatched:
+            raise ConfigError(
+                f"validation names {unmatched[:3]} match no training sample; use file names, "
+                "stems or run paths"
+            )
+        val = [i for i in items if any(i.matches(k) for k in keys)]
+    elif valid_fraction <= 0:
+        val = []
+    else:
+        groups = sorted({i.group for i in items})
+        rng = np.random.default_rng(seed)
+        if len(groups) >= 2:
+            n = min(len(groups) - 1, max(1, round(valid_fraction * len(groups))))
+            chosen = {groups[j] for j in rng.permutation(len(groups))[:n]}
+            val = [i for i in items if i.group in chosen]
+        elif len(items) >= 2:
+            # one run: hold out its last frames (a time block leaks less than random frames)
+            n = min(len(items) - 1, max(1, round(valid_fraction * len(items))))
+            val = list(items[-n:])
+            log.info("one run only: validating on its last %d frames", n)
+        else:
+            log.warning("only one sample: training without validation")
+            val = []
+    val_ids = {id(i) for i in val}
+    train = [i for i in items if id(i) not in val_ids]
+    if not train:
+        raise ConfigError("no training samples left after the validation split; lower it")
+    return train, val
+
+
+# --------------------------------------------------------------------------------------
+# The data object
+
+
+class SegmentationData:
+    """Image/mask pairs ready for training: crops, batches, validation images.
+
+    Build with :func:`pairs`. Images are kept as stored (integer dtype) and scaled to 0..1
+    by the model's :class:`~crystalseg.models.ModelSpec` when batches are drawn, so the
+    same data serves models with different normalisation.
+
+    Attributes
+    ----------
+    codes : tuple of str
+    rule : MaskRule
+    train_items, valid_items : tuple of PairItem
+    crop_size, batch_size : int or None (batch None: chosen by the learner for the device)
+    channels : 1 or 3
+    fingerprint : str
+    """
+
+    def __init__(
+        self,
+        items: Sequence[PairItem],
+        *,
+        rule: MaskRule,
+        valid_fraction: float,
+        valid: Sequence[PathLike] | None,
+        crop_size: int,
+        batch_size: int | None,
+        crops_per_image: int | None,
+        foreground_bias: float,
+        channels: Literal[1, 3],
+        seed: int,
+        cache_mb: float,
+    ) -> None:
+        self.codes = rule.codes
+        self.rule = rule
+        self.crop_size = int(crop_size)
+        self.batch_size = batch_size
+        self.channels = channels
+        self.seed = int(seed)
+        self.foreground_bias = float(foreground_bias)
+        self._cache: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._cache_bytes = 0
+        self._cache_limit = int(cache_mb * 2**20)
+        self._bounds: dict[tuple[int, tuple[Any, ...]], tuple[float, float]] = {}
+        self._fg: dict[int, np.ndarray] = {}
+        self._runs: dict[Path, Any] = {}
+        self.items = tuple(items)
+        self._index = {id(it): k for k, it in enumerate(self.items)}
+        train, val = split_items(self.items, valid_fraction=valid_fraction, valid=valid, seed=seed)
+        self.train_items = tuple(train)
+        self.valid_items = tuple(val)
+        self._check_files()
+        self.fingerprint = _fingerprint(self.items, rule)
+        self.crops_per_image = crops_per_image or self._auto_crops_per_image()
+
+    # ---- loading
+
+    def _check_files(self) -> None:
+        """Read every file pair once: sizes must match and every mask value map to a class."""
+        for item in self.items:
+            if item.image is not None:
+                self.load(item)
+
+    def _open_run(self, run: Path) -> Any:
+        if run not in self._runs:
+            try:
+                from crystalseg.store import open_run
+
+                ds = open_run(run)
+            except ImportError:  # pragma: no cover - the store ships with crystalseg
+                import xarray as xr
+
+                ds = xr.open_zarr(str(run))
+            truth = None
+            try:
+                import xarray as xr
+
+                truth = xr.open_zarr(str(run), group="truth")
+            except Exception:
+                truth = None
+            self._runs[run] = (ds, truth)
+        return self._runs[run]
+
+    def _read(self, item: PairItem) -> tuple[np.ndarray, np.ndarray]:
+        if item.run is not None:
+            ds, truth = self._open_run(item.run)
+            image = np.asarray(ds["image"][item.frame].values)
+            src = truth if item.mask_group == "truth" else ds
+            raw_mask = np.asarray(src["mask"][item.frame].values)
+        else:
+            assert item.image is not None and item.mask is not None
+            image = read_image(item.image)
+            raw_mask = read_mask(item.mask)
+        if image.shape[:2] != raw_mask.shape:
+            raise FrameMismatchError(
+                f"image '{item.name}' is {image.shape[1]}x{image.shape[0]} px but its mask "
+                f"'{item.mask.name if item.mask else 'mask'}' is {raw_mask.shape[1]}x"
+                f"{raw_mask.shape[0]}; masks must match their images pixel for pixel"
+            )
+        name = item.mask.name if item.mask is not None else item.name
+        mask = self.rule.apply(raw_mask, name=name)
+        return _to_channels(image, self.channels), mask
+
+    def load(self, item: PairItem) -> tuple[np.ndarray, np.ndarray]:
+        """Image (H, W[, 3]) as stored and class mask (H, W) uint8 of ``item`` (cached)."""
+        key = self._index[id(item)]
+        hit = self._cache.get(key)
+        if hit is not None:
+            self._cache.move_to_end(key)
+            return hit
+        pair = self._read(item)
+        size = pair[0].nbytes + pair[1].nbytes
+        if size <= self._cache_limit:
+            self._cache[key] = pair
+            self._cache_bytes += size
+            while self._cache_bytes > self._cache_limit:
+                _, old = self._cache.popitem(last=False)
+                self._cache_bytes -= old[0].nbytes + old[1].nbytes
+        return pair
+
+    def _auto_crops_per_image(self) -> int:
+        """About one crop per crop-sized area of an image, 1..8."""
+        sample = self.train_items[: min(4, len(self.train_items))]
+        areas = [self.load(i)[1].size for i in sample]
+        return int(min(8, max(1, math.ceil(float(np.mean(areas)) / self.crop_size**2))))
+
+    def bounds(self, item: PairItem, spec: ModelSpec) -> tuple[float, float]:
+        """Raw intensities mapping to 0 and 1 for ``item`` under ``spec`` (whole image)."""
+        key = (self._index[id(item)], (spec.scaling, spec.percentiles))
+        if key not in self._bounds:
+            image, _ = self.load(item)
+            lo, hi = intensity_bounds(torch.from_numpy(_torchable(image))[None], spec)
+            self._bounds[key] = (float(lo[0]), float(hi[0]))
+        return self._bounds[key]
+
+    # ---- sampling
+
+    def _foreground(self, key: int, mask: np.ndarray) -> np.ndarray:
+        if key not in self._fg:
+            idx = np.flatnonzero(mask.ravel())
+            if idx.size > 20000:
+                idx = np.random.default_rng(key).choice(idx, 20000, replace=False)
+            self._fg[key] = idx
+        return self._fg[key]
+
+    def random_crop(
+        self, item: PairItem, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """A random ``crop_size`` square of image and mask, reflect-padded if needed.
+
+        With probability ``foreground_bias`` the crop is centred near a foreground pixel,
+        so sparse crystals are seen often enough; validation stays on whole images.
+        """
+        image, mask = self.load(item)
+        fg = self._foreground(self._index[id(item)], mask)
+        s = self.crop_size
+        h0, w0 = mask.shape
+        top = left = 0
+        if h0 < s or w0 < s:
+            py, px = max(0, s - h0), max(0, s - w0)
+            top, left = py // 2, px // 2
+            pad = ((top, py - top), (left, px - left))
+            image = np.pad(image, pad + ((0, 0),) * (image.ndim - 2), mode="reflect")
+            mask = np.pad(mask, pad, mode="reflect")
+        h, w = mask.shape
+        if fg.size and self.foreground_bias > 0 and rng.random() < self.foreground_bias:
+            oy, ox = divmod(int(fg[rng.integers(fg.size)]), w0)
+            jitter = rng.integers(-(s // 4), s // 4 + 1, size=2)
+            y0 = int(np.clip(oy + top - s // 2 + jitter[0], 0, h - s))
+            x0 = int(np.clip(ox + left - s // 2 + jitter[1], 0, w - s))
+        else:
+            y0 = int(rng.integers(0, h - s + 1))
+            x0 = int(rng.integers(0, w - s + 1))
+        return image[y0 : y0 + s, x0 : x0 + s], mask[y0 : y0 + s, x0 : x0 + s]
+
+    def train_batches(
+        self, spec: ModelSpec, rng: np.random.Generator, *, batch_size: int | None = None
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One epoch of random crops: (x (B, C, S, S) float32 on 0..1, y (B, S, S) int64).
+
+        Every training image gives ``crops_per_image`` crops, in random order.
+        """
+        bs = batch_size or self.batch_size or 8
+        order = np.repeat(np.arange(len(self.train_items)), self.crops_per_image)
+        order = order[rng.permutation(order.size)]
+        for start in range(0, order.size, bs):
+            xs, ys = [], []
+            for j in order[start : start + bs]:
+                item = self.train_items[int(j)]
+                img, mask = self.random_crop(item, rng)
+                xs.append(self._unit(img, item, spec))
+                ys.append(torch.from_numpy(mask.astype(np.int64)))
+            yield torch.cat(xs), torch.stack(ys)
+
+    def _unit(self, image: np.ndarray, item: PairItem, spec: ModelSpec) -> torch.Tensor:
+        lo, hi = self.bounds(item, spec)
+        t = torch.from_numpy(_torchable(image))[None]
+        return to_unit(t, spec, lo=torch.tensor([lo]), hi=torch.tensor([hi]))
+
+    def valid_samples(
+        self, spec: ModelSpec
+    ) -> Iterator[tuple[PairItem, torch.Tensor, torch.Tensor]]:
+        """Whole validation images: (item, x (1, C, H, W) on 0..1, y (H, W) int64)."""
+        for item in self.valid_items:
+            image, mask = self.load(item)
+            yield item, self._unit(image, item, spec), torch.from_numpy(mask.astype(np.int64))
+
+    def class_frequencies(self, limit: int = 16) -> np.ndarray:
+        """Pixel fraction of each class over (up to ``limit``) training images."""
+        counts = np.zeros(len(self.codes), dtype=np.int64)
+        for item in self.train_items[:limit]:
+            counts += np.bincount(self.load(item)[1].ravel(), minlength=len(self.codes))
+        return counts / max(1, counts.sum())
+
+    def summary(self) -> dict[str, Any]:
+        """What the checkpoint records about the data."""
+        return {
+            "codes": list(self.codes),
+            "mask_values": self.rule.to_json(),
+            "n_train": len(self.train_items),
+            "n_valid": len(self.valid_items),
+            "valid_items": [i.name for i in self.valid_items][:200],
+            "crop_size": self.crop_size,
+            "crops_per_image": self.crops_per_image,
+            "channels": self.channels,
+            "seed": self.seed,
+            "fingerprint": self.fingerprint,
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"SegmentationData({len(self.train_items)} train, {len(self.valid_items)} valid, "
+            f"codes={list(self.codes)}, crop {self.crop_size}, mask values {self.rule.describe()})"
+        )
+
+
+def _torchable(image: np.ndarray) -> np.ndarray:
+    """A copy torch can wrap: uint16 becomes int32 (torch has few uint16 kernels)."""
+    if image.dtype == np.uint16:
+        return image.astype(np.int32)
+    if image.dtype == np.uint8 or image.dtype == np.float32:
+        image = np.ascontiguousarray(image)
+        return image if image.flags.writeable else image.copy()
+    return image.astype(np.float32)
+
+
+def pairs(
+    items_or_folder: PathLike | Sequence[PathLike | tuple[PathLike, PathLike]],
+    *,
+    codes: Sequence[str],
+    mask_values: MaskValues = None,
+    valid_fraction: float = 0.2,
+    valid: Sequence[PathLike] | None = None,
+    crop_size: int = 256,
+    batch_size: int | None = None,
+    crops_per_image: int | None = None,
+    foreground_bias: float = 0.25,
+    channels: Literal[1, 3] = 1,
+    frame_step: int = 1,
+    seed: int = 0,
+    cache_mb: float = 2048,
+) -> SegmentationData:
+    """Training data from image/mask pairs, folders or run stores.
+
+    Parameters
+    ----------
+    items_or_folder : path or sequence
+        ``[(image, mask), ...]``, a folder of ``X.ext``/``X_mask.ext`` pairs, a folder with
+        ``images/`` and ``masks/``, a run store, a folder of run stores, or a list mixing them.
+    codes : sequence of str
+        Class names, background first, e.g. ``["background", "crystal"]``.
+    mask_values : None, sequence or mapping
+        How stored mask values become classes (see :mod:`crystalseg.train.masks`); None:
+        class indices as stored, or 0/255 for two classes.
+    valid_fraction : float
+        Fraction held out for validation (whole runs for run stores), fixed by ``seed``.
+    valid : sequence of names, optional
+        Explicit validation samples (file names, stems or run paths); overrides the fraction.
+    crop_size : int
+        Side of the square training crops, a multiple of 32.
+    batch_size : int, optional
+        Crops per batch; None lets the learner choose (8 on a CPU, 32 on a GPU).
+    crops_per_image : int, optional
+        Crops drawn from each training image per epoch; None: about its area / crop area.
+    foreground_bias : float
+        Probability that a crop is centred near a foreground pixel.
+    channels : 1 or 3
+        Channels fed to the model; colour images become grey by crystalseg's import rule.
+    frame_step : int
+        Use every n-th frame of run stores (consecutive frames are nearly identical).
+    seed : int
+        Fixes the split and, through the learner, the crops.
+    cache_mb : float
+        Memory for decoded images; file pairs beyond it are read again when needed.
+
+    Returns
+    -------
+    SegmentationData
+
+    Raises
+    ------
+    ConfigError, InputNotFoundError, UnsupportedInputError, MaskValueError, FrameMismatchError
+    """
+    if not isinstance(crop_size, int) or crop_size < 32 or crop_size % 32:
+        raise ConfigError(f"crop_size must be a multiple of 32, at least 32; got {crop_size}")
+    if batch_size is not None and batch_size < 1:
+        raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
+    if not 0.0 <= valid_fraction < 1.0:
+        raise ConfigError(f"valid_fraction must be in [0, 1), got {valid_fraction}")
+    if not 0.0 <= foreground_bias <= 1.0:
+        raise ConfigError(f"foreground_bias must be in [0, 1], got {foreground_bias}")
+    if channels not in (1, 3):
+        raise ConfigError(f"channels must be 1 or 3, got {channels}")
+    if frame_step < 1:
+        raise ConfigError(f"frame_step must be at least 1, got {frame_step}")
+    if crops_per_image is not None and crops_per_image < 1:
+        raise ConfigError(f"crops_per_image must be at least 1, got {crops_per_image}")
+    rule = MaskRule.from_user(codes, mask_values)
+    found = discover_pairs(items_or_folder, frame_step=frame_step)
+    return SegmentationData(
+        found,
+        rule=rule,
+        valid_fraction=valid_fraction,
+        valid=valid,
+        crop_size=crop_size,
+        batch_size=batch_size,
+        crops_per_image=crops_per_image,
+        foreground_bias=foreground_bias,
+        channels=channels,
+        seed=seed,
+        cache_mb=cache_mb,
+    )

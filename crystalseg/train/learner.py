@@ -1,0 +1,1204 @@
+"""The U-Net learner: one-cycle training, validation metrics, checkpoints, lr finder.
+
+The notebook workflow::
+
+    data = pairs("frames/", codes=["background", "crystal"])
+    learner = unet_learner(data)          # starts from the bundled crystal model
+    learner.fit_one_cycle(3, 1e-3)
+    learner.save("model/")
+    learner.predict(image)                # (H, W) class map
+    learner.show_results()                # figure: image / truth / prediction
+
+:func:`train_model` runs the same steps from a :class:`TrainSettings`, for the CLI.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from crystalseg.errors import CheckpointError, ConfigError, StageStateError
+from crystalseg.models.checkpoint import (
+    DEFAULT_ENCODER,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    META_FILE,
+    ModelSpec,
+    _adapt_first_conv,
+    build_model,
+    default_checkpoint_path,
+    default_decoder_channels,
+    find_imagenet_weights,
+    jsonable,
+    load_checkpoint,
+    load_encoder_weights,
+    normalise,
+    read_checkpoint_meta,
+    save_checkpoint,
+    to_unit,
+)
+from crystalseg.train.augment import AugmentPreset, AugmentSettings, make_augmenter
+from crystalseg.train.data import SegmentationData, _to_channels, _torchable, read_image
+from crystalseg.train.losses import LOSS_NAMES, LossName, make_loss
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+log = logging.getLogger(__name__)
+
+PathLike = str | os.PathLike[str]
+InitName = Literal["default", "imagenet", "none"]
+
+STATE_TENSORS = "training_state.safetensors"
+STATE_META = "training_state.json"
+LAST_DIR = "last"
+STATE_FORMAT_VERSION = 1
+
+#: Largest side run in one piece by ``predict``; larger images are tiled with overlap.
+TILE_SIZE = 1024
+TILE_OVERLAP = 64
+
+
+def default_device() -> torch.device:
+    """CUDA when present, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_batch_size(device: torch.device) -> int:
+    """8 crops fit a 2-core laptop; a GPU takes 32 of 256x256."""
+    return 32 if device.type == "cuda" else 8
+
+
+# --------------------------------------------------------------------------------------
+# Results
+
+
+@dataclass(frozen=True)
+class LRFindResult:
+    """Outcome of :meth:`Learner.lr_find`.
+
+    Attributes
+    ----------
+    lrs : tuple of float, the learning rate of each step (exponentially increasing)
+    losses : tuple of float, the smoothed training loss at each step
+    suggestion : float, learning rate at the steepest descent of the loss
+    """
+
+    lrs: tuple[float, ...]
+    losses: tuple[float, ...]
+    suggestion: float
+
+    def plot(self) -> Figure:
+        """Loss against learning rate (log axis) with the suggestion marked."""
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(5, 3.5))
+        ax = fig.add_subplot()
+        ax.plot(self.lrs, self.losses)
+        ax.axvline(self.suggestion, color="tab:red", ls="--", label=f"{self.suggestion:.1e}")
+        ax.set_xscale("log")
+        ax.set_xlabel("learning rate")
+        ax.set_ylabel("loss (smoothed)")
+        ax.legend()
+        fig.tight_layout()
+        return fig
+
+
+def confusion_metrics(confusion: np.ndarray, codes: Sequence[str]) -> dict[str, Any]:
+    """IoU and Dice per class from a (true, predicted) pixel confusion matrix (K, K).
+
+    Classes absent from both truth and prediction get None. ``foreground_iou`` is the mean
+    IoU over classes 1..K-1 (all but background).
+    """
+    cm = confusion.astype(np.float64)
+    tp = np.diag(cm)
+    fp = cm.sum(0) - tp
+    fn = cm.sum(1) - tp
+    iou: dict[str, float | None] = {}
+    dice: dict[str, float | None] = {}
+    for k, code in enumerate(codes):
+        union = tp[k] + fp[k] + fn[k]
+        iou[code] = None if union == 0 else float(tp[k] / union)
+        dice[code] = None if union == 0 else float(2 * tp[k] / (2 * tp[k] + fp[k] + fn[k]))
+    fg = [v for c in codes[1:] if (v := iou[c]) is not None]
+    return {
+        "iou": iou,
+        "dice": dice,
+        "foreground_iou": float(np.mean(fg)) if fg else None,
+        "pixel_accuracy": float(tp.sum() / max(1.0, cm.sum())),
+    }
+
+
+# --------------------------------------------------------------------------------------
+# Saving optimizer and scheduler state without pickle
+
+
+def _save_training_state(
+    out: Path,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler | None,
+    info: Mapping[str, Any],
+) -> None:
+    from safetensors.torch import save
+
+    from crystalseg.models.checkpoint import _atomic_write_bytes
+
+    osd = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for pid, st in osd["state"].items():
+        for name, value in st.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optimizer.{pid}.{name}"] = value.detach().to("cpu").contiguous()
+            else:
+                scalars.setdefault(str(pid), {})[name] = value
+    meta = {
+        "format_version": STATE_FORMAT_VERSION,
+        **jsonable(dict(info)),
+        "optimizer": {"param_groups": jsonable(osd["param_groups"]), "scalars": scalars},
+        "scheduler": jsonable(scheduler.state_dict()),
+        "scaler": jsonable(scaler.state_dict()) if scaler is not None else None,
+    }
+    _atomic_write_bytes(out / STATE_TENSORS, save(tensors))
+    _atomic_write_bytes(out / STATE_META, (json.dumps(meta, indent=1) + "\n").encode())
+
+
+def _load_training_state(state_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(optimizer state dict, the rest of the JSON) from a ``last`` checkpoint directory."""
+    from safetensors.torch import load_file
+
+    try:
+        meta = json.loads((state_dir / STATE_META).read_text())
+        tensors = load_file(str(state_dir / STATE_TENSORS), device="cpu")
+    except Exception as exc:
+        raise CheckpointError(
+            f"cannot read the training state in '{state_dir}' ({exc}); start a new training "
+            "instead of --resume"
+        ) from exc
+    if meta.get("format_version", 0) > STATE_FORMAT_VERSION:
+        raise CheckpointError(
+            f"training state in '{state_dir}' is from a newer crystalseg; upgrade to resume"
+        )
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        _, pid, name = key.split(".", 2)
+        state.setdefault(int(pid), {})[name] = value
+    for pid, st in meta["optimizer"]["scalars"].items():
+        state.setdefault(int(pid), {}).update(st)
+    groups = meta["optimizer"]["param_groups"]
+    for g in groups:
+        if "betas" in g:
+            g["betas"] = tuple(g["betas"])
+    return {"state": state, "param_groups": groups}, meta
+
+
+def find_resume_dir(path: PathLike) -> Path:
+    """The directory holding the training state: ``path`` itself or ``path/last``.
+
+    Raises
+    ------
+    CheckpointError
+        Neither holds a training state.
+    """
+    p = Path(path)
+    for cand in (p, p / LAST_DIR):
+        if (cand / STATE_META).is_file() and (cand / META_FILE).is_file():
+            return cand
+    raise CheckpointError(
+        f"'{p}' holds no training state to resume ({LAST_DIR}/{STATE_META}); pass the output "
+        "directory of an interrupted 'crystalseg train', or start without --resume"
+    )
+
+
+# --------------------------------------------------------------------------------------
+# The learner
+
+
+class Learner:
+    """A U-Net, its data and its training state. Build with :func:`unet_learner`.
+
+    Attributes
+    ----------
+    data : SegmentationData
+    model : nn.Module
+    spec : ModelSpec
+    device : torch.device
+    history : list of dict, one per finished epoch (losses, IoU/Dice per class, lr, time)
+    lrs : list of float, the learning rate of every optimizer step taken
+    output_dir : Path or None; best checkpoint there, last one (with state) in ``last/``
+    """
+
+    def __init__(
+        self,
+        data: SegmentationData,
+        model: nn.Module,
+        spec: ModelSpec,
+        *,
+        loss: LossName = "dice+ce",
+        augment: AugmentSettings | AugmentPreset | None = "default",
+        device: torch.device,
+        batch_size: int,
+        weight_decay: float = 1e-2,
+        output_dir: PathLike | None = None,
+        seed: int = 0,
+        amp: bool = True,
+        progress: bool = True,
+        init_info: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.data = data
+        self.spec = spec
+        self.device = device
+        # channels-last: 3-5x faster training steps on the CPU (measured), faster on GPUs
+        self.model = model.to(device).to(memory_format=torch.channels_last)
+        self.loss_name = loss
+        self.loss_fn = make_loss(loss).to(device)
+        self.augment_settings = (
+            AugmentSettings.preset(augment) if isinstance(augment, str) else augment
+        )
+        self.augmenter = make_augmenter(self.augment_settings)
+        if self.augmenter is not None:
+            self.augmenter = self.augmenter.to(device)
+        self.batch_size = int(batch_size)
+        self.weight_decay = float(weight_decay)
+        self.output_dir = Path(output_dir) if output_dir is not None else None
+        self.seed = int(seed)
+        self.amp = bool(amp) and device.type == "cuda"
+        self.amp_dtype = (
+            torch.bfloat16 if self.amp and torch.cuda.is_bf16_supported() else torch.float16
+        )
+        self.progress = progress
+        self.init_info = dict(init_info or {})
+        self.history: list[dict[str, Any]] = []
+        self.lrs: list[float] = []
+        #: extra provenance written into model.json under ``training["settings"]``
+        self.settings: dict[str, Any] = {}
+        self.best_score: float | None = None
+        self._schedule: dict[str, Any] = {}
+
+    # ---- helpers
+
+    def _optimizer(self, lr: float) -> torch.optim.AdamW:
+        return torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=self.weight_decay)
+
+    def _scaler(self) -> torch.amp.GradScaler | None:
+        if self.amp and self.amp_dtype == torch.float16:
+            return torch.amp.GradScaler("cuda")
+        return None
+
+    def _autocast(self) -> Any:
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp)
+
+    def _batches(self, rng: np.random.Generator) -> Any:
+        for x, y in self.data.train_batches(self.spec, rng, batch_size=self.batch_size):
+            x = x.to(self.device, non_blocking=True)
+            y = y.to(self.device, non_blocking=True)
+            if self.augmenter is not None:
+                x, y = self.augmenter(x, y)
+            x = normalise(x, self.spec).contiguous(memory_format=torch.channels_last)
+            yield x, y
+
+    def _step(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        optimizer: torch.optim.Optimizer,
+        scaler: torch.amp.GradScaler | None,
+    ) -> float:
+        with self._autocast():
+            logits = self.model(x)
+            loss = self.loss_fn(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        return float(loss.detach())
+
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps in one epoch."""
+        n = len(self.data.train_items) * self.data.crops_per_image
+        return max(1, math.ceil(n / self.batch_size))
+
+    def _epoch_seed(self, epoch: int) -> None:
+        # crops and augmentations of an epoch depend on (seed, epoch) only, so a resumed run
+        # sees exactly the batches the uninterrupted run would have seen
+        torch.manual_seed(self.seed * 1_000_003 + epoch)
+
+    # ---- training
+
+    def fit_one_cycle(
+        self,
+        epochs: int,
+        lr_max: float = 1e-3,
+        *,
+        pct_start: float = 0.25,
+        resume: PathLike | None = None,
+        early_stop: int | None = None,
+        on_epoch_end: Callable[[dict[str, Any]], bool | None] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Train for ``epochs`` with AdamW and a one-cycle learning-rate schedule.
+
+        The learning rate warms up from ``lr_max/25`` to ``lr_max`` over the first
+        ``pct_start`` of the steps and anneals (cosine) to ``lr_max/25e4``. After each epoch
+        the whole validation images are segmented and IoU/Dice per class logged; with an
+        ``output_dir`` the best epoch (foreground IoU, or training loss without validation)
+        is saved there and the last one, with optimizer and schedule, in ``output_dir/last``.
+
+        Parameters
+        ----------
+        epochs : number of epochs of the whole schedule
+        lr_max : peak learning rate
+        pct_start : fraction of the steps spent warming up
+        resume : output directory (or its ``last/``) of an interrupted run with the same
+            ``epochs`` and ``lr_max``: training continues the same schedule from the epoch
+            after the last saved one
+        early_stop : stop after this many epochs without a better validation score
+        on_epoch_end : called with each epoch's record; returning True stops training
+
+        Returns
+        -------
+        list of dict
+            :attr:`history`, one record per epoch.
+
+        Raises
+        ------
+        ConfigError
+            Bad arguments, or a resume whose schedule differs.
+        """
+        if not isinstance(epochs, int) or epochs < 1:
+            raise ConfigError(f"epochs must be a positive integer, got {epochs}")
+        if not (math.isfinite(lr_max) and lr_max > 0):
+            raise ConfigError(f"lr_max must be a positive number, got {lr_max}")
+        if not 0.0 < pct_start < 1.0:
+            raise ConfigError(f"pct_start must be in (0, 1), got {pct_start}")
+        if early_stop is not None and early_stop < 1:
+            raise ConfigError(f"early_stop must be at least 1 epoch, got {early_stop}")
+        steps = self.steps_per_epoch()
+        total = max(2, epochs * steps)
+        # very short schedules: keep at least one step in each phase (torch needs it)
+        warmup = min(max(pct_start, 1.5 / total), (total - 0.5) / total)
+        optimizer = self._optimizer(lr_max / 25)
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer,
+            max_lr=lr_max,
+            total_steps=total,
+            pct_start=warmup,
+            div_factor=25.0,
+            final_div_factor=1e4,
+        )
+        scaler = self._scaler()
+        self._schedule = {
+            "epochs": epochs,
+            "lr_max": lr_max,
+            "pct_start": pct_start,
+            "steps_per_epoch": steps,
+            "batch_size": self.batch_size,
+        }
+        start = 0
+        if resume is not None:
+            start = self._resume(Path(resume), optimizer, scheduler, scaler)
+            if start >= epochs:
+                log.info("training in '%s' already finished all %d epochs", resume, epochs)
+                return self.history
+        stale = 0
+        for epoch in range(start, epochs):
+            t0 = time.perf_counter()
+            self._epoch_seed(epoch)
+            rng = np.random.default_rng([self.seed, epoch])
+            self.model.train()
+            losses = []
+            bar = _progress(steps, f"epoch {epoch + 1}/{epochs}", self.progress)
+            try:
+                for x, y in self._batches(rng):
+                    self.lrs.append(float(scheduler.get_last_lr()[0]))
+                    loss = self._step(x, y, optimizer, scaler)
+                    if not math.isfinite(loss):
+                        raise FloatingPointError(
+                            f"training loss became {loss} at epoch {epoch + 1}; lower the "
+                            "learning rate (try learner.lr_find())"
+                        )
+                    scheduler.step()
+                    losses.append(loss)
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+            finally:
+                bar.close()
+            record: dict[str, Any] = {
+                "epoch": epoch + 1,
+                "train_loss": float(np.mean(losses)),
+                "lr_max": lr_max,
+            }
+            record.update(self.validate())
+            record["seconds"] = round(time.perf_counter() - t0, 2)
+            self.history.append(record)
+            score = record.get("foreground_iou")
+            score = -record["train_loss"] if score is None else score
+            improved = self.best_score is None or score > self.best_score
+            if improved:
+                self.best_score = score
+                stale = 0
+            else:
+                stale += 1
+            log.info(_epoch_line(record, epochs, self.data.codes))
+            if self.output_dir is not None:
+                if improved:
+                    self.save(self.output_dir)
+                self._save_last(epoch + 1, optimizer, scheduler, scaler)
+            if on_epoch_end is not None and on_epoch_end(record):
+                log.info("stopped after epoch %d on request", epoch + 1)
+                break
+            if early_stop is not None and stale >= early_stop:
+                log.info("early stop: no better validation score for %d epochs", stale)
+                break
+        return self.history
+
+    def _save_last(
+        self,
+        epochs_done: int,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        scaler: torch.amp.GradScaler | None,
+    ) -> None:
+        assert self.output_dir is not None
+        last = self.output_dir / LAST_DIR
+        self.save(last)
+        info = {
+            "epochs_done": epochs_done,
+            **self._schedule,
+            "history": self.history,
+            "lrs": self.lrs,
+            "best_score": self.best_score,
+            "seed": self.seed,
+        }
+        _save_training_state(last, optimizer, scheduler, scaler, info)
+
+    def _resume(
+        self,
+        path: Path,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        scaler: torch.amp.GradScaler | None,
+    ) -> int:
+        state_dir = find_resume_dir(path)
+        model, spec, _ = load_checkpoint(state_dir)
+        if spec != self.spec:
+            raise ConfigError(
+                f"the checkpoint in '{state_dir}' is a {spec.encoder} U-Net for codes "
+                f"{list(spec.codes)}; this learner is {self.spec.encoder} for "
+                f"{list(self.spec.codes)}. Resume with the same settings"
+            )
+        opt_state, meta = _load_training_state(state_dir)
+        trained_on = read_checkpoint_meta(state_dir).get("data_fingerprint")
+        if trained_on != self.data.fingerprint:
+            log.warning(
+                "the interrupted run in '%s' was trained on other data (fingerprint %s, now "
+                "%s); resuming anyway",
+                state_dir,
+                trained_on,
+                self.data.fingerprint,
+            )
+        for key in ("epochs", "lr_max", "steps_per_epoch", "batch_size", "pct_start"):
+            if meta.get(key) != self._schedule[key]:
+                raise ConfigError(
+                    f"cannot resume: the interrupted run had {key}={meta.get(key)}, this one "
+                    f"{self._schedule[key]}; resume with the same epochs, lr, batch size and data"
+                )
+        self.model.load_state_dict(model.state_dict())
+        optimizer.load_state_dict(opt_state)
+        scheduler.load_state_dict(meta["scheduler"])
+        if scaler is not None and meta.get("scaler"):
+            scaler.load_state_dict(meta["scaler"])
+        self.history = list(meta.get("history", []))
+        self.lrs = list(meta.get("lrs", []))
+        self.best_score = meta.get("best_score")
+        self.seed = int(meta.get("seed", self.seed))
+        done = int(meta["epochs_done"])
+        log.info("resuming from '%s' after epoch %d of %d", state_dir, done, meta["epochs"])
+        return done
+
+    # ---- validation and prediction
+
+    def _forward_padded(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of (B, C, h, w) normalised input, padded to the encoder stride."""
+        s = self.spec.stride
+        h, w = x.shape[-2:]
+        ph, pw = (-h) % s, (-w) % s
+        if ph or pw:
+            mode = "reflect" if ph < h and pw < w else "replicate"
+            x = F.pad(x, (0, pw, 0, ph), mode=mode)
+        with self._autocast():
+            out = self.model(x.contiguous(memory_format=torch.channels_last))
+        return out[..., :h, :w].float()
+
+    @torch.no_grad()
+    def predict_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits (1, K, H, W) of one normalised image (1, C, H, W), tiled if large.
+
+        Tiles of ``TILE_SIZE`` overlap by ``2 * TILE_OVERLAP`` pixels; only the centre of each
+        tile is kept, so tiles never contribute their borders.
+        """
+        self.model.eval()
+        x = x.to(self.device)
+        h, w = x.shape[-2:]
+        if h <= TILE_SIZE and w <= TILE_SIZE:
+            return self._forward_padded(x)
+        out = torch.empty((1, self.spec.n_classes, h, w), device=self.device)
+        step = TILE_SIZE - 2 * TILE_OVERLAP
+        ys = _tile_starts(h, TILE_SIZE, step)
+        xs = _tile_starts(w, TILE_SIZE, step)
+        for y0 in ys:
+            for x0 in xs:
+                tile = self._forward_padded(x[..., y0 : y0 + TILE_SIZE, x0 : x0 + TILE_SIZE])
+                th, tw = tile.shape[-2:]
+                top = 0 if y0 == 0 else TILE_OVERLAP
+                left = 0 if x0 == 0 else TILE_OVERLAP
+                bottom = th if y0 + th >= h else th - TILE_OVERLAP
+                right = tw if x0 + tw >= w else tw - TILE_OVERLAP
+                out[..., y0 + top : y0 + bottom, x0 + left : x0 + right] = tile[
+                    ..., top:bottom, left:right
+                ]
+        return out
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, Any]:
+        """Loss and IoU/Dice per class on the whole validation images (empty if none)."""
+        if not self.data.valid_items:
+            return {}
+        k = self.spec.n_classes
+        confusion = torch.zeros((k, k), dtype=torch.int64)
+        losses = []
+        for _, x, y in self.data.valid_samples(self.spec):
+            logits = self.predict_logits(normalise(x, self.spec))
+            yd = y.to(self.device)[None]
+            losses.append(float(self.loss_fn(logits, yd)))
+            pred = logits.argmax(1)
+            confusion += (
+                torch.bincount((yd * k + pred).ravel(), minlength=k * k).reshape(k, k).cpu()
+            )
+        out = {"valid_loss": float(np.mean(losses))}
+        out.update(confusion_metrics(confusion.numpy(), self.data.codes))
+        return out
+
+    @torch.no_grad()
+    def predict(self, image: np.ndarray | PathLike) -> np.ndarray:
+        """Class map (H, W) uint8 of one image (array (H, W[, 3]) or an image file).
+
+        The image is scaled and normalised exactly as in training (by the model's spec),
+        padded to the encoder stride, and tiled with overlap when larger than
+        ``TILE_SIZE``.
+        """
+        arr = read_image(image) if isinstance(image, (str, os.PathLike)) else np.asarray(image)
+        if arr.ndim not in (2, 3):
+            raise ConfigError(f"image of shape {arr.shape}; expected (H, W) or (H, W, 3)")
+        arr = _to_channels(arr, self.spec.in_channels)
+        x = normalise(to_unit(torch.from_numpy(_torchable(arr))[None], self.spec), self.spec)
+        return self.predict_logits(x).argmax(1)[0].to(torch.uint8).cpu().numpy()
+
+    def lr_find(
+        self,
+        *,
+        start_lr: float = 1e-7,
+        end_lr: float = 10.0,
+        num_it: int = 100,
+        stop_div: bool = True,
+    ) -> LRFindResult:
+        """Learning-rate range test: train with an exponentially rising lr, record the loss.
+
+        The model is restored afterwards. The suggestion is the lr of the steepest descent of
+        the smoothed loss before its minimum, a good ``lr_max`` for :meth:`fit_one_cycle`.
+        """
+        if not 0 < start_lr < end_lr or num_it < 5:
+            raise ConfigError("lr_find needs 0 < start_lr < end_lr and num_it >= 5")
+        saved = copy.deepcopy(self.model.state_dict())
+        optimizer = self._optimizer(start_lr)
+        scaler = self._scaler()
+        gamma = (end_lr / start_lr) ** (1.0 / (num_it - 1))
+        lrs: list[float] = []
+        losses: list[float] = []
+        avg, best, beta = 0.0, math.inf, 0.9
+        torch.manual_seed(self.seed * 1_000_003 - 1)
+        rng = np.random.default_rng([self.seed, 2**31])
+        self.model.train()
+        bar = _progress(num_it, "lr find", self.progress)
+        try:
+            while len(lrs) < num_it:
+                for x, y in self._batches(rng):
+                    lr = start_lr * gamma ** len(lrs)
+                    for g in optimizer.param_groups:
+                        g["lr"] = lr
+                    loss = self._step(x, y, optimizer, scaler)
+                    avg = beta * avg + (1 - beta) * loss
+                    smooth = avg / (1 - beta ** (len(lrs) + 1))
+                    lrs.append(lr)
+                    losses.append(smooth)
+                    bar.update(1)
+                    best = min(best, smooth)
+                    diverged = not math.isfinite(smooth) or smooth > 4 * best
+                    if len(lrs) >= num_it or (stop_div and diverged and len(lrs) > 5):
+                        break
+                else:
+                    continue
+                break
+        finally:
+            bar.close()
+            self.model.load_state_dict(saved)
+        return LRFindResult(tuple(lrs), tuple(losses), _suggest_lr(lrs, losses))
+
+    # ---- saving and showing
+
+    def training_info(self) -> dict[str, Any]:
+        """Settings recorded in the checkpoint JSON."""
+        return {
+            **self._schedule,
+            "optimizer": "AdamW",
+            "schedule": "one-cycle",
+            "weight_decay": self.weight_decay,
+            "loss": self.loss_name,
+            "augment": self.augment_settings.to_dict() if self.augment_settings else None,
+            "init": self.init_info,
+            "seed": self.seed,
+            "device": str(self.device),
+            "amp": str(self.amp_dtype).replace("torch.", "") if self.amp else None,
+            "epochs_done": len(self.history),
+            "data": self.data.summary(),
+            "settings": self.settings,
+        }
+
+    def save(self, path: PathLike) -> Path:
+        """Write the model as a checkpoint directory (model.safetensors + model.json)."""
+        return save_checkpoint(
+            path,
+            self.model,
+            self.spec,
+            training=self.training_info(),
+            metrics=self.history,
+            data_fingerprint=self.data.fingerprint,
+        )
+
+    def show_results(self, n: int = 3) -> Figure:
+        """Figure of ``n`` validation images (training images without validation):
+        image, truth and prediction side by side, with the foreground IoU of each."""
+        from matplotlib.colors import ListedColormap
+        from matplotlib.figure import Figure
+
+        items = list(self.data.valid_items or self.data.train_items)[: max(1, n)]
+        k = self.spec.n_classes
+        cmap = ListedColormap(
+            ["black", "gold", "deepskyblue", "tomato", "limegreen", "orchid"][: max(2, k)]
+        )
+        fig = Figure(figsize=(9, 3 * len(items)))
+        axes = fig.subplots(len(items), 3, squeeze=False)
+        for row, item in zip(axes, items, strict=True):
+            image, truth = self.data.load(item)
+            pred = self.predict(image)
+            cm = np.bincount(truth.astype(np.int64).ravel() * k + pred.ravel(), minlength=k * k)
+            score = confusion_metrics(cm.reshape(k, k), self.data.codes)["foreground_iou"]
+            shown = image if image.ndim == 2 else image[..., :3]
+            row[0].imshow(shown, cmap="gray")
+            row[0].set_title(item.name, fontsize=9)
+            row[1].imshow(truth, cmap=cmap, vmin=0, vmax=cmap.N - 1, interpolation="nearest")
+            row[1].set_title("truth", fontsize=9)
+            row[2].imshow(pred, cmap=cmap, vmin=0, vmax=cmap.N - 1, interpolation="nearest")
+            row[2].set_title(
+                "prediction" + ("" if score is None else f" (IoU {score:.2f})"), fontsize=9
+            )
+            for ax in row:
+                ax.set_axis_off()
+        fig.tight_layout()
+        return fig
+
+    def __repr__(self) -> str:
+        return (
+            f"Learner({self.spec.encoder} U-Net, codes={list(self.spec.codes)}, "
+            f"init={self.init_info.get('kind', '?')}, device={self.device}, "
+            f"batch {self.batch_size}, {len(self.history)} epochs done)"
+        )
+
+
+def _tile_starts(n: int, tile: int, step: int) -> list[int]:
+    if n <= tile:
+        return [0]
+    starts = list(range(0, n - tile, step))
+    return [*starts, n - tile]
+
+
+def _suggest_lr(lrs: Sequence[float], losses: Sequence[float]) -> float:
+    """lr at the steepest descent of the loss before its minimum (finite, positive)."""
+    lr = np.asarray(lrs, dtype=np.float64)
+    loss = np.asarray(losses, dtype=np.float64)
+    ok = np.isfinite(loss)
+    lr, loss = lr[ok], loss[ok]
+    if lr.size < 3:
+        return float(lr[0]) if lr.size else 1e-3
+    end = int(np.argmin(loss))
+    if end < 2:
+        return float(lr[max(end, 0)] / 10 if lr[end] > 1e-6 else 1e-4)
+    grad = np.gradient(loss[: end + 1], np.log10(lr[: end + 1]))
+    skip = min(end // 10, 5)
+    i = skip + int(np.argmin(grad[skip:]))
+    return float(lr[i])
+
+
+def _progress(total: int, desc: str, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not enabled, leave=False, dynamic_ncols=True)
+
+
+def _epoch_line(record: Mapping[str, Any], epochs: int, codes: Sequence[str]) -> str:
+    parts = [f"epoch {record['epoch']}/{epochs}", f"train loss {record['train_loss']:.4f}"]
+    if "valid_loss" in record:
+        parts.append(f"valid loss {record['valid_loss']:.4f}")
+        for code in codes[1:]:
+            iou, dice = record["iou"].get(code), record["dice"].get(code)
+            if iou is not None:
+                parts.append(f"{code} IoU {iou:.3f} Dice {dice:.3f}")
+    parts.append(f"{record.get('seconds', 0):.0f} s")
+    return "  ".join(parts)
+
+
+# --------------------------------------------------------------------------------------
+# Building a learner
+
+
+def _spec_from_checkpoint(
+    base: ModelSpec, data: SegmentationData, scaling: str | None
+) -> ModelSpec:
+    mean, std = base.mean, base.std
+    if data.channels != base.in_channels:
+        mean = (float(np.mean(mean)),) * data.channels
+        std = (float(np.mean(std)),) * data.channels
+    return ModelSpec(
+        encoder=base.encoder,
+        codes=data.codes,
+        in_channels=data.channels,
+        decoder_channels=base.decoder_channels,
+        mean=mean,
+        std=std,
+        scaling=scaling or base.scaling,  # type: ignore[arg-type]
+        percentiles=base.percentiles,
+    )
+
+
+def _load_finetune(model: nn.Module, spec: ModelSpec, src: nn.Module, src_spec: ModelSpec) -> str:
+    """Copy ``src`` weights into ``model``; the class head is mapped by code name."""
+    target = model.state_dict()
+    state = _adapt_first_conv(src.state_dict(), target)
+    head_note = "kept"
+    if spec.codes != src_spec.codes:
+        head = [k for k in state if k.startswith("segmentation_head.")]
+        if set(spec.codes) <= set(src_spec.codes):
+            rows = [src_spec.codes.index(c) for c in spec.codes]
+            for key in head:
+                state[key] = state[key][rows]
+            head_note = f"rows {rows} of {list(src_spec.codes)}"
+        else:
+            for key in head:
+                del state[key]
+            head_note = f"new (checkpoint codes {list(src_spec.codes)})"
+    usable = {k: v for k, v in state.items() if k in target and target[k].shape == v.shape}
+    model.load_state_dict(usable, strict=False)
+    return head_note
+
+
+def unet_learner(
+    data: SegmentationData,
+    encoder: str = DEFAULT_ENCODER,
+    *,
+    init: InitName | PathLike = "default",
+    loss: LossName = "dice+ce",
+    decoder_channels: Sequence[int] | None = None,
+    scaling: Literal["dtype", "percentile"] | None = None,
+    augment: AugmentSettings | AugmentPreset | None = "default",
+    device: str | torch.device | None = None,
+    batch_size: int | None = None,
+    weight_decay: float = 1e-2,
+    output_dir: PathLike | None = None,
+    seed: int | None = None,
+    amp: bool = True,
+    progress: bool = True,
+) -> Learner:
+    """A U-Net learner for ``data``.
+
+    Parameters
+    ----------
+    data : from :func:`~crystalseg.train.data.pairs`
+    encoder : smp encoder name; the default is the architecture of the bundled model, so
+        that training fine-tunes it
+    init : where the weights start
+        ``"default"``: the bundled crystal model; when this build ships none or ``encoder``
+        differs from it, a logged warning and local ImageNet weights if there are any, else
+        ``"none"``. ``"imagenet"``: ImageNet encoder weights found locally (never
+        downloaded; an error if absent); ``"none"``: random; a checkpoint
+        directory: fine-tune it (its architecture is used; classes are matched by name);
+        a ``.safetensors``/``.pth`` state-dict file: encoder weights.
+    loss : one of ``LOSS_NAMES``
+    decoder_channels : decoder widths; default slim for the default encoder, smp's otherwise
+    scaling : intensity rule of the model (``"dtype"`` or ``"percentile"``); default the
+        checkpoint's, else ``"dtype"``
+    augment : ``"default"``, ``"strong"``, ``"none"`` or :class:`AugmentSettings`
+    device : default CUDA when present, else CPU
+    batch_size : default ``data.batch_size``, else 8 on a CPU and 32 on a GPU
+    weight_decay : AdamW weight decay
+    output_dir : where :meth:`Learner.fit_one_cycle` writes best and last checkpoints
+    seed : default ``data.seed``; fixes initialisation, crops and augmentation
+    amp : mixed precision on CUDA (bf16 where supported, else fp16); ignored on a CPU
+    progress : show tqdm progress bars
+
+    Raises
+    ------
+    ConfigError, CheckpointError
+    """
+    if loss not in LOSS_NAMES:
+        raise ConfigError(f"unknown loss '{loss}'; choose one of {', '.join(LOSS_NAMES)}")
+    if weight_decay < 0:
+        raise ConfigError(f"weight_decay must be >= 0, got {weight_decay}")
+    dev = torch.device(device) if device is not None else default_device()
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' requested but no CUDA GPU is available; use --device cpu")
+    bs = batch_size or data.batch_size or default_batch_size(dev)
+    seed = data.seed if seed is None else int(seed)
+    torch.manual_seed(seed)
+    init_info: dict[str, Any]
+    src_ckpt: Path | None = None
+    encoder_file: Path | None = None
+    kind = os.fspath(init) if isinstance(init, os.PathLike) else init
+    if kind == "default":
+        reason = None
+        try:
+            src_ckpt = default_checkpoint_path()
+        except CheckpointError as exc:
+            reason = str(exc)
+        else:
+            base = ModelSpec.from_dict(read_checkpoint_meta(src_ckpt)["spec"])
+            dec = tuple(decoder_channels) if decoder_channels else base.decoder_channels
+            if encoder != base.encoder or dec != base.decoder_channels:
+                reason = (
+                    f"the bundled model is a {base.encoder} U-Net with decoder "
+                    f"{list(base.decoder_channels)}, not {encoder} {list(dec)} (drop the "
+                    "encoder argument to fine-tune it)"
+                )
+                src_ckpt = None
+        if reason is not None:
+            # the next best start: ImageNet weights when this machine has them
+            kind = "imagenet" if find_imagenet_weights(encoder) is not None else "none"
+            log.warning(
+                "%s; training starts from %s",
+                reason,
+                "local ImageNet encoder weights (init 'imagenet')"
+                if kind == "imagenet"
+                else "random weights (init 'none'), which needs many more epochs",
+            )
+    elif kind not in ("imagenet", "none"):
+        p = Path(kind)
+        if p.is_dir() or p.name == META_FILE or (p.parent / META_FILE).is_file():
+            src_ckpt = p
+            kind = "checkpoint"
+        elif p.is_file():
+            encoder_file, kind = p, "encoder_weights"
+        else:
+            raise CheckpointError(
+                f"init '{p}' is neither 'default', 'imagenet', 'none', a checkpoint directory "
+                "nor a weights file; check the path"
+            )
+
+    if src_ckpt is not None:
+        src_model, src_spec, meta = load_checkpoint(src_ckpt)
+        if kind == "checkpoint" and encoder not in (DEFAULT_ENCODER, src_spec.encoder):
+            raise ConfigError(
+                f"checkpoint '{src_ckpt}' is a {src_spec.encoder} U-Net, not {encoder}; drop "
+                f"the encoder argument or pass encoder='{src_spec.encoder}'"
+            )
+        spec = _spec_from_checkpoint(src_spec, data, scaling)
+        model = build_model(spec)
+        head = _load_finetune(model, spec, src_model, src_spec)
+        init_info = {
+            "kind": "default" if kind == "default" else "checkpoint",
+            "checkpoint": os.fspath(src_ckpt),
+            "sha256": meta["weights"]["sha256"],
+            "class_head": head,
+        }
+        log.info("fine-tuning %s (class head %s)", src_ckpt, head)
+    else:
+        imagenet = kind == "imagenet"
+        mean = (
+            (IMAGENET_MEAN if data.channels == 3 else (float(np.mean(IMAGENET_MEAN)),))
+            if imagenet
+            else (0.5,) * data.channels
+        )
+        std = (
+            (IMAGENET_STD if data.channels == 3 else (float(np.mean(IMAGENET_STD)),))
+            if imagenet
+            else (0.25,) * data.channels
+        )
+        spec = ModelSpec(
+            encoder=encoder,
+            codes=data.codes,
+            in_channels=data.channels,
+            decoder_channels=tuple(decoder_channels or default_decoder_channels(encoder)),
+            mean=mean,
+            std=std,
+            scaling=scaling or "dtype",
+        )
+        model = build_model(spec)
+        if imagenet:
+            load_encoder_weights(model, spec, "imagenet")
+        elif encoder_file is not None:
+            load_encoder_weights(model, spec, encoder_file)
+        init_info = {"kind": kind}
+        if encoder_file is not None:
+            init_info["file"] = os.fspath(encoder_file)
+    return Learner(
+        data,
+        model,
+        spec,
+        loss=loss,
+        augment=augment,
+        device=dev,
+        batch_size=bs,
+        weight_decay=weight_decay,
+        output_dir=output_dir,
+        seed=seed,
+        amp=amp,
+        progress=progress,
+        init_info=init_info,
+    )
+
+
+# --------------------------------------------------------------------------------------
+# The library entry point of `crystalseg train`
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Everything ``crystalseg train`` needs; validated on construction.
+
+    Attributes
+    ----------
+    data : tuple of paths (folders, run stores); see :func:`~crystalseg.train.data.pairs`
+    codes : class names, background first
+    output_dir : where best (``DIR``) and last (``DIR/last``) checkpoints go; None: nowhere
+    encoder, init, loss, decoder_channels, scaling, augment : see :func:`unet_learner`
+    epochs : length of the one-cycle schedule (0 with ``find_lr``: only find the lr)
+    lr : peak learning rate; None: 1e-3, or the finder's suggestion with ``find_lr``
+    crop_size, batch_size, valid_fraction, valid, mask_values, crops_per_image,
+    foreground_bias, channels, frame_step : see :func:`~crystalseg.train.data.pairs`
+    find_lr : run the learning-rate finder first
+    resume : continue an interrupted run from its output directory
+    early_stop : stop after this many epochs without a better validation score
+    overwrite : replace a checkpoint already in ``output_dir``
+    device, seed, weight_decay, progress : see :func:`unet_learner`
+    command : the command line that asked for this training, recorded in model.json
+    """
+
+    data: tuple[Path, ...]
+    codes: tuple[str, ...] = ("background", "crystal")
+    output_dir: Path | None = None
+    encoder: str = DEFAULT_ENCODER
+    init: str = "default"
+    epochs: int = 3
+    lr: float | None = None
+    loss: str = "dice+ce"
+    crop_size: int = 256
+    batch_size: int | None = None
+    valid_fraction: float = 0.2
+    valid: tuple[str, ...] | None = None
+    mask_values: tuple[int, ...] | Mapping[int, int | str] | None = None
+    crops_per_image: int | None = None
+    foreground_bias: float = 0.25
+    channels: int = 1
+    frame_step: int = 1
+    decoder_channels: tuple[int, ...] | None = None
+    scaling: str | None = None
+    augment: str = "default"
+    find_lr: bool = False
+    resume: Path | None = None
+    early_stop: int | None = None
+    overwrite: bool = False
+    device: str | None = None
+    seed: int = 0
+    weight_decay: float = 1e-2
+    progress: bool = True
+    command: str | None = None
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        data = (self.data,) if isinstance(self.data, (str, os.PathLike)) else self.data
+        set_(self, "data", tuple(Path(p) for p in data))
+        if not self.data:
+            raise ConfigError("no training data given; pass a folder, pairs or run stores")
+        codes = self.codes.split(",") if isinstance(self.codes, str) else self.codes
+        set_(self, "codes", tuple(c.strip() for c in codes if c.strip()))
+        if len(self.codes) < 2 or len(set(self.codes)) != len(self.codes):
+            raise ConfigError(
+                f"--codes {','.join(self.codes)} must name at least two distinct classes, "
+                "background first, e.g. background,crystal"
+            )
+        for name in ("output_dir", "resume"):
+            value = getattr(self, name)
+            if value is not None:
+                set_(self, name, Path(value))
+        if self.resume is not None and self.output_dir is None:
+            set_(self, "output_dir", self.resume)
+        if not isinstance(self.epochs, int) or self.epochs < 0:
+            raise ConfigError(f"--epochs must be a non-negative integer, got {self.epochs}")
+        if self.epochs == 0 and not self.find_lr:
+            raise ConfigError("--epochs 0 trains nothing; give epochs or --find-lr")
+        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"--lr must be a positive number, got {self.lr}")
+        if self.loss not in LOSS_NAMES:
+            raise ConfigError(f"--loss must be one of {', '.join(LOSS_NAMES)}, got {self.loss}")
+        if self.crop_size < 32 or self.crop_size % 32:
+            raise ConfigError(f"--crop-size must be a multiple of 32, got {self.crop_size}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if not 0.0 <= self.valid_fraction < 1.0:
+            raise ConfigError(f"--valid-fraction must be in [0, 1), got {self.valid_fraction}")
+        if self.channels not in (1, 3):
+            raise ConfigError(f"--channels must be 1 or 3, got {self.channels}")
+        if self.crops_per_image is not None and self.crops_per_image < 1:
+            raise ConfigError(f"--crops-per-image must be >= 1, got {self.crops_per_image}")
+        if not 0.0 <= self.foreground_bias <= 1.0:
+            raise ConfigError(f"--foreground-bias must be in [0, 1], got {self.foreground_bias}")
+        if self.augment not in ("default", "strong", "none"):
+            raise ConfigError(f"--augment must be default, strong or none, got {self.augment}")
+        if self.scaling not in (None, "dtype", "percentile"):
+            raise ConfigError(f"--scaling must be dtype or percentile, got {self.scaling}")
+        if self.early_stop is not None and self.early_stop < 1:
+            raise ConfigError(f"--early-stop must be at least 1, got {self.early_stop}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        if self.decoder_channels is not None:
+            set_(self, "decoder_channels", tuple(int(c) for c in self.decoder_channels))
+        if self.valid is not None:
+            set_(self, "valid", tuple(str(v) for v in self.valid))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready settings, recorded next to the model."""
+        return {k: jsonable(getattr(self, k)) for k in self.__dataclass_fields__}
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What :func:`train_model` did.
+
+    Attributes
+    ----------
+    output_dir : Path or None
+    best_checkpoint, last_checkpoint : Path or None (None without an output directory)
+    history : tuple of dict, one per epoch (losses, IoU/Dice per class)
+    lr : the peak learning rate used (None when only the finder ran)
+    lr_find : LRFindResult or None
+    best_score : best foreground IoU (or minus the training loss without validation)
+    learner : the trained Learner
+    """
+
+    output_dir: Path | None
+    best_checkpoint: Path | None
+    last_checkpoint: Path | None
+    history: tuple[dict[str, Any], ...]
+    lr: float | None
+    lr_find: LRFindResult | None
+    best_score: float | None
+    learner: Learner
+
+
+def train_model(settings: TrainSettings) -> TrainResult:
+    """Train a U-Net as ``crystalseg train`` does: data, learner, optional lr finder, fit.
+
+    Raises
+    ------
+    StageStateError
+        ``output_dir`` already holds a model and neither resume nor overwrite was asked.
+    CrystalsegError
+        Any bad data, settings or checkpoint.
+    """
+    from crystalseg.train.data import pairs
+
+    s = settings
+    out = s.output_dir
+    if out is not None and s.resume is None and (out / META_FILE).exists() and not s.overwrite:
+        raise StageStateError(
+            f"'{out}' already holds a model; pass --resume {out} to continue it, --overwrite "
+            "to replace it, or another -o"
+        )
+    data = pairs(
+        list(s.data),
+        codes=s.codes,
+        mask_values=s.mask_values,
+        valid_fraction=s.valid_fraction,
+        valid=s.valid,
+        crop_size=s.crop_size,
+        batch_size=s.batch_size,
+        crops_per_image=s.crops_per_image,
+        foreground_bias=s.foreground_bias,
+        channels=s.channels,  # type: ignore[arg-type]
+        frame_step=s.frame_step,
+        seed=s.seed,
+    )
+    log.info("%r", data)
+    init: str | Path = s.init
+    if s.resume is not None:
+        init = find_resume_dir(s.resume)
+    learner = unet_learner(
+        data,
+        s.encoder,
+        init=init,
+        loss=s.loss,  # type: ignore[arg-type]
+        decoder_channels=s.decoder_channels,
+        scaling=s.scaling,  # type: ignore[arg-type]
+        augment=s.augment,  # type: ignore[arg-type]
+        device=s.device,
+        weight_decay=s.weight_decay,
+        output_dir=out,
+        seed=s.seed,
+        progress=s.progress,
+    )
+    if s.resume is not None:
+        # record where the interrupted run started from, not its own last checkpoint
+        first = read_checkpoint_meta(init).get("training", {}).get("init")
+        learner.init_info = dict(first or learner.init_info)
+    learner.settings = s.to_dict()
+    found = None
+    lr = s.lr
+    if s.find_lr:
+        found = learner.lr_find()
+        log.info("lr finder suggests %.2e", found.suggestion)
+        lr = lr or found.suggestion
+    if s.epochs > 0:
+        lr = lr or 1e-3
+        if s.resume is not None:
+            prev = json.loads((find_resume_dir(s.resume) / STATE_META).read_text())
+            lr = s.lr or float(prev["lr_max"])
+        learner.fit_one_cycle(s.epochs, lr, resume=s.resume, early_stop=s.early_stop)
+    best = last = None
+    if out is not None and s.epochs > 0:
+        best = out if (out / META_FILE).exists() else None
+        last = out / LAST_DIR if (out / LAST_DIR / META_FILE).exists() else None
+    return TrainResult(
+        output_dir=out,
+        best_checkpoint=best,
+        last_checkpoint=last,
+        history=tuple(learner.history),
+        lr=lr if s.epochs > 0 else None,
+        lr_find=found,
+        best_score=learner.best_score,
+        learner=learner,
+    )

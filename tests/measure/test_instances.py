@@ -1,0 +1,280 @@
+"""Class mask → instance labels: splitting touching crystals, boundary class, size filter."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import ndimage as ndi
+from skimage.draw import disk, polygon
+from skimage.measure import label as sk_label
+from skimage.segmentation import find_boundaries
+
+from crystalseg.errors import ConfigError, MaskValueError
+from crystalseg.measure.instances import (
+    boundary_class,
+    crystal_classes,
+    instance_scores,
+    label_instances,
+)
+
+CODES3 = ("background", "crystal", "boundary")
+
+
+def discs(shape: tuple[int, int], circles: list[tuple[float, float, float]]) -> np.ndarray:
+    """Truth labels of discs (later ones on top)."""
+    labels = np.zeros(shape, dtype=np.int32)
+    for i, (cy, cx, r) in enumerate(circles, start=1):
+        rr, cc = disk((cy, cx), r, shape=shape)
+        labels[rr, cc] = i
+    return labels
+
+
+def rotated_rectangle(
+    shape: tuple[int, int], centre: tuple[float, float], length: float, width: float, angle: float
+) -> np.ndarray:
+    c, s = math.cos(angle), math.sin(angle)
+    corners = [(-length / 2, -width / 2), (length / 2, -width / 2), (length / 2, width / 2)]
+    corners.append((-length / 2, width / 2))
+    rows = [centre[0] + u * s + v * c for u, v in corners]
+    cols = [centre[1] + u * c - v * s for u, v in corners]
+    out = np.zeros(shape, dtype=bool)
+    rr, cc = polygon(rows, cols, shape=shape)
+    out[rr, cc] = True
+    return out
+
+
+def three_class(labels: np.ndarray) -> np.ndarray:
+    """Class mask with the inner boundary of every instance as class 2."""
+    mask = (labels > 0).astype(np.uint8)
+    mask[find_boundaries(labels, mode="inner") & (labels > 0)] = 2
+    return mask
+
+
+def test_two_touching_discs_are_split() -> None:
+    truth = discs((80, 100), [(40, 30, 16), (40, 58, 14)])  # overlapping by 2 px
+    mask = (truth > 0).astype(np.uint8)
+    assert ndi.label(mask)[1] == 1  # one connected blob
+    labels = label_instances(mask, split="watershed")
+    assert labels.max() == 2
+    scores = instance_scores(labels, truth)
+    assert scores["matched"] == 2
+    assert scores["f1"] == 1.0
+    # The cut runs through the waist: each disc keeps nearly all of its pixels.
+    for i in (1, 2):
+        area = np.count_nonzero(truth == i)
+        best = np.bincount(labels[truth == i]).max()
+        assert best > 0.95 * area
+
+
+def test_three_touching_discs_in_a_row_are_split() -> None:
+    truth = discs((60, 140), [(30, 25, 12), (30, 47, 11), (30, 69, 12)])
+    labels = label_instances((truth > 0).astype(np.uint8), split="watershed")
+    assert labels.max() == 3
+    assert instance_scores(labels, truth)["matched"] == 3
+
+
+@pytest.mark.parametrize("angle", [0.0, 0.3, math.pi / 4, 1.2])
+def test_single_elongated_rectangle_is_not_split(angle: float) -> None:
+    needle = rotated_rectangle((120, 120), (60, 60), 90, 7, angle)
+    labels = label_instances(needle.astype(np.uint8), split="watershed")
+    assert labels.max() == 1
+    assert np.array_equal(labels > 0, needle)
+
+
+def test_single_ellipse_and_plate_are_not_split() -> None:
+    yy, xx = np.mgrid[:100, :100]
+    ellipse = ((yy - 50) / 40.0) ** 2 + ((xx - 50) / 12.0) ** 2 <= 1
+    hexagon = np.zeros((100, 100), dtype=bool)
+    angles = np.arange(6) * np.pi / 3
+    rr, cc = polygon(50 + 35 * np.sin(angles), 50 + 35 * np.cos(angles), shape=(100, 100))
+    hexagon[rr, cc] = True
+    for shape in (ellipse, hexagon):
+        labels = label_instances(shape.astype(np.uint8))
+        assert labels.max() == 1
+
+
+def test_components_without_split_and_renumbering() -> None:
+    mask = np.zeros((30, 30), dtype=np.uint8)
+    mask[2:6, 20:26] = 1  # first in raster order
+    mask[10:20, 2:12] = 1
+    mask[25, 25] = 1  # 1 px: below the limit
+    labels = label_instances(mask, split="none", min_area_px=4)
+    assert labels.dtype == np.int32
+    assert labels.max() == 2
+    assert labels[3, 22] == 1 and labels[15, 5] == 2
+    assert labels[25, 25] == 0
+
+
+def test_min_size_filter() -> None:
+    truth = discs((60, 60), [(15, 15, 2.5), (40, 40, 8)])
+    small = np.count_nonzero(truth == 1)
+    mask = (truth > 0).astype(np.uint8)
+    kept = label_instances(mask, min_area_px=small)
+    assert kept.max() == 2
+    dropped = label_instances(mask, min_area_px=small + 1)
+    assert dropped.max() == 1
+    assert np.array_equal(dropped > 0, truth == 2)
+
+
+def test_small_split_fragments_join_their_neighbour() -> None:
+    # A large disc with a small bump: the bump has its own distance maximum but is
+    # too small to be a particle, so it stays part of the disc rather than vanishing.
+    truth = discs((80, 80), [(40, 36, 18), (40, 57, 3.5)])
+    mask = (truth > 0).astype(np.uint8)
+    bump = np.count_nonzero(truth == 2)
+    labels = label_instances(mask, min_area_px=bump + 5, neck_ratio=1.0, min_depth_px=0.0)
+    assert labels.max() == 1
+    assert np.count_nonzero(labels) == np.count_nonzero(mask)
+
+
+def test_boundary_class_splits_side_by_side_prisms() -> None:
+    # Two prisms lying side by side leave no neck: only a boundary class can split them.
+    truth = np.zeros((60, 80), dtype=np.int32)
+    truth[20:30, 10:70] = 1
+    truth[30:40, 10:70] = 2
+    watershed = label_instances((truth > 0).astype(np.uint8), split="watershed")
+    assert watershed.max() == 1
+    labels = label_instances(three_class(truth), codes=CODES3)  # auto → boundary
+    assert labels.max() == 2
+    assert instance_scores(labels, truth)["matched"] == 2
+    # Every boundary pixel is grown back to its own crystal.
+    assert np.array_equal(labels > 0, truth > 0)
+    assert sorted(np.unique(labels[truth == 1])) == [int(labels[25, 40])]
+
+
+def test_boundary_class_keeps_crystals_too_thin_for_an_interior() -> None:
+    truth = np.zeros((40, 40), dtype=np.int32)
+    truth[10:12, 5:35] = 1  # 2 px wide: all boundary
+    truth[20:35, 10:30] = 2
+    labels = label_instances(three_class(truth), codes=CODES3, split="boundary")
+    assert labels.max() == 2
+    assert instance_scores(labels, truth)["f1"] == 1.0
+
+
+def test_boundary_class_rejoins_a_crystal_cut_by_a_thin_section() -> None:
+    # Two blocks joined by a 2 px wide bridge: one crystal whose interior the bridge
+    # (all boundary) cuts in two. The halves meet across a thin contact: rejoined.
+    truth = np.zeros((30, 50), dtype=np.int32)
+    truth[10:20, 5:17] = 1
+    truth[14:16, 17:25] = 1
+    truth[10:20, 25:37] = 1
+    mask = three_class(truth)
+    assert ndi.label(mask == 1)[1] == 2
+    labels = label_instances(mask, codes=CODES3)
+    assert labels.max() == 1
+    assert np.array_equal(labels > 0, truth > 0)
+
+
+def test_boundary_class_ignores_interior_specks() -> None:
+    truth = np.zeros((30, 40), dtype=np.int32)
+    truth[5:25, 5:15] = 1
+    truth[5:25, 15:35] = 2
+    mask = three_class(truth)
+    mask[11:15, 24:28] = 2  # noise in the model's output cuts a 2 px speck off crystal 2
+    mask[12, 25:27] = 1
+    assert ndi.label(mask == 1, structure=np.ones((3, 3)))[1] == 3
+    labels = label_instances(mask, codes=CODES3)
+    assert labels.max() == 2
+    assert instance_scores(labels, truth)["f1"] == 1.0
+
+
+def test_boundary_class_with_class_filter() -> None:
+    codes = ("background", "needle", "prism", "edge")
+    mask = np.zeros((40, 60), dtype=np.uint8)
+    mask[5:15, 5:25] = 3
+    mask[6:14, 6:24] = 1  # a needle-class crystal with its boundary ring
+    mask[20:35, 30:55] = 3
+    mask[21:34, 31:54] = 2  # a prism
+    only_prisms = label_instances(mask, codes=codes, classes=["prism"])
+    assert only_prisms.max() == 1
+    assert only_prisms[27, 40] == 1 and only_prisms[10, 10] == 0
+    both = label_instances(mask, codes=codes)
+    assert both.max() == 2
+
+
+def test_class_helpers() -> None:
+    assert boundary_class(("background", "crystal")) is None
+    assert boundary_class(CODES3) == 2
+    assert boundary_class(("background", "Edge", "crystal")) == 1
+    assert crystal_classes(CODES3) == (1,)
+    assert crystal_classes(("background", "a", "b"), classes=["b"]) == (2,)
+    with pytest.raises(ConfigError, match="cannot be measured"):
+        crystal_classes(CODES3, classes=["boundary"])
+    with pytest.raises(ConfigError, match="cannot be measured"):
+        crystal_classes(CODES3, classes=["bubble"])
+    with pytest.raises(ConfigError, match="name 2 boundary classes"):
+        boundary_class(("background", "edge", "boundary"))
+
+
+def test_errors() -> None:
+    mask = np.zeros((10, 10), dtype=np.uint8)
+    with pytest.raises(ConfigError, match="boundary class"):
+        label_instances(mask, split="boundary")
+    with pytest.raises(MaskValueError):
+        label_instances(mask.astype(float))
+    with pytest.raises(MaskValueError):
+        label_instances(np.zeros((2, 10, 10), dtype=np.uint8))
+    with pytest.raises(ConfigError):
+        label_instances(mask, min_area_px=0)
+    with pytest.raises(ConfigError):
+        label_instances(mask, neck_ratio=0.0)
+    with pytest.raises(ConfigError):
+        label_instances(mask, split="magic")  # type: ignore[arg-type]
+
+
+def test_empty_mask() -> None:
+    for split in ("watershed", "none"):
+        labels = label_instances(np.zeros((16, 16), dtype=np.uint8), split=split)
+        assert labels.dtype == np.int32 and not labels.any()
+    empty3 = label_instances(np.zeros((16, 16), dtype=np.uint8), codes=CODES3)
+    assert not empty3.any()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    density=st.floats(0.2, 0.6),
+    min_area=st.integers(1, 12),
+)
+def test_watershed_partitions_each_component(seed: int, density: float, min_area: int) -> None:
+    rng = np.random.default_rng(seed)
+    noise = ndi.gaussian_filter(rng.random((48, 48)), 2.0)
+    mask = (noise > np.quantile(noise, 1 - density)).astype(np.uint8)
+    labels = label_instances(mask, split="watershed", min_area_px=min_area)
+    comps, _ = ndi.label(mask, structure=np.ones((3, 3)))
+    area = np.bincount(comps.ravel())
+    big = (comps > 0) & (area[comps] >= min_area)
+    # Every pixel of a component of measurable size is labelled, and nothing else.
+    assert np.array_equal(labels > 0, big)
+    ids = np.unique(labels[labels > 0])
+    assert np.array_equal(ids, np.arange(1, len(ids) + 1))
+    # No particle spans two components, and each one is at least min_area pixels.
+    pairs = np.unique(np.stack([labels[big], comps[big]]), axis=1)
+    assert len(np.unique(pairs[0])) == pairs.shape[1]
+    assert np.bincount(labels.ravel())[1:].min(initial=min_area) >= min_area
+    # Without splitting, the labels are the components above the limit, numbered
+    # in raster order like skimage's.
+    plain = label_instances(mask, split="none", min_area_px=min_area)
+    assert np.array_equal(plain, sk_label(big, connectivity=2))
+
+
+def test_instance_scores_counts_splits_and_merges() -> None:
+    truth = np.zeros((20, 40), dtype=np.int32)
+    truth[2:10, 2:10] = 1
+    truth[2:10, 10:18] = 2
+    truth[12:18, 20:38] = 3
+    pred = np.zeros_like(truth)
+    pred[2:10, 2:18] = 1  # 1 and 2 merged
+    pred[12:18, 20:29] = 2  # 3 split in two
+    pred[12:18, 29:38] = 3
+    s = instance_scores(pred, truth)
+    assert s["n_true"] == 3 and s["n_pred"] == 3
+    assert s["matched"] == 0
+    assert s["merged"] == 2 and s["over_split"] == 1
+    assert s["count_error"] == 0.0
+    perfect = instance_scores(truth, truth)
+    assert perfect["f1"] == 1.0 and perfect["merged"] == 0 and perfect["over_split"] == 0

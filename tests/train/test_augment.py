@@ -1,0 +1,94 @@
+"""Augmentation moves image and mask together and leaves class values intact."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from crystalseg.errors import ConfigError
+from crystalseg.train.augment import Augmenter, AugmentSettings, make_augmenter
+
+GEOMETRIC_ONLY = dict(intensity_p=0.0, blur_p=0.0, noise_p=0.0)
+
+
+def marked_batch(n: int = 16, size: int = 33) -> tuple[torch.Tensor, torch.Tensor]:
+    """Image zero except one bright pixel per sample, mask class 1 on that pixel only."""
+    x = torch.zeros(n, 1, size, size)
+    y = torch.zeros(n, size, size, dtype=torch.int64)
+    g = torch.Generator().manual_seed(1)
+    for i in range(n):
+        r, c = torch.randint(0, size, (2,), generator=g).tolist()
+        x[i, 0, r, c] = 1.0
+        y[i, r, c] = 1
+    return x, y
+
+
+def test_marked_pixel_moves_with_its_mask_under_flips_and_rot90() -> None:
+    aug = Augmenter(AugmentSettings(affine_p=0.0, **GEOMETRIC_ONLY))
+    torch.manual_seed(0)
+    x, y = marked_batch()
+    xa, ya = aug(x, y)
+    moved = 0
+    for i in range(x.shape[0]):
+        bright = (xa[i, 0] > 0.5).nonzero().tolist()
+        labelled = (ya[i] == 1).nonzero().tolist()
+        assert bright == labelled and len(bright) == 1
+        moved += bright != (y[i] == 1).nonzero().tolist()
+    assert moved > 8  # most samples really moved
+
+
+def test_block_moves_with_its_mask_under_rotation_and_scaling() -> None:
+    aug = Augmenter(
+        AugmentSettings(flips=False, rot90=False, rotate_deg=30, affine_p=1.0, **GEOMETRIC_ONLY)
+    )
+    torch.manual_seed(3)
+    x = torch.zeros(8, 1, 64, 64)
+    y = torch.zeros(8, 64, 64, dtype=torch.int64)
+    x[:, :, 12:24, 30:44] = 1.0
+    y[:, 12:24, 30:44] = 1
+    xa, ya = aug(x, y)
+    assert set(ya.unique().tolist()) <= {0, 1}  # nearest: no blended classes
+    for i in range(8):
+        img_c = (xa[i, 0] > 0.5).nonzero().float().mean(0)
+        mask_c = (ya[i] == 1).nonzero().float().mean(0)
+        assert torch.allclose(img_c, mask_c, atol=1.0)
+        agree = ((xa[i, 0] > 0.5) == (ya[i] == 1)).float().mean()
+        assert agree > 0.98
+
+
+def test_intensity_steps_leave_mask_and_stay_in_range() -> None:
+    aug = make_augmenter("strong")
+    assert aug is not None
+    torch.manual_seed(0)
+    x = torch.rand(6, 1, 32, 32)
+    y = torch.randint(0, 3, (6, 32, 32))
+    aug_int = Augmenter(AugmentSettings(flips=False, rot90=False, affine_p=0.0, invert_p=1.0))
+    xa, ya = aug_int(x, y)
+    assert torch.equal(ya, y)
+    assert not torch.allclose(xa, x)
+    xs, ys = aug(x, y)
+    assert 0.0 <= float(xs.min()) and float(xs.max()) <= 1.0
+    assert ys.dtype == torch.int64 and set(ys.unique().tolist()) <= {0, 1, 2}
+
+
+def test_same_seed_same_augmentation() -> None:
+    aug = make_augmenter("default")
+    assert aug is not None
+    x, y = marked_batch(4)
+    torch.manual_seed(5)
+    a = aug(x, y)
+    torch.manual_seed(5)
+    b = aug(x, y)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_presets_and_validation() -> None:
+    assert make_augmenter("none") is None
+    assert make_augmenter(None) is None
+    assert AugmentSettings.preset("strong").invert_p > 0
+    with pytest.raises(ConfigError):
+        AugmentSettings.preset("wild")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError):
+        AugmentSettings(blur_p=1.5)
+    with pytest.raises(ConfigError):
+        AugmentSettings(gamma=(1.2, 0.8))

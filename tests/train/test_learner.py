@@ -1,0 +1,330 @@
+"""The learner: loss goes down, checkpoints round-trip, resume continues the schedule."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+import crystalseg.train.learner as learner_mod
+from crystalseg.errors import CheckpointError, ConfigError, StageStateError
+from crystalseg.models import ModelSpec, build_model, load_checkpoint, save_checkpoint
+from crystalseg.train import (
+    Learner,
+    TrainSettings,
+    pairs,
+    train_model,
+    unet_learner,
+)
+from crystalseg.train.learner import confusion_metrics
+
+CODES = ["background", "crystal"]
+TINY = "tu-test_resnet"
+TINY_DEC = (16, 16, 8, 8, 8)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def write_pairs(folder: Path, n: int = 5, size: int = 64, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    yy, xx = np.mgrid[:size, :size]
+    for i in range(n):
+        mask = np.zeros((size, size), np.uint8)
+        for _ in range(3):
+            cy, cx = rng.integers(8, size - 8, 2)
+            mask[(yy - cy) ** 2 + (xx - cx) ** 2 < rng.integers(20, 60)] = 255
+        image = (70 + mask // 2 + rng.normal(0, 5, mask.shape)).clip(0, 255).astype(np.uint8)
+        Image.fromarray(image).save(folder / f"{i}.png")
+        Image.fromarray(mask).save(folder / f"{i}_mask.png")
+    return folder
+
+
+@pytest.fixture
+def data(tmp_path: Path):
+    return pairs(write_pairs(tmp_path / "d"), codes=CODES, crop_size=64, batch_size=4, seed=1)
+
+
+def tiny(data, **kw) -> Learner:
+    kw.setdefault("progress", False)
+    return unet_learner(data, TINY, init="none", decoder_channels=TINY_DEC, **kw)
+
+
+def test_steps_reduce_the_loss_on_a_fixed_batch(data) -> None:
+    learner = tiny(data, augment="none")
+    x, y = next(data.train_batches(learner.spec, np.random.default_rng(0), batch_size=4))
+    x = learner_mod.normalise(x, learner.spec)
+    opt = learner._optimizer(1e-2)
+    losses = [learner._step(x, y, opt, None) for _ in range(15)]
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_fit_writes_best_and_last_with_metrics(tmp_path: Path, data) -> None:
+    learner = tiny(data, output_dir=tmp_path / "out")
+    history = learner.fit_one_cycle(2, 1e-2)
+    assert [h["epoch"] for h in history] == [1, 2]
+    for h in history:
+        assert set(h["iou"]) == set(CODES) and set(h["dice"]) == set(CODES)
+        assert np.isfinite(h["train_loss"]) and np.isfinite(h["valid_loss"])
+    meta = json.loads((tmp_path / "out" / "model.json").read_text())
+    assert meta["training"]["init"] == {"kind": "none"}
+    assert meta["training"]["data"]["n_valid"] == 1
+    assert meta["data_fingerprint"] == data.fingerprint
+    last = json.loads((tmp_path / "out" / "last" / "model.json").read_text())
+    assert len(last["metrics"]) == 2
+    assert (tmp_path / "out" / "last" / "training_state.safetensors").exists()
+    assert len(learner.lrs) == 2 * learner.steps_per_epoch()
+
+
+def test_checkpoint_round_trip_gives_identical_predictions(tmp_path: Path, data) -> None:
+    learner = tiny(data)
+    learner.fit_one_cycle(1, 1e-2)
+    learner.save(tmp_path / "m")
+    _, spec, _ = load_checkpoint(tmp_path / "m")
+    image = data.load(data.items[0])[0]
+    again = unet_learner(data, init=tmp_path / "m", progress=False)
+    assert again.spec == spec
+    np.testing.assert_array_equal(again.predict(image), learner.predict(image))
+    assert again.init_info["kind"] == "checkpoint"
+
+
+def test_resume_continues_the_schedule(tmp_path: Path, data) -> None:
+    full = tiny(data)
+    full.fit_one_cycle(3, 5e-3)
+    part = tiny(data, output_dir=tmp_path / "run")
+    part.fit_one_cycle(3, 5e-3, on_epoch_end=lambda rec: rec["epoch"] == 1)
+    assert len(part.history) == 1
+    resumed = tiny(data, output_dir=tmp_path / "run")
+    resumed.fit_one_cycle(3, 5e-3, resume=tmp_path / "run")
+    steps = full.steps_per_epoch()
+    assert len(resumed.lrs) == 3 * steps
+    np.testing.assert_allclose(resumed.lrs, full.lrs, rtol=1e-12)
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
+    np.testing.assert_allclose(
+        [h["train_loss"] for h in resumed.history],
+        [h["train_loss"] for h in full.history],
+        rtol=1e-4,
+    )
+    for a, b in zip(
+        resumed.model.state_dict().values(), full.model.state_dict().values(), strict=True
+    ):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_resume_with_another_schedule_is_refused(tmp_path: Path, data) -> None:
+    part = tiny(data, output_dir=tmp_path / "run")
+    part.fit_one_cycle(2, 5e-3, on_epoch_end=lambda rec: True)
+    with pytest.raises(ConfigError, match="epochs"):
+        tiny(data).fit_one_cycle(4, 5e-3, resume=tmp_path / "run")
+    with pytest.raises(CheckpointError, match="no training state"):
+        tiny(data).fit_one_cycle(2, 5e-3, resume=tmp_path)
+
+
+def test_lr_find_returns_a_finite_suggestion_and_restores_weights(data) -> None:
+    learner = tiny(data)
+    before = {k: v.clone() for k, v in learner.model.state_dict().items()}
+    res = learner.lr_find(num_it=12, end_lr=1.0)
+    assert 5 < len(res.lrs) <= 12 and len(res.losses) == len(res.lrs)
+    assert np.all(np.diff(res.lrs) > 0)
+    assert np.isfinite(res.suggestion) and 1e-7 <= res.suggestion <= 1.0
+    for k, v in learner.model.state_dict().items():
+        assert torch.equal(v, before[k])
+    assert res.plot().axes
+
+
+def test_early_stop_stops(data) -> None:
+    learner = tiny(data)
+    learner.best_score = 2.0  # nothing can beat an IoU of 2
+    learner.fit_one_cycle(5, 1e-3, early_stop=1)
+    assert len(learner.history) == 1
+
+
+class PixelModel(nn.Module):
+    """1x1 convolution: no spatial context, so tiling must reproduce it exactly."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 1)
+        with torch.no_grad():
+            self.conv.weight[:] = torch.tensor([[[[-4.0]]], [[[4.0]]]])
+            self.conv.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+def test_predict_tiles_large_images_exactly(monkeypatch, data) -> None:
+    spec = ModelSpec(TINY, tuple(CODES), decoder_channels=TINY_DEC)
+    learner = Learner(data, PixelModel(), spec, device=torch.device("cpu"), batch_size=2)
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (150, 203), dtype=np.uint8)
+    expected = (image > 127).astype(np.uint8)  # (x/255 - .5)/.25 > 0
+    monkeypatch.setattr(learner_mod, "TILE_SIZE", 64)
+    monkeypatch.setattr(learner_mod, "TILE_OVERLAP", 8)
+    np.testing.assert_array_equal(learner.predict(image), expected)
+
+
+def test_predict_odd_sizes_and_files(data) -> None:
+    learner = tiny(data)
+    image = np.random.default_rng(0).integers(0, 255, (45, 71), dtype=np.uint8)
+    out = learner.predict(image)
+    assert out.shape == (45, 71) and out.dtype == np.uint8 and out.max() <= 1
+    path = data.items[0].image
+    assert learner.predict(path).shape == data.load(data.items[0])[1].shape
+
+
+def test_show_results_figure(data) -> None:
+    learner = tiny(data)
+    assert len(learner.show_results(2).axes) == 3  # one validation image: one row
+    learner.data.valid_items = ()
+    assert len(learner.show_results(2).axes) == 6  # no validation: training images
+
+
+def test_confusion_metrics_values() -> None:
+    cm = np.array([[6, 2], [1, 3]])  # rows truth, columns prediction
+    m = confusion_metrics(cm, CODES)
+    assert m["iou"]["crystal"] == pytest.approx(3 / 6)
+    assert m["dice"]["crystal"] == pytest.approx(6 / 9)
+    assert m["iou"]["background"] == pytest.approx(6 / 9)
+    assert m["foreground_iou"] == pytest.approx(0.5)
+    assert confusion_metrics(np.array([[4, 0], [0, 0]]), CODES)["iou"]["crystal"] is None
+
+
+def test_default_init_falls_back_with_a_warning(data, caplog) -> None:
+    from crystalseg.models.checkpoint import _DEFAULT_DIR
+
+    if (_DEFAULT_DIR / "model.json").exists():
+        pytest.skip("a default model ships in this build")
+    with caplog.at_level(logging.WARNING):
+        learner = unet_learner(data, TINY, decoder_channels=TINY_DEC, progress=False)
+    assert learner.init_info["kind"] == "none"
+    assert "no default model ships" in caplog.text
+
+
+def test_finetune_maps_the_class_head_by_name(tmp_path: Path, data) -> None:
+    spec3 = ModelSpec(TINY, ("background", "edge", "crystal"), decoder_channels=TINY_DEC)
+    torch.manual_seed(0)
+    model3 = build_model(spec3)
+    save_checkpoint(tmp_path / "c3", model3, spec3, training={}, metrics=[], data_fingerprint="x")
+    learner = unet_learner(data, init=tmp_path / "c3", progress=False)
+    assert learner.spec.codes == tuple(CODES) and learner.spec.encoder == TINY
+    head_w = next(k for k in model3.state_dict() if k.startswith("segmentation_head"))
+    torch.testing.assert_close(
+        learner.model.state_dict()[head_w], model3.state_dict()[head_w][[0, 2]]
+    )
+    with pytest.raises(ConfigError, match="resnet34"):
+        unet_learner(data, "resnet34", init=tmp_path / "c3")
+
+
+def test_train_model_end_to_end(tmp_path: Path) -> None:
+    folder = write_pairs(tmp_path / "d", n=4)
+    settings = TrainSettings(
+        data=(folder,),
+        codes="background,crystal",  # type: ignore[arg-type]
+        output_dir=tmp_path / "out",
+        encoder=TINY,
+        decoder_channels=TINY_DEC,
+        init="none",
+        epochs=1,
+        lr=1e-2,
+        crop_size=64,
+        batch_size=4,
+        progress=False,
+    )
+    result = train_model(settings)
+    assert result.best_checkpoint == tmp_path / "out"
+    assert len(result.history) == 1 and result.history[0]["iou"]["crystal"] is not None
+    _, spec, _ = load_checkpoint(result.best_checkpoint)
+    assert spec.codes == tuple(CODES)
+    with pytest.raises(StageStateError, match="--resume"):
+        train_model(settings)
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"codes": ("background",)},
+        {"epochs": 0},
+        {"crop_size": 100},
+        {"lr": -1.0},
+        {"loss": "l2"},
+        {"valid_fraction": 1.5},
+        {"data": ()},
+    ],
+)
+def test_train_settings_validation(tmp_path: Path, kw: dict) -> None:
+    with pytest.raises(ConfigError):
+        TrainSettings(**{"data": (tmp_path,), **kw})
+
+
+def test_train_model_resumes_an_interrupted_run(tmp_path: Path, data) -> None:
+    part = tiny(data, output_dir=tmp_path / "run")
+    part.fit_one_cycle(2, 5e-3, on_epoch_end=lambda rec: True)
+    settings = TrainSettings(
+        data=(data.items[0].image.parent,),
+        resume=tmp_path / "run",
+        encoder=TINY,
+        decoder_channels=TINY_DEC,
+        init="none",
+        epochs=2,
+        crop_size=64,
+        batch_size=4,
+        seed=1,
+        progress=False,
+    )
+    result = train_model(settings)
+    assert result.lr == 5e-3
+    assert [h["epoch"] for h in result.history] == [1, 2]
+    meta = json.loads((tmp_path / "run" / "last" / "model.json").read_text())
+    assert meta["training"]["init"] == {"kind": "none"}
+    assert meta["training"]["epochs_done"] == 2
+
+
+def test_default_init_falls_back_to_local_imagenet_weights(tmp_path: Path, data, monkeypatch):
+    from safetensors.torch import save_file
+
+    import crystalseg.models.checkpoint as ckpt
+
+    if (ckpt._DEFAULT_DIR / "model.json").exists():
+        pytest.skip("a default model ships in this build")
+    rgb = ModelSpec(
+        TINY,
+        tuple(CODES),
+        in_channels=3,
+        mean=(0.5,) * 3,
+        std=(0.25,) * 3,
+        decoder_channels=TINY_DEC,
+    )
+    torch.manual_seed(7)
+    weights = build_model(rgb).encoder.state_dict()
+    save_file({k: v.contiguous() for k, v in weights.items()}, tmp_path / "in1k.safetensors")
+    monkeypatch.setattr(ckpt, "find_imagenet_weights", lambda enc: tmp_path / "in1k.safetensors")
+    monkeypatch.setattr(learner_mod, "find_imagenet_weights", ckpt.find_imagenet_weights)
+    learner = unet_learner(data, TINY, decoder_channels=TINY_DEC, progress=False)
+    assert learner.init_info["kind"] == "imagenet"
+    assert learner.spec.mean == (pytest.approx(0.449, abs=1e-3),)
+    key = list(weights)[-1]
+    torch.testing.assert_close(learner.model.encoder.state_dict()[key], weights[key])
+
+
+@pytest.mark.gpu
+def test_cuda_mixed_precision_training_round_trips_to_cpu(tmp_path: Path, data) -> None:
+    learner = tiny(data, device="cuda", output_dir=tmp_path / "gpu")
+    history = learner.fit_one_cycle(2, 5e-3)
+    assert learner.amp and all(np.isfinite(h["train_loss"]) for h in history)
+    image = data.load(data.items[0])[0]
+    on_cpu = unet_learner(data, init=tmp_path / "gpu", device="cpu", progress=False)
+    agree = (on_cpu.predict(image) == learner.predict(image)).mean()
+    assert agree > 0.99  # bf16/fp16 on the GPU against fp32 on the CPU
