@@ -49,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_features import SKIMAGE_PROPERTIES, make_frame
 
+from crystalseg.classes import class_mask_from_labels
 from crystalseg.dims import DEFAULT_CODES, FRAME_DIMS
 from crystalseg.measure import (
     MeasureSettings,
@@ -107,11 +108,8 @@ def bench_frame(repeat: int) -> dict:
             repeat,
         )
         splits[split] = {"label_instances_s": t_lab, "pipeline_s": t_all, "pipeline_fps": 1 / t_all}
-    from skimage.segmentation import find_boundaries
-
-    mask3 = mask.copy()
-    mask3[find_boundaries(labels, mode="inner") & (labels > 0)] = 2
     codes3 = ("background", "crystal", "boundary")
+    mask3 = class_mask_from_labels(labels, codes3)
     t_lab3 = _time(lambda: label_instances(mask3, codes=codes3, min_area_px=10), repeat)
     splits["boundary"] = {"label_instances_s": t_lab3}
     return {
@@ -239,15 +237,14 @@ def bench_memory(tmp: Path, frame_counts: tuple[int, ...]) -> dict:
 
 def evaluate_accuracy(seeds: list[int], frames_at: tuple[int, ...], size: int) -> dict:
     from skimage.measure import label as sk_label
-    from skimage.segmentation import find_boundaries
 
     from crystalseg.synth import SynthConfig, SyntheticRun
 
     settings = MeasureSettings()
     limit = settings.min_area_px
     methods = {
-        "watershed": (("background", "crystal"), False),
-        "boundary": (("background", "crystal", "boundary"), True),
+        "watershed": ("background", "crystal"),
+        "boundary": ("background", "crystal", "boundary"),
     }
     result: dict = {
         "seeds": seeds,
@@ -273,10 +270,8 @@ def evaluate_accuracy(seeds: list[int], frames_at: tuple[int, ...], size: int) -
                 truth = frame.crystals
                 truth = truth[(truth["area_px"] >= limit) & ~truth["touches_edge"]]
                 d50_true = float(weighted_quantile(truth["ecd_px"].to_numpy(), 0.5)[0])
-                for method, (codes, boundary) in methods.items():
-                    mask = (labels > 0).astype(np.uint8)
-                    if boundary:
-                        mask[find_boundaries(labels, mode="inner") & (labels > 0)] = 2
+                for method, codes in methods.items():
+                    mask = class_mask_from_labels(labels, codes)
                     pred = label_instances(mask, codes=codes, min_area_px=limit, split=method)
                     scores = instance_scores(pred, pieces, truth_ids=piece_ids)
                     _, dist = measure_mask_frame(mask, None, settings=settings, codes=codes)

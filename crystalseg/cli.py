@@ -143,6 +143,12 @@ def import_cmd(
     type=click.Path(path_type=Path),
     help="Also write training pairs (0.png, 0_mask.png, ...) here.",
 )
+@click.option(
+    "--pairs-codes",
+    default="background,crystal",
+    show_default=True,
+    help="Classes of the pair masks; add ',boundary' for a one-pixel crystal rim class.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing run store.")
 @click.pass_context
 def synth(
@@ -156,6 +162,7 @@ def synth(
     pixel_size_um: float | None,
     dtype: str,
     pairs_dir: Path | None,
+    pairs_codes: str,
     overwrite: bool,
 ) -> None:
     """Write a synthetic crystallization run with exact ground truth to RUN.
@@ -182,7 +189,14 @@ def synth(
         dtype=dtype,  # type: ignore[arg-type]
     )
     with _progress(frames, "synth", ctx.obj["quiet"]) as update:
-        synthesize_run(run, config, pairs_dir=pairs_dir, overwrite=overwrite, progress=update)
+        synthesize_run(
+            run,
+            config,
+            pairs_dir=pairs_dir,
+            pairs_codes=_codes(pairs_codes),
+            overwrite=overwrite,
+            progress=update,
+        )
     _echo_info(run)
 
 
@@ -204,6 +218,10 @@ def _echo_info(run: Path) -> None:
     from crystalseg.summary import format_run_info
 
     click.echo(format_run_info(describe_run(run)))
+
+
+def _codes(text: str) -> tuple[str, ...]:
+    return tuple(c.strip() for c in text.split(",") if c.strip())
 
 
 def main() -> None:

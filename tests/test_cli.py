@@ -11,6 +11,7 @@ import xarray as xr
 from click.testing import CliRunner
 from PIL import Image
 
+from crystalseg.classes import class_mask_from_labels
 from crystalseg.cli import cli
 from crystalseg.store import describe_run, open_run
 
@@ -143,6 +144,30 @@ def test_synth_writes_run_with_truth_and_pairs(tmp_path: Path) -> None:
     assert truth["labels"].shape == (3, 96, 128)
     np.testing.assert_array_equal(truth["mask"].values > 0, truth["labels"].values > 0)
     assert sorted(p.name for p in (tmp_path / "pairs").iterdir())[:2] == ["0.png", "0_mask.png"]
+    mask = np.asarray(Image.open(tmp_path / "pairs" / "0_mask.png"))
+    np.testing.assert_array_equal(mask, truth["mask"][0].values)
+
+    code, out = run(
+        "synth",
+        str(tmp_path / "b.zarr"),
+        "--frames",
+        "1",
+        "--size",
+        "96",
+        "96",
+        "--scenario",
+        "crowded",
+        "--pairs",
+        str(tmp_path / "p3"),
+        "--pairs-codes",
+        "background,crystal,boundary",
+    )
+    assert code == 0, out
+    labels = xr.open_zarr(tmp_path / "b.zarr", group="truth")["labels"][0].values
+    mask3 = np.asarray(Image.open(tmp_path / "p3" / "0_mask.png"))
+    np.testing.assert_array_equal(
+        mask3, class_mask_from_labels(labels, ("background", "crystal", "boundary"))
+    )
 
 
 def test_synth_unknown_scenario(tmp_path: Path) -> None:

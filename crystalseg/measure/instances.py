@@ -47,14 +47,12 @@ from scipy import ndimage as ndi
 from skimage.morphology import local_maxima
 from skimage.segmentation import watershed
 
+from crystalseg.classes import BOUNDARY_CODES, boundary_class
 from crystalseg.errors import ConfigError, MaskValueError
 
 log = logging.getLogger(__name__)
 
 SplitMethod = Literal["auto", "watershed", "boundary", "none"]
-
-#: Class names that mark the boundary between touching crystals (case-insensitive).
-BOUNDARY_CODES: tuple[str, ...] = ("boundary", "edge", "border", "contour")
 
 #: Defaults of the watershed split, tuned on synthetic runs (seeds 0-4 of every
 #: scenario, true class masks); see ``benchmarks/bench_measure.py --accuracy``.
@@ -65,28 +63,6 @@ DEFAULT_SMOOTH_PX = 1.0
 MIN_MARKER_PX = 3
 
 _STRUCTURE_8 = np.ones((3, 3), dtype=bool)
-
-
-def boundary_class(codes: Sequence[str]) -> int | None:
-    """Index of the boundary class among ``codes``, or None when there is none.
-
-    Parameters
-    ----------
-    codes : sequence of str
-        Class names of the mask, background first.
-
-    Raises
-    ------
-    ConfigError
-        If more than one class is named like a boundary.
-    """
-    found = [i for i, c in enumerate(codes) if str(c).strip().lower() in BOUNDARY_CODES]
-    if len(found) > 1:
-        raise ConfigError(
-            f"codes {list(codes)} name {len(found)} boundary classes; keep one of "
-            f"{BOUNDARY_CODES} and rename the others."
-        )
-    return found[0] if found else None
 
 
 def crystal_classes(

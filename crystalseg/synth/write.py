@@ -11,7 +11,7 @@ and, the run being deterministic, equal to what was lost).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ import pandas as pd
 import zarr
 from PIL import Image
 
+from crystalseg.classes import class_mask_from_labels
 from crystalseg.dims import DEFAULT_CODES, FRAME_DIMS, PARTICLE
 from crystalseg.errors import ConfigError, StageStateError
 from crystalseg.store import RunWriter, create_run, write_table
@@ -47,6 +48,7 @@ def synthesize_run(
     config: SynthConfig,
     *,
     pairs_dir: str | Path | None = None,
+    pairs_codes: Sequence[str] = DEFAULT_CODES,
     frames_per_chunk: int | None = None,
     overwrite: bool = False,
     progress: Callable[[int], None] | None = None,
@@ -59,6 +61,9 @@ def synthesize_run(
     config : the run to render
     pairs_dir : also write training pairs here: ``{t}.png`` (the frame) and
         ``{t}_mask.png`` (class indices, 0 background, 1 crystal), one pair per frame
+    pairs_codes : class codes of the pair masks; with a boundary class (e.g.
+        ``("background", "crystal", "boundary")``) each crystal's one-pixel rim gets it,
+        see :func:`crystalseg.classes.class_mask_from_labels`
     frames_per_chunk : frames per store chunk (default: about 4 MiB of image a chunk)
     overwrite : replace an existing store (and existing pairs)
     progress : called with the number of frames done after each chunk
@@ -137,7 +142,7 @@ def synthesize_run(
                 if pairs is not None and not (
                     (pairs / f"{t}.png").exists() and (pairs / f"{t}_mask.png").exists()
                 ):
-                    _write_pair(pairs, run.render(t))
+                    _write_pair(pairs, run.render(t), pairs_codes)
         else:
             frames = [run.render(t) for t in range(start, stop)]
             writer.write_frames(start, np.stack([f.image for f in frames]))
@@ -148,7 +153,7 @@ def synthesize_run(
                 crystals.append(frame.crystals)
                 distractors.append(frame.distractors)
                 if pairs is not None:
-                    _write_pair(pairs, frame)
+                    _write_pair(pairs, frame, pairs_codes)
         n_done += stop - start
         if progress is not None:
             progress(n_done)
@@ -247,7 +252,10 @@ def _prepare_pairs(pairs_dir: str | Path | None, *, fresh: bool, overwrite: bool
     return pairs
 
 
-def _write_pair(pairs: Path, frame: SynthFrame) -> None:
+def _write_pair(pairs: Path, frame: SynthFrame, codes: Sequence[str]) -> None:
     t = frame.index
     Image.fromarray(frame.image).save(pairs / f"{t}.png")
-    Image.fromarray(frame.class_mask).save(pairs / f"{t}_mask.png")
+    mask = frame.class_mask
+    if tuple(codes) != DEFAULT_CODES:
+        mask = class_mask_from_labels(frame.labels, codes).astype(mask.dtype)
+    Image.fromarray(mask).save(pairs / f"{t}_mask.png")

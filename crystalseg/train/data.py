@@ -31,6 +31,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from crystalseg.classes import boundary_class, class_mask_from_labels
 from crystalseg.errors import (
     ConfigError,
     FrameMismatchError,
@@ -493,8 +494,13 @@ class SegmentationData:
         if item.run is not None:
             ds, truth = self._open_run(item.run)
             image = np.asarray(ds["image"][item.frame].values)
-            src = truth if item.mask_group == "truth" else ds
-            raw_mask = np.asarray(src["mask"][item.frame].values)
+            if item.mask_group == "truth" and boundary_class(self.codes) is not None:
+                # synthetic truth holds instance labels: derive the boundary class from them
+                labels = np.asarray(truth["labels"][item.frame].values)
+                raw_mask = class_mask_from_labels(labels, self.codes)
+            else:
+                src = truth if item.mask_group == "truth" else ds
+                raw_mask = np.asarray(src["mask"][item.frame].values)
         else:
             assert item.image is not None and item.mask is not None
             image = read_image(item.image)

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from scipy import ndimage as ndi
 from skimage.draw import disk, polygon
 from skimage.measure import label as sk_label
-from skimage.segmentation import find_boundaries
 
+from crystalseg.classes import class_mask_from_labels
 from crystalseg.errors import ConfigError, MaskValueError
 from crystalseg.measure.instances import (
     boundary_class,
@@ -49,9 +49,7 @@ def rotated_rectangle(
 
 def three_class(labels: np.ndarray) -> np.ndarray:
     """Class mask with the inner boundary of every instance as class 2."""
-    mask = (labels > 0).astype(np.uint8)
-    mask[find_boundaries(labels, mode="inner") & (labels > 0)] = 2
-    return mask
+    return class_mask_from_labels(labels, CODES3)
 
 
 def test_two_touching_discs_are_split() -> None:
