@@ -68,3 +68,24 @@ def format_run_info(info: dict[str, Any]) -> str:
         + (f" (compression {ratio:.2f}x)" if ratio else "")
     )
     return "\n".join(lines)
+
+
+def format_training(result: Any) -> str:
+    """Text printed after ``crystalseg train``: per-epoch validation and where the model is."""
+    lines = []
+    for record in result.history:
+        parts = [f"epoch {record['epoch']:>3}", f"train loss {record['train_loss']:.4f}"]
+        if "valid_loss" in record:
+            parts.append(f"valid loss {record['valid_loss']:.4f}")
+            for code, iou in record.get("iou", {}).items():
+                if code != "background" and iou is not None:
+                    parts.append(f"{code} IoU {iou:.3f}")
+        lines.append("  ".join(parts))
+    if result.best_score is not None:
+        lines.append(f"best validation foreground IoU {result.best_score:.4f}")
+    if result.best_checkpoint is not None:
+        lines.append(
+            f"model written to {result.best_checkpoint} (last epoch: {result.last_checkpoint})"
+        )
+        lines.append(f"use it with: crystalseg segment RUN --model {result.best_checkpoint}")
+    return "\n".join(lines)

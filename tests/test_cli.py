@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -173,4 +174,66 @@ def test_synth_writes_run_with_truth_and_pairs(tmp_path: Path) -> None:
 def test_synth_unknown_scenario(tmp_path: Path) -> None:
     assert_one_line_error(
         *run("synth", str(tmp_path / "s.zarr"), "--scenario", "crowdd"), "crowded"
+    )
+
+
+def _bmp_pairs(folder: Path, n: int, mask_value: int = 255) -> None:
+    folder.mkdir()
+    gen = np.random.default_rng(0)
+    for i in range(n):
+        img = np.full((64, 64), 180, np.uint8)
+        mask = np.zeros((64, 64), np.uint8)
+        y, x = gen.integers(8, 40, 2)
+        img[y : y + 15, x : x + 20] = 90
+        mask[y : y + 15, x : x + 20] = mask_value
+        Image.fromarray(img).save(folder / f"{i}.bmp")
+        Image.fromarray(mask).save(folder / f"{i}_mask.bmp")
+
+
+def test_train_on_bmp_pairs_with_0_255_masks(tmp_path: Path) -> None:
+    _bmp_pairs(tmp_path / "pairs", 5)
+    code, out = run(
+        "train",
+        str(tmp_path / "pairs"),
+        "--codes",
+        "background,crystal",
+        "--epochs",
+        "1",
+        "--crop-size",
+        "64",
+        "--batch-size",
+        "4",
+        "--init",
+        "none",
+        "-o",
+        str(tmp_path / "model"),
+    )
+    assert code == 0, out
+    assert "crystal IoU" in out and "best validation foreground IoU" in out
+    meta = json.loads((tmp_path / "model" / "model.json").read_text())
+    assert meta["spec"]["codes"] == ["background", "crystal"]
+    assert (tmp_path / "model" / "model.safetensors").stat().st_size > 100_000
+
+
+def test_train_with_unmapped_mask_values_names_file_and_values(tmp_path: Path) -> None:
+    _bmp_pairs(tmp_path / "pairs", 3)
+    mask = np.asarray(Image.open(tmp_path / "pairs" / "1_mask.bmp")).copy()
+    mask[0, 0] = 128
+    Image.fromarray(mask).save(tmp_path / "pairs" / "1_mask.bmp")
+    assert_one_line_error(
+        *run(
+            "train",
+            str(tmp_path / "pairs"),
+            "--codes",
+            "background,crystal",
+            "--epochs",
+            "1",
+            "--init",
+            "none",
+            "-o",
+            str(tmp_path / "m"),
+        ),
+        "1_mask.bmp",
+        "128",
+        "--mask-values",
     )
