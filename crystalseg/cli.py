@@ -301,6 +301,197 @@ def train(ctx: click.Context, data: tuple[Path, ...], **opts: Any) -> None:
     click.echo(format_training(result))
 
 
+def _scheduler_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--scheduler",
+        default=None,
+        metavar="ADDRESS",
+        help="dask.distributed scheduler (tcp://host:8786); default: all cores here.",
+    )(func)
+
+
+def _model_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--model",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="Checkpoint directory from crystalseg train (default: the bundled model).",
+    )(func)
+
+
+@contextmanager
+def _stage_bars(quiet: bool) -> Iterator[Callable[[str, int, int], None]]:
+    """Progress bars for callbacks ``(stage, frames_done, frames_total)``, one bar a stage."""
+    from tqdm import tqdm
+
+    bars: dict[str, Any] = {}
+
+    def update(stage: str, done: int, total: int) -> None:
+        bar = bars.get(stage)
+        if bar is None:
+            bar = bars[stage] = tqdm(
+                total=total, desc=stage, unit="frame", disable=quiet, file=sys.stderr
+            )
+        bar.update(done - bar.n)
+
+    try:
+        yield update
+    finally:
+        for bar in bars.values():
+            bar.close()
+
+
+@cli.command()
+@click.argument("run", type=click.Path(path_type=Path))
+@_model_option
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, mps.")
+@click.option(
+    "--backend",
+    type=click.Choice(["auto", "torch", "onnx"]),
+    default="auto",
+    show_default=True,
+    help="CPU runtime; auto measures once and picks the faster.",
+)
+@click.option("--batch-size", type=int, default=None, help="Frames per batch (default: by memory).")
+@click.option("--tile-size", type=int, default=None, help="Tile larger frames (px, default 1024).")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the model (GPU).")
+@click.option("--save-probability", is_flag=True, help="Also store the crystal probability.")
+@click.option("--overwrite", is_flag=True, help="Replace a mask made by another model.")
+@_scheduler_option
+@click.pass_context
+def segment(
+    ctx: click.Context,
+    run: Path,
+    model: Path | None,
+    device: str,
+    backend: str,
+    batch_size: int | None,
+    tile_size: int | None,
+    compile_: bool,
+    save_probability: bool,
+    overwrite: bool,
+    scheduler: str | None,
+) -> None:
+    """Segment every frame of RUN with a U-Net and store the class mask in it.
+
+    Runs on the GPU when there is one, else on all CPU cores (ONNX Runtime when it
+    is faster). An interrupted run resumes where it stopped.
+
+    \b
+    Example:
+      crystalseg segment run.zarr --model model/
+    """
+    from crystalseg.segment import segment_run
+    from crystalseg.segment.engine import DEFAULT_TILE_SIZE
+
+    with _stage_bars(ctx.obj["quiet"]) as update:
+        mask = segment_run(
+            run,
+            model,
+            device=device,
+            backend=backend,  # type: ignore[arg-type]
+            batch_size=batch_size,
+            compile=compile_,
+            save_probability=save_probability,
+            overwrite=overwrite,
+            client=scheduler,
+            progress=lambda done, total: update("segment", done, total),
+            tile_size=tile_size or DEFAULT_TILE_SIZE,
+        )
+    classes = mask.attrs.get("flag_meanings", "")
+    click.echo(f"mask of {mask.shape[0]} frames written to {run} (classes: {classes})")
+
+
+@cli.command()
+@click.argument("run", type=click.Path(path_type=Path))
+@_model_option
+@click.option(
+    "--edge",
+    type=click.Choice(["exclude", "miles-lantuejoul", "keep"]),
+    default="exclude",
+    show_default=True,
+    help="Particles cut by the frame edge: exclude, weight (Miles-Lantuejoul) or keep.",
+)
+@click.option("--min-area", "min_area_px", default=10, show_default=True, help="Pixels.")
+@click.option(
+    "--bins",
+    nargs=3,
+    type=(float, float, int),
+    default=None,
+    metavar="MIN MAX N",
+    help="Log size bins (um, or px without a pixel size). Default 1 1000 60.",
+)
+@click.option(
+    "--split",
+    type=click.Choice(["auto", "watershed", "boundary", "none"]),
+    default="auto",
+    show_default=True,
+    help="How touching crystals are split (auto: boundary class if the model has one).",
+)
+@click.option("--min-sharpness", type=float, default=None, help="Drop blurrier particles.")
+@click.option(
+    "--export",
+    "export_format",
+    type=click.Choice(["parquet", "csv"]),
+    default=None,
+    help="Also write the particle table next to RUN.",
+)
+@click.option("--overwrite", is_flag=True, help="Replace results made with other settings.")
+@_scheduler_option
+@click.pass_context
+def measure(
+    ctx: click.Context,
+    run: Path,
+    model: Path | None,
+    edge: str,
+    min_area_px: int,
+    bins: tuple[float, float, int] | None,
+    split: str,
+    min_sharpness: float | None,
+    export_format: str | None,
+    overwrite: bool,
+    scheduler: str | None,
+) -> None:
+    """Measure every particle in every frame of RUN; PSD over time into the store.
+
+    Segments the run first if it has no mask (bundled model unless --model). Writes
+    group 'particles' (one row per particle per frame) and group 'psd' (time x size
+    bin: number- and volume-weighted PSD, D10/D50/D90, moment means, counts, shape).
+
+    \b
+    Example:
+      crystalseg measure run.zarr --export csv
+    """
+    from crystalseg.measure import MeasureSettings, export_particles, measure_run
+    from crystalseg.measure.results import summarize_measurement
+    from crystalseg.summary import format_measurement
+
+    settings = MeasureSettings(
+        edge=edge,  # type: ignore[arg-type]
+        min_area_px=min_area_px,
+        split=split,  # type: ignore[arg-type]
+        min_sharpness=min_sharpness,
+        bins=bins or MeasureSettings.bins,
+    )
+    with _stage_bars(ctx.obj["quiet"]) as update:
+        measure_run(
+            run,
+            settings=settings,
+            model=model,
+            client=scheduler,
+            progress=update,
+            overwrite=overwrite,
+        )
+    exported = None
+    if export_format:
+        exported = export_particles(
+            run,
+            run.with_name(f"{run.stem}_particles.{export_format}"),
+            format=export_format,  # type: ignore[arg-type]
+        )
+    click.echo(format_measurement(summarize_measurement(run), exported))
+
+
 @cli.command()
 @click.argument("run", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")

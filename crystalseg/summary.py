@@ -89,3 +89,29 @@ def format_training(result: Any) -> str:
         )
         lines.append(f"use it with: crystalseg segment RUN --model {result.best_checkpoint}")
     return "\n".join(lines)
+
+
+def format_measurement(summary: dict[str, Any], exported: Any = None) -> str:
+    """Text printed after ``crystalseg measure`` from ``summarize_measurement``'s dict."""
+    units = summary.get("size_units") or "px"
+    size = summary.get("size_column") or "ecd"
+    lines = [
+        summary["path"],
+        f"  frames       {summary['frames']}",
+        f"  particles    {summary['particles']} measured, {summary['particles_counted']} counted "
+        f"(edge particles: {summary.get('edge_treatment')})",
+    ]
+    for when in ("start", "end"):
+        d50 = summary[f"d50_{when}"]
+        if d50 == d50:  # not NaN
+            lines.append(
+                f"  D50 {when:<5}    {d50:.3g} {units} ({size}, number basis) at "
+                f"t = {summary[f'time_{when}_s']:g} s, {summary[f'count_{when}']} particles"
+            )
+        else:
+            lines.append(f"  D50 {when:<5}    no particles counted")
+    lines.append(f"  PSD          {summary['psd']}  -> xarray.open_zarr(RUN, group='psd')")
+    lines.append(f"  particles    {summary['particles_table']}")
+    if exported is not None:
+        lines.append(f"  exported     {exported}")
+    return "\n".join(lines)
