@@ -1,0 +1,167 @@
+"""Accuracy of the whole pipeline against exact ground truth, per synthetic scenario.
+
+For each scenario and held-out seed (the default model trains on seeds >= 1000),
+this renders a run with ``synthesize_run``, segments it with ``segment_run`` (the
+bundled model, or ``--model``), measures it with ``measure_run`` at default settings,
+and compares with the truth stored in the run:
+
+- pixels: foreground IoU (crystal + boundary vs background) of the model's mask;
+  ``bubble_fp``: fraction of bubble-disc pixels the model calls crystal;
+- instances: matched F1 at IoU 0.5 of the measured labels against the visible
+  pieces of the true crystals, over-split and merge rates;
+- PSD: per frame with at least ``--min-count`` true crystals, the relative error of
+  the crystal count and of the number-weighted D50 (ECD) against the truth table
+  (edge-cut crystals excluded on both sides, same minimum area).
+
+Baseline in the same run: the same measurement on the TRUE class mask, so the
+figures separate the model's errors from those of splitting and measuring.
+
+Prints one JSON document. Usage::
+
+    python benchmarks/accuracy.py [--model DIR] [--seeds 1 2] [--frames 12] [--size 512]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+from skimage.measure import label as sk_label
+
+from crystalseg.classes import class_mask_from_labels
+from crystalseg.measure import MeasureSettings, measure_mask_frame
+from crystalseg.measure.distributions import weighted_quantile
+from crystalseg.measure.instances import instance_scores, label_instances
+from crystalseg.segment import load_segmenter
+from crystalseg.synth import SCENARIO_NAMES, SynthConfig, synthesize_run
+
+
+def _truth_stats(crystals, min_area: int) -> tuple[int, float]:
+    kept = crystals[(crystals["area_px"] >= min_area) & ~crystals["touches_edge"]]
+    if len(kept) == 0:
+        return 0, float("nan")
+    return len(kept), float(weighted_quantile(kept["ecd_px"].to_numpy(), 0.5)[0])
+
+
+def _bubble_mask(distractors, shape: tuple[int, int]) -> np.ndarray:
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    out = np.zeros(shape, bool)
+    for row in distractors.itertuples():
+        out |= (yy - row.y_px) ** 2 + (xx - row.x_px) ** 2 <= (0.8 * row.radius_px) ** 2
+    return out
+
+
+def evaluate(model: str | None, seeds: list[int], frames: int, size: int, min_count: int) -> dict:
+    segmenter = load_segmenter(model)
+    codes = tuple(segmenter.spec.codes)
+    settings = MeasureSettings()
+    result: dict = {
+        "model": segmenter.describe() if hasattr(segmenter, "describe") else str(model),
+        "codes": list(codes),
+        "seeds": seeds,
+        "frames": frames,
+        "size": size,
+        "scenarios": {},
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        for scenario in SCENARIO_NAMES:
+            rows: dict[str, list[float]] = {
+                k: []
+                for k in (
+                    "fg_iou",
+                    "bubble_fp",
+                    "f1",
+                    "over_split",
+                    "merged",
+                    "count_err",
+                    "d50_err",
+                    "truth_mask_count_err",
+                    "truth_mask_d50_err",
+                )
+            }
+            for seed in seeds:
+                cfg = SynthConfig(
+                    frames=frames,
+                    height=size,
+                    width=size,
+                    seed=seed,
+                    scenario=scenario,
+                    calibrated=False,
+                )
+                path = synthesize_run(Path(tmp) / f"{scenario}-{seed}.zarr", cfg)
+                ds = xr.open_zarr(path)
+                truth = xr.open_zarr(path, group="truth")
+                from crystalseg.store import read_table
+
+                crystals = read_table(path, "truth/crystals")
+                distractors = read_table(path, "truth/distractors")
+                for t in range(frames):
+                    image = ds["image"][t].values
+                    true_labels = truth["labels"][t].values
+                    pred = segmenter.predict(image[None])[0]
+                    fg_pred, fg_true = pred > 0, true_labels > 0
+                    union = np.count_nonzero(fg_pred | fg_true)
+                    if union:
+                        rows["fg_iou"].append(np.count_nonzero(fg_pred & fg_true) / union)
+                    bubbles = _bubble_mask(distractors[distractors["frame"] == t], image.shape)
+                    if bubbles.any():
+                        rows["bubble_fp"].append(float(fg_pred[bubbles].mean()))
+                    n_true, d50_true = _truth_stats(
+                        crystals[crystals["frame"] == t], settings.min_area_px
+                    )
+                    labels = label_instances(pred, codes=codes, min_area_px=settings.min_area_px)
+                    pieces = sk_label(true_labels, background=0, connectivity=2)
+                    area = np.bincount(pieces.ravel())
+                    ids = np.flatnonzero(area >= settings.min_area_px)
+                    scores = instance_scores(labels, pieces, truth_ids=ids[ids > 0])
+                    rows["f1"].append(scores["f1"])
+                    rows["over_split"].append(scores["over_split_rate"])
+                    rows["merged"].append(scores["merged_rate"])
+                    if n_true < min_count:
+                        continue
+                    for prefix, mask, mcodes in (
+                        ("", pred, codes),
+                        ("truth_mask_", class_mask_from_labels(true_labels, codes), codes),
+                    ):
+                        _, dist = measure_mask_frame(mask, image, settings=settings, codes=mcodes)
+                        count = float(dist["count_kept"][1])
+                        d50 = float(dist["d50_number"][1])
+                        rows[f"{prefix}count_err"].append((count - n_true) / n_true)
+                        rows[f"{prefix}d50_err"].append((d50 - d50_true) / d50_true)
+            summary = {}
+            for key, values in rows.items():
+                arr = np.asarray(values, dtype=float)
+                if arr.size == 0:
+                    continue
+                if key.endswith("_err"):
+                    summary[key + "_median_abs"] = float(np.median(np.abs(arr)))
+                    summary[key + "_max_abs"] = float(np.max(np.abs(arr)))
+                    summary[key + "_mean"] = float(np.mean(arr))
+                    summary[key + "_frames"] = int(arr.size)
+                else:
+                    summary[key] = float(np.mean(arr))
+            result["scenarios"][scenario] = summary
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=None, help="checkpoint directory (default: bundled)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--frames", type=int, default=12)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--min-count", type=int, default=5)
+    args = parser.parse_args()
+    print(
+        json.dumps(
+            evaluate(args.model, args.seeds, args.frames, args.size, args.min_count), indent=2
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
