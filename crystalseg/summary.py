@@ -77,12 +77,14 @@ def format_training(result: Any) -> str:
         parts = [f"epoch {record['epoch']:>3}", f"train loss {record['train_loss']:.4f}"]
         if "valid_loss" in record:
             parts.append(f"valid loss {record['valid_loss']:.4f}")
+            if record.get("foreground_iou") is not None:
+                parts.append(f"foreground IoU {record['foreground_iou']:.3f}")
             for code, iou in record.get("iou", {}).items():
                 if code != "background" and iou is not None:
                     parts.append(f"{code} IoU {iou:.3f}")
         lines.append("  ".join(parts))
     if result.best_score is not None:
-        lines.append(f"best validation foreground IoU {result.best_score:.4f}")
+        lines.append(f"best validation mean IoU of the crystal classes {result.best_score:.4f}")
     if result.best_checkpoint is not None:
         lines.append(
             f"model written to {result.best_checkpoint} (last epoch: {result.last_checkpoint})"

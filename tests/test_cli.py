@@ -209,7 +209,7 @@ def test_train_on_bmp_pairs_with_0_255_masks(tmp_path: Path) -> None:
         str(tmp_path / "model"),
     )
     assert code == 0, out
-    assert "crystal IoU" in out and "best validation foreground IoU" in out
+    assert "crystal IoU" in out and "best validation mean IoU" in out
     meta = json.loads((tmp_path / "model" / "model.json").read_text())
     assert meta["spec"]["codes"] == ["background", "crystal"]
     assert (tmp_path / "model" / "model.safetensors").stat().st_size > 100_000

@@ -120,8 +120,10 @@ class LRFindResult:
 def confusion_metrics(confusion: np.ndarray, codes: Sequence[str]) -> dict[str, Any]:
     """IoU and Dice per class from a (true, predicted) pixel confusion matrix (K, K).
 
-    Classes absent from both truth and prediction get None. ``foreground_iou`` is the mean
-    IoU over classes 1..K-1 (all but background).
+    Classes absent from both truth and prediction get None. ``mean_iou`` is the mean IoU
+    over classes 1..K-1 (all but background; the score that picks the best epoch);
+    ``foreground_iou`` is the IoU of "any crystal class" against the background, which is
+    what sizes and counts depend on (a boundary pixel called crystal is still foreground).
     """
     cm = confusion.astype(np.float64)
     tp = np.diag(cm)
@@ -134,10 +136,13 @@ def confusion_metrics(confusion: np.ndarray, codes: Sequence[str]) -> dict[str, 
         iou[code] = None if union == 0 else float(tp[k] / union)
         dice[code] = None if union == 0 else float(2 * tp[k] / (2 * tp[k] + fp[k] + fn[k]))
     fg = [v for c in codes[1:] if (v := iou[c]) is not None]
+    fg_tp = cm[1:, 1:].sum()
+    fg_union = fg_tp + cm[0, 1:].sum() + cm[1:, 0].sum()
     return {
         "iou": iou,
         "dice": dice,
-        "foreground_iou": float(np.mean(fg)) if fg else None,
+        "mean_iou": float(np.mean(fg)) if fg else None,
+        "foreground_iou": float(fg_tp / fg_union) if fg_union else None,
         "pixel_accuracy": float(tp.sum() / max(1.0, cm.sum())),
     }
 
@@ -448,7 +453,7 @@ class Learner:
             record.update(self.validate())
             record["seconds"] = round(time.perf_counter() - t0, 2)
             self.history.append(record)
-            score = record.get("foreground_iou")
+            score = record.get("mean_iou")
             score = -record["train_loss"] if score is None else score
             improved = self.best_score is None or score > self.best_score
             if improved:
@@ -1106,7 +1111,7 @@ class TrainResult:
     history : tuple of dict, one per epoch (losses, IoU/Dice per class)
     lr : the peak learning rate used (None when only the finder ran)
     lr_find : LRFindResult or None
-    best_score : best foreground IoU (or minus the training loss without validation)
+    best_score : best mean IoU of the crystal classes (or minus the training loss without validation)
     learner : the trained Learner
     """
 

@@ -198,7 +198,12 @@ def test_confusion_metrics_values() -> None:
     assert m["iou"]["crystal"] == pytest.approx(3 / 6)
     assert m["dice"]["crystal"] == pytest.approx(6 / 9)
     assert m["iou"]["background"] == pytest.approx(6 / 9)
-    assert m["foreground_iou"] == pytest.approx(0.5)
+    assert m["mean_iou"] == pytest.approx(0.5)
+    assert m["foreground_iou"] == pytest.approx(0.5)  # two classes: the same
+    cm3 = np.array([[10, 1, 1], [0, 5, 3], [2, 2, 6]])  # background, crystal, boundary
+    m3 = confusion_metrics(cm3, (*CODES, "boundary"))
+    assert m3["mean_iou"] == pytest.approx((5 / 11 + 6 / 14) / 2)
+    assert m3["foreground_iou"] == pytest.approx(16 / 20)  # crystal<->boundary is foreground
     assert confusion_metrics(np.array([[4, 0], [0, 0]]), CODES)["iou"]["crystal"] is None
 
 
