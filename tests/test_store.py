@@ -114,7 +114,7 @@ def test_existing_complete_store_needs_overwrite(tmp_path: Path) -> None:
     path = tmp_path / "r.zarr"
     data = np.ones((2, 4, 4), np.uint8)
     _write(path, data)
-    with pytest.raises(StageStateError, match="already exists.*--overwrite"):
+    with pytest.raises(StageStateError, match=r"already exists.*--overwrite"):
         _write(path, data)
     store.create_run(
         path,
@@ -156,7 +156,7 @@ def test_missing_and_foreign_and_newer_stores(tmp_path: Path) -> None:
     meta = json.loads((path / "zarr.json").read_text())
     meta["attributes"][store.FORMAT_KEY] = store.FORMAT_VERSION + 1
     (path / "zarr.json").write_text(json.dumps(meta))
-    with pytest.raises(RunFormatError, match="newer crystalseg.*pip install -U"):
+    with pytest.raises(RunFormatError, match=r"newer crystalseg.*pip install -U"):
         store.open_run(path)
 
 

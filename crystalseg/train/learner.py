@@ -1111,7 +1111,7 @@ class TrainResult:
     history : tuple of dict, one per epoch (losses, IoU/Dice per class)
     lr : the peak learning rate used (None when only the finder ran)
     lr_find : LRFindResult or None
-    best_score : best mean IoU of the crystal classes (or minus the training loss without validation)
+    best_score : best mean IoU of the crystal classes (minus the training loss without validation)
     learner : the trained Learner
     """
 
