@@ -55,7 +55,7 @@ def make_training_runs(workdir: Path, *, runs_per_scenario: int = RUNS_PER_SCENA
                     height=SIZE,
                     width=SIZE,
                     seed=seed,
-                    scenario=scenario,
+                    scenario=scenario,  # type: ignore[arg-type]
                     dtype="uint16" if k % 4 == 3 else "uint8",
                 )
                 synthesize_run(path, config, overwrite=True)

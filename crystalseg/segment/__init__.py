@@ -1,0 +1,35 @@
+"""Segmentation: run a U-Net checkpoint over a run's frames and store the class mask.
+
+:func:`segment_run` is what ``crystalseg segment`` calls; :class:`Segmenter` is the
+engine for frames in memory (``learner.predict`` uses it too); :func:`predict_frames`
+is the lazy dask variant for streaming segmentation into measurement.
+"""
+
+from __future__ import annotations
+
+from crystalseg.segment.engine import (
+    DEFAULT_TILE_OVERLAP,
+    DEFAULT_TILE_SIZE,
+    EngineSettings,
+    GpuMemoryError,
+    Segmenter,
+    available_cores,
+    load_segmenter,
+    select_device,
+)
+from crystalseg.segment.run import PROBABILITY, ProgressCallback, predict_frames, segment_run
+
+__all__ = [
+    "DEFAULT_TILE_OVERLAP",
+    "DEFAULT_TILE_SIZE",
+    "PROBABILITY",
+    "EngineSettings",
+    "GpuMemoryError",
+    "ProgressCallback",
+    "Segmenter",
+    "available_cores",
+    "load_segmenter",
+    "predict_frames",
+    "segment_run",
+    "select_device",
+]

@@ -1,0 +1,752 @@
+"""The inference engine: frames of any size through a U-Net checkpoint to class maps.
+
+One :class:`Segmenter` holds one model on one device and turns raw frames
+(n, y, x) uint8/uint16 into uint8 class maps (n, y, x), optionally with the
+uint8-quantised foreground probability. The steps, all on the model's device:
+
+1. raw frames travel as they are stored (uint8/uint16; through pinned memory and a
+   non-blocking copy on CUDA) and are normalised there with
+   :func:`crystalseg.models.prepare_batch`, exactly as in training. The intensity
+   bounds are taken from the *whole* frame, so tiling never changes them;
+2. frames are padded by reflection to the encoder stride (32 for the default model);
+3. frames larger than ``tile_size`` are cut into overlapping tiles whose logits are
+   blended with a raised-cosine window, so no seam shows;
+4. the network runs in batches under ``torch.inference_mode``; on CUDA in bf16 (fp16
+   where bf16 is missing) autocast and channels-last; on the CPU in fp32 through ONNX
+   Runtime when that is faster (:mod:`crystalseg.segment.onnx_backend`), else PyTorch
+   channels-last. Half precision is never chosen on the CPU: bf16 was measured ~200x
+   slower than fp32 on our CPUs;
+5. argmax on the device; only the uint8 class map (and probability) comes back.
+
+The batch size comes from free GPU memory (one probe forward pass) or from a pixel
+budget on the CPU, and halves on out-of-memory instead of crashing.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Literal, get_args, overload
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from crystalseg.errors import CheckpointError, ConfigError, CrystalsegError
+from crystalseg.models import ModelSpec, load_checkpoint, prepare_batch, read_checkpoint_meta
+from crystalseg.models.checkpoint import default_checkpoint_path, resolve_checkpoint_dir
+
+log = logging.getLogger(__name__)
+
+Backend = Literal["auto", "torch", "onnx"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+BACKENDS: tuple[str, ...] = get_args(Backend)
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+
+#: Frames up to this size (pixels a side) run whole; larger ones are tiled.
+DEFAULT_TILE_SIZE = 1024
+#: Overlap of neighbouring tiles of the default size, in pixels; the blend window ramps
+#: over it. Other tile sizes overlap by an eighth of their size (at least 32 pixels).
+DEFAULT_TILE_OVERLAP = 128
+#: Pixels per forward pass on the CPU (4 frames of 512 x 512): bigger batches gain nothing.
+CPU_PIXELS_PER_BATCH = 2**20
+#: Pixels of float input prepared at once, bounding host/device memory for big chunks.
+PIXELS_PER_GROUP = 32 * 2**20
+#: Largest batch ever chosen automatically on a GPU.
+MAX_GPU_BATCH = 256
+#: Fraction of free GPU memory the automatic batch size may fill.
+GPU_MEMORY_FRACTION = 0.6
+
+_DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+class GpuMemoryError(CrystalsegError, RuntimeError):
+    """A single tile does not fit in GPU memory."""
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, else ``os.cpu_count()``)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - macOS and Windows
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """How the engine runs a model; nothing here changes which model runs.
+
+    Attributes
+    ----------
+    device : "auto", "cpu", "cuda", "cuda:N" or "mps"
+        "auto" takes CUDA, then Apple MPS, then the CPU.
+    backend : "auto", "torch" or "onnx"
+        "onnx" (ONNX Runtime) is for the CPU only; "auto" measures both once per model
+        and machine and keeps the faster.
+    batch_size : int or None
+        Images (whole frames or tiles) per forward pass; None chooses from free GPU
+        memory or a CPU pixel budget.
+    tile_size : int
+        Frames whose height or width exceeds this are tiled; a multiple of the encoder
+        stride (32).
+    tile_overlap : int or None
+        Overlap of neighbouring tiles in pixels, at most half the tile size; None takes
+        an eighth of the tile size, at least 32 (128 for the default tile).
+    precision : "auto", "fp32", "bf16" or "fp16"
+        "auto" is bf16 (fp16 where unsupported) on CUDA and fp32 elsewhere. Half precision
+        on the CPU is refused.
+    compile : bool
+        Wrap the network in ``torch.compile`` (torch backend; pays off on long runs).
+    threads : int or None
+        CPU threads for PyTorch and ONNX Runtime; None uses every available core.
+    """
+
+    device: str = "auto"
+    backend: Backend = "auto"
+    batch_size: int | None = None
+    tile_size: int = DEFAULT_TILE_SIZE
+    tile_overlap: int | None = None
+    precision: Precision = "auto"
+    compile: bool = False
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.device, str) or not _DEVICE_RE.match(self.device):
+            raise ConfigError(f"device {self.device!r} is not one of auto, cpu, cuda, cuda:N, mps")
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"backend {self.backend!r} is not one of {', '.join(BACKENDS)}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
+        if self.batch_size is not None and (
+            isinstance(self.batch_size, bool)
+            or int(self.batch_size) != self.batch_size
+            or self.batch_size < 1
+        ):
+            raise ConfigError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+        if int(self.tile_size) != self.tile_size or self.tile_size < 64 or self.tile_size % 32:
+            raise ConfigError(
+                f"tile_size {self.tile_size} must be a multiple of 32 and at least 64, e.g. 1024"
+            )
+        overlap = self.tile_overlap
+        if overlap is None:
+            overlap = min(self.tile_size // 2, max(32, self.tile_size // 8))
+            object.__setattr__(self, "tile_overlap", overlap)
+        if not 0 <= overlap <= self.tile_size // 2:
+            raise ConfigError(
+                f"tile_overlap {self.tile_overlap} must lie in 0..{self.tile_size // 2} "
+                f"(half the tile size {self.tile_size})"
+            )
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"threads must be a positive integer, got {self.threads}")
+
+
+def select_device(device: str = "auto") -> torch.device:
+    """The torch device for ``device``: "auto" takes CUDA, then MPS, then the CPU.
+
+    Raises
+    ------
+    ConfigError
+        An explicit device that this machine does not have.
+    """
+    EngineSettings(device=device)  # validates the name
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", torch.cuda.current_device())
+        if _mps_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"device '{device}' was asked for but torch sees no CUDA GPU (torch "
+                f"{torch.__version__}, built for CUDA {torch.version.cuda}); use --device cpu"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"device '{device}' does not exist: {torch.cuda.device_count()} CUDA GPU(s) "
+                "are visible; use --device cuda:0"
+            )
+        if dev.index is None:  # memory queries need an index
+            dev = torch.device("cuda", torch.cuda.current_device())
+    if dev.type == "mps" and not _mps_available():
+        raise ConfigError("device 'mps' was asked for but Apple MPS is not available; use cpu")
+    return dev
+
+
+def _mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
+
+def resolve_precision(precision: Precision, device: torch.device) -> Precision:
+    """The concrete precision for ``device``: never half precision on the CPU.
+
+    Raises
+    ------
+    ConfigError
+        bf16/fp16 asked for on the CPU, or bf16 on a GPU that lacks it.
+    """
+    if precision == "auto":
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "fp32"
+    if precision != "fp32" and device.type == "cpu":
+        raise ConfigError(
+            f"precision {precision} on the CPU is refused: it ran ~200x slower than fp32 on "
+            "the CPUs we measured; use --precision fp32 (the default there)"
+        )
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError("this GPU has no bf16; use --precision fp16 or auto")
+    return precision
+
+
+_AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+# --------------------------------------------------------------------------------------
+# Padding and tiling (pure functions of tensors; tested on their own)
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Pad (..., H, W) at the bottom and right by reflection up to multiples of ``multiple``.
+
+    Reflection needs a pad smaller than the side, so tiny frames are reflected again
+    and again (as :func:`numpy.pad` with ``mode="reflect"`` does); a side of one pixel
+    is repeated.
+    """
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    squeeze = x.ndim == 3
+    if squeeze:
+        x = x.unsqueeze(0)
+    while ph or pw:
+        ch, cw = x.shape[-2:]
+        sh = min(ph, ch - 1) if ch > 1 else 0
+        sw = min(pw, cw - 1) if cw > 1 else 0
+        if sh == 0 and sw == 0:  # a 1-pixel side: repeat it
+            x = F.pad(x, (0, pw, 0, ph), mode="replicate")
+            break
+        x = F.pad(x, (0, sw, 0, sh), mode="reflect")
+        ph, pw = ph - sh, pw - sw
+    return x.squeeze(0) if squeeze else x
+
+
+def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets of tiles of length ``tile`` covering ``size`` with at least ``overlap``.
+
+    The last tile is aligned to the end, so it may overlap its neighbour by more.
+    """
+    if size <= tile:
+        return [0]
+    step = max(1, tile - overlap)
+    starts = list(range(0, size - tile, step))
+    starts.append(size - tile)
+    return starts
+
+
+def blend_window(length: int, overlap: int, *, ramp_start: bool, ramp_end: bool) -> torch.Tensor:
+    """1-D weights (length,) that are 1 inside and rise as a raised cosine over ``overlap``.
+
+    Ends facing the frame border do not ramp (no neighbour shares them). Weights stay
+    positive, so a pixel covered by one tile only keeps that tile's logits exactly.
+    """
+    w = torch.ones(length, dtype=torch.float32)
+    o = min(overlap, length)
+    if o > 0:
+        ramp = 0.5 - 0.5 * torch.cos(math.pi * (torch.arange(o, dtype=torch.float32) + 0.5) / o)
+        if ramp_start:
+            w[:o] = torch.minimum(w[:o], ramp)
+        if ramp_end:
+            w[-o:] = torch.minimum(w[-o:], ramp.flip(0))
+    return w
+
+
+def class_map(logits: torch.Tensor, mask: torch.Tensor, prob: torch.Tensor | None = None) -> None:
+    """Write argmax over classes into ``mask`` and the foreground probability into ``prob``.
+
+    Parameters
+    ----------
+    logits : Tensor (b, K, h, w) float
+    mask : Tensor (b, h, w) uint8, written in place
+    prob : Tensor (b, h, w) uint8 or None, written in place with ``round(255 * (1 - p0))``
+
+    ``argmax(1)`` over a handful of classes is a strided reduction that ran 30x slower on
+    the CPU than the model's own output layer; comparing class planes one by one
+    is elementwise and gives the same answer (ties go to the lower class, as argmax).
+    """
+    k = logits.shape[1]
+    if k == 2:
+        diff = logits[:, 1] - logits[:, 0]
+        mask.copy_(diff > 0)
+        if prob is not None:
+            prob.copy_(torch.sigmoid(diff).mul_(255.0).round_())
+        return
+    best = logits[:, 0].clone()
+    mask.zero_()
+    for c in range(1, k):
+        plane = logits[:, c]
+        mask.masked_fill_(plane > best, c)
+        torch.maximum(best, plane, out=best)
+    if prob is not None:
+        total = torch.zeros_like(best)
+        for c in range(k):
+            total += torch.exp(logits[:, c] - best)
+        p0 = torch.exp(logits[:, 0] - best) / total
+        prob.copy_((1.0 - p0).mul_(255.0).round_())
+
+
+# --------------------------------------------------------------------------------------
+# The engine
+
+
+class Segmenter:
+    """One network on one device: raw frames in, uint8 class maps out.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Network built from ``spec``, on any device. The engine works on a copy, so the
+        caller's model keeps its device, training mode and memory layout.
+    spec : ModelSpec
+        Its spec: codes, normalisation, stride.
+    settings : EngineSettings
+        Device, backend, batch and tile sizes, precision.
+    checksum : str, optional
+        sha256 of the weights; keys the ONNX cache and names the model in the outputs.
+    checkpoint : path, optional
+        Checkpoint directory the model came from; lets the engine be pickled (a worker
+        loads the checkpoint again) and places the ONNX cache next to it.
+
+    Examples
+    --------
+    >>> seg = Segmenter.from_checkpoint("model_dir")          # doctest: +SKIP
+    >>> mask = seg.predict(frames)                            # (n, y, x) uint8
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        spec: ModelSpec,
+        *,
+        settings: EngineSettings | None = None,
+        checksum: str | None = None,
+        checkpoint: str | os.PathLike[str] | None = None,
+    ) -> None:
+        settings = settings or EngineSettings()
+        self.requested_settings = settings
+        self.spec = spec
+        self.checksum = checksum
+        self.checkpoint = None if checkpoint is None else Path(checkpoint)
+        self.device = select_device(settings.device)
+        self.precision: Precision = resolve_precision(settings.precision, self.device)
+        if settings.tile_size % spec.stride:
+            fit = max(spec.stride, settings.tile_size // spec.stride * spec.stride)
+            raise ConfigError(
+                f"tile_size {settings.tile_size} is not a multiple of the encoder stride "
+                f"{spec.stride}; use {fit}"
+            )
+        if settings.backend == "onnx" and self.device.type != "cpu":
+            raise ConfigError(
+                f"backend 'onnx' runs on the CPU only, but device is '{self.device}'; "
+                "pass --device cpu or --backend torch"
+            )
+        self.threads = settings.threads or available_cores()
+        if self.device.type == "cpu" and torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
+        self._lock = threading.Lock()
+        self._batch_cache: dict[tuple[int, int], int] = {}
+        self._windows: dict[tuple[Any, ...], torch.Tensor] = {}
+        self._pinned: dict[str, torch.Tensor] = {}
+
+        # a copy: the caller's model (a learner's, say) keeps its device, mode and layout
+        model = copy.deepcopy(model).float().eval().to(self.device)
+        self._model = model.to(memory_format=torch.channels_last)
+        self._module: nn.Module | Callable[..., torch.Tensor] = self._model
+        self.backend: Literal["torch", "onnx"] = "torch"
+        self._onnx: Any = None
+        if self.device.type == "cpu" and settings.backend in ("auto", "onnx"):
+            from crystalseg.segment.onnx_backend import select_cpu_backend
+
+            self._onnx = select_cpu_backend(
+                model,
+                spec,
+                requested=settings.backend,
+                checksum=checksum,
+                checkpoint=self.checkpoint,
+                threads=self.threads,
+                torch_forward=self._torch_forward,
+            )
+            self.backend = "onnx" if self._onnx is not None else "torch"
+        if self.backend == "torch" and settings.compile:
+            self._module = torch.compile(self._model)
+        self.settings = replace(
+            settings, device=self.device.type, backend=self.backend, precision=self.precision
+        )
+        log.info(
+            "segmenter: %s on %s, backend %s, precision %s, %d threads",
+            spec.encoder,
+            self.device,
+            self.backend,
+            self.precision,
+            self.threads,
+        )
+
+    # -- construction ---------------------------------------------------------------
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        settings: EngineSettings | None = None,
+    ) -> Segmenter:
+        """Load a checkpoint directory (the bundled default model when ``path`` is None)."""
+        directory = default_checkpoint_path() if path is None else resolve_checkpoint_dir(path)
+        model, spec, meta = load_checkpoint(directory)
+        return cls(
+            model,
+            spec,
+            settings=settings,
+            checksum=checkpoint_checksum(meta),
+            checkpoint=directory,
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle as "load this checkpoint" so that each dask worker loads it once."""
+        if self.checkpoint is None or self.checksum is None:
+            raise TypeError(
+                "a Segmenter built from an in-memory model cannot be sent to other processes; "
+                "save it with save_checkpoint and use Segmenter.from_checkpoint(DIR)"
+            )
+        return (load_segmenter, (str(self.checkpoint), self.checksum, self.requested_settings))
+
+    def __dask_tokenize__(self) -> tuple[Any, ...]:
+        return ("crystalseg.Segmenter", self.checksum or id(self), asdict(self.settings))
+
+    def describe(self) -> dict[str, Any]:
+        """What ran, for provenance: device, backend, precision, batch and tile sizes."""
+        return {
+            "device": str(self.device),
+            "device_name": _device_name(self.device),
+            "backend": self.backend,
+            "precision": self.precision,
+            "batch_size": self.settings.batch_size,
+            "batch_sizes_used": {f"{h}x{w}": b for (h, w), b in self._batch_cache.items()},
+            "tile_size": self.settings.tile_size,
+            "tile_overlap": self.settings.tile_overlap,
+            "compile": self.settings.compile,
+            "threads": self.threads,
+            "torch_version": torch.__version__,
+        }
+
+    # -- public prediction ----------------------------------------------------------
+
+    @overload
+    def predict(
+        self, frames: np.ndarray | torch.Tensor, *, probability: Literal[False] = False
+    ) -> np.ndarray: ...
+
+    @overload
+    def predict(
+        self, frames: np.ndarray | torch.Tensor, *, probability: Literal[True]
+    ) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def predict(
+        self, frames: np.ndarray | torch.Tensor, *, probability: bool = False
+    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """Class index per pixel for a stack of frames.
+
+        Parameters
+        ----------
+        frames : ndarray (n, y, x) uint8 or uint16 (or (n, y, x, 3) RGB)
+            Whole frames of any size.
+        probability : bool
+            Also return the foreground probability (1 - p(background)) as uint8,
+            ``round(255 * p)``.
+
+        Returns
+        -------
+        mask : ndarray (n, y, x) uint8
+            Index into ``spec.codes``.
+        prob : ndarray (n, y, x) uint8, only with ``probability=True``
+        """
+        raw = self._check_frames(frames)
+        with self._lock, torch.inference_mode():
+            mask, prob = self._segment(raw, probability)
+        return (mask, prob) if probability else mask
+
+    def predict_logits(self, frames: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Blended float32 logits (n, n_classes, y, x); for tests and calibration."""
+        raw = self._check_frames(frames)
+        with self._lock, torch.inference_mode():
+            x = self._upload(raw)
+            out = [self._logits(g).float().cpu() for g in self._groups(x)]
+        return torch.cat(out).numpy()
+
+    # -- internals ------------------------------------------------------------------
+
+    def _check_frames(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
+        t = (
+            frames
+            if isinstance(frames, torch.Tensor)
+            else torch.from_numpy(np.ascontiguousarray(frames))
+        )
+        if t.ndim == 2:
+            t = t.unsqueeze(0)
+        rgb = t.ndim == 4 and t.shape[-1] in (3, 4)
+        if t.ndim != 3 and not rgb:
+            raise ConfigError(
+                f"frames of shape {tuple(t.shape)}; expected (n, y, x) or (n, y, x, 3)"
+            )
+        if t.shape[0] == 0 or t.shape[1] == 0 or t.shape[2] == 0:
+            raise ConfigError(f"frames of shape {tuple(t.shape)} hold no pixels")
+        return t
+
+    def _upload(self, raw: torch.Tensor) -> torch.Tensor:
+        """Raw frames onto the device at their stored width (pinned + non-blocking on CUDA).
+
+        uint16 has few kernels on accelerators, so its bits travel as int16 and are
+        widened to int32 there; :func:`~crystalseg.models.checkpoint.to_unit` scales int32
+        like uint16 (by 65535).
+        """
+        if raw.dtype == torch.uint16 and self.device.type != "cpu":
+            wide = self._upload(raw.contiguous().view(torch.int16))
+            return wide.to(torch.int32).bitwise_and_(0xFFFF)
+        if self.device.type != "cuda":
+            return raw.to(self.device)
+        key = f"in-{raw.dtype}"
+        buf = self._pinned.get(key)
+        if buf is None or buf.numel() < raw.numel():
+            buf = torch.empty(raw.numel(), dtype=raw.dtype, pin_memory=True)
+            self._pinned[key] = buf
+        staged = buf[: raw.numel()].view(raw.shape)
+        staged.copy_(raw)
+        return staged.to(self.device, non_blocking=True)
+
+    def _groups(self, x: torch.Tensor) -> list[torch.Tensor]:
+        h, w = x.shape[1], x.shape[2]
+        per = max(1, PIXELS_PER_GROUP // (h * w))
+        return [x[i : i + per] for i in range(0, x.shape[0], per)]
+
+    def _segment(self, raw: torch.Tensor, probability: bool) -> tuple[np.ndarray, Any]:
+        x = self._upload(raw)
+        n, h, w = x.shape[0], x.shape[1], x.shape[2]
+        mask = torch.empty((n, h, w), dtype=torch.uint8, device=self.device)
+        prob = (
+            torch.empty((n, h, w), dtype=torch.uint8, device=self.device) if probability else None
+        )
+        i = 0
+        for group in self._groups(x):
+            j = i + group.shape[0]
+            class_map(self._logits(group), mask[i:j], None if prob is None else prob[i:j])
+            i = j
+        return self._download(mask, "mask"), (
+            None if prob is None else self._download(prob, "prob")
+        )
+
+    def _download(self, t: torch.Tensor, name: str) -> np.ndarray:
+        if self.device.type != "cuda":
+            return t.cpu().numpy()
+        buf = self._pinned.get(name)
+        if buf is None or buf.numel() < t.numel():
+            buf = torch.empty(t.numel(), dtype=t.dtype, pin_memory=True)
+            self._pinned[name] = buf
+        host = buf[: t.numel()].view(t.shape)
+        host.copy_(t, non_blocking=True)
+        torch.cuda.current_stream(self.device).synchronize()
+        return host.numpy().copy()
+
+    def _logits(self, raw: torch.Tensor) -> torch.Tensor:
+        """Raw whole frames (b, y, x[, 3]) on the device to float32 logits (b, K, y, x)."""
+        x = prepare_batch(raw, self.spec)
+        h, w = x.shape[-2:]
+        tile = self.settings.tile_size
+        x = pad_to_multiple(x, self.spec.stride)
+        if h <= tile and w <= tile:
+            return self._forward_batched(x)[..., :h, :w]
+        return self._tiled(x)[..., :h, :w]
+
+    def _tiled(self, x: torch.Tensor) -> torch.Tensor:
+        """Blend logits of overlapping tiles of padded frames x (b, C, H, W)."""
+        b, _, hp, wp = x.shape
+        tile, overlap = self.settings.tile_size, int(self.settings.tile_overlap or 0)
+        th, tw = min(tile, hp), min(tile, wp)
+        ys, xs = tile_starts(hp, th, overlap), tile_starts(wp, tw, overlap)
+        boxes = [(y0, x0) for y0 in ys for x0 in xs]
+        tiles = torch.cat([x[:, :, y0 : y0 + th, x0 : x0 + tw] for y0, x0 in boxes])
+        logits = self._forward_batched(tiles)
+        acc = torch.zeros((b, self.spec.n_classes, hp, wp), dtype=torch.float32, device=x.device)
+        weight = torch.zeros((hp, wp), dtype=torch.float32, device=x.device)
+        for k, (y0, x0) in enumerate(boxes):
+            win = self._window(th, tw, overlap, y0 > 0, y0 + th < hp, x0 > 0, x0 + tw < wp)
+            acc[:, :, y0 : y0 + th, x0 : x0 + tw] += logits[k * b : (k + 1) * b] * win
+            weight[y0 : y0 + th, x0 : x0 + tw] += win
+        return acc / weight
+
+    def _window(self, th: int, tw: int, overlap: int, *edges: bool) -> torch.Tensor:
+        key = (th, tw, overlap, *edges)
+        win = self._windows.get(key)
+        if win is None:
+            top, bottom, left, right = edges
+            wy = blend_window(th, overlap, ramp_start=top, ramp_end=bottom)
+            wx = blend_window(tw, overlap, ramp_start=left, ramp_end=right)
+            win = (wy[:, None] * wx[None, :]).to(self.device)
+            self._windows[key] = win
+        return win
+
+    def _forward_batched(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (N, K, h, w) float32 of N padded images, in batches; halves on OOM."""
+        n, _, h, w = x.shape
+        out = torch.empty((n, self.spec.n_classes, h, w), dtype=torch.float32, device=x.device)
+        batch = self._batch_size(h, w)
+        i = 0
+        while i < n:
+            j = min(n, i + batch)
+            try:
+                out[i:j] = self._forward(x[i:j])
+            except torch.OutOfMemoryError as exc:
+                if batch == 1:
+                    raise GpuMemoryError(
+                        f"one {h}x{w} image does not fit in the memory of {self.device}; "
+                        f"pass a smaller --tile-size (now {self.settings.tile_size})"
+                    ) from exc
+                batch = max(1, batch // 2)
+                self._batch_cache[(h, w)] = batch
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                log.warning("out of memory at batch %d; retrying with batch %d", batch * 2, batch)
+                continue
+            i = j
+        return out
+
+    def _batch_size(self, h: int, w: int) -> int:
+        if self.settings.batch_size is not None:
+            return self._batch_cache.get((h, w), self.settings.batch_size)
+        cached = self._batch_cache.get((h, w))
+        if cached is None:
+            if self.device.type == "cuda":
+                cached = self._probe_gpu_batch(h, w)
+            else:
+                cached = max(1, min(16, CPU_PIXELS_PER_BATCH // (h * w)))
+            self._batch_cache[(h, w)] = cached
+        return cached
+
+    def _probe_gpu_batch(self, h: int, w: int) -> int:
+        """Batch that fills :data:`GPU_MEMORY_FRACTION` of free memory, from one probe pass."""
+        dev = self.device
+        torch.cuda.synchronize(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+        base = torch.cuda.memory_allocated(dev)
+        self._forward(torch.zeros((1, self.spec.in_channels, h, w), device=dev))
+        torch.cuda.synchronize(dev)
+        per_image = torch.cuda.max_memory_allocated(dev) - base
+        per_image += 2 * self.spec.n_classes * h * w * 4  # float32 logits kept per image
+        free, _ = torch.cuda.mem_get_info(dev)
+        batch = int(GPU_MEMORY_FRACTION * free // max(per_image, 1))
+        batch = 2 ** int(math.log2(max(1, min(MAX_GPU_BATCH, batch))))
+        log.info(
+            "batch size %d for %dx%d on %s (%.0f MiB per image)",
+            batch,
+            h,
+            w,
+            dev,
+            per_image / 2**20,
+        )
+        return batch
+
+    def _torch_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The PyTorch network on a normalised batch (b, C, h, w); float32 logits."""
+        amp = _AMP_DTYPES.get(self.precision)
+        x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            if amp is not None:
+                with torch.autocast(device_type=self.device.type, dtype=amp):
+                    y = self._module(x)
+            else:
+                y = self._module(x)
+        return y.float()
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._onnx is not None:
+            return torch.from_numpy(self._onnx(x.contiguous().numpy()))
+        return self._torch_forward(x)
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "cpu":
+        import platform
+
+        return f"{platform.processor() or platform.machine()} ({available_cores()} cores)"
+    return device.type
+
+
+def checkpoint_checksum(meta: dict[str, Any]) -> str:
+    """The sha256 of a checkpoint's weights, from its ``model.json``."""
+    checksum = meta.get("weights", {}).get("sha256")
+    if not isinstance(checksum, str) or not checksum:
+        raise CheckpointError("checkpoint has no weights sha256 in model.json; re-save it")
+    return checksum
+
+
+_CACHE_LOCK = threading.Lock()
+_SEGMENTERS: OrderedDict[tuple[str, str, EngineSettings], Segmenter] = OrderedDict()
+#: Models kept loaded per process (oldest dropped first).
+MAX_CACHED_SEGMENTERS = 4
+
+
+def load_segmenter(
+    path: str | os.PathLike[str] | None,
+    checksum: str | None = None,
+    settings: EngineSettings | None = None,
+) -> Segmenter:
+    """A :class:`Segmenter` for a checkpoint, loaded once per process and reused.
+
+    The cache is keyed by checkpoint path, weights checksum and settings (both as asked
+    and as resolved), so a dask worker that runs many chunks loads the model once.
+
+    Raises
+    ------
+    CheckpointError
+        The checkpoint's weights do not have ``checksum`` (it changed on disk).
+    """
+    settings = settings or EngineSettings()
+    directory = default_checkpoint_path() if path is None else resolve_checkpoint_dir(path)
+    key_path = str(directory.resolve())
+    if checksum is None:
+        checksum = checkpoint_checksum(read_checkpoint_meta(directory))
+    with _CACHE_LOCK:
+        key = (key_path, checksum, settings)
+        hit = _SEGMENTERS.get(key)
+        if hit is not None:
+            _SEGMENTERS.move_to_end(key)
+            return hit
+        seg = Segmenter.from_checkpoint(directory, settings=settings)
+        if seg.checksum != checksum:
+            found = (seg.checksum or "?")[:12]
+            raise CheckpointError(
+                f"model '{directory}' changed on disk (sha256 {found}, expected "
+                f"{checksum[:12]}); make every worker see the same checkpoint"
+            )
+        _SEGMENTERS[(key_path, checksum, seg.settings)] = seg
+        _SEGMENTERS[key] = seg
+        while len({id(v) for v in _SEGMENTERS.values()}) > MAX_CACHED_SEGMENTERS:
+            _SEGMENTERS.popitem(last=False)
+        return seg
+
+
+def clear_segmenter_cache() -> None:
+    """Forget every cached :class:`Segmenter` (frees their models)."""
+    with _CACHE_LOCK:
+        _SEGMENTERS.clear()

@@ -1,0 +1,646 @@
+"""Segment a whole run store: stream its chunks through one model, or fan them out on dask.
+
+:func:`segment_run` writes ``mask`` (time, y, x) uint8 into the run store, one image
+chunk at a time, and marks each chunk done in the store's progress record only after
+its data is on disk, so an interrupted run resumes where it stopped and ends with
+the same mask as an uninterrupted one. Locally, a background thread reads and
+decodes chunk k+1 while the model works on chunk k; with a ``distributed`` client,
+each worker loads the model once (:func:`~crystalseg.segment.engine.load_segmenter`)
+and writes its chunks' slices directly into the store, which must therefore be on a
+filesystem every worker sees. Memory stays flat in the number of frames.
+
+:func:`predict_frames` is the lazy variant for a dask array of frames, for callers
+that stream segmentation straight into measurement.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, replace
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+import zarr
+
+from crystalseg.dims import FRAME_DIMS, IMAGE, MASK
+from crystalseg.errors import ConfigError, RunFormatError, StageStateError
+from crystalseg.models import read_checkpoint_meta
+from crystalseg.models.checkpoint import default_checkpoint_path, resolve_checkpoint_dir
+from crystalseg.segment.engine import (
+    DEFAULT_TILE_SIZE,
+    Backend,
+    EngineSettings,
+    Precision,
+    Segmenter,
+    checkpoint_checksum,
+    load_segmenter,
+)
+from crystalseg.store import StageProgress, begin_stage, create_array, open_run, stage_info
+
+log = logging.getLogger(__name__)
+
+STAGE = "segment"
+PROBABILITY = "probability"
+
+#: ``progress(frames_done, frames_total)``, called after every chunk is written.
+ProgressCallback = Callable[[int, int], None]
+
+
+# --------------------------------------------------------------------------------------
+# Which model, and what the outputs say about it
+
+
+def _model_identity(
+    model: str | os.PathLike[str] | Segmenter | None,
+) -> tuple[Path | None, str, dict[str, Any]]:
+    """(checkpoint dir or None, weights sha256, model.json) without loading the weights."""
+    if isinstance(model, Segmenter):
+        if model.checkpoint is not None:
+            meta = read_checkpoint_meta(model.checkpoint)
+            return model.checkpoint, checkpoint_checksum(meta), meta
+        from crystalseg.segment.onnx_backend import model_fingerprint
+
+        checksum = model.checksum or model_fingerprint(model._model)
+        return None, checksum, {"spec": model.spec.to_dict()}
+    directory = default_checkpoint_path() if model is None else resolve_checkpoint_dir(model)
+    meta = read_checkpoint_meta(directory)
+    return directory, checkpoint_checksum(meta), meta
+
+
+def mask_attrs(
+    codes: tuple[str, ...] | list[str],
+    *,
+    checksum: str,
+    checkpoint: Path | None,
+    meta: dict[str, Any],
+) -> dict[str, Any]:
+    """CF attributes of the mask: the classes as flag_values/flag_meanings, and the model."""
+    spec = meta.get("spec", {})
+    return {
+        "long_name": "class index per pixel",
+        "flag_values": list(range(len(codes))),
+        "flag_meanings": " ".join(str(c).replace(" ", "_") for c in codes),
+        "codes": list(codes),
+        "model_sha256": checksum,
+        "model_path": None if checkpoint is None else str(checkpoint),
+        "model_encoder": spec.get("encoder"),
+        "model_crystalseg_version": meta.get("crystalseg_version"),
+        "model_created": meta.get("created"),
+    }
+
+
+PROBABILITY_ATTRS = {
+    "long_name": "foreground probability (1 - p(background))",
+    "units": "1",
+    "scale_factor": 1.0 / 255.0,
+    "add_offset": 0.0,
+    "quantisation": "stored as round(255 * p) in uint8",
+}
+
+
+# --------------------------------------------------------------------------------------
+# Reading ahead
+
+
+_END = object()
+
+
+class ChunkPrefetcher:
+    """Iterate ``(start, stop, frames)`` while a thread reads the next chunks ahead.
+
+    Parameters
+    ----------
+    read : callable (start, stop) -> ndarray
+    chunks : (start, stop) pairs in the order to deliver them
+    depth : chunks read ahead (each costs one chunk of memory)
+    """
+
+    def __init__(
+        self,
+        read: Callable[[int, int], np.ndarray],
+        chunks: list[tuple[int, int]],
+        *,
+        depth: int = 2,
+    ) -> None:
+        self._read = read
+        self._chunks = list(chunks)
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=max(1, depth))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._work, name="crystalseg-prefetch", daemon=True)
+
+    def _put(self, item: Any) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _work(self) -> None:
+        try:
+            for start, stop in self._chunks:
+                if self._stop.is_set() or not self._put((start, stop, self._read(start, stop))):
+                    return
+        except BaseException as exc:
+            self._put(exc)
+            return
+        self._put(_END)
+
+    def __enter__(self) -> ChunkPrefetcher:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def __iter__(self) -> Iterator[tuple[int, int, np.ndarray]]:
+        while True:
+            item = self._queue.get()
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+
+# --------------------------------------------------------------------------------------
+# Work on one chunk (runs locally or on a dask worker)
+
+
+def _array(path: Path, name: str, mode: Literal["r", "r+"] = "r") -> zarr.Array:
+    node = zarr.open_group(str(path), mode=mode, use_consolidated=False)[name]
+    if not isinstance(node, zarr.Array):
+        raise RunFormatError(f"'{name}' in run store '{path}' is a group, not an array")
+    return node
+
+
+def _open_arrays(path: Path, save_probability: bool) -> tuple[zarr.Array, zarr.Array | None]:
+    mask = _array(path, MASK, "r+")
+    return mask, _array(path, PROBABILITY, "r+") if save_probability else None
+
+
+def _read_frames(path: Path, start: int, stop: int) -> np.ndarray:
+    return np.asarray(_array(path, IMAGE)[start:stop])
+
+
+def _segment_chunk(
+    path: Path,
+    start: int,
+    stop: int,
+    checkpoint: str | None,
+    checksum: str,
+    settings: EngineSettings,
+    save_probability: bool,
+    progress: StageProgress,
+) -> int:
+    """Segment frames start:stop of the store on this process; returns frames done."""
+    seg = load_segmenter(checkpoint, checksum, _worker_settings(settings))
+    mask_arr, prob_arr = _open_arrays(path, save_probability)
+    _write_result(seg, _read_frames(path, start, stop), start, stop, mask_arr, prob_arr)
+    progress.mark_done(start, stop)
+    return stop - start
+
+
+def _resolve_settings(
+    checkpoint: str | None, checksum: str, settings: EngineSettings
+) -> EngineSettings:
+    """Load the model on a worker and return the settings it resolved to (device, backend)."""
+    return load_segmenter(checkpoint, checksum, _worker_settings(settings)).settings
+
+
+def _worker_settings(settings: EngineSettings) -> EngineSettings:
+    """On a dask worker, CPU threads default to the worker's own thread count.
+
+    Several workers on one machine (``--nworkers 2 --nthreads 1``) would otherwise each
+    start a thread per core, and OpenMP threads waiting on busy cores slow inference
+    down many times over.
+    """
+    if settings.threads is not None:
+        return settings
+    try:
+        from distributed import get_worker
+
+        nthreads = int(get_worker().state.nthreads)
+    except (ImportError, ValueError, AttributeError):
+        return settings
+    return replace(settings, threads=max(1, nthreads))
+
+
+def _write_result(
+    seg: Segmenter,
+    frames: np.ndarray,
+    start: int,
+    stop: int,
+    mask_arr: zarr.Array,
+    prob_arr: zarr.Array | None,
+) -> None:
+    if prob_arr is not None:
+        mask, prob = seg.predict(frames, probability=True)
+        prob_arr[start:stop] = prob
+    else:
+        mask = seg.predict(frames)
+    mask_arr[start:stop] = mask
+
+
+# --------------------------------------------------------------------------------------
+# The public entry points
+
+
+def segment_run(
+    run: str | os.PathLike[str],
+    model: str | os.PathLike[str] | Segmenter | None = None,
+    *,
+    device: str = "auto",
+    backend: Backend = "auto",
+    batch_size: int | None = None,
+    tile_size: int = DEFAULT_TILE_SIZE,
+    tile_overlap: int | None = None,
+    precision: Precision = "auto",
+    compile: bool = False,
+    threads: int | None = None,
+    overwrite: bool = False,
+    save_probability: bool = False,
+    client: Any = None,
+    progress: ProgressCallback | None = None,
+) -> xr.DataArray:
+    """Segment every frame of a run store and write ``mask`` (and ``probability``) into it.
+
+    Parameters
+    ----------
+    run : path of the run store
+    model : checkpoint directory, a :class:`Segmenter`, or None for the bundled model.
+        A Segmenter brings its own engine settings (device ... compile are then ignored).
+    device, backend, batch_size, tile_size, tile_overlap, precision, compile, threads
+        Engine settings, see :class:`~crystalseg.segment.engine.EngineSettings`.
+    overwrite : bool
+        Replace a mask made by another model or other settings. Without it that is an
+        error; a finished mask with the same model and settings is returned as is, and
+        an unfinished one resumes.
+    save_probability : bool
+        Also write ``probability`` (time, y, x) uint8, ``round(255 * p_foreground)``; CF
+        ``scale_factor`` makes xarray read it as 0..1.
+    client : distributed.Client, scheduler address (str) or None
+        With one, the chunks run on the cluster's workers (each loads the model once and
+        writes straight into the store, which every worker must see). None runs here.
+    progress : callable (frames_done, frames_total), optional
+        Called after each chunk is written; raising from it stops the run (resumable).
+
+    Returns
+    -------
+    DataArray, dims (time, y, x), uint8
+        The mask, lazily read from the store.
+
+    Raises
+    ------
+    StageStateError
+        The store has a mask from another model or other settings; pass overwrite=True.
+    RunFormatError, CheckpointError, ConfigError
+        Unreadable store or checkpoint, impossible settings.
+    """
+    path = Path(run).resolve()
+    ds = open_run(path)
+    n, ny, nx = (int(v) for v in ds[IMAGE].shape)
+    fpc = int(_array(path, IMAGE).chunks[0])
+
+    if isinstance(model, Segmenter):
+        settings = model.settings
+    else:
+        settings = EngineSettings(
+            device=device,
+            backend=backend,
+            batch_size=batch_size,
+            tile_size=tile_size,
+            tile_overlap=tile_overlap,
+            precision=precision,
+            compile=compile,
+            threads=threads,
+        )
+    checkpoint, checksum, meta = _model_identity(model)
+    if client is not None and checkpoint is None:
+        raise ConfigError(
+            "a distributed run needs a model saved as a checkpoint that every worker can "
+            "read; save it with save_checkpoint and pass its directory"
+        )
+    codes = tuple(meta["spec"]["codes"])
+    stage_settings = {
+        "model_sha256": checksum,
+        "tile_size": settings.tile_size,
+        "tile_overlap": settings.tile_overlap,
+        "save_probability": bool(save_probability),
+    }
+    resume = _check_existing(path, stage_settings, overwrite=overwrite, shape=(n, ny, nx))
+    if resume == "finished":
+        log.info("%s is already segmented by model %s; nothing to do", path, checksum[:12])
+        if progress is not None:
+            progress(n, n)
+        return open_run(path)[MASK]
+
+    seg: Segmenter | None = None
+    if client is None:  # load (and check) the model before touching the store
+        seg = (
+            model
+            if isinstance(model, Segmenter)
+            else load_segmenter(checkpoint, checksum, settings)
+        )
+    stage = begin_stage(
+        path,
+        STAGE,
+        settings=stage_settings,
+        n_frames=n,
+        frames_per_chunk=fpc,
+        restart=resume != "resume",
+    )
+    if resume != "resume":
+        _create_outputs(path, (n, ny, nx), fpc, codes, checksum, checkpoint, meta, save_probability)
+
+    pending = stage.pending_chunks()
+    done = n - sum(stop - start for start, stop in pending)
+    if progress is not None:
+        progress(done, n)
+    if seg is not None:
+        engine = seg.describe()
+        _run_local(path, seg, pending, stage, done, n, save_probability, progress)
+    else:
+        engine = _run_distributed(
+            path,
+            client,
+            pending,
+            checkpoint,
+            checksum,
+            settings,
+            stage,
+            done,
+            n,
+            save_probability,
+            progress,
+        )
+    stage.finish(
+        engine=engine,
+        model={"sha256": checksum, "path": None if checkpoint is None else str(checkpoint)},
+    )
+    return open_run(path)[MASK]
+
+
+def _check_existing(
+    path: Path, settings: dict[str, Any], *, overwrite: bool, shape: tuple[int, int, int]
+) -> Literal["new", "resume", "finished"]:
+    """Decide from the store's state: start anew, resume, or nothing to do; or refuse."""
+    group = zarr.open_group(str(path), mode="r", use_consolidated=False)
+    info = stage_info(path).get(STAGE)
+    if MASK not in group:
+        return "new"
+    if overwrite:
+        return "new"
+    previous = (info or {}).get("settings") or {}
+    status = (info or {}).get("status")
+
+    def core(values: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in values.items() if k != "save_probability"}
+
+    if core(previous) == core(settings) and tuple(_array(path, MASK).shape) == shape:
+        had_probability = bool(previous.get("save_probability")) and PROBABILITY in group
+        if status == "finished" and (had_probability or not settings["save_probability"]):
+            return "finished"
+        if status == "running" and previous == settings:
+            return "resume"
+    old = dict(group[MASK].attrs)
+    old_model = str(old.get("model_sha256") or "unknown")[:12]
+    where = f" ({old['model_path']})" if old.get("model_path") else ""
+    if old.get("model_sha256") != settings["model_sha256"]:
+        why = f"a mask from model {old_model}{where}"
+    else:
+        changed = sorted(k for k in settings if previous.get(k) != settings[k])
+        why = f"a mask from the same model made with other settings ({', '.join(changed)})"
+    raise StageStateError(f"run '{path}' already has {why}; pass --overwrite to replace it")
+
+
+def _create_outputs(
+    path: Path,
+    shape: tuple[int, int, int],
+    fpc: int,
+    codes: tuple[str, ...],
+    checksum: str,
+    checkpoint: Path | None,
+    meta: dict[str, Any],
+    save_probability: bool,
+) -> None:
+    chunks = (fpc, shape[1], shape[2])
+    attrs = mask_attrs(codes, checksum=checksum, checkpoint=checkpoint, meta=meta)
+    create_array(
+        path, MASK, dims=FRAME_DIMS, shape=shape, dtype="uint8", chunks=chunks, attrs=attrs
+    )
+    group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
+    if save_probability:
+        create_array(
+            path,
+            PROBABILITY,
+            dims=FRAME_DIMS,
+            shape=shape,
+            dtype="uint8",
+            chunks=chunks,
+            attrs=PROBABILITY_ATTRS,
+        )
+    elif PROBABILITY in group:
+        del group[PROBABILITY]  # made by another model: stale
+
+
+def _run_local(
+    path: Path,
+    seg: Segmenter,
+    pending: list[tuple[int, int]],
+    stage: StageProgress,
+    done: int,
+    total: int,
+    save_probability: bool,
+    progress: ProgressCallback | None,
+) -> None:
+    """Read ahead in one thread, compute here, compress and write in another thread."""
+    mask_arr, prob_arr = _open_arrays(path, save_probability)
+    image = _array(path, IMAGE)
+
+    def read(start: int, stop: int) -> np.ndarray:
+        return np.asarray(image[start:stop])
+
+    def write(start: int, stop: int, mask: np.ndarray, prob: np.ndarray | None) -> None:
+        if prob_arr is not None and prob is not None:
+            prob_arr[start:stop] = prob
+        mask_arr[start:stop] = mask
+        stage.mark_done(start, stop)  # only once the chunk's data is on disk
+
+    inflight: deque[tuple[Future[None], int]] = deque()
+
+    def settle(keep: int) -> None:
+        nonlocal done
+        while len(inflight) > keep or (inflight and inflight[0][0].done()):
+            future, frames_in_chunk = inflight.popleft()
+            future.result()
+            done += frames_in_chunk
+            if progress is not None:
+                progress(done, total)
+
+    with (
+        ChunkPrefetcher(read, pending) as chunks,
+        ThreadPoolExecutor(1, thread_name_prefix="crystalseg-write") as writer,
+    ):
+        for start, stop, frames in chunks:
+            if prob_arr is not None:
+                mask, prob = seg.predict(frames, probability=True)
+            else:
+                mask, prob = seg.predict(frames), None
+            inflight.append((writer.submit(write, start, stop, mask, prob), stop - start))
+            settle(keep=1)
+        settle(keep=0)
+
+
+def _get_client(client: Any) -> tuple[Any, bool]:
+    if isinstance(client, str):
+        from distributed import Client
+
+        return Client(client), True
+    return client, False
+
+
+def _run_distributed(
+    path: Path,
+    client: Any,
+    pending: list[tuple[int, int]],
+    checkpoint: Path | None,
+    checksum: str,
+    settings: EngineSettings,
+    stage: StageProgress,
+    done: int,
+    total: int,
+    save_probability: bool,
+    progress: ProgressCallback | None,
+) -> dict[str, Any]:
+    from distributed import as_completed
+
+    client, own = _get_client(client)
+    ckpt = None if checkpoint is None else str(checkpoint)
+    try:
+        # Resolve "auto" once, on a worker, so every worker runs the same backend and
+        # precision and the mask does not depend on which worker took which chunk.
+        resolved = client.submit(_resolve_settings, ckpt, checksum, settings, pure=False).result()
+        tag = uuid.uuid4().hex[:8]
+        futures = [
+            client.submit(
+                _segment_chunk,
+                path,
+                start,
+                stop,
+                ckpt,
+                checksum,
+                resolved,
+                save_probability,
+                stage,
+                key=f"crystalseg-segment-{tag}-{start}",
+                pure=False,
+            )
+            for start, stop in pending
+        ]
+        try:
+            for fut in as_completed(futures):
+                done += fut.result()
+                if progress is not None:
+                    progress(done, total)
+        except BaseException:
+            client.cancel(futures)
+            raise
+    finally:
+        if own:
+            client.close()
+    return {**asdict(resolved), "scheduler": str(getattr(client, "scheduler", None) or "")}
+
+
+def _predict_block(
+    block: np.ndarray, seg: Segmenter, output: Literal["mask", "probability"]
+) -> np.ndarray:
+    if output == "probability":
+        return seg.predict(block, probability=True)[1]
+    return seg.predict(block)
+
+
+def predict_frames(
+    frames: da.Array | np.ndarray,
+    model: str | os.PathLike[str] | Segmenter | None = None,
+    *,
+    output: Literal["mask", "probability"] = "mask",
+    device: str = "auto",
+    backend: Backend = "auto",
+    batch_size: int | None = None,
+    tile_size: int = DEFAULT_TILE_SIZE,
+    tile_overlap: int | None = None,
+    precision: Precision = "auto",
+    threads: int | None = None,
+) -> da.Array:
+    """Lazy segmentation of a dask array of frames, one task per time chunk.
+
+    Parameters
+    ----------
+    frames : dask array (time, y, x) uint8/uint16, chunked along time
+        Chunks along y and x are merged (the engine needs whole frames).
+    model : checkpoint directory, a :class:`Segmenter`, or None for the bundled model.
+        On a distributed scheduler each worker process loads the checkpoint once.
+    output : "mask" (class index) or "probability" (uint8 foreground probability)
+
+    Returns
+    -------
+    dask array (time, y, x) uint8, same time chunks as ``frames``
+    """
+    arr: da.Array = frames if isinstance(frames, da.Array) else da.asarray(frames)
+    if arr.ndim != 3:
+        raise ConfigError(f"frames of shape {arr.shape}; expected (time, y, x)")
+    if output not in ("mask", "probability"):
+        raise ConfigError(f"output {output!r} is not 'mask' or 'probability'")
+    if isinstance(model, Segmenter):
+        seg = model
+    else:
+        settings = EngineSettings(
+            device=device,
+            backend=backend,
+            batch_size=batch_size,
+            tile_size=tile_size,
+            tile_overlap=tile_overlap,
+            precision=precision,
+            threads=threads,
+        )
+        seg = load_segmenter(model, None, settings)
+    if len(arr.chunks[1]) > 1 or len(arr.chunks[2]) > 1:
+        arr = arr.rechunk({1: -1, 2: -1})
+    # dask's annotations of Array.map_blocks want an Array first; it takes the function
+    return arr.map_blocks(
+        _predict_block,  # type: ignore[arg-type]
+        seg,
+        output,
+        dtype=np.uint8,
+        meta=np.empty((0, 0, 0), np.uint8),
+    )
+
+
+__all__ = [
+    "PROBABILITY",
+    "STAGE",
+    "ChunkPrefetcher",
+    "ProgressCallback",
+    "mask_attrs",
+    "predict_frames",
+    "segment_run",
+]

@@ -1,0 +1,220 @@
+"""segment_run over a run store: outputs, resume, overwrite rules, dask, lazy variant."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import xarray as xr
+import zarr
+
+from crystalseg.errors import StageStateError
+from crystalseg.segment import (
+    PROBABILITY,
+    EngineSettings,
+    Segmenter,
+    predict_frames,
+    segment_run,
+)
+from crystalseg.segment import engine as engine_mod
+from crystalseg.store import open_run, stage_info
+
+#: One thread: the CI machines are shared, and OpenMP threads that wait on a busy core
+#: slow tiny models down a hundredfold.
+SETTINGS = {"device": "cpu", "backend": "torch", "threads": 1}
+
+
+class Interrupt(Exception):
+    pass
+
+
+@pytest.fixture
+def frames(frames_factory):
+    return frames_factory(10, 70, 90, seed=11)
+
+
+@pytest.fixture
+def run(tmp_path, frames, run_factory):
+    return run_factory(tmp_path / "run.zarr", frames, frames_per_chunk=3)
+
+
+def _count_frames(monkeypatch) -> list[int]:
+    """Record how many frames every Segmenter.predict call gets."""
+    seen: list[int] = []
+    real = Segmenter.predict
+
+    def predict(self, frames, **kw):
+        seen.append(len(frames))
+        return real(self, frames, **kw)
+
+    monkeypatch.setattr(Segmenter, "predict", predict)
+    return seen
+
+
+def test_writes_mask_equal_to_engine(run, frames, checkpoint) -> None:
+    calls: list[tuple[int, int]] = []
+    mask = segment_run(run, checkpoint, **SETTINGS, progress=lambda d, n: calls.append((d, n)))
+    assert isinstance(mask, xr.DataArray)
+    assert mask.dims == ("time", "y", "x") and mask.dtype == np.uint8
+    want = Segmenter.from_checkpoint(checkpoint, settings=EngineSettings(**SETTINGS)).predict(
+        frames
+    )
+    np.testing.assert_array_equal(mask.values, want)
+    assert calls == [(0, 10), (3, 10), (6, 10), (9, 10), (10, 10)]
+    attrs = mask.attrs
+    assert attrs["flag_values"] == [0, 1] and attrs["flag_meanings"] == "background crystal"
+    assert len(attrs["model_sha256"]) == 64 and attrs["model_path"] == str(checkpoint)
+    info = stage_info(run)["segment"]
+    assert info["status"] == "finished"
+    assert info["engine"]["backend"] == "torch"
+    # the mask is chunked like the image, so parallel writers never share a chunk
+    store = zarr.open_group(str(run), mode="r")
+    assert store["mask"].chunks == store["image"].chunks
+    assert PROBABILITY not in store
+
+
+def test_resume_after_interruption_gives_identical_mask(
+    tmp_path, frames, run_factory, checkpoint, monkeypatch
+) -> None:
+    whole = run_factory(tmp_path / "whole.zarr", frames)
+    broken = run_factory(tmp_path / "broken.zarr", frames)
+    expected = segment_run(whole, checkpoint, **SETTINGS).values
+
+    def stop_after_first_chunk(done: int, total: int) -> None:
+        if done >= 3:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        segment_run(broken, checkpoint, **SETTINGS, progress=stop_after_first_chunk)
+    info = stage_info(broken)["segment"]
+    # the chunk being written when the run stopped may have landed too
+    assert info["status"] == "running" and info["frames_done"] in (3, 6)
+    open_run(broken)  # still a readable store
+    seen = _count_frames(monkeypatch)
+    mask = segment_run(broken, checkpoint, **SETTINGS)
+    assert sum(seen) == 10 - info["frames_done"]  # finished chunks were not redone
+    np.testing.assert_array_equal(mask.values, expected)
+    assert stage_info(broken)["segment"]["status"] == "finished"
+
+
+def test_overwrite_rules(run, checkpoint, other_checkpoint, monkeypatch) -> None:
+    first = segment_run(run, checkpoint, **SETTINGS).values
+    # same model and settings again: nothing to do
+    seen = _count_frames(monkeypatch)
+    again = segment_run(run, checkpoint, **SETTINGS, progress=lambda d, n: seen.append(-d))
+    np.testing.assert_array_equal(again.values, first)
+    assert seen == [-10]
+    # another model needs --overwrite, and the message names the model that made the mask
+    with pytest.raises(StageStateError, match=r"mask from model [0-9a-f]{12}.*--overwrite"):
+        segment_run(run, other_checkpoint, **SETTINGS)
+    # other settings of the same model need it too
+    with pytest.raises(StageStateError, match=r"tile_size.*--overwrite"):
+        segment_run(run, checkpoint, **SETTINGS, tile_size=64)
+    np.testing.assert_array_equal(open_run(run)["mask"].values, first)  # untouched
+    replaced = segment_run(run, other_checkpoint, **SETTINGS, overwrite=True)
+    assert replaced.attrs["model_path"] == str(other_checkpoint)
+    assert not np.array_equal(replaced.values, first)
+
+
+def test_save_probability(run, frames, checkpoint) -> None:
+    mask = segment_run(run, checkpoint, **SETTINGS, save_probability=True)
+    ds = open_run(run)
+    raw = zarr.open_group(str(run), mode="r")[PROBABILITY][:]
+    assert raw.dtype == np.uint8
+    prob = ds[PROBABILITY].values  # CF scale_factor: read as 0..1
+    np.testing.assert_allclose(prob, raw / 255.0)
+    sure = (raw < 127) | (raw > 128)
+    np.testing.assert_array_equal(mask.values[sure], (raw > 128)[sure])
+    # a run that has the probability also satisfies one that does not ask for it
+    again = segment_run(run, checkpoint, **SETTINGS)
+    np.testing.assert_array_equal(again.values, mask.values)
+    assert PROBABILITY in open_run(run)
+
+
+def test_probability_later_needs_overwrite(run, checkpoint) -> None:
+    segment_run(run, checkpoint, **SETTINGS)
+    with pytest.raises(StageStateError, match=r"save_probability.*--overwrite"):
+        segment_run(run, checkpoint, **SETTINGS, save_probability=True)
+    segment_run(run, checkpoint, **SETTINGS, save_probability=True, overwrite=True)
+    assert PROBABILITY in open_run(run)
+
+
+def test_distributed_two_workers_identical(tmp_path, frames, run_factory, checkpoint, monkeypatch):
+    distributed = pytest.importorskip("distributed")
+    local = segment_run(run_factory(tmp_path / "local.zarr", frames), checkpoint, **SETTINGS)
+    engine_mod.clear_segmenter_cache()
+    loads: list[int] = []
+    real = Segmenter.from_checkpoint.__func__
+
+    def counted(cls, *a, **k):
+        loads.append(1)
+        return real(cls, *a, **k)
+
+    monkeypatch.setattr(Segmenter, "from_checkpoint", classmethod(counted))
+    target = run_factory(tmp_path / "dist.zarr", frames)
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        progress: list[int] = []
+        mask = segment_run(
+            target, checkpoint, **SETTINGS, client=client, progress=lambda d, n: progress.append(d)
+        )
+    np.testing.assert_array_equal(mask.values, local.values)
+    assert progress[-1] == 10 and sorted(progress) == progress
+    assert len(loads) == 1  # one process: the model was loaded once and shared
+    assert stage_info(target)["segment"]["status"] == "finished"
+
+
+def test_predict_frames_is_lazy_and_equal(run, checkpoint) -> None:
+    ds = open_run(run)
+    lazy = predict_frames(ds["image"].data, checkpoint, **SETTINGS)
+    assert lazy.dtype == np.uint8 and lazy.chunks == ds["image"].data.chunks
+    direct = segment_run(run, checkpoint, **SETTINGS)
+    np.testing.assert_array_equal(lazy.compute(scheduler="threads"), direct.values)
+    prob = predict_frames(ds["image"].data, checkpoint, output="probability", **SETTINGS)
+    assert prob.compute().dtype == np.uint8
+
+
+def test_synthetic_run_segments(tmp_path, checkpoint) -> None:
+    synth = pytest.importorskip("crystalseg.synth")
+    path = tmp_path / "synth.zarr"
+    synth.synthesize_run(
+        path, synth.SynthConfig(frames=4, height=96, width=128, seed=1, dtype="uint16")
+    )
+    mask = segment_run(path, checkpoint, **SETTINGS)
+    assert mask.shape == (4, 96, 128) and mask.dtype == np.uint8
+
+
+@pytest.mark.slow
+def test_distributed_worker_processes_identical(tmp_path, frames, run_factory, checkpoint):
+    """Real worker processes: the engine travels as a checkpoint reference and is rebuilt."""
+    distributed = pytest.importorskip("distributed")
+    local = segment_run(run_factory(tmp_path / "local.zarr", frames), checkpoint, **SETTINGS)
+    target = run_factory(tmp_path / "dist.zarr", frames)
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        mask = segment_run(target, checkpoint, **SETTINGS, client=cluster.scheduler_address)
+        lazy = predict_frames(open_run(target)["image"].data, checkpoint, **SETTINGS)
+        np.testing.assert_array_equal(client.compute(lazy).result(), local.values)
+    np.testing.assert_array_equal(mask.values, local.values)
+
+
+def test_default_model_missing_is_actionable(run) -> None:
+    from crystalseg.errors import CheckpointError
+    from crystalseg.models.checkpoint import default_checkpoint_path
+
+    try:
+        default_checkpoint_path()
+    except CheckpointError:
+        pass
+    else:
+        pytest.skip("a default model ships in this build")
+    with pytest.raises(CheckpointError, match="--model"):
+        segment_run(run, **SETTINGS)
+    assert "mask" not in zarr.open_group(str(run), mode="r")
