@@ -31,6 +31,9 @@ _LAZY = {
     "TrainSettings": "crystalseg.train",
     "load_checkpoint": "crystalseg.models",
     "segment_run": "crystalseg.segment",
+    "measure_run": "crystalseg.measure",
+    "export_particles": "crystalseg.measure",
+    "MeasureSettings": "crystalseg.measure",
 }
 
 
