@@ -4,16 +4,10 @@ from __future__ import annotations
 
 from crystalseg.train.augment import Augmenter, AugmentSettings, make_augmenter
 from crystalseg.train.data import PairItem, SegmentationData, discover_pairs, pairs, read_image
-from crystalseg.train.learner import (
-    Learner,
-    LRFindResult,
-    TrainResult,
-    TrainSettings,
-    train_model,
-    unet_learner,
-)
+from crystalseg.train.learner import Learner, LRFindResult, unet_learner
 from crystalseg.train.losses import LOSS_NAMES, make_loss
 from crystalseg.train.masks import MaskRule, parse_mask_values, read_mask, to_class_indices
+from crystalseg.train.settings import TrainResult, TrainSettings, train_model
 
 __all__ = [
     "LOSS_NAMES",

@@ -1,0 +1,249 @@
+"""The library entry point of ``crystalseg train``: validated settings in, a trained model out.
+
+The CLI parses its options into a :class:`TrainSettings` and calls :func:`train_model`;
+notebooks can do the same, or use :func:`~crystalseg.train.learner.unet_learner`
+directly for the fastai-like workflow.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from crystalseg.errors import ConfigError, StageStateError
+from crystalseg.models.checkpoint import DEFAULT_ENCODER, META_FILE, jsonable, read_checkpoint_meta
+from crystalseg.train.learner import (
+    LAST_DIR,
+    STATE_META,
+    Learner,
+    LRFindResult,
+    find_resume_dir,
+    unet_learner,
+)
+from crystalseg.train.losses import LOSS_NAMES
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Everything ``crystalseg train`` needs; validated on construction.
+
+    Attributes
+    ----------
+    data : tuple of paths (folders, run stores); see :func:`~crystalseg.train.data.pairs`
+    codes : class names, background first
+    output_dir : where best (``DIR``) and last (``DIR/last``) checkpoints go; None: nowhere
+    encoder, init, loss, decoder_channels, scaling, augment : see :func:`unet_learner`
+    epochs : length of the one-cycle schedule (0 with ``find_lr``: only find the lr)
+    lr : peak learning rate; None: 1e-3, or the finder's suggestion with ``find_lr``
+    crop_size, batch_size, valid_fraction, valid, mask_values, crops_per_image,
+    foreground_bias, channels, frame_step : see :func:`~crystalseg.train.data.pairs`
+    find_lr : run the learning-rate finder first
+    resume : continue an interrupted run from its output directory
+    early_stop : stop after this many epochs without a better validation score
+    overwrite : replace a checkpoint already in ``output_dir``
+    device, seed, weight_decay, progress : see :func:`unet_learner`
+    command : the command line that asked for this training, recorded in model.json
+    """
+
+    data: tuple[Path, ...]
+    codes: tuple[str, ...] = ("background", "crystal")
+    output_dir: Path | None = None
+    encoder: str = DEFAULT_ENCODER
+    init: str = "default"
+    epochs: int = 3
+    lr: float | None = None
+    loss: str = "dice+ce"
+    crop_size: int = 256
+    batch_size: int | None = None
+    valid_fraction: float = 0.2
+    valid: tuple[str, ...] | None = None
+    mask_values: tuple[int, ...] | Mapping[int, int | str] | None = None
+    crops_per_image: int | None = None
+    foreground_bias: float = 0.25
+    channels: int = 1
+    frame_step: int = 1
+    decoder_channels: tuple[int, ...] | None = None
+    scaling: str | None = None
+    augment: str = "default"
+    find_lr: bool = False
+    resume: Path | None = None
+    early_stop: int | None = None
+    overwrite: bool = False
+    device: str | None = None
+    seed: int = 0
+    weight_decay: float = 1e-2
+    progress: bool = True
+    command: str | None = None
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        data = (self.data,) if isinstance(self.data, (str, os.PathLike)) else self.data
+        set_(self, "data", tuple(Path(p) for p in data))
+        if not self.data:
+            raise ConfigError("no training data given; pass a folder, pairs or run stores")
+        codes = self.codes.split(",") if isinstance(self.codes, str) else self.codes
+        set_(self, "codes", tuple(c.strip() for c in codes if c.strip()))
+        if len(self.codes) < 2 or len(set(self.codes)) != len(self.codes):
+            raise ConfigError(
+                f"--codes {','.join(self.codes)} must name at least two distinct classes, "
+                "background first, e.g. background,crystal"
+            )
+        for name in ("output_dir", "resume"):
+            value = getattr(self, name)
+            if value is not None:
+                set_(self, name, Path(value))
+        if self.resume is not None and self.output_dir is None:
+            set_(self, "output_dir", self.resume)
+        if not isinstance(self.epochs, int) or self.epochs < 0:
+            raise ConfigError(f"--epochs must be a non-negative integer, got {self.epochs}")
+        if self.epochs == 0 and not self.find_lr:
+            raise ConfigError("--epochs 0 trains nothing; give epochs or --find-lr")
+        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"--lr must be a positive number, got {self.lr}")
+        if self.loss not in LOSS_NAMES:
+            raise ConfigError(f"--loss must be one of {', '.join(LOSS_NAMES)}, got {self.loss}")
+        if self.crop_size < 32 or self.crop_size % 32:
+            raise ConfigError(f"--crop-size must be a multiple of 32, got {self.crop_size}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if not 0.0 <= self.valid_fraction < 1.0:
+            raise ConfigError(f"--valid-fraction must be in [0, 1), got {self.valid_fraction}")
+        if self.channels not in (1, 3):
+            raise ConfigError(f"--channels must be 1 or 3, got {self.channels}")
+        if self.crops_per_image is not None and self.crops_per_image < 1:
+            raise ConfigError(f"--crops-per-image must be >= 1, got {self.crops_per_image}")
+        if not 0.0 <= self.foreground_bias <= 1.0:
+            raise ConfigError(f"--foreground-bias must be in [0, 1], got {self.foreground_bias}")
+        if self.augment not in ("default", "strong", "none"):
+            raise ConfigError(f"--augment must be default, strong or none, got {self.augment}")
+        if self.scaling not in (None, "dtype", "percentile"):
+            raise ConfigError(f"--scaling must be dtype or percentile, got {self.scaling}")
+        if self.early_stop is not None and self.early_stop < 1:
+            raise ConfigError(f"--early-stop must be at least 1, got {self.early_stop}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        if self.decoder_channels is not None:
+            set_(self, "decoder_channels", tuple(int(c) for c in self.decoder_channels))
+        if self.valid is not None:
+            set_(self, "valid", tuple(str(v) for v in self.valid))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready settings, recorded next to the model."""
+        return {k: jsonable(getattr(self, k)) for k in self.__dataclass_fields__}
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What :func:`train_model` did.
+
+    Attributes
+    ----------
+    output_dir : Path or None
+    best_checkpoint, last_checkpoint : Path or None (None without an output directory)
+    history : tuple of dict, one per epoch (losses, IoU/Dice per class)
+    lr : the peak learning rate used (None when only the finder ran)
+    lr_find : LRFindResult or None
+    best_score : best mean IoU of the crystal classes (minus the training loss without validation)
+    learner : the trained Learner
+    """
+
+    output_dir: Path | None
+    best_checkpoint: Path | None
+    last_checkpoint: Path | None
+    history: tuple[dict[str, Any], ...]
+    lr: float | None
+    lr_find: LRFindResult | None
+    best_score: float | None
+    learner: Learner
+
+
+def train_model(settings: TrainSettings) -> TrainResult:
+    """Train a U-Net as ``crystalseg train`` does: data, learner, optional lr finder, fit.
+
+    Raises
+    ------
+    StageStateError
+        ``output_dir`` already holds a model and neither resume nor overwrite was asked.
+    CrystalsegError
+        Any bad data, settings or checkpoint.
+    """
+    from crystalseg.train.data import pairs
+
+    s = settings
+    out = s.output_dir
+    if out is not None and s.resume is None and (out / META_FILE).exists() and not s.overwrite:
+        raise StageStateError(
+            f"'{out}' already holds a model; pass --resume {out} to continue it, --overwrite "
+            "to replace it, or another -o"
+        )
+    data = pairs(
+        list(s.data),
+        codes=s.codes,
+        mask_values=s.mask_values,
+        valid_fraction=s.valid_fraction,
+        valid=s.valid,
+        crop_size=s.crop_size,
+        batch_size=s.batch_size,
+        crops_per_image=s.crops_per_image,
+        foreground_bias=s.foreground_bias,
+        channels=s.channels,  # type: ignore[arg-type]
+        frame_step=s.frame_step,
+        seed=s.seed,
+    )
+    log.info("%r", data)
+    init: str | Path = s.init
+    if s.resume is not None:
+        init = find_resume_dir(s.resume)
+    learner = unet_learner(
+        data,
+        s.encoder,
+        init=init,
+        loss=s.loss,  # type: ignore[arg-type]
+        decoder_channels=s.decoder_channels,
+        scaling=s.scaling,  # type: ignore[arg-type]
+        augment=s.augment,  # type: ignore[arg-type]
+        device=s.device,
+        weight_decay=s.weight_decay,
+        output_dir=out,
+        seed=s.seed,
+        progress=s.progress,
+    )
+    if s.resume is not None:
+        # record where the interrupted run started from, not its own last checkpoint
+        first = read_checkpoint_meta(init).get("training", {}).get("init")
+        learner.init_info = dict(first or learner.init_info)
+    learner.settings = s.to_dict()
+    found = None
+    lr = s.lr
+    if s.find_lr:
+        found = learner.lr_find()
+        log.info("lr finder suggests %.2e", found.suggestion)
+        lr = lr or found.suggestion
+    if s.epochs > 0:
+        lr = lr or 1e-3
+        if s.resume is not None:
+            prev = json.loads((find_resume_dir(s.resume) / STATE_META).read_text())
+            lr = s.lr or float(prev["lr_max"])
+        learner.fit_one_cycle(s.epochs, lr, resume=s.resume, early_stop=s.early_stop)
+    best = last = None
+    if out is not None and s.epochs > 0:
+        best = out if (out / META_FILE).exists() else None
+        last = out / LAST_DIR if (out / LAST_DIR / META_FILE).exists() else None
+    return TrainResult(
+        output_dir=out,
+        best_checkpoint=best,
+        last_checkpoint=last,
+        history=tuple(learner.history),
+        lr=lr if s.epochs > 0 else None,
+        lr_find=found,
+        best_score=learner.best_score,
+        learner=learner,
+    )
