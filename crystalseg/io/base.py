@@ -191,11 +191,11 @@ _TIME_S = {
 }  # fmt: skip
 
 
-def length_to_um(value: float | None, unit: str | None) -> float | None:
-    """``value`` in ``unit`` as micrometres; None if the unit is unknown or the value not > 0."""
+def _in_unit(value: float | None, unit: str | None, factors: dict[str, float]) -> float | None:
+    """``value`` times the factor of ``unit``; None if either is unknown or value is not > 0."""
     if value is None or unit is None:
         return None
-    factor = _LENGTH_UM.get(_norm_unit(str(unit)))
+    factor = factors.get(_norm_unit(str(unit)))
     try:
         v = float(value)
     except (TypeError, ValueError):
@@ -203,20 +203,16 @@ def length_to_um(value: float | None, unit: str | None) -> float | None:
     if factor is None or not np.isfinite(v) or v <= 0:
         return None
     return v * factor
+
+
+def length_to_um(value: float | None, unit: str | None) -> float | None:
+    """``value`` in ``unit`` as micrometres; None if the unit is unknown or the value not > 0."""
+    return _in_unit(value, unit, _LENGTH_UM)
 
 
 def time_to_s(value: float | None, unit: str | None) -> float | None:
     """``value`` in ``unit`` as seconds; None if the unit is unknown or the value not > 0."""
-    if value is None or unit is None:
-        return None
-    factor = _TIME_S.get(_norm_unit(str(unit)))
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return None
-    if factor is None or not np.isfinite(v) or v <= 0:
-        return None
-    return v * factor
+    return _in_unit(value, unit, _TIME_S)
 
 
 def regular_times(n: int, interval_s: float) -> np.ndarray:
