@@ -63,6 +63,34 @@ def make_training_runs(workdir: Path, *, runs_per_scenario: int = RUNS_PER_SCENA
     return runs
 
 
+def ship_model(src: Path, dest: Path) -> Path:
+    """Copy checkpoint ``src`` to ``dest`` with float weights stored as float16.
+
+    Halves the size of the package; loading casts them back to the model's float32
+    (predictions of the bundled model agree with the float32 checkpoint on >99.9 % of
+    pixels, checked in the README's figures). ``model.json`` keeps everything, with
+    the new checksum and ``weights.stored_dtype``.
+    """
+    import hashlib
+    import json
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from crystalseg.models.checkpoint import META_FILE, WEIGHTS_FILE
+
+    state = load_file(str(src / WEIGHTS_FILE))
+    half = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    dest.mkdir(parents=True, exist_ok=True)
+    save_file(half, str(dest / WEIGHTS_FILE))
+    meta = json.loads((src / META_FILE).read_text())
+    digest = hashlib.sha256((dest / WEIGHTS_FILE).read_bytes()).hexdigest()
+    meta["weights"] = {**meta["weights"], "sha256": digest, "stored_dtype": str(torch.float16)}
+    meta["training"]["init"].pop("checkpoint", None)  # a path on the trainer's machine
+    (dest / META_FILE).write_text(json.dumps(meta, indent=1))
+    return dest
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("output", type=Path, help="where the checkpoint goes")
@@ -73,8 +101,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--init", default="none", help="none, or a checkpoint to continue from")
     parser.add_argument("--device", default=None)
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    parser.add_argument("--ship", type=Path, default=None, help="then copy it here as float16")
+    parser.add_argument("--ship-only", action="store_true", help="only copy OUTPUT to --ship")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.ship_only:
+        if args.ship is None:
+            parser.error("--ship-only needs --ship DEST")
+        log.info("shipped %s", ship_model(args.output, args.ship))
+        return
 
     runs = make_training_runs(args.workdir, runs_per_scenario=args.runs_per_scenario)
     settings = TrainSettings(
