@@ -41,13 +41,24 @@ FRAME_STEP = 6
 SIZE = 384
 
 
-def make_training_runs(workdir: Path, *, runs_per_scenario: int = RUNS_PER_SCENARIO) -> Path:
-    """Render the synthetic training runs into ``workdir/runs`` (skips runs already there)."""
+def make_training_runs(
+    workdir: Path,
+    *,
+    runs_per_scenario: int = RUNS_PER_SCENARIO,
+    extra: dict[str, int] | None = None,
+) -> Path:
+    """Render the synthetic training runs into ``workdir/runs`` (skips runs already there).
+
+    ``runs_per_scenario`` runs of every scenario, then ``extra[scenario]`` more of the
+    named ones (e.g. more bubbles, so that the model learns what is not a crystal).
+    Seeds count up from :data:`FIRST_SEED`.
+    """
     runs = workdir / "runs"
     runs.mkdir(parents=True, exist_ok=True)
+    plan = [(s, runs_per_scenario) for s in SCENARIO_NAMES] + list((extra or {}).items())
     seed = FIRST_SEED
-    for scenario in SCENARIO_NAMES:
-        for k in range(runs_per_scenario):
+    for scenario, count in plan:
+        for k in range(count):
             path = runs / f"{scenario}-{seed}.zarr"
             if not (path / "zarr.json").exists():
                 config = SynthConfig(
@@ -61,6 +72,17 @@ def make_training_runs(workdir: Path, *, runs_per_scenario: int = RUNS_PER_SCENA
                 synthesize_run(path, config, overwrite=True)
             seed += 1
     return runs
+
+
+def _scenario_counts(text: str) -> dict[str, int]:
+    """``"bubbles=16,clear=8"`` -> ``{"bubbles": 16, "clear": 8}``."""
+    out = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, count = part.partition("=")
+        if name not in SCENARIO_NAMES or not count.isdigit():
+            raise argparse.ArgumentTypeError(f"'{part}' is not SCENARIO=COUNT")
+        out[name] = int(count)
+    return out
 
 
 def ship_model(src: Path, dest: Path) -> Path:
@@ -98,6 +120,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--runs-per-scenario", type=int, default=RUNS_PER_SCENARIO)
+    parser.add_argument(
+        "--extra", type=_scenario_counts, default={}, help="more runs, e.g. bubbles=16,clear=8"
+    )
     parser.add_argument("--init", default="none", help="none, or a checkpoint to continue from")
     parser.add_argument("--device", default=None)
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run")
@@ -111,7 +136,9 @@ def main(argv: list[str] | None = None) -> None:
         log.info("shipped %s", ship_model(args.output, args.ship))
         return
 
-    runs = make_training_runs(args.workdir, runs_per_scenario=args.runs_per_scenario)
+    runs = make_training_runs(
+        args.workdir, runs_per_scenario=args.runs_per_scenario, extra=args.extra
+    )
     settings = TrainSettings(
         data=(runs,),
         codes=CODES,
