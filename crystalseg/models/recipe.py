@@ -85,6 +85,23 @@ def _scenario_counts(text: str) -> dict[str, int]:
     return out
 
 
+def _lineage(checkpoint: Path) -> list[str]:
+    """The training commands that made ``checkpoint``, oldest first (through ``--init``)."""
+    import json
+
+    commands: list[str] = []
+    seen = set()
+    while checkpoint and (checkpoint / "model.json").is_file() and checkpoint not in seen:
+        seen.add(checkpoint)
+        training = json.loads((checkpoint / "model.json").read_text()).get("training", {})
+        command = training.get("settings", {}).get("command")
+        if command:
+            commands.insert(0, command)
+        parent = training.get("init", {}).get("checkpoint")
+        checkpoint = Path(parent) if parent else None  # type: ignore[assignment]
+    return commands
+
+
 def ship_model(src: Path, dest: Path) -> Path:
     """Copy checkpoint ``src`` to ``dest`` with float weights stored as float16.
 
@@ -106,6 +123,10 @@ def ship_model(src: Path, dest: Path) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     save_file(half, str(dest / WEIGHTS_FILE))
     meta = json.loads((src / META_FILE).read_text())
+    meta["recipe_commands"] = [
+        *_lineage(src),
+        f"python -m crystalseg.models.recipe {src} --ship {dest} --ship-only",
+    ]
     digest = hashlib.sha256((dest / WEIGHTS_FILE).read_bytes()).hexdigest()
     meta["weights"] = {**meta["weights"], "sha256": digest, "stored_dtype": str(torch.float16)}
     meta["training"]["init"].pop("checkpoint", None)  # a path on the trainer's machine

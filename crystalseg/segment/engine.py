@@ -499,7 +499,7 @@ class Segmenter:
         t = (
             frames
             if isinstance(frames, torch.Tensor)
-            else torch.from_numpy(np.ascontiguousarray(frames))
+            else torch.from_numpy(_writable(np.ascontiguousarray(frames)))
         )
         if t.ndim == 2:
             t = t.unsqueeze(0)
@@ -690,6 +690,11 @@ def _device_name(device: torch.device) -> str:
 
         return f"{platform.processor() or platform.machine()} ({available_cores()} cores)"
     return device.type
+
+
+def _writable(array: np.ndarray) -> np.ndarray:
+    """``array``, copied if read-only (zarr and synthetic frames may be; torch warns)."""
+    return array if array.flags.writeable else array.copy()
 
 
 def checkpoint_checksum(meta: dict[str, Any]) -> str:
