@@ -35,19 +35,17 @@ import os
 import platform
 import resource
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_features import SKIMAGE_PROPERTIES, make_frame
+from bench_features import SKIMAGE_PROPERTIES, _time, make_frame
 
 from crystalseg.classes import class_mask_from_labels
 from crystalseg.dims import DEFAULT_CODES, FRAME_DIMS
@@ -61,19 +59,6 @@ from crystalseg.measure import (
     weighted_quantile,
 )
 from crystalseg.store import begin_stage, create_array, create_run
-
-SCENARIOS = ("clear", "crowded", "bubbles", "needles", "plates", "mixed")
-
-
-def _time(fn: Callable[[], object], repeat: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
 
 # --------------------------------------------------------------------------- one frame
 
@@ -238,7 +223,7 @@ def bench_memory(tmp: Path, frame_counts: tuple[int, ...]) -> dict:
 def evaluate_accuracy(seeds: list[int], frames_at: tuple[int, ...], size: int) -> dict:
     from skimage.measure import label as sk_label
 
-    from crystalseg.synth import SynthConfig, SyntheticRun
+    from crystalseg.synth import SCENARIO_NAMES, SynthConfig, SyntheticRun
 
     settings = MeasureSettings()
     limit = settings.min_area_px
@@ -253,7 +238,7 @@ def evaluate_accuracy(seeds: list[int], frames_at: tuple[int, ...], size: int) -
         "min_area_px": limit,
         "scenarios": {},
     }
-    for scenario in SCENARIOS:
+    for scenario in SCENARIO_NAMES:
         rows: dict[str, list[dict]] = {m: [] for m in methods}
         for seed in seeds:
             cfg = SynthConfig(
