@@ -27,24 +27,9 @@ from skimage.draw import ellipse, polygon
 from skimage.measure import regionprops_table
 
 from crystalseg.measure import features
-from crystalseg.measure.features import measure_frame
+from crystalseg.measure.features import REGIONPROPS_EQUIVALENTS, measure_frame
 
-#: regionprops_table properties that measure_frame also computes.
-SKIMAGE_PROPERTIES = [
-    "label",
-    "area",
-    "centroid",
-    "bbox",
-    "axis_major_length",
-    "axis_minor_length",
-    "orientation",
-    "perimeter",
-    "equivalent_diameter_area",
-    "feret_diameter_max",
-    "area_convex",
-    "solidity",
-    "intensity_mean",
-]
+SKIMAGE_PROPERTIES = list(REGIONPROPS_EQUIVALENTS)
 
 
 def make_frame(size: int, n_particles: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -48,6 +48,24 @@ log = logging.getLogger(__name__)
 #: Positions (centroid, bounding box) are always in pixels of the frame grid;
 #: ``sharpness`` is per pixel² whatever the calibration. Without a pixel size,
 #: :func:`feature_units` turns "um" into "px" and "um2" into "px2".
+#: ``skimage.measure.regionprops_table`` properties that :func:`measure_frame` also
+#: computes, under the same names (the tests and benchmarks compare on these).
+REGIONPROPS_EQUIVALENTS: tuple[str, ...] = (
+    "label",
+    "area",
+    "centroid",
+    "bbox",
+    "axis_major_length",
+    "axis_minor_length",
+    "orientation",
+    "perimeter",
+    "equivalent_diameter_area",
+    "feret_diameter_max",
+    "area_convex",
+    "solidity",
+    "intensity_mean",
+)
+
 FEATURE_UNITS: dict[str, str] = {
     "label": "1",
     "area": "um2",

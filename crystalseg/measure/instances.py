@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Literal
 
 import numpy as np
@@ -225,6 +225,28 @@ def _isin(mask: np.ndarray, values: Sequence[int]) -> np.ndarray:
 # --------------------------------------------------------------------------- watershed
 
 
+def _contacts(
+    labels: np.ndarray, n: int
+) -> Iterator[tuple[np.ndarray, tuple[slice, slice], tuple[slice, slice], np.ndarray]]:
+    """Pixel pairs where two different labels touch (8-connectivity), one offset at a time.
+
+    Yields ``(keys, at_a, at_b, touch)``: ``labels[at_a]`` and ``labels[at_b]`` are the
+    image shifted against itself by one of the four forward neighbour offsets,
+    ``touch`` marks the pairs of two different non-zero labels, and ``keys`` codes each
+    such pair as ``min * (n + 1) + max`` (n: the largest label).
+    """
+    h, w = labels.shape
+    for dy, dx in ((0, 1), (1, 0), (1, 1), (1, -1)):
+        ya, yb = slice(0, h - dy), slice(dy, h)
+        xa, xb = (slice(0, w - dx), slice(dx, w)) if dx >= 0 else (slice(1, w), slice(0, w - 1))
+        a, b = labels[ya, xa], labels[yb, xb]
+        touch = (a != b) & (a > 0) & (b > 0)
+        if not touch.any():
+            continue
+        ra, rb = a[touch].astype(np.int64), b[touch].astype(np.int64)
+        yield np.minimum(ra, rb) * (n + 1) + np.maximum(ra, rb), (ya, xa), (yb, xb), touch
+
+
 def _split_watershed(
     crystal: np.ndarray,
     *,
@@ -282,18 +304,9 @@ def _merge_regions(
     size = np.bincount(flat_r, minlength=n + 1).tolist()
 
     keys, saddles = [], []
-    h, w = regions.shape
-    for dy, dx in ((0, 1), (1, 0), (1, 1), (1, -1)):
-        ya, yb = slice(0, h - dy), slice(dy, h)
-        xa, xb = (slice(0, w - dx), slice(dx, w)) if dx >= 0 else (slice(1, w), slice(0, w - 1))
-        a, b = regions[ya, xa], regions[yb, xb]
-        touch = (a != b) & (a > 0) & (b > 0)
-        if not touch.any():
-            continue
-        ra, rb = a[touch].astype(np.int64), b[touch].astype(np.int64)
-        s = np.minimum(dist[ya, xa][touch], dist[yb, xb][touch])
-        keys.append(np.minimum(ra, rb) * (n + 1) + np.maximum(ra, rb))
-        saddles.append(s)
+    for key, at_a, at_b, touch in _contacts(regions, n):
+        keys.append(key)
+        saddles.append(np.minimum(dist[at_a][touch], dist[at_b][touch]))
     lut = np.arange(n + 1, dtype=np.int32)
     if not keys:
         return lut
@@ -384,18 +397,10 @@ def _merge_thin_contacts(labels: np.ndarray, fg: np.ndarray) -> np.ndarray:
         return labels
     pad = np.pad(fg, 1, constant_values=True)
     rim = fg & ~(pad[:-2, 1:-1] & pad[2:, 1:-1] & pad[1:-1, :-2] & pad[1:-1, 2:])
-    h, w = labels.shape
     keys, wide = [], []
-    for dy, dx in ((0, 1), (1, 0), (1, 1), (1, -1)):
-        ya, yb = slice(0, h - dy), slice(dy, h)
-        xa, xb = (slice(0, w - dx), slice(dx, w)) if dx >= 0 else (slice(1, w), slice(0, w - 1))
-        a, b = labels[ya, xa], labels[yb, xb]
-        touch = (a != b) & (a > 0) & (b > 0)
-        if not touch.any():
-            continue
-        ra, rb = a[touch].astype(np.int64), b[touch].astype(np.int64)
-        keys.append(np.minimum(ra, rb) * (n + 1) + np.maximum(ra, rb))
-        wide.append(~(rim[ya, xa][touch] & rim[yb, xb][touch]))
+    for key, at_a, at_b, touch in _contacts(labels, n):
+        keys.append(key)
+        wide.append(~(rim[at_a][touch] & rim[at_b][touch]))
     if not keys:
         return labels
     key, inverse = np.unique(np.concatenate(keys), return_inverse=True)

@@ -17,26 +17,13 @@ from crystalseg.errors import ConfigError, FrameMismatchError, MaskValueError
 from crystalseg.measure.features import (
     FEATURE_COLUMNS,
     FEATURE_UNITS,
+    REGIONPROPS_EQUIVALENTS,
     feature_units,
     measure_frame,
     miles_lantuejoul_weights,
 )
 
-SKIMAGE_PROPS = [
-    "label",
-    "area",
-    "centroid",
-    "bbox",
-    "axis_major_length",
-    "axis_minor_length",
-    "orientation",
-    "perimeter",
-    "equivalent_diameter_area",
-    "feret_diameter_max",
-    "area_convex",
-    "solidity",
-    "intensity_mean",
-]
+SKIMAGE_PROPS = list(REGIONPROPS_EQUIVALENTS)
 
 
 def _grid(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
