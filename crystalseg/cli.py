@@ -493,6 +493,68 @@ def measure(
 
 
 @cli.command()
+@click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Folder of the figures (default: <run>-plots next to the run; "
+    "compare-plots next to the first of several).",
+)
+@click.option(
+    "--format", "formats", default="png", show_default=True, help="Comma-separated: png,svg,pdf."
+)
+@click.option(
+    "--basis",
+    type=click.Choice(["number", "volume"]),
+    default="number",
+    show_default=True,
+    help="Weighting of the size distribution and D-values.",
+)
+@click.option(
+    "--times",
+    default=None,
+    help="Seconds of the PSD curves, e.g. 0,600,3600 (default: start, middle, end).",
+)
+def plot(
+    runs: tuple[Path, ...],
+    out_dir: Path | None,
+    formats: str,
+    basis: str,
+    times: str | None,
+) -> None:
+    """Draw the PSD over time, D10/D50/D90 and count, PSD curves and crystal shape of RUN.
+
+    Several runs also get one figure comparing their D50 and count over time.
+
+    \b
+    Example:
+      crystalseg plot run.zarr --format png,pdf --times 0,600,3600
+      crystalseg plot run1.zarr run2.zarr -o compare/
+    """
+    from crystalseg.errors import ConfigError
+    from crystalseg.viz.plots import default_plot_dir, plot_run, plot_runs
+
+    fmts = _codes(formats.lower())
+    at = None
+    if times is not None:
+        try:
+            at = [float(t) for t in _codes(times)]
+        except ValueError:
+            raise ConfigError(
+                f"--times {times!r} is not a list of seconds; write e.g. --times 0,600,3600"
+            ) from None
+    out = out_dir or default_plot_dir(runs)
+    if len(runs) == 1:
+        written = plot_run(runs[0], out, formats=fmts, basis=basis, times=at)  # type: ignore[arg-type]
+    else:
+        written = plot_runs(runs, out, formats=fmts, basis=basis, times=at)  # type: ignore[arg-type]
+    click.echo(f"{len(written)} figure files ({', '.join(fmts)}) written to {out}")
+
+
+@cli.command()
 @click.argument("run", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 def info(run: Path, as_json: bool) -> None:
@@ -503,6 +565,194 @@ def info(run: Path, as_json: bool) -> None:
         click.echo(json.dumps(describe_run(run), indent=2))
     else:
         _echo_info(run)
+
+
+@cli.command()
+@click.argument("run", type=click.Path(path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="HTML file to write (default: RUN_report.html beside RUN; replaced if it exists).",
+)
+@click.option(
+    "--basis",
+    type=click.Choice(["number", "volume"]),
+    default="number",
+    show_default=True,
+    help="Basis of the statistics and PSD-curve figures.",
+)
+@click.option(
+    "--frames",
+    "overlay_frames",
+    default="-1",
+    show_default=True,
+    metavar="LIST",
+    help="Frames drawn full size with outlines, e.g. 0,50,-1 (negative: from the end).",
+)
+@click.option(
+    "--montage", "montage_n", default=6, show_default=True, help="Frames in the montage (0: none)."
+)
+@click.option(
+    "--color-by",
+    type=click.Choice(["status", "size"]),
+    default="status",
+    show_default=True,
+    help="Outline colour: counted or excluded, or size.",
+)
+def report(
+    run: Path,
+    output: Path | None,
+    basis: str,
+    overlay_frames: str,
+    montage_n: int,
+    color_by: str,
+) -> None:
+    """Write a self-contained HTML report of a measured RUN.
+
+    Run metadata and calibration, warnings, a D10/D50/D90 summary, the PSD figures,
+    segmentation overlays and the settings of every stage, in one file that opens
+    offline in any browser.
+
+    \b
+    Example:
+      crystalseg report run.zarr -o run_report.html --frames 0,50,-1
+    """
+    from crystalseg.errors import ConfigError
+    from crystalseg.viz.report import ReportSettings, write_report
+
+    try:
+        frames = tuple(int(f) for f in overlay_frames.split(",") if f.strip())
+    except ValueError:
+        raise ConfigError(
+            f"--frames {overlay_frames!r} is not a comma-separated list of frame indices; "
+            "e.g. --frames 0,50,-1"
+        ) from None
+    settings = ReportSettings(
+        basis=basis,  # type: ignore[arg-type]
+        overlay_frames=frames,
+        montage_n=montage_n,
+        color_by=color_by,  # type: ignore[arg-type]
+    )
+    path, problems = write_report(run, output, settings=settings)
+    click.echo(f"report written to {path} ({len(problems)} warnings)")
+    for problem in problems:
+        click.echo(f"  warning: {problem.message}")
+
+
+@cli.command()
+@click.argument(
+    "directory", type=click.Path(path_type=Path), default=Path("crystalseg-demo"), required=False
+)
+@click.option("--frames", default=40, show_default=True, help="Frames of the synthetic run.")
+@click.option(
+    "--size",
+    nargs=2,
+    type=int,
+    default=(512, 512),
+    show_default=True,
+    metavar="H W",
+    help="Frame height and width in pixels.",
+)
+@click.option("--seed", default=0, show_default=True, help="Random seed of the synthetic run.")
+@click.option(
+    "--scenario",
+    default="clear",
+    show_default=True,
+    help="Synthetic scene type: clear, crowded, bubbles, needles, plates, mixed.",
+)
+@click.option("--overwrite", is_flag=True, help="Replace the demo's files in a non-demo folder.")
+@click.pass_context
+def demo(
+    ctx: click.Context,
+    directory: Path,
+    frames: int,
+    size: tuple[int, int],
+    seed: int,
+    scenario: str,
+    overwrite: bool,
+) -> None:
+    """The tour: synthesise a run, measure it with the bundled model, plot and report.
+
+    Writes into DIRECTORY (default ./crystalseg-demo): the run store, figures,
+    overlays, a particle CSV and report.html. Takes a minute or two on a laptop.
+
+    \b
+    Example:
+      crystalseg demo
+    """
+    from crystalseg.demo import format_demo, run_demo
+
+    with _stage_bars(ctx.obj["quiet"]) as update:
+        result = run_demo(
+            directory,
+            frames=frames,
+            size=size,
+            seed=seed,
+            scenario=scenario,  # type: ignore[arg-type]
+            overwrite=overwrite,
+            progress=update,
+        )
+    click.echo(format_demo(result))
+
+
+@cli.command()
+@click.argument("run", type=click.Path(path_type=Path))
+@click.option(
+    "--frames",
+    default=None,
+    metavar="LIST",
+    help="Frames to draw, e.g. 0,50,-1 (negative: from the end). Default: first, middle, last.",
+)
+@click.option(
+    "--color-by",
+    type=click.Choice(["status", "size"]),
+    default="status",
+    show_default=True,
+    help="Outline colour: kept or excluded, or the particle's size.",
+)
+@click.option(
+    "--montage",
+    "montage_n",
+    type=click.IntRange(min=0),
+    default=9,
+    show_default=True,
+    help="Frames, spread over the run, in montage.png (0: none).",
+)
+@click.option(
+    "-o",
+    "--output",
+    "output_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Folder of the PNGs (default: RUN_overlays beside RUN).",
+)
+def overlay(
+    run: Path, frames: str | None, color_by: str, montage_n: int, output_dir: Path | None
+) -> None:
+    """Draw the measured particles' outlines on frames of RUN, to check the segmentation.
+
+    Writes frame_NNNNN.png per frame and montage.png. Outlines are the particles as
+    measured: blue counted, vermillion excluded (edge, focus, too small), or by size.
+
+    \b
+    Example:
+      crystalseg overlay run.zarr --frames 0,50,-1 --color-by size
+    """
+    from crystalseg.viz.overlay import parse_frames, write_overlays
+
+    out = output_dir or run.with_name(f"{run.stem}_overlays")
+    paths = write_overlays(
+        run,
+        out,
+        frames=parse_frames(frames) if frames is not None else None,
+        color_by=color_by,  # type: ignore[arg-type]
+        montage_n=montage_n,
+    )
+    click.echo(f"{len(paths)} overlay images written to {out}:")
+    for path in paths:
+        click.echo(f"  {path}")
 
 
 def _echo_info(run: Path) -> None:

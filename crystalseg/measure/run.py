@@ -18,15 +18,27 @@ with a ``distributed`` client or scheduler address they run on the cluster's
 workers, which must see the store's filesystem. The process pool starts its
 workers with ``spawn``: a script that calls :func:`measure_run` needs the usual
 ``if __name__ == "__main__":`` guard (the CLI and notebooks need nothing).
+
+A run without a mask is segmented first. When the model infers on a GPU (or when
+asked, ``stream=True``) segmentation and measurement stream through together: the
+chunks of :func:`crystalseg.segment.run.stream_segment_run` are measured by the
+local pool as soon as each lands in the store, while the model works on the next,
+so the GPU and the cores work at the same time. Both stages keep their own
+progress records, so an interruption anywhere resumes both. On the CPU the two
+would only compete for the same cores (``benchmarks/bench_stream.py``), so there
+the run is segmented whole first; a cluster (``client``) also segments first.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -81,6 +93,41 @@ _DEFAULT_CODES = ("background", "crystal")
 # --------------------------------------------------------------------------- one frame
 
 
+def label_mask_frame(
+    mask: np.ndarray, *, settings: MeasureSettings, codes: tuple[str, ...] = _DEFAULT_CODES
+) -> np.ndarray:
+    """Instance labels of one frame's class mask, exactly as the measurement makes them.
+
+    The one call of :func:`~crystalseg.measure.instances.label_instances` with the
+    measurement settings, shared by :func:`measure_mask_frame` and by whatever must
+    reproduce its particles (QC overlays): the ``label`` column of the particle
+    table indexes these labels.
+
+    Parameters
+    ----------
+    mask : ndarray, shape (y, x), integer dtype
+        Class index per pixel.
+    settings : MeasureSettings
+    codes : tuple of str
+        Class names of the mask, background first.
+
+    Returns
+    -------
+    ndarray of int32, shape (y, x)
+        0 background, 1..n one id per particle.
+    """
+    return label_instances(
+        mask,
+        codes=codes,
+        classes=settings.classes,
+        split=settings.split,
+        min_area_px=settings.min_area_px,
+        min_depth_px=settings.min_depth_px,
+        neck_ratio=settings.neck_ratio,
+        smooth_px=settings.smooth_px,
+    )
+
+
 def measure_mask_frame(
     mask: np.ndarray,
     image: np.ndarray | None,
@@ -117,16 +164,7 @@ def measure_mask_frame(
         plus ``count_detected`` and ``number_density``
         (weighted number per mm² of field, NaN without a pixel size).
     """
-    labels = label_instances(
-        mask,
-        codes=codes,
-        classes=settings.classes,
-        split=settings.split,
-        min_area_px=settings.min_area_px,
-        min_depth_px=settings.min_depth_px,
-        neck_ratio=settings.neck_ratio,
-        smooth_px=settings.smooth_px,
-    )
+    labels = label_mask_frame(mask, settings=settings, codes=codes)
     table = measure_frame(labels, image, pixel_size_um=pixel_size_um)
     n = len(table)
     code = np.zeros(n, dtype=np.uint8)
@@ -229,6 +267,7 @@ def measure_run(
     scheduler: LocalScheduler = "processes",
     num_workers: int | None = None,
     frames_per_chunk: int | None = None,
+    stream: bool | Literal["auto"] = "auto",
 ) -> xr.Dataset:
     """Measure every frame of a run store; write ``psd`` and ``particles`` into it.
 
@@ -257,6 +296,11 @@ def measure_run(
         Local workers (default: all cores).
     frames_per_chunk : int, optional
         Frames per task and per chunk of ``psd`` (default: the mask's chunks).
+    stream : bool or "auto"
+        For a run that still has to be segmented (locally): measure each chunk of
+        the mask while the model segments the next (True), or segment the whole
+        run first (False). "auto" streams when the model infers on a GPU, where
+        the cores are free to measure meanwhile. The results are the same.
 
     Returns
     -------
@@ -279,10 +323,79 @@ def measure_run(
         raise ConfigError(
             f"scheduler {scheduler!r} is unknown; use 'processes', 'threads' or 'synchronous'"
         )
+    if stream not in (True, False, "auto"):
+        raise ConfigError(f"stream must be True, False or 'auto', got {stream!r}")
+    if frames_per_chunk is not None and int(frames_per_chunk) < 1:
+        raise ConfigError(f"frames_per_chunk must be >= 1, got {frames_per_chunk!r}")
     path = Path(run).resolve()
     open_run(path)  # checks the store is a complete run
-    _ensure_mask(path, model=model, client=client, progress=progress)
+    options = _Options(settings, frames_per_chunk, overwrite, scheduler, num_workers, progress)
+    if _needs_segmentation(path):
+        if client is None and _wants_stream(stream, model):
+            _measure_streaming(path, model, options)
+            return _open_psd(path)
+        _segment_first(path, model=model, client=client, progress=progress)
+    plan = _begin_measure(path, options)
+    if plan is None:
+        return _open_psd(path)
+    jobs = [plan.job(start, stop) for start, stop in plan.pending]
+    if client is not None:
+        _run_distributed(jobs, client, plan.frames_done, plan.n_frames, progress)
+    else:
+        _run_local(jobs, scheduler, num_workers, plan.frames_done, plan.n_frames, progress)
+    _finish_measure(plan)
+    return _open_psd(path)
 
+
+@dataclass(frozen=True)
+class _Options:
+    """The options of :func:`measure_run` that the measuring steps below need."""
+
+    settings: MeasureSettings
+    frames_per_chunk: int | None
+    overwrite: bool
+    scheduler: LocalScheduler
+    num_workers: int | None
+    progress: MeasureProgress | None
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """A measurement begun (or resumed) on a store: its progress and the chunks to do."""
+
+    path: Path
+    settings: MeasureSettings
+    n_frames: int
+    frames_per_chunk: int
+    codes: tuple[str, ...]
+    pixel_size_um: float | None
+    stage: StageProgress
+    pending: tuple[tuple[int, int], ...]
+
+    @property
+    def frames_done(self) -> int:
+        """Frames measured before this call."""
+        return self.n_frames - sum(stop - start for start, stop in self.pending)
+
+    def job(self, start: int, stop: int) -> _ChunkJob:
+        return _ChunkJob(
+            self.path,
+            start,
+            stop,
+            self.settings,
+            self.codes,
+            self.pixel_size_um,
+            self.stage,
+        )
+
+
+def _begin_measure(path: Path, options: _Options) -> _Plan | None:
+    """Check the mask and earlier results; create or resume the stage and its outputs.
+
+    Returns None when a finished measurement with these settings of this mask
+    exists (nothing to do). Needs ``mask`` to exist, finished or still being written.
+    """
+    settings, progress = options.settings, options.progress
     group = zarr.open_group(str(path), mode="r", use_consolidated=False)
     mask = get_array(group, MASK, path)
     n, ny, nx = (int(v) for v in mask.shape)
@@ -290,20 +403,19 @@ def measure_run(
         raise RunFormatError(f"run '{path}' has no frames to measure")
     codes = _mask_codes(mask)
     crystal_classes(codes, classes=settings.classes)  # fails early on unknown classes
-    fpc = int(frames_per_chunk or mask.chunks[0])
-    if fpc < 1:
-        raise ConfigError(f"frames_per_chunk must be >= 1, got {frames_per_chunk!r}")
-    fpc = min(fpc, n)
+    fpc = min(int(options.frames_per_chunk or mask.chunks[0]), n)
     pixel_size_um = read_run_attrs(path).get("pixel_size_um")
     mask_identity = _mask_identity(path, mask)
-    stage_settings = {"measure": settings.to_dict(), "mask": mask_identity}
 
-    state = _check_existing(path, settings, mask_identity, overwrite=overwrite)
+    state = _check_existing(path, settings, mask_identity, overwrite=options.overwrite)
     if state == "finished":
         log.info("%s is already measured with these settings; nothing to do", path)
         if progress is not None:
             progress(STAGE, n, n)
-        return _open_psd(path)
+        return None
+    if state == "resume":  # keep the record of the mask as it was when measuring began
+        mask_identity = stage_info(path)[STAGE]["settings"]["mask"]
+    stage_settings = {"measure": settings.to_dict(), "mask": mask_identity}
     stage = begin_stage(
         path,
         STAGE,
@@ -334,38 +446,49 @@ def measure_run(
         )
         prepare_staging(path, fresh=True)
         remove_particles(path)  # a table of earlier settings must not outlive them
-    pending = stage.pending_chunks()
-    done = n - sum(stop - start for start, stop in pending)
+    plan = _Plan(path, settings, n, fpc, codes, pixel_size_um, stage, tuple(stage.pending_chunks()))
     if progress is not None:
-        progress(STAGE, done, n)
-    jobs = [
-        _ChunkJob(path, start, stop, settings, codes, pixel_size_um, stage)
-        for start, stop in pending
-    ]
-    if jobs:
-        log.info("measuring %d frames of %s in %d chunks", n - done, path, len(jobs))
-    if client is not None:
-        _run_distributed(jobs, client, done, n, progress)
-    else:
-        _run_local(jobs, scheduler, num_workers, done, n, progress)
+        progress(STAGE, plan.frames_done, n)
+    if plan.pending:
+        log.info(
+            "measuring %d frames of %s in %d chunks",
+            n - plan.frames_done,
+            path,
+            len(plan.pending),
+        )
+    return plan
 
+
+def _finish_measure(plan: _Plan) -> None:
+    """Assemble the particle table and mark the stage finished (every chunk is measured).
+
+    The results name the mask as it is now: a measurement that streamed behind
+    the segmentation began before the mask was finished.
+    """
+    path, settings, n, fpc = plan.path, plan.settings, plan.n_frames, plan.frames_per_chunk
+    group = zarr.open_group(str(path), mode="r", use_consolidated=False)
+    mask_identity = _mask_identity(path, get_array(group, MASK, path))
     all_chunks = [(s, min(s + fpc, n)) for s in range(0, n, fpc)]
     rows = assemble_particles(
         path,
         all_chunks,
-        pixel_size_um=pixel_size_um,
+        pixel_size_um=plan.pixel_size_um,
         attrs={
-            "pixel_size_um": pixel_size_um,
+            "pixel_size_um": plan.pixel_size_um,
             "edge_treatment": settings.edge,
             "measure_settings": settings.to_dict(),
             "mask": mask_identity,
         },
     )
-    stage.finish(particles=rows)
+    psd = zarr.open_group(str(path / PSD_GROUP), mode="r+", use_consolidated=False)
+    if psd.attrs.get("mask") != json.dumps(mask_identity):
+        psd.attrs["mask"] = json.dumps(mask_identity)
+    plan.stage.finish(
+        particles=rows, settings={"measure": settings.to_dict(), "mask": mask_identity}
+    )
     remove_staging(path)
     consolidate(path)
     log.info("measured %d frames of %s: %d particles", n, path, rows)
-    return _open_psd(path)
 
 
 def _open_psd(path: Path) -> xr.Dataset:
@@ -376,14 +499,21 @@ def _outputs_exist(path: Path) -> bool:
     return (path / PSD_GROUP / "zarr.json").exists() and (path / STAGING_GROUP).exists()
 
 
-def _ensure_mask(path: Path, *, model: Any, client: Any, progress: MeasureProgress | None) -> None:
-    """Segment the run when it has no finished mask."""
+def _needs_segmentation(path: Path) -> bool:
+    """Whether the run has no finished mask to measure (a mask made elsewhere counts)."""
     info = stage_info(path).get("segment")
     if info is not None and info.get("status") == "finished":
-        return
+        return False
     if info is None and MASK in zarr.open_group(str(path), mode="r", use_consolidated=False):
         log.info("%s has a mask written outside crystalseg segment; measuring it", path)
-        return
+        return False
+    return True
+
+
+def _segment_first(
+    path: Path, *, model: Any, client: Any, progress: MeasureProgress | None
+) -> None:
+    """Segment the whole run (it has no finished mask) before measuring it."""
     try:
         from crystalseg.segment import segment_run
     except ImportError as exc:  # pragma: no cover - torch is a dependency
@@ -392,12 +522,123 @@ def _ensure_mask(path: Path, *, model: Any, client: Any, progress: MeasureProgre
             "run 'crystalseg segment' first"
         ) from exc
     log.info("%s has no finished mask: segmenting it first", path)
+    segment_run(path, model, client=client, progress=_segment_progress(progress))
 
+
+def _segment_progress(progress: MeasureProgress | None) -> Callable[[int, int], None]:
     def seg_progress(done: int, total: int) -> None:
         if progress is not None:
             progress("segment", done, total)
 
-    segment_run(path, model, client=client, progress=seg_progress)
+    return seg_progress
+
+
+def _wants_stream(stream: bool | Literal["auto"], model: Any) -> bool:
+    """Stream segmentation into measurement? "auto": when the model infers on a GPU."""
+    if stream != "auto":
+        return bool(stream)
+    try:
+        from crystalseg.segment.run import inference_device
+    except ImportError:  # pragma: no cover - no segmentation here: segmenting first says so
+        return False
+    return inference_device(model) != "cpu"
+
+
+def _measure_streaming(path: Path, model: Any, options: _Options) -> None:
+    """Segment the run chunk by chunk; measure each chunk as soon as its mask is stored.
+
+    The model runs here (its own threads read ahead and write); the measurement
+    runs on the local pool meanwhile. A measurement chunk is handed to the pool
+    once every frame it covers is segmented, so ``frames_per_chunk`` may differ
+    from the mask's chunks. All of it is measured before the segmentation is
+    marked finished, so the two stages never write the store's metadata at once.
+    """
+    try:
+        from crystalseg.segment.run import stream_segment_run
+    except ImportError as exc:  # pragma: no cover - torch is a dependency
+        raise StageStateError(
+            f"run '{path}' has no mask and segmentation is unavailable ({exc}); "
+            "run 'crystalseg segment' first"
+        ) from exc
+    log.info("%s has no finished mask: segmenting and measuring it together", path)
+    segmented = stream_segment_run(path, model, progress=_segment_progress(options.progress))
+    with closing(segmented):
+        plan = _begin_measure(path, options)
+        if plan is None:  # pragma: no cover - a finished result names a finished mask
+            for _ in segmented:
+                pass
+            return
+        ready = np.zeros(plan.n_frames, dtype=bool)
+        waiting = list(plan.pending)
+        with _ChunkPool(options, len(waiting), plan.frames_done, plan.n_frames) as pool:
+            for start, stop in segmented:
+                ready[start:stop] = True
+                for chunk in [c for c in waiting if ready[c[0] : c[1]].all()]:
+                    waiting.remove(chunk)
+                    pool.submit(plan.job(*chunk))
+                pool.collect(wait=not waiting)
+            pool.collect(wait=True)
+    _finish_measure(plan)
+
+
+def _warm_up() -> None:
+    """A no-op task: starts a worker process (and its imports) ahead of the first chunk."""
+
+
+class _ChunkPool:
+    """Measures chunks as they are handed in: here, on threads or on worker processes.
+
+    Leaving it, also on an error or an interruption, cancels the chunks not yet
+    started and waits for the running ones, so no worker still writes into the
+    store when the caller returns; every chunk that finished is marked done.
+    """
+
+    def __init__(self, options: _Options, n_jobs: int, done: int, total: int) -> None:
+        workers = max(1, min(options.num_workers or os.cpu_count() or 1, n_jobs))
+        self._executor: Executor | None = None
+        if options.scheduler == "threads" and n_jobs:
+            self._executor = ThreadPoolExecutor(workers, thread_name_prefix="crystalseg-measure")
+        elif options.scheduler == "processes" and n_jobs:
+            from dask.multiprocessing import get_context  # the context dask's pool uses
+
+            self._executor = ProcessPoolExecutor(workers, mp_context=get_context())
+            for _ in range(workers):  # start them while the model works on the first chunk
+                self._executor.submit(_warm_up)
+        self._futures: set[Future[int]] = set()
+        self._done = done
+        self._total = total
+        self._progress = options.progress
+
+    def __enter__(self) -> _ChunkPool:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def submit(self, job: _ChunkJob) -> None:
+        """Measure ``job`` (at once when synchronous)."""
+        if self._executor is None:
+            self._count(_measure_chunk(job))
+        else:
+            self._futures.add(self._executor.submit(_measure_chunk, job))
+
+    def collect(self, *, wait: bool) -> None:
+        """Report the chunks measured so far; with ``wait``, wait for all handed in."""
+        while self._futures:
+            finished, pending = wait_futures(
+                self._futures, timeout=None if wait else 0, return_when="FIRST_COMPLETED"
+            )
+            self._futures = set(pending)
+            for future in finished:
+                self._count(future.result())  # raises the chunk's error here
+            if not wait:
+                return
+
+    def _count(self, frames: int) -> None:
+        self._done += frames
+        if self._progress is not None:
+            self._progress(STAGE, self._done, self._total)
 
 
 def _mask_codes(mask: zarr.Array) -> tuple[str, ...]:
@@ -422,6 +663,22 @@ def _mask_identity(path: Path, mask: zarr.Array) -> dict[str, Any]:
     }
 
 
+def _same_mask(recorded: Any, current: dict[str, Any]) -> bool:
+    """Whether a measurement of mask ``recorded`` measured the mask that is now ``current``.
+
+    A measurement that streamed behind the segmentation recorded the mask before it
+    was finished; the same segmentation (same model, same start), finished since, is
+    the same mask: its chunks were final as soon as they were marked done.
+    """
+    if recorded == current:
+        return True
+    if not isinstance(recorded, dict) or recorded.get("segment_finished") is not None:
+        return False
+    if recorded.get("segment_started") is None:
+        return False
+    return {**recorded, "segment_finished": current.get("segment_finished")} == current
+
+
 def _check_existing(
     path: Path,
     settings: MeasureSettings,
@@ -434,7 +691,7 @@ def _check_existing(
     if info is None or overwrite:
         return "new"
     previous = info.get("settings") or {}
-    if previous.get("mask") != mask_identity:
+    if not _same_mask(previous.get("mask"), mask_identity):
         log.info("the mask of %s changed since it was measured: measuring again", path)
         return "new"
     if previous.get("measure") != settings.to_dict():

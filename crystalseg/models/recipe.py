@@ -41,21 +41,29 @@ FRAME_STEP = 6
 SIZE = 384
 
 
+def _render(job: tuple[Path, SynthConfig]) -> None:
+    path, config = job
+    synthesize_run(path, config, overwrite=True)
+
+
 def make_training_runs(
     workdir: Path,
     *,
     runs_per_scenario: int = RUNS_PER_SCENARIO,
     extra: dict[str, int] | None = None,
+    jobs: int = 1,
 ) -> Path:
     """Render the synthetic training runs into ``workdir/runs`` (skips runs already there).
 
     ``runs_per_scenario`` runs of every scenario, then ``extra[scenario]`` more of the
     named ones (e.g. more bubbles, so that the model learns what is not a crystal).
-    Seeds count up from :data:`FIRST_SEED`.
+    Seeds count up from :data:`FIRST_SEED`; the runs depend on their seeds only, so
+    ``jobs`` worker processes render the same runs as one.
     """
     runs = workdir / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     plan = [(s, runs_per_scenario) for s in SCENARIO_NAMES] + list((extra or {}).items())
+    todo = []
     seed = FIRST_SEED
     for scenario, count in plan:
         for k in range(count):
@@ -69,8 +77,16 @@ def make_training_runs(
                     scenario=scenario,  # type: ignore[arg-type]
                     dtype="uint16" if k % 4 == 3 else "uint8",
                 )
-                synthesize_run(path, config, overwrite=True)
+                todo.append((path, config))
             seed += 1
+    if jobs > 1 and len(todo) > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(min(jobs, len(todo))) as pool:
+            list(pool.map(_render, todo))
+    else:
+        for job in todo:
+            _render(job)
     return runs
 
 
@@ -93,7 +109,10 @@ def _lineage(checkpoint: Path) -> list[str]:
     seen = set()
     while checkpoint and (checkpoint / "model.json").is_file() and checkpoint not in seen:
         seen.add(checkpoint)
-        training = json.loads((checkpoint / "model.json").read_text()).get("training", {})
+        meta = json.loads((checkpoint / "model.json").read_text())
+        if meta.get("recipe_commands"):  # a shipped model: its own lineage is recorded
+            return [*meta["recipe_commands"], *commands]
+        training = meta.get("training", {})
         command = training.get("settings", {}).get("command")
         if command:
             commands.insert(0, command)
@@ -146,6 +165,14 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--init", default="none", help="none, or a checkpoint to continue from")
     parser.add_argument("--device", default=None)
+    parser.add_argument("--encoder", default=None, help="smp encoder (default: mobilenet_v2)")
+    parser.add_argument(
+        "--decoder-channels", default=None, help="e.g. 128,64,32,16,16 (default: the bundled)"
+    )
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--crop-size", type=int, default=256)
+    parser.add_argument("--jobs", type=int, default=1, help="processes that render the runs")
+    parser.add_argument("--frame-step", type=int, default=FRAME_STEP, help="every n-th frame")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run")
     parser.add_argument("--ship", type=Path, default=None, help="then copy it here as float16")
     parser.add_argument("--ship-only", action="store_true", help="only copy OUTPUT to --ship")
@@ -158,8 +185,13 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     runs = make_training_runs(
-        args.workdir, runs_per_scenario=args.runs_per_scenario, extra=args.extra
+        args.workdir, runs_per_scenario=args.runs_per_scenario, extra=args.extra, jobs=args.jobs
     )
+    extra_settings = {}
+    if args.encoder:
+        extra_settings["encoder"] = args.encoder
+    if args.decoder_channels:
+        extra_settings["decoder_channels"] = tuple(int(c) for c in args.decoder_channels.split(","))
     settings = TrainSettings(
         data=(runs,),
         codes=CODES,
@@ -167,10 +199,10 @@ def main(argv: list[str] | None = None) -> None:
         init=args.init,
         epochs=args.epochs,
         lr=args.lr,
-        crop_size=256,
-        batch_size=8,
+        crop_size=args.crop_size,
+        batch_size=args.batch_size,
         valid_fraction=0.15,
-        frame_step=FRAME_STEP,
+        frame_step=args.frame_step,
         scaling="percentile",
         augment="strong",
         overwrite=not args.resume,
@@ -178,11 +210,14 @@ def main(argv: list[str] | None = None) -> None:
         device=args.device,
         seed=0,
         command=shlex.join(["python", "-m", "crystalseg.models.recipe", *sys.argv[1:]]),
+        **extra_settings,  # type: ignore[arg-type]
     )
     result = train_model(settings)
     log.info(
         "best mean crystal-class IoU %.4f; checkpoint %s", result.best_score, result.best_checkpoint
     )
+    if args.ship is not None:
+        log.info("shipped %s", ship_model(args.output, args.ship))
 
 
 if __name__ == "__main__":

@@ -598,13 +598,23 @@ class SegmentationData:
         order = np.repeat(np.arange(len(self.train_items)), self.crops_per_image)
         order = order[rng.permutation(order.size)]
         for start in range(0, order.size, bs):
-            xs, ys = [], []
+            crops, masks, los, his = [], [], [], []
             for j in order[start : start + bs]:
                 item = self.train_items[int(j)]
                 img, mask = self.random_crop(item, rng)
-                xs.append(self._unit(img, item, spec))
-                ys.append(torch.from_numpy(mask.astype(np.int64)))
-            yield torch.cat(xs), torch.stack(ys)
+                lo, hi = self.bounds(item, spec)
+                crops.append(img.astype(np.float32))
+                masks.append(mask)
+                los.append(lo)
+                his.append(hi)
+            # one scaling of the whole batch: per-crop torch calls cost more than the maths
+            x = to_unit(
+                torch.from_numpy(np.stack(crops)),
+                spec,
+                lo=torch.tensor(los, dtype=torch.float32),
+                hi=torch.tensor(his, dtype=torch.float32),
+            )
+            yield x, torch.from_numpy(np.stack(masks).astype(np.int64))
 
     def _unit(self, image: np.ndarray, item: PairItem, spec: ModelSpec) -> torch.Tensor:
         lo, hi = self.bounds(item, spec)

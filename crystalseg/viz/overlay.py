@@ -1,0 +1,768 @@
+"""QC overlays: particle outlines drawn on the raw frames, to check a segmentation by eye.
+
+The outlines come from the very instance labels that the measurement used: the
+stored class mask of a frame is labelled again with the measurement settings
+recorded in the store (:func:`crystalseg.measure.run.label_mask_frame`, the call
+:func:`~crystalseg.measure.run.measure_mask_frame` makes), and each label is
+matched to its row of the ``particles`` table by ``(frame, label)``. Whether a
+particle was counted, why not, and its size are read from that row, never
+measured again; a label set or pixel count that disagrees with the table (the
+mask changed, or another crystalseg labelled it) is an error, not a silent
+mismatch.
+
+Besides the particles of the table, the overlay shows what the measurement
+dropped before measuring: foreground pieces below ``min_area_px`` and pixels of
+classes left out by ``classes``. They are drawn as excluded, with their reason
+in the legend, so that everything the model found is accounted for.
+
+Two renderings:
+
+* :func:`overlay_image`: an RGB array at the frame's resolution whose outline
+  pixels are exactly the particles' inner boundary pixels
+  (``skimage.segmentation.find_boundaries(mode="inner")``), for lossless PNGs
+  and for tests.
+* :func:`overlay_frame` and :func:`montage`: matplotlib figures with the
+  outlines as vector contours along the pixel edges (crisp at any zoom), a
+  title with frame index and time, and a legend or colour bar. They use
+  :class:`matplotlib.figure.Figure` directly, never pyplot, so they work
+  headless and leave no global state.
+
+Colours are colour-blind safe: kept and excluded are blue and vermillion of
+the Okabe–Ito palette; sizes use viridis (cut before its palest yellow, which
+vanishes on bright-field backgrounds), on a log scale shared by every frame of
+the run so that one colour means one size throughout.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import zarr
+from matplotlib import colormaps
+from matplotlib.axes import Axes
+from matplotlib.cm import ScalarMappable
+from matplotlib.collections import LineCollection
+from matplotlib.colors import Colormap, ListedColormap, LogNorm, to_rgb
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import FuncFormatter, NullFormatter
+from scipy import ndimage as ndi
+from skimage.measure import find_contours
+from skimage.segmentation import find_boundaries
+
+from crystalseg.dims import IMAGE, MASK, TIME
+from crystalseg.errors import ConfigError, RunFormatError, StageStateError
+from crystalseg.measure.instances import crystal_classes
+from crystalseg.measure.results import PARTICLES_GROUP, STAGE, size_units
+from crystalseg.measure.run import _mask_codes, _mask_identity, label_mask_frame
+from crystalseg.measure.settings import MeasureSettings
+from crystalseg.store import get_array, read_run_attrs, stage_info
+
+log = logging.getLogger(__name__)
+
+ColorBy = Literal["size", "status"]
+
+#: Outline colour of particles counted in the distributions (Okabe–Ito blue).
+KEPT_COLOR = "#0072B2"
+#: Outline colour of particles not counted (Okabe–Ito vermillion).
+EXCLUDED_COLOR = "#D55E00"
+#: Colour map of sizes: viridis up to 85 %, so the palest yellows do not vanish on bright fields.
+SIZE_CMAP: Colormap = ListedColormap(
+    colormaps["viridis"](np.linspace(0.0, 0.85, 256)),
+    name="viridis_cut",
+)
+
+#: Percentiles of the raw intensities mapped to black and white.
+GREY_PERCENTILES = (0.5, 99.5)
+
+#: Width of the image area of a single-frame figure, inches.
+_FRAME_WIDTH_IN = 6.4
+_PANEL_WIDTH_IN = 3.2
+#: Frames up to this size are drawn with nearest-neighbour interpolation (see _draw).
+_NEAREST_MAX_PX = 640
+
+_REASON_TEXT = {
+    "edge": "touches edge",
+    "out_of_focus": "out of focus",
+    "larger_than_frame": "larger than frame",
+    "too_small": "below min area",
+    "other_class": "class not measured",
+}
+_SIZE_NAMES = {
+    "ecd": "ECD",
+    "feret_diameter_max": "length (max Feret)",
+    "feret_diameter_min": "width (min Feret)",
+    "axis_major_length": "major axis",
+    "axis_minor_length": "minor axis",
+}
+
+
+# --------------------------------------------------------------------------- the run
+
+
+class _MeasuredRun:
+    """What the overlays need of a measured run, read once: settings, codes, row offsets."""
+
+    def __init__(self, run: str | os.PathLike[str]) -> None:
+        path = Path(run)
+        read_run_attrs(path)  # exists, is a run store
+        self.path = path
+        self.name = path.name
+        group = zarr.open_group(str(path), mode="r", use_consolidated=False)
+        if MASK not in group:
+            raise StageStateError(
+                f"run '{path}' has no mask to outline; run 'crystalseg measure {path}' first "
+                "(it segments the run)"
+            )
+        info = stage_info(path).get(STAGE)
+        if info is None or info.get("status") != "finished" or PARTICLES_GROUP not in group:
+            raise StageStateError(
+                f"run '{path}' is not measured, so it has no particles to outline; "
+                f"run 'crystalseg measure {path}' first"
+            )
+        self.image = get_array(group, IMAGE, path)
+        self.mask = get_array(group, MASK, path)
+        recorded = info.get("settings") or {}
+        if recorded.get("mask") != _mask_identity(path, self.mask):
+            raise StageStateError(
+                f"the mask of run '{path}' was made again after it was measured; "
+                f"run 'crystalseg measure {path}' to measure the new mask"
+            )
+        self.settings = MeasureSettings.from_dict(recorded.get("measure") or {})
+        self.codes = _mask_codes(self.mask)
+        self.measured_classes = crystal_classes(self.codes, classes=self.settings.classes)
+        self.pixel_size_um: float | None = read_run_attrs(path).get("pixel_size_um")
+        self.size_units = size_units(self.pixel_size_um)
+        self.time_s = np.asarray(get_array(group, TIME, path)[:], dtype=np.float64)
+        self.n_frames = int(self.mask.shape[0])
+        if int(self.image.shape[0]) != self.n_frames:
+            raise RunFormatError(
+                f"run '{path}' has {self.image.shape[0]} frames but a mask of {self.n_frames}; "
+                f"run 'crystalseg measure {path} --overwrite' after segmenting it again"
+            )
+        table = group[PARTICLES_GROUP]
+        if not isinstance(table, zarr.Group):
+            raise RunFormatError(f"'{PARTICLES_GROUP}' in '{path}' is not a table group")
+        self.table = table
+        self.offsets = self._frame_offsets()
+
+    def column(self, name: str) -> zarr.Array:
+        node = self.table[name]
+        if not isinstance(node, zarr.Array):
+            raise RunFormatError(f"column '{name}' of the particles of '{self.path}' is missing")
+        return node
+
+    def _frame_offsets(self, block: int = 1 << 20) -> np.ndarray:
+        """Start row of each frame in the table, shape (n_frames + 1,) (rows are in frame order)."""
+        frame = self.column("frame")
+        counts = np.zeros(self.n_frames, dtype=np.int64)
+        last = -1
+        for lo in range(0, int(frame.shape[0]), block):
+            values = np.asarray(frame[lo : lo + block], dtype=np.int64)
+            if len(values) == 0:
+                continue
+            if values[0] < last or np.any(np.diff(values) < 0) or values[-1] >= self.n_frames:
+                raise RunFormatError(
+                    f"the particles table of '{self.path}' is not in frame order; "
+                    f"run 'crystalseg measure {self.path} --overwrite'"
+                )
+            last = int(values[-1])
+            counts += np.bincount(values, minlength=self.n_frames)
+        return np.concatenate([[0], np.cumsum(counts)])
+
+    @cached_property
+    def size_range(self) -> tuple[float, float]:
+        """Smallest and largest positive size of the kept particles of the whole run."""
+        kept, size = self.column("kept"), self.column(self.settings.size_column)
+        lo, hi = math.inf, -math.inf
+        block = 1 << 20
+        for start in range(0, int(kept.shape[0]), block):
+            k = np.asarray(kept[start : start + block], dtype=bool)
+            s = np.asarray(size[start : start + block], dtype=np.float64)[k]
+            s = s[np.isfinite(s) & (s > 0)]
+            if len(s):
+                lo, hi = min(lo, float(s.min())), max(hi, float(s.max()))
+        if not math.isfinite(lo):
+            return 1.0, 10.0
+        if hi <= lo * 1.01:
+            return lo / 1.5, hi * 1.5
+        return lo, hi
+
+    @property
+    def size_label(self) -> str:
+        name = _SIZE_NAMES.get(self.settings.size_column, self.settings.size_column)
+        unit = "µm" if self.size_units == "um" else self.size_units
+        return f"{name} ({unit})"
+
+    def frame(self, index: int) -> _Frame:
+        """Raw frame, instance labels and the table's verdict on each of them."""
+        image = np.asarray(self.image[index])
+        mask = np.asarray(self.mask[index])
+        labels = label_mask_frame(mask, settings=self.settings, codes=self.codes)
+        lo, hi = int(self.offsets[index]), int(self.offsets[index + 1])
+        rows = {
+            name: np.asarray(self.column(name)[lo:hi])
+            for name in ("label", "area", "kept", "excluded_reason", self.settings.size_column)
+        }
+        n = int(labels.max(initial=0))
+        ids = rows["label"].astype(np.int64)
+        pixels = np.bincount(labels.ravel(), minlength=n + 1)
+        scale = 1.0 if self.pixel_size_um is None else float(self.pixel_size_um) ** 2
+        order = np.argsort(ids)
+        if not (
+            np.array_equal(ids[order], np.arange(1, n + 1))
+            and np.allclose(pixels[ids] * scale, rows["area"].astype(np.float64), rtol=1e-6)
+        ):
+            raise StageStateError(
+                f"frame {index} of '{self.path}' labels into {n} particles that do not match "
+                f"its {hi - lo} rows in the particles table; run 'crystalseg measure "
+                f"{self.path} --overwrite' to measure the mask as it is"
+            )
+        kept = np.zeros(n + 1, dtype=bool)
+        kept[ids] = rows["kept"].astype(bool)
+        size = np.full(n + 1, np.nan)
+        size[ids] = rows[self.settings.size_column].astype(np.float64)
+        reasons = Counter(str(r) for r in rows["excluded_reason"] if str(r))
+
+        # What the measurement dropped: foreground without a label.
+        dropped, m = ndi.label((mask > 0) & (labels == 0), structure=np.ones((3, 3), bool))
+        if m:
+            measured = np.isin(mask, self.measured_classes) & (dropped > 0)
+            in_measured = ndi.maximum(measured, dropped, index=np.arange(1, m + 1)).astype(bool)
+            reasons.update("too_small" if f else "other_class" for f in in_measured)
+            labels = np.where(dropped > 0, dropped + n, labels).astype(np.int32)
+            kept = np.concatenate([kept, np.zeros(m, dtype=bool)])
+            size = np.concatenate([size, np.full(m, np.nan)])
+        return _Frame(
+            index=index,
+            time_s=float(self.time_s[index]),
+            image=image,
+            labels=labels,
+            kept=kept,
+            size=size,
+            reasons=dict(reasons),
+        )
+
+
+@dataclass(frozen=True)
+class _Frame:
+    """One frame ready to draw.
+
+    ``labels`` (y, x) holds the measured particles 1..n and then the dropped
+    pieces n+1..n+m; ``kept`` and ``size`` are indexed by label (index 0, the
+    background, is not kept; dropped pieces have no size).
+    """
+
+    index: int
+    time_s: float
+    image: np.ndarray
+    labels: np.ndarray
+    kept: np.ndarray
+    size: np.ndarray
+    reasons: dict[str, int]
+
+    @cached_property
+    def image_grey(self) -> np.ndarray:
+        """The raw frame scaled to uint8 grey, shape (y, x)."""
+        return _grey(self.image)
+
+    @property
+    def n_kept(self) -> int:
+        return int(np.count_nonzero(self.kept))
+
+    @property
+    def n_excluded(self) -> int:
+        return len(self.kept) - 1 - self.n_kept
+
+
+def _measured(run: str | os.PathLike[str] | _MeasuredRun) -> _MeasuredRun:
+    return run if isinstance(run, _MeasuredRun) else _MeasuredRun(run)
+
+
+def _check_color_by(color_by: str) -> None:
+    if color_by not in ("size", "status"):
+        raise ConfigError(f"color_by {color_by!r} is unknown; use 'size' or 'status'")
+
+
+# --------------------------------------------------------------------------- frames
+
+
+def parse_frames(text: str) -> tuple[int, ...]:
+    """Frame indices from a comma-separated list such as ``"0,50,-1"`` (as the CLI takes them).
+
+    Raises
+    ------
+    ConfigError
+        An entry is not an integer, or the list is empty.
+    """
+    try:
+        frames = tuple(int(f) for f in text.split(",") if f.strip())
+    except ValueError:
+        frames = ()
+    if not frames:
+        raise ConfigError(
+            f"frames {text!r} is not a comma-separated list of frame indices; e.g. 0,50,-1"
+        )
+    return frames
+
+
+def resolve_frames(frames: Sequence[int], n_frames: int) -> list[int]:
+    """Frame indices as non-negative positions, negative ones counting from the end.
+
+    Parameters
+    ----------
+    frames : sequence of int
+        Indices into the run's frames; -1 is the last frame.
+    n_frames : int
+        Frames of the run.
+
+    Returns
+    -------
+    list of int
+        In the given order, duplicates removed.
+
+    Raises
+    ------
+    ConfigError
+        An index is not an integer or lies outside ``-n_frames .. n_frames - 1``.
+    """
+    out: list[int] = []
+    for f in frames:
+        if isinstance(f, bool) or not isinstance(f, int | np.integer):
+            raise ConfigError(f"frame index {f!r} is not an integer; give e.g. 0, 50 or -1")
+        if not -n_frames <= f < n_frames:
+            raise ConfigError(
+                f"frame {f} is out of range: the run has {n_frames} frames, so valid indices "
+                f"are 0..{n_frames - 1} (or -{n_frames}..-1 counting from the end)"
+            )
+        index = int(f) % n_frames
+        if index not in out:
+            out.append(index)
+    return out
+
+
+def sample_frames(n_frames: int, n: int) -> list[int]:
+    """``n`` frame indices spread evenly over a run of ``n_frames``, first and last included."""
+    if n < 1:
+        raise ConfigError(f"the number of frames to sample must be >= 1, got {n}")
+    return sorted({round(float(v)) for v in np.linspace(0, n_frames - 1, min(n, n_frames))})
+
+
+def format_time(seconds: float) -> str:
+    """A time since the first frame for a title: ``45 s``, ``12.5 min``, ``3 h 05 min``."""
+    if not math.isfinite(seconds):
+        return "t unknown"
+    if abs(seconds) < 120:
+        return f"{seconds:.0f} s" if float(seconds).is_integer() else f"{seconds:.1f} s"
+    if abs(seconds) < 7200:
+        return f"{seconds / 60:.1f} min"
+    hours, rest = divmod(round(float(seconds)), 3600)
+    return f"{hours} h {rest // 60:02d} min"
+
+
+# --------------------------------------------------------------------------- drawing
+
+
+def _grey(image: np.ndarray) -> np.ndarray:
+    """Raw frame scaled by its percentiles to uint8 (y, x)."""
+    values = image.astype(np.float32)
+    lo, hi = np.percentile(values, GREY_PERCENTILES)
+    if hi <= lo:
+        hi = lo + 1.0
+    return (np.clip((values - lo) / (hi - lo), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def _size_norm(run: _MeasuredRun) -> LogNorm:
+    lo, hi = run.size_range
+    return LogNorm(vmin=lo, vmax=hi)
+
+
+def _label_colors(frame: _Frame, color_by: ColorBy, norm: LogNorm | None) -> np.ndarray:
+    """RGB in 0..1 of every label's outline, shape (n_labels + 1, 3)."""
+    colors = np.empty((len(frame.kept), 3))
+    colors[:] = to_rgb(EXCLUDED_COLOR)
+    if color_by == "size":
+        assert norm is not None
+        kept = np.flatnonzero(frame.kept)
+        if len(kept):
+            colors[kept] = SIZE_CMAP(norm(np.clip(frame.size[kept], norm.vmin, norm.vmax)))[:, :3]
+    else:
+        colors[frame.kept] = to_rgb(KEPT_COLOR)
+    return colors
+
+
+def _contours(labels: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """Outline polylines (x, y) along the pixel edges of every label: [(label, vertices)]."""
+    out = []
+    for i, where in enumerate(ndi.find_objects(labels), start=1):
+        if where is None:
+            continue
+        crop = np.pad(labels[where] == i, 1).astype(np.float32)
+        for c in find_contours(crop, 0.5):
+            y = c[:, 0] + where[0].start - 1
+            x = c[:, 1] + where[1].start - 1
+            out.append((i, np.column_stack([x, y])))
+    return out
+
+
+def _draw(
+    ax: Axes,
+    frame: _Frame,
+    *,
+    color_by: ColorBy,
+    norm: LogNorm | None,
+    linewidth: float,
+    title: str,
+) -> None:
+    # Our figures show frames up to ~640 px wide at about 1:1 or larger: nearest keeps the
+    # noise as it is (a smoothing filter makes moiré of it); larger frames are shrunk, with
+    # matplotlib's anti-aliasing.
+    interpolation = "nearest" if max(frame.image.shape) <= _NEAREST_MAX_PX else "antialiased"
+    ax.imshow(frame.image_grey, cmap="gray", vmin=0, vmax=255, interpolation=interpolation)
+    colors = _label_colors(frame, color_by, norm)
+    lines = _contours(frame.labels)
+    if lines:
+        ax.add_collection(
+            LineCollection(
+                [v for _, v in lines],
+                colors=colors[[i for i, _ in lines]],
+                linewidths=linewidth,
+                capstyle="round",
+                joinstyle="round",
+            )
+        )
+    ax.set_xlim(-0.5, frame.image.shape[1] - 0.5)
+    ax.set_ylim(frame.image.shape[0] - 0.5, -0.5)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title, fontsize="medium")
+
+
+def _status_handles(kept: int | None, reasons: dict[str, int] | None) -> list[Line2D]:
+    """Legend entries: kept and excluded, with counts and reasons when given."""
+    kept_text, excl_text = "kept (counted)", "excluded"
+    if kept is not None and reasons is not None:
+        kept_text = f"kept: {kept}"
+        why = ", ".join(
+            f"{n} {_REASON_TEXT.get(r, r)}" for r, n in sorted(reasons.items(), key=lambda x: -x[1])
+        )
+        excl_text = f"excluded: {sum(reasons.values())}" + (f" ({why})" if why else "")
+    return [
+        Line2D([], [], color=KEPT_COLOR, lw=2, label=kept_text),
+        Line2D([], [], color=EXCLUDED_COLOR, lw=2, label=excl_text),
+    ]
+
+
+def _frame_title(run: _MeasuredRun, frame: _Frame) -> str:
+    return f"frame {frame.index} · t = {format_time(frame.time_s)}"
+
+
+def _add_colorbar(fig: Figure, run: _MeasuredRun, norm: LogNorm, ax: Any) -> None:
+    bar = fig.colorbar(ScalarMappable(norm=norm, cmap=SIZE_CMAP), ax=ax, shrink=0.85, pad=0.02)
+    bar.set_label(f"{run.size_label}, kept particles")
+    lo, hi = run.size_range
+    # Sizes read as plain numbers on a 1-2-5 series rather than as powers of ten.
+    ticks = [
+        m * 10.0**e
+        for e in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
+        for m in (1, 2, 5)
+        if lo <= m * 10.0**e <= hi
+    ]
+    plain = FuncFormatter(lambda value, _: f"{value:g}")
+    if len(ticks) >= 2:
+        bar.set_ticks(ticks)
+        bar.ax.yaxis.set_minor_formatter(NullFormatter())
+    else:
+        bar.ax.yaxis.set_minor_formatter(plain)
+    bar.ax.yaxis.set_major_formatter(plain)
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def overlay_image(
+    run: str | os.PathLike[str], frame: int, *, color_by: ColorBy = "status"
+) -> np.ndarray:
+    """One frame with its particle outlines burnt in, at full resolution.
+
+    Parameters
+    ----------
+    run : path of a measured run store
+    frame : int
+        Frame index; negative counts from the end.
+    color_by : {"status", "size"}
+        "status": kept particles in :data:`KEPT_COLOR`, excluded ones (and the
+        pieces dropped before measuring) in :data:`EXCLUDED_COLOR`; "size":
+        kept particles coloured by their size on the run's log scale
+        (:data:`SIZE_CMAP`), excluded ones in :data:`EXCLUDED_COLOR`.
+
+    Returns
+    -------
+    ndarray of uint8, shape (y, x, 3)
+        The raw frame in grey (scaled between its 0.5 and 99.5 percentiles);
+        outline pixels, the inner boundary of every particle
+        (``find_boundaries(labels, mode="inner")``: particle pixels with a
+        4-neighbour of another label or the background), in the particle's colour.
+
+    Raises
+    ------
+    StageStateError
+        The run has no mask or no finished measurement, or its mask no longer
+        matches the particles table.
+    ConfigError
+        Frame out of range, unknown ``color_by``.
+    """
+    _check_color_by(color_by)
+    measured = _measured(run)
+    (index,) = resolve_frames([frame], measured.n_frames)
+    data = measured.frame(index)
+    norm = _size_norm(measured) if color_by == "size" else None
+    colors = (_label_colors(data, color_by, norm) * 255.0 + 0.5).astype(np.uint8)
+    rgb = np.repeat(data.image_grey[:, :, None], 3, axis=2)
+    edge = find_boundaries(data.labels, mode="inner") & (data.labels > 0)
+    rgb[edge] = colors[data.labels[edge]]
+    return rgb
+
+
+def overlay_frame(
+    run: str | os.PathLike[str],
+    frame: int,
+    *,
+    color_by: ColorBy = "size",
+    ax: Axes | None = None,
+) -> Figure:
+    """A figure of one frame with its particle outlines, to check the segmentation.
+
+    Parameters
+    ----------
+    run : path of a measured run store
+    frame : int
+        Frame index; negative counts from the end.
+    color_by : {"size", "status"}
+        "size": kept particles coloured by the measured size (the measurement's
+        ``size_column``, log scale shared by the whole run, colour bar in µm or
+        px), excluded ones in :data:`EXCLUDED_COLOR`; "status": kept and
+        excluded in two colours, with a legend giving counts and reasons.
+    ax : matplotlib Axes, optional
+        Draw into this axes (its figure gets the colour bar or legend); default
+        a new :class:`~matplotlib.figure.Figure`.
+
+    Returns
+    -------
+    Figure
+        The raw frame in grey (percentile-scaled), outlines along the pixel
+        edges of each particle, title with frame index and time.
+
+    Raises
+    ------
+    StageStateError, ConfigError
+        As :func:`overlay_image`.
+    """
+    _check_color_by(color_by)
+    measured = _measured(run)
+    (index,) = resolve_frames([frame], measured.n_frames)
+    return _overlay_figure(measured, index, color_by=color_by, ax=ax)
+
+
+def _overlay_figure(
+    run: _MeasuredRun, index: int, *, color_by: ColorBy, ax: Axes | None = None
+) -> Figure:
+    data = run.frame(index)
+    if ax is None:
+        h, w = data.image.shape
+        extra = 1.3 if color_by == "size" else 0.0
+        fig = Figure(
+            figsize=(_FRAME_WIDTH_IN + extra, _FRAME_WIDTH_IN * h / w + 0.8), layout="constrained"
+        )
+        ax = fig.add_subplot()
+    else:
+        fig = ax.get_figure()  # type: ignore[assignment]
+    norm = _size_norm(run) if color_by == "size" else None
+    _draw(
+        ax,
+        data,
+        color_by=color_by,
+        norm=norm,
+        linewidth=1.2,
+        title=f"{run.name}: {_frame_title(run, data)}",
+    )
+    if norm is not None:
+        _add_colorbar(fig, run, norm, ax)
+        handles = [Line2D([], [], color=EXCLUDED_COLOR, lw=2, label=f"excluded: {data.n_excluded}")]
+        ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), frameon=False)
+    else:
+        ax.legend(
+            handles=_status_handles(data.n_kept, data.reasons),
+            loc="upper center",
+            bbox_to_anchor=(0.5, 0.0),
+            ncols=2,
+            frameon=False,
+        )
+    return fig
+
+
+def montage(
+    run: str | os.PathLike[str],
+    *,
+    n: int = 9,
+    frames: Sequence[int] | None = None,
+    color_by: ColorBy = "status",
+) -> Figure:
+    """A grid of overlays of frames sampled over a run, for a look at a long run.
+
+    Parameters
+    ----------
+    run : path of a measured run store
+    n : int
+        Frames to show, spread evenly over the run from the first to the last
+        (fewer when the run is shorter); ignored when ``frames`` is given.
+    frames : sequence of int, optional
+        The frames to show instead (negative count from the end).
+    color_by : {"status", "size"}
+        As in :func:`overlay_frame`; one legend or colour bar for all panels.
+
+    Returns
+    -------
+    Figure
+        One axes per frame (plus the colour bar's with ``color_by="size"``),
+        each titled with its frame index and time.
+    """
+    _check_color_by(color_by)
+    measured = _measured(run)
+    return _montage(measured, n=n, frames=frames, color_by=color_by)
+
+
+def _montage(
+    run: _MeasuredRun, *, n: int, frames: Sequence[int] | None, color_by: ColorBy
+) -> Figure:
+    chosen = (
+        resolve_frames(frames, run.n_frames)
+        if frames is not None
+        else sample_frames(run.n_frames, n)
+    )
+    if not chosen:
+        raise ConfigError("no frames to show in the montage; give at least one")
+    cols = math.ceil(math.sqrt(len(chosen)))
+    rows = math.ceil(len(chosen) / cols)
+    h, w = (int(v) for v in run.image.shape[1:])
+    panel_h = _PANEL_WIDTH_IN * h / w
+    extra = 1.2 if color_by == "size" else 0.0
+    fig = Figure(
+        figsize=(cols * _PANEL_WIDTH_IN + extra, rows * (panel_h + 0.3) + 0.8),
+        layout="constrained",
+    )
+    grid = fig.subplots(rows, cols, squeeze=False)
+    axes = list(grid.ravel())
+    for ax in axes[len(chosen) :]:
+        ax.remove()
+    axes = axes[: len(chosen)]
+    norm = _size_norm(run) if color_by == "size" else None
+    kept = 0
+    reasons: Counter[str] = Counter()
+    for ax, index in zip(axes, chosen, strict=True):
+        data = run.frame(index)
+        kept += data.n_kept
+        reasons.update(data.reasons)
+        _draw(
+            ax,
+            data,
+            color_by=color_by,
+            norm=norm,
+            linewidth=0.8,
+            title=_frame_title(run, data),
+        )
+    fig.suptitle(f"{run.name}: {len(chosen)} of {run.n_frames} frames")
+    if norm is not None:
+        _add_colorbar(fig, run, norm, axes)
+        handles = [Line2D([], [], color=EXCLUDED_COLOR, lw=2, label="excluded")]
+    else:
+        handles = _status_handles(kept, dict(reasons))
+        handles[0].set_label(f"kept: {kept} in these frames")
+    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False)
+    return fig
+
+
+def write_overlays(
+    run: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    frames: Sequence[int] | None = None,
+    color_by: ColorBy = "status",
+    montage_n: int = 9,
+) -> list[Path]:
+    """Write a PNG overlay per frame and a montage of the run into a folder.
+
+    Parameters
+    ----------
+    run : path of a measured run store
+    out_dir : folder to write into (created)
+    frames : sequence of int, optional
+        Frames to write (negative count from the end); default the first,
+        middle and last.
+    color_by : {"status", "size"}
+        As in :func:`overlay_frame`.
+    montage_n : int
+        Frames in ``montage.png`` (spread over the run); 0 writes no montage.
+
+    Returns
+    -------
+    list of Path
+        ``frame_NNNNN.png`` for each frame, in the given order, then
+        ``montage.png``. Frame PNGs show the image at about its full resolution.
+
+    Raises
+    ------
+    StageStateError
+        The run has no mask or no finished measurement.
+    ConfigError
+        A frame out of range (the message gives the valid range), unknown
+        ``color_by``, negative ``montage_n``.
+    """
+    _check_color_by(color_by)
+    if isinstance(montage_n, bool) or not isinstance(montage_n, int) or montage_n < 0:
+        raise ConfigError(f"montage_n must be an integer >= 0 (0: no montage), got {montage_n!r}")
+    measured = _measured(run)
+    n = measured.n_frames
+    chosen = resolve_frames([0, n // 2, n - 1] if frames is None else frames, n)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    width_px = int(measured.image.shape[2])
+    dpi = min(300.0, max(100.0, width_px / _FRAME_WIDTH_IN))
+    written = []
+    for index in chosen:
+        fig = _overlay_figure(measured, index, color_by=color_by)
+        path = out / f"frame_{index:05d}.png"
+        fig.savefig(path, dpi=dpi)
+        written.append(path)
+        log.info("wrote %s", path)
+    if montage_n:
+        path = out / "montage.png"
+        _montage(measured, n=montage_n, frames=None, color_by=color_by).savefig(path, dpi=150)
+        written.append(path)
+        log.info("wrote %s", path)
+    return written
+
+
+__all__ = [
+    "EXCLUDED_COLOR",
+    "KEPT_COLOR",
+    "SIZE_CMAP",
+    "ColorBy",
+    "format_time",
+    "montage",
+    "overlay_frame",
+    "overlay_image",
+    "parse_frames",
+    "resolve_frames",
+    "sample_frames",
+    "write_overlays",
+]

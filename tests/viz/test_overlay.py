@@ -1,0 +1,388 @@
+"""QC overlays: outlines on particle edges, colours from the particle table, frames, CLI."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from click.testing import CliRunner
+from matplotlib.axes import Axes
+from matplotlib.colors import to_rgb
+from matplotlib.figure import Figure
+from PIL import Image
+from scipy import ndimage as ndi
+
+from crystalseg.cli import cli
+from crystalseg.dims import DEFAULT_CODES, FRAME_DIMS
+from crystalseg.errors import ConfigError, StageStateError
+from crystalseg.measure import MeasureSettings, label_instances, measure_run
+from crystalseg.store import begin_stage, create_array, create_run, read_table
+from crystalseg.synth import SynthConfig, synthesize_run
+from crystalseg.viz.overlay import (
+    EXCLUDED_COLOR,
+    KEPT_COLOR,
+    SIZE_CMAP,
+    montage,
+    overlay_frame,
+    overlay_image,
+    parse_frames,
+    resolve_frames,
+    sample_frames,
+    write_overlays,
+)
+
+KEPT = np.array([round(c * 255) for c in to_rgb(KEPT_COLOR)], dtype=np.uint8)
+EXCLUDED = np.array([round(c * 255) for c in to_rgb(EXCLUDED_COLOR)], dtype=np.uint8)
+CROSS = ndi.generate_binary_structure(2, 1)
+
+
+def write_mask(
+    path: Path, mask: np.ndarray, *, fpc: int = 2, codes: tuple[str, ...] = DEFAULT_CODES
+) -> None:
+    """Store ``mask`` as the run's segmentation, as crystalseg segment would."""
+    n, h, w = mask.shape
+    arr = create_array(
+        path,
+        "mask",
+        dims=FRAME_DIMS,
+        shape=mask.shape,
+        dtype="uint8",
+        chunks=(fpc, h, w),
+        attrs={"codes": list(codes)},
+    )
+    arr[:] = mask
+    stage = begin_stage(path, "segment", settings={"truth": True}, n_frames=n, frames_per_chunk=fpc)
+    stage.mark_done(0, n)
+    stage.finish()
+
+
+def colored(rgb: np.ndarray, color: np.ndarray) -> np.ndarray:
+    return np.all(rgb == color, axis=2)
+
+
+def inner_edge(region: np.ndarray) -> np.ndarray:
+    """Pixels of ``region`` with a 4-neighbour outside it (the frame border does not count)."""
+    return region & ~ndi.binary_erosion(region, CROSS, border_value=1)
+
+
+def outline_pixels(rgb: np.ndarray) -> np.ndarray:
+    """Every pixel that is not grey."""
+    return (rgb[..., 0] != rgb[..., 1]) | (rgb[..., 1] != rgb[..., 2])
+
+
+# --------------------------------------------------------------------------- a run drawn by hand
+
+H, W = 80, 100
+PIXEL_UM = 2.0
+
+
+def disc(cy: int, cx: int, r: float) -> np.ndarray:
+    yy, xx = np.mgrid[:H, :W]
+    return (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+
+
+SHAPES = {
+    "big": disc(30, 30, 8),  # kept
+    "small": disc(55, 70, 4),  # kept
+    "edge": np.zeros((H, W), bool),  # touches the right edge: excluded
+    "speck": np.zeros((H, W), bool),  # 4 px < min_area_px: dropped before measuring
+}
+SHAPES["edge"][10:20, 88:] = True
+SHAPES["speck"][70:72, 20:22] = True
+
+
+@pytest.fixture(scope="module")
+def drawn_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """3 frames: the shapes above twice, then an empty frame; measured with defaults."""
+    path = tmp_path_factory.mktemp("drawn") / "drawn.zarr"
+    n = 3
+    writer = create_run(
+        path,
+        shape=(n, H, W),
+        dtype="uint8",
+        time_s=np.array([0.0, 30.0, 600.0]),
+        pixel_size_um=PIXEL_UM,
+        source={"test": "drawn"},
+        frames_per_chunk=2,
+    )
+    foreground = np.zeros((H, W), bool)
+    for region in SHAPES.values():
+        foreground |= region
+    frames = np.full((n, H, W), 200, np.uint8)
+    frames[:2][:, foreground] = 60
+    writer.write_frames(0, frames)
+    writer.mark_done(0, n)
+    writer.finish()
+    masks = np.zeros((n, H, W), np.uint8)
+    masks[:2][:, foreground] = 1
+    write_mask(path, masks)
+    measure_run(path, scheduler="synchronous")
+    return path
+
+
+def test_drawn_run_outlines_are_exactly_the_inner_edges(drawn_run: Path) -> None:
+    rgb = overlay_image(drawn_run, 0)
+    assert rgb.shape == (H, W, 3) and rgb.dtype == np.uint8
+    kept = inner_edge(SHAPES["big"]) | inner_edge(SHAPES["small"])
+    excluded = inner_edge(SHAPES["edge"]) | SHAPES["speck"]  # a 2x2 speck is all edge
+    np.testing.assert_array_equal(colored(rgb, KEPT), kept)
+    np.testing.assert_array_equal(colored(rgb, EXCLUDED), excluded)
+    np.testing.assert_array_equal(outline_pixels(rgb), kept | excluded)
+    # The rest is the raw frame in grey, stretched between its percentiles: 60 -> 0, 200 -> 255.
+    rest = ~(kept | excluded)
+    foreground = np.logical_or.reduce(list(SHAPES.values()))
+    assert np.all(rgb[rest & foreground] == 0)
+    assert np.all(rgb[rest & ~foreground] == 255)
+
+
+def test_drawn_run_size_colours_span_the_colour_map(drawn_run: Path) -> None:
+    rgb = overlay_image(drawn_run, 1, color_by="size")
+    table = read_table(drawn_run, "particles")
+    kept = table[table["kept"]]
+    # The run's kept sizes run from the small disc (bottom of the map) to the big one (top).
+    assert kept["ecd"].min() == pytest.approx(2 * np.sqrt(SHAPES["small"].sum() / np.pi) * PIXEL_UM)
+    for name, end in (("big", 1.0), ("small", 0.0)):
+        expected = (np.asarray(SIZE_CMAP(end)[:3]) * 255 + 0.5).astype(np.uint8)
+        np.testing.assert_array_equal(colored(rgb, expected), inner_edge(SHAPES[name]))
+    np.testing.assert_array_equal(
+        colored(rgb, EXCLUDED), inner_edge(SHAPES["edge"]) | SHAPES["speck"]
+    )
+
+
+def test_empty_frame_has_no_outlines(drawn_run: Path) -> None:
+    rgb = overlay_image(drawn_run, -1)
+    assert not outline_pixels(rgb).any()
+    fig = overlay_frame(drawn_run, -1, color_by="status")
+    texts = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert texts == ["kept: 0", "excluded: 0"]
+
+
+def test_overlay_frame_title_legend_and_colour_bar(drawn_run: Path) -> None:
+    fig = overlay_frame(drawn_run, 1, color_by="status")
+    assert isinstance(fig, Figure) and len(fig.axes) == 1
+    ax = fig.axes[0]
+    assert "frame 1" in ax.get_title() and "t = 30 s" in ax.get_title()
+    texts = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert texts == ["kept: 2", "excluded: 2 (1 touches edge, 1 below min area)"]
+    # Four outlines (two kept, two excluded) as vector contours.
+    (lines,) = ax.collections
+    assert len(lines.get_segments()) == 4
+
+    fig = overlay_frame(drawn_run, 1, color_by="size")
+    assert len(fig.axes) == 2  # the frame and its colour bar
+    assert fig.axes[1].get_ylabel() == "ECD (µm), kept particles"
+    assert fig.axes[1].get_ylim() == pytest.approx(
+        sorted(read_table(drawn_run, "particles").query("kept")["ecd"].agg(["min", "max"]))
+    )
+
+
+def test_overlay_frame_draws_into_a_given_axes(drawn_run: Path) -> None:
+    fig = Figure()
+    ax: Axes = fig.add_subplot(1, 2, 2)
+    assert overlay_frame(drawn_run, 0, color_by="status", ax=ax) is fig
+    assert ax.get_title().endswith("frame 0 · t = 0 s") and len(ax.images) == 1
+
+
+def test_montage_axes_and_titles(drawn_run: Path) -> None:
+    fig = montage(drawn_run, n=9)  # only 3 frames: all of them
+    assert [ax.get_title() for ax in fig.axes] == [
+        "frame 0 · t = 0 s",
+        "frame 1 · t = 30 s",
+        "frame 2 · t = 10.0 min",
+    ]
+    assert len(montage(drawn_run, n=2).axes) == 2
+    assert len(montage(drawn_run, frames=[-1, 0], color_by="size").axes) == 3  # + colour bar
+    assert [ax.get_title() for ax in montage(drawn_run, frames=[-1, 0]).axes] == [
+        "frame 2 · t = 10.0 min",
+        "frame 0 · t = 0 s",
+    ]
+
+
+def test_write_overlays_files(drawn_run: Path, tmp_path: Path) -> None:
+    paths = write_overlays(drawn_run, tmp_path / "out", frames=[0, -1], montage_n=2)
+    assert [p.name for p in paths] == ["frame_00000.png", "frame_00002.png", "montage.png"]
+    for p in paths:
+        with Image.open(p) as im:
+            assert im.format == "PNG" and im.width >= W
+    default = write_overlays(drawn_run, tmp_path / "default", montage_n=0)
+    assert [p.name for p in default] == ["frame_00000.png", "frame_00001.png", "frame_00002.png"]
+    with pytest.raises(ConfigError, match=r"valid indices are 0\.\.2"):
+        write_overlays(drawn_run, tmp_path / "bad", frames=[3])
+
+
+def test_changed_mask_is_refused(drawn_run: Path, tmp_path: Path) -> None:
+    path = tmp_path / "changed.zarr"
+    shutil.copytree(drawn_run, path)
+    mask = zarr.open_group(str(path), mode="r+")["mask"]
+    frame = np.asarray(mask[0])
+    frame[SHAPES["small"]] = 0  # the table still holds the small disc
+    mask[0] = frame
+    with pytest.raises(StageStateError, match=r"into 2 particles .* 3 rows.*--overwrite"):
+        overlay_image(path, 0)
+    overlay_image(path, 1)  # the other frames still match
+
+
+def test_classes_left_out_are_drawn_as_excluded(tmp_path: Path) -> None:
+    path = tmp_path / "classes.zarr"
+    writer = create_run(
+        path,
+        shape=(1, H, W),
+        dtype="uint8",
+        time_s=np.zeros(1),
+        pixel_size_um=None,
+        source={"test": "classes"},
+    )
+    writer.write_frames(0, np.where(SHAPES["big"] | SHAPES["small"], 60, 200)[None].astype("u1"))
+    writer.mark_done(0, 1)
+    writer.finish()
+    mask = np.zeros((1, H, W), np.uint8)
+    mask[0, SHAPES["big"]] = 1
+    mask[0, SHAPES["small"]] = 2
+    write_mask(path, mask, codes=("background", "needle", "plate"))
+    measure_run(path, settings=MeasureSettings(classes=("needle",)), scheduler="synchronous")
+    rgb = overlay_image(path, 0)
+    np.testing.assert_array_equal(colored(rgb, KEPT), inner_edge(SHAPES["big"]))
+    np.testing.assert_array_equal(colored(rgb, EXCLUDED), inner_edge(SHAPES["small"]))
+    fig = overlay_frame(path, 0, color_by="status")
+    texts = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert texts == ["kept: 1", "excluded: 1 (1 class not measured)"]
+    fig = overlay_frame(path, 0, color_by="size")
+    assert fig.axes[1].get_ylabel() == "ECD (px), kept particles"
+
+
+# --------------------------------------------------------------------------- a synthetic run
+
+
+@pytest.fixture(scope="module")
+def synth_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("synth") / "mixed.zarr"
+    cfg = SynthConfig(frames=4, height=160, width=160, seed=7, scenario="crowded")
+    synthesize_run(path, cfg, frames_per_chunk=2)
+    write_mask(path, np.asarray(zarr.open_group(str(path), mode="r")["truth/mask"][:]))
+    measure_run(path, settings=MeasureSettings(min_area_px=12), scheduler="synchronous")
+    return path
+
+
+@pytest.mark.parametrize("color_by", ["status", "size"])
+def test_synthetic_outlines_lie_on_particle_edges(synth_run: Path, color_by: str) -> None:
+    """Every outline pixel is a particle pixel next to another label or the background,
+    every kept particle is outlined, and each particle's colour follows its table row."""
+    masks = zarr.open_group(str(synth_run), mode="r")["mask"]
+    table = read_table(synth_run, "particles")
+    settings = MeasureSettings(min_area_px=12)
+    seen = {"edge": 0, "kept": 0}
+    for frame in range(4):
+        mask = np.asarray(masks[frame])
+        labels = label_instances(mask, min_area_px=settings.min_area_px)
+        dropped, _ = ndi.label((mask > 0) & (labels == 0), structure=np.ones((3, 3)))
+        every = np.where(dropped > 0, dropped + labels.max(), labels)
+        differs = np.zeros(every.shape, bool)
+        for axis in (0, 1):
+            step = np.diff(every, axis=axis) != 0
+            lead = [slice(None)] * 2
+            lead[axis] = slice(0, -1)
+            trail = [slice(None)] * 2
+            trail[axis] = slice(1, None)
+            differs[tuple(lead)] |= step
+            differs[tuple(trail)] |= step
+        rgb = overlay_image(synth_run, frame, color_by=color_by)
+        outline = outline_pixels(rgb)
+        assert outline.any()
+        assert np.all(every[outline] > 0)
+        assert np.all(differs[outline])
+
+        rows = table[table["frame"] == frame]
+        assert sorted(rows["label"]) == list(range(1, labels.max() + 1))
+        for row in rows.itertuples():
+            mine = outline & (labels == row.label)
+            if row.kept:
+                assert mine.any(), f"kept particle {row.label} of frame {frame} has no outline"
+                assert not colored(rgb, EXCLUDED)[mine].any()
+                if color_by == "status":
+                    assert colored(rgb, KEPT)[mine].all()
+                seen["kept"] += 1
+            else:
+                assert colored(rgb, EXCLUDED)[mine].all()
+                seen["edge"] += row.excluded_reason == "edge"
+    assert seen["kept"] >= 5 and seen["edge"] >= 3  # the run exercises both
+
+
+# --------------------------------------------------------------------------- frames, errors
+
+
+def test_resolve_and_parse_frames() -> None:
+    assert resolve_frames([0, 50, -1], 60) == [0, 50, 59]
+    assert resolve_frames([-60, 0, -1, 59], 60) == [0, 59]
+    assert parse_frames(" 0, 50,-1 ") == (0, 50, -1)
+    with pytest.raises(ConfigError, match=r"frame 60 is out of range.*0\.\.59.*-60\.\.-1"):
+        resolve_frames([60], 60)
+    with pytest.raises(ConfigError, match="out of range"):
+        resolve_frames([-61], 60)
+    with pytest.raises(ConfigError, match="not an integer"):
+        resolve_frames([1.5], 60)  # type: ignore[list-item]
+    with pytest.raises(ConfigError, match=r"e\.g\. 0,50,-1"):
+        parse_frames("first,last")
+    assert sample_frames(100, 9) == [0, 12, 25, 37, 50, 62, 74, 87, 99]
+    assert sample_frames(3, 9) == [0, 1, 2]
+
+
+def test_unmeasured_and_unsegmented_runs_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "bare.zarr"
+    writer = create_run(
+        path,
+        shape=(2, 16, 16),
+        dtype="uint8",
+        time_s=np.array([0.0, 1.0]),
+        pixel_size_um=None,
+        source={"test": "bare"},
+    )
+    writer.write_frames(0, np.zeros((2, 16, 16), np.uint8))
+    writer.mark_done(0, 2)
+    writer.finish()
+    with pytest.raises(StageStateError, match=r"no mask.*crystalseg measure"):
+        overlay_image(path, 0)
+    write_mask(path, np.zeros((2, 16, 16), np.uint8))
+    with pytest.raises(StageStateError, match=r"not measured.*crystalseg measure"):
+        montage(path)
+    with pytest.raises(ConfigError, match="color_by"):
+        overlay_frame(path, 0, color_by="area")  # type: ignore[arg-type]
+
+
+def cli_run(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, ["-q", *args])
+    return result.exit_code, result.output
+
+
+def assert_one_line_error(code: int, output: str, *needles: str) -> None:
+    assert code != 0
+    lines = [line for line in output.strip().splitlines() if line]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), output
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_cli_overlay(drawn_run: Path, tmp_path: Path) -> None:
+    code, out = cli_run(
+        "overlay", str(drawn_run), "--frames", "0,-1", "--montage", "2", "-o", str(tmp_path / "o")
+    )
+    assert code == 0, out
+    assert f"3 overlay images written to {tmp_path / 'o'}" in out
+    for name in ("frame_00000.png", "frame_00002.png", "montage.png"):
+        assert (tmp_path / "o" / name).is_file() and name in out
+
+    code, out = cli_run("overlay", str(drawn_run), "--frames", "5", "-o", str(tmp_path / "x"))
+    assert_one_line_error(code, out, "frame 5 is out of range", "0..2")
+    code, out = cli_run("overlay", str(drawn_run), "--frames", "a,b", "-o", str(tmp_path / "x"))
+    assert_one_line_error(code, out, "e.g. 0,50,-1")
+    code, out = cli_run("overlay", str(tmp_path / "missing.zarr"))
+    assert_one_line_error(code, out, "does not exist")
+
+
+def test_cli_overlay_unmeasured(tmp_path: Path) -> None:
+    path = tmp_path / "run.zarr"
+    synthesize_run(path, SynthConfig(frames=2, height=32, width=32, seed=1, scenario="clear"))
+    code, out = cli_run("overlay", str(path))
+    assert_one_line_error(code, out, f"crystalseg measure {path}")
