@@ -190,13 +190,19 @@ def synth(
         dtype=dtype,  # type: ignore[arg-type]
     )
     with _progress(frames, "synth", ctx.obj["quiet"]) as update:
+        shown = [0]
+
+        def frames_done(done: int) -> None:  # synthesize_run reports a running total
+            update(done - shown[0])
+            shown[0] = done
+
         synthesize_run(
             run,
             config,
             pairs_dir=pairs_dir,
             pairs_codes=_codes(pairs_codes),
             overwrite=overwrite,
-            progress=update,
+            progress=frames_done,
         )
     _echo_info(run)
 
@@ -437,6 +443,12 @@ def segment(
     help="Also write the particle table next to RUN.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace results made with other settings.")
+@click.option(
+    "--stream/--no-stream",
+    default=None,
+    help="Measure chunks while the next are segmented (default: only when inference is on a "
+    "GPU; on the CPU both stages want the same cores).",
+)
 @_scheduler_option
 @click.pass_context
 def measure(
@@ -450,6 +462,7 @@ def measure(
     min_sharpness: float | None,
     export_format: str | None,
     overwrite: bool,
+    stream: bool | None,
     scheduler: str | None,
 ) -> None:
     """Measure every particle in every frame of RUN; PSD over time into the store.
@@ -481,6 +494,7 @@ def measure(
             client=scheduler,
             progress=update,
             overwrite=overwrite,
+            stream="auto" if stream is None else stream,
         )
     exported = None
     if export_format:

@@ -237,3 +237,18 @@ def test_train_with_unmapped_mask_values_names_file_and_values(tmp_path: Path) -
         "128",
         "--mask-values",
     )
+
+
+def test_measure_stream_flag_gives_the_same_results(tmp_path: Path) -> None:
+    """--stream (overlap measuring with inference) and --no-stream write the same PSD."""
+    results = []
+    for flag in ("--stream", "--no-stream"):
+        path = tmp_path / f"run{flag}.zarr"
+        code, out = run("synth", str(path), "--frames", "4", "--size", "96", "96", "--seed", "3")
+        assert code == 0, out
+        code, out = run("measure", str(path), flag)
+        assert code == 0, out
+        results.append(xr.open_zarr(path, group="psd").load())
+    a, b = results
+    np.testing.assert_array_equal(a["count_kept"].values, b["count_kept"].values)
+    np.testing.assert_allclose(a["q0"].values, b["q0"].values, equal_nan=True)

@@ -23,10 +23,14 @@ A run without a mask is segmented first. When the model infers on a GPU (or when
 asked, ``stream=True``) segmentation and measurement stream through together: the
 chunks of :func:`crystalseg.segment.run.stream_segment_run` are measured by the
 local pool as soon as each lands in the store, while the model works on the next,
-so the GPU and the cores work at the same time. Both stages keep their own
-progress records, so an interruption anywhere resumes both. On the CPU the two
-would only compete for the same cores (``benchmarks/bench_stream.py``), so there
-the run is segmented whole first; a cluster (``client``) also segments first.
+so the GPU and the cores work at the same time, and the worker processes start
+while the model works. Both stages keep their own progress records, so an
+interruption anywhere resumes both, and the results are those of the two passes.
+``benchmarks/bench_stream.py`` measured 1.09-1.21x the two-pass throughput on an
+H200 with 16 cores (96 and 240 frames of 1024 x 1024 px; the overlap can save at
+most the segmentation time, there a fifth of the measurement's), and 0.90-1.01x
+with the model on the CPU, where both stages want the same cores: there the run
+is segmented whole first. A cluster (``client``) also segments first.
 """
 
 from __future__ import annotations
@@ -300,7 +304,8 @@ def measure_run(
         For a run that still has to be segmented (locally): measure each chunk of
         the mask while the model segments the next (True), or segment the whole
         run first (False). "auto" streams when the model infers on a GPU, where
-        the cores are free to measure meanwhile. The results are the same.
+        the cores are free to measure meanwhile. The results are the same; with
+        ``client`` the run is always segmented first.
 
     Returns
     -------

@@ -17,7 +17,14 @@ from crystalseg.segment.engine import (
     load_segmenter,
     select_device,
 )
-from crystalseg.segment.run import PROBABILITY, ProgressCallback, predict_frames, segment_run
+from crystalseg.segment.run import (
+    PROBABILITY,
+    ProgressCallback,
+    inference_device,
+    predict_frames,
+    segment_run,
+    stream_segment_run,
+)
 
 __all__ = [
     "DEFAULT_TILE_OVERLAP",
@@ -28,8 +35,10 @@ __all__ = [
     "ProgressCallback",
     "Segmenter",
     "available_cores",
+    "inference_device",
     "load_segmenter",
     "predict_frames",
     "segment_run",
+    "stream_segment_run",
     "select_device",
 ]

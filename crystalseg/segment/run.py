@@ -9,8 +9,10 @@ each worker loads the model once (:func:`~crystalseg.segment.engine.load_segment
 and writes its chunks' slices directly into the store, which must therefore be on a
 filesystem every worker sees. Memory stays flat in the number of frames.
 
-:func:`predict_frames` is the lazy variant for a dask array of frames, for callers
-that stream segmentation straight into measurement.
+:func:`stream_segment_run` is the same work as an iterator of the chunks as they land
+on disk, for callers that measure each chunk while the next is being segmented
+(``measure_run`` does); :func:`segment_run` simply drains it. :func:`predict_frames` is
+the lazy variant for a dask array of frames that never touches a store.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import queue
 import threading
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -45,6 +47,7 @@ from crystalseg.segment.engine import (
     Segmenter,
     checkpoint_checksum,
     load_segmenter,
+    select_device,
 )
 from crystalseg.store import StageProgress, begin_stage, create_array, open_run, stage_info
 
@@ -315,6 +318,72 @@ def segment_run(
     RunFormatError, CheckpointError, ConfigError
         Unreadable store or checkpoint, impossible settings.
     """
+    chunks = stream_segment_run(
+        run,
+        model,
+        device=device,
+        backend=backend,
+        batch_size=batch_size,
+        tile_size=tile_size,
+        tile_overlap=tile_overlap,
+        precision=precision,
+        compile=compile,
+        threads=threads,
+        overwrite=overwrite,
+        save_probability=save_probability,
+        client=client,
+        progress=progress,
+    )
+    for _ in chunks:
+        pass
+    return open_run(Path(run).resolve())[MASK]
+
+
+def stream_segment_run(
+    run: str | os.PathLike[str],
+    model: str | os.PathLike[str] | Segmenter | None = None,
+    *,
+    device: str = "auto",
+    backend: Backend = "auto",
+    batch_size: int | None = None,
+    tile_size: int = DEFAULT_TILE_SIZE,
+    tile_overlap: int | None = None,
+    precision: Precision = "auto",
+    compile: bool = False,
+    threads: int | None = None,
+    overwrite: bool = False,
+    save_probability: bool = False,
+    client: Any = None,
+    progress: ProgressCallback | None = None,
+) -> Generator[tuple[int, int], None, None]:
+    """:func:`segment_run` as an iterator of the chunks of ``mask`` as they are written.
+
+    The call itself checks the store and the model, loads the model (locally) and
+    creates ``mask`` (or finds the unfinished one to resume), so that when it
+    returns the mask's shape, chunks and attributes are final. Iterating does the
+    inference: it yields ``(start, stop)`` of every time chunk of the mask once its
+    frames are on disk and recorded as done: first the chunks an earlier,
+    interrupted run wrote (all of them when the mask is finished), then each new
+    one as the model finishes it, in time order locally and in completion order on
+    a cluster. After the last chunk the stage is marked finished. Stopping early
+    (``close()``, an exception from ``progress``) leaves a resumable store.
+
+    Parameters
+    ----------
+    run, model, device, backend, batch_size, tile_size, tile_overlap, precision,
+    compile, threads, overwrite, save_probability, client, progress
+        As for :func:`segment_run`.
+
+    Returns
+    -------
+    generator of (int, int)
+        Frames ``start:stop`` of each chunk of the mask, each once.
+
+    Raises
+    ------
+    StageStateError, RunFormatError, CheckpointError, ConfigError
+        As :func:`segment_run`, from the call (before anything is iterated).
+    """
     path = Path(run).resolve()
     ds = open_run(path)
     n, ny, nx = (int(v) for v in ds[IMAGE].shape)
@@ -346,12 +415,13 @@ def segment_run(
         "tile_overlap": settings.tile_overlap,
         "save_probability": bool(save_probability),
     }
+    all_chunks = [(s, min(s + fpc, n)) for s in range(0, n, fpc)]
     resume = _check_existing(path, stage_settings, overwrite=overwrite, shape=(n, ny, nx))
     if resume == "finished":
         log.info("%s is already segmented by model %s; nothing to do", path, checksum[:12])
         if progress is not None:
             progress(n, n)
-        return open_run(path)[MASK]
+        return (chunk for chunk in all_chunks)
 
     seg: Segmenter | None = None
     if client is None:  # load (and check) the model before touching the store
@@ -375,11 +445,15 @@ def segment_run(
     done = n - sum(stop - start for start, stop in pending)
     if progress is not None:
         progress(done, n)
+    todo = set(pending)
+    written = [chunk for chunk in all_chunks if chunk not in todo]
+    model_info = {"sha256": checksum, "path": None if checkpoint is None else str(checkpoint)}
+    work: Generator[tuple[int, int], None, dict[str, Any] | None]
     if seg is not None:
+        work = _iter_local(path, seg, pending, stage, done, n, save_probability, progress)
         engine = seg.describe()
-        _run_local(path, seg, pending, stage, done, n, save_probability, progress)
     else:
-        engine = _run_distributed(
+        work = _iter_distributed(
             path,
             client,
             pending,
@@ -392,11 +466,41 @@ def segment_run(
             save_probability,
             progress,
         )
-    stage.finish(
-        engine=engine,
-        model={"sha256": checksum, "path": None if checkpoint is None else str(checkpoint)},
-    )
-    return open_run(path)[MASK]
+        engine = None
+    return _stream(written, work, stage, engine, model_info)
+
+
+def _stream(
+    written: list[tuple[int, int]],
+    work: Generator[tuple[int, int], None, dict[str, Any] | None],
+    stage: StageProgress,
+    engine: dict[str, Any] | None,
+    model_info: dict[str, Any],
+) -> Generator[tuple[int, int], None, None]:
+    """Yield the chunks already written, then the new ones; finish the stage at the end."""
+    yield from written
+    resolved = yield from work
+    stage.finish(engine=engine if engine is not None else resolved, model=model_info)
+
+
+def inference_device(
+    model: str | os.PathLike[str] | Segmenter | None = None, *, device: str = "auto"
+) -> Literal["cpu", "cuda", "mps"]:
+    """The kind of device :func:`segment_run` would infer on, without loading a model.
+
+    Parameters
+    ----------
+    model : checkpoint directory, a :class:`Segmenter` (which knows its device), or None
+    device : "auto", "cpu", "cuda", "cuda:N" or "mps", for a model that is not loaded yet
+
+    Returns
+    -------
+    "cpu", "cuda" or "mps"
+    """
+    kind = model.device.type if isinstance(model, Segmenter) else select_device(device).type
+    if kind not in ("cpu", "cuda", "mps"):  # pragma: no cover - select_device returns these
+        raise ConfigError(f"device {kind!r} is not one crystalseg infers on")
+    return kind  # type: ignore[return-value]
 
 
 def _check_existing(
@@ -462,7 +566,7 @@ def _create_outputs(
         del group[PROBABILITY]  # made by another model: stale
 
 
-def _run_local(
+def _iter_local(
     path: Path,
     seg: Segmenter,
     pending: list[tuple[int, int]],
@@ -471,8 +575,11 @@ def _run_local(
     total: int,
     save_probability: bool,
     progress: ProgressCallback | None,
-) -> None:
-    """Read ahead in one thread, compute here, compress and write in another thread."""
+) -> Generator[tuple[int, int], None, None]:
+    """Read ahead in one thread, compute here, compress and write in another thread.
+
+    Yields each chunk once it is written and marked done (a chunk behind the model).
+    """
     mask_arr, prob_arr = _open_arrays(path, save_probability)
     image = _array(path, IMAGE)
 
@@ -485,16 +592,17 @@ def _run_local(
         mask_arr[start:stop] = mask
         stage.mark_done(start, stop)  # only once the chunk's data is on disk
 
-    inflight: deque[tuple[Future[None], int]] = deque()
+    inflight: deque[tuple[Future[None], int, int]] = deque()
 
-    def settle(keep: int) -> None:
+    def settle(keep: int) -> Iterator[tuple[int, int]]:
         nonlocal done
         while len(inflight) > keep or (inflight and inflight[0][0].done()):
-            future, frames_in_chunk = inflight.popleft()
+            future, start, stop = inflight.popleft()
             future.result()
-            done += frames_in_chunk
+            done += stop - start
             if progress is not None:
                 progress(done, total)
+            yield start, stop
 
     with (
         ChunkPrefetcher(read, pending) as chunks,
@@ -505,9 +613,9 @@ def _run_local(
                 mask, prob = seg.predict(frames, probability=True)
             else:
                 mask, prob = seg.predict(frames), None
-            inflight.append((writer.submit(write, start, stop, mask, prob), stop - start))
-            settle(keep=1)
-        settle(keep=0)
+            inflight.append((writer.submit(write, start, stop, mask, prob), start, stop))
+            yield from settle(keep=1)
+        yield from settle(keep=0)
 
 
 def _get_client(client: Any) -> tuple[Any, bool]:
@@ -518,7 +626,7 @@ def _get_client(client: Any) -> tuple[Any, bool]:
     return client, False
 
 
-def _run_distributed(
+def _iter_distributed(
     path: Path,
     client: Any,
     pending: list[tuple[int, int]],
@@ -530,7 +638,8 @@ def _run_distributed(
     total: int,
     save_probability: bool,
     progress: ProgressCallback | None,
-) -> dict[str, Any]:
+) -> Generator[tuple[int, int], None, dict[str, Any]]:
+    """Chunks on the cluster's workers; yields each as it completes, returns the engine."""
     from distributed import as_completed
 
     client, own = _get_client(client)
@@ -540,7 +649,7 @@ def _run_distributed(
         # precision and the mask does not depend on which worker took which chunk.
         resolved = client.submit(_resolve_settings, ckpt, checksum, settings, pure=False).result()
         tag = uuid.uuid4().hex[:8]
-        futures = [
+        futures = {
             client.submit(
                 _segment_chunk,
                 path,
@@ -553,16 +662,17 @@ def _run_distributed(
                 stage,
                 key=f"crystalseg-segment-{tag}-{start}",
                 pure=False,
-            )
+            ): (start, stop)
             for start, stop in pending
-        ]
+        }
         try:
             for fut in as_completed(futures):
                 done += fut.result()
                 if progress is not None:
                     progress(done, total)
-        except BaseException:
-            client.cancel(futures)
+                yield futures[fut]
+        except BaseException:  # also GeneratorExit: the caller stopped iterating
+            client.cancel(list(futures))
             raise
     finally:
         if own:
@@ -640,7 +750,9 @@ __all__ = [
     "STAGE",
     "ChunkPrefetcher",
     "ProgressCallback",
+    "inference_device",
     "mask_attrs",
     "predict_frames",
     "segment_run",
+    "stream_segment_run",
 ]

@@ -227,7 +227,11 @@ def test_segments_first_when_there_is_no_mask(
     # A leftover unfinished segment stage must not be taken for a finished mask.
     begin_stage(path, "segment", settings={"x": 1}, n_frames=FRAMES, frames_per_chunk=FPC)
     measure_run(
-        path, model="my-model", scheduler="synchronous", progress=lambda *a: calls.append(a)
+        path,
+        model="my-model",
+        scheduler="synchronous",
+        stream=False,  # the fake segmenter has no streaming path (a GPU would pick it)
+        progress=lambda *a: calls.append(a),
     )
     assert seen == {"run": path.resolve(), "model": "my-model", "client": None}
     assert calls[0] == ("segment", FRAMES, FRAMES)
