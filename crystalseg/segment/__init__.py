@@ -39,6 +39,6 @@ __all__ = [
     "load_segmenter",
     "predict_frames",
     "segment_run",
-    "stream_segment_run",
     "select_device",
+    "stream_segment_run",
 ]
