@@ -581,6 +581,26 @@ def info(run: Path, as_json: bool) -> None:
         _echo_info(run)
 
 
+_color_by_option = click.option(
+    "--color-by",
+    type=click.Choice(["status", "size"]),
+    default="status",
+    show_default=True,
+    help="Outline colour: counted (blue) or excluded (vermillion), or the particle's size.",
+)
+
+
+def _montage_option(default: int) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    return click.option(
+        "--montage",
+        "montage_n",
+        type=click.IntRange(min=0),
+        default=default,
+        show_default=True,
+        help="Frames, spread over the run, in the montage (0: none).",
+    )
+
+
 @cli.command()
 @click.argument("run", type=click.Path(path_type=Path))
 @click.option(
@@ -605,16 +625,8 @@ def info(run: Path, as_json: bool) -> None:
     metavar="LIST",
     help="Frames drawn full size with outlines, e.g. 0,50,-1 (negative: from the end).",
 )
-@click.option(
-    "--montage", "montage_n", default=6, show_default=True, help="Frames in the montage (0: none)."
-)
-@click.option(
-    "--color-by",
-    type=click.Choice(["status", "size"]),
-    default="status",
-    show_default=True,
-    help="Outline colour: counted or excluded, or size.",
-)
+@_montage_option(6)
+@_color_by_option
 def report(
     run: Path,
     output: Path | None,
@@ -719,21 +731,8 @@ def demo(
     metavar="LIST",
     help="Frames to draw, e.g. 0,50,-1 (negative: from the end). Default: first, middle, last.",
 )
-@click.option(
-    "--color-by",
-    type=click.Choice(["status", "size"]),
-    default="status",
-    show_default=True,
-    help="Outline colour: kept or excluded, or the particle's size.",
-)
-@click.option(
-    "--montage",
-    "montage_n",
-    type=click.IntRange(min=0),
-    default=9,
-    show_default=True,
-    help="Frames, spread over the run, in montage.png (0: none).",
-)
+@_color_by_option
+@_montage_option(9)
 @click.option(
     "-o",
     "--output",

@@ -23,7 +23,9 @@ Two renderings:
   and for tests.
 * :func:`overlay_frame` and :func:`montage`: matplotlib figures with the
   outlines as vector contours along the pixel edges (crisp at any zoom), a
-  title with frame index and time, and a legend or colour bar. They use
+  title with frame index and time, and a legend or colour bar. A single frame
+  is laid out in pixels around the frame at a whole-number zoom (never below
+  1:1), its text measured to fit; legends too long for the width wrap. They use
   :class:`matplotlib.figure.Figure` directly, never pyplot, so they work
   headless and leave no global state.
 
@@ -38,8 +40,9 @@ from __future__ import annotations
 import logging
 import math
 import os
+import textwrap
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -49,11 +52,15 @@ import numpy as np
 import zarr
 from matplotlib import colormaps
 from matplotlib.axes import Axes
+from matplotlib.backend_bases import RendererBase
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.cm import ScalarMappable
 from matplotlib.collections import LineCollection
 from matplotlib.colors import Colormap, ListedColormap, LogNorm, to_rgb
 from matplotlib.figure import Figure
+from matplotlib.legend import Legend
 from matplotlib.lines import Line2D
+from matplotlib.text import Text
 from matplotlib.ticker import FuncFormatter, NullFormatter
 from scipy import ndimage as ndi
 from skimage.measure import find_contours
@@ -84,9 +91,23 @@ SIZE_CMAP: Colormap = ListedColormap(
 #: Percentiles of the raw intensities mapped to black and white.
 GREY_PERCENTILES = (0.5, 99.5)
 
-#: Width of the image area of a single-frame figure, inches.
+#: A single-frame figure shows the frame at an integer zoom (>= 1) that brings its
+#: longer side nearest this many pixels: never below the native resolution.
+_FRAME_TARGET_PX = 512
+#: Pixels of frame per inch of text scale: the figure's dpi is the displayed frame's longer
+#: side over this (clipped to _FRAME_DPI), so title and legend keep their size relative to
+#: the frame when a browser shrinks a large frame to fit.
 _FRAME_WIDTH_IN = 6.4
+_FRAME_DPI = (100, 200)
+#: Title and legend of a single-frame figure get at least this width, inches (a small or
+#: narrow frame widens its figure rather than wrapping every word).
+_FRAME_TEXT_MIN_IN = 4.8
+#: Margin around a single-frame figure's content and gap before its colour bar, inches.
+_FRAME_MARGIN_IN = 0.08
+_COLORBAR_GAP_IN = 0.12
+_COLORBAR_WIDTH_IN = 0.18
 _PANEL_WIDTH_IN = 3.2
+_MONTAGE_DPI = 150
 #: Frames up to this size are drawn with nearest-neighbour interpolation (see _draw).
 _NEAREST_MAX_PX = 640
 
@@ -466,8 +487,14 @@ def _frame_title(run: _MeasuredRun, frame: _Frame) -> str:
     return f"frame {frame.index} · t = {format_time(frame.time_s)}"
 
 
-def _add_colorbar(fig: Figure, run: _MeasuredRun, norm: LogNorm, ax: Any) -> None:
-    bar = fig.colorbar(ScalarMappable(norm=norm, cmap=SIZE_CMAP), ax=ax, shrink=0.85, pad=0.02)
+def _add_colorbar(
+    fig: Figure, run: _MeasuredRun, norm: LogNorm, ax: Any, *, cax: Axes | None = None
+) -> None:
+    mappable = ScalarMappable(norm=norm, cmap=SIZE_CMAP)
+    if cax is not None:
+        bar = fig.colorbar(mappable, cax=cax)
+    else:
+        bar = fig.colorbar(mappable, ax=ax, shrink=0.85, pad=0.02)
     bar.set_label(f"{run.size_label}, kept particles")
     lo, hi = run.size_range
     # Sizes read as plain numbers on a 1-2-5 series rather than as powers of ten.
@@ -484,6 +511,132 @@ def _add_colorbar(fig: Figure, run: _MeasuredRun, norm: LogNorm, ax: Any) -> Non
     else:
         bar.ax.yaxis.set_minor_formatter(plain)
     bar.ax.yaxis.set_major_formatter(plain)
+
+
+def _wrap_label(text: str, width: int) -> str:
+    """``text`` in lines of about ``width`` characters, broken after commas where it can."""
+    pieces = [p + "," for p in text.split(", ")]
+    pieces[-1] = pieces[-1][:-1]
+    lines: list[str] = []
+    for piece in pieces:
+        if lines and len(lines[-1]) + 1 + len(piece) <= width:
+            lines[-1] += " " + piece
+        else:
+            lines.extend(textwrap.wrap(piece, width, break_long_words=False) or [piece])
+    return "\n".join(lines)
+
+
+def _fitted_legend(
+    place: Callable[[list[Line2D], int], Legend],
+    handles: list[Line2D],
+    max_width_px: float,
+    renderer: RendererBase,
+) -> Legend:
+    """A legend no wider than ``max_width_px``: one row, else one column, else wrapped labels.
+
+    ``place(handles, ncols)`` draws the legend; a legend that does not fit is
+    removed before the next try. The narrowest try is kept when none fits.
+    """
+    labels = [str(h.get_label()) for h in handles]
+    tries: list[tuple[int | None, int]] = [(None, len(handles))]
+    if len(handles) > 1:
+        tries.append((None, 1))
+    longest = max(len(text) for text in labels)
+    tries += [(width, 1) for width in range(longest - 4, 11, -4)]
+    legend = None
+    for width, ncols in tries:
+        if legend is not None:
+            legend.remove()
+        for handle, text in zip(handles, labels, strict=True):
+            handle.set_label(text if width is None else _wrap_label(text, width))
+        legend = place(handles, ncols)
+        if legend.get_window_extent(renderer).width <= max_width_px:
+            break
+    assert legend is not None
+    return legend
+
+
+def _fit_title(text: Text, max_width_px: float, renderer: RendererBase) -> None:
+    """Break a title ``"run: what"`` after the run name, then shrink it, until it fits."""
+    if text.get_window_extent(renderer).width <= max_width_px:
+        return
+    text.set_text(text.get_text().replace(": ", ":\n", 1))
+    width = text.get_window_extent(renderer).width
+    if width > max_width_px:
+        text.set_fontsize(max(5.0, float(text.get_fontsize()) * max_width_px / width))
+
+
+def _montage_columns(n: int, frame_aspect: float) -> int:
+    """Columns of a grid of ``n`` frames (width / height ``frame_aspect``) nearest a square.
+
+    Ties go to more columns, so square frames get ``ceil(sqrt(n))`` columns.
+    """
+    return min(
+        range(1, n + 1),
+        key=lambda c: (round(abs(math.log(c * frame_aspect / math.ceil(n / c))), 9), -c),
+    )
+
+
+def _frame_zoom(height: int, width: int) -> int:
+    """Integer zoom of a frame in its own figure: >= 1, longer side nearest _FRAME_TARGET_PX."""
+    return max(1, round(_FRAME_TARGET_PX / max(height, width)))
+
+
+def _frame_dpi(longer_side_px: int) -> int:
+    lo, hi = _FRAME_DPI
+    return int(min(hi, max(lo, round(longer_side_px / _FRAME_WIDTH_IN))))
+
+
+def _layout_frame_figure(
+    fig: Figure, ax: Axes, cax: Axes | None, image_px: tuple[int, int]
+) -> None:
+    """Size ``fig`` around its frame axes shown at exactly ``image_px`` (width, height) pixels.
+
+    The title above, the legend below (both centred on the frame) and the colour
+    bar on the right get the room they need, measured with the renderer, plus a
+    thin margin; the figure grows to fit them and is a whole number of pixels.
+    """
+    dpi = fig.dpi
+    img_w, img_h = image_px
+    margin = round(_FRAME_MARGIN_IN * dpi)
+    gap = round(_COLORBAR_GAP_IN * dpi)
+    bar_w = round(_COLORBAR_WIDTH_IN * dpi)
+    renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]
+
+    def place(w_px: float, h_px: float, x0: float, y0: float) -> None:
+        ax.set_position((x0 / w_px, y0 / h_px, img_w / w_px, img_h / h_px))
+        if cax is not None:
+            bar_h = 0.85 * img_h
+            cax.set_position(
+                (
+                    (x0 + img_w + gap) / w_px,
+                    (y0 + (img_h - bar_h) / 2) / h_px,
+                    bar_w / w_px,
+                    bar_h / h_px,
+                )
+            )
+
+    # Measure with the frame at its final pixel size in a roomy canvas.
+    room = 6 * dpi
+    fig.set_size_inches((img_w + 2 * room) / dpi, (img_h + 2 * room) / dpi)
+    place(img_w + 2 * room, img_h + 2 * room, room, room)
+    box = ax.bbox
+    tight = ax.get_tightbbox(renderer)
+    assert tight is not None
+    left = max(0.0, box.x0 - tight.x0)
+    right = max(0.0, tight.x1 - box.x1)
+    below = max(0.0, box.y0 - tight.y0)
+    above = max(0.0, tight.y1 - box.y1)
+    if cax is not None:
+        bar_tight = cax.get_tightbbox(renderer)
+        assert bar_tight is not None
+        right = max(right, bar_tight.x1 - box.x1)
+    left, right, below, above = (math.ceil(v) + margin for v in (left, right, below, above))
+    width, height = left + img_w + right, below + img_h + above
+    # Agg makes a canvas of int(size * dpi) pixels: nudge up so that rounding never loses one.
+    w_px, h_px = width + 0.01, height + 0.01
+    fig.set_size_inches(w_px / dpi, h_px / dpi)
+    place(w_px, h_px, left, below)
 
 
 # --------------------------------------------------------------------------- public API
@@ -560,7 +713,11 @@ def overlay_frame(
     -------
     Figure
         The raw frame in grey (percentile-scaled), outlines along the pixel
-        edges of each particle, title with frame index and time.
+        edges of each particle, title with frame index and time. A new figure
+        is laid out in pixels: saved at ``fig.dpi`` (``savefig``'s default) the
+        frame fills ``zoom * x`` by ``zoom * y`` pixels, ``zoom`` the whole
+        number >= 1 that brings its longer side nearest 512, with the title,
+        the legend (wrapped when long) and the colour bar fitted around it.
 
     Raises
     ------
@@ -577,36 +734,58 @@ def _overlay_figure(
     run: _MeasuredRun, index: int, *, color_by: ColorBy, ax: Axes | None = None
 ) -> Figure:
     data = run.frame(index)
-    if ax is None:
-        h, w = data.image.shape
-        extra = 1.3 if color_by == "size" else 0.0
-        fig = Figure(
-            figsize=(_FRAME_WIDTH_IN + extra, _FRAME_WIDTH_IN * h / w + 0.8), layout="constrained"
-        )
-        ax = fig.add_subplot()
-    else:
-        fig = ax.get_figure()  # type: ignore[assignment]
     norm = _size_norm(run) if color_by == "size" else None
-    _draw(
-        ax,
-        data,
-        color_by=color_by,
-        norm=norm,
-        linewidth=1.2,
-        title=f"{run.name}: {_frame_title(run, data)}",
-    )
+    title = f"{run.name}: {_frame_title(run, data)}"
     if norm is not None:
-        _add_colorbar(fig, run, norm, ax)
         handles = [Line2D([], [], color=EXCLUDED_COLOR, lw=2, label=f"excluded: {data.n_excluded}")]
-        ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), frameon=False)
     else:
+        handles = _status_handles(data.n_kept, data.reasons)
+    if ax is not None:
+        # The caller's figure and layout: draw, with the legend under the axes.
+        fig: Figure = ax.get_figure()  # type: ignore[assignment]
+        _draw(ax, data, color_by=color_by, norm=norm, linewidth=1.2, title=title)
+        if norm is not None:
+            _add_colorbar(fig, run, norm, ax)
         ax.legend(
-            handles=_status_handles(data.n_kept, data.reasons),
+            handles=handles,
             loc="upper center",
             bbox_to_anchor=(0.5, 0.0),
-            ncols=2,
+            ncols=len(handles),
             frameon=False,
         )
+        return fig
+
+    # Our own figure, laid out in pixels: the frame at an integer zoom (>= 1:1), dpi set so
+    # that saving at fig.dpi gives exactly that, and the text measured to fit around it.
+    h, w = data.image.shape
+    zoom = _frame_zoom(h, w)
+    img_w, img_h = w * zoom, h * zoom
+    dpi = _frame_dpi(max(img_w, img_h))
+    fig = Figure(figsize=(img_w / dpi, img_h / dpi), dpi=dpi)
+    FigureCanvasAgg(fig)
+    ax = fig.add_axes((0.0, 0.0, 1.0, 1.0))
+    _draw(ax, data, color_by=color_by, norm=norm, linewidth=1.2, title=title)
+    cax = None
+    if norm is not None:
+        cax = fig.add_axes((0.0, 0.0, 0.05, 1.0))
+        _add_colorbar(fig, run, norm, ax, cax=cax)
+    renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]
+    bar_px = (_COLORBAR_GAP_IN + _COLORBAR_WIDTH_IN + 0.6) * dpi if cax is not None else 0.0
+    text_px = max(img_w + bar_px, _FRAME_TEXT_MIN_IN * dpi)
+    _fit_title(ax.title, text_px, renderer)
+    target = ax
+
+    def place(items: list[Line2D], ncols: int) -> Legend:
+        return target.legend(
+            handles=items,
+            loc="upper center",
+            bbox_to_anchor=(0.5, 0.0),
+            ncols=ncols,
+            frameon=False,
+        )
+
+    _fitted_legend(place, handles, text_px, renderer)
+    _layout_frame_figure(fig, ax, cax, (img_w, img_h))
     return fig
 
 
@@ -651,15 +830,19 @@ def _montage(
     )
     if not chosen:
         raise ConfigError("no frames to show in the montage; give at least one")
-    cols = math.ceil(math.sqrt(len(chosen)))
-    rows = math.ceil(len(chosen) / cols)
     h, w = (int(v) for v in run.image.shape[1:])
-    panel_h = _PANEL_WIDTH_IN * h / w
+    cols = _montage_columns(len(chosen), w / h)
+    rows = math.ceil(len(chosen) / cols)
+    # Panels of about equal area whatever the frame's shape; wide enough for their titles.
+    panel_w = _PANEL_WIDTH_IN * min(2.0, max(0.6, math.sqrt(w / h)))
+    panel_h = panel_w * h / w
     extra = 1.2 if color_by == "size" else 0.0
     fig = Figure(
-        figsize=(cols * _PANEL_WIDTH_IN + extra, rows * (panel_h + 0.3) + 0.8),
+        figsize=(cols * panel_w + extra, rows * (panel_h + 0.3) + 0.8),
+        dpi=_MONTAGE_DPI,
         layout="constrained",
     )
+    FigureCanvasAgg(fig)
     grid = fig.subplots(rows, cols, squeeze=False)
     axes = list(grid.ravel())
     for ax in axes[len(chosen) :]:
@@ -680,14 +863,23 @@ def _montage(
             linewidth=0.8,
             title=_frame_title(run, data),
         )
-    fig.suptitle(f"{run.name}: {len(chosen)} of {run.n_frames} frames")
+    renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]
+    _fit_title(
+        fig.suptitle(f"{run.name}: {len(chosen)} of {run.n_frames} frames"),
+        fig.bbox.width - 0.2 * fig.dpi,
+        renderer,
+    )
     if norm is not None:
         _add_colorbar(fig, run, norm, axes)
         handles = [Line2D([], [], color=EXCLUDED_COLOR, lw=2, label="excluded")]
     else:
         handles = _status_handles(kept, dict(reasons))
         handles[0].set_label(f"kept: {kept} in these frames")
-    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False)
+
+    def place(items: list[Line2D], ncols: int) -> Legend:
+        return fig.legend(handles=items, loc="outside lower center", ncols=ncols, frameon=False)
+
+    _fitted_legend(place, handles, fig.bbox.width - 0.2 * fig.dpi, renderer)
     return fig
 
 
@@ -717,7 +909,9 @@ def write_overlays(
     -------
     list of Path
         ``frame_NNNNN.png`` for each frame, in the given order, then
-        ``montage.png``. Frame PNGs show the image at about its full resolution.
+        ``montage.png``. Frame PNGs show the frame at (at least) its full
+        resolution, each frame pixel a whole number of PNG pixels (see
+        :func:`overlay_frame`).
 
     Raises
     ------
@@ -735,18 +929,17 @@ def write_overlays(
     chosen = resolve_frames([0, n // 2, n - 1] if frames is None else frames, n)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    width_px = int(measured.image.shape[2])
-    dpi = min(300.0, max(100.0, width_px / _FRAME_WIDTH_IN))
     written = []
     for index in chosen:
         fig = _overlay_figure(measured, index, color_by=color_by)
         path = out / f"frame_{index:05d}.png"
-        fig.savefig(path, dpi=dpi)
+        fig.savefig(path, dpi=fig.dpi)
         written.append(path)
         log.info("wrote %s", path)
     if montage_n:
         path = out / "montage.png"
-        _montage(measured, n=montage_n, frames=None, color_by=color_by).savefig(path, dpi=150)
+        fig = _montage(measured, n=montage_n, frames=None, color_by=color_by)
+        fig.savefig(path, dpi=fig.dpi)
         written.append(path)
         log.info("wrote %s", path)
     return written

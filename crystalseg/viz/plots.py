@@ -36,10 +36,11 @@ import xarray as xr
 import zarr
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.collections import QuadMesh
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from crystalseg.dims import SIZE_BIN, TIME
 from crystalseg.errors import ConfigError, CrystalsegWarning, RunFormatError, StageStateError
@@ -277,7 +278,7 @@ def plot_psd_heatmap(psd: xr.Dataset, *, basis: Basis = "number", ax: Axes | Non
             fontsize="small",
             borderaxespad=0.1,
         )
-        ax.set_title(ax.get_title(), loc="center", pad=18)
+        ax.set_title(ax.get_title(), loc="center", pad=20)
     return fig
 
 
@@ -460,6 +461,7 @@ def plot_shape(
     """
     time_s = _time_s(psd)
     index = _frame_index(frame, len(time_s))
+    own = ax is None
     fig, ax = _figure_axes(ax, figsize=_SQUARE)
     scale, unit = _time_scale(time_s)
     units = _size_units(psd)
@@ -485,7 +487,7 @@ def plot_shape(
             _square_limits(ax, lower[0], upper[-1])
             _aspect_lines(ax)
             _say_empty(ax, "No particles were counted in this frame")
-            return fig
+            return _settle_layout(fig) if own else fig
         low, high = float(width.min()) / 1.5, float(length.max()) * 1.5
         if len(length) <= _SCATTER_MAX:
             ax.scatter(
@@ -508,15 +510,18 @@ def plot_shape(
                 cmap="viridis",
                 rasterized=True,
             )
-            fig.colorbar(mesh, ax=ax, pad=0.02).set_label("crystals per bin")
+            _count_colorbar(fig, mesh, ax)
         _square_limits(ax, low, high)
     else:
         _require(psd, ["length_width"])
         hist = np.asarray(psd["length_width"].isel({TIME: index}).values, dtype=np.float64)
         ratio = _settings(psd).get("elongated_aspect_ratio", 2.0)
         n = float(np.nansum(hist))
+        if own:  # room for a third title line above the square axes
+            fig.set_size_inches(_SQUARE[0], _SQUARE[1] + 0.4)
         ax.set_title(
-            f"Length vs width of elongated crystals (aspect ratio ≥ {ratio:g})\n"
+            # three short lines: the title must fit above a square axes beside a colour bar
+            f"Crystal length vs width:\nelongated crystals (aspect ratio ≥ {ratio:g})\n"
             f"{when}, {n:.4g} counted"
         )
         edges = np.r_[lower, upper[-1]]
@@ -525,16 +530,16 @@ def plot_shape(
             _square_limits(ax, lower[0], upper[-1])
             _aspect_lines(ax)
             _say_empty(ax, "No elongated crystals in this frame")
-            return fig
+            return _settle_layout(fig) if own else fig
         mesh = ax.pcolormesh(
             edges, edges, np.ma.masked_equal(hist.T, 0), cmap="viridis", rasterized=True
         )
-        fig.colorbar(mesh, ax=ax, pad=0.02).set_label("crystals per bin")
+        _count_colorbar(fig, mesh, ax)
         lo = max(int(occupied[0]) - 1, 0)
         hi = min(int(occupied[-1]) + 1, len(lower) - 1)
         _square_limits(ax, lower[lo], upper[hi])
     _aspect_lines(ax)
-    return fig
+    return _settle_layout(fig) if own else fig
 
 
 def plot_compare(runs: Sequence[tuple[str, xr.Dataset]], *, basis: Basis = "number") -> Figure:
@@ -599,9 +604,19 @@ def plot_compare(runs: Sequence[tuple[str, xr.Dataset]], *, basis: Basis = "numb
     if len(runs) <= 6:
         top.legend(fontsize="small", framealpha=0.85)
     else:
-        fig.legend(
-            handles=top.get_lines(), loc="outside right upper", fontsize="small", frameon=False
-        )
+        # Below the axes, in as many columns as fit: beside them it would push under the title.
+        renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]
+        for ncols in (4, 3, 2, 1):
+            legend = fig.legend(
+                handles=top.get_lines(),
+                loc="outside lower center",
+                ncols=ncols,
+                fontsize="small",
+                frameon=False,
+            )
+            if ncols == 1 or legend.get_window_extent(renderer).width <= 0.98 * fig.bbox.width:
+                break
+            legend.remove()
     return fig
 
 
@@ -770,8 +785,22 @@ def _figure_axes(ax: Axes | None, figsize: tuple[float, float] = _FIGSIZE) -> tu
     return root, ax
 
 
+def _settle_layout(fig: Figure) -> Figure:
+    """Run a constrained layout to rest before the figure is drawn.
+
+    One pass does not settle axes of fixed aspect (the square shape plot): its
+    first draw can still cut the x label off. Two more passes do.
+    """
+    engine = fig.get_layout_engine()
+    if engine is not None:
+        for _ in range(2):
+            engine.execute(fig)
+    return fig
+
+
 def _save(fig: Figure, stem: Path, formats: Sequence[str]) -> list[Path]:
     """Save ``fig`` as ``stem.<format>`` for each format; reproducible metadata."""
+    _settle_layout(fig)
     paths = []
     creator = f"crystalseg {crystalseg_version()}"
     metadata: dict[str, dict[str, Any]] = {
@@ -1010,6 +1039,15 @@ def _aspect_lines(ax: Axes) -> None:
         fontsize="small",
         framealpha=0.85,
     )
+
+
+def _count_colorbar(fig: Figure, mesh: QuadMesh, ax: Axes) -> None:
+    """Colour bar of a 2-D histogram: whole crystals from 0 (not 0.9 to 1.1 when all are 1)."""
+    counts: np.ma.MaskedArray = np.ma.asarray(mesh.get_array())
+    mesh.set_clim(0.0, max(float(counts.max()), 1.0))
+    bar = fig.colorbar(mesh, ax=ax, pad=0.02)
+    bar.set_label("crystals per bin")
+    bar.ax.yaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def _plain_log_ticks(ax: Axes) -> None:

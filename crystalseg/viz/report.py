@@ -100,7 +100,8 @@ class ReportSettings:
         Warn when more than this fraction (0..1) of a frame's particles (number
         basis) fall outside the size bins.
     dpi : int
-        Resolution of the embedded figures.
+        Resolution of the embedded plots and montage. Single-frame overlays keep
+        their own, which shows the frame at (at least) its native resolution.
     """
 
     basis: Basis = "number"
@@ -457,20 +458,35 @@ def _table(rows: Sequence[tuple[str, str]], *, css: str = "kv") -> str:
 
 def figure_to_base64(fig: Figure, *, dpi: int = 100) -> str:
     """PNG bytes of a matplotlib figure, base64-encoded; closes the figure."""
+    return _png_base64(fig, dpi=dpi, tight=True)
+
+
+def _png_base64(fig: Figure, *, dpi: float, tight: bool) -> str:
+    """PNG of ``fig`` at ``dpi``, cropped to its content when ``tight``, base64; closes it.
+
+    A figure laid out in pixels (the per-frame overlays) is saved untrimmed at its own
+    dpi, so its frame lands on whole pixels, 1:1.
+    """
     import matplotlib.pyplot as plt
 
     buffer = io.BytesIO()
     try:
-        fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+        engine = fig.get_layout_engine()
+        if engine is not None:  # settle a constrained layout (fixed-aspect axes need passes)
+            for _ in range(2):
+                engine.execute(fig)
+        fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight" if tight else None)
     finally:
         plt.close(fig)
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _img(data: str, alt: str, caption: str, fig_id: str) -> str:
+def _img(data: str, alt: str, caption: str, fig_id: str, *, native: bool = False) -> str:
+    """A ``<figure>``; ``native`` ones are never scaled down (they scroll sideways instead)."""
+    css = " class='native'" if native else ""
     return (
-        f"<figure id='{_e(fig_id)}'><img alt='{_e(alt)}' src='data:image/png;base64,{data}'>"
-        f"<figcaption>{_e(caption)}</figcaption></figure>"
+        f"<figure id='{_e(fig_id)}'{css}><img alt='{_e(alt)}' "
+        f"src='data:image/png;base64,{data}'><figcaption>{_e(caption)}</figcaption></figure>"
     )
 
 
@@ -692,6 +708,7 @@ background:#fff4e5;border-left:4px solid #e69f00;list-style:none}
 div.figures{display:grid;grid-template-columns:repeat(auto-fit,minmax(520px,1fr));gap:1em}
 figure{margin:.5em 0;max-width:100%}
 figure img{max-width:100%;height:auto;border:1px solid #e3e7eb}
+figure.native{overflow-x:auto}figure.native img{max-width:none}
 figcaption{font-size:.9em;color:#444}
 details{margin:.3em 0 .8em}summary{cursor:pointer;color:#16324f}
 code{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.92em;word-break:break-all}
@@ -772,12 +789,19 @@ def _overlay_figures(
                 lambda frame=frame: overlay.overlay_frame(run, frame, color_by=settings.color_by),
             )
         )
-    return "".join(_figure_jobs(jobs, settings, problems))
+    # Single frames at their own resolution (frame pixels 1:1), the montage at settings.dpi.
+    native = {fig_id for fig_id, _, _ in jobs if fig_id.startswith("fig-overlay-")}
+    return "".join(_figure_jobs(jobs, settings, problems, native=native))
 
 
 def _figure_jobs(
-    jobs: Sequence[tuple[str, str, Any]], settings: ReportSettings, problems: list[ReportWarning]
+    jobs: Sequence[tuple[str, str, Any]],
+    settings: ReportSettings,
+    problems: list[ReportWarning],
+    *,
+    native: frozenset[str] | set[str] = frozenset(),
 ) -> Iterable[str]:
+    """``<figure>`` of each job; those named in ``native`` keep their own dpi and size."""
     for fig_id, caption, make in jobs:
         try:
             fig = make()
@@ -785,7 +809,11 @@ def _figure_jobs(
             log.warning("figure %s left out of the report: %s", fig_id, exc)
             problems.append(ReportWarning("figure_failed", f"Figure '{caption}' left out: {exc}"))
             continue
-        yield _img(figure_to_base64(fig, dpi=settings.dpi), caption, caption, fig_id)
+        if fig_id in native:
+            data = _png_base64(fig, dpi=fig.dpi, tight=False)
+        else:
+            data = _png_base64(fig, dpi=settings.dpi, tight=True)
+        yield _img(data, caption, caption, fig_id, native=fig_id in native)
 
 
 # --------------------------------------------------------------------------- the report

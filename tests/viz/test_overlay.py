@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from matplotlib.axes import Axes
 from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
+from matplotlib.transforms import Bbox
 from PIL import Image
 from scipy import ndimage as ndi
 
@@ -21,6 +22,7 @@ from crystalseg.errors import ConfigError, StageStateError
 from crystalseg.measure import MeasureSettings, label_instances, measure_run
 from crystalseg.store import begin_stage, create_array, create_run, read_table
 from crystalseg.synth import SynthConfig, synthesize_run
+from crystalseg.viz import overlay as overlay_module
 from crystalseg.viz.overlay import (
     EXCLUDED_COLOR,
     KEPT_COLOR,
@@ -386,3 +388,110 @@ def test_cli_overlay_unmeasured(tmp_path: Path) -> None:
     synthesize_run(path, SynthConfig(frames=2, height=32, width=32, seed=1, scenario="clear"))
     code, out = cli_run("overlay", str(path))
     assert_one_line_error(code, out, f"crystalseg measure {path}")
+
+
+# --------------------------------------------------------------------------- figure layout
+
+
+def _inside(inner: Bbox, outer: Bbox, tol: float = 0.5) -> bool:
+    return (
+        inner.x0 >= outer.x0 - tol
+        and inner.y0 >= outer.y0 - tol
+        and inner.x1 <= outer.x1 + tol
+        and inner.y1 <= outer.y1 + tol
+    )
+
+
+LONG_REASON = "touches the edge of the field of view, so its true size is unknown"
+
+
+@pytest.mark.parametrize("color_by", ["status", "size"])
+def test_frame_figure_shows_the_frame_full_size_with_all_text_inside(
+    drawn_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, color_by: str
+) -> None:
+    """Saved at its own dpi, the frame fills at least W x H pixels (a whole-number zoom);
+    title, legend (wrapped when long) and colour bar lie inside the figure, around the frame."""
+    monkeypatch.setitem(overlay_module._REASON_TEXT, "edge", LONG_REASON)
+    fig = overlay_frame(drawn_run, 1, color_by=color_by)  # type: ignore[arg-type]
+    path = tmp_path / "frame.png"
+    fig.savefig(path, dpi=fig.dpi)
+    with Image.open(path) as im:
+        assert im.size == (int(fig.bbox.width), int(fig.bbox.height))
+    renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]
+    ax = fig.axes[0]
+    frame = ax.get_window_extent(renderer)
+    zoom = frame.width / W
+    assert zoom >= 1 and zoom == pytest.approx(round(zoom), abs=1e-6)
+    assert frame.height == pytest.approx(H * zoom, abs=1e-6)
+    legend = ax.get_legend().get_window_extent(renderer)
+    title = ax.title.get_window_extent(renderer)
+    assert _inside(legend, fig.bbox) and legend.y1 <= frame.y0 + 0.5
+    assert _inside(title, fig.bbox) and title.y0 >= frame.y1 - 0.5
+    if color_by == "size":
+        bar = fig.axes[1].get_tightbbox(renderer)
+        assert bar is not None and _inside(bar, fig.bbox) and bar.x0 >= frame.x1
+    else:
+        texts = [t.get_text().replace("\n", " ") for t in ax.get_legend().get_texts()]
+        assert texts == ["kept: 2", f"excluded: 2 (1 {LONG_REASON}, 1 below min area)"]
+        assert "\n" in ax.get_legend().get_texts()[1].get_text()  # wrapped, not cut
+    # Little wasted space: the frame takes most of the figure.
+    assert frame.width * frame.height >= 0.6 * fig.bbox.width * fig.bbox.height
+
+
+def test_frame_figure_pixels_are_the_frame_pixels(tmp_path: Path) -> None:
+    """The saved frame is the raw frame repeated zoom x zoom: no resampling, no blur."""
+    h, w = 37, 53
+    path = tmp_path / "noise.zarr"
+    writer = create_run(
+        path,
+        shape=(1, h, w),
+        dtype="uint8",
+        time_s=np.zeros(1),
+        pixel_size_um=None,
+        source={"test": "noise"},
+    )
+    writer.write_frames(0, np.random.default_rng(1).integers(0, 256, (1, h, w), dtype=np.uint8))
+    writer.mark_done(0, 1)
+    writer.finish()
+    write_mask(path, np.zeros((1, h, w), np.uint8), fpc=1)
+    measure_run(path, scheduler="synchronous")
+    grey = overlay_image(path, 0)[..., 0]  # no particles: the grey frame itself
+    fig = overlay_frame(path, 0, color_by="status")
+    png = tmp_path / "noise.png"
+    fig.savefig(png, dpi=fig.dpi)
+    with Image.open(png) as im:
+        saved = np.asarray(im.convert("L"))
+    box = fig.axes[0].get_window_extent(fig.canvas.get_renderer())  # type: ignore[attr-defined]
+    zoom = round(box.width / w)
+    assert zoom == 10  # 53 px wide -> about 512 px
+    top = saved.shape[0] - round(box.y1)
+    crop = saved[top : top + h * zoom, round(box.x0) : round(box.x0) + w * zoom]
+    expected = np.kron(grey, np.ones((zoom, zoom), np.uint8))
+    inner = (slice(2, -2), slice(2, -2))  # the axes frame is drawn over the outermost pixels
+    # Equal up to the grey colour map's rounding (one level); a shift by one pixel of noise
+    # or any smoothing would differ by tens of levels.
+    diff = np.abs(crop[inner].astype(int) - expected[inner].astype(int))
+    assert diff.max() <= 1
+
+
+def test_montage_legend_wraps_inside_the_figure(
+    drawn_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(overlay_module._REASON_TEXT, "edge", LONG_REASON)
+    fig = montage(drawn_run, frames=[1])  # one narrow panel, a long legend
+    fig.savefig(tmp_path / "montage.png", dpi=fig.dpi)
+    renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]
+    (legend,) = fig.legends
+    assert _inside(legend.get_window_extent(renderer), fig.bbox)
+    assert _inside(fig.axes[0].get_window_extent(renderer), fig.bbox)
+    texts = [t.get_text() for t in legend.get_texts()]
+    assert texts[1].replace("\n", " ") == f"excluded: 2 (1 {LONG_REASON}, 1 below min area)"
+
+
+def test_montage_grid_follows_the_frame_shape() -> None:
+    from crystalseg.viz.overlay import _montage_columns
+
+    # Square frames: ceil(sqrt(n)) columns, as before.
+    assert [_montage_columns(n, 1.0) for n in range(1, 11)] == [1, 2, 2, 2, 3, 3, 3, 3, 3, 4]
+    assert _montage_columns(4, 0.3) == 4  # tall frames side by side
+    assert _montage_columns(4, 3.0) == 1  # wide frames stacked

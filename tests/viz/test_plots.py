@@ -439,3 +439,56 @@ def test_cli_plot_errors(run: Path, tmp_path: Path) -> None:
     _assert_one_line_error(*_cli(str(raw)), f"run 'crystalseg measure {raw}' first")
     code, output = _cli()
     assert code == 2 and "Missing argument" in output
+
+
+# --------------------------------------------------------------------------- layout
+
+
+def _labels_inside_and_apart(fig: Figure) -> None:
+    """Titles, axis labels and legends of ``fig``, once saved, lie inside it; no title or
+    legend covers another axes (a colour bar, a neighbour)."""
+    import io
+
+    fig.savefig(io.BytesIO(), format="png", dpi=fig.dpi)
+    renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]
+    box = fig.bbox
+    covers: list = [*fig.legends]
+    labels: list = [*fig.legends]
+    for ax in fig.axes:
+        texts = [ax.title, ax.xaxis.label, ax.yaxis.label]
+        labels += [t for t in texts if t.get_text() and t.get_visible()]
+        covers += [t for t in (ax.title, ax.get_legend()) if t is not None and t.get_visible()]
+    for item in labels:
+        bb = item.get_window_extent(renderer)
+        assert bb.x0 >= -0.5 and bb.y0 >= -0.5, item
+        assert bb.x1 <= box.x1 + 0.5 and bb.y1 <= box.y1 + 0.5, item
+    for item in covers:
+        bb = item.get_window_extent(renderer)
+        owner = getattr(item, "axes", None)
+        for ax in fig.axes:
+            if ax is owner or (owner is not None and ax.bbox.bounds == owner.bbox.bounds):
+                continue  # its own axes (and a twin sharing its box)
+            other = ax.get_window_extent(renderer)
+            overlap_w = min(bb.x1, other.x1) - max(bb.x0, other.x0)
+            overlap_h = min(bb.y1, other.y1) - max(bb.y0, other.y0)
+            assert overlap_w <= 1 or overlap_h <= 1, (item, ax)
+
+
+def test_figures_keep_their_text_inside_and_apart(psd: xr.Dataset, results: tuple) -> None:
+    particles = results[1]
+    many = [(f"experiment_2024-05-{k:02d}_seeded_cooling", psd) for k in range(9)]
+    gaps = _empty_frames(psd, [0, 1])
+    figures = [
+        plot_psd_heatmap(gaps),  # legend of the gaps between title and axes
+        plot_statistics(psd, basis="volume"),
+        plot_psd_curves(gaps, times=[0.0, 10.0, 30.0, 50.0]),
+        plot_shape(particles, psd),
+        plot_shape(None, psd, frame=-1),  # three title lines beside a colour bar
+        plot_compare(many),  # nine long names: the legend goes under the axes
+    ]
+    for fig in figures:
+        _labels_inside_and_apart(fig)
+    legend = figures[-1].legends[0]
+    assert len(legend.get_texts()) == 9 and legend.get_window_extent().y1 < (
+        figures[-1].axes[1].get_window_extent().y0
+    )

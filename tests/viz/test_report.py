@@ -218,6 +218,33 @@ def test_figures_sit_in_their_sections(report: tuple[str, list]) -> None:
     assert f"id='fig-overlay-{N_FRAMES - 1}'" in overlays and "id='fig-montage'" in overlays
 
 
+def _embedded(text: str, fig_id: str) -> tuple[str, Image.Image]:
+    """The class attribute and the decoded PNG of the figure ``fig_id`` of a report."""
+    found = re.search(
+        rf"<figure id='{fig_id}'( class='\w+')?><img alt='[^']*' "
+        r"src='data:image/png;base64,([^']+)'>",
+        text,
+    )
+    assert found is not None, fig_id
+    return found.group(1) or "", Image.open(io.BytesIO(base64.b64decode(found.group(2))))
+
+
+def test_frame_overlay_is_embedded_full_size(report: tuple[str, list], measured: Path) -> None:
+    """The frame overlay keeps its own pixel size (frame >= 1:1) and is never scaled down."""
+    from crystalseg.viz.overlay import overlay_frame
+
+    css, image = _embedded(report[0], f"fig-overlay-{N_FRAMES - 1}")
+    fig = overlay_frame(measured, -1, color_by="status")
+    frame = fig.axes[0].get_window_extent(fig.canvas.get_renderer())  # type: ignore[attr-defined]
+    assert frame.width >= SIZE and frame.height >= SIZE
+    assert image.size == (int(fig.bbox.width), int(fig.bbox.height))
+    assert css == " class='native'"
+    assert "figure.native img{max-width:none}" in report[0]
+    # The plots and the montage are trimmed and scaled to the page as before.
+    css, image = _embedded(report[0], "fig-montage")
+    assert css == "" and image.width < 1400
+
+
 def test_text_from_the_store_is_escaped(report: tuple[str, list]) -> None:
     text = report[0]
     assert "<script>" not in text and "<b>" not in text
