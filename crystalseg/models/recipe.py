@@ -28,6 +28,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from crystalseg.models.checkpoint import DEFAULT_ENCODER
 from crystalseg.synth import SCENARIO_NAMES, SynthConfig, synthesize_run
 from crystalseg.train import TrainSettings, train_model
 
@@ -187,11 +188,7 @@ def main(argv: list[str] | None = None) -> None:
     runs = make_training_runs(
         args.workdir, runs_per_scenario=args.runs_per_scenario, extra=args.extra, jobs=args.jobs
     )
-    extra_settings = {}
-    if args.encoder:
-        extra_settings["encoder"] = args.encoder
-    if args.decoder_channels:
-        extra_settings["decoder_channels"] = tuple(int(c) for c in args.decoder_channels.split(","))
+    decoder = args.decoder_channels
     settings = TrainSettings(
         data=(runs,),
         codes=CODES,
@@ -210,7 +207,8 @@ def main(argv: list[str] | None = None) -> None:
         device=args.device,
         seed=0,
         command=shlex.join(["python", "-m", "crystalseg.models.recipe", *sys.argv[1:]]),
-        **extra_settings,  # type: ignore[arg-type]
+        encoder=args.encoder or DEFAULT_ENCODER,
+        decoder_channels=tuple(int(c) for c in decoder.split(",")) if decoder else None,
     )
     result = train_model(settings)
     log.info(
