@@ -325,6 +325,14 @@ def _model_option(func: Callable[..., Any]) -> Callable[..., Any]:
     )(func)
 
 
+_tta_option = click.option(
+    "--tta",
+    is_flag=True,
+    help="Test-time augmentation: average the model over 8 flips/turns of each frame "
+    "(fewer false detections, 8x the inference time).",
+)
+
+
 @contextmanager
 def _stage_bars(quiet: bool) -> Iterator[Callable[[str, int, int], None]]:
     """Progress bars for callbacks ``(stage, frames_done, frames_total)``, one bar a stage."""
@@ -361,6 +369,7 @@ def _stage_bars(quiet: bool) -> Iterator[Callable[[str, int, int], None]]:
 @click.option("--batch-size", type=int, default=None, help="Frames per batch (default: by memory).")
 @click.option("--tile-size", type=int, default=None, help="Tile larger frames (px, default 1024).")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model (GPU).")
+@_tta_option
 @click.option("--save-probability", is_flag=True, help="Also store the crystal probability.")
 @click.option("--overwrite", is_flag=True, help="Replace a mask made by another model.")
 @_scheduler_option
@@ -374,6 +383,7 @@ def segment(
     batch_size: int | None,
     tile_size: int | None,
     compile_: bool,
+    tta: bool,
     save_probability: bool,
     overwrite: bool,
     scheduler: str | None,
@@ -398,6 +408,7 @@ def segment(
             backend=backend,  # type: ignore[arg-type]
             batch_size=batch_size,
             compile=compile_,
+            tta=tta,
             save_probability=save_probability,
             overwrite=overwrite,
             client=scheduler,
@@ -449,6 +460,7 @@ def segment(
     help="Measure chunks while the next are segmented (default: only when inference is on a "
     "GPU; on the CPU both stages want the same cores).",
 )
+@_tta_option
 @_scheduler_option
 @click.pass_context
 def measure(
@@ -463,6 +475,7 @@ def measure(
     export_format: str | None,
     overwrite: bool,
     stream: bool | None,
+    tta: bool,
     scheduler: str | None,
 ) -> None:
     """Measure every particle in every frame of RUN; PSD over time into the store.
@@ -486,11 +499,16 @@ def measure(
         min_sharpness=min_sharpness,
         bins=bins or MeasureSettings.bins,
     )
+    engine: Any = model
+    if tta:  # only used if the run has no mask yet
+        from crystalseg.segment import EngineSettings, load_segmenter
+
+        engine = load_segmenter(model, None, EngineSettings(tta=True))
     with _stage_bars(ctx.obj["quiet"]) as update:
         measure_run(
             run,
             settings=settings,
-            model=model,
+            model=engine,
             client=scheduler,
             progress=update,
             overwrite=overwrite,

@@ -279,6 +279,7 @@ def segment_run(
     precision: Precision = "auto",
     compile: bool = False,
     threads: int | None = None,
+    tta: bool = False,
     overwrite: bool = False,
     save_probability: bool = False,
     client: Any = None,
@@ -291,7 +292,7 @@ def segment_run(
     run : path of the run store
     model : checkpoint directory, a :class:`Segmenter`, or None for the bundled model.
         A Segmenter brings its own engine settings (device ... compile are then ignored).
-    device, backend, batch_size, tile_size, tile_overlap, precision, compile, threads
+    device, backend, batch_size, tile_size, tile_overlap, precision, compile, threads, tta
         Engine settings, see :class:`~crystalseg.segment.engine.EngineSettings`.
     overwrite : bool
         Replace a mask made by another model or other settings. Without it that is an
@@ -329,6 +330,7 @@ def segment_run(
         precision=precision,
         compile=compile,
         threads=threads,
+        tta=tta,
         overwrite=overwrite,
         save_probability=save_probability,
         client=client,
@@ -351,6 +353,7 @@ def stream_segment_run(
     precision: Precision = "auto",
     compile: bool = False,
     threads: int | None = None,
+    tta: bool = False,
     overwrite: bool = False,
     save_probability: bool = False,
     client: Any = None,
@@ -371,7 +374,7 @@ def stream_segment_run(
     Parameters
     ----------
     run, model, device, backend, batch_size, tile_size, tile_overlap, precision,
-    compile, threads, overwrite, save_probability, client, progress
+    compile, threads, tta, overwrite, save_probability, client, progress
         As for :func:`segment_run`.
 
     Returns
@@ -401,6 +404,7 @@ def stream_segment_run(
             precision=precision,
             compile=compile,
             threads=threads,
+            tta=tta,
         )
     checkpoint, checksum, meta = _model_identity(model)
     if client is not None and checkpoint is None:
@@ -413,6 +417,7 @@ def stream_segment_run(
         "model_sha256": checksum,
         "tile_size": settings.tile_size,
         "tile_overlap": settings.tile_overlap,
+        **({"tta": True} if settings.tta else {}),  # absent when off: older masks still match
         "save_probability": bool(save_probability),
     }
     all_chunks = [(s, min(s + fpc, n)) for s in range(0, n, fpc)]
@@ -531,7 +536,7 @@ def _check_existing(
     if old.get("model_sha256") != settings["model_sha256"]:
         why = f"a mask from model {old_model}{where}"
     else:
-        changed = sorted(k for k in settings if previous.get(k) != settings[k])
+        changed = sorted(k for k in {*settings, *previous} if previous.get(k) != settings.get(k))
         why = f"a mask from the same model made with other settings ({', '.join(changed)})"
     raise StageStateError(f"run '{path}' already has {why}; pass --overwrite to replace it")
 
@@ -700,6 +705,7 @@ def predict_frames(
     tile_overlap: int | None = None,
     precision: Precision = "auto",
     threads: int | None = None,
+    tta: bool = False,
 ) -> da.Array:
     """Lazy segmentation of a dask array of frames, one task per time chunk.
 
@@ -731,6 +737,7 @@ def predict_frames(
             tile_overlap=tile_overlap,
             precision=precision,
             threads=threads,
+            tta=tta,
         )
         seg = load_segmenter(model, None, settings)
     if len(arr.chunks[1]) > 1 or len(arr.chunks[2]) > 1:

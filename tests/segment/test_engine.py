@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import pickle
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -316,3 +317,44 @@ def test_cuda_path_matches_cpu(checkpoint, frames_factory, dtype) -> None:
     )
     assert (tiled.predict(frames) == mask).mean() > 0.99
     assert 1 <= fast._batch_cache[(224, 320)] <= 256
+
+
+@pytest.mark.parametrize("transform", ["flip_x", "flip_y", "rot90", "transpose"])
+def test_tta_is_equivariant_to_flips_and_turns(checkpoint, frames_factory, transform) -> None:
+    """Averaging over the 8 flips/turns makes the prediction of a turned frame the turned
+    prediction (up to float rounding), which the plain model does not guarantee."""
+    move = {
+        "flip_x": lambda a: a[..., ::-1],
+        "flip_y": lambda a: a[..., ::-1, :],
+        "rot90": lambda a: np.rot90(a, 1, axes=(-2, -1)),
+        "transpose": lambda a: np.swapaxes(a, -1, -2),
+    }[transform]
+    frames = frames_factory(2, 96, 160, seed=5)
+    tta = Segmenter.from_checkpoint(checkpoint, settings=replace(CPU_TORCH, tta=True))
+    _, prob = tta.predict(frames, probability=True)
+    _, prob_moved = tta.predict(np.ascontiguousarray(move(frames)), probability=True)
+    diff = np.abs(prob_moved.astype(int) - move(prob).astype(int))
+    assert diff.max() <= 1  # uint8 probability: one level of rounding at most
+    plain = Segmenter.from_checkpoint(checkpoint, settings=CPU_TORCH)
+    _, p0 = plain.predict(frames, probability=True)
+    _, p1 = plain.predict(np.ascontiguousarray(move(frames)), probability=True)
+    assert np.abs(p1.astype(int) - move(p0).astype(int)).max() > 1  # a real difference
+
+
+def test_tta_agrees_with_the_mean_of_transformed_predictions(checkpoint, frames_factory) -> None:
+    """The TTA probability is the mean of the plain model's probabilities over the 8 views."""
+    frames = frames_factory(1, 64, 64, seed=6)
+    plain = Segmenter.from_checkpoint(checkpoint, settings=CPU_TORCH)
+    views = []
+    for k in range(4):
+        for flip in (False, True):
+            f = np.rot90(frames, k, axes=(1, 2))
+            f = f[..., ::-1] if flip else f
+            _, p = plain.predict(np.ascontiguousarray(f), probability=True)
+            p = p[..., ::-1] if flip else p
+            views.append(np.rot90(p, -k, axes=(1, 2)).astype(float))
+    tta = Segmenter.from_checkpoint(checkpoint, settings=replace(CPU_TORCH, tta=True))
+    _, prob = tta.predict(frames, probability=True)
+    # the engine averages class probabilities before the foreground probability is taken;
+    # with two classes both are the same mean, up to uint8 rounding of each view
+    assert np.abs(prob - np.mean(views, axis=0)).max() <= 1.0

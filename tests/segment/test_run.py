@@ -213,3 +213,16 @@ def test_default_model_missing_is_actionable(run, tmp_path, monkeypatch) -> None
     with pytest.raises(CheckpointError, match="--model"):
         segment_run(run, **SETTINGS)
     assert "mask" not in zarr.open_group(str(run), mode="r")
+
+
+def test_tta_is_a_setting_of_the_mask(run, checkpoint) -> None:
+    """A mask made with test-time augmentation is not taken for a plain one, and back."""
+    plain = segment_run(run, checkpoint, **SETTINGS).values
+    with pytest.raises(StageStateError, match=r"other settings \(tta\); pass --overwrite"):
+        segment_run(run, checkpoint, **SETTINGS, tta=True)
+    tta = segment_run(run, checkpoint, **SETTINGS, tta=True, overwrite=True)
+    assert stage_info(run)["segment"]["settings"]["tta"] is True
+    assert tta.shape == plain.shape and 0 < (tta.values == plain).mean() < 1
+    np.testing.assert_array_equal(segment_run(run, checkpoint, **SETTINGS, tta=True).values, tta)
+    with pytest.raises(StageStateError, match=r"other settings \(tta\); pass --overwrite"):
+        segment_run(run, checkpoint, **SETTINGS)
