@@ -18,7 +18,7 @@ figures separate the model's errors from those of splitting and measuring.
 
 Prints one JSON document. Usage::
 
-    python benchmarks/accuracy.py [--model DIR] [--seeds 1 2] [--frames 12] [--size 512]
+    python benchmarks/accuracy.py [--model DIR] [--seeds 1 2] [--frames 12] [--size 512] [--tta]
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from crystalseg.classes import class_mask_from_labels
 from crystalseg.measure import MeasureSettings, measure_mask_frame
 from crystalseg.measure.distributions import weighted_quantile
 from crystalseg.measure.instances import instance_scores, label_instances
-from crystalseg.segment import load_segmenter
+from crystalseg.segment import EngineSettings, load_segmenter
 from crystalseg.synth import SCENARIO_NAMES, SynthConfig, synthesize_run
 
 
@@ -55,8 +55,10 @@ def _bubble_mask(distractors, shape: tuple[int, int]) -> np.ndarray:
     return out
 
 
-def evaluate(model: str | None, seeds: list[int], frames: int, size: int, min_count: int) -> dict:
-    segmenter = load_segmenter(model)
+def evaluate(
+    model: str | None, seeds: list[int], frames: int, size: int, min_count: int, tta: bool = False
+) -> dict:
+    segmenter = load_segmenter(model, None, EngineSettings(tta=tta))
     codes = tuple(segmenter.spec.codes)
     settings = MeasureSettings()
     result: dict = {
@@ -65,6 +67,7 @@ def evaluate(model: str | None, seeds: list[int], frames: int, size: int, min_co
         "seeds": seeds,
         "frames": frames,
         "size": size,
+        "tta": tta,
         "scenarios": {},
     }
     with tempfile.TemporaryDirectory() as tmp:
@@ -155,10 +158,12 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=12)
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--min-count", type=int, default=5)
+    parser.add_argument("--tta", action="store_true", help="test-time augmentation (8 views)")
     args = parser.parse_args()
     print(
         json.dumps(
-            evaluate(args.model, args.seeds, args.frames, args.size, args.min_count), indent=2
+            evaluate(args.model, args.seeds, args.frames, args.size, args.min_count, args.tta),
+            indent=2,
         )
     )
 
