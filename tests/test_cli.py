@@ -252,3 +252,18 @@ def test_measure_stream_flag_gives_the_same_results(tmp_path: Path) -> None:
     a, b = results
     np.testing.assert_array_equal(a["count_kept"].values, b["count_kept"].values)
     np.testing.assert_allclose(a["q0"].values, b["q0"].values, equal_nan=True)
+
+
+def test_measure_tta_segments_with_test_time_augmentation(tmp_path: Path) -> None:
+    """measure --tta on a run with no mask makes the mask with TTA, and says so in the store."""
+    from crystalseg.store import stage_info
+
+    path = tmp_path / "run.zarr"
+    code, out = run("synth", str(path), "--frames", "2", "--size", "64", "64", "--seed", "4")
+    assert code == 0, out
+    code, out = run("measure", str(path), "--tta", "--no-stream")
+    assert code == 0, out
+    assert stage_info(path)["segment"]["settings"]["tta"] is True
+    # a plain segmentation of the same run is a different mask setting
+    code, out = run("segment", str(path))
+    assert_one_line_error(code, out, "other settings (tta)", "--overwrite")
