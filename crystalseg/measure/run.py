@@ -35,6 +35,7 @@ is segmented whole first. A cluster (``client``) also segments first.
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
@@ -406,11 +407,11 @@ def _begin_measure(path: Path, options: _Options) -> _Plan | None:
     n, ny, nx = (int(v) for v in mask.shape)
     if n == 0:
         raise RunFormatError(f"run '{path}' has no frames to measure")
-    codes = _mask_codes(mask)
+    codes = read_mask_codes(mask)
     crystal_classes(codes, classes=settings.classes)  # fails early on unknown classes
     fpc = min(int(options.frames_per_chunk or mask.chunks[0]), n)
     pixel_size_um = read_run_attrs(path).get("pixel_size_um")
-    mask_identity = _mask_identity(path, mask)
+    mask_identity = mask_provenance(path, mask)
 
     state = _check_existing(path, settings, mask_identity, overwrite=options.overwrite)
     if state == "finished":
@@ -472,7 +473,7 @@ def _finish_measure(plan: _Plan) -> None:
     """
     path, settings, n, fpc = plan.path, plan.settings, plan.n_frames, plan.frames_per_chunk
     group = zarr.open_group(str(path), mode="r", use_consolidated=False)
-    mask_identity = _mask_identity(path, get_array(group, MASK, path))
+    mask_identity = mask_provenance(path, get_array(group, MASK, path))
     all_chunks = [(s, min(s + fpc, n)) for s in range(0, n, fpc)]
     rows = assemble_particles(
         path,
@@ -519,15 +520,20 @@ def _segment_first(
     path: Path, *, model: Any, client: Any, progress: MeasureProgress | None
 ) -> None:
     """Segment the whole run (it has no finished mask) before measuring it."""
+    segment_run = _segmentation(path).segment_run
+    log.info("%s has no finished mask: segmenting it first", path)
+    segment_run(path, model, client=client, progress=_segment_progress(progress))
+
+
+def _segmentation(path: Path) -> Any:
+    """The module :mod:`crystalseg.segment` (it needs torch), or a clear error."""
     try:
-        from crystalseg.segment import segment_run
+        return importlib.import_module("crystalseg.segment")
     except ImportError as exc:  # pragma: no cover - torch is a dependency
         raise StageStateError(
             f"run '{path}' has no mask and segmentation is unavailable ({exc}); "
             "run 'crystalseg segment' first"
         ) from exc
-    log.info("%s has no finished mask: segmenting it first", path)
-    segment_run(path, model, client=client, progress=_segment_progress(progress))
 
 
 def _segment_progress(progress: MeasureProgress | None) -> Callable[[int, int], None]:
@@ -558,13 +564,7 @@ def _measure_streaming(path: Path, model: Any, options: _Options) -> None:
     from the mask's chunks. All of it is measured before the segmentation is
     marked finished, so the two stages never write the store's metadata at once.
     """
-    try:
-        from crystalseg.segment.run import stream_segment_run
-    except ImportError as exc:  # pragma: no cover - torch is a dependency
-        raise StageStateError(
-            f"run '{path}' has no mask and segmentation is unavailable ({exc}); "
-            "run 'crystalseg segment' first"
-        ) from exc
+    stream_segment_run = _segmentation(path).stream_segment_run
     log.info("%s has no finished mask: segmenting and measuring it together", path)
     segmented = stream_segment_run(path, model, progress=_segment_progress(options.progress))
     with closing(segmented):
@@ -646,7 +646,8 @@ class _ChunkPool:
             self._progress(STAGE, self._done, self._total)
 
 
-def _mask_codes(mask: zarr.Array) -> tuple[str, ...]:
+def read_mask_codes(mask: zarr.Array) -> tuple[str, ...]:
+    """Class names of a stored mask, background first (from its ``codes`` attribute)."""
     attrs = dict(mask.attrs.asdict())
     codes = attrs.get("codes")
     if isinstance(codes, list | tuple) and codes:
@@ -657,8 +658,12 @@ def _mask_codes(mask: zarr.Array) -> tuple[str, ...]:
     return _DEFAULT_CODES
 
 
-def _mask_identity(path: Path, mask: zarr.Array) -> dict[str, Any]:
-    """What identifies the mask being measured: its model and when it was made."""
+def mask_provenance(path: Path, mask: zarr.Array) -> dict[str, Any]:
+    """What identifies the mask being measured: its model and when it was made.
+
+    Recorded with the measurement (stage settings ``mask``), so that whatever reads the
+    results later (QC overlays) can tell whether the mask is still the one measured.
+    """
     info = stage_info(path).get("segment", {})
     attrs = dict(mask.attrs.asdict())
     return {
@@ -792,4 +797,11 @@ def _run_distributed(
             client.close()
 
 
-__all__ = ["MeasureProgress", "measure_mask_frame", "measure_run"]
+__all__ = [
+    "MeasureProgress",
+    "label_mask_frame",
+    "mask_provenance",
+    "measure_mask_frame",
+    "measure_run",
+    "read_mask_codes",
+]

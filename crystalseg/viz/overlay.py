@@ -70,7 +70,7 @@ from crystalseg.dims import IMAGE, MASK, TIME
 from crystalseg.errors import ConfigError, RunFormatError, StageStateError
 from crystalseg.measure.instances import crystal_classes
 from crystalseg.measure.results import PARTICLES_GROUP, STAGE, size_units
-from crystalseg.measure.run import _mask_codes, _mask_identity, label_mask_frame
+from crystalseg.measure.run import label_mask_frame, mask_provenance, read_mask_codes
 from crystalseg.measure.settings import MeasureSettings
 from crystalseg.store import get_array, read_run_attrs, stage_info
 
@@ -153,13 +153,13 @@ class _MeasuredRun:
         self.image = get_array(group, IMAGE, path)
         self.mask = get_array(group, MASK, path)
         recorded = info.get("settings") or {}
-        if recorded.get("mask") != _mask_identity(path, self.mask):
+        if recorded.get("mask") != mask_provenance(path, self.mask):
             raise StageStateError(
                 f"the mask of run '{path}' was made again after it was measured; "
                 f"run 'crystalseg measure {path}' to measure the new mask"
             )
         self.settings = MeasureSettings.from_dict(recorded.get("measure") or {})
-        self.codes = _mask_codes(self.mask)
+        self.codes = read_mask_codes(self.mask)
         self.measured_classes = crystal_classes(self.codes, classes=self.settings.classes)
         self.pixel_size_um: float | None = read_run_attrs(path).get("pixel_size_um")
         self.size_units = size_units(self.pixel_size_um)
