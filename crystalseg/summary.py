@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 
-def _duration(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
+    """A length of time for people: ``90 s``, ``12.5 min``, ``3.25 h``."""
     if seconds < 120:
         return f"{seconds:g} s"
     if seconds < 7200:
@@ -32,7 +33,7 @@ def format_run_info(info: dict[str, Any]) -> str:
         span = info["time_end_s"] - info["time_start_s"]
         lines.append(
             f"  time         {info['time_start_s']:g} to {info['time_end_s']:g} s "
-            f"({_duration(span)}), median interval {info['median_interval_s']:g} s; "
+            f"({format_duration(span)}), median interval {info['median_interval_s']:g} s; "
             f"from {info['time_source']}"
         )
     else:

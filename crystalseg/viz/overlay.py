@@ -73,6 +73,7 @@ from crystalseg.measure.results import PARTICLES_GROUP, STAGE, size_units
 from crystalseg.measure.run import label_mask_frame, mask_provenance, read_mask_codes
 from crystalseg.measure.settings import MeasureSettings
 from crystalseg.store import get_array, read_run_attrs, stage_info
+from crystalseg.viz.plots import frame_index
 
 log = logging.getLogger(__name__)
 
@@ -358,14 +359,7 @@ def resolve_frames(frames: Sequence[int], n_frames: int) -> list[int]:
     """
     out: list[int] = []
     for f in frames:
-        if isinstance(f, bool) or not isinstance(f, int | np.integer):
-            raise ConfigError(f"frame index {f!r} is not an integer; give e.g. 0, 50 or -1")
-        if not -n_frames <= f < n_frames:
-            raise ConfigError(
-                f"frame {f} is out of range: the run has {n_frames} frames, so valid indices "
-                f"are 0..{n_frames - 1} (or -{n_frames}..-1 counting from the end)"
-            )
-        index = int(f) % n_frames
+        index = frame_index(f, n_frames)
         if index not in out:
             out.append(index)
     return out

@@ -177,7 +177,7 @@ def _read_particles(
         )
     rows: slice | np.ndarray = slice(None)
     if frame is not None:
-        index = _frame_index(frame, n_frames)
+        index = frame_index(frame, n_frames)
         frames = np.asarray(_column(group, "frame", path)[:])
         if frames.size and np.all(frames[1:] >= frames[:-1]):
             lo, hi = np.searchsorted(frames, [index, index + 1])
@@ -460,7 +460,7 @@ def plot_shape(
         1:1, 2:1, 5:1 and 10:1.
     """
     time_s = _time_s(psd)
-    index = _frame_index(frame, len(time_s))
+    index = frame_index(frame, len(time_s))
     own = ax is None
     fig, ax = _figure_axes(ax, figsize=_SQUARE)
     scale, unit = _time_scale(time_s)
@@ -932,13 +932,20 @@ def _counts(psd: xr.Dataset) -> np.ndarray:
     return np.asarray(psd[name].values, dtype=np.float64)
 
 
-def _frame_index(frame: int, n_frames: int) -> int:
+def frame_index(frame: int, n_frames: int) -> int:
+    """A frame index as a position 0..n_frames-1; negative indices count from the end.
+
+    Raises
+    ------
+    ConfigError
+        ``frame`` is not an integer or lies outside ``-n_frames .. n_frames - 1``.
+    """
     if isinstance(frame, bool) or not isinstance(frame, int | np.integer):
-        raise ConfigError(f"frame must be an integer index, got {frame!r}")
+        raise ConfigError(f"frame index {frame!r} is not an integer; give e.g. 0, 50 or -1")
     if not -n_frames <= frame < n_frames:
         raise ConfigError(
-            f"frame {frame} is out of range for a run of {n_frames} frames; "
-            f"use 0..{n_frames - 1} or -1 for the last"
+            f"frame {frame} is out of range: the run has {n_frames} frames, so valid indices "
+            f"are 0..{n_frames - 1} (or -{n_frames}..-1 counting from the end)"
         )
     return int(frame) % n_frames
 

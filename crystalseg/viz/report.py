@@ -37,6 +37,7 @@ import numpy as np
 from crystalseg.dims import TIME
 from crystalseg.errors import ConfigError, CrystalsegError
 from crystalseg.store import crystalseg_version, describe_run
+from crystalseg.summary import format_duration
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -429,14 +430,6 @@ def _number(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
-def _duration(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:g} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.2f} h"
-
-
 def _when(stamp: Any) -> str:
     """An ISO timestamp as ``2026-01-31 14:05:09 UTC`` (as given when it does not parse)."""
     if not stamp:
@@ -518,7 +511,8 @@ def _run_section(info: Mapping[str, Any], psd: xr.Dataset) -> str:
             (
                 "Duration",
                 _e(
-                    f"{_duration(span)} ({info['time_start_s']:g} to {info['time_end_s']:g} s), "
+                    f"{format_duration(span)} "
+                    f"({info['time_start_s']:g} to {info['time_end_s']:g} s), "
                     f"one frame every {info['median_interval_s']:g} s (median); "
                     f"time from {info.get('time_source', 'unknown')}"
                 ),
@@ -565,7 +559,7 @@ def _summary_section(psd: xr.Dataset) -> str:
     if not frames:
         return _section("summary", "<p>The run has no frames.</p>")
     head = "".join(
-        f"<th scope='col'>{_e(c)}<br><small>frame {frames[c]}, t = {_e(_duration(times[c]))}"
+        f"<th scope='col'>{_e(c)}<br><small>frame {frames[c]}, t = {_e(format_duration(times[c]))}"
         "</small></th>"
         for c in frames
     )
