@@ -15,7 +15,6 @@ import pytest
 import xarray as xr
 import zarr
 
-from crystalseg.dims import DEFAULT_CODES, FRAME_DIMS
 from crystalseg.errors import ConfigError, StageStateError
 from crystalseg.measure import (
     MeasureSettings,
@@ -26,29 +25,11 @@ from crystalseg.measure import (
 )
 from crystalseg.measure.distributions import weighted_quantile
 from crystalseg.measure.results import PARTICLE_COLUMNS
-from crystalseg.store import begin_stage, create_array, read_table, stage_info
+from crystalseg.store import begin_stage, read_table, stage_info
 from crystalseg.synth import SynthConfig, synthesize_run
 
 FRAMES = 8
 FPC = 2
-
-
-def write_mask(path: Path, mask: np.ndarray, *, fpc: int = FPC) -> None:
-    """Store ``mask`` as the run's segmentation, as crystalseg segment would."""
-    n, h, w = mask.shape
-    arr = create_array(
-        path,
-        "mask",
-        dims=FRAME_DIMS,
-        shape=mask.shape,
-        dtype="uint8",
-        chunks=(fpc, h, w),
-        attrs={"codes": list(DEFAULT_CODES)},
-    )
-    arr[:] = mask
-    stage = begin_stage(path, "segment", settings={"truth": True}, n_frames=n, frames_per_chunk=fpc)
-    stage.mark_done(0, n)
-    stage.finish()
 
 
 def truth_mask(path: Path) -> np.ndarray:
@@ -56,11 +37,11 @@ def truth_mask(path: Path) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def mixed_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def mixed_template(tmp_path_factory: pytest.TempPathFactory, store_mask) -> Path:
     path = tmp_path_factory.mktemp("template") / "mixed.zarr"
     cfg = SynthConfig(frames=FRAMES, height=192, width=192, seed=7, scenario="mixed")
     synthesize_run(path, cfg, frames_per_chunk=FPC)
-    write_mask(path, truth_mask(path))
+    store_mask(path, truth_mask(path))
     return path
 
 
@@ -90,11 +71,11 @@ def assert_same_results(path: Path, reference: dict) -> None:
 # --------------------------------------------------------------------------- accuracy
 
 
-def test_clear_run_matches_truth_per_frame(tmp_path: Path) -> None:
+def test_clear_run_matches_truth_per_frame(tmp_path: Path, store_mask) -> None:
     path = tmp_path / "clear.zarr"
     cfg = SynthConfig(frames=5, height=384, width=384, seed=101, scenario="clear")
     synthesize_run(path, cfg, frames_per_chunk=2)
-    write_mask(path, truth_mask(path))
+    store_mask(path, truth_mask(path))
     settings = MeasureSettings()
     psd = measure_run(path, settings=settings, scheduler="threads").load()
     truth = read_table(path, "truth/crystals")
@@ -207,7 +188,7 @@ def test_same_settings_do_nothing_other_settings_need_overwrite(mixed_run: Path)
 
 
 def test_segments_first_when_there_is_no_mask(
-    mixed_template: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    mixed_template: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, store_mask
 ) -> None:
     path = tmp_path / "run.zarr"
     shutil.copytree(mixed_template, path)
@@ -217,7 +198,7 @@ def test_segments_first_when_there_is_no_mask(
 
     def fake_segment_run(run, model=None, *, client=None, progress=None):  # type: ignore[no-untyped-def]
         seen.update(run=Path(run), model=model, client=client)
-        write_mask(Path(run), truth_mask(Path(run)))
+        store_mask(Path(run), truth_mask(Path(run)))
         progress(FRAMES, FRAMES)
 
     fake = types.ModuleType("crystalseg.segment")
@@ -238,10 +219,10 @@ def test_segments_first_when_there_is_no_mask(
     assert calls[-1] == ("measure", FRAMES, FRAMES)
 
 
-def test_empty_frames(mixed_run: Path) -> None:
+def test_empty_frames(mixed_run: Path, store_mask) -> None:
     mask = truth_mask(mixed_run)
     mask[:3] = 0
-    write_mask(mixed_run, mask)
+    store_mask(mixed_run, mask)
     psd = measure_run(mixed_run, scheduler="synchronous").load()
     assert psd["count_kept"][:3].values.tolist() == [0, 0, 0]
     assert psd["count_detected"][:3].values.tolist() == [0, 0, 0]
@@ -253,8 +234,8 @@ def test_empty_frames(mixed_run: Path) -> None:
     assert list(particles.columns) == list(PARTICLE_COLUMNS)
 
 
-def test_all_frames_empty(mixed_run: Path, tmp_path: Path) -> None:
-    write_mask(mixed_run, np.zeros_like(truth_mask(mixed_run)))
+def test_all_frames_empty(mixed_run: Path, tmp_path: Path, store_mask) -> None:
+    store_mask(mixed_run, np.zeros_like(truth_mask(mixed_run)))
     psd = measure_run(mixed_run, scheduler="synchronous")
     assert int(psd["count_detected"].sum()) == 0
     assert len(read_table(mixed_run, "particles")) == 0

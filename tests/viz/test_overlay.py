@@ -17,10 +17,9 @@ from PIL import Image
 from scipy import ndimage as ndi
 
 from crystalseg.cli import cli
-from crystalseg.dims import DEFAULT_CODES, FRAME_DIMS
 from crystalseg.errors import ConfigError, StageStateError
 from crystalseg.measure import MeasureSettings, label_instances, measure_run
-from crystalseg.store import begin_stage, create_array, create_run, read_table
+from crystalseg.store import create_run, read_table
 from crystalseg.synth import SynthConfig, synthesize_run
 from crystalseg.viz import overlay as overlay_module
 from crystalseg.viz.overlay import (
@@ -39,26 +38,6 @@ from crystalseg.viz.overlay import (
 KEPT = np.array([round(c * 255) for c in to_rgb(KEPT_COLOR)], dtype=np.uint8)
 EXCLUDED = np.array([round(c * 255) for c in to_rgb(EXCLUDED_COLOR)], dtype=np.uint8)
 CROSS = ndi.generate_binary_structure(2, 1)
-
-
-def write_mask(
-    path: Path, mask: np.ndarray, *, fpc: int = 2, codes: tuple[str, ...] = DEFAULT_CODES
-) -> None:
-    """Store ``mask`` as the run's segmentation, as crystalseg segment would."""
-    n, h, w = mask.shape
-    arr = create_array(
-        path,
-        "mask",
-        dims=FRAME_DIMS,
-        shape=mask.shape,
-        dtype="uint8",
-        chunks=(fpc, h, w),
-        attrs={"codes": list(codes)},
-    )
-    arr[:] = mask
-    stage = begin_stage(path, "segment", settings={"truth": True}, n_frames=n, frames_per_chunk=fpc)
-    stage.mark_done(0, n)
-    stage.finish()
 
 
 def colored(rgb: np.ndarray, color: np.ndarray) -> np.ndarray:
@@ -97,7 +76,7 @@ SHAPES["speck"][70:72, 20:22] = True
 
 
 @pytest.fixture(scope="module")
-def drawn_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def drawn_run(tmp_path_factory: pytest.TempPathFactory, store_mask) -> Path:
     """3 frames: the shapes above twice, then an empty frame; measured with defaults."""
     path = tmp_path_factory.mktemp("drawn") / "drawn.zarr"
     n = 3
@@ -120,7 +99,7 @@ def drawn_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     writer.finish()
     masks = np.zeros((n, H, W), np.uint8)
     masks[:2][:, foreground] = 1
-    write_mask(path, masks)
+    store_mask(path, masks)
     measure_run(path, scheduler="synchronous")
     return path
 
@@ -227,7 +206,7 @@ def test_changed_mask_is_refused(drawn_run: Path, tmp_path: Path) -> None:
     overlay_image(path, 1)  # the other frames still match
 
 
-def test_classes_left_out_are_drawn_as_excluded(tmp_path: Path) -> None:
+def test_classes_left_out_are_drawn_as_excluded(tmp_path: Path, store_mask) -> None:
     path = tmp_path / "classes.zarr"
     writer = create_run(
         path,
@@ -243,7 +222,7 @@ def test_classes_left_out_are_drawn_as_excluded(tmp_path: Path) -> None:
     mask = np.zeros((1, H, W), np.uint8)
     mask[0, SHAPES["big"]] = 1
     mask[0, SHAPES["small"]] = 2
-    write_mask(path, mask, codes=("background", "needle", "plate"))
+    store_mask(path, mask, codes=("background", "needle", "plate"))
     measure_run(path, settings=MeasureSettings(classes=("needle",)), scheduler="synchronous")
     rgb = overlay_image(path, 0)
     np.testing.assert_array_equal(colored(rgb, KEPT), inner_edge(SHAPES["big"]))
@@ -259,11 +238,11 @@ def test_classes_left_out_are_drawn_as_excluded(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def synth_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def synth_run(tmp_path_factory: pytest.TempPathFactory, store_mask) -> Path:
     path = tmp_path_factory.mktemp("synth") / "mixed.zarr"
     cfg = SynthConfig(frames=4, height=160, width=160, seed=7, scenario="crowded")
     synthesize_run(path, cfg, frames_per_chunk=2)
-    write_mask(path, np.asarray(zarr.open_group(str(path), mode="r")["truth/mask"][:]))
+    store_mask(path, np.asarray(zarr.open_group(str(path), mode="r")["truth/mask"][:]))
     measure_run(path, settings=MeasureSettings(min_area_px=12), scheduler="synchronous")
     return path
 
@@ -331,7 +310,7 @@ def test_resolve_and_parse_frames() -> None:
     assert sample_frames(3, 9) == [0, 1, 2]
 
 
-def test_unmeasured_and_unsegmented_runs_are_refused(tmp_path: Path) -> None:
+def test_unmeasured_and_unsegmented_runs_are_refused(tmp_path: Path, store_mask) -> None:
     path = tmp_path / "bare.zarr"
     writer = create_run(
         path,
@@ -346,7 +325,7 @@ def test_unmeasured_and_unsegmented_runs_are_refused(tmp_path: Path) -> None:
     writer.finish()
     with pytest.raises(StageStateError, match=r"no mask.*crystalseg measure"):
         overlay_image(path, 0)
-    write_mask(path, np.zeros((2, 16, 16), np.uint8))
+    store_mask(path, np.zeros((2, 16, 16), np.uint8))
     with pytest.raises(StageStateError, match=r"not measured.*crystalseg measure"):
         montage(path)
     with pytest.raises(ConfigError, match="color_by"):
@@ -438,7 +417,7 @@ def test_frame_figure_shows_the_frame_full_size_with_all_text_inside(
     assert frame.width * frame.height >= 0.6 * fig.bbox.width * fig.bbox.height
 
 
-def test_frame_figure_pixels_are_the_frame_pixels(tmp_path: Path) -> None:
+def test_frame_figure_pixels_are_the_frame_pixels(tmp_path: Path, store_mask) -> None:
     """The saved frame is the raw frame repeated zoom x zoom: no resampling, no blur."""
     h, w = 37, 53
     path = tmp_path / "noise.zarr"
@@ -453,7 +432,7 @@ def test_frame_figure_pixels_are_the_frame_pixels(tmp_path: Path) -> None:
     writer.write_frames(0, np.random.default_rng(1).integers(0, 256, (1, h, w), dtype=np.uint8))
     writer.mark_done(0, 1)
     writer.finish()
-    write_mask(path, np.zeros((1, h, w), np.uint8), fpc=1)
+    store_mask(path, np.zeros((1, h, w), np.uint8), fpc=1)
     measure_run(path, scheduler="synchronous")
     grey = overlay_image(path, 0)[..., 0]  # no particles: the grey frame itself
     fig = overlay_frame(path, 0, color_by="status")

@@ -17,7 +17,6 @@ from matplotlib.collections import PathCollection, QuadMesh
 from matplotlib.figure import Figure
 
 from crystalseg.cli import cli
-from crystalseg.dims import DEFAULT_CODES, FRAME_DIMS
 from crystalseg.errors import (
     ConfigError,
     CrystalsegWarning,
@@ -26,7 +25,7 @@ from crystalseg.errors import (
     StageStateError,
 )
 from crystalseg.measure import PARTICLE_COLUMNS, measure_run
-from crystalseg.store import begin_stage, create_array, read_table
+from crystalseg.store import read_table
 from crystalseg.synth import SynthConfig, synthesize_run
 from crystalseg.viz.plots import (
     OKABE_ITO,
@@ -47,36 +46,24 @@ from crystalseg.viz.plots import (
 MAGIC = {"png": b"\x89PNG\r\n\x1a\n", "pdf": b"%PDF-", "svg": b"<svg"}
 
 
-def _measured_run(path: Path, *, calibrated: bool, frames: int, size: int, seed: int) -> Path:
+def _measured_run(
+    path: Path, store_mask, *, calibrated: bool, frames: int, size: int, seed: int
+) -> Path:
     """A synthetic run whose true class mask stands in for segmentation, then measured."""
     cfg = SynthConfig(
         frames=frames, height=size, width=size, seed=seed, scenario="mixed", calibrated=calibrated
     )
     synthesize_run(path, cfg, frames_per_chunk=2)
-    mask = np.asarray(zarr.open_group(str(path), mode="r")["truth/mask"][:])
-    arr = create_array(
-        path,
-        "mask",
-        dims=FRAME_DIMS,
-        shape=mask.shape,
-        dtype="uint8",
-        chunks=(2, size, size),
-        attrs={"codes": list(DEFAULT_CODES)},
-    )
-    arr[:] = mask
-    stage = begin_stage(
-        path, "segment", settings={"truth": True}, n_frames=frames, frames_per_chunk=2
-    )
-    stage.mark_done(0, frames)
-    stage.finish()
+    store_mask(path, np.asarray(zarr.open_group(str(path), mode="r")["truth/mask"][:]))
     measure_run(path, scheduler="synchronous")
     return path
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def run(tmp_path_factory: pytest.TempPathFactory, store_mask) -> Path:
     return _measured_run(
         tmp_path_factory.mktemp("plots") / "growth.zarr",
+        store_mask,
         calibrated=True,
         frames=6,
         size=256,
@@ -85,9 +72,10 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def px_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def px_run(tmp_path_factory: pytest.TempPathFactory, store_mask) -> Path:
     return _measured_run(
         tmp_path_factory.mktemp("plots_px") / "uncal.zarr",
+        store_mask,
         calibrated=False,
         frames=3,
         size=128,
