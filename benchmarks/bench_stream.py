@@ -39,19 +39,10 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_measure import _proc_status_mib
+
 MODES = ("two_pass", "stream")
-
-
-def _proc_status_mib(field: str) -> float:
-    """A memory figure of this process from /proc (Linux), in MiB; NaN elsewhere."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
 
 
 class TreeMemory:

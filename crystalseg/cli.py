@@ -114,10 +114,7 @@ def import_cmd(
     _echo_info(run)
 
 
-@cli.command()
-@click.argument("run", type=click.Path(path_type=Path))
-@click.option("--frames", default=40, show_default=True, help="Number of frames.")
-@click.option(
+_size_option = click.option(
     "--size",
     nargs=2,
     type=int,
@@ -126,6 +123,12 @@ def import_cmd(
     metavar="H W",
     help="Frame height and width in pixels.",
 )
+
+
+@cli.command()
+@click.argument("run", type=click.Path(path_type=Path))
+@click.option("--frames", default=40, show_default=True, help="Number of frames.")
+@_size_option
 @click.option("--seed", default=0, show_default=True, help="Random seed (same seed, same run).")
 @click.option("--scenario", default="mixed", show_default=True, help="Scene type, see below.")
 @click.option(
@@ -690,15 +693,7 @@ def report(
     "directory", type=click.Path(path_type=Path), default=Path("crystalseg-demo"), required=False
 )
 @click.option("--frames", default=40, show_default=True, help="Frames of the synthetic run.")
-@click.option(
-    "--size",
-    nargs=2,
-    type=int,
-    default=(512, 512),
-    show_default=True,
-    metavar="H W",
-    help="Frame height and width in pixels.",
-)
+@_size_option
 @click.option("--seed", default=0, show_default=True, help="Random seed of the synthetic run.")
 @click.option(
     "--scenario",
