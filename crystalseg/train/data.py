@@ -39,12 +39,12 @@ from crystalseg.errors import (
     RunFormatError,
     UnsupportedInputError,
 )
+from crystalseg.io.folder import IMAGE_SUFFIXES
 from crystalseg.models.checkpoint import ModelSpec, intensity_bounds, to_unit
 from crystalseg.train.masks import MASK_SUFFIXES, MaskRule, MaskValues, read_mask
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".bmp", ".png", ".tif", ".tiff", ".jpg", ".jpeg")
 MASK_TAG = "_mask"
 
 PathLike = str | os.PathLike[str]
