@@ -450,6 +450,14 @@ def segment(
 )
 @click.option("--min-sharpness", type=float, default=None, help="Drop blurrier particles.")
 @click.option(
+    "--min-confidence",
+    type=click.FloatRange(0.0, 1.0),
+    default=None,
+    help="Drop particles whose mean model probability is below this "
+    "[default: 0.8; 0 keeps all]. Needs the probability that measure stores when it "
+    "segments (or segment --save-probability).",
+)
+@click.option(
     "--export",
     "export_format",
     type=click.Choice(["parquet", "csv"]),
@@ -475,6 +483,7 @@ def measure(
     bins: tuple[float, float, int] | None,
     split: str,
     min_sharpness: float | None,
+    min_confidence: float | None,
     export_format: str | None,
     overwrite: bool,
     stream: bool | None,
@@ -500,6 +509,7 @@ def measure(
         min_area_px=min_area_px,
         split=split,  # type: ignore[arg-type]
         min_sharpness=min_sharpness,
+        min_confidence=MeasureSettings.min_confidence if min_confidence is None else min_confidence,
         bins=bins or MeasureSettings.bins,
     )
     engine: Any = model

@@ -14,6 +14,8 @@ FRAME_DIMS = (TIME, Y, X)
 
 IMAGE = "image"
 MASK = "mask"
+#: The model's foreground probability per pixel (uint8, round(255 p)), when stored.
+PROBABILITY = "probability"
 
 #: Class codes used by synthetic ground truth and the default model.
 DEFAULT_CODES = ("background", "crystal")

@@ -91,6 +91,7 @@ FEATURE_UNITS: dict[str, str] = {
     "bbox_max_x": "px",
     "intensity_mean": "intensity",
     "sharpness": "1/px2",
+    "confidence": "1",
     "touches_edge": "1",
 }
 
@@ -140,6 +141,7 @@ def measure_frame(
     labels: np.ndarray,
     image: np.ndarray | None = None,
     *,
+    probability: np.ndarray | None = None,
     pixel_size_um: float | None = None,
 ) -> pd.DataFrame:
     """Shape, position and intensity descriptors of every labelled particle of one frame.
@@ -152,6 +154,10 @@ def measure_frame(
     image : ndarray, shape (y, x), optional
         The raw frame, for ``intensity_mean`` and ``sharpness``; both are NaN
         without it.
+    probability : ndarray, shape (y, x), optional
+        The model's foreground probability of every pixel, as the segmentation
+        stores it (uint8, ``round(255 p)``) or as floats in [0, 1], for
+        ``confidence``; NaN without it.
     pixel_size_um : float, optional
         Edge length of one (square) pixel in micrometres. Lengths are then in µm
         and areas in µm²; without it, in pixels. Positions stay in pixels.
@@ -196,6 +202,9 @@ def measure_frame(
           compare. It falls as the edge blurs: a sharp step edge gives about
           contrast² / 4, an edge blurred by a Gaussian of σ > 1 px about
           contrast² / (2π σ²).
+        - ``confidence``: mean foreground probability of the model over the
+          particle, in [0, 1]. Small false detections (fragments along halos,
+          specks of debris) are mostly below 0.8, true crystals mostly above.
         - ``touches_edge``: whether any pixel lies on the frame border.
 
         Ratios whose denominator is 0 (circularity and convexity of particles
@@ -207,18 +216,13 @@ def measure_frame(
     MaskValueError
         If ``labels`` is not a 2-D integer array of non-negative ids.
     FrameMismatchError
-        If ``image`` does not have the shape of ``labels``.
+        If ``image`` or ``probability`` does not have the shape of ``labels``.
     ConfigError
         If ``pixel_size_um`` is not a positive finite number.
     """
     labels = _check_labels(labels)
-    if image is not None:
-        image = np.asarray(image)
-        if image.shape != labels.shape:
-            raise FrameMismatchError(
-                f"image has shape {image.shape} but labels have shape {labels.shape}; "
-                "pass the frame that the labels were made from."
-            )
+    image = _check_frame(image, labels, "image")
+    probability = _check_frame(probability, labels, "probability")
     scale = _check_pixel_size(pixel_size_um)
 
     geo = _FrameGeometry(labels)
@@ -247,6 +251,11 @@ def measure_frame(
     else:
         cols["intensity_mean"] = np.full(n, np.nan)
         cols["sharpness"] = np.full(n, np.nan)
+    if probability is not None:
+        scale_p = 255.0 if probability.dtype == np.uint8 else 1.0
+        cols["confidence"] = geo.intensity_mean(probability) / scale_p
+    else:
+        cols["confidence"] = np.full(n, np.nan)
 
     h, w = labels.shape
     cols["touches_edge"] = (
@@ -267,6 +276,19 @@ def measure_frame(
     table = pd.DataFrame({name: cols[name] for name in FEATURE_COLUMNS})
     table.attrs["units"] = feature_units(pixel_size_um)
     return table
+
+
+def _check_frame(frame: np.ndarray | None, labels: np.ndarray, name: str) -> np.ndarray | None:
+    """``frame`` as an array of the shape of ``labels`` (None stays None)."""
+    if frame is None:
+        return None
+    frame = np.asarray(frame)
+    if frame.shape != labels.shape:
+        raise FrameMismatchError(
+            f"{name} has shape {frame.shape} but labels have shape {labels.shape}; "
+            "pass the frame that the labels were made from."
+        )
+    return frame
 
 
 def miles_lantuejoul_weights(

@@ -47,7 +47,13 @@ STAGING_GROUP = "_measure"
 STAGE = "measure"
 
 #: Why a particle is not counted in the distributions, by the code stored in staging.
-EXCLUDED_REASONS: tuple[str, ...] = ("", "edge", "out_of_focus", "larger_than_frame")
+EXCLUDED_REASONS: tuple[str, ...] = (
+    "",
+    "edge",
+    "out_of_focus",
+    "larger_than_frame",
+    "low_confidence",
+)
 
 #: Columns of the particle table, in order.
 PARTICLE_COLUMNS: tuple[str, ...] = (
@@ -86,6 +92,7 @@ _LONG_NAMES: dict[str, str] = {
     "bbox_max_x": "bounding box column after the last",
     "intensity_mean": "mean raw intensity",
     "sharpness": "focus score: mean squared intensity gradient over the outline",
+    "confidence": "mean foreground probability of the segmentation model over the particle",
     "touches_edge": "particle touches the frame edge",
     "kept": "counted in the distributions",
     "excluded_reason": "why the particle is not counted ('' when kept)",
@@ -456,13 +463,17 @@ def iter_particles(run: str | os.PathLike[str], *, rows: int = 1 << 18) -> Itera
     DataFrame, columns :data:`PARTICLE_COLUMNS`
     """
     group = _particles_group(Path(run))
-    arrays = {name: _array(group, name) for name in PARTICLE_COLUMNS}
+    # Tables written before a column existed (``confidence``) read it as NaN.
+    arrays = {name: _array(group, name) for name in PARTICLE_COLUMNS if name in group}
     total = int(arrays["frame"].shape[0])
     for lo in range(0, max(total, 1), rows):
         hi = min(lo + rows, total)
         block = {}
-        for name, arr in arrays.items():
-            values = np.asarray(arr[lo:hi])
+        for name in PARTICLE_COLUMNS:
+            if name not in arrays:
+                block[name] = np.full(hi - lo, np.nan)
+                continue
+            values = np.asarray(arrays[name][lo:hi])
             if values.dtype.kind in "TU":
                 values = values.astype(object)
             block[name] = values

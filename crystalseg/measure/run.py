@@ -53,7 +53,7 @@ import pandas as pd
 import xarray as xr
 import zarr
 
-from crystalseg.dims import IMAGE, MASK, TIME
+from crystalseg.dims import IMAGE, MASK, PROBABILITY, TIME
 from crystalseg.errors import ConfigError, RunFormatError, StageStateError
 from crystalseg.measure.distributions import frame_distributions
 from crystalseg.measure.features import measure_frame, miles_lantuejoul_weights
@@ -137,6 +137,7 @@ def measure_mask_frame(
     mask: np.ndarray,
     image: np.ndarray | None,
     *,
+    probability: np.ndarray | None = None,
     settings: MeasureSettings,
     codes: tuple[str, ...] = _DEFAULT_CODES,
     pixel_size_um: float | None = None,
@@ -150,6 +151,9 @@ def measure_mask_frame(
     image : ndarray, shape (y, x), optional
         The raw frame (intensity and sharpness; without it the sharpness filter
         cannot apply and sharpness is NaN).
+    probability : ndarray, shape (y, x), optional
+        The model's foreground probability (the run's ``probability``), for each
+        particle's ``confidence``; without it the confidence filter cannot apply.
     settings : MeasureSettings
     codes : tuple of str
         Class names of the mask, background first.
@@ -170,7 +174,7 @@ def measure_mask_frame(
         (weighted number per mm² of field, NaN without a pixel size).
     """
     labels = label_mask_frame(mask, settings=settings, codes=codes)
-    table = measure_frame(labels, image, pixel_size_um=pixel_size_um)
+    table = measure_frame(labels, image, probability=probability, pixel_size_um=pixel_size_um)
     n = len(table)
     code = np.zeros(n, dtype=np.uint8)
     weight = np.ones(n)
@@ -179,6 +183,9 @@ def measure_mask_frame(
     if settings.min_sharpness is not None:
         blurred = ~(table["sharpness"].to_numpy() >= settings.min_sharpness)
         code[(code == 0) & blurred] = EXCLUDED_REASONS.index("out_of_focus")
+    if settings.min_confidence is not None and probability is not None:
+        doubtful = ~(table["confidence"].to_numpy() >= settings.min_confidence)
+        code[(code == 0) & doubtful] = EXCLUDED_REASONS.index("low_confidence")
     if settings.edge == "miles-lantuejoul" and n:
         ml = miles_lantuejoul_weights(
             (table["bbox_max_y"] - table["bbox_min_y"]).to_numpy(),
@@ -233,6 +240,11 @@ def _measure_chunk(job: _ChunkJob) -> int:
     group = zarr.open_group(str(job.path), mode="r", use_consolidated=False)
     masks = np.asarray(get_array(group, MASK, job.path)[job.start : job.stop])
     images = np.asarray(get_array(group, IMAGE, job.path)[job.start : job.stop])
+    probs = (
+        np.asarray(get_array(group, PROBABILITY, job.path)[job.start : job.stop])
+        if PROBABILITY in group
+        else None
+    )
     times = np.asarray(get_array(group, TIME, job.path)[job.start : job.stop], dtype=np.float64)
 
     tables: list[pd.DataFrame] = []
@@ -241,6 +253,7 @@ def _measure_chunk(job: _ChunkJob) -> int:
         table, dist = measure_mask_frame(
             masks[i],
             images[i],
+            probability=None if probs is None else probs[i],
             settings=job.settings,
             codes=job.codes,
             pixel_size_um=job.pixel_size_um,
@@ -522,7 +535,13 @@ def _segment_first(
     """Segment the whole run (it has no finished mask) before measuring it."""
     segment_run = _segmentation(path).segment_run
     log.info("%s has no finished mask: segmenting it first", path)
-    segment_run(path, model, client=client, progress=_segment_progress(progress))
+    segment_run(
+        path,
+        model,
+        client=client,
+        progress=_segment_progress(progress),
+        save_probability=True,
+    )
 
 
 def _segmentation(path: Path) -> Any:
@@ -566,7 +585,9 @@ def _measure_streaming(path: Path, model: Any, options: _Options) -> None:
     """
     stream_segment_run = _segmentation(path).stream_segment_run
     log.info("%s has no finished mask: segmenting and measuring it together", path)
-    segmented = stream_segment_run(path, model, progress=_segment_progress(options.progress))
+    segmented = stream_segment_run(
+        path, model, progress=_segment_progress(options.progress), save_probability=True
+    )
     with closing(segmented):
         plan = _begin_measure(path, options)
         if plan is None:  # pragma: no cover - a finished result names a finished mask

@@ -26,6 +26,10 @@ SIZE_COLUMNS: tuple[str, ...] = (
     "axis_minor_length",
 )
 
+#: Default least mean foreground probability of a counted particle (see
+#: ``MeasureSettings.min_confidence``).
+DEFAULT_MIN_CONFIDENCE = 0.8
+
 _EDGES = ("exclude", "miles-lantuejoul", "keep")
 _SPLITS = ("auto", "watershed", "boundary", "none")
 
@@ -57,6 +61,12 @@ class MeasureSettings:
         Exclude particles whose ``sharpness`` (mean squared intensity gradient
         over their outline, intensities scaled to 0..1) is below this; None
         keeps all.
+    min_confidence : float or None
+        Exclude particles whose ``confidence`` (the segmentation model's mean
+        foreground probability over the particle, 0..1) is below this; None keeps
+        all. It applies where the run stores the model's ``probability`` (runs
+        that ``measure`` segments itself, or ``segment --save-probability``);
+        masks made elsewhere have no confidence and are kept whole.
     classes : tuple of str, or None
         Mask classes to measure (names from the mask's codes); None measures
         every class but background and boundary.
@@ -80,6 +90,7 @@ class MeasureSettings:
     smooth_px: float = DEFAULT_SMOOTH_PX
     edge: EdgeTreatment = "exclude"
     min_sharpness: float | None = None
+    min_confidence: float | None = DEFAULT_MIN_CONFIDENCE
     classes: tuple[str, ...] | None = None
     size_column: str = "ecd"
     bins: tuple[float, float, int] = (1.0, 1000.0, 60)
@@ -107,6 +118,13 @@ class MeasureSettings:
         ):
             raise ConfigError(
                 f"min_sharpness must be a number >= 0 or None (off), got {self.min_sharpness!r}."
+            )
+        if self.min_confidence is not None and not (
+            _number(self.min_confidence) and 0 <= self.min_confidence <= 1
+        ):
+            raise ConfigError(
+                f"min_confidence must be a probability in [0, 1] or None (off), "
+                f"got {self.min_confidence!r}."
             )
         if self.classes is not None:
             classes = (self.classes,) if isinstance(self.classes, str) else tuple(self.classes)
@@ -170,4 +188,4 @@ def _number(value: Any) -> bool:
     )
 
 
-__all__ = ["SIZE_COLUMNS", "MeasureSettings"]
+__all__ = ["DEFAULT_MIN_CONFIDENCE", "SIZE_COLUMNS", "MeasureSettings"]

@@ -35,7 +35,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from crystalseg.dims import FRAME_DIMS, IMAGE, MASK
+from crystalseg.dims import FRAME_DIMS, IMAGE, MASK, PROBABILITY
 from crystalseg.errors import ConfigError, RunFormatError, StageStateError
 from crystalseg.models import read_checkpoint_meta
 from crystalseg.models.checkpoint import default_checkpoint_path, resolve_checkpoint_dir
@@ -54,7 +54,6 @@ from crystalseg.store import StageProgress, begin_stage, create_array, open_run,
 log = logging.getLogger(__name__)
 
 STAGE = "segment"
-PROBABILITY = "probability"
 
 #: ``progress(frames_done, frames_total)``, called after every chunk is written.
 ProgressCallback = Callable[[int, int], None]
@@ -421,6 +420,11 @@ def stream_segment_run(
         "save_probability": bool(save_probability),
     }
     all_chunks = [(s, min(s + fpc, n)) for s in range(0, n, fpc)]
+    if not save_probability and not overwrite and _saving_probability(path, stage_settings):
+        # An unfinished run that stores the probability (e.g. begun by measure) goes on
+        # storing it, rather than refusing to resume over an extra output.
+        save_probability = True
+        stage_settings["save_probability"] = True
     resume = _check_existing(path, stage_settings, overwrite=overwrite, shape=(n, ny, nx))
     if resume == "finished":
         log.info("%s is already segmented by model %s; nothing to do", path, checksum[:12])
@@ -506,6 +510,17 @@ def inference_device(
     if kind not in ("cpu", "cuda", "mps"):  # pragma: no cover - select_device returns these
         raise ConfigError(f"device {kind!r} is not one crystalseg infers on")
     return kind  # type: ignore[return-value]
+
+
+def _saving_probability(path: Path, settings: dict[str, Any]) -> bool:
+    """Whether an unfinished segmentation with these settings stores the probability."""
+    info = stage_info(path).get(STAGE) or {}
+    previous = info.get("settings") or {}
+    return (
+        info.get("status") == "running"
+        and bool(previous.get("save_probability"))
+        and previous == {**settings, "save_probability": True}
+    )
 
 
 def _check_existing(

@@ -116,6 +116,7 @@ _REASON_TEXT = {
     "edge": "touches edge",
     "out_of_focus": "out of focus",
     "larger_than_frame": "larger than frame",
+    "low_confidence": "low confidence",
     "too_small": "below min area",
     "other_class": "class not measured",
 }

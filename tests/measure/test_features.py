@@ -368,6 +368,19 @@ def test_intensity_mean_by_hand() -> None:
     np.testing.assert_allclose(table["intensity_mean"], [2.0, 6.0])
 
 
+def test_confidence_is_the_mean_probability_over_the_particle() -> None:
+    labels = np.array([[1, 1, 0], [2, 2, 2]], dtype=np.int32)
+    prob = np.array([[0.2, 0.6, 1.0], [0.9, 0.9, 0.6]])
+    np.testing.assert_allclose(measure_frame(labels, probability=prob)["confidence"], [0.4, 0.8])
+    stored = np.round(prob * 255).astype(np.uint8)  # as segment stores it
+    np.testing.assert_allclose(
+        measure_frame(labels, probability=stored)["confidence"], [0.4, 0.8], atol=1 / 255
+    )
+    assert measure_frame(labels)["confidence"].isna().all()
+    with pytest.raises(FrameMismatchError, match="probability"):
+        measure_frame(labels, probability=prob[:, :2])
+
+
 # --------------------------------------------------------------------------- edge weights
 
 

@@ -15,8 +15,10 @@ import pytest
 import xarray as xr
 import zarr
 
+from crystalseg.dims import FRAME_DIMS
 from crystalseg.errors import ConfigError, StageStateError
 from crystalseg.measure import (
+    EXCLUDED_REASONS,
     MeasureSettings,
     export_particles,
     measure_mask_frame,
@@ -25,7 +27,7 @@ from crystalseg.measure import (
 )
 from crystalseg.measure.distributions import weighted_quantile
 from crystalseg.measure.results import PARTICLE_COLUMNS
-from crystalseg.store import begin_stage, read_table, stage_info
+from crystalseg.store import begin_stage, create_array, read_table, stage_info
 from crystalseg.synth import SynthConfig, synthesize_run
 
 FRAMES = 8
@@ -119,6 +121,51 @@ def test_measure_mask_frame_edge_exclusion_and_weights() -> None:
     assert table["kept"].all() and dist["count_kept"][1] == 2
 
 
+def test_low_confidence_particles_are_excluded_only_with_a_probability() -> None:
+    mask = np.zeros((64, 64), dtype=np.uint8)
+    mask[10:20, 10:20] = 1  # confident crystal
+    mask[40:44, 40:50] = 1  # a doubtful speck
+    prob = np.zeros((64, 64), dtype=np.uint8)
+    prob[10:20, 10:20] = 250
+    prob[40:44, 40:50] = 178  # 0.70
+    settings = MeasureSettings(min_area_px=4, min_confidence=0.8)
+    table, dist = measure_mask_frame(mask, None, probability=prob, settings=settings)
+    assert table["confidence"].tolist() == pytest.approx([250 / 255, 178 / 255])
+    assert table["kept"].tolist() == [True, False]
+    assert table["excluded_code"].tolist() == [0, EXCLUDED_REASONS.index("low_confidence")]
+    assert dist["count_kept"][1] == 1 and dist["count_detected"][1] == 2
+    assert dist["d50_number"][1] == pytest.approx(math.sqrt(4 * 100 / math.pi))
+    # A lower bar keeps both; without a probability (a mask made elsewhere) nothing is
+    # filtered and the confidence is unknown.
+    low = MeasureSettings(min_area_px=4, min_confidence=0.6)
+    assert measure_mask_frame(mask, None, probability=prob, settings=low)[0]["kept"].all()
+    table, _ = measure_mask_frame(mask, None, settings=settings)
+    assert table["kept"].all() and table["confidence"].isna().all()
+
+
+def test_a_stored_probability_feeds_the_confidence_filter(mixed_run: Path) -> None:
+    mask = zarr.open_group(str(mixed_run), mode="r")["mask"][:]
+    prob = np.where(mask > 0, 255, 0).astype(np.uint8)
+    prob[1::2] = np.where(mask[1::2] > 0, 100, 0)  # every odd frame doubtful
+    arr = create_array(
+        mixed_run,
+        "probability",
+        dims=FRAME_DIMS,
+        shape=mask.shape,
+        dtype="uint8",
+        chunks=(FPC, *mask.shape[1:]),
+    )
+    arr[:] = prob
+    measure_run(mixed_run, scheduler="synchronous", overwrite=True)
+    particles = read_table(mixed_run, "particles")
+    odd = particles["frame"] % 2 == 1
+    assert particles.loc[~odd, "confidence"].eq(1.0).all()
+    assert particles.loc[odd, "confidence"].eq(100 / 255).all()
+    inner = ~particles["touches_edge"]
+    assert (particles.loc[odd & inner, "excluded_reason"] == "low_confidence").all()
+    assert particles.loc[~odd & inner, "kept"].all()
+
+
 # --------------------------------------------------------------------------- execution
 
 
@@ -196,8 +243,8 @@ def test_segments_first_when_there_is_no_mask(
     del root["mask"]
     seen: dict = {}
 
-    def fake_segment_run(run, model=None, *, client=None, progress=None):  # type: ignore[no-untyped-def]
-        seen.update(run=Path(run), model=model, client=client)
+    def fake_segment_run(run, model=None, *, client=None, progress=None, save_probability=False):  # type: ignore[no-untyped-def]
+        seen.update(run=Path(run), model=model, client=client, save_probability=save_probability)
         store_mask(Path(run), truth_mask(Path(run)))
         progress(FRAMES, FRAMES)
 
@@ -214,7 +261,13 @@ def test_segments_first_when_there_is_no_mask(
         stream=False,  # the fake segmenter has no streaming path (a GPU would pick it)
         progress=lambda *a: calls.append(a),
     )
-    assert seen == {"run": path.resolve(), "model": "my-model", "client": None}
+    # The probability is kept for the confidence of every particle.
+    assert seen == {
+        "run": path.resolve(),
+        "model": "my-model",
+        "client": None,
+        "save_probability": True,
+    }
     assert calls[0] == ("segment", FRAMES, FRAMES)
     assert calls[-1] == ("measure", FRAMES, FRAMES)
 
@@ -356,6 +409,8 @@ def test_settings_validate_and_round_trip() -> None:
         {"bins": (1.0, 10.0, 2.5)},
         {"size_column": "area"},
         {"min_sharpness": -1.0},
+        {"min_confidence": 1.5},
+        {"min_confidence": float("nan")},
         {"neck_ratio": 1.5},
         {"elongated_aspect_ratio": 0.5},
         {"classes": [""]},
