@@ -443,7 +443,7 @@ def segment(
 )
 @click.option(
     "--split",
-    type=click.Choice(["auto", "watershed", "boundary", "none"]),
+    type=click.Choice(["auto", "watershed", "boundary", "hybrid", "none"]),
     default="auto",
     show_default=True,
     help="How touching crystals are split (auto: boundary class if the model has one).",

@@ -14,6 +14,7 @@ from crystalseg.measure.instances import (
     DEFAULT_MIN_DEPTH_PX,
     DEFAULT_NECK_RATIO,
     DEFAULT_SMOOTH_PX,
+    SPLIT_METHODS,
     SplitMethod,
 )
 
@@ -31,7 +32,7 @@ SIZE_COLUMNS: tuple[str, ...] = (
 DEFAULT_MIN_CONFIDENCE = 0.8
 
 _EDGES = ("exclude", "miles-lantuejoul", "keep")
-_SPLITS = ("auto", "watershed", "boundary", "none")
+_SPLITS = SPLIT_METHODS
 
 
 @dataclass(frozen=True)
@@ -43,13 +44,13 @@ class MeasureSettings:
     min_area_px : int
         Particles with fewer pixels are dropped before measuring (a detection
         limit; the ground truth of synthetic runs is compared with the same limit).
-    split : {"auto", "watershed", "boundary", "none"}
+    split : {"auto", "watershed", "boundary", "hybrid", "none"}
         How touching crystals are separated
         (:func:`~crystalseg.measure.instances.label_instances`): "auto" uses the
         mask's boundary class when it has one, else the distance-transform
-        watershed.
+        watershed; "hybrid" splits the boundary class's markers at necks too.
     neck_ratio, min_depth_px, smooth_px : float
-        Watershed split: a neck separates two crystals when the distance
+        Watershed and hybrid split: a neck separates two crystals when the distance
         transform at the saddle is below ``neck_ratio`` times the thinner
         crystal's peak and at least ``min_depth_px`` below it; ``smooth_px`` is
         the sigma of the smoothing of the distance transform.

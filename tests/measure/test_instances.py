@@ -180,6 +180,29 @@ def test_boundary_class_ignores_interior_specks() -> None:
     assert instance_scores(labels, truth)["f1"] == 1.0
 
 
+def test_hybrid_split_cuts_the_bridge_a_partial_boundary_leaves() -> None:
+    # Two touching plates; the model drew the boundary between them except over 4 px,
+    # so their interiors join through a narrow bridge: one marker, one particle.
+    truth = np.zeros((50, 70), dtype=np.int32)
+    truth[10:40, 5:35] = 1
+    truth[10:40, 35:65] = 2
+    mask = three_class(truth)
+    gap = mask[:, 33:37] == 2
+    gap[:23] = gap[27:] = False
+    mask[:, 33:37][gap] = 1
+    assert ndi.label(mask == 1)[1] == 1
+    assert label_instances(mask, codes=CODES3, split="boundary").max() == 1
+    labels = label_instances(mask, codes=CODES3, split="hybrid")
+    assert labels.max() == 2
+    assert instance_scores(labels, truth)["f1"] == 1.0
+    # A long prism whose interior has no neck stays whole.
+    prism = np.zeros((40, 90), dtype=np.int32)
+    prism[15:25, 5:85] = 1
+    assert label_instances(three_class(prism), codes=CODES3, split="hybrid").max() == 1
+    with pytest.raises(ConfigError, match="boundary class"):
+        label_instances((prism > 0).astype(np.uint8), split="hybrid")
+
+
 def test_boundary_class_with_class_filter() -> None:
     codes = ("background", "needle", "prism", "edge")
     mask = np.zeros((40, 60), dtype=np.uint8)
