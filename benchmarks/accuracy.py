@@ -7,8 +7,9 @@ and compares with the truth stored in the run:
 
 - pixels: foreground IoU (crystal + boundary vs background) of the model's mask;
   ``bubble_fp``: fraction of bubble-disc pixels the model calls crystal;
-- instances: matched F1 at IoU 0.5 of the measured labels against the visible
-  pieces of the true crystals, over-split and merge rates;
+- instances: matched F1 at IoU 0.5 of the measured labels (less those dropped for
+  low confidence) against the visible pieces of the true crystals, over-split and
+  merge rates;
 - PSD: per frame with at least ``--min-count`` true crystals, the relative error of
   the crystal count and of the number-weighted D50 (ECD) against the truth table
   (edge-cut crystals excluded on both sides, same minimum area).
@@ -19,6 +20,7 @@ figures separate the model's errors from those of splitting and measuring.
 Prints one JSON document. Usage::
 
     python benchmarks/accuracy.py [--model DIR] [--seeds 1 2] [--frames 12] [--size 512] [--tta]
+        [--split auto|hybrid|...] [--min-confidence P (negative: off)]
 """
 
 from __future__ import annotations
@@ -33,9 +35,10 @@ import xarray as xr
 from skimage.measure import label as sk_label
 
 from crystalseg.classes import class_mask_from_labels
-from crystalseg.measure import MeasureSettings, measure_mask_frame
+from crystalseg.measure import EXCLUDED_REASONS, MeasureSettings, measure_mask_frame
 from crystalseg.measure.distributions import weighted_quantile
-from crystalseg.measure.instances import instance_scores, label_instances
+from crystalseg.measure.instances import instance_scores
+from crystalseg.measure.run import label_mask_frame
 from crystalseg.segment import EngineSettings, load_segmenter
 from crystalseg.synth import SCENARIO_NAMES, SynthConfig, synthesize_run
 
@@ -56,11 +59,17 @@ def _bubble_mask(distractors, shape: tuple[int, int]) -> np.ndarray:
 
 
 def evaluate(
-    model: str | None, seeds: list[int], frames: int, size: int, min_count: int, tta: bool = False
+    model: str | None,
+    seeds: list[int],
+    frames: int,
+    size: int,
+    min_count: int,
+    tta: bool = False,
+    settings: MeasureSettings | None = None,
 ) -> dict:
     segmenter = load_segmenter(model, None, EngineSettings(tta=tta))
     codes = tuple(segmenter.spec.codes)
-    settings = MeasureSettings()
+    settings = MeasureSettings() if settings is None else settings
     result: dict = {
         "model": segmenter.describe() if hasattr(segmenter, "describe") else str(model),
         "codes": list(codes),
@@ -68,6 +77,11 @@ def evaluate(
         "frames": frames,
         "size": size,
         "tta": tta,
+        "measure_settings": {
+            k: v
+            for k, v in settings.to_dict().items()
+            if k in ("split", "min_confidence", "min_area_px", "edge")
+        },
         "scenarios": {},
     }
     with tempfile.TemporaryDirectory() as tmp:
@@ -105,7 +119,7 @@ def evaluate(
                 for t in range(frames):
                     image = ds["image"][t].values
                     true_labels = truth["labels"][t].values
-                    pred = segmenter.predict(image[None])[0]
+                    pred, prob = (a[0] for a in segmenter.predict(image[None], probability=True))
                     fg_pred, fg_true = pred > 0, true_labels > 0
                     union = np.count_nonzero(fg_pred | fg_true)
                     if union:
@@ -116,7 +130,17 @@ def evaluate(
                     n_true, d50_true = _truth_stats(
                         crystals[crystals["frame"] == t], settings.min_area_px
                     )
-                    labels = label_instances(pred, codes=codes, min_area_px=settings.min_area_px)
+                    # The particles the measurement counts: its labels without those
+                    # it drops for low confidence (edge-cut ones stay: truth has them).
+                    table, _ = measure_mask_frame(
+                        pred, image, probability=prob, settings=settings, codes=codes
+                    )
+                    labels = label_mask_frame(pred, settings=settings, codes=codes)
+                    doubtful = table.loc[
+                        table["excluded_code"] == EXCLUDED_REASONS.index("low_confidence"),
+                        "label",
+                    ]
+                    labels[np.isin(labels, doubtful.to_numpy())] = 0
                     pieces = sk_label(true_labels, background=0, connectivity=2)
                     area = np.bincount(pieces.ravel())
                     ids = np.flatnonzero(area >= settings.min_area_px)
@@ -126,11 +150,13 @@ def evaluate(
                     rows["merged"].append(scores["merged_rate"])
                     if n_true < min_count:
                         continue
-                    for prefix, mask, mcodes in (
-                        ("", pred, codes),
-                        ("truth_mask_", class_mask_from_labels(true_labels, codes), codes),
+                    for prefix, mask, p in (
+                        ("", pred, prob),
+                        ("truth_mask_", class_mask_from_labels(true_labels, codes), None),
                     ):
-                        _, dist = measure_mask_frame(mask, image, settings=settings, codes=mcodes)
+                        _, dist = measure_mask_frame(
+                            mask, image, probability=p, settings=settings, codes=codes
+                        )
                         count = float(dist["count_kept"][1])
                         d50 = float(dist["d50_number"][1])
                         rows[f"{prefix}count_err"].append((count - n_true) / n_true)
@@ -159,13 +185,21 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--min-count", type=int, default=5)
     parser.add_argument("--tta", action="store_true", help="test-time augmentation (8 views)")
-    args = parser.parse_args()
-    print(
-        json.dumps(
-            evaluate(args.model, args.seeds, args.frames, args.size, args.min_count, args.tta),
-            indent=2,
-        )
+    parser.add_argument("--split", default="auto", help="measurement split method")
+    parser.add_argument(
+        "--min-confidence", type=float, default=None, help="default: MeasureSettings'; <0 off"
     )
+    args = parser.parse_args()
+    confidence = (
+        MeasureSettings.min_confidence if args.min_confidence is None else args.min_confidence
+    )
+    settings = MeasureSettings(
+        split=args.split, min_confidence=None if confidence < 0 else confidence
+    )
+    result = evaluate(
+        args.model, args.seeds, args.frames, args.size, args.min_count, args.tta, settings
+    )
+    print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":
