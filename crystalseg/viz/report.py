@@ -93,6 +93,8 @@ class ReportSettings:
     edge_fraction_warning : float
         Warn when more than this fraction (0..1) of the particles found touch the
         frame edge: with edge particles excluded, large crystals are under-counted.
+        The same fraction bounds the particles excluded as out of focus or for low
+        model confidence.
     focus_drop_warning : float
         Warn about frames whose median particle sharpness is below this fraction
         (0..1) of the run's median; only frames with at least
@@ -147,6 +149,7 @@ class ReportWarning:
     code : str
         Stable name of the check: ``"no_pixel_size"``, ``"empty_frames"``,
         ``"edge_fraction"``, ``"low_focus"``, ``"out_of_focus_excluded"``,
+        ``"low_confidence_excluded"``,
         ``"outside_bins"``, ``"unfinished_stage"``, ``"figure_failed"``.
     message : str
         One sentence for the reader, with what to do about it.
@@ -323,6 +326,18 @@ def _focus_warnings(particles: pd.DataFrame, settings: ReportSettings) -> list[R
                     "out_of_focus_excluded",
                     f"{fraction:.0%} of the particles were excluded as out of focus "
                     "(--min-sharpness); the counts are low. Lower the threshold or refocus.",
+                )
+            )
+        doubtful = int((particles["excluded_reason"] == "low_confidence").sum())
+        fraction = doubtful / len(particles)
+        if fraction > settings.edge_fraction_warning:
+            out.append(
+                ReportWarning(
+                    "low_confidence_excluded",
+                    f"{fraction:.0%} of the detections were excluded because the model was "
+                    "unsure of them (--min-confidence): the recording may look unlike what "
+                    "the model was trained on. Check the overlays, and fine-tune the model "
+                    "on a few annotated frames (crystalseg train).",
                 )
             )
     return out

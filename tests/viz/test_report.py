@@ -387,6 +387,17 @@ def test_low_focus_frames_are_found_from_particle_sharpness() -> None:
     assert find_warnings(psd, few) == []
 
 
+def test_many_low_confidence_exclusions_are_warned() -> None:
+    psd = _psd(count_detected=[8, 8], count_kept=[5, 6], count_edge=[0, 0])
+    reasons = ["low_confidence"] * 5 + [""] * 11  # 31 % of the detections
+    particles = pd.DataFrame({"frame": [0] * 8 + [1] * 8, "excluded_reason": reasons})
+    (warning,) = find_warnings(psd, particles)
+    assert warning.code == "low_confidence_excluded" and "31%" in warning.message
+    assert "crystalseg train" in warning.message
+    fewer = particles.assign(excluded_reason=["low_confidence"] * 3 + [""] * 13)
+    assert find_warnings(psd, fewer) == []
+
+
 def test_unfinished_stage_and_outside_bins_are_warned() -> None:
     psd = _psd(
         count_detected=[5, 5],
