@@ -446,7 +446,8 @@ def segment(
     type=click.Choice(["auto", "watershed", "boundary", "hybrid", "none"]),
     default="auto",
     show_default=True,
-    help="How touching crystals are split (auto: boundary class if the model has one).",
+    help="How touching crystals are split (auto: hybrid, i.e. the boundary class and "
+    "necks, if the model has a boundary class, else the watershed).",
 )
 @click.option("--min-sharpness", type=float, default=None, help="Drop blurrier particles.")
 @click.option(

@@ -46,9 +46,10 @@ class MeasureSettings:
         limit; the ground truth of synthetic runs is compared with the same limit).
     split : {"auto", "watershed", "boundary", "hybrid", "none"}
         How touching crystals are separated
-        (:func:`~crystalseg.measure.instances.label_instances`): "auto" uses the
-        mask's boundary class when it has one, else the distance-transform
-        watershed; "hybrid" splits the boundary class's markers at necks too.
+        (:func:`~crystalseg.measure.instances.label_instances`): "boundary" cuts
+        along the mask's boundary class, "hybrid" splits the pieces it leaves at
+        their necks too, "watershed" cuts necks of the crystal mask alone; "auto"
+        is "hybrid" for masks with a boundary class, else "watershed".
     neck_ratio, min_depth_px, smooth_px : float
         Watershed and hybrid split: a neck separates two crystals when the distance
         transform at the saddle is below ``neck_ratio`` times the thinner

@@ -136,7 +136,7 @@ def test_boundary_class_splits_side_by_side_prisms() -> None:
     truth[30:40, 10:70] = 2
     watershed = label_instances((truth > 0).astype(np.uint8), split="watershed")
     assert watershed.max() == 1
-    labels = label_instances(three_class(truth), codes=CODES3)  # auto → boundary
+    labels = label_instances(three_class(truth), codes=CODES3)  # auto → hybrid
     assert labels.max() == 2
     assert instance_scores(labels, truth)["matched"] == 2
     # Every boundary pixel is grown back to its own crystal.
@@ -195,6 +195,7 @@ def test_hybrid_split_cuts_the_bridge_a_partial_boundary_leaves() -> None:
     labels = label_instances(mask, codes=CODES3, split="hybrid")
     assert labels.max() == 2
     assert instance_scores(labels, truth)["f1"] == 1.0
+    assert np.array_equal(label_instances(mask, codes=CODES3), labels)  # the default
     # A long prism whose interior has no neck stays whole.
     prism = np.zeros((40, 90), dtype=np.int32)
     prism[15:25, 5:85] = 1
