@@ -551,7 +551,13 @@ def _check_existing(
     if old.get("model_sha256") != settings["model_sha256"]:
         why = f"a mask from model {old_model}{where}"
     else:
-        changed = sorted(k for k in {*settings, *previous} if previous.get(k) != settings.get(k))
+        # A stored probability that is not asked for is no difference.
+        changed = sorted(
+            k
+            for k in {*settings, *previous}
+            if previous.get(k) != settings.get(k)
+            and (k != "save_probability" or settings["save_probability"])
+        )
         why = f"a mask from the same model made with other settings ({', '.join(changed)})"
     raise StageStateError(f"run '{path}' already has {why}; pass --overwrite to replace it")
 
