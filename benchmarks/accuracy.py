@@ -6,7 +6,8 @@ bundled model, or ``--model``), measures it with ``measure_run`` at default sett
 and compares with the truth stored in the run:
 
 - pixels: foreground IoU (crystal + boundary vs background) of the model's mask;
-  ``bubble_fp``: fraction of bubble-disc pixels the model calls crystal;
+  ``bubble_fp``: fraction of bubble-disc pixels (those no crystal covers) that the
+  model calls crystal;
 - instances: matched F1 at IoU 0.5 of the measured labels (less those dropped for
   low confidence) against the visible pieces of the true crystals, over-split and
   merge rates;
@@ -124,7 +125,9 @@ def evaluate(
                     union = np.count_nonzero(fg_pred | fg_true)
                     if union:
                         rows["fg_iou"].append(np.count_nonzero(fg_pred & fg_true) / union)
+                    # Bubble pixels that a crystal covers are crystal: only the rest count.
                     bubbles = _bubble_mask(distractors[distractors["frame"] == t], image.shape)
+                    bubbles &= ~fg_true
                     if bubbles.any():
                         rows["bubble_fp"].append(float(fg_pred[bubbles].mean()))
                     n_true, d50_true = _truth_stats(
