@@ -503,6 +503,7 @@ def measure(
     """
     from crystalseg.measure import MeasureSettings, export_particles, measure_run
     from crystalseg.measure.results import summarize_measurement
+    from crystalseg.measure.run import needs_segmentation
     from crystalseg.summary import format_measurement
 
     settings = MeasureSettings(
@@ -514,7 +515,7 @@ def measure(
         bins=bins or MeasureSettings.bins,
     )
     engine: Any = model
-    if tta:  # only used if the run has no mask yet
+    if tta and needs_segmentation(run):  # TTA only matters when the run is segmented here
         from crystalseg.segment import EngineSettings, load_segmenter
 
         engine = load_segmenter(model, None, EngineSettings(tta=True))

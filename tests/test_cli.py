@@ -267,3 +267,21 @@ def test_measure_tta_segments_with_test_time_augmentation(tmp_path: Path) -> Non
     # a plain segmentation of the same run is a different mask setting
     code, out = run("segment", str(path))
     assert_one_line_error(code, out, "other settings (tta)", "--overwrite")
+
+
+def test_measure_tta_loads_no_model_when_the_run_has_a_mask(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, store_mask
+) -> None:
+    import crystalseg.segment
+
+    path = tmp_path / "run.zarr"
+    code, out = run("synth", str(path), "--frames", "2", "--size", "64", "64", "--seed", "4")
+    assert code == 0, out
+    store_mask(path, np.asarray(xr.open_zarr(path, group="truth")["labels"].values > 0, np.uint8))
+
+    def no_model(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the model was loaded for a run that has a mask")
+
+    monkeypatch.setattr(crystalseg.segment, "load_segmenter", no_model)
+    code, out = run("measure", str(path), "--tta", "--no-stream")
+    assert code == 0, out

@@ -349,7 +349,7 @@ def measure_run(
     path = Path(run).resolve()
     open_run(path)  # checks the store is a complete run
     options = _Options(settings, frames_per_chunk, overwrite, scheduler, num_workers, progress)
-    if _needs_segmentation(path):
+    if needs_segmentation(path):
         if client is None and _wants_stream(stream, model):
             _measure_streaming(path, model, options)
             return _open_psd(path)
@@ -518,8 +518,13 @@ def _outputs_exist(path: Path) -> bool:
     return (path / PSD_GROUP / "zarr.json").exists() and (path / STAGING_GROUP).exists()
 
 
-def _needs_segmentation(path: Path) -> bool:
-    """Whether the run has no finished mask to measure (a mask made elsewhere counts)."""
+def needs_segmentation(path: str | os.PathLike[str]) -> bool:
+    """Whether :func:`measure_run` would segment the run first: it has no finished mask.
+
+    A mask written outside ``crystalseg segment`` (no segment stage recorded) counts
+    as finished.
+    """
+    path = Path(path)
     info = stage_info(path).get("segment")
     if info is not None and info.get("status") == "finished":
         return False
@@ -824,5 +829,6 @@ __all__ = [
     "mask_provenance",
     "measure_mask_frame",
     "measure_run",
+    "needs_segmentation",
     "read_mask_codes",
 ]
