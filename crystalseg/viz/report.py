@@ -296,6 +296,26 @@ def find_warnings(
     return out
 
 
+#: (excluded_reason, warning code, the sentence after "NN% ") for exclusions that,
+#: above ``ReportSettings.edge_fraction_warning`` of the particles, deserve a warning.
+_EXCLUSION_WARNINGS: tuple[tuple[str, str, str], ...] = (
+    (
+        "out_of_focus",
+        "out_of_focus_excluded",
+        "of the particles were excluded as out of focus (--min-sharpness); the counts "
+        "are low. Lower the threshold or refocus.",
+    ),
+    (
+        "low_confidence",
+        "low_confidence_excluded",
+        "of the detections were excluded because the model was unsure of them "
+        "(--min-confidence): the recording may look unlike what the model was trained "
+        "on. Check the overlays, and fine-tune the model on a few annotated frames "
+        "(crystalseg train).",
+    ),
+)
+
+
 def _focus_warnings(particles: pd.DataFrame, settings: ReportSettings) -> list[ReportWarning]:
     out = []
     if "sharpness" in particles and "frame" in particles:
@@ -318,28 +338,10 @@ def _focus_warnings(particles: pd.DataFrame, settings: ReportSettings) -> list[R
                     )
                 )
     if "excluded_reason" in particles:
-        blurred = int((particles["excluded_reason"] == "out_of_focus").sum())
-        fraction = blurred / len(particles)
-        if fraction > settings.edge_fraction_warning:
-            out.append(
-                ReportWarning(
-                    "out_of_focus_excluded",
-                    f"{fraction:.0%} of the particles were excluded as out of focus "
-                    "(--min-sharpness); the counts are low. Lower the threshold or refocus.",
-                )
-            )
-        doubtful = int((particles["excluded_reason"] == "low_confidence").sum())
-        fraction = doubtful / len(particles)
-        if fraction > settings.edge_fraction_warning:
-            out.append(
-                ReportWarning(
-                    "low_confidence_excluded",
-                    f"{fraction:.0%} of the detections were excluded because the model was "
-                    "unsure of them (--min-confidence): the recording may look unlike what "
-                    "the model was trained on. Check the overlays, and fine-tune the model "
-                    "on a few annotated frames (crystalseg train).",
-                )
-            )
+        for reason, code, message in _EXCLUSION_WARNINGS:
+            fraction = int((particles["excluded_reason"] == reason).sum()) / len(particles)
+            if fraction > settings.edge_fraction_warning:
+                out.append(ReportWarning(code, f"{fraction:.0%} {message}"))
     return out
 
 
