@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
@@ -278,7 +279,7 @@ def frame_distributions(
         raise ConfigError(
             f"edge treatment {edge!r} is unknown; use 'keep', 'exclude' or 'miles-lantuejoul'."
         )
-    _require_columns(table, [size_column] + ([weight_column] if weight_column else []))
+    require_columns(table, [size_column] + ([weight_column] if weight_column else []))
     n = len(table)
     w = np.ones(n)
     if weight_column is not None:
@@ -289,14 +290,14 @@ def frame_distributions(
         else np.zeros(n, dtype=bool)
     )
     if edge != "keep":
-        _require_columns(table, ["touches_edge"])
+        require_columns(table, ["touches_edge"])
         w = np.where(touches, 0.0, w)
     if edge == "miles-lantuejoul":
         if frame_shape is None:
             raise ConfigError(
                 "edge='miles-lantuejoul' needs frame_shape=(H, W) in pixels; pass the frame shape."
             )
-        _require_columns(table, ["bbox_min_y", "bbox_max_y", "bbox_min_x", "bbox_max_x"])
+        require_columns(table, ["bbox_min_y", "bbox_max_y", "bbox_min_x", "bbox_max_x"])
         ml = miles_lantuejoul_weights(
             table["bbox_max_y"].to_numpy() - table["bbox_min_y"].to_numpy(),
             table["bbox_max_x"].to_numpy() - table["bbox_min_x"].to_numpy(),
@@ -365,12 +366,16 @@ def _check_bins(bins: ArrayLike) -> np.ndarray:
     return edges
 
 
-def _require_columns(table: pd.DataFrame, columns: list[str]) -> None:
+def require_columns(
+    table: pd.DataFrame,
+    columns: Sequence[str],
+    remedy: str = "Pass a table from measure_frame or name an existing column.",
+) -> None:
+    """Raise a one-line ConfigError naming the ``columns`` that ``table`` lacks, and ``remedy``."""
     missing = [c for c in columns if c not in table.columns]
     if missing:
         raise ConfigError(
-            f"particle table lacks column(s) {missing}; it has {list(table.columns)}. "
-            "Pass a table from measure_frame or name an existing column."
+            f"the particle table lacks column(s) {missing}; it has {list(table.columns)}. " + remedy
         )
 
 

@@ -44,6 +44,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormat
 
 from crystalseg.dims import SIZE_BIN, TIME
 from crystalseg.errors import ConfigError, CrystalsegWarning, RunFormatError, StageStateError
+from crystalseg.measure.distributions import require_columns
 from crystalseg.store import crystalseg_version, stage_info
 
 log = logging.getLogger(__name__)
@@ -474,7 +475,12 @@ def plot_shape(
     lower, upper = _bin_edges(psd)
 
     if particles is not None:
-        _require_columns(particles, ["frame", "feret_diameter_max", "feret_diameter_min"])
+        require_columns(
+            particles,
+            ["frame", "feret_diameter_max", "feret_diameter_min"],
+            "Pass the table from open_results(run)[1] (or None to use the psd's "
+            "length-width histogram).",
+        )
         rows = particles[particles["frame"].to_numpy() == index]
         if "kept" in rows:
             rows = rows[rows["kept"].to_numpy(dtype=bool)]
@@ -846,15 +852,6 @@ def _require(psd: Any, names: Sequence[str], *, name: str | None = None) -> None
         raise ConfigError(
             f"the psd{which} lacks {missing}; pass the Dataset from open_results(run)[0] "
             "(group 'psd' written by crystalseg measure)"
-        )
-
-
-def _require_columns(table: pd.DataFrame, columns: Sequence[str]) -> None:
-    missing = [c for c in columns if c not in table.columns]
-    if missing:
-        raise ConfigError(
-            f"the particle table lacks column(s) {missing}; pass the table from "
-            "open_results(run)[1] (or None to use the psd's length-width histogram)"
         )
 
 
