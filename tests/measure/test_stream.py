@@ -83,6 +83,18 @@ def _record(calls: list[tuple[str, int, int]]) -> Any:
     return lambda stage, done, total: calls.append((stage, done, total))
 
 
+def _stream_until(run: Path, model: Segmenter, stop_stage: str, *, at_end: bool) -> None:
+    """Stream-measure ``run`` and interrupt it once ``stop_stage`` reports progress:
+    its first chunk (``at_end`` False) or its last (True)."""
+
+    def stop(stage: str, done: int, total: int) -> None:
+        if stage == stop_stage and (done == total if at_end else done > 0):
+            raise Stop
+
+    with pytest.raises(Stop):
+        measure_run(run, model=model, stream=True, scheduler="synchronous", progress=stop)
+
+
 def assert_same_as_two_pass(path: Path, reference: dict) -> None:
     """Mask, psd and particles equal the two-pass ones; the results name the final mask."""
     group = zarr.open_group(str(path), mode="r", use_consolidated=False)
@@ -166,18 +178,7 @@ def test_measurement_chunks_other_than_the_mask_chunks(
 def test_resume_after_interruption_while_both_run(
     run: Path, model: Segmenter, two_pass: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def stop_after_first_measured(stage: str, done: int, total: int) -> None:
-        if stage == "measure" and done > 0:
-            raise Stop
-
-    with pytest.raises(Stop):
-        measure_run(
-            run,
-            model=model,
-            stream=True,
-            scheduler="synchronous",
-            progress=stop_after_first_measured,
-        )
+    _stream_until(run, model, "measure", at_end=False)
     stages = stage_info(run)
     assert stages["segment"]["status"] == "running" and stages["measure"]["status"] == "running"
     segmented = stages["segment"]["frames_done"]
@@ -199,18 +200,7 @@ def test_resume_two_pass_after_the_mask_was_finished_elsewhere(
 ) -> None:
     """Streamed, stopped, then `crystalseg segment`, then measure: nothing is redone."""
 
-    def stop_after_first_measured(stage: str, done: int, total: int) -> None:
-        if stage == "measure" and done > 0:
-            raise Stop
-
-    with pytest.raises(Stop):
-        measure_run(
-            run,
-            model=model,
-            stream=True,
-            scheduler="synchronous",
-            progress=stop_after_first_measured,
-        )
+    _stream_until(run, model, "measure", at_end=False)
     segment_run(run, model)
     assert stage_info(run)["segment"]["status"] == "finished"
     calls: list[tuple[str, int, int]] = []
@@ -224,18 +214,7 @@ def test_resume_after_the_last_chunk_before_the_stages_finish(
 ) -> None:
     """Stopped with every chunk segmented but neither stage marked finished."""
 
-    def stop_at_last_segment_chunk(stage: str, done: int, total: int) -> None:
-        if stage == "segment" and done == total:
-            raise Stop
-
-    with pytest.raises(Stop):
-        measure_run(
-            run,
-            model=model,
-            stream=True,
-            scheduler="synchronous",
-            progress=stop_at_last_segment_chunk,
-        )
+    _stream_until(run, model, "segment", at_end=True)
     stages = stage_info(run)
     assert stages["segment"]["status"] == "running"
     assert stages["segment"]["frames_done"] == FRAMES
