@@ -21,7 +21,11 @@ figures separate the model's errors from those of splitting and measuring.
 Prints one JSON document. Usage::
 
     python benchmarks/accuracy.py [--model DIR] [--seeds 1 2] [--frames 12] [--size 512] [--tta]
-        [--split auto|hybrid|...] [--min-confidence P (negative: off)]
+        [--split auto|hybrid|...] [--min-confidence P (negative: off)] [--scenarios clear ...]
+
+Besides the means over frames, each scenario reports ``fg_iou_pooled`` (intersection
+over union summed over all frames, so that nearly empty early frames weigh less) and
+``per_seed`` figures, to show how much the seeds differ.
 """
 
 from __future__ import annotations
@@ -67,6 +71,7 @@ def evaluate(
     min_count: int,
     tta: bool = False,
     settings: MeasureSettings | None = None,
+    scenarios: tuple[str, ...] = SCENARIO_NAMES,
 ) -> dict:
     segmenter = load_segmenter(model, None, EngineSettings(tta=tta))
     codes = tuple(segmenter.spec.codes)
@@ -86,7 +91,9 @@ def evaluate(
         "scenarios": {},
     }
     with tempfile.TemporaryDirectory() as tmp:
-        for scenario in SCENARIO_NAMES:
+        for scenario in scenarios:
+            pooled = np.zeros(2)  # foreground intersection, union over all frames
+            per_seed: dict[int, dict[str, list[float]]] = {}
             rows: dict[str, list[float]] = {
                 k: []
                 for k in (
@@ -123,8 +130,14 @@ def evaluate(
                     pred, prob = (a[0] for a in segmenter.predict(image[None], probability=True))
                     fg_pred, fg_true = pred > 0, true_labels > 0
                     union = np.count_nonzero(fg_pred | fg_true)
+                    seed_rows = per_seed.setdefault(
+                        seed, {"fg_iou": [], "count_err": [], "d50_err": []}
+                    )
                     if union:
-                        rows["fg_iou"].append(np.count_nonzero(fg_pred & fg_true) / union)
+                        inter = np.count_nonzero(fg_pred & fg_true)
+                        pooled += inter, union
+                        rows["fg_iou"].append(inter / union)
+                        seed_rows["fg_iou"].append(inter / union)
                     # Bubble pixels that a crystal covers are crystal: only the rest count.
                     bubbles = _bubble_mask(distractors[distractors["frame"] == t], image.shape)
                     bubbles &= ~fg_true
@@ -164,6 +177,9 @@ def evaluate(
                         d50 = float(dist["d50_number"][1])
                         rows[f"{prefix}count_err"].append((count - n_true) / n_true)
                         rows[f"{prefix}d50_err"].append((d50 - d50_true) / d50_true)
+                        if not prefix:
+                            seed_rows["count_err"].append(abs(count - n_true) / n_true)
+                            seed_rows["d50_err"].append(abs(d50 - d50_true) / d50_true)
             summary = {}
             for key, values in rows.items():
                 arr = np.asarray(values, dtype=float)
@@ -176,6 +192,18 @@ def evaluate(
                     summary[key + "_frames"] = int(arr.size)
                 else:
                     summary[key] = float(np.mean(arr))
+            if pooled[1]:
+                summary["fg_iou_pooled"] = float(pooled[0] / pooled[1])
+            # Per seed: mean frame IoU, median |count| and |D50| errors (the bars' terms).
+            summary["per_seed"] = {
+                str(seed): {
+                    ("fg_iou" if key == "fg_iou" else key + "_median_abs"): (
+                        float(np.mean(v) if key == "fg_iou" else np.median(v)) if v else None
+                    )
+                    for key, v in seed_rows.items()
+                }
+                for seed, seed_rows in per_seed.items()
+            }
             result["scenarios"][scenario] = summary
     return result
 
@@ -192,6 +220,9 @@ def main() -> None:
     parser.add_argument(
         "--min-confidence", type=float, default=None, help="default: MeasureSettings'; <0 off"
     )
+    parser.add_argument(
+        "--scenarios", nargs="+", choices=SCENARIO_NAMES, default=list(SCENARIO_NAMES)
+    )
     args = parser.parse_args()
     confidence = (
         MeasureSettings.min_confidence if args.min_confidence is None else args.min_confidence
@@ -200,7 +231,14 @@ def main() -> None:
         split=args.split, min_confidence=None if confidence < 0 else confidence
     )
     result = evaluate(
-        args.model, args.seeds, args.frames, args.size, args.min_count, args.tta, settings
+        args.model,
+        args.seeds,
+        args.frames,
+        args.size,
+        args.min_count,
+        args.tta,
+        settings,
+        tuple(args.scenarios),
     )
     print(json.dumps(result, indent=2))
 

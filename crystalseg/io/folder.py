@@ -259,6 +259,30 @@ def _load(path: Path, header: _Header) -> np.ndarray:
     return arr
 
 
+def read_image_file(path: Path) -> np.ndarray:
+    """Pixels of one single-frame image file, read by the same rules as a folder's frames.
+
+    Returns (y, x) grey or (y, x, 3|4) colour, in the file's own dtype (bool for 1-bit
+    files, the palette's colours for indexed ones).
+
+    Raises
+    ------
+    InputNotFoundError
+        There is no such file.
+    UnsupportedInputError
+        Not a PNG, BMP, TIFF or JPEG image, several frames, or an unreadable mode.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputNotFoundError(f"image '{path}' does not exist")
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        raise UnsupportedInputError(
+            f"'{path.name}' is not a supported image ({', '.join(IMAGE_SUFFIXES)}); "
+            f"expected a {_FORMATS} file"
+        )
+    return _load(path, _probe(path))
+
+
 # ---------------------------------------------------------------------------
 # The source
 

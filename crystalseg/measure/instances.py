@@ -527,7 +527,8 @@ def instance_scores(
     p_main = np.zeros(n_p, dtype=np.int64)
     p_main_px = np.zeros(n_p, dtype=np.int64)
     order = np.lexsort((inter, pp))
-    last = np.r_[pp[order][1:] != pp[order][:-1], True]
+    last = np.ones(pp.size, dtype=bool)  # the last (largest) pair of each prediction
+    last[:-1] = pp[order][1:] != pp[order][:-1]
     sel = order[last]
     p_main[pp[sel]] = tt[sel]
     p_main_px[pp[sel]] = inter[sel]

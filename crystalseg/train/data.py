@@ -39,7 +39,7 @@ from crystalseg.errors import (
     RunFormatError,
     UnsupportedInputError,
 )
-from crystalseg.io.folder import IMAGE_SUFFIXES
+from crystalseg.io.folder import IMAGE_SUFFIXES, read_image_file
 from crystalseg.models.checkpoint import ModelSpec, intensity_bounds, to_unit
 from crystalseg.train.masks import MASK_SUFFIXES, MaskRule, MaskValues, read_mask
 
@@ -96,44 +96,19 @@ class PairItem:
 def read_image(path: PathLike) -> np.ndarray:
     """Pixels of an image file: (H, W) grey or (H, W, 3|4) colour, uint8/uint16/float.
 
+    The file is read by :func:`crystalseg.io.folder.read_image_file`, the reader of
+    ``crystalseg import``; 1-bit images become 0/255 and 32-bit integer ones that fit
+    become uint16.
+
     Raises
     ------
     InputNotFoundError, UnsupportedInputError
     """
-    p = Path(path)
-    if not p.is_file():
-        raise InputNotFoundError(f"image '{p}' does not exist")
-    suffix = p.suffix.lower()
-    if suffix not in IMAGE_SUFFIXES:
-        raise UnsupportedInputError(
-            f"'{p.name}' is not a supported image ({', '.join(IMAGE_SUFFIXES)})"
-        )
-    try:
-        if suffix in (".tif", ".tiff"):
-            import tifffile
-
-            arr = np.asarray(tifffile.imread(str(p)))
-        else:
-            from PIL import Image
-
-            with Image.open(p) as im:
-                if im.mode == "P":  # palette: the colours are the image
-                    arr = np.array(im.convert("RGBA" if "transparency" in im.info else "RGB"))
-                else:
-                    arr = np.array(im)
-    except Exception as exc:
-        raise UnsupportedInputError(f"cannot read image '{p.name}': {exc}") from exc
+    arr = read_image_file(Path(path))
     if arr.dtype == bool:
         arr = arr.astype(np.uint8) * 255
     if arr.dtype == np.int32 and arr.min() >= 0 and arr.max() <= 65535:
         arr = arr.astype(np.uint16)
-    if arr.ndim == 3 and arr.shape[-1] not in (3, 4):
-        raise UnsupportedInputError(
-            f"image '{p.name}' has shape {arr.shape}: a stack of {arr.shape[0]} frames? "
-            "Import stacks as a run store (crystalseg import) and train on the run"
-        )
-    if arr.ndim not in (2, 3):
-        raise UnsupportedInputError(f"image '{p.name}' has shape {arr.shape}; expected (y, x)")
     return arr
 
 

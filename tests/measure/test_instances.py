@@ -68,6 +68,18 @@ def test_two_touching_discs_are_split() -> None:
         assert best > 0.95 * area
 
 
+def test_scores_of_empty_frames() -> None:
+    empty = np.zeros((20, 30), dtype=np.int32)
+    scores = instance_scores(empty, empty)
+    assert (scores["n_true"], scores["n_pred"], scores["matched"]) == (0, 0, 0)
+    assert math.isnan(scores["f1"])
+    one = discs((20, 30), [(10, 15, 5)])
+    missed = instance_scores(empty, one)
+    assert (missed["n_true"], missed["recall"], missed["f1"]) == (1, 0.0, 0.0)
+    false = instance_scores(one, empty)
+    assert (false["n_pred"], false["precision"], false["f1"]) == (1, 0.0, 0.0)
+
+
 def test_three_touching_discs_in_a_row_are_split() -> None:
     truth = discs((60, 140), [(30, 25, 12), (30, 47, 11), (30, 69, 12)])
     labels = label_instances((truth > 0).astype(np.uint8), split="watershed")
