@@ -172,8 +172,8 @@ def _probe_tiff(path: Path) -> _Header:
     if big or "Y" not in axes or "X" not in axes:
         raise UnsupportedInputError(
             f"'{path}' holds {int(np.prod(list(big.values()) or [1]))} frames (shape "
-            f"{tuple(shape)}, axes {axes}); a folder must hold one frame per file. Open the "
-            "file on its own instead."
+            f"{tuple(shape)}, axes {axes}); expected one frame per file. Import a stack as a "
+            "run of its own (crystalseg import FILE)."
         )
     samples = shape[axes.index("S")] if "S" in axes else 1
     mode = str(dtype) if samples == 1 else f"{dtype} x{samples}"
@@ -202,8 +202,8 @@ def _probe(path: Path) -> _Header:
         raise _not_an_image(path, str(exc).split("\n")[0]) from exc
     if n > 1:
         raise UnsupportedInputError(
-            f"'{path}' holds {n} frames; a folder must hold one frame per file. Open the "
-            "file on its own, or export single frames."
+            f"'{path}' holds {n} frames; expected one frame per file. Import a stack as a "
+            "run of its own (crystalseg import FILE), or export single frames."
         )
     png = _png_bit_depth(path)
     if png is not None and png[0] == 16 and png[1] in (2, 4, 6):

@@ -256,3 +256,24 @@ def test_missing_and_empty_inputs(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputNotFoundError, match="no image/mask pairs"):
         pairs(tmp_path / "empty", codes=CODES)
+
+
+def test_read_image_follows_the_import_reader(tmp_path: Path) -> None:
+    import tifffile
+
+    from crystalseg.errors import UnsupportedInputError
+    from crystalseg.train import read_image
+
+    bits = np.zeros((6, 8), bool)
+    bits[2:4, 3:6] = True
+    Image.fromarray(bits).save(tmp_path / "one_bit.png")
+    got = read_image(tmp_path / "one_bit.png")
+    assert got.dtype == np.uint8 and np.array_equal(got, bits * np.uint8(255))
+    deep = np.arange(48, dtype=np.uint16).reshape(6, 8) * 1000
+    tifffile.imwrite(tmp_path / "deep.tif", deep)
+    assert np.array_equal(read_image(tmp_path / "deep.tif"), deep)
+    tifffile.imwrite(tmp_path / "stack.tif", np.zeros((5, 6, 8), np.uint8))
+    with pytest.raises(UnsupportedInputError, match=r"holds 5 frames.*crystalseg import"):
+        read_image(tmp_path / "stack.tif")
+    with pytest.raises(InputNotFoundError, match="does not exist"):
+        read_image(tmp_path / "missing.png")
