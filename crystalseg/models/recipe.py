@@ -53,19 +53,23 @@ def make_training_runs(
     runs_per_scenario: int = RUNS_PER_SCENARIO,
     extra: dict[str, int] | None = None,
     jobs: int = 1,
+    first_seed: int = FIRST_SEED,
 ) -> Path:
     """Render the synthetic training runs into ``workdir/runs`` (skips runs already there).
 
     ``runs_per_scenario`` runs of every scenario, then ``extra[scenario]`` more of the
     named ones (e.g. more bubbles, so that the model learns what is not a crystal).
-    Seeds count up from :data:`FIRST_SEED`; the runs depend on their seeds only, so
-    ``jobs`` worker processes render the same runs as one.
+    Seeds count up from ``first_seed`` (at least :data:`FIRST_SEED`; a later cycle adds
+    fresh runs to the same folder by starting higher); the runs depend on their seeds
+    only, so ``jobs`` worker processes render the same runs as one.
     """
+    if first_seed < FIRST_SEED:
+        raise ValueError(f"first_seed {first_seed} < {FIRST_SEED}: lower seeds are for evaluation")
     runs = workdir / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     plan = [(s, runs_per_scenario) for s in SCENARIO_NAMES] + list((extra or {}).items())
     todo = []
-    seed = FIRST_SEED
+    seed = first_seed
     for scenario, count in plan:
         for k in range(count):
             path = runs / f"{scenario}-{seed}.zarr"
@@ -173,6 +177,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--crop-size", type=int, default=256)
     parser.add_argument("--jobs", type=int, default=1, help="processes that render the runs")
+    parser.add_argument(
+        "--first-seed",
+        type=int,
+        default=FIRST_SEED,
+        help=f"seed of the first run (>= {FIRST_SEED}; higher adds fresh runs to WORKDIR)",
+    )
     parser.add_argument("--frame-step", type=int, default=FRAME_STEP, help="every n-th frame")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run")
     parser.add_argument("--ship", type=Path, default=None, help="then copy it here as float16")
@@ -185,8 +195,14 @@ def main(argv: list[str] | None = None) -> None:
         log.info("shipped %s", ship_model(args.output, args.ship))
         return
 
+    if args.first_seed < FIRST_SEED:
+        parser.error(f"--first-seed must be at least {FIRST_SEED}: lower seeds are for evaluation")
     runs = make_training_runs(
-        args.workdir, runs_per_scenario=args.runs_per_scenario, extra=args.extra, jobs=args.jobs
+        args.workdir,
+        runs_per_scenario=args.runs_per_scenario,
+        extra=args.extra,
+        jobs=args.jobs,
+        first_seed=args.first_seed,
     )
     decoder = args.decoder_channels
     settings = TrainSettings(

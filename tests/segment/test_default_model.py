@@ -43,3 +43,13 @@ def test_bundled_model_handles_uint16_like_uint8(segmenter: Segmenter) -> None:
     a = segmenter.predict(f.image[None])[0]
     b = segmenter.predict(as16[None])[0]
     assert np.mean(a == b) > 0.999  # percentile scaling: the bit depth does not matter
+
+
+def test_recipe_keeps_evaluation_seeds_out_of_training(tmp_path) -> None:
+    from crystalseg.models import recipe
+
+    with pytest.raises(ValueError, match="lower seeds are for evaluation"):
+        recipe.make_training_runs(tmp_path, runs_per_scenario=1, first_seed=recipe.FIRST_SEED - 1)
+    with pytest.raises(SystemExit):
+        recipe.main([str(tmp_path / "model"), "--first-seed", "7", "--workdir", str(tmp_path)])
+    assert not (tmp_path / "runs").exists()
