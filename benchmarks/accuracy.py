@@ -11,6 +11,8 @@ and compares with the truth stored in the run:
 - instances: matched F1 at IoU 0.5 of the measured labels (less those dropped for
   low confidence) against the visible pieces of the true crystals, over-split and
   merge rates;
+- detection: the fraction of whole true crystals of which the model finds at least
+  half, by true area and by defocus blur (where small or blurred crystals are lost);
 - PSD: per frame with at least ``--min-count`` true crystals, the relative error of
   the crystal count and of the number-weighted D50 (ECD) against the truth table
   (edge-cut crystals excluded on both sides, same minimum area).
@@ -31,6 +33,7 @@ over union summed over all frames, so that nearly empty early frames weigh less)
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import tempfile
 from pathlib import Path
@@ -60,6 +63,36 @@ def _bubble_mask(distractors, shape: tuple[int, int]) -> np.ndarray:
     out = np.zeros(shape, bool)
     for row in distractors.itertuples():
         out |= (yy - row.y_px) ** 2 + (xx - row.x_px) ** 2 <= (0.8 * row.radius_px) ** 2
+    return out
+
+
+#: Bin edges of the detection rates by true area (px) and by defocus blur (px).
+AREA_BINS = (10, 25, 50, 100, 200, 500, np.inf)
+BLUR_BINS = (0.0, 1.0, 2.0, 3.0, 4.0, np.inf)
+
+
+def _detections(crystals, labels: np.ndarray, fg_pred: np.ndarray, min_area: int) -> list:
+    """(area, blur, found) of each whole true crystal: found when the model calls at least
+    half of its visible pixels foreground."""
+    kept = crystals[(crystals["area_px"] >= min_area) & ~crystals["touches_edge"]]
+    area = np.bincount(labels.ravel())
+    hit = np.bincount(labels.ravel(), weights=fg_pred.ravel(), minlength=len(area))
+    out = []
+    for row in kept.itertuples():
+        if row.id < len(area) and area[row.id]:
+            out.append((row.area_px, row.blur_px, bool(hit[row.id] >= 0.5 * area[row.id])))
+    return out
+
+
+def _binned_recall(found: list, column: int, edges: tuple) -> dict:
+    """Fraction of true crystals found per bin of one column: {"lo-hi": [rate, n]}."""
+    out = {}
+    values = np.array([f[column] for f in found], dtype=float)
+    hits = np.array([f[2] for f in found], dtype=bool)
+    for lo, hi in itertools.pairwise(edges):
+        inside = (values >= lo) & (values < hi)
+        if inside.any():
+            out[f"{lo:g}-{hi:g}"] = [round(float(hits[inside].mean()), 3), int(inside.sum())]
     return out
 
 
@@ -93,6 +126,7 @@ def evaluate(
     with tempfile.TemporaryDirectory() as tmp:
         for scenario in scenarios:
             pooled = np.zeros(2)  # foreground intersection, union over all frames
+            found: list[tuple[float, float, bool]] = []  # (area_px, blur_px, detected)
             per_seed: dict[int, dict[str, list[float]]] = {}
             rows: dict[str, list[float]] = {
                 k: []
@@ -143,6 +177,9 @@ def evaluate(
                     bubbles &= ~fg_true
                     if bubbles.any():
                         rows["bubble_fp"].append(float(fg_pred[bubbles].mean()))
+                    found += _detections(
+                        crystals[crystals["frame"] == t], true_labels, fg_pred, settings.min_area_px
+                    )
                     n_true, d50_true = _truth_stats(
                         crystals[crystals["frame"] == t], settings.min_area_px
                     )
@@ -195,6 +232,8 @@ def evaluate(
             if pooled[1]:
                 summary["fg_iou_pooled"] = float(pooled[0] / pooled[1])
             # Per seed: mean frame IoU, median |count| and |D50| errors (the bars' terms).
+            summary["recall_by_area_px"] = _binned_recall(found, 0, AREA_BINS)
+            summary["recall_by_blur_px"] = _binned_recall(found, 1, BLUR_BINS)
             summary["per_seed"] = {
                 str(seed): {
                     ("fg_iou" if key == "fg_iou" else key + "_median_abs"): (
