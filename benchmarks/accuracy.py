@@ -27,7 +27,8 @@ Prints one JSON document. Usage::
 
 Besides the means over frames, each scenario reports ``fg_iou_pooled`` (intersection
 over union summed over all frames, so that nearly empty early frames weigh less) and
-``per_seed`` figures, to show how much the seeds differ.
+``per_seed`` figures, to show how much the seeds differ, and ``frames_within_bars``,
+the fraction of frames whose count is within 10 % and D50 within 5 % of the truth.
 """
 
 from __future__ import annotations
@@ -94,6 +95,20 @@ def _binned_recall(found: list, column: int, edges: tuple) -> dict:
         if inside.any():
             out[f"{lo:g}-{hi:g}"] = [round(float(hits[inside].mean()), 3), int(inside.sum())]
     return out
+
+
+#: Per-frame PSD bars of clear scenes (issue 5): |count error| and |D50 error|.
+COUNT_BAR, D50_BAR = 0.10, 0.05
+
+
+def _seed_summary(rows: dict[str, list[float]]) -> dict[str, float | None]:
+    """One seed's mean frame IoU and median |count| and |D50| errors."""
+    iou, count, d50 = rows["fg_iou"], rows["count_err"], rows["d50_err"]
+    return {
+        "fg_iou": float(np.mean(iou)) if iou else None,
+        "count_err_median_abs": float(np.median(count)) if count else None,
+        "d50_err_median_abs": float(np.median(d50)) if d50 else None,
+    }
 
 
 def evaluate(
@@ -231,18 +246,15 @@ def evaluate(
                     summary[key] = float(np.mean(arr))
             if pooled[1]:
                 summary["fg_iou_pooled"] = float(pooled[0] / pooled[1])
-            # Per seed: mean frame IoU, median |count| and |D50| errors (the bars' terms).
             summary["recall_by_area_px"] = _binned_recall(found, 0, AREA_BINS)
             summary["recall_by_blur_px"] = _binned_recall(found, 1, BLUR_BINS)
-            summary["per_seed"] = {
-                str(seed): {
-                    ("fg_iou" if key == "fg_iou" else key + "_median_abs"): (
-                        float(np.mean(v) if key == "fg_iou" else np.median(v)) if v else None
-                    )
-                    for key, v in seed_rows.items()
-                }
-                for seed, seed_rows in per_seed.items()
-            }
+            # The clear-scene bars hold per frame: count within 10 %, D50 within 5 %.
+            count_err = np.abs(rows["count_err"])
+            d50_err = np.abs(rows["d50_err"])
+            if count_err.size:
+                within = (count_err <= COUNT_BAR) & (d50_err <= D50_BAR)
+                summary["frames_within_bars"] = float(within.mean())
+            summary["per_seed"] = {str(seed): _seed_summary(r) for seed, r in per_seed.items()}
             result["scenarios"][scenario] = summary
     return result
 
