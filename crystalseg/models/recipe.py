@@ -31,6 +31,7 @@ from pathlib import Path
 from crystalseg.models.checkpoint import DEFAULT_ENCODER
 from crystalseg.synth import SCENARIO_NAMES, SynthConfig, synthesize_run
 from crystalseg.train import TrainSettings, train_model
+from crystalseg.train.losses import LOSS_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +175,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--decoder-channels", default=None, help="e.g. 128,64,32,16,16 (default: the bundled)"
     )
+    parser.add_argument("--loss", default="dice+ce", choices=LOSS_NAMES)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--crop-size", type=int, default=256)
     parser.add_argument("--jobs", type=int, default=1, help="processes that render the runs")
@@ -212,6 +214,7 @@ def main(argv: list[str] | None = None) -> None:
         init=args.init,
         epochs=args.epochs,
         lr=args.lr,
+        loss=args.loss,
         crop_size=args.crop_size,
         batch_size=args.batch_size,
         valid_fraction=0.15,
