@@ -71,6 +71,11 @@ DEFAULT_SMOOTH_PX = 1.0
 #: Boundary split: interior components smaller than this seed no particle.
 MIN_MARKER_PX = 3
 
+#: Foreground components no deeper than this (distance to the background, px: about
+#: five pixels wide) are one marker each in the boundary split: their interior is
+#: too thin to mark anything.
+THIN_DEPTH_PX = 2.5
+
 _STRUCTURE_8 = np.ones((3, 3), dtype=bool)
 
 
@@ -380,6 +385,8 @@ def _split_boundary(
     """
     fg = interior | boundary
     markers, n = ndi.label(interior, structure=_STRUCTURE_8)
+    if n > 1:
+        markers, n = _join_one_pixel_gaps(markers, n)
     if n:
         # Specks of interior (a few pixels where a thin crystal widens) seed no
         # particle of their own; the surrounding crystal's marker grows over them.
@@ -389,6 +396,7 @@ def _split_boundary(
         if small.any():
             markers = np.where(small[markers], 0, markers)
             markers, n = ndi.label(markers > 0, structure=_STRUCTURE_8)
+    markers, n = _whole_thin_components(markers, fg, other_crystals)
     if n and necks is not None:
         markers = _split_watershed(markers > 0, **necks)  # type: ignore[arg-type]
         n = int(markers.max())
@@ -412,6 +420,66 @@ def _split_boundary(
             pieces = np.where(keep[pieces], pieces, 0)
         grown = np.where(pieces > 0, pieces + n, grown).astype(np.int32)
     return _merge_thin_contacts(grown, fg)
+
+
+def _whole_thin_components(
+    markers: np.ndarray, fg: np.ndarray, other_crystals: np.ndarray
+) -> tuple[np.ndarray, int]:
+    """Make each thin foreground component one marker of its own, whatever its interior.
+
+    A crystal at most :data:`THIN_DEPTH_PX` deep (about five pixels wide) is nearly
+    all boundary ring, and the few interior pixels the model draws inside it come
+    and go along its length: as markers they would cut one needle into many.
+    Components next to ``other_crystals`` (crystals of classes not measured) are
+    their rings, not crystals, and are left alone.
+    """
+    pieces, m = ndi.label(fg, structure=_STRUCTURE_8)
+    if m == 0:
+        return markers, int(markers.max())
+    depth = ndi.distance_transform_edt(fg)
+    widest = ndi.maximum(depth, pieces, index=np.arange(1, m + 1))
+    thin = np.concatenate([[False], np.asarray(widest) <= THIN_DEPTH_PX])
+    if other_crystals.any():
+        near = ndi.binary_dilation(other_crystals, structure=_STRUCTURE_8)
+        thin[np.unique(pieces[near & (pieces > 0)])] = False
+    if not thin.any():
+        return markers, int(markers.max())
+    on_thin = thin[pieces]
+    out = np.where(on_thin, 0, markers)
+    kept, n = ndi.label(out > 0, structure=_STRUCTURE_8)
+    thin_ids, thin_pieces = np.unique(pieces[on_thin], return_inverse=True)
+    out = kept.copy()
+    out[on_thin] = n + 1 + thin_pieces
+    return out.astype(np.int32), n + len(thin_ids)
+
+
+def _join_one_pixel_gaps(markers: np.ndarray, n: int) -> tuple[np.ndarray, int]:
+    """Join markers that a single pixel separates (one pixel touches both), through it.
+
+    The interior of a crystal only a few pixels wide is a broken line: wherever the
+    model draws a row of it all boundary, the line breaks by one pixel, and each
+    piece would seed a particle of its own. Two crystals that touch are drawn with
+    a boundary ring each, two pixels between their interiors, and stay apart.
+    """
+    big = np.iinfo(np.int32).max
+    grown_max = ndi.maximum_filter(markers, footprint=_STRUCTURE_8, mode="constant")
+    grown_min = ndi.minimum_filter(
+        np.where(markers > 0, markers, big), footprint=_STRUCTURE_8, mode="constant", cval=big
+    )
+    bridge = (markers == 0) & (grown_max > 0) & (grown_min < big) & (grown_min != grown_max)
+    if not bridge.any():
+        return markers, n
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    # (A pixel between three markers links the lowest and the highest id only.)
+    a, b = grown_min[bridge], grown_max[bridge]
+    graph = coo_matrix((np.ones(len(a)), (a, b)), shape=(n + 1, n + 1))
+    _, component = connected_components(graph, directed=False)
+    _, joined = np.unique(component[1:], return_inverse=True)
+    lut = np.concatenate([[0], joined + 1]).astype(np.int32)
+    # The bridging pixels join the marker too, so that it stays one connected piece.
+    return lut[np.where(bridge, grown_max, markers)], int(lut.max())
 
 
 def _merge_thin_contacts(labels: np.ndarray, fg: np.ndarray) -> np.ndarray:

@@ -216,6 +216,38 @@ def test_hybrid_split_cuts_the_bridge_a_partial_boundary_leaves() -> None:
         label_instances((prism > 0).astype(np.uint8), split="hybrid")
 
 
+@pytest.mark.parametrize("split", ["boundary", "hybrid"])
+def test_thin_needle_with_a_broken_interior_stays_whole(split: str) -> None:
+    # A needle 4 px wide: the model draws it nearly all boundary, its interior a
+    # line that breaks wherever a row is all boundary (gaps of 1 to 5 px).
+    needle = rotated_rectangle((120, 120), (60, 60), 100, 4, 0.9)
+    mask = np.where(needle > 0, 2, 0).astype(np.uint8)
+    core = ndi.binary_erosion(needle > 0, iterations=1)
+    rows = np.flatnonzero(core.any(1))
+    for start, stop in ((0, 9), (10, 20), (22, 35), (40, 52), (53, 70)):
+        band = np.zeros_like(core)
+        band[rows[start] : rows[min(stop, len(rows) - 1)]] = True
+        mask[core & band] = 1
+    assert ndi.label(mask == 1, structure=np.ones((3, 3)))[1] >= 4
+    labels = label_instances(mask, codes=CODES3, split=split)
+    assert labels.max() == 1
+    assert instance_scores(labels, needle)["f1"] == 1.0
+
+
+def test_interior_broken_by_one_pixel_is_one_crystal_two_pixels_two() -> None:
+    truth = np.zeros((30, 60), dtype=np.int32)
+    truth[5:25, 5:55] = 1
+    mask = three_class(truth)
+    mask[6:24, 30] = 2  # a one-pixel line of boundary drawn across the interior
+    assert ndi.label(mask == 1, structure=np.ones((3, 3)))[1] == 2
+    assert label_instances(mask, codes=CODES3, split="boundary").max() == 1
+    two = np.zeros_like(truth)
+    two[5:25, 5:30], two[5:25, 30:55] = 1, 2  # two touching plates: 2 px of boundary
+    labels = label_instances(three_class(two), codes=CODES3, split="boundary")
+    assert labels.max() == 2
+    assert instance_scores(labels, two)["f1"] == 1.0
+
+
 def test_boundary_class_with_class_filter() -> None:
     codes = ("background", "needle", "prism", "edge")
     mask = np.zeros((40, 60), dtype=np.uint8)
