@@ -436,9 +436,15 @@ def _whole_thin_components(
     pieces, m = ndi.label(fg, structure=_STRUCTURE_8)
     if m == 0:
         return markers, int(markers.max())
-    depth = ndi.distance_transform_edt(fg)
-    widest = ndi.maximum(depth, pieces, index=np.arange(1, m + 1))
-    thin = np.concatenate([[False], np.asarray(widest) <= THIN_DEPTH_PX])
+    # Deeper than THIN_DEPTH_PX somewhere = something survives erosion by that disc
+    # (as a distance transform would say, but several times faster).
+    r = int(THIN_DEPTH_PX)
+    yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
+    disc = yy**2 + xx**2 <= THIN_DEPTH_PX**2
+    core = ndi.binary_erosion(fg, structure=disc, border_value=1)
+    thin = np.ones(m + 1, dtype=bool)
+    thin[0] = False
+    thin[pieces[core]] = False
     if other_crystals.any():
         near = ndi.binary_dilation(other_crystals, structure=_STRUCTURE_8)
         thin[np.unique(pieces[near & (pieces > 0)])] = False
