@@ -385,8 +385,6 @@ def _split_boundary(
     """
     fg = interior | boundary
     markers, n = ndi.label(interior, structure=_STRUCTURE_8)
-    if n > 1:
-        markers, n = _join_one_pixel_gaps(markers, n)
     if n:
         # Specks of interior (a few pixels where a thin crystal widens) seed no
         # particle of their own; the surrounding crystal's marker grows over them.
@@ -457,35 +455,6 @@ def _whole_thin_components(
     out = kept.copy()
     out[on_thin] = n + 1 + thin_pieces
     return out.astype(np.int32), n + len(thin_ids)
-
-
-def _join_one_pixel_gaps(markers: np.ndarray, n: int) -> tuple[np.ndarray, int]:
-    """Join markers that a single pixel separates (one pixel touches both), through it.
-
-    The interior of a crystal only a few pixels wide is a broken line: wherever the
-    model draws a row of it all boundary, the line breaks by one pixel, and each
-    piece would seed a particle of its own. Two crystals that touch are drawn with
-    a boundary ring each, two pixels between their interiors, and stay apart.
-    """
-    big = np.iinfo(np.int32).max
-    grown_max = ndi.maximum_filter(markers, footprint=_STRUCTURE_8, mode="constant")
-    grown_min = ndi.minimum_filter(
-        np.where(markers > 0, markers, big), footprint=_STRUCTURE_8, mode="constant", cval=big
-    )
-    bridge = (markers == 0) & (grown_max > 0) & (grown_min < big) & (grown_min != grown_max)
-    if not bridge.any():
-        return markers, n
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
-    # (A pixel between three markers links the lowest and the highest id only.)
-    a, b = grown_min[bridge], grown_max[bridge]
-    graph = coo_matrix((np.ones(len(a)), (a, b)), shape=(n + 1, n + 1))
-    _, component = connected_components(graph, directed=False)
-    _, joined = np.unique(component[1:], return_inverse=True)
-    lut = np.concatenate([[0], joined + 1]).astype(np.int32)
-    # The bridging pixels join the marker too, so that it stays one connected piece.
-    return lut[np.where(bridge, grown_max, markers)], int(lut.max())
 
 
 def _merge_thin_contacts(labels: np.ndarray, fg: np.ndarray) -> np.ndarray:

@@ -234,18 +234,20 @@ def test_thin_needle_with_a_broken_interior_stays_whole(split: str) -> None:
     assert instance_scores(labels, needle)["f1"] == 1.0
 
 
-def test_interior_broken_by_one_pixel_is_one_crystal_two_pixels_two() -> None:
-    truth = np.zeros((30, 60), dtype=np.int32)
-    truth[5:25, 5:55] = 1
-    mask = three_class(truth)
-    mask[6:24, 30] = 2  # a one-pixel line of boundary drawn across the interior
-    assert ndi.label(mask == 1, structure=np.ones((3, 3)))[1] == 2
-    assert label_instances(mask, codes=CODES3, split="boundary").max() == 1
-    two = np.zeros_like(truth)
-    two[5:25, 5:30], two[5:25, 30:55] = 1, 2  # two touching plates: 2 px of boundary
-    labels = label_instances(three_class(two), codes=CODES3, split="boundary")
-    assert labels.max() == 2
-    assert instance_scores(labels, two)["f1"] == 1.0
+@pytest.mark.parametrize("angle", [0.0, 0.5, math.pi / 4])
+def test_touching_crystals_in_a_true_three_class_mask_stay_apart(angle: float) -> None:
+    # Two plates side by side, touching along a line at any angle: each has its
+    # boundary ring, so their interiors are two rings apart (diagonally too).
+    c, s = math.cos(angle), math.sin(angle)
+    truth = np.zeros((120, 120), dtype=np.int32)
+    for i, off in enumerate((-9.0, 9.0), start=1):
+        centre = (60 + off * c, 60 - off * s)
+        truth[rotated_rectangle((120, 120), centre, 50, 18, angle) & (truth == 0)] = i
+    assert set(np.unique(truth)) == {0, 1, 2}
+    for split in ("boundary", "hybrid"):
+        labels = label_instances(three_class(truth), codes=CODES3, split=split)
+        assert labels.max() == 2
+        assert instance_scores(labels, truth)["f1"] == 1.0
 
 
 def test_boundary_class_with_class_filter() -> None:
