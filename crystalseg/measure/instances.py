@@ -75,6 +75,8 @@ MIN_MARKER_PX = 3
 #: five pixels wide) are one marker each in the boundary split: their interior is
 #: too thin to mark anything.
 THIN_DEPTH_PX = 2.5
+_THIN_R = int(THIN_DEPTH_PX)
+_THIN_DISC = np.hypot(*np.mgrid[-_THIN_R : _THIN_R + 1, -_THIN_R : _THIN_R + 1]) <= THIN_DEPTH_PX
 
 _STRUCTURE_8 = np.ones((3, 3), dtype=bool)
 
@@ -384,6 +386,12 @@ def _split_boundary(
     distance transform narrows, as :func:`_split_watershed` splits a crystal mask.
     """
     fg = interior | boundary
+    # Pixels next to crystals of classes not measured (their boundary rings lie there).
+    near_other = (
+        ndi.binary_dilation(other_crystals, structure=_STRUCTURE_8)
+        if other_crystals.any()
+        else None
+    )
     markers, n = ndi.label(interior, structure=_STRUCTURE_8)
     if n:
         # Specks of interior (a few pixels where a thin crystal widens) seed no
@@ -394,7 +402,7 @@ def _split_boundary(
         if small.any():
             markers = np.where(small[markers], 0, markers)
             markers, n = ndi.label(markers > 0, structure=_STRUCTURE_8)
-    markers, n = _whole_thin_components(markers, fg, other_crystals)
+    markers, n = _whole_thin_components(markers, n, fg, near_other)
     if n and necks is not None:
         markers = _split_watershed(markers > 0, **necks)  # type: ignore[arg-type]
         n = int(markers.max())
@@ -408,10 +416,9 @@ def _split_boundary(
     rest = fg & (grown == 0)
     if rest.any():
         pieces, m = ndi.label(rest, structure=_STRUCTURE_8)
-        if other_crystals.any():
+        if near_other is not None:
             # Boundary rings of crystals of classes not measured are no particles.
-            near = ndi.binary_dilation(other_crystals, structure=_STRUCTURE_8)
-            drop = np.unique(pieces[near & (pieces > 0)])
+            drop = np.unique(pieces[near_other & (pieces > 0)])
             keep = np.ones(m + 1, dtype=bool)
             keep[drop] = False
             keep[0] = False
@@ -421,38 +428,33 @@ def _split_boundary(
 
 
 def _whole_thin_components(
-    markers: np.ndarray, fg: np.ndarray, other_crystals: np.ndarray
+    markers: np.ndarray, n: int, fg: np.ndarray, near_other: np.ndarray | None
 ) -> tuple[np.ndarray, int]:
     """Make each thin foreground component one marker of its own, whatever its interior.
 
     A crystal at most :data:`THIN_DEPTH_PX` deep (about five pixels wide) is nearly
     all boundary ring, and the few interior pixels the model draws inside it come
     and go along its length: as markers they would cut one needle into many.
-    Components next to ``other_crystals`` (crystals of classes not measured) are
-    their rings, not crystals, and are left alone.
+    Components that reach into ``near_other`` (next to crystals of classes not
+    measured) are those crystals' rings, not crystals, and are left alone.
+    Returns the markers, renumbered 1..n, and n.
     """
     pieces, m = ndi.label(fg, structure=_STRUCTURE_8)
     if m == 0:
-        return markers, int(markers.max())
+        return markers, n
     # Deeper than THIN_DEPTH_PX somewhere = something survives erosion by that disc
     # (as a distance transform would say, but several times faster).
-    r = int(THIN_DEPTH_PX)
-    yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
-    disc = yy**2 + xx**2 <= THIN_DEPTH_PX**2
-    core = ndi.binary_erosion(fg, structure=disc, border_value=1)
+    core = ndi.binary_erosion(fg, structure=_THIN_DISC, border_value=1)
     thin = np.ones(m + 1, dtype=bool)
     thin[0] = False
     thin[pieces[core]] = False
-    if other_crystals.any():
-        near = ndi.binary_dilation(other_crystals, structure=_STRUCTURE_8)
-        thin[np.unique(pieces[near & (pieces > 0)])] = False
+    if near_other is not None:
+        thin[pieces[near_other]] = False
     if not thin.any():
-        return markers, int(markers.max())
+        return markers, n
     on_thin = thin[pieces]
-    out = np.where(on_thin, 0, markers)
-    kept, n = ndi.label(out > 0, structure=_STRUCTURE_8)
+    out, n = ndi.label((markers > 0) & ~on_thin, structure=_STRUCTURE_8)
     thin_ids, thin_pieces = np.unique(pieces[on_thin], return_inverse=True)
-    out = kept.copy()
     out[on_thin] = n + 1 + thin_pieces
     return out.astype(np.int32), n + len(thin_ids)
 
