@@ -197,15 +197,16 @@ def main(argv: list[str] | None = None) -> None:
         log.info("shipped %s", ship_model(args.output, args.ship))
         return
 
-    if args.first_seed < FIRST_SEED:
-        parser.error(f"--first-seed must be at least {FIRST_SEED}: lower seeds are for evaluation")
-    runs = make_training_runs(
-        args.workdir,
-        runs_per_scenario=args.runs_per_scenario,
-        extra=args.extra,
-        jobs=args.jobs,
-        first_seed=args.first_seed,
-    )
+    try:
+        runs = make_training_runs(
+            args.workdir,
+            runs_per_scenario=args.runs_per_scenario,
+            extra=args.extra,
+            jobs=args.jobs,
+            first_seed=args.first_seed,
+        )
+    except ValueError as exc:  # --first-seed below the evaluation seeds
+        parser.error(str(exc))
     decoder = args.decoder_channels
     settings = TrainSettings(
         data=(runs,),
