@@ -52,8 +52,13 @@ from crystalseg.segment import EngineSettings, load_segmenter
 from crystalseg.synth import SCENARIO_NAMES, SynthConfig, synthesize_run
 
 
-def _truth_stats(crystals, min_area: int) -> tuple[int, float]:
-    kept = crystals[(crystals["area_px"] >= min_area) & ~crystals["touches_edge"]]
+def _countable(crystals, min_area: int):
+    """The true crystals a measurement counts: whole ones of at least ``min_area`` px."""
+    return crystals[(crystals["area_px"] >= min_area) & ~crystals["touches_edge"]]
+
+
+def _truth_stats(kept) -> tuple[int, float]:
+    """Count and number-weighted D50 (ECD) of the countable true crystals."""
     if len(kept) == 0:
         return 0, float("nan")
     return len(kept), float(weighted_quantile(kept["ecd_px"].to_numpy(), 0.5)[0])
@@ -72,10 +77,9 @@ AREA_BINS = (10, 25, 50, 100, 200, 500, np.inf)
 BLUR_BINS = (0.0, 1.0, 2.0, 3.0, 4.0, np.inf)
 
 
-def _detections(crystals, labels: np.ndarray, fg_pred: np.ndarray, min_area: int) -> list:
-    """(area, blur, found) of each whole true crystal: found when the model calls at least
-    half of its visible pixels foreground."""
-    kept = crystals[(crystals["area_px"] >= min_area) & ~crystals["touches_edge"]]
+def _detections(kept, labels: np.ndarray, fg_pred: np.ndarray) -> list:
+    """(area, blur, found) of each countable true crystal: found when the model calls at
+    least half of its visible pixels foreground."""
     area = np.bincount(labels.ravel())
     hit = np.bincount(labels.ravel(), weights=fg_pred.ravel(), minlength=len(area))
     out = []
@@ -192,12 +196,9 @@ def evaluate(
                     bubbles &= ~fg_true
                     if bubbles.any():
                         rows["bubble_fp"].append(float(fg_pred[bubbles].mean()))
-                    found += _detections(
-                        crystals[crystals["frame"] == t], true_labels, fg_pred, settings.min_area_px
-                    )
-                    n_true, d50_true = _truth_stats(
-                        crystals[crystals["frame"] == t], settings.min_area_px
-                    )
+                    countable = _countable(crystals[crystals["frame"] == t], settings.min_area_px)
+                    found += _detections(countable, true_labels, fg_pred)
+                    n_true, d50_true = _truth_stats(countable)
                     # The particles the measurement counts: its labels without those
                     # it drops for low confidence (edge-cut ones stay: truth has them).
                     table, _ = measure_mask_frame(
