@@ -18,7 +18,11 @@ depend on the weights):
   On CUDA the engine runs on the GPU and reports the fraction of the bf16 peak.
 - ``peak_rss_mb``: peak resident memory of the process.
 
-Usage: ``python benchmarks/bench_segment.py [--frames-512 16] [--frames-1024 6] [--compile]``
+On CUDA the engine also runs with a fixed batch of 32 (``engine_batch_32``) beside the
+automatic one; ``--cuda-only`` skips the CPU figures.
+
+Usage: ``python benchmarks/bench_segment.py [--frames-512 16] [--frames-1024 6] [--compile]
+[--cuda-only]``
 Keep it short on a 2-core machine: the defaults run in about two minutes.
 """
 
@@ -152,6 +156,23 @@ def naive_loop(path: Path, model: torch.nn.Module, spec: ModelSpec, device: str)
     return n / (time.perf_counter() - t0)
 
 
+def cpu_entry(
+    store: Path, ckpt: Path, model: torch.nn.Module, spec: ModelSpec, gflop: float, machine: dict
+) -> dict[str, Any]:
+    """The CPU engine against the naive loop on ``store``."""
+    engine = engine_run(store, ckpt, EngineSettings(device="cpu"))
+    naive = naive_loop(store, copy.deepcopy(model), spec, "cpu")
+    peak = machine["cpu_mm_fp32_gflops"]
+    return {
+        "engine": engine,
+        "naive_frames_per_s": naive,
+        "speedup": engine["frames_per_s"] / naive,
+        "engine_gflops": engine["frames_per_s"] * gflop,
+        "engine_fraction_of_mm_peak": engine["frames_per_s"] * gflop / peak,
+        "naive_fraction_of_mm_peak": naive * gflop / peak,
+    }
+
+
 def engine_run(path: Path, ckpt: Path, settings: EngineSettings) -> dict[str, Any]:
     """segment_run on a warm engine: frames/s and the share of time outside the network."""
     seg = load_segmenter(ckpt, None, settings)
@@ -195,6 +216,7 @@ def main() -> None:
     parser.add_argument("--frames-512", type=int, default=16)
     parser.add_argument("--frames-1024", type=int, default=6)
     parser.add_argument("--compile", action="store_true", help="also time torch.compile")
+    parser.add_argument("--cuda-only", action="store_true", help="skip the CPU figures")
     args = parser.parse_args()
     started = time.perf_counter()
     cuda = torch.cuda.is_available()
@@ -232,32 +254,27 @@ def main() -> None:
             result["machine"]["gpu_mm_bf16_tflops"] = (
                 matmul_gflops("cuda", torch.bfloat16, 8192, repeats=10) / 1e3
             )
-        result["cpu_options"] = cpu_options(model, spec, ckpt, args.compile)
+        if not (args.cuda_only and cuda):
+            result["cpu_options"] = cpu_options(model, spec, ckpt, args.compile)
         result["sizes"] = {}
         for size, n in ((512, args.frames_512), (1024, args.frames_1024)):
             gflop = model_gflop(build_model(spec).eval(), size)
             result["model"][f"gflop_per_frame_{size}"] = gflop
-            store = make_store(tmp / f"run{size}.zarr", n, size)
             entry: dict[str, Any] = {"frames": n}
-            cpu_engine = engine_run(store, ckpt, EngineSettings(device="cpu"))
-            naive = naive_loop(store, copy.deepcopy(model), spec, "cpu")
-            peak = result["machine"]["cpu_mm_fp32_gflops"]
-            entry["cpu"] = {
-                "engine": cpu_engine,
-                "naive_frames_per_s": naive,
-                "speedup": cpu_engine["frames_per_s"] / naive,
-                "engine_gflops": cpu_engine["frames_per_s"] * gflop,
-                "engine_fraction_of_mm_peak": cpu_engine["frames_per_s"] * gflop / peak,
-                "naive_fraction_of_mm_peak": naive * gflop / peak,
-            }
+            if not (args.cuda_only and cuda):
+                store = make_store(tmp / f"run{size}.zarr", n, size)
+                entry["cpu"] = cpu_entry(store, ckpt, model, spec, gflop, result["machine"])
             if cuda:
                 gpu_store = make_store(tmp / f"gpu{size}.zarr", 8 * n, size)
                 gpu_engine = engine_run(gpu_store, ckpt, EngineSettings(device="cuda"))
+                # the automatic batch (free memory, up to MAX_GPU_BATCH) against a fixed 32
+                gpu_b32 = engine_run(gpu_store, ckpt, EngineSettings(device="cuda", batch_size=32))
                 gpu_naive = naive_loop(gpu_store, copy.deepcopy(model), spec, "cuda")
                 bf16 = result["machine"]["gpu_mm_bf16_tflops"] * 1e3
                 entry["cuda"] = {
                     "frames": 8 * n,
                     "engine": gpu_engine,
+                    "engine_batch_32": gpu_b32,
                     "naive_frames_per_s": gpu_naive,
                     "speedup": gpu_engine["frames_per_s"] / gpu_naive,
                     "engine_fraction_of_bf16_peak": gpu_engine["frames_per_s"] * gflop / bf16,

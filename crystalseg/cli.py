@@ -268,6 +268,12 @@ def synth(
 @click.option("--channels", type=click.Choice(["1", "3"]), default="1", show_default=True)
 @click.option("--frame-step", default=1, show_default=True, help="Every n-th frame of run stores.")
 @click.option("--early-stop", type=int, default=None, help="Stop after N epochs without gain.")
+@click.option(
+    "--max-minutes",
+    type=float,
+    default=None,
+    help="Stop after the first epoch that ends past this wall-clock budget.",
+)
 @click.option("--resume", is_flag=True, help="Continue an interrupted training in --output.")
 @click.option("--overwrite", is_flag=True, help="Replace a model already in --output.")
 @click.option("--device", default=None, help="cpu, cuda, cuda:1, mps (default: best available).")

@@ -186,6 +186,7 @@ def main(argv: list[str] | None = None) -> None:
         help=f"seed of the first run (>= {FIRST_SEED}; higher adds fresh runs to WORKDIR)",
     )
     parser.add_argument("--frame-step", type=int, default=FRAME_STEP, help="every n-th frame")
+    parser.add_argument("--max-minutes", type=float, default=None, help="wall-clock budget")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run")
     parser.add_argument("--ship", type=Path, default=None, help="then copy it here as float16")
     parser.add_argument("--ship-only", action="store_true", help="only copy OUTPUT to --ship")
@@ -214,6 +215,7 @@ def main(argv: list[str] | None = None) -> None:
         output_dir=args.output,
         init=args.init,
         epochs=args.epochs,
+        max_minutes=args.max_minutes,
         lr=args.lr,
         loss=args.loss,
         crop_size=args.crop_size,
@@ -226,7 +228,9 @@ def main(argv: list[str] | None = None) -> None:
         resume=args.output if args.resume else None,
         device=args.device,
         seed=0,
-        command=shlex.join(["python", "-m", "crystalseg.models.recipe", *sys.argv[1:]]),
+        command=shlex.join(
+            ["python", "-m", "crystalseg.models.recipe", *(sys.argv[1:] if argv is None else argv)]
+        ),
         encoder=args.encoder or DEFAULT_ENCODER,
         decoder_channels=tuple(int(c) for c in decoder.split(",")) if decoder else None,
     )

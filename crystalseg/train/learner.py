@@ -356,6 +356,7 @@ class Learner:
         pct_start: float = 0.25,
         resume: PathLike | None = None,
         early_stop: int | None = None,
+        max_minutes: float | None = None,
         on_epoch_end: Callable[[dict[str, Any]], bool | None] | None = None,
     ) -> list[dict[str, Any]]:
         """Train for ``epochs`` with AdamW and a one-cycle learning-rate schedule.
@@ -375,6 +376,9 @@ class Learner:
             ``epochs`` and ``lr_max``: training continues the same schedule from the epoch
             after the last saved one
         early_stop : stop after this many epochs without a better validation score
+        max_minutes : stop after the first epoch that ends this many minutes after the
+            start (a wall-clock budget, e.g. a lent GPU; the schedule is not shortened,
+            so choose ``epochs`` to fit it and keep this as the safety net)
         on_epoch_end : called with each epoch's record; returning True stops training
 
         Returns
@@ -395,6 +399,9 @@ class Learner:
             raise ConfigError(f"pct_start must be in (0, 1), got {pct_start}")
         if early_stop is not None and early_stop < 1:
             raise ConfigError(f"early_stop must be at least 1 epoch, got {early_stop}")
+        if max_minutes is not None and not max_minutes > 0:
+            raise ConfigError(f"max_minutes must be positive, got {max_minutes}")
+        started = time.perf_counter()
         steps = self.steps_per_epoch()
         total = max(2, epochs * steps)
         # very short schedules: keep at least one step in each phase (torch needs it)
@@ -471,6 +478,11 @@ class Learner:
                 break
             if early_stop is not None and stale >= early_stop:
                 log.info("early stop: no better validation score for %d epochs", stale)
+                break
+            if max_minutes is not None and time.perf_counter() - started > 60 * max_minutes:
+                log.info(
+                    "stopped after epoch %d: the %g-minute limit is spent", epoch + 1, max_minutes
+                )
                 break
         return self.history
 

@@ -48,6 +48,7 @@ class TrainSettings:
     find_lr : run the learning-rate finder first
     resume : continue an interrupted run from its output directory
     early_stop : stop after this many epochs without a better validation score
+    max_minutes : stop after the first epoch that ends past this wall-clock budget
     overwrite : replace a checkpoint already in ``output_dir``
     device, seed, weight_decay, progress : see :func:`unet_learner`
     command : the command line that asked for this training, recorded in model.json
@@ -76,6 +77,7 @@ class TrainSettings:
     find_lr: bool = False
     resume: Path | None = None
     early_stop: int | None = None
+    max_minutes: float | None = None
     overwrite: bool = False
     device: str | None = None
     seed: int = 0
@@ -128,6 +130,8 @@ class TrainSettings:
             raise ConfigError(f"--scaling must be dtype or percentile, got {self.scaling}")
         if self.early_stop is not None and self.early_stop < 1:
             raise ConfigError(f"--early-stop must be at least 1, got {self.early_stop}")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise ConfigError(f"--max-minutes must be positive, got {self.max_minutes}")
         if self.weight_decay < 0:
             raise ConfigError(f"--weight-decay must be >= 0, got {self.weight_decay}")
         if self.decoder_channels is not None:
@@ -232,7 +236,9 @@ def train_model(settings: TrainSettings) -> TrainResult:
         if s.resume is not None:
             prev = json.loads((find_resume_dir(s.resume) / STATE_META).read_text())
             lr = s.lr or float(prev["lr_max"])
-        learner.fit_one_cycle(s.epochs, lr, resume=s.resume, early_stop=s.early_stop)
+        learner.fit_one_cycle(
+            s.epochs, lr, resume=s.resume, early_stop=s.early_stop, max_minutes=s.max_minutes
+        )
     best = last = None
     if out is not None and s.epochs > 0:
         best = out if (out / META_FILE).exists() else None

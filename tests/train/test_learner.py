@@ -151,6 +151,14 @@ def test_early_stop_stops(data) -> None:
     assert len(learner.history) == 1
 
 
+def test_max_minutes_stops_after_the_epoch_that_spends_it(data) -> None:
+    learner = tiny(data)
+    learner.fit_one_cycle(5, 1e-3, max_minutes=1e-6)
+    assert len(learner.history) == 1
+    with pytest.raises(ConfigError, match="max_minutes"):
+        learner.fit_one_cycle(5, 1e-3, max_minutes=0)
+
+
 class PixelModel(nn.Module):
     """1x1 convolution: no spatial context, so tiling must reproduce it exactly."""
 
@@ -266,6 +274,7 @@ def test_train_model_end_to_end(tmp_path: Path) -> None:
         {"loss": "l2"},
         {"valid_fraction": 1.5},
         {"data": ()},
+        {"max_minutes": -1.0},
     ],
 )
 def test_train_settings_validation(tmp_path: Path, kw: dict) -> None:
