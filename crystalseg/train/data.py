@@ -430,6 +430,10 @@ class SegmentationData:
         self._runs: dict[Path, Any] = {}
         self.items = tuple(items)
         self._index = {id(it): k for k, it in enumerate(self.items)}
+        self._run_items: dict[Path, list[PairItem]] = {}
+        for it in self.items:
+            if it.run is not None:
+                self._run_items.setdefault(it.run, []).append(it)
         train, val = split_items(self.items, valid_fraction=valid_fraction, valid=valid, seed=seed)
         self.train_items = tuple(train)
         self.valid_items = tuple(val)
@@ -466,20 +470,48 @@ class SegmentationData:
         return self._runs[run]
 
     def _read(self, item: PairItem) -> tuple[np.ndarray, np.ndarray]:
-        if item.run is not None:
-            ds, truth = self._open_run(item.run)
-            image = np.asarray(ds["image"][item.frame].values)
-            if item.mask_group == "truth" and boundary_class(self.codes) is not None:
-                # synthetic truth holds instance labels: derive the boundary class from them
-                labels = np.asarray(truth["labels"][item.frame].values)
-                raw_mask = class_mask_from_labels(labels, self.codes)
-            else:
-                src = truth if item.mask_group == "truth" else ds
-                raw_mask = np.asarray(src["mask"][item.frame].values)
+        assert item.image is not None and item.mask is not None
+        return self._checked(item, read_image(item.image), read_mask(item.mask))
+
+    def _read_frames(self, items: Sequence[PairItem]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Image and class mask of frames of one run, read in one pass.
+
+        The frames of a run share its time chunks, so reading them together decodes each
+        chunk once instead of once per frame.
+        """
+        ds, truth = self._open_run(items[0].run)  # type: ignore[arg-type]
+        frames = [int(it.frame) for it in items]  # type: ignore[arg-type]
+        images = np.asarray(ds["image"][frames].values)
+        if items[0].mask_group == "truth" and boundary_class(self.codes) is not None:
+            # synthetic truth holds instance labels: derive the boundary class from them
+            labels = np.asarray(truth["labels"][frames].values)
+            raw_masks = [class_mask_from_labels(lab, self.codes) for lab in labels]
         else:
-            assert item.image is not None and item.mask is not None
-            image = read_image(item.image)
-            raw_mask = read_mask(item.mask)
+            src = truth if items[0].mask_group == "truth" else ds
+            raw_masks = list(np.asarray(src["mask"][frames].values))
+        return [self._checked(*args) for args in zip(items, images, raw_masks, strict=True)]
+
+    def _chunk_mates(self, item: PairItem) -> list[PairItem]:
+        """``item`` and the uncached items of its run whose frames share its time chunk."""
+        assert item.run is not None
+        ds, _ = self._open_run(item.run)
+        chunks = ds["image"].chunks
+        bounds = np.cumsum((0, *chunks[0])) if chunks else np.array([0, 1 << 62])
+        k = int(np.searchsorted(bounds, int(item.frame or 0), side="right")) - 1
+        lo, hi = bounds[k], bounds[k + 1]
+        mates = [
+            it
+            for it in self._run_items[item.run]
+            if lo <= (it.frame or 0) < hi
+            and it.mask_group == item.mask_group
+            and it is not item
+            and self._index[id(it)] not in self._cache
+        ]
+        return [item, *mates]
+
+    def _checked(
+        self, item: PairItem, image: np.ndarray, raw_mask: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         if image.shape[:2] != raw_mask.shape:
             raise FrameMismatchError(
                 f"image '{item.name}' is {image.shape[1]}x{image.shape[0]} px but its mask "
@@ -497,7 +529,18 @@ class SegmentationData:
         if hit is not None:
             self._cache.move_to_end(key)
             return hit
-        pair = self._read(item)
+        if item.run is None:
+            pair = self._read(item)
+            self._keep(key, pair)
+            return pair
+        group = self._chunk_mates(item)
+        for it, got in zip(group, self._read_frames(group), strict=True):
+            self._keep(self._index[id(it)], got)
+            if it is item:
+                pair = got
+        return pair
+
+    def _keep(self, key: int, pair: tuple[np.ndarray, np.ndarray]) -> None:
         size = pair[0].nbytes + pair[1].nbytes
         if size <= self._cache_limit:
             self._cache[key] = pair
@@ -505,7 +548,6 @@ class SegmentationData:
             while self._cache_bytes > self._cache_limit:
                 _, old = self._cache.popitem(last=False)
                 self._cache_bytes -= old[0].nbytes + old[1].nbytes
-        return pair
 
     def _auto_crops_per_image(self) -> int:
         """About one crop per crop-sized area of an image, 1..8."""

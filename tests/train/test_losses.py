@@ -7,7 +7,13 @@ import pytest
 import torch
 
 from crystalseg.errors import ConfigError
-from crystalseg.train.losses import LOSS_NAMES, make_loss, small_particle_weights
+from crystalseg.train.losses import (
+    LOSS_NAMES,
+    disc_max_scipy,
+    disc_max_torch,
+    make_loss,
+    small_particle_weights,
+)
 
 
 def test_small_particles_and_their_ring_weigh_more() -> None:
@@ -24,6 +30,26 @@ def test_small_particles_and_their_ring_weigh_more() -> None:
     # a batch gives each frame its own weights
     both = small_particle_weights(np.stack([target, np.zeros_like(target)]))
     assert np.array_equal(both[0], w) and np.all(both[1] == 1.0)
+
+
+def test_weights_of_a_tensor_batch_match_the_array_path() -> None:
+    rng = np.random.default_rng(3)
+    target = (rng.random((3, 40, 50)) > 0.93).astype(np.int64)  # many small specks
+    w = small_particle_weights(target)
+    wt = small_particle_weights(torch.from_numpy(target))
+    assert isinstance(wt, torch.Tensor) and np.array_equal(wt.numpy(), w)
+    # touching rings take the larger weight: a 1-px speck (weight 5) beside a big plate
+    plate = np.zeros((30, 30), np.int64)
+    plate[:, :20] = 1
+    plate[10, 23] = 1  # 3 px from the plate
+    w = small_particle_weights(plate)
+    assert w[10, 21] == pytest.approx(5.0) and w[10, 25] == pytest.approx(5.0)
+
+
+@pytest.mark.parametrize("r", [1, 2, 3, 5])
+def test_disc_max_by_rectangles_equals_the_disc_footprint(r: int) -> None:
+    x = np.random.default_rng(r).random((2, 23, 31)).astype(np.float32)
+    assert np.array_equal(disc_max_torch(torch.from_numpy(x), r).numpy(), disc_max_scipy(x, r))
 
 
 def test_weighted_ce_is_plain_ce_without_small_particles() -> None:
