@@ -61,8 +61,11 @@ DEFAULT_TILE_OVERLAP = 128
 CPU_PIXELS_PER_BATCH = 2**20
 #: Pixels of float input prepared at once, bounding host/device memory for big chunks.
 PIXELS_PER_GROUP = 32 * 2**20
-#: Largest batch ever chosen automatically on a GPU.
-MAX_GPU_BATCH = 256
+#: Largest batch ever chosen automatically on a GPU. Bigger batches gain nothing in
+#: steady state and make the first pass slow (cuDNN autotuning at a huge batch, no
+#: overlap): on an H200, 128 frames of 512x512 took 4.0 s cold at batch 256 and 0.27 s
+#: at batch 32; warm, 518 vs 455 frames/s (1024x1024: 115 vs 118). bench_segment.py.
+MAX_GPU_BATCH = 32
 #: Fraction of free GPU memory the automatic batch size may fill.
 GPU_MEMORY_FRACTION = 0.6
 

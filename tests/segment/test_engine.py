@@ -16,6 +16,7 @@ from crystalseg.errors import ConfigError
 from crystalseg.models import ModelSpec, build_model
 from crystalseg.segment import EngineSettings, Segmenter, load_segmenter, select_device
 from crystalseg.segment.engine import (
+    MAX_GPU_BATCH,
     GpuMemoryError,
     blend_window,
     class_map,
@@ -316,7 +317,7 @@ def test_cuda_path_matches_cpu(checkpoint, frames_factory, dtype) -> None:
         checkpoint, settings=EngineSettings(device="cuda", tile_size=128, tile_overlap=64)
     )
     assert (tiled.predict(frames) == mask).mean() > 0.99
-    assert 1 <= fast._batch_cache[(224, 320)] <= 256
+    assert 1 <= fast._batch_cache[(224, 320)] <= MAX_GPU_BATCH
 
 
 @pytest.mark.parametrize("transform", ["flip_x", "flip_y", "rot90", "transpose"])
