@@ -112,6 +112,11 @@ def read_image(path: PathLike) -> np.ndarray:
     return arr
 
 
+def _image_bounds(image: np.ndarray, spec: ModelSpec) -> tuple[float, float]:
+    lo, hi = intensity_bounds(torch.from_numpy(_torchable(image))[None], spec)
+    return float(lo[0]), float(hi[0])
+
+
 def _to_channels(image: np.ndarray, channels: int) -> np.ndarray:
     """Grey (H, W) for one channel, (H, W, 3) for three; the rule of crystalseg import."""
     if image.ndim == 3:
@@ -559,10 +564,56 @@ class SegmentationData:
         """Raw intensities mapping to 0 and 1 for ``item`` under ``spec`` (whole image)."""
         key = (self._index[id(item)], (spec.scaling, spec.percentiles))
         if key not in self._bounds:
-            image, _ = self.load(item)
-            lo, hi = intensity_bounds(torch.from_numpy(_torchable(image))[None], spec)
-            self._bounds[key] = (float(lo[0]), float(hi[0]))
+            self._bounds[key] = _image_bounds(self.load(item)[0], spec)
         return self._bounds[key]
+
+    def preload(self, spec: ModelSpec | None = None, *, workers: int | None = None) -> int:
+        """Read the frames of run stores (and their intensity bounds under ``spec``) in
+        ``workers`` threads, as far as the cache holds them; returns how many were read.
+
+        The first epoch would read them one by one in the training loop; on a GPU that
+        loop is the bottleneck, so reading ahead in parallel saves most of an epoch.
+        Batches are the same either way.
+        """
+        todo_items = [
+            it for it in self.items if it.run is not None and self._index[id(it)] not in self._cache
+        ]
+        if not todo_items:
+            return 0
+        workers = workers or min(8, os.cpu_count() or 1)
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(workers) as pool:  # opening a run costs tens of ms
+            list(pool.map(self._open_run, dict.fromkeys(it.run for it in todo_items)))
+        groups: dict[tuple[Path, int, str | None], list[PairItem]] = {}
+        for item in todo_items:
+            assert item.run is not None
+            ds, _ = self._open_run(item.run)
+            size = ds["image"].chunks[0][0] if ds["image"].chunks else 1 << 62
+            chunk = (item.run, int(item.frame or 0) // size, item.mask_group)
+            groups.setdefault(chunk, []).append(item)
+
+        def read(group: list[PairItem]) -> tuple[list[PairItem], list[Any], list[Any]]:
+            got = self._read_frames(group)
+            bounds = [_image_bounds(image, spec) if spec else None for image, _ in got]
+            return group, got, bounds
+
+        n = 0
+        todo = list(groups.values())
+        with ThreadPoolExecutor(workers) as pool:
+            for start in range(0, len(todo), 2 * workers):  # a few groups in flight
+                read_bytes = 0
+                for group, got, bounds in pool.map(read, todo[start : start + 2 * workers]):
+                    for item, pair, bound in zip(group, got, bounds, strict=True):
+                        key = self._index[id(item)]
+                        self._keep(key, pair)
+                        if spec is not None:
+                            self._bounds[(key, (spec.scaling, spec.percentiles))] = bound
+                        read_bytes += pair[0].nbytes + pair[1].nbytes
+                        n += 1
+                if self._cache_bytes + read_bytes > self._cache_limit:
+                    break  # another such batch would push out frames just read
+        return n
 
     # ---- sampling
 

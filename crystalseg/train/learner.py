@@ -430,6 +430,9 @@ class Learner:
                 log.info("training in '%s' already finished all %d epochs", resume, epochs)
                 return self.history
         stale = 0
+        t_read = time.perf_counter()
+        if n_read := self.data.preload(self.spec):
+            log.info("read %d frames ahead in %.1f s", n_read, time.perf_counter() - t_read)
         for epoch in range(start, epochs):
             t0 = time.perf_counter()
             self._epoch_seed(epoch)

@@ -156,6 +156,29 @@ def test_run_stores_and_whole_run_split(tmp_path: Path) -> None:
     assert [i.frame for i in stepped.valid_items] == [2]
 
 
+def test_preloaded_run_frames_give_the_same_batches(tmp_path: Path) -> None:
+    from crystalseg.models import ModelSpec
+
+    truth = [make_run(tmp_path / "runs" / f"{k}.zarr", frames=6, seed=k) for k in range(3)]
+    spec = ModelSpec(encoder="mobilenet_v2", codes=CODES, scaling="percentile")
+    lazy = pairs(tmp_path / "runs", codes=CODES, valid_fraction=0.0, crop_size=32, batch_size=4)
+    ahead = pairs(tmp_path / "runs", codes=CODES, valid_fraction=0.0, crop_size=32, batch_size=4)
+    # (building the data read one run already, to size the crops)
+    assert ahead.preload(spec, workers=3) == 12 and ahead.preload(spec) == 0
+    for item in ahead.items:  # each frame under its own index, whatever the read order
+        np.testing.assert_array_equal(ahead.load(item)[1], truth[int(item.run.stem)][item.frame])
+    batches = zip(
+        lazy.train_batches(spec, np.random.default_rng(5)),
+        ahead.train_batches(spec, np.random.default_rng(5)),
+        strict=True,
+    )
+    for (x1, y1), (x2, y2) in batches:
+        assert torch.equal(x1, x2) and torch.equal(y1, y2)
+    # a cache that holds one frame: preloading stops instead of reading everything
+    small = pairs(tmp_path / "runs", codes=CODES, crop_size=32, cache_mb=0.003)
+    assert 1 <= small.preload(spec, workers=1) < 17  # 17 frames were not cached yet
+
+
 def test_size_mismatch_names_both_files(tmp_path: Path) -> None:
     Image.fromarray(np.zeros((20, 30), np.uint8)).save(tmp_path / "0.png")
     Image.fromarray(np.zeros((20, 31), np.uint8)).save(tmp_path / "0_mask.png")
