@@ -20,7 +20,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -308,7 +308,11 @@ class Learner:
         return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp)
 
     def _batches(self, rng: np.random.Generator) -> Any:
-        for x, y in self.data.train_batches(self.spec, rng, batch_size=self.batch_size):
+        batches = self.data.train_batches(self.spec, rng, batch_size=self.batch_size)
+        if self.device.type == "cuda":
+            # crops are cut on the CPU while the GPU trains on the previous batch
+            batches = prefetch((x.pin_memory(), y.pin_memory()) for x, y in batches)
+        for x, y in batches:
             x = x.to(self.device, non_blocking=True)
             y = y.to(self.device, non_blocking=True)
             if self.augmenter is not None:
@@ -750,6 +754,52 @@ class Learner:
             f"init={self.init_info.get('kind', '?')}, device={self.device}, "
             f"batch {self.batch_size}, {len(self.history)} epochs done)"
         )
+
+
+def prefetch(items: Iterator[Any], depth: int = 3) -> Iterator[Any]:
+    """The items of ``items``, in order, produced ``depth`` ahead in a thread.
+
+    Exceptions of the producer reach the consumer; a consumer that stops early stops
+    the producer too.
+    """
+    import queue
+    import threading
+
+    q: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(entry: tuple[str, Any]) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put(("item", item)):
+                    return
+        except BaseException as exc:  # handed to the consumer
+            put(("error", exc))
+            return
+        put(("done", None))
+
+    thread = threading.Thread(target=produce, name="crystalseg-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = q.get()
+            if kind == "done":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
+        thread.join(timeout=5)
 
 
 def _tile_starts(n: int, tile: int, step: int) -> list[int]:
