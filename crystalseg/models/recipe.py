@@ -28,6 +28,8 @@ import shlex
 import sys
 from pathlib import Path
 
+import torch
+
 from crystalseg.models.checkpoint import DEFAULT_ENCODER
 from crystalseg.synth import SCENARIO_NAMES, SynthConfig, synthesize_run
 from crystalseg.train import TrainSettings, train_model
@@ -94,6 +96,90 @@ def make_training_runs(
         for job in todo:
             _render(job)
     return runs
+
+
+def epochs_for_budget(
+    settings: TrainSettings, minutes: float, *, probe_runs: int = 6, probe_steps: int = 12
+) -> int:
+    """Epochs of the one-cycle schedule of ``settings`` that fit in ``minutes``.
+
+    Times a few training steps and a validation pass on ``probe_runs`` of the runs
+    (same crops, batch, model and device), scales them to all the runs and subtracts
+    the reading of every frame and the probe itself. The training that follows keeps
+    ``minutes`` as its ``max_minutes`` safety net.
+    """
+    import math
+    import time
+
+    import numpy as np
+
+    from crystalseg.train import pairs, unet_learner
+
+    started = time.perf_counter()
+    runs = sorted(Path(settings.data[0]).glob("*.zarr"))
+    subset = runs[:: max(1, len(runs) // probe_runs)][:probe_runs]
+    data = pairs(
+        subset,
+        codes=settings.codes,
+        crop_size=settings.crop_size,
+        batch_size=settings.batch_size,
+        frame_step=settings.frame_step,
+        valid_fraction=0.3,
+        seed=settings.seed,
+    )
+    learner = unet_learner(
+        data,
+        settings.encoder,
+        init=settings.init,
+        loss=settings.loss,  # type: ignore[arg-type]
+        decoder_channels=settings.decoder_channels,
+        scaling=settings.scaling,  # type: ignore[arg-type]
+        augment=settings.augment,  # type: ignore[arg-type]
+        device=settings.device,
+        batch_size=settings.batch_size,
+        progress=False,
+    )
+    t0 = time.perf_counter()
+    data.preload(learner.spec)
+    read_s = (time.perf_counter() - t0) / len(data.items)
+    optimizer, scaler = learner._optimizer(1e-6), learner._scaler()
+    rng = np.random.default_rng(settings.seed)
+    learner.model.train()
+    steps, t_start = 0, time.perf_counter()
+    while steps < probe_steps + 3:
+        for x, y in learner._batches(rng):
+            if steps == 3:  # after the first steps' one-off costs (autotuning)
+                if learner.device.type == "cuda":
+                    torch.cuda.synchronize()
+                t_start = time.perf_counter()
+            learner._step(x, y, optimizer, scaler)
+            steps += 1
+            if steps == probe_steps + 3:
+                break
+    if learner.device.type == "cuda":
+        torch.cuda.synchronize()
+    step_s = (time.perf_counter() - t_start) / probe_steps
+    learner.validate()  # first pass: one-off costs
+    t0 = time.perf_counter()
+    learner.validate()
+    valid_s = (time.perf_counter() - t0) / max(1, len(data.valid_items))
+    per_run = len(data.items) / len(subset)
+    n_valid = round(settings.valid_fraction * len(runs)) * per_run
+    n_train = len(runs) * per_run - n_valid
+    epoch_s = math.ceil(n_train * data.crops_per_image / learner.batch_size) * step_s
+    epoch_s += n_valid * valid_s
+    left = 60 * minutes - (time.perf_counter() - started) - read_s * len(runs) * per_run - 20
+    epochs = int(max(1, left // epoch_s))
+    log.info(
+        "%.3f s a step, %.3f s a validation frame: an epoch takes ~%.0f s; %d epochs fit "
+        "in %g minutes",
+        step_s,
+        valid_s,
+        epoch_s,
+        epochs,
+        minutes,
+    )
+    return epochs
 
 
 def _scenario_counts(text: str) -> dict[str, int]:
@@ -163,7 +249,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("output", type=Path, help="where the checkpoint goes")
     parser.add_argument("--workdir", type=Path, default=Path("default-model-data"))
-    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument(
+        "--epochs",
+        type=lambda v: v if v == "auto" else int(v),
+        default=30,
+        help="epochs, or auto: as many as fit in --max-minutes (measured first)",
+    )
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--runs-per-scenario", type=int, default=RUNS_PER_SCENARIO)
     parser.add_argument(
@@ -192,6 +283,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ship-only", action="store_true", help="only copy OUTPUT to --ship")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.epochs == "auto" and args.max_minutes is None:
+        parser.error("--epochs auto needs --max-minutes")
     if args.ship_only:
         if args.ship is None:
             parser.error("--ship-only needs --ship DEST")
@@ -214,7 +307,7 @@ def main(argv: list[str] | None = None) -> None:
         codes=CODES,
         output_dir=args.output,
         init=args.init,
-        epochs=args.epochs,
+        epochs=1 if args.epochs == "auto" else args.epochs,
         max_minutes=args.max_minutes,
         lr=args.lr,
         loss=args.loss,
@@ -234,6 +327,18 @@ def main(argv: list[str] | None = None) -> None:
         encoder=args.encoder or DEFAULT_ENCODER,
         decoder_channels=tuple(int(c) for c in decoder.split(",")) if decoder else None,
     )
+    if args.epochs == "auto":
+        import dataclasses
+        import time
+
+        t0 = time.perf_counter()
+        epochs = epochs_for_budget(settings, args.max_minutes)
+        left = args.max_minutes - (time.perf_counter() - t0) / 60  # the probe's share
+        words = shlex.split(settings.command or "")
+        words[words.index("auto")] = str(epochs)  # the record says what ran
+        settings = dataclasses.replace(
+            settings, epochs=epochs, max_minutes=max(left, 0.1), command=shlex.join(words)
+        )
     result = train_model(settings)
     log.info(
         "best mean crystal-class IoU %.4f; checkpoint %s", result.best_score, result.best_checkpoint

@@ -53,3 +53,32 @@ def test_recipe_keeps_evaluation_seeds_out_of_training(tmp_path) -> None:
     with pytest.raises(SystemExit):
         recipe.main([str(tmp_path / "model"), "--first-seed", "7", "--workdir", str(tmp_path)])
     assert not (tmp_path / "runs").exists()
+
+
+def test_recipe_epochs_auto_fit_the_time_budget(tmp_path) -> None:
+    from crystalseg.models import recipe
+    from crystalseg.synth import SynthConfig, synthesize_run
+    from crystalseg.train import TrainSettings
+
+    for k in range(3):
+        config = SynthConfig(frames=4, height=64, width=64, seed=1000 + k, scenario="clear")
+        synthesize_run(tmp_path / "runs" / f"clear-{k}.zarr", config)
+    settings = TrainSettings(
+        data=(tmp_path / "runs",),
+        codes=recipe.CODES,
+        encoder="tu-test_resnet",
+        decoder_channels=(16, 16, 8, 8, 8),
+        init="none",
+        crop_size=32,
+        batch_size=4,
+        device="cpu",
+        valid_fraction=0.34,
+        scaling="percentile",
+        augment="none",
+        progress=False,
+    )
+    # a budget the probe alone spends: one epoch; two minutes of tiny steps: many
+    assert recipe.epochs_for_budget(settings, 0.001, probe_runs=3, probe_steps=2) == 1
+    assert recipe.epochs_for_budget(settings, 2.0, probe_runs=3, probe_steps=2) > 5
+    with pytest.raises(SystemExit):  # auto needs a budget
+        recipe.main([str(tmp_path / "model"), "--epochs", "auto", "--workdir", str(tmp_path)])
