@@ -496,21 +496,25 @@ class SegmentationData:
             raw_masks = list(np.asarray(src["mask"][frames].values))
         return [self._checked(*args) for args in zip(items, images, raw_masks, strict=True)]
 
+    def _time_chunk(self, item: PairItem) -> int:
+        """Index of the time chunk of its run that holds ``item``'s frame."""
+        assert item.run is not None
+        chunks = self._open_run(item.run)[0]["image"].chunks
+        if not chunks:
+            return 0
+        return int(np.searchsorted(np.cumsum(chunks[0]), int(item.frame or 0), side="right"))
+
     def _chunk_mates(self, item: PairItem) -> list[PairItem]:
         """``item`` and the uncached items of its run whose frames share its time chunk."""
         assert item.run is not None
-        ds, _ = self._open_run(item.run)
-        chunks = ds["image"].chunks
-        bounds = np.cumsum((0, *chunks[0])) if chunks else np.array([0, 1 << 62])
-        k = int(np.searchsorted(bounds, int(item.frame or 0), side="right")) - 1
-        lo, hi = bounds[k], bounds[k + 1]
+        k = self._time_chunk(item)
         mates = [
             it
             for it in self._run_items[item.run]
-            if lo <= (it.frame or 0) < hi
+            if it is not item
             and it.mask_group == item.mask_group
-            and it is not item
             and self._index[id(it)] not in self._cache
+            and self._time_chunk(it) == k
         ]
         return [item, *mates]
 
@@ -588,9 +592,7 @@ class SegmentationData:
         groups: dict[tuple[Path, int, str | None], list[PairItem]] = {}
         for item in todo_items:
             assert item.run is not None
-            ds, _ = self._open_run(item.run)
-            size = ds["image"].chunks[0][0] if ds["image"].chunks else 1 << 62
-            chunk = (item.run, int(item.frame or 0) // size, item.mask_group)
+            chunk = (item.run, self._time_chunk(item), item.mask_group)
             groups.setdefault(chunk, []).append(item)
 
         def read(group: list[PairItem]) -> tuple[list[PairItem], list[Any], list[Any]]:
