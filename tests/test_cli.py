@@ -198,7 +198,9 @@ def test_train_on_bmp_pairs_with_0_255_masks(tmp_path: Path) -> None:
         "--codes",
         "background,crystal",
         "--epochs",
-        "1",
+        "2",
+        "--max-minutes",
+        "0.0001",
         "--crop-size",
         "64",
         "--batch-size",
@@ -212,6 +214,10 @@ def test_train_on_bmp_pairs_with_0_255_masks(tmp_path: Path) -> None:
     assert "crystal IoU" in out and "best validation mean IoU" in out
     meta = json.loads((tmp_path / "model" / "model.json").read_text())
     assert meta["spec"]["codes"] == ["background", "crystal"]
+    # the time budget stopped the 2-epoch schedule after its first epoch, on the record
+    last = json.loads((tmp_path / "model" / "last" / "model.json").read_text())
+    assert last["training"]["epochs_done"] == 1 and last["training"]["epochs"] == 2
+    assert last["training"]["settings"]["max_minutes"] == 0.0001
     assert (tmp_path / "model" / "model.safetensors").stat().st_size > 100_000
 
 
