@@ -83,9 +83,16 @@ def format_training(result: Any) -> str:
             for code, iou in record.get("iou", {}).items():
                 if code != "background" and iou is not None:
                     parts.append(f"{code} IoU {iou:.3f}")
+            if "instance_f1" in record:
+                parts.append(f"particle F1 {record['instance_f1']:.3f}")
         lines.append("  ".join(parts))
     if result.best_score is not None:
-        lines.append(f"best validation mean IoU of the crystal classes {result.best_score:.4f}")
+        what = (
+            "particle F1"
+            if any("instance_f1" in r for r in result.history)
+            else ("mean IoU of the crystal classes")
+        )
+        lines.append(f"best validation {what} {result.best_score:.4f}")
     if result.best_checkpoint is not None:
         lines.append(
             f"model written to {result.best_checkpoint} (last epoch: {result.last_checkpoint})"

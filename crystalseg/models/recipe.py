@@ -341,7 +341,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     result = train_model(settings)
     log.info(
-        "best mean crystal-class IoU %.4f; checkpoint %s", result.best_score, result.best_checkpoint
+        "best validation particle F1 %.4f; checkpoint %s", result.best_score, result.best_checkpoint
     )
     if args.ship is not None:
         log.info("shipped %s", ship_model(args.output, args.ship))

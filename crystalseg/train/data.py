@@ -432,6 +432,7 @@ class SegmentationData:
         self._cache_limit = int(cache_mb * 2**20)
         self._bounds: dict[tuple[int, tuple[Any, ...]], tuple[float, float]] = {}
         self._fg: dict[int, np.ndarray] = {}
+        self._instances: dict[int, np.ndarray | None] = {}
         self._runs: dict[Path, Any] = {}
         self.items = tuple(items)
         self._index = {id(it): k for k, it in enumerate(self.items)}
@@ -698,6 +699,19 @@ class SegmentationData:
         for item in self.valid_items:
             image, mask = self.load(item)
             yield item, self._unit(image, item, spec), torch.from_numpy(mask.astype(np.int64))
+
+    def instance_truth(self, item: PairItem) -> np.ndarray | None:
+        """True instance labels (H, W) of a synthetic run's frame, else None (cached)."""
+        if item.run is None or item.mask_group != "truth":
+            return None
+        key = self._index[id(item)]
+        if key not in self._instances:
+            _, truth = self._open_run(item.run)
+            labels = None
+            if truth is not None and "labels" in truth:
+                labels = np.asarray(truth["labels"][int(item.frame or 0)].values)
+            self._instances[key] = labels
+        return self._instances[key]
 
     def class_frequencies(self, limit: int = 16) -> np.ndarray:
         """Pixel fraction of each class over (up to ``limit``) training images."""

@@ -155,7 +155,8 @@ class TrainResult:
     history : tuple of dict, one per epoch (losses, IoU/Dice per class)
     lr : the peak learning rate used (None when only the finder ran)
     lr_find : LRFindResult or None
-    best_score : best mean IoU of the crystal classes (minus the training loss without validation)
+    best_score : best validation particle F1 (synthetic runs), else mean IoU of the crystal
+        classes, else minus the training loss
     learner : the trained Learner
     """
 

@@ -151,6 +151,28 @@ def test_early_stop_stops(data) -> None:
     assert len(learner.history) == 1
 
 
+def test_validation_scores_the_particles_of_synthetic_runs(tmp_path: Path, monkeypatch) -> None:
+    from crystalseg.synth import SynthConfig, synthesize_run
+
+    for k in range(2):
+        config = SynthConfig(frames=3, height=96, width=96, seed=1000 + k, scenario="clear")
+        synthesize_run(tmp_path / "runs" / f"clear-{k}.zarr", config)
+    codes = ["background", "crystal", "boundary"]
+    data = pairs(tmp_path / "runs", codes=codes, crop_size=64, valid_fraction=0.5)
+    learner = tiny(data)
+    record = learner.validate()
+    assert 0.0 <= record["instance_f1"] <= 1.0
+    # a model that returns the true class mask finds every particle
+    masks = iter([y for _, _, y in data.valid_samples(learner.spec)])
+
+    def truth_logits(x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.one_hot(next(masks), len(codes)).permute(2, 0, 1)[None].float()
+
+    monkeypatch.setattr(learner, "predict_logits", truth_logits)
+    perfect = learner.validate()
+    assert perfect["instance_f1"] > 0.95 and perfect["iou"]["crystal"] == 1.0
+
+
 def test_prefetch_keeps_order_passes_errors_and_stops_with_its_consumer() -> None:
     import itertools
     import threading
