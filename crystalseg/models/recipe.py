@@ -113,32 +113,13 @@ def epochs_for_budget(
 
     import numpy as np
 
-    from crystalseg.train import pairs, unet_learner
+    from crystalseg.train.settings import settings_data, settings_learner
 
     started = time.perf_counter()
     runs = sorted(Path(settings.data[0]).glob("*.zarr"))
     subset = runs[:: max(1, len(runs) // probe_runs)][:probe_runs]
-    data = pairs(
-        subset,
-        codes=settings.codes,
-        crop_size=settings.crop_size,
-        batch_size=settings.batch_size,
-        frame_step=settings.frame_step,
-        valid_fraction=0.3,
-        seed=settings.seed,
-    )
-    learner = unet_learner(
-        data,
-        settings.encoder,
-        init=settings.init,
-        loss=settings.loss,  # type: ignore[arg-type]
-        decoder_channels=settings.decoder_channels,
-        scaling=settings.scaling,  # type: ignore[arg-type]
-        augment=settings.augment,  # type: ignore[arg-type]
-        device=settings.device,
-        batch_size=settings.batch_size,
-        progress=False,
-    )
+    data = settings_data(settings, subset, valid_fraction=0.3)
+    learner = settings_learner(settings, data, progress=False)
     t0 = time.perf_counter()
     data.preload(learner.spec)
     read_s = (time.perf_counter() - t0) / len(data.items)

@@ -11,13 +11,14 @@ import json
 import logging
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from crystalseg.errors import ConfigError, StageStateError
 from crystalseg.models.checkpoint import DEFAULT_ENCODER, META_FILE, jsonable, read_checkpoint_meta
+from crystalseg.train.data import PathLike, SegmentationData
 from crystalseg.train.learner import (
     LAST_DIR,
     STATE_META,
@@ -170,6 +171,57 @@ class TrainResult:
     learner: Learner
 
 
+def settings_data(
+    s: TrainSettings,
+    items: Sequence[PathLike] | None = None,
+    *,
+    valid_fraction: float | None = None,
+) -> SegmentationData:
+    """The training data of ``s`` (or of ``items`` read the same way; with another
+    ``valid_fraction``, the split is by that fraction instead of ``s.valid``)."""
+    from crystalseg.train.data import pairs
+
+    return pairs(
+        list(s.data if items is None else items),
+        codes=s.codes,
+        mask_values=s.mask_values,
+        valid_fraction=s.valid_fraction if valid_fraction is None else valid_fraction,
+        valid=s.valid if valid_fraction is None else None,
+        crop_size=s.crop_size,
+        batch_size=s.batch_size,
+        crops_per_image=s.crops_per_image,
+        foreground_bias=s.foreground_bias,
+        channels=s.channels,  # type: ignore[arg-type]
+        frame_step=s.frame_step,
+        seed=s.seed,
+    )
+
+
+def settings_learner(
+    s: TrainSettings,
+    data: SegmentationData,
+    *,
+    init: str | Path | None = None,
+    output_dir: Path | None = None,
+    progress: bool | None = None,
+) -> Learner:
+    """The learner of ``s`` on ``data`` (``init`` and ``progress`` default to the settings')."""
+    return unet_learner(
+        data,
+        s.encoder,
+        init=s.init if init is None else init,
+        loss=s.loss,  # type: ignore[arg-type]
+        decoder_channels=s.decoder_channels,
+        scaling=s.scaling,  # type: ignore[arg-type]
+        augment=s.augment,  # type: ignore[arg-type]
+        device=s.device,
+        weight_decay=s.weight_decay,
+        output_dir=output_dir,
+        seed=s.seed,
+        progress=s.progress if progress is None else progress,
+    )
+
+
 def train_model(settings: TrainSettings) -> TrainResult:
     """Train a U-Net as ``crystalseg train`` does: data, learner, optional lr finder, fit.
 
@@ -180,8 +232,6 @@ def train_model(settings: TrainSettings) -> TrainResult:
     CrystalsegError
         Any bad data, settings or checkpoint.
     """
-    from crystalseg.train.data import pairs
-
     s = settings
     out = s.output_dir
     if out is not None and s.resume is None and (out / META_FILE).exists() and not s.overwrite:
@@ -189,38 +239,12 @@ def train_model(settings: TrainSettings) -> TrainResult:
             f"'{out}' already holds a model; pass --resume {out} to continue it, --overwrite "
             "to replace it, or another -o"
         )
-    data = pairs(
-        list(s.data),
-        codes=s.codes,
-        mask_values=s.mask_values,
-        valid_fraction=s.valid_fraction,
-        valid=s.valid,
-        crop_size=s.crop_size,
-        batch_size=s.batch_size,
-        crops_per_image=s.crops_per_image,
-        foreground_bias=s.foreground_bias,
-        channels=s.channels,  # type: ignore[arg-type]
-        frame_step=s.frame_step,
-        seed=s.seed,
-    )
+    data = settings_data(s)
     log.info("%r", data)
     init: str | Path = s.init
     if s.resume is not None:
         init = find_resume_dir(s.resume)
-    learner = unet_learner(
-        data,
-        s.encoder,
-        init=init,
-        loss=s.loss,  # type: ignore[arg-type]
-        decoder_channels=s.decoder_channels,
-        scaling=s.scaling,  # type: ignore[arg-type]
-        augment=s.augment,  # type: ignore[arg-type]
-        device=s.device,
-        weight_decay=s.weight_decay,
-        output_dir=out,
-        seed=s.seed,
-        progress=s.progress,
-    )
+    learner = settings_learner(s, data, init=init, output_dir=out)
     if s.resume is not None:
         # record where the interrupted run started from, not its own last checkpoint
         first = read_checkpoint_meta(init).get("training", {}).get("init")
