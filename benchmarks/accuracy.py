@@ -41,12 +41,11 @@ from pathlib import Path
 
 import numpy as np
 import xarray as xr
-from skimage.measure import label as sk_label
 
 from crystalseg.classes import class_mask_from_labels
 from crystalseg.measure import EXCLUDED_REASONS, MeasureSettings, measure_mask_frame
 from crystalseg.measure.distributions import weighted_quantile
-from crystalseg.measure.instances import instance_scores
+from crystalseg.measure.instances import instance_scores, truth_pieces
 from crystalseg.measure.run import label_mask_frame
 from crystalseg.segment import EngineSettings, load_segmenter
 from crystalseg.synth import SCENARIO_NAMES, SynthConfig, synthesize_run
@@ -210,10 +209,8 @@ def evaluate(
                         "label",
                     ]
                     labels[np.isin(labels, doubtful.to_numpy())] = 0
-                    pieces = sk_label(true_labels, background=0, connectivity=2)
-                    area = np.bincount(pieces.ravel())
-                    ids = np.flatnonzero(area >= settings.min_area_px)
-                    scores = instance_scores(labels, pieces, truth_ids=ids[ids > 0])
+                    pieces, ids = truth_pieces(true_labels, settings.min_area_px)
+                    scores = instance_scores(labels, pieces, truth_ids=ids)
                     rows["f1"].append(scores["f1"])
                     rows["over_split"].append(scores["over_split_rate"])
                     rows["merged"].append(scores["merged_rate"])

@@ -58,6 +58,7 @@ from crystalseg.measure import (
     measure_run,
     weighted_quantile,
 )
+from crystalseg.measure.instances import truth_pieces
 from crystalseg.store import begin_stage, create_array, create_run
 
 # --------------------------------------------------------------------------- one frame
@@ -221,7 +222,6 @@ def bench_memory(tmp: Path, frame_counts: tuple[int, ...]) -> dict:
 
 
 def evaluate_accuracy(seeds: list[int], frames_at: tuple[int, ...], size: int) -> dict:
-    from skimage.measure import label as sk_label
 
     from crystalseg.synth import SCENARIO_NAMES, SynthConfig, SyntheticRun
 
@@ -248,10 +248,7 @@ def evaluate_accuracy(seeds: list[int], frames_at: tuple[int, ...], size: int) -
             for t in frames_at:
                 frame = run.render_truth(t)
                 labels = frame.labels
-                pieces = sk_label(labels, background=0, connectivity=2)
-                area = np.bincount(pieces.ravel())
-                piece_ids = np.flatnonzero(area >= limit)
-                piece_ids = piece_ids[piece_ids > 0]
+                pieces, piece_ids = truth_pieces(labels, limit)
                 truth = frame.crystals
                 truth = truth[(truth["area_px"] >= limit) & ~truth["touches_edge"]]
                 d50_true = float(weighted_quantile(truth["ecd_px"].to_numpy(), 0.5)[0])

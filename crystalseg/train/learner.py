@@ -775,18 +775,14 @@ def _instance_counts(
 ) -> tuple[int, int, int]:
     """(matched, true, predicted) particles of one frame, counted as the measurement
     would count them (default settings, no confidence filter)."""
-    from skimage.measure import label as label_components
-
     from crystalseg.measure import MeasureSettings
-    from crystalseg.measure.instances import instance_scores
+    from crystalseg.measure.instances import instance_scores, truth_pieces
     from crystalseg.measure.run import label_mask_frame
 
     settings = MeasureSettings()
     labels = label_mask_frame(pred.astype(np.uint8), settings=settings, codes=tuple(codes))
-    pieces = label_components(truth, background=0, connectivity=2)
-    area = np.bincount(pieces.ravel())
-    ids = np.flatnonzero(area >= settings.min_area_px)
-    scores = instance_scores(labels, pieces, truth_ids=ids[ids > 0])
+    pieces, ids = truth_pieces(truth, settings.min_area_px)
+    scores = instance_scores(labels, pieces, truth_ids=ids)
     return int(scores["matched"]), int(scores["n_true"]), int(scores["n_pred"])
 
 

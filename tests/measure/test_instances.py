@@ -19,6 +19,7 @@ from crystalseg.measure.instances import (
     crystal_classes,
     instance_scores,
     label_instances,
+    truth_pieces,
 )
 
 CODES3 = ("background", "crystal", "boundary")
@@ -328,6 +329,17 @@ def test_watershed_partitions_each_component(seed: int, density: float, min_area
     # in raster order like skimage's.
     plain = label_instances(mask, split="none", min_area_px=min_area)
     assert np.array_equal(plain, sk_label(big, connectivity=2))
+
+
+def test_truth_pieces_split_occluded_crystals_and_skip_small_pieces() -> None:
+    truth = np.zeros((20, 20), np.int32)
+    truth[2:8, 2:8] = 1  # one crystal seen as two pieces: 36 px and 4 px
+    truth[12:14, 12:14] = 1
+    truth[10:18, 2:6] = 2  # 32 px
+    pieces, ids = truth_pieces(truth, min_area_px=10)
+    assert pieces.max() == 3 and len(ids) == 2
+    assert {int(pieces[4, 4]), int(pieces[14, 3])} == set(ids.tolist())
+    assert pieces[13, 13] not in ids
 
 
 def test_instance_scores_counts_splits_and_merges() -> None:
