@@ -23,7 +23,8 @@ figures separate the model's errors from those of splitting and measuring.
 Prints one JSON document. Usage::
 
     python benchmarks/accuracy.py [--model DIR] [--seeds 1 2] [--frames 12] [--size 512] [--tta]
-        [--split auto|hybrid|...] [--min-confidence P (negative: off)] [--scenarios clear ...]
+        [--split auto|hybrid|...] [--min-confidence P (negative: off)] [--min-area PX]
+        [--scenarios clear ...]
 
 Besides the means over frames, each scenario reports ``fg_iou_pooled`` (intersection
 over union summed over all frames, so that nearly empty early frames weigh less) and
@@ -267,6 +268,12 @@ def main() -> None:
     parser.add_argument("--tta", action="store_true", help="test-time augmentation (8 views)")
     parser.add_argument("--split", default="auto", help="measurement split method")
     parser.add_argument(
+        "--min-area",
+        type=int,
+        default=MeasureSettings.min_area_px,
+        help="least particle area in px, for the measurement and the truth alike",
+    )
+    parser.add_argument(
         "--min-confidence", type=float, default=None, help="default: MeasureSettings'; <0 off"
     )
     parser.add_argument(
@@ -277,7 +284,9 @@ def main() -> None:
         MeasureSettings.min_confidence if args.min_confidence is None else args.min_confidence
     )
     settings = MeasureSettings(
-        split=args.split, min_confidence=None if confidence < 0 else confidence
+        split=args.split,
+        min_confidence=None if confidence < 0 else confidence,
+        min_area_px=args.min_area,
     )
     result = evaluate(
         args.model,
