@@ -237,12 +237,19 @@ def evaluate(
                 if arr.size == 0:
                     continue
                 if key.endswith("_err"):
-                    summary[key + "_median_abs"] = float(np.median(np.abs(arr)))
-                    summary[key + "_max_abs"] = float(np.max(np.abs(arr)))
-                    summary[key + "_mean"] = float(np.mean(arr))
+                    # A frame where nothing was measured has no D50: it ranks as the worst.
+                    undefined = np.isnan(arr)
+                    summary[key + "_median_abs"] = float(
+                        np.median(np.where(undefined, np.inf, np.abs(arr)))
+                    )
+                    if not undefined.all():
+                        summary[key + "_max_abs"] = float(np.nanmax(np.abs(arr)))
+                        summary[key + "_mean"] = float(np.nanmean(arr))
                     summary[key + "_frames"] = int(arr.size)
-                else:
-                    summary[key] = float(np.mean(arr))
+                    summary[key + "_undefined_frames"] = int(undefined.sum())
+                elif np.isfinite(arr).any():
+                    # Frames with no crystal and no particle have no F1 (nor rates): skip them.
+                    summary[key] = float(np.nanmean(arr))
             if pooled[1]:
                 summary["fg_iou_pooled"] = float(pooled[0] / pooled[1])
             summary["recall_by_area_px"] = _binned_recall(found, 0, AREA_BINS)
