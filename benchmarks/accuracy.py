@@ -239,9 +239,9 @@ def evaluate(
                 if key.endswith("_err"):
                     # A frame where nothing was measured has no D50: it ranks as the worst.
                     undefined = np.isnan(arr)
-                    summary[key + "_median_abs"] = float(
-                        np.median(np.where(undefined, np.inf, np.abs(arr)))
-                    )
+                    median = float(np.median(np.where(undefined, np.inf, np.abs(arr))))
+                    # None (JSON null) when most frames have no D50: Infinity is no JSON.
+                    summary[key + "_median_abs"] = median if np.isfinite(median) else None
                     if not undefined.all():
                         summary[key + "_max_abs"] = float(np.nanmax(np.abs(arr)))
                         summary[key + "_mean"] = float(np.nanmean(arr))
