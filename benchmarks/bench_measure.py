@@ -222,7 +222,6 @@ def bench_memory(tmp: Path, frame_counts: tuple[int, ...]) -> dict:
 
 
 def evaluate_accuracy(seeds: list[int], frames_at: tuple[int, ...], size: int) -> dict:
-
     from crystalseg.synth import SCENARIO_NAMES, SynthConfig, SyntheticRun
 
     settings = MeasureSettings()

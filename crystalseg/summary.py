@@ -90,7 +90,7 @@ def format_training(result: Any) -> str:
         what = (
             "particle F1"
             if any("instance_f1" in r for r in result.history)
-            else ("mean IoU of the crystal classes")
+            else "mean IoU of the crystal classes"
         )
         lines.append(f"best validation {what} {result.best_score:.4f}")
     if result.best_checkpoint is not None:

@@ -443,6 +443,7 @@ class SegmentationData:
         train, val = split_items(self.items, valid_fraction=valid_fraction, valid=valid, seed=seed)
         self.train_items = tuple(train)
         self.valid_items = tuple(val)
+        self._valid_keys = {self._index[id(it)] for it in self.valid_items}
         self._check_files()
         self.fingerprint = _fingerprint(self.items, rule)
         self.crops_per_image = crops_per_image or self._auto_crops_per_image()
@@ -492,6 +493,10 @@ class SegmentationData:
             # synthetic truth holds instance labels: derive the boundary class from them
             labels = np.asarray(truth["labels"][frames].values)
             raw_masks = [class_mask_from_labels(lab, self.codes) for lab in labels]
+            for it, lab in zip(items, labels, strict=True):
+                key = self._index[id(it)]
+                if key in self._valid_keys:  # what instance_truth would read again
+                    self._instances[key] = lab
         else:
             src = truth if items[0].mask_group == "truth" else ds
             raw_masks = list(np.asarray(src["mask"][frames].values))
@@ -505,17 +510,22 @@ class SegmentationData:
             return 0
         return int(np.searchsorted(np.cumsum(chunks[0]), int(item.frame or 0), side="right"))
 
+    def _chunk_key(self, item: PairItem) -> tuple[Path, int, str | None]:
+        """Items with the same key are read in one pass by :meth:`_read_frames`: one run,
+        one time chunk, one mask group."""
+        assert item.run is not None
+        return item.run, self._time_chunk(item), item.mask_group
+
     def _chunk_mates(self, item: PairItem) -> list[PairItem]:
         """``item`` and the uncached items of its run whose frames share its time chunk."""
         assert item.run is not None
-        k = self._time_chunk(item)
+        key = self._chunk_key(item)
         mates = [
             it
             for it in self._run_items[item.run]
             if it is not item
-            and it.mask_group == item.mask_group
             and self._index[id(it)] not in self._cache
-            and self._time_chunk(it) == k
+            and self._chunk_key(it) == key
         ]
         return [item, *mates]
 
@@ -592,9 +602,7 @@ class SegmentationData:
             list(pool.map(self._open_run, dict.fromkeys(it.run for it in todo_items)))
         groups: dict[tuple[Path, int, str | None], list[PairItem]] = {}
         for item in todo_items:
-            assert item.run is not None
-            chunk = (item.run, self._time_chunk(item), item.mask_group)
-            groups.setdefault(chunk, []).append(item)
+            groups.setdefault(self._chunk_key(item), []).append(item)
 
         def read(group: list[PairItem]) -> tuple[list[PairItem], list[Any], list[Any]]:
             got = self._read_frames(group)
@@ -701,7 +709,8 @@ class SegmentationData:
             yield item, self._unit(image, item, spec), torch.from_numpy(mask.astype(np.int64))
 
     def instance_truth(self, item: PairItem) -> np.ndarray | None:
-        """True instance labels (H, W) of a synthetic run's frame, else None (cached)."""
+        """True instance labels (H, W) of a synthetic run's frame, else None (cached; a
+        validation frame read through its truth labels keeps them from that read)."""
         if item.run is None or item.mask_group != "truth":
             return None
         key = self._index[id(item)]

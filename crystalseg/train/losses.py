@@ -77,7 +77,8 @@ def small_particle_weights(
             t[None], ref_area_px=ref_area_px, max_weight=max_weight, ring_px=ring_px
         )[0]
         return out if is_tensor else out.numpy()
-    fg = (t > 0).cpu().numpy()
+    fg_t = t > 0
+    fg = fg_t.cpu().numpy()
     structure = np.zeros((3, 3, 3), bool)  # 4-connected within a frame, never across frames
     structure[1] = ndi.generate_binary_structure(2, 1)
     labels, _ = ndi.label(fg, structure=structure)
@@ -91,7 +92,7 @@ def small_particle_weights(
     else:
         own_t = torch.from_numpy(own).to(t.device)
         ring = disc_max_torch(own_t, ring_px)
-    out_t = torch.where(torch.from_numpy(fg).to(t.device), own_t, ring)
+    out_t = torch.where(fg_t, own_t, ring)
     return out_t if is_tensor else out_t.cpu().numpy()
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import xarray as xr
 from PIL import Image
 from torch import nn
 
@@ -162,6 +163,9 @@ def test_validation_scores_the_particles_of_synthetic_runs(tmp_path: Path, monke
     learner = tiny(data)
     record = learner.validate()
     assert 0.0 <= record["instance_f1"] <= 1.0
+    for item in data.valid_items:  # kept from the frame's read: the store's labels
+        stored = xr.open_zarr(item.run, group="truth")["labels"][item.frame].values
+        assert np.array_equal(data.instance_truth(item), stored)
     # a model that returns the true class mask finds every particle
     masks = iter([y for _, _, y in data.valid_samples(learner.spec)])
 
