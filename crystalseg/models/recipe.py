@@ -23,15 +23,17 @@ exposure look alike to the model. Validation holds out whole runs. Seeds from
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import shlex
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from crystalseg.models.checkpoint import DEFAULT_ENCODER
-from crystalseg.synth import SCENARIO_NAMES, SynthConfig, synthesize_run
+from crystalseg.synth import SCENARIO_NAMES, SynthConfig, get_scenario, synthesize_run
 from crystalseg.train import TrainSettings, train_model
 from crystalseg.train.losses import LOSS_NAMES
 
@@ -57,6 +59,7 @@ def make_training_runs(
     extra: dict[str, int] | None = None,
     jobs: int = 1,
     first_seed: int = FIRST_SEED,
+    depth_spread: tuple[float, float] | None = None,
 ) -> Path:
     """Render the synthetic training runs into ``workdir/runs`` (skips runs already there).
 
@@ -65,6 +68,11 @@ def make_training_runs(
     Seeds count up from ``first_seed`` (at least :data:`FIRST_SEED`; a later cycle adds
     fresh runs to the same folder by starting higher); the runs depend on their seeds
     only, so ``jobs`` worker processes render the same runs as one.
+
+    ``depth_spread`` = (low, high) gives every run its own
+    :attr:`~crystalseg.synth.Scenario.depth_spread`, drawn uniformly from that range
+    by the run's seed, for more strongly defocused crystals than the scenarios draw
+    (``None`` keeps the scenarios' own).
     """
     if first_seed < FIRST_SEED:
         raise ValueError(f"first_seed {first_seed} < {FIRST_SEED}: lower seeds are for evaluation")
@@ -77,12 +85,16 @@ def make_training_runs(
         for k in range(count):
             path = runs / f"{scenario}-{seed}.zarr"
             if not (path / "zarr.json").exists():
+                params = get_scenario(scenario)
+                if depth_spread is not None:
+                    spread = np.random.default_rng([seed, 17]).uniform(*depth_spread)
+                    params = dataclasses.replace(params, depth_spread=float(spread))
                 config = SynthConfig(
                     frames=FRAMES,
                     height=SIZE,
                     width=SIZE,
                     seed=seed,
-                    scenario=scenario,  # type: ignore[arg-type]
+                    scenario=params,
                     dtype="uint16" if k % 4 == 3 else "uint8",
                 )
                 todo.append((path, config))
@@ -110,8 +122,6 @@ def epochs_for_budget(
     """
     import math
     import time
-
-    import numpy as np
 
     from crystalseg.train.settings import settings_data, settings_learner
 
@@ -172,6 +182,17 @@ def _scenario_counts(text: str) -> dict[str, int]:
             raise argparse.ArgumentTypeError(f"'{part}' is not SCENARIO=COUNT")
         out[name] = int(count)
     return out
+
+
+def _spread_range(text: str) -> tuple[float, float]:
+    """``"0.4,0.9"`` -> ``(0.4, 0.9)``."""
+    try:
+        low, high = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not LOW,HIGH (e.g. 0.4,0.9)") from None
+    if not 0 <= low <= high:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a range 0 <= LOW <= HIGH")
+    return low, high
 
 
 def _lineage(checkpoint: Path) -> list[str]:
@@ -257,6 +278,12 @@ def main(argv: list[str] | None = None) -> None:
         default=FIRST_SEED,
         help=f"seed of the first run (>= {FIRST_SEED}; higher adds fresh runs to WORKDIR)",
     )
+    parser.add_argument(
+        "--depth-spread",
+        type=_spread_range,
+        default=None,
+        help="LOW,HIGH: each run's crystal depth spread (scenarios: 0.4); more defocus",
+    )
     parser.add_argument("--frame-step", type=int, default=FRAME_STEP, help="every n-th frame")
     parser.add_argument("--max-minutes", type=float, default=None, help="wall-clock budget")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run")
@@ -279,6 +306,7 @@ def main(argv: list[str] | None = None) -> None:
             extra=args.extra,
             jobs=args.jobs,
             first_seed=args.first_seed,
+            depth_spread=args.depth_spread,
         )
     except ValueError as exc:  # --first-seed below the evaluation seeds
         parser.error(str(exc))
@@ -309,7 +337,6 @@ def main(argv: list[str] | None = None) -> None:
         decoder_channels=tuple(int(c) for c in decoder.split(",")) if decoder else None,
     )
     if args.epochs == "auto":
-        import dataclasses
         import time
 
         t0 = time.perf_counter()

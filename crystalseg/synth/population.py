@@ -398,7 +398,7 @@ def build_population(config: SynthConfig) -> Population:
         keep = placed[group]
 
     angle0 = rng.uniform(0, 2 * np.pi, n_all)
-    depth = np.clip(rng.normal(0.0, 0.4, parents), -1, 1)
+    depth = np.clip(rng.normal(0.0, sc.depth_spread, parents), -1, 1)
     depth = np.clip(
         np.concatenate([depth, depth[parent_of] + rng.normal(0, 0.1, len(parent_of))]), -1, 1
     )

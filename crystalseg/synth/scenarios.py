@@ -73,6 +73,9 @@ class Scenario:
     bubble_radius_px : bubble radius
     drift_px_per_frame : RMS speed of the drift of the whole field
     zoom : magnification factor applied to all lengths in pixels
+    depth_spread : standard deviation of a crystal's depth about the focal plane, in
+        units of the depth at which a run's full defocus blur applies (depths are
+        clipped to -1..1); larger values give more strongly defocused crystals
     """
 
     name: str
@@ -91,6 +94,7 @@ class Scenario:
     bubble_radius_px: Range = (4.0, 30.0)
     drift_px_per_frame: Range = (0.0, 2.5)
     zoom: Range = (0.6, 1.6)
+    depth_spread: float = 0.4
 
     def __post_init__(self) -> None:
         if len(self.habit_weights) != len(HABITS) or any(
@@ -109,7 +113,13 @@ class Scenario:
             )
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name in {"name", "habit_weights", "habit_concentration", "min_gap_px"}:
+            if f.name in {
+                "name",
+                "habit_weights",
+                "habit_concentration",
+                "min_gap_px",
+                "depth_spread",
+            }:
                 continue
             _check_range(f.name, value)
         _check_range("induction_fraction", self.induction_fraction)
@@ -120,6 +130,8 @@ class Scenario:
         for name in ("seed_length_px", "nucleus_length_px", "bubble_radius_px", "zoom"):
             if getattr(self, name)[0] <= 0:
                 raise ConfigError(f"scenario field '{name}' must be > 0, got {getattr(self, name)}")
+        if not (math.isfinite(self.depth_spread) and self.depth_spread >= 0):
+            raise ConfigError(f"depth_spread must be a number >= 0, got {self.depth_spread!r}")
         if self.min_gap_px is not None and not self.min_gap_px >= 0:
             raise ConfigError(f"min_gap_px must be >= 0 or None, got {self.min_gap_px}")
 

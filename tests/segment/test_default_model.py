@@ -55,6 +55,17 @@ def test_recipe_keeps_evaluation_seeds_out_of_training(tmp_path) -> None:
     assert not (tmp_path / "runs").exists()
 
 
+def test_recipe_depth_spread_is_parsed_and_checked() -> None:
+    import argparse
+
+    from crystalseg.models import recipe
+
+    assert recipe._spread_range("0.4,0.9") == (0.4, 0.9)
+    for bad in ("0.9,0.4", "-1,0.5", "0.4", "a,b"):
+        with pytest.raises(argparse.ArgumentTypeError, match="LOW"):
+            recipe._spread_range(bad)
+
+
 def test_recipe_epochs_auto_fit_the_time_budget(tmp_path) -> None:
     from crystalseg.models import recipe
     from crystalseg.synth import SynthConfig, synthesize_run

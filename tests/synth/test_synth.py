@@ -205,6 +205,27 @@ def test_scenarios_have_their_character():
     assert len(crowd.render(2).crystals) > 2 * len(clear.render(2).crystals)
 
 
+def test_depth_spread_sets_how_defocused_crystals_are():
+    import dataclasses
+
+    def run(spread):
+        scenario = dataclasses.replace(get_scenario("clear"), depth_spread=spread)
+        return SyntheticRun(SynthConfig(frames=2, height=256, width=256, seed=4, scenario=scenario))
+
+    assert get_scenario("clear").depth_spread == 0.4  # what every named scenario draws
+    flat, default, deep = run(0.0), run(0.4), run(1.5)
+    # no agglomerates in clear scenes: every crystal sits in the focal plane, blurred alike
+    np.testing.assert_array_equal(flat.population.depth, 0.0)
+    np.testing.assert_allclose(flat.optics.blur, flat.appearance.focus_blur_px)
+    # half-normal mean of |depth| is 0.8 sigma (less where clipped to 1)
+    assert 0.2 < np.abs(default.population.depth).mean() < 0.45
+    assert np.abs(deep.population.depth).mean() > 0.6
+    assert np.abs(deep.population.depth).max() <= 1.0
+    assert deep.optics.blur.mean() > default.optics.blur.mean()
+    with pytest.raises(ConfigError, match="depth_spread"):
+        Scenario("bad", depth_spread=-0.1)
+
+
 # --------------------------------------------------------------------------- determinism
 
 
