@@ -87,12 +87,12 @@ def format_training(result: Any) -> str:
                 parts.append(f"particle F1 {record['instance_f1']:.3f}")
         lines.append("  ".join(parts))
     if result.best_score is not None:
-        what = (
-            "particle F1"
-            if any("instance_f1" in r for r in result.history)
-            else "mean IoU of the crystal classes"
-        )
-        lines.append(f"best validation {what} {result.best_score:.4f}")
+        if any("instance_f1" in r for r in result.history):
+            lines.append(f"best validation particle F1 {result.best_score:.4f}")
+        elif any("valid_loss" in r for r in result.history):
+            lines.append(f"best validation mean IoU of the crystal classes {result.best_score:.4f}")
+        else:  # no validation split: the epoch with the lowest training loss is kept
+            lines.append(f"best training loss {-result.best_score:.4f} (no validation frames)")
     if result.best_checkpoint is not None:
         lines.append(
             f"model written to {result.best_checkpoint} (last epoch: {result.last_checkpoint})"

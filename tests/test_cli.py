@@ -291,3 +291,22 @@ def test_measure_tta_loads_no_model_when_the_run_has_a_mask(
     monkeypatch.setattr(crystalseg.segment, "load_segmenter", no_model)
     code, out = run("measure", str(path), "--tta", "--no-stream")
     assert code == 0, out
+
+
+def test_training_summary_names_the_score_that_picked_the_best_epoch() -> None:
+    from types import SimpleNamespace
+
+    from crystalseg.summary import format_training
+
+    def summary(history, best):
+        return format_training(
+            SimpleNamespace(history=history, best_score=best, best_checkpoint=None)
+        )
+
+    valid = {"epoch": 1, "train_loss": 0.5, "valid_loss": 0.4, "iou": {"crystal": 0.8}}
+    assert "best validation mean IoU of the crystal classes 0.8000" in summary([valid], 0.8)
+    f1 = summary([{**valid, "instance_f1": 0.7}], 0.7)
+    assert "best validation particle F1 0.7000" in f1
+    # no validation frames: the kept epoch has the lowest training loss, shown as a loss
+    text = summary([{"epoch": 1, "train_loss": 0.25}], -0.25)
+    assert "best training loss 0.2500" in text and "IoU" not in text

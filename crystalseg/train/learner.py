@@ -50,6 +50,7 @@ from crystalseg.models.checkpoint import (
     save_checkpoint,
     to_unit,
 )
+from crystalseg.segment.engine import tile_starts
 from crystalseg.train.augment import AugmentPreset, AugmentSettings, make_augmenter
 from crystalseg.train.data import SegmentationData, _to_channels, _torchable, read_image
 from crystalseg.train.losses import LOSS_NAMES, LossName, make_loss
@@ -586,9 +587,8 @@ class Learner:
         if h <= TILE_SIZE and w <= TILE_SIZE:
             return self._forward_padded(x)
         out = torch.empty((1, self.spec.n_classes, h, w), device=self.device)
-        step = TILE_SIZE - 2 * TILE_OVERLAP
-        ys = _tile_starts(h, TILE_SIZE, step)
-        xs = _tile_starts(w, TILE_SIZE, step)
+        ys = tile_starts(h, TILE_SIZE, 2 * TILE_OVERLAP)
+        xs = tile_starts(w, TILE_SIZE, 2 * TILE_OVERLAP)
         for y0 in ys:
             for x0 in xs:
                 tile = self._forward_padded(x[..., y0 : y0 + TILE_SIZE, x0 : x0 + TILE_SIZE])
@@ -830,13 +830,6 @@ def prefetch(items: Iterator[Any], depth: int = 3) -> Iterator[Any]:
     finally:
         stop.set()
         thread.join(timeout=5)
-
-
-def _tile_starts(n: int, tile: int, step: int) -> list[int]:
-    if n <= tile:
-        return [0]
-    starts = list(range(0, n - tile, step))
-    return [*starts, n - tile]
 
 
 def _suggest_lr(lrs: Sequence[float], losses: Sequence[float]) -> float:
