@@ -29,11 +29,11 @@ import shlex
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from crystalseg.models.checkpoint import DEFAULT_ENCODER
 from crystalseg.synth import SCENARIO_NAMES, SynthConfig, get_scenario, synthesize_run
+from crystalseg.synth.population import stream
 from crystalseg.train import TrainSettings, train_model
 from crystalseg.train.losses import LOSS_NAMES
 
@@ -45,6 +45,9 @@ RUNS_PER_SCENARIO = 8
 FRAMES = 24
 FRAME_STEP = 6
 SIZE = 384
+#: Random stream (beside the run's own, see :func:`crystalseg.synth.population.stream`)
+#: that draws a training run's depth spread.
+STREAM_DEPTH_SPREAD = 17
 
 
 def _render(job: tuple[Path, SynthConfig]) -> None:
@@ -87,7 +90,7 @@ def make_training_runs(
             if not (path / "zarr.json").exists():
                 params = get_scenario(scenario)
                 if depth_spread is not None:
-                    spread = np.random.default_rng([seed, 17]).uniform(*depth_spread)
+                    spread = stream(seed, STREAM_DEPTH_SPREAD).uniform(*depth_spread)
                     params = dataclasses.replace(params, depth_spread=float(spread))
                 config = SynthConfig(
                     frames=FRAMES,
@@ -122,6 +125,8 @@ def epochs_for_budget(
     """
     import math
     import time
+
+    import numpy as np
 
     from crystalseg.train.settings import settings_data, settings_learner
 
