@@ -86,13 +86,18 @@ def format_training(result: Any) -> str:
             if "instance_f1" in record:
                 parts.append(f"particle F1 {record['instance_f1']:.3f}")
         lines.append("  ".join(parts))
-    if result.best_score is not None:
-        if any("instance_f1" in r for r in result.history):
-            lines.append(f"best validation particle F1 {result.best_score:.4f}")
-        elif any("valid_loss" in r for r in result.history):
-            lines.append(f"best validation mean IoU of the crystal classes {result.best_score:.4f}")
-        else:  # no validation split: the epoch with the lowest training loss is kept
-            lines.append(f"best training loss {-result.best_score:.4f} (no validation frames)")
+    best = result.best_score
+    if best is not None and result.history:
+        from crystalseg.train.learner import epoch_score
+
+        # name the score of the epoch that was kept, by the rule that kept it
+        what = next(
+            (n for v, n in map(epoch_score, result.history) if v == best), "validation score"
+        )
+        if what == "training loss":  # no validation frames: minus the loss was ranked
+            lines.append(f"best training loss {-best:.4f} (no validation frames)")
+        else:
+            lines.append(f"best {what} {best:.4f}")
     if result.best_checkpoint is not None:
         lines.append(
             f"model written to {result.best_checkpoint} (last epoch: {result.last_checkpoint})"

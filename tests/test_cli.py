@@ -303,7 +303,13 @@ def test_training_summary_names_the_score_that_picked_the_best_epoch() -> None:
             SimpleNamespace(history=history, best_score=best, best_checkpoint=None)
         )
 
-    valid = {"epoch": 1, "train_loss": 0.5, "valid_loss": 0.4, "iou": {"crystal": 0.8}}
+    valid = {
+        "epoch": 1,
+        "train_loss": 0.5,
+        "valid_loss": 0.4,
+        "iou": {"crystal": 0.8},
+        "mean_iou": 0.8,
+    }
     assert "best validation mean IoU of the crystal classes 0.8000" in summary([valid], 0.8)
     f1 = summary([{**valid, "instance_f1": 0.7}], 0.7)
     assert "best validation particle F1 0.7000" in f1

@@ -470,8 +470,7 @@ class Learner:
             record.update(self.validate())
             record["seconds"] = round(time.perf_counter() - t0, 2)
             self.history.append(record)
-            score = record.get("instance_f1", record.get("mean_iou"))
-            score = -record["train_loss"] if score is None else score
+            score, _ = epoch_score(record)
             improved = self.best_score is None or score > self.best_score
             if improved:
                 self.best_score = score
@@ -853,6 +852,20 @@ def _progress(total: int, desc: str, enabled: bool) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, disable=not enabled, leave=False, dynamic_ncols=True)
+
+
+def epoch_score(record: Mapping[str, Any]) -> tuple[float, str]:
+    """The score that ranks an epoch (higher is better) and what it is.
+
+    The validation particle F1 where the validation frames hold true instances, else
+    the mean validation IoU of the crystal classes, else (no validation frames) minus
+    the training loss.
+    """
+    if "instance_f1" in record:
+        return record["instance_f1"], "validation particle F1"
+    if record.get("mean_iou") is not None:
+        return record["mean_iou"], "validation mean IoU of the crystal classes"
+    return -record["train_loss"], "training loss"
 
 
 def _epoch_line(record: Mapping[str, Any], epochs: int, codes: Sequence[str]) -> str:
