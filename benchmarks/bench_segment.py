@@ -19,7 +19,11 @@ depend on the weights):
 - ``peak_rss_mb``: peak resident memory of the process.
 
 On CUDA the engine also runs with a fixed batch of 32 (``engine_batch_32``) beside the
-automatic one; ``--cuda-only`` skips the CPU figures.
+automatic one; ``--cuda-only`` skips the CPU figures. ``cold_frames_per_s`` is the first
+pass over the run, so only the automatic engine's is a first use: it runs first at each
+frame size and pays the process's CUDA start (at 512) and cuDNN's autotuning for that
+shape; the fixed-batch engine after it finds them done (H100, 512 x 512: 33 against
+470 frames/s cold, both about 470 warm, both at batch 32).
 
 Usage: ``python benchmarks/bench_segment.py [--frames-512 16] [--frames-1024 6] [--compile]
 [--cuda-only]``

@@ -607,8 +607,9 @@ class Learner:
 
         Where the validation frames have true instances (synthetic runs), also the
         instance F1 of the particles that the measurement would count
-        (``instance_f1``, pooled over frames; IoU 0.5 matching), which then picks
-        the best epoch: pixel IoU can stay flat while crystals are lost or merged.
+        (``instance_f1``, pooled over frames; IoU 0.5 matching; 1.0 when the frames
+        hold no crystal and the model finds none), which then picks the best epoch:
+        pixel IoU can stay flat while crystals are lost or merged.
         """
         if not self.data.valid_items:
             return {}
@@ -616,6 +617,7 @@ class Learner:
         confusion = torch.zeros((k, k), dtype=torch.int64)
         losses = []
         counts = np.zeros(3, np.int64)  # matched, true, predicted
+        has_truth = False
         for item, x, y in self.data.valid_samples(self.spec):
             logits = self.predict_logits(normalise(x, self.spec))
             yd = y.to(self.device)[None]
@@ -626,11 +628,13 @@ class Learner:
             )
             truth = self.data.instance_truth(item)
             if truth is not None:
+                has_truth = True
                 counts += _instance_counts(pred[0].cpu().numpy(), truth, self.data.codes)
         out = {"valid_loss": float(np.mean(losses))}
         out.update(confusion_metrics(confusion.numpy(), self.data.codes))
-        if counts[1] + counts[2]:
-            out["instance_f1"] = float(2 * counts[0] / (counts[1] + counts[2]))
+        if has_truth:  # every epoch then ranks by F1, also where nothing is to be found
+            found = counts[1] + counts[2]
+            out["instance_f1"] = float(2 * counts[0] / found) if found else 1.0
         return out
 
     @torch.no_grad()

@@ -177,6 +177,40 @@ def test_validation_scores_the_particles_of_synthetic_runs(tmp_path: Path, monke
     assert perfect["instance_f1"] > 0.95 and perfect["iou"]["crystal"] == 1.0
 
 
+def test_particle_f1_stays_the_score_on_frames_without_crystals(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Frames with true instances but no crystal: F1 1.0 for an empty prediction, 0.0 for a
+    false particle; the key is always there, so epochs keep ranking by the same score."""
+    from crystalseg.synth import SynthConfig, synthesize_run
+    from crystalseg.train.learner import epoch_score
+
+    for k in range(2):
+        config = SynthConfig(frames=2, height=96, width=96, seed=1000 + k, scenario="clear")
+        synthesize_run(tmp_path / "runs" / f"clear-{k}.zarr", config)
+    codes = ["background", "crystal", "boundary"]
+    data = pairs(tmp_path / "runs", codes=codes, crop_size=64, valid_fraction=0.5)
+    learner = tiny(data)
+    monkeypatch.setattr(data, "instance_truth", lambda item: np.zeros((96, 96), np.int32))
+
+    def logits_of(blob: bool):
+        def predict(x: torch.Tensor) -> torch.Tensor:
+            classes = torch.zeros(x.shape[-2:], dtype=torch.int64)
+            if blob:
+                classes[30:50, 30:50] = 1
+            return torch.nn.functional.one_hot(classes, 3).permute(2, 0, 1)[None].float()
+
+        return predict
+
+    monkeypatch.setattr(learner, "predict_logits", logits_of(False))
+    empty = learner.validate()
+    monkeypatch.setattr(learner, "predict_logits", logits_of(True))
+    false_particle = learner.validate()
+    assert empty["instance_f1"] == 1.0 and false_particle["instance_f1"] == 0.0
+    assert epoch_score({**empty, "train_loss": 0.1})[1] == "validation particle F1"
+    assert epoch_score({**false_particle, "train_loss": 0.1})[1] == "validation particle F1"
+
+
 def test_prefetch_keeps_order_passes_errors_and_stops_with_its_consumer() -> None:
     import itertools
     import threading
