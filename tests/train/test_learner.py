@@ -152,14 +152,26 @@ def test_early_stop_stops(data) -> None:
     assert len(learner.history) == 1
 
 
-def test_validation_scores_the_particles_of_synthetic_runs(tmp_path: Path, monkeypatch) -> None:
+SYNTH_CODES = ["background", "crystal", "boundary"]
+
+
+def synthetic_runs_data(folder: Path, frames: int):
+    """Two clear 96x96 synthetic runs (one held out), three classes, true instances."""
     from crystalseg.synth import SynthConfig, synthesize_run
 
     for k in range(2):
-        config = SynthConfig(frames=3, height=96, width=96, seed=1000 + k, scenario="clear")
-        synthesize_run(tmp_path / "runs" / f"clear-{k}.zarr", config)
-    codes = ["background", "crystal", "boundary"]
-    data = pairs(tmp_path / "runs", codes=codes, crop_size=64, valid_fraction=0.5)
+        config = SynthConfig(frames=frames, height=96, width=96, seed=1000 + k, scenario="clear")
+        synthesize_run(folder / f"clear-{k}.zarr", config)
+    return pairs(folder, codes=SYNTH_CODES, crop_size=64, valid_fraction=0.5)
+
+
+def class_logits(classes: torch.Tensor) -> torch.Tensor:
+    """Logits (1, K, H, W) whose argmax is the class map ``classes`` (H, W)."""
+    return torch.nn.functional.one_hot(classes, len(SYNTH_CODES)).permute(2, 0, 1)[None].float()
+
+
+def test_validation_scores_the_particles_of_synthetic_runs(tmp_path: Path, monkeypatch) -> None:
+    data = synthetic_runs_data(tmp_path / "runs", frames=3)
     learner = tiny(data)
     record = learner.validate()
     assert 0.0 <= record["instance_f1"] <= 1.0
@@ -170,7 +182,7 @@ def test_validation_scores_the_particles_of_synthetic_runs(tmp_path: Path, monke
     masks = iter([y for _, _, y in data.valid_samples(learner.spec)])
 
     def truth_logits(x: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.one_hot(next(masks), len(codes)).permute(2, 0, 1)[None].float()
+        return class_logits(next(masks))
 
     monkeypatch.setattr(learner, "predict_logits", truth_logits)
     perfect = learner.validate()
@@ -182,14 +194,9 @@ def test_particle_f1_stays_the_score_on_frames_without_crystals(
 ) -> None:
     """Frames with true instances but no crystal: F1 1.0 for an empty prediction, 0.0 for a
     false particle; the key is always there, so epochs keep ranking by the same score."""
-    from crystalseg.synth import SynthConfig, synthesize_run
     from crystalseg.train.learner import epoch_score
 
-    for k in range(2):
-        config = SynthConfig(frames=2, height=96, width=96, seed=1000 + k, scenario="clear")
-        synthesize_run(tmp_path / "runs" / f"clear-{k}.zarr", config)
-    codes = ["background", "crystal", "boundary"]
-    data = pairs(tmp_path / "runs", codes=codes, crop_size=64, valid_fraction=0.5)
+    data = synthetic_runs_data(tmp_path / "runs", frames=2)
     learner = tiny(data)
     monkeypatch.setattr(data, "instance_truth", lambda item: np.zeros((96, 96), np.int32))
 
@@ -198,7 +205,7 @@ def test_particle_f1_stays_the_score_on_frames_without_crystals(
             classes = torch.zeros(x.shape[-2:], dtype=torch.int64)
             if blob:
                 classes[30:50, 30:50] = 1
-            return torch.nn.functional.one_hot(classes, 3).permute(2, 0, 1)[None].float()
+            return class_logits(classes)
 
         return predict
 
