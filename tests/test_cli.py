@@ -316,3 +316,39 @@ def test_training_summary_names_the_score_that_picked_the_best_epoch() -> None:
     # no validation frames: the kept epoch has the lowest training loss, shown as a loss
     text = summary([{"epoch": 1, "train_loss": 0.25}], -0.25)
     assert "best training loss 0.2500" in text and "IoU" not in text
+
+
+def test_measure_trims_a_rim_drawn_two_pixels_wide_unless_told_not_to(
+    tmp_path: Path, store_mask
+) -> None:
+    """A mask whose boundary class lies one pixel outside every crystal too (as the
+    default model draws it): measure trims it back to the true areas; with
+    --no-trim-boundary each particle keeps the extra ring, and the store says which."""
+    from scipy import ndimage as ndi
+
+    from crystalseg.store import read_table, stage_info
+
+    path = tmp_path / "run.zarr"
+    code, out = run("synth", str(path), "--frames", "2", "--size", "160", "160", "--seed", "5")
+    assert code == 0, out
+    codes = ("background", "crystal", "boundary")
+    labels = xr.open_zarr(path, group="truth")["labels"].values
+    mask = np.stack([class_mask_from_labels(lab, codes) for lab in labels])
+    ring = np.stack([ndi.binary_dilation(lab > 0, np.ones((3, 3), bool)) for lab in labels])
+    mask[ring & (labels == 0)] = 2
+    store_mask(path, mask, codes=codes)
+
+    areas = {}
+    for flags in ((), ("--no-trim-boundary", "--overwrite")):
+        code, out = run("measure", str(path), "--edge", "keep", "--no-stream", *flags)
+        assert code == 0, out
+        particles = read_table(path, "particles")
+        areas[flags] = particles["area"].sum()
+        trimmed = not flags
+        assert stage_info(path)["measure"]["settings"]["measure"]["trim_boundary"] is trimmed
+    true_area = np.count_nonzero(labels) * open_run(path).attrs.get("pixel_size_um", 1.0) ** 2
+    drawn = areas[("--no-trim-boundary", "--overwrite")]
+    assert drawn > 1.15 * true_area
+    # Most of the ring goes (what stays: where staircase outlines step diagonally,
+    # and small crystals, which trimming would take too much of).
+    assert true_area <= areas[()] < true_area + 0.5 * (drawn - true_area)

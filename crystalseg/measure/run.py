@@ -130,6 +130,7 @@ def label_mask_frame(
         min_depth_px=settings.min_depth_px,
         neck_ratio=settings.neck_ratio,
         smooth_px=settings.smooth_px,
+        trim_boundary=settings.trim_boundary,
     )
 
 

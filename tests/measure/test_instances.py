@@ -358,3 +358,50 @@ def test_instance_scores_counts_splits_and_merges() -> None:
     assert s["count_error"] == 0.0
     perfect = instance_scores(truth, truth)
     assert perfect["f1"] == 1.0 and perfect["merged"] == 0 and perfect["over_split"] == 0
+
+
+def drawn_two_wide(labels: np.ndarray) -> np.ndarray:
+    """Class mask as the default model draws it: the true one-pixel rim plus a ring
+    of boundary one pixel outside every crystal (a rim two pixels wide)."""
+    mask = three_class(labels)
+    outside = ndi.binary_dilation(labels > 0, structure=np.ones((3, 3), bool)) & (labels == 0)
+    mask[outside] = 2
+    return mask
+
+
+@pytest.mark.parametrize("split", ["boundary", "hybrid"])
+def test_trimming_a_rim_drawn_two_pixels_wide_restores_the_outline(split: str) -> None:
+    # Upright rectangles: the outer ring lies two pixels from the interior all round.
+    truth = np.zeros((80, 80), dtype=np.int32)
+    truth[10:30, 10:50] = 1
+    truth[45:70, 20:32] = 2
+    trimmed = label_instances(drawn_two_wide(truth), codes=CODES3, split=split)
+    assert np.array_equal(trimmed, truth)
+    # Discs and a tilted prism: where a staircase outline steps, outer-ring pixels
+    # touch the interior diagonally and stay; the rest goes, and no true pixel does.
+    truth = discs((120, 120), [(30, 30, 12.0), (80, 75, 20.0)])
+    truth[rotated_rectangle((120, 120), (95, 25), 40, 12, 0.4) & (truth == 0)] = 3
+    mask = drawn_two_wide(truth)
+    trimmed = label_instances(mask, codes=CODES3, split=split)
+    drawn = label_instances(mask, codes=CODES3, split=split, trim_boundary=False)
+    assert instance_scores(trimmed, truth)["f1"] == 1.0
+    assert not np.any((truth > 0) & (trimmed == 0))
+    extra, extra_drawn = (np.count_nonzero((lab > 0) & (truth == 0)) for lab in (trimmed, drawn))
+    assert extra_drawn > 2 * np.pi * (12 + 20)  # as drawn: one ring more than every crystal
+    assert extra < 0.6 * extra_drawn
+
+
+def test_trimming_leaves_true_masks_and_thin_crystals_as_drawn() -> None:
+    # Rectangles and discs with their true one-pixel rim lose nothing.
+    truth = discs((100, 100), [(25, 25, 10.0), (70, 70, 15.5)])
+    truth[5:15, 50:90] = 3
+    labels = label_instances(three_class(truth), codes=CODES3)
+    assert np.array_equal(labels > 0, truth > 0)
+    # A needle drawn 5 px wide, all boundary but a speck of interior: trimming it to
+    # one pixel around the speck would take most of it, so it stays as drawn.
+    needle = np.zeros((40, 60), dtype=np.int32)
+    needle[18:23, 5:55] = 1
+    mask = np.where(needle > 0, 2, 0).astype(np.uint8)
+    mask[20, 28:31] = 1
+    labels = label_instances(mask, codes=CODES3, split="boundary")
+    assert np.array_equal(labels > 0, needle > 0)

@@ -414,6 +414,7 @@ def test_settings_validate_and_round_trip() -> None:
         {"neck_ratio": 1.5},
         {"elongated_aspect_ratio": 0.5},
         {"classes": [""]},
+        {"trim_boundary": "no"},
     ):
         with pytest.raises(ConfigError):
             MeasureSettings(**bad)  # type: ignore[arg-type]
