@@ -6,6 +6,9 @@ bundled model, or ``--model``), measures it with ``measure_run`` at default sett
 and compares with the truth stored in the run:
 
 - pixels: foreground IoU (crystal + boundary vs background) of the model's mask;
+  ``particle_iou``: the same for the pixels of the measured particles (after the
+  split, the trimming of the boundary band and the size filter, before the
+  confidence filter), i.e. of the outlines that the sizes come from;
   ``bubble_fp``: fraction of bubble-disc pixels (those no crystal covers) that the
   model calls crystal;
 - instances: matched F1 at IoU 0.5 of the measured labels (less those dropped for
@@ -27,7 +30,8 @@ figures separate the model's errors from those of splitting and measuring.
 Prints one JSON document. Usage::
 
     python benchmarks/accuracy.py [--model DIR] [--seeds 1 2] [--frames 12] [--size 512] [--tta]
-        [--split auto|hybrid|...] [--min-confidence P (negative: off)] [--min-area PX]
+        [--split auto|hybrid|...] [--no-trim-boundary] [--min-confidence P (negative: off)]
+        [--min-area PX]
         [--scenarios clear ...]
 
 Besides the means over frames, each scenario reports ``fg_iou_pooled`` (intersection
@@ -169,13 +173,14 @@ def evaluate(
         "measure_settings": {
             k: v
             for k, v in settings.to_dict().items()
-            if k in ("split", "min_confidence", "min_area_px", "edge")
+            if k in ("split", "trim_boundary", "min_confidence", "min_area_px", "edge")
         },
         "scenarios": {},
     }
     with tempfile.TemporaryDirectory() as tmp:
         for scenario in scenarios:
             pooled = np.zeros(2)  # foreground intersection, union over all frames
+            pooled_particles = np.zeros(2)  # the same for the measured particles
             found: list[tuple[float, float, bool]] = []  # (area_px, blur_px, detected)
             offsets: list[float] = []  # outline offsets of matched crystals (px)
             per_seed: dict[int, dict[str, list[float]]] = {}
@@ -183,6 +188,7 @@ def evaluate(
                 k: []
                 for k in (
                     "fg_iou",
+                    "particle_iou",
                     "bubble_fp",
                     "f1",
                     "over_split",
@@ -237,6 +243,11 @@ def evaluate(
                         pred, image, probability=prob, settings=settings, codes=codes
                     )
                     labels = label_mask_frame(pred, settings=settings, codes=codes)
+                    union = np.count_nonzero((labels > 0) | fg_true)
+                    if union:
+                        inter = np.count_nonzero((labels > 0) & fg_true)
+                        pooled_particles += inter, union
+                        rows["particle_iou"].append(inter / union)
                     doubtful = table.loc[
                         table["excluded_code"] == EXCLUDED_REASONS.index("low_confidence"),
                         "label",
@@ -285,6 +296,8 @@ def evaluate(
                     summary[key] = float(np.nanmean(arr))
             if pooled[1]:
                 summary["fg_iou_pooled"] = float(pooled[0] / pooled[1])
+            if pooled_particles[1]:
+                summary["particle_iou_pooled"] = float(pooled_particles[0] / pooled_particles[1])
             summary["recall_by_area_px"] = _binned_recall(found, 0, AREA_BINS)
             summary["recall_by_blur_px"] = _binned_recall(found, 1, BLUR_BINS)
             if offsets:
@@ -314,6 +327,11 @@ def main() -> None:
     parser.add_argument("--tta", action="store_true", help="test-time augmentation (8 views)")
     parser.add_argument("--split", default="auto", help="measurement split method")
     parser.add_argument(
+        "--no-trim-boundary",
+        action="store_true",
+        help="measure the outlines as the model draws them (MeasureSettings.trim_boundary off)",
+    )
+    parser.add_argument(
         "--min-area",
         type=int,
         default=MeasureSettings.min_area_px,
@@ -331,6 +349,7 @@ def main() -> None:
     )
     settings = MeasureSettings(
         split=args.split,
+        trim_boundary=not args.no_trim_boundary,
         min_confidence=None if confidence < 0 else confidence,
         min_area_px=args.min_area,
     )

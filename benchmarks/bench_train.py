@@ -7,7 +7,13 @@ of each encoder (from the median step), the ratio of the default encoder to the
 resnet34 baseline of the seed workflow, the share of time spent outside the model
 (data + augmentation), and the peak memory.
 
+With ``--validation`` it times ``Learner.validate`` instead, on the frames of synthetic
+runs (true instances, so the particle F1 is computed too) with the bundled model:
+seconds per frame with the particle matching in threads (the default) against in line
+(``workers=0``, the baseline), in alternating rounds.
+
     python benchmarks/bench_train.py [--seconds 30] [--batch-size 8] [--device cpu]
+    python benchmarks/bench_train.py --validation [--rounds 3] [--device cuda]
 """
 
 from __future__ import annotations
@@ -106,8 +112,43 @@ class Timed:
         }
 
 
+def bench_validation(rounds: int, device: str | None) -> dict:
+    from crystalseg.synth import SynthConfig, synthesize_run
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for k, scenario in enumerate(("crowded", "mixed", "clear", "plates")):
+            config = SynthConfig(frames=6, height=512, width=512, seed=9000 + k, scenario=scenario)
+            synthesize_run(Path(tmp) / f"{scenario}.zarr", config)
+        data = pairs(tmp, codes=["background", "crystal", "boundary"], valid_fraction=0.5, seed=0)
+        learner = unet_learner(data, init="default", device=device, progress=False)
+        frames = len(data.valid_items)
+        learner.validate()  # warm-up: first reads, kernels
+        times: dict[str, list[float]] = {"threads": [], "in_line": []}
+        records = {}
+        for _ in range(rounds):
+            for name, workers in (("threads", None), ("in_line", 0)):
+                start = time.perf_counter()
+                records[name] = learner.validate(workers=workers)
+                times[name].append((time.perf_counter() - start) / frames)
+    best = {k: min(v) for k, v in times.items()}
+    return {
+        "benchmark": "validation",
+        "device": str(learner.device),
+        "frames": frames,
+        "frame_size": [512, 512],
+        "cpu_cores": os.cpu_count(),
+        "s_per_frame_threads": round(best["threads"], 4),
+        "s_per_frame_in_line": round(best["in_line"], 4),
+        "speedup": round(best["in_line"] / best["threads"], 2),
+        "same_scores": records["threads"] == records["in_line"],
+        "instance_f1": round(records["threads"].get("instance_f1", float("nan")), 4),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--validation", action="store_true", help="time Learner.validate instead")
+    ap.add_argument("--rounds", type=int, default=3, help="--validation: rounds of each")
     ap.add_argument("--seconds", type=float, default=30.0, help="timed seconds per encoder")
     ap.add_argument("--round-seconds", type=float, default=5.0, help="length of one round")
     ap.add_argument("--batch-size", type=int, default=8)
@@ -116,6 +157,9 @@ def main() -> None:
     ap.add_argument("--encoders", default=f"{DEFAULT_ENCODER},resnet34")
     args = ap.parse_args()
     torch.manual_seed(0)
+    if args.validation:
+        print(json.dumps(bench_validation(args.rounds, args.device), indent=2))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         write_pairs(Path(tmp))
         data = pairs(tmp, codes=["background", "crystal"], crop_size=args.crop_size, seed=0)

@@ -20,7 +20,9 @@ import logging
 import math
 import os
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -602,34 +604,53 @@ class Learner:
         return out
 
     @torch.no_grad()
-    def validate(self) -> dict[str, Any]:
+    def validate(self, *, workers: int | None = None) -> dict[str, Any]:
         """Loss and IoU/Dice per class on the whole validation images (empty if none).
 
         Where the validation frames have true instances (synthetic runs), also the
         instance F1 of the particles that the measurement would count
         (``instance_f1``, pooled over frames; IoU 0.5 matching; 1.0 when the frames
         hold no crystal and the model finds none), which then picks the best epoch:
-        pixel IoU can stay flat while crystals are lost or merged.
+        pixel IoU can stay flat while crystals are lost or merged. Labelling and
+        matching the particles is CPU work; it runs in ``workers`` threads (default:
+        up to 4, one fewer than the cores; 0: in line) while the model goes on to
+        the next frames.
         """
         if not self.data.valid_items:
             return {}
+        if workers is None:
+            workers = min(4, (os.cpu_count() or 1) - 1)
         k = self.spec.n_classes
         confusion = torch.zeros((k, k), dtype=torch.int64)
         losses = []
         counts = np.zeros(3, np.int64)  # matched, true, predicted
         has_truth = False
-        for item, x, y in self.data.valid_samples(self.spec):
-            logits = self.predict_logits(normalise(x, self.spec))
-            yd = y.to(self.device)[None]
-            losses.append(float(self.loss_fn(logits, yd)))
-            pred = logits.argmax(1)
-            confusion += (
-                torch.bincount((yd * k + pred).ravel(), minlength=k * k).reshape(k, k).cpu()
-            )
-            truth = self.data.instance_truth(item)
-            if truth is not None:
-                has_truth = True
-                counts += _instance_counts(pred[0].cpu().numpy(), truth, self.data.codes)
+        pending: deque[Any] = deque()  # frames being matched, at most 2 per thread
+        pool = ThreadPoolExecutor(workers, "crystalseg-valid") if workers > 0 else None
+        try:
+            for item, x, y in self.data.valid_samples(self.spec):
+                logits = self.predict_logits(normalise(x, self.spec))
+                yd = y.to(self.device)[None]
+                losses.append(float(self.loss_fn(logits, yd)))
+                pred = logits.argmax(1)
+                confusion += (
+                    torch.bincount((yd * k + pred).ravel(), minlength=k * k).reshape(k, k).cpu()
+                )
+                truth = self.data.instance_truth(item)
+                if truth is not None:
+                    has_truth = True
+                    args = (pred[0].to(torch.uint8).cpu().numpy(), truth, self.data.codes)
+                    if pool is None:
+                        counts += _instance_counts(*args)
+                        continue
+                    pending.append(pool.submit(_instance_counts, *args))
+                    while len(pending) > 2 * workers:
+                        counts += pending.popleft().result()
+            while pending:
+                counts += pending.popleft().result()
+        finally:
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
         out = {"valid_loss": float(np.mean(losses))}
         out.update(confusion_metrics(confusion.numpy(), self.data.codes))
         if has_truth:  # every epoch then ranks by F1, also where nothing is to be found
@@ -783,7 +804,7 @@ def _instance_counts(
     from crystalseg.measure.run import label_mask_frame
 
     settings = MeasureSettings()
-    labels = label_mask_frame(pred.astype(np.uint8), settings=settings, codes=tuple(codes))
+    labels = label_mask_frame(pred, settings=settings, codes=tuple(codes))
     pieces, ids = truth_pieces(truth, settings.min_area_px)
     scores = instance_scores(labels, pieces, truth_ids=ids)
     return int(scores["matched"]), int(scores["n_true"]), int(scores["n_pred"])

@@ -173,8 +173,9 @@ def class_logits(classes: torch.Tensor) -> torch.Tensor:
 def test_validation_scores_the_particles_of_synthetic_runs(tmp_path: Path, monkeypatch) -> None:
     data = synthetic_runs_data(tmp_path / "runs", frames=3)
     learner = tiny(data)
-    record = learner.validate()
+    record = learner.validate(workers=3)
     assert 0.0 <= record["instance_f1"] <= 1.0
+    assert learner.validate(workers=0) == record  # matching in threads or in line: same
     for item in data.valid_items:  # kept from the frame's read: the store's labels
         stored = xr.open_zarr(item.run, group="truth")["labels"][item.frame].values
         assert np.array_equal(data.instance_truth(item), stored)
