@@ -9,8 +9,10 @@ resnet34 baseline of the seed workflow, the share of time spent outside the mode
 
 With ``--validation`` it times ``Learner.validate`` instead, on the frames of synthetic
 runs (true instances, so the particle F1 is computed too) with the bundled model:
-seconds per frame with the particle matching in threads (the default) against in line
-(``workers=0``, the baseline), in alternating rounds.
+seconds per frame with the particle matching in threads (up to 4, one fewer than the
+cores) against in line (``workers=0``, the baseline), in alternating rounds; and the
+particle matching alone, in one thread against in up to 4 (how much of it runs
+outside the GIL).
 
     python benchmarks/bench_train.py [--seconds 30] [--batch-size 8] [--device cpu]
     python benchmarks/bench_train.py --validation [--rounds 3] [--device cuda]
@@ -113,8 +115,13 @@ class Timed:
 
 
 def bench_validation(rounds: int, device: str | None) -> dict:
-    from crystalseg.synth import SynthConfig, synthesize_run
+    from concurrent.futures import ThreadPoolExecutor
 
+    from crystalseg.synth import SynthConfig, synthesize_run
+    from crystalseg.train.learner import _instance_counts, normalise
+
+    workers = max(1, min(4, (os.cpu_count() or 1) - 1))  # as validate() beside a GPU
+    threads = min(4, os.cpu_count() or 1)
     with tempfile.TemporaryDirectory() as tmp:
         for k, scenario in enumerate(("crowded", "mixed", "clear", "plates")):
             config = SynthConfig(frames=6, height=512, width=512, seed=9000 + k, scenario=scenario)
@@ -123,12 +130,23 @@ def bench_validation(rounds: int, device: str | None) -> dict:
         learner = unet_learner(data, init="default", device=device, progress=False)
         frames = len(data.valid_items)
         learner.validate()  # warm-up: first reads, kernels
-        times: dict[str, list[float]] = {"threads": [], "in_line": []}
+        times: dict[str, list[float]] = {"threads": [], "in_line": [], "match_1": [], "match_n": []}
         records = {}
+        jobs = []
+        with torch.no_grad():
+            for item, x, _ in data.valid_samples(learner.spec):
+                pred = learner.predict_logits(normalise(x, learner.spec)).argmax(1)
+                jobs.append((pred[0].to(torch.uint8).cpu().numpy(), data.instance_truth(item)))
         for _ in range(rounds):
-            for name, workers in (("threads", None), ("in_line", 0)):
+            for name, n in (("threads", workers), ("in_line", 0)):
                 start = time.perf_counter()
-                records[name] = learner.validate(workers=workers)
+                records[name] = learner.validate(workers=n)
+                times[name].append((time.perf_counter() - start) / frames)
+            # The particle matching alone, in one thread and in up to 4 (GIL released?).
+            for name, n in (("match_1", 1), ("match_n", threads)):
+                start = time.perf_counter()
+                with ThreadPoolExecutor(n) as pool:
+                    list(pool.map(lambda job: _instance_counts(*job, data.codes), jobs))
                 times[name].append((time.perf_counter() - start) / frames)
     best = {k: min(v) for k, v in times.items()}
     return {
@@ -137,9 +155,14 @@ def bench_validation(rounds: int, device: str | None) -> dict:
         "frames": frames,
         "frame_size": [512, 512],
         "cpu_cores": os.cpu_count(),
+        "workers": workers,
         "s_per_frame_threads": round(best["threads"], 4),
         "s_per_frame_in_line": round(best["in_line"], 4),
         "speedup": round(best["in_line"] / best["threads"], 2),
+        "matching_s_per_frame_1_thread": round(best["match_1"], 4),
+        "matching_threads": threads,
+        "matching_s_per_frame_threads": round(best["match_n"], 4),
+        "matching_speedup": round(best["match_1"] / best["match_n"], 2),
         "same_scores": records["threads"] == records["in_line"],
         "instance_f1": round(records["threads"].get("instance_f1", float("nan")), 4),
     }
