@@ -39,14 +39,14 @@ With a boundary class the outline can also be **trimmed** (``trim_boundary``, on
 default): the default model draws the crystal rim about two pixels wide, one inside
 the crystal and one outside, where the truth is the one-pixel ring inside (on
 held-out synthetic runs 1.7 times the true rim, 39 % of it outside the crystal), so
-every particle came out a quarter to half a pixel too large all round, and every
-size with it. Boundary pixels exactly two pixels (3×3 steps) from their particle's interior
-are dropped; boundary that reaches further out is a thin part of the crystal (a
-bridge, a tail) and stays, with the pixels that join it to the rest. A particle
-is left as drawn if trimming would take more than :data:`TRIM_MAX_FRACTION` of
-it: a thin crystal is nearly all rim, and its interior too sparse to say where
-its outline lies. On a one-pixel rim, as in true masks, nothing is dropped but
-the points of sharp corners.
+every particle came out a quarter to half a pixel too large all round, and
+every size with it. Boundary pixels exactly two pixels (3×3 steps) from their
+particle's interior are dropped; boundary that reaches further out is a thin
+part of the crystal (a bridge, a tail) and stays, with the pixels that join it
+to the rest. A particle is left as drawn if trimming would take more than
+:data:`TRIM_MAX_FRACTION` of it: a thin crystal is nearly all rim, and its
+interior too sparse to say where its outline lies. On a one-pixel rim, as in
+true masks, nothing is dropped but the points of sharp corners.
 
 Either way, particles smaller than ``min_area_px`` are dropped and the labels
 are renumbered 1..n in raster order of their first pixel.
