@@ -59,7 +59,10 @@ class MeasureSettings:
         Boundary and hybrid split: drop boundary-class pixels more than one pixel
         outside a particle's interior (the default model draws the crystal rim
         about two pixels wide, half of it outside the crystal, which made sizes
-        2-6 % too large); thin crystals, nearly all rim, are kept as drawn.
+        2-6 % too large); thin crystals, nearly all rim, are kept as drawn. It
+        assumes a model trained on a one-pixel boundary inside the crystal (as
+        :func:`~crystalseg.classes.class_mask_from_labels` makes); turn it off
+        for models trained on wider boundary annotations.
     edge : {"exclude", "miles-lantuejoul", "keep"}
         Particles cut by the frame edge bias sizes low: exclude them (default),
         exclude them and weight the others by the Miles–Lantuéjoul correction,
