@@ -318,6 +318,27 @@ def test_training_summary_names_the_score_that_picked_the_best_epoch() -> None:
     assert "best training loss 0.2500" in text and "IoU" not in text
 
 
+def test_epoch_line_is_the_same_in_the_log_and_the_summary() -> None:
+    from crystalseg.summary import format_epoch
+
+    record = {
+        "epoch": 2,
+        "train_loss": 0.5,
+        "valid_loss": 0.4,
+        "foreground_iou": 0.85,
+        "iou": {"background": 0.99, "crystal": 0.8, "boundary": None},
+        "dice": {"background": 0.995, "crystal": 0.9, "boundary": None},
+        "instance_f1": 0.7,
+        "seconds": 12.4,
+    }
+    line = format_epoch(record, 3)
+    assert line == (
+        "epoch 2/3  train loss 0.5000  valid loss 0.4000  foreground IoU 0.850  "
+        "crystal IoU 0.800 Dice 0.900  particle F1 0.700  12 s"
+    )
+    assert format_epoch(record).replace("epoch   2", "epoch 2/3") == line
+
+
 def test_measure_trims_a_rim_drawn_two_pixels_wide_unless_told_not_to(
     tmp_path: Path, store_mask
 ) -> None:

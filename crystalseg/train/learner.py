@@ -53,6 +53,7 @@ from crystalseg.models.checkpoint import (
     to_unit,
 )
 from crystalseg.segment.engine import tile_starts
+from crystalseg.summary import format_epoch
 from crystalseg.train.augment import AugmentPreset, AugmentSettings, make_augmenter
 from crystalseg.train.data import SegmentationData, _to_channels, _torchable, read_image
 from crystalseg.train.losses import LOSS_NAMES, LossName, make_loss
@@ -479,7 +480,7 @@ class Learner:
                 stale = 0
             else:
                 stale += 1
-            log.info(_epoch_line(record, epochs, self.data.codes))
+            log.info(format_epoch(record, epochs))
             if self.output_dir is not None:
                 if improved:
                     self.save(self.output_dir)
@@ -892,20 +893,6 @@ def epoch_score(record: Mapping[str, Any]) -> tuple[float, str]:
     if record.get("mean_iou") is not None:
         return record["mean_iou"], "validation mean IoU of the crystal classes"
     return -record["train_loss"], "training loss"
-
-
-def _epoch_line(record: Mapping[str, Any], epochs: int, codes: Sequence[str]) -> str:
-    parts = [f"epoch {record['epoch']}/{epochs}", f"train loss {record['train_loss']:.4f}"]
-    if "valid_loss" in record:
-        parts.append(f"valid loss {record['valid_loss']:.4f}")
-        for code in codes[1:]:
-            iou, dice = record["iou"].get(code), record["dice"].get(code)
-            if iou is not None:
-                parts.append(f"{code} IoU {iou:.3f} Dice {dice:.3f}")
-        if "instance_f1" in record:
-            parts.append(f"particle F1 {record['instance_f1']:.3f}")
-    parts.append(f"{record.get('seconds', 0):.0f} s")
-    return "  ".join(parts)
 
 
 # --------------------------------------------------------------------------------------
