@@ -243,9 +243,10 @@ def evaluate(
                         pred, image, probability=prob, settings=settings, codes=codes
                     )
                     labels = label_mask_frame(pred, settings=settings, codes=codes)
-                    union = np.count_nonzero((labels > 0) | fg_true)
+                    measured = labels > 0
+                    union = np.count_nonzero(measured | fg_true)
                     if union:
-                        inter = np.count_nonzero((labels > 0) & fg_true)
+                        inter = np.count_nonzero(measured & fg_true)
                         pooled_particles += inter, union
                         rows["particle_iou"].append(inter / union)
                     doubtful = table.loc[

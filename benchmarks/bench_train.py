@@ -117,11 +117,12 @@ class Timed:
 def bench_validation(rounds: int, device: str | None) -> dict:
     from concurrent.futures import ThreadPoolExecutor
 
+    from crystalseg.segment.engine import available_cores
     from crystalseg.synth import SynthConfig, synthesize_run
-    from crystalseg.train.learner import _instance_counts, normalise
+    from crystalseg.train.learner import _instance_counts, matching_threads, normalise
 
-    workers = max(1, min(4, (os.cpu_count() or 1) - 1))  # as validate() beside a GPU
-    threads = min(4, os.cpu_count() or 1)
+    workers = max(1, matching_threads())  # as validate() beside a GPU, at least one
+    threads = min(4, available_cores())
     with tempfile.TemporaryDirectory() as tmp:
         for k, scenario in enumerate(("crowded", "mixed", "clear", "plates")):
             config = SynthConfig(frames=6, height=512, width=512, seed=9000 + k, scenario=scenario)
@@ -154,7 +155,7 @@ def bench_validation(rounds: int, device: str | None) -> dict:
         "device": str(learner.device),
         "frames": frames,
         "frame_size": [512, 512],
-        "cpu_cores": os.cpu_count(),
+        "cpu_cores": available_cores(),
         "workers": workers,
         "s_per_frame_threads": round(best["threads"], 4),
         "s_per_frame_in_line": round(best["in_line"], 4),

@@ -52,7 +52,7 @@ from crystalseg.models.checkpoint import (
     save_checkpoint,
     to_unit,
 )
-from crystalseg.segment.engine import tile_starts
+from crystalseg.segment.engine import available_cores, tile_starts
 from crystalseg.summary import format_epoch
 from crystalseg.train.augment import AugmentPreset, AugmentSettings, make_augmenter
 from crystalseg.train.data import SegmentationData, _to_channels, _torchable, read_image
@@ -621,7 +621,7 @@ class Learner:
         if not self.data.valid_items:
             return {}
         if workers is None:
-            workers = 0 if self.device.type == "cpu" else min(4, (os.cpu_count() or 1) - 1)
+            workers = 0 if self.device.type == "cpu" else matching_threads()
         k = self.spec.n_classes
         confusion = torch.zeros((k, k), dtype=torch.int64)
         losses = []
@@ -794,6 +794,12 @@ class Learner:
             f"init={self.init_info.get('kind', '?')}, device={self.device}, "
             f"batch {self.batch_size}, {len(self.history)} epochs done)"
         )
+
+
+def matching_threads() -> int:
+    """Threads that match validation particles beside a GPU: up to 4, one core left
+    for the loop that feeds the GPU."""
+    return min(4, available_cores() - 1)
 
 
 def _instance_counts(
