@@ -3,24 +3,34 @@
 A class mask holds one class index per pixel; ``codes`` names them, background
 first. A class named like a boundary (``"boundary"``, ``"edge"``, ``"border"`` or
 ``"contour"``) marks the rim of each crystal, so that touching crystals are cut
-apart in the mask and the measurement can split them.
+apart in the mask and the measurement can split them. A class named ``"contact"``
+(or ``"touching"``) marks only the line where two crystals touch: the outline
+against the background stays crystal, so the crystal class alone gives the outline
+and the contact class only the cuts.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 from skimage.segmentation import find_boundaries
 
 from crystalseg.errors import ConfigError
 
-#: Class names that mark the boundary between touching crystals (case-insensitive).
-BOUNDARY_CODES: tuple[str, ...] = ("boundary", "edge", "border", "contour")
+#: Class names that mark the rim of every crystal (case-insensitive).
+RIM_CODES: tuple[str, ...] = ("boundary", "edge", "border", "contour")
+#: Class names that mark only the line where two crystals touch (case-insensitive).
+CONTACT_CODES: tuple[str, ...] = ("contact", "touching")
+#: Every class name that cuts touching crystals apart: a rim or a contact class.
+BOUNDARY_CODES: tuple[str, ...] = RIM_CODES + CONTACT_CODES
+
+BoundaryKind = Literal["rim", "contact"]
 
 
 def boundary_class(codes: Sequence[str]) -> int | None:
-    """Index of the boundary class among ``codes``, or None when there is none.
+    """Index of the boundary class (rim or contact) among ``codes``, or None.
 
     Raises
     ------
@@ -36,6 +46,14 @@ def boundary_class(codes: Sequence[str]) -> int | None:
     return found[0] if found else None
 
 
+def boundary_kind(codes: Sequence[str]) -> BoundaryKind | None:
+    """``"rim"``, ``"contact"`` or None: what the boundary class of ``codes`` marks."""
+    i = boundary_class(codes)
+    if i is None:
+        return None
+    return "contact" if str(codes[i]).strip().lower() in CONTACT_CODES else "rim"
+
+
 def class_mask_from_labels(labels: np.ndarray, codes: Sequence[str]) -> np.ndarray:
     """Class mask of an instance-label image for the given codes.
 
@@ -49,10 +67,12 @@ def class_mask_from_labels(labels: np.ndarray, codes: Sequence[str]) -> np.ndarr
     Returns
     -------
     ndarray (y, x) uint8
-        0 background, the crystal class index inside crystals and, with a boundary
-        class, that index on every crystal pixel next to another crystal or the
-        background (``skimage.segmentation.find_boundaries(mode="inner")``): a ring
-        one pixel wide, so touching crystals are separated by two.
+        0 background, the crystal class index inside crystals and, with a rim class,
+        that index on every crystal pixel next to another crystal or the background
+        (``skimage.segmentation.find_boundaries(mode="inner")``): a ring one pixel
+        wide, so touching crystals are separated by two. With a contact class, that
+        index only on crystal pixels with a 4-neighbour in another crystal: a line two
+        pixels wide where crystals touch, and nothing against the background.
     """
     codes = [str(c) for c in codes]
     boundary = boundary_class(codes)
@@ -63,6 +83,26 @@ def class_mask_from_labels(labels: np.ndarray, codes: Sequence[str]) -> np.ndarr
             "and an optional boundary class"
         )
     mask = np.where(labels > 0, crystal[0], 0).astype(np.uint8)
-    if boundary is not None:
+    if boundary is None:
+        return mask
+    if boundary_kind(codes) == "rim":
         mask[find_boundaries(labels, mode="inner") & (labels > 0)] = boundary
+        return mask
+    mask[_touches_other_crystal(labels)] = boundary
     return mask
+
+
+def _touches_other_crystal(labels: np.ndarray) -> np.ndarray:
+    """Crystal pixels with a 4-neighbour in a different crystal (not the background)."""
+    out = np.zeros(labels.shape, bool)
+    for axis in (0, 1):
+        a = labels.take(range(labels.shape[axis] - 1), axis=axis)
+        b = labels.take(range(1, labels.shape[axis]), axis=axis)
+        differ = (a != b) & (a > 0) & (b > 0)
+        lo = [slice(None)] * 2
+        hi = [slice(None)] * 2
+        lo[axis] = slice(0, -1)
+        hi[axis] = slice(1, None)
+        out[tuple(lo)] |= differ
+        out[tuple(hi)] |= differ
+    return out

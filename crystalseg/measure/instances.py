@@ -17,7 +17,8 @@ frame in one of two ways:
   waist. Crystals that lie side by side along their length, or cross, leave no
   neck and stay merged: that is what a boundary class is for.
 * **boundary** (masks whose codes include a class named "boundary", "edge",
-  "border" or "contour", e.g. background, crystal, boundary): the interior
+  "border" or "contour", e.g. background, crystal, boundary, or a contact class
+  "contact" or "touching" that marks only where crystals touch): the interior
   classes, cut apart by the predicted boundary, give one marker per crystal
   (8-connected components of at least :data:`MIN_MARKER_PX` pixels); the
   markers are grown back, breadth first, over interior and boundary pixels.
@@ -35,7 +36,7 @@ frame in one of two ways:
   cost of splitting some needles whose predicted interior narrows; it is what
   ``split="auto"`` does for masks with a boundary class.
 
-With a boundary class the outline can also be **trimmed** (``trim_boundary``, on by
+With a rim class the outline can also be **trimmed** (``trim_boundary``, on by
 default): the default model draws the crystal rim about two pixels wide, one inside
 the crystal and one outside, where the truth is the one-pixel ring inside (on
 held-out synthetic runs 1.7 times the true rim, 39 % of it outside the crystal), so
@@ -68,7 +69,7 @@ from scipy import ndimage as ndi
 from skimage.morphology import local_maxima
 from skimage.segmentation import watershed
 
-from crystalseg.classes import BOUNDARY_CODES, boundary_class
+from crystalseg.classes import BOUNDARY_CODES, boundary_class, boundary_kind
 from crystalseg.errors import ConfigError, MaskValueError
 
 log = logging.getLogger(__name__)
@@ -191,7 +192,8 @@ def label_instances(
     trim_boundary : bool
         Boundary and hybrid split only: drop boundary pixels more than one pixel
         from their particle's interior (see the module docstring), so that a
-        rim drawn two pixels wide does not make every particle too large.
+        rim drawn two pixels wide does not make every particle too large. Only for a
+        rim class: a contact class (see :mod:`crystalseg.classes`) has no band to trim.
 
     Returns
     -------
@@ -240,7 +242,7 @@ def label_instances(
         )
         on_boundary = mask == boundary
         labels = _split_boundary(crystal, on_boundary, _isin(mask, others), necks)
-        if trim_boundary:
+        if trim_boundary and boundary_kind(codes) == "rim":
             labels = _trim_band(labels, crystal, on_boundary)
     elif method == "watershed":
         labels = _split_watershed(

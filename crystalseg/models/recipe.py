@@ -40,6 +40,8 @@ from crystalseg.train.losses import LOSS_NAMES
 log = logging.getLogger(__name__)
 
 CODES = ("background", "crystal", "boundary")
+#: Codes of a model whose third class marks only where crystals touch (``--boundary contact``).
+CONTACT_CODES = ("background", "crystal", "contact")
 FIRST_SEED = 1000
 RUNS_PER_SCENARIO = 8
 FRAMES = 24
@@ -289,6 +291,12 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="LOW,HIGH: each run's crystal depth spread (scenarios: 0.4); more defocus",
     )
+    parser.add_argument(
+        "--boundary",
+        choices=("rim", "contact"),
+        default="rim",
+        help="third class: every crystal's rim (default) or only where crystals touch",
+    )
     parser.add_argument("--frame-step", type=int, default=FRAME_STEP, help="every n-th frame")
     parser.add_argument("--max-minutes", type=float, default=None, help="wall-clock budget")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run")
@@ -318,7 +326,7 @@ def main(argv: list[str] | None = None) -> None:
     decoder = args.decoder_channels
     settings = TrainSettings(
         data=(runs,),
-        codes=CODES,
+        codes=CONTACT_CODES if args.boundary == "contact" else CODES,
         output_dir=args.output,
         init=args.init,
         epochs=1 if args.epochs == "auto" else args.epochs,

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from crystalseg.classes import boundary_class
 from crystalseg.errors import CheckpointError, ConfigError
 from crystalseg.models.checkpoint import (
     DEFAULT_ENCODER,
@@ -924,6 +925,22 @@ def _spec_from_checkpoint(
     )
 
 
+def _head_rows(codes: Sequence[str], src_codes: Sequence[str]) -> list[int] | None:
+    """Rows of the source class head for ``codes``: by name, and a boundary class (rim
+    or contact) by role, so that a rim model starts a contact model; None when a class
+    has no counterpart."""
+    src_boundary = boundary_class(src_codes)
+    rows = []
+    for c in codes:
+        if c in src_codes:
+            rows.append(list(src_codes).index(c))
+        elif src_boundary is not None and boundary_class([c]) is not None:
+            rows.append(src_boundary)
+        else:
+            return None
+    return rows
+
+
 def _load_finetune(model: nn.Module, spec: ModelSpec, src: nn.Module, src_spec: ModelSpec) -> str:
     """Copy ``src`` weights into ``model``; the class head is mapped by code name."""
     target = model.state_dict()
@@ -931,8 +948,8 @@ def _load_finetune(model: nn.Module, spec: ModelSpec, src: nn.Module, src_spec: 
     head_note = "kept"
     if spec.codes != src_spec.codes:
         head = [k for k in state if k.startswith("segmentation_head.")]
-        if set(spec.codes) <= set(src_spec.codes):
-            rows = [src_spec.codes.index(c) for c in spec.codes]
+        rows = _head_rows(spec.codes, src_spec.codes)
+        if rows is not None:
             for key in head:
                 state[key] = state[key][rows]
             head_note = f"rows {rows} of {list(src_spec.codes)}"
