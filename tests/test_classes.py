@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from crystalseg.classes import boundary_class, class_mask_from_labels
+from crystalseg.classes import boundary_class, boundary_kind, class_mask_from_labels
 from crystalseg.errors import ConfigError
 
 CODES3 = ("background", "crystal", "boundary")
@@ -27,6 +27,24 @@ def test_touching_squares_are_cut_apart_by_two_boundary_pixels() -> None:
     from scipy import ndimage as ndi
 
     assert ndi.label(interior)[1] == 2  # the interiors are separate components
+
+
+def test_contact_class_marks_only_where_crystals_touch() -> None:
+    labels = np.zeros((12, 28), np.int32)
+    labels[2:10, 2:10] = 1
+    labels[2:10, 10:18] = 2  # touches 1 along a vertical line
+    labels[3:6, 20:26] = 3  # alone
+    codes = ("background", "crystal", "contact")
+    mask = class_mask_from_labels(labels, codes)
+    contact = np.zeros(labels.shape, bool)
+    contact[2:10, 9:11] = True  # both sides of the line, nothing else
+    np.testing.assert_array_equal(mask == 2, contact)
+    np.testing.assert_array_equal(mask > 0, labels > 0)  # the outline stays crystal
+    assert boundary_class(codes) == 2 and boundary_kind(codes) == "contact"
+    assert boundary_kind(("background", "Touching", "crystal")) == "contact"
+    assert boundary_kind(CODES3) == "rim" and boundary_kind(("background", "crystal")) is None
+    with pytest.raises(ConfigError, match="boundary classes"):
+        boundary_class(("background", "contact", "edge"))
 
 
 def test_two_class_mask_is_just_foreground() -> None:

@@ -157,6 +157,22 @@ def test_boundary_class_splits_side_by_side_prisms() -> None:
     assert sorted(np.unique(labels[truth == 1])) == [int(labels[25, 40])]
 
 
+def test_contact_class_splits_touching_prisms_and_keeps_their_outlines() -> None:
+    # A contact class cuts only where crystals touch; the outline is the crystal class's
+    # and no trimming applies (there is no rim band), so the outlines come back exactly.
+    truth = np.zeros((60, 80), dtype=np.int32)
+    truth[20:30, 10:70] = 1
+    truth[30:40, 10:70] = 2
+    truth[45:55, 20:30] = 3
+    codes = ("background", "crystal", "contact")
+    mask = class_mask_from_labels(truth, codes)
+    for trim in (True, False):
+        labels = label_instances(mask, codes=codes, trim_boundary=trim)
+        assert labels.max() == 3
+        assert instance_scores(labels, truth)["f1"] == 1.0
+        assert np.array_equal(labels > 0, truth > 0)
+
+
 def test_boundary_class_keeps_crystals_too_thin_for_an_interior() -> None:
     truth = np.zeros((40, 40), dtype=np.int32)
     truth[10:12, 5:35] = 1  # 2 px wide: all boundary

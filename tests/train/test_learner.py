@@ -331,6 +331,22 @@ def test_finetune_maps_the_class_head_by_name(tmp_path: Path, data) -> None:
         unet_learner(data, "resnet34", init=tmp_path / "c3")
 
 
+def test_finetune_maps_a_rim_head_to_a_contact_head_by_role() -> None:
+    rows = learner_mod._head_rows
+    assert rows(("background", "crystal", "contact"), ("background", "crystal", "boundary")) == [
+        0,
+        1,
+        2,
+    ]
+    assert rows(("background", "crystal", "boundary"), ("background", "edge", "crystal")) == [
+        0,
+        2,
+        1,
+    ]
+    assert rows(("background", "crystal", "contact"), ("background", "crystal")) is None
+    assert rows(("background", "needle"), ("background", "crystal", "boundary")) is None
+
+
 def test_train_model_end_to_end(tmp_path: Path) -> None:
     folder = write_pairs(tmp_path / "d", n=4)
     settings = TrainSettings(
