@@ -151,7 +151,8 @@ _size_option = click.option(
     "--pairs-codes",
     default="background,crystal",
     show_default=True,
-    help="Classes of the pair masks; add ',boundary' for a one-pixel crystal rim class.",
+    help="Classes of the pair masks; add ',boundary' for a one-pixel crystal rim class or "
+    "',contact' for a class only where crystals touch.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing run store.")
 @click.pass_context
@@ -225,7 +226,8 @@ def synth(
     "--codes",
     default="background,crystal",
     show_default=True,
-    help="Class names, background first; add 'boundary' for a crystal-rim class.",
+    help="Class names, background first; add 'boundary' for a crystal-rim class or 'contact' "
+    "for a class only where crystals touch.",
 )
 @click.option("--encoder", default=None, help="smp encoder (default: the bundled model's).")
 @click.option(

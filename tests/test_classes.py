@@ -61,7 +61,10 @@ def test_codes_must_hold_one_crystal_class() -> None:
         boundary_class(("background", "edge", "border"))
 
 
-def test_training_on_a_synthetic_run_derives_the_boundary_class(tmp_path: Path) -> None:
+@pytest.mark.parametrize("third", ["boundary", "contact"])
+def test_training_on_a_synthetic_run_derives_the_boundary_class(
+    tmp_path: Path, third: str
+) -> None:
     import xarray as xr
 
     from crystalseg.synth import SynthConfig, synthesize_run
@@ -70,8 +73,9 @@ def test_training_on_a_synthetic_run_derives_the_boundary_class(tmp_path: Path) 
     run = synthesize_run(
         tmp_path / "s.zarr", SynthConfig(frames=2, height=96, width=96, scenario="crowded")
     )
-    data = pairs([run], codes=CODES3, valid_fraction=0.5, crop_size=64)
+    codes = ("background", "crystal", third)
+    data = pairs([run], codes=codes, valid_fraction=0.5, crop_size=64)
     _, mask = data.load(data.items[0])
     labels = xr.open_zarr(run, group="truth")["labels"][0].values
-    np.testing.assert_array_equal(mask, class_mask_from_labels(labels, CODES3))
+    np.testing.assert_array_equal(mask, class_mask_from_labels(labels, codes))
     assert set(np.unique(mask)) == {0, 1, 2}

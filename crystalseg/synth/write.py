@@ -63,7 +63,8 @@ def synthesize_run(
         ``{t}_mask.png`` (class indices, 0 background, 1 crystal), one pair per frame
     pairs_codes : class codes of the pair masks; with a boundary class (e.g.
         ``("background", "crystal", "boundary")``) each crystal's one-pixel rim gets it,
-        see :func:`crystalseg.classes.class_mask_from_labels`
+        with a contact class (``"contact"``) only the pixels where crystals touch, see
+        :func:`crystalseg.classes.class_mask_from_labels`
     frames_per_chunk : frames per store chunk (default: about 4 MiB of image a chunk)
     overwrite : replace an existing store (and existing pairs)
     progress : called with the number of frames done after each chunk
