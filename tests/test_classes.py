@@ -62,9 +62,7 @@ def test_codes_must_hold_one_crystal_class() -> None:
 
 
 @pytest.mark.parametrize("third", ["boundary", "contact"])
-def test_training_on_a_synthetic_run_derives_the_boundary_class(
-    tmp_path: Path, third: str
-) -> None:
+def test_training_on_a_synthetic_run_derives_the_boundary_class(tmp_path: Path, third: str) -> None:
     import xarray as xr
 
     from crystalseg.synth import SynthConfig, synthesize_run
