@@ -461,7 +461,7 @@ def segment(
     "--trim-boundary/--no-trim-boundary",
     default=True,
     show_default=True,
-    help="With a boundary class: drop its pixels more than 1 px outside a particle's "
+    help="With a rim (boundary) class: drop its pixels more than 1 px outside a particle's "
     "interior (models draw the rim ~2 px wide, half outside the crystal).",
 )
 @click.option("--min-sharpness", type=float, default=None, help="Drop blurrier particles.")

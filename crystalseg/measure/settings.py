@@ -62,7 +62,8 @@ class MeasureSettings:
         2-6 % too large); thin crystals, nearly all rim, are kept as drawn. It
         assumes a model trained on a one-pixel boundary inside the crystal (as
         :func:`~crystalseg.classes.class_mask_from_labels` makes); turn it off
-        for models trained on wider boundary annotations.
+        for models trained on wider boundary annotations. A contact class (only
+        where crystals touch) is never trimmed.
     edge : {"exclude", "miles-lantuejoul", "keep"}
         Particles cut by the frame edge bias sizes low: exclude them (default),
         exclude them and weight the others by the Miles–Lantuéjoul correction,
