@@ -15,8 +15,9 @@ randomised looks: contrast polarity and strength, rims, facets, blur, noise, lig
 magnification, uint8 and uint16), then trains on them with the same
 :func:`crystalseg.train.train_model` that ``crystalseg train`` calls, with three
 classes (background, crystal, boundary) so that the measurement can split touching
-crystals, and per-image percentile scaling so that recordings of any bit depth and
-exposure look alike to the model. Validation holds out whole runs. Seeds from
+crystals (``--boundary contact``: a third class only where crystals touch), and
+per-image percentile scaling so that recordings of any bit depth and exposure look
+alike to the model. Validation holds out whole runs. Seeds from
 :data:`FIRST_SEED` on are used here; evaluations use seeds below it.
 """
 
