@@ -95,14 +95,8 @@ def class_mask_from_labels(labels: np.ndarray, codes: Sequence[str]) -> np.ndarr
 def _touches_other_crystal(labels: np.ndarray) -> np.ndarray:
     """Crystal pixels with a 4-neighbour in a different crystal (not the background)."""
     out = np.zeros(labels.shape, bool)
-    for axis in (0, 1):
-        a = labels.take(range(labels.shape[axis] - 1), axis=axis)
-        b = labels.take(range(1, labels.shape[axis]), axis=axis)
-        differ = (a != b) & (a > 0) & (b > 0)
-        lo = [slice(None)] * 2
-        hi = [slice(None)] * 2
-        lo[axis] = slice(0, -1)
-        hi[axis] = slice(1, None)
-        out[tuple(lo)] |= differ
-        out[tuple(hi)] |= differ
+    for a, b in ((np.s_[:-1, :], np.s_[1:, :]), (np.s_[:, :-1], np.s_[:, 1:])):
+        differ = (labels[a] != labels[b]) & (labels[a] > 0) & (labels[b] > 0)
+        out[a] |= differ
+        out[b] |= differ
     return out

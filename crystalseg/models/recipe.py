@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 CODES = ("background", "crystal", "boundary")
 #: Codes of a model whose third class marks only where crystals touch (``--boundary contact``).
-CONTACT_CODES = ("background", "crystal", "contact")
+CODES_CONTACT = ("background", "crystal", "contact")
 FIRST_SEED = 1000
 RUNS_PER_SCENARIO = 8
 FRAMES = 24
@@ -327,7 +327,7 @@ def main(argv: list[str] | None = None) -> None:
     decoder = args.decoder_channels
     settings = TrainSettings(
         data=(runs,),
-        codes=CONTACT_CODES if args.boundary == "contact" else CODES,
+        codes=CODES_CONTACT if args.boundary == "contact" else CODES,
         output_dir=args.output,
         init=args.init,
         epochs=1 if args.epochs == "auto" else args.epochs,
