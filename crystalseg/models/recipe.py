@@ -51,6 +51,13 @@ SIZE = 384
 #: Random stream (beside the run's own, see :func:`crystalseg.synth.population.stream`)
 #: that draws a training run's depth spread.
 STREAM_DEPTH_SPREAD = 17
+#: Random stream that decides whether a training run is faint (``faint``).
+STREAM_FAINT = 18
+#: Look of a faint training run: the run's contrast range and the least optical
+#: density that a labelled crystal keeps (scenarios: 0.45-1.6 and 0.12), for crystals
+#: whose edges darken the light by only 5-10 %.
+FAINT_CONTRAST = (0.12, 0.45)
+FAINT_MIN_VISIBLE_OD = 0.05
 
 
 def _render(job: tuple[Path, SynthConfig]) -> None:
@@ -66,6 +73,7 @@ def make_training_runs(
     jobs: int = 1,
     first_seed: int = FIRST_SEED,
     depth_spread: tuple[float, float] | None = None,
+    faint: float = 0.0,
 ) -> Path:
     """Render the synthetic training runs into ``workdir/runs`` (skips runs already there).
 
@@ -79,9 +87,15 @@ def make_training_runs(
     :attr:`~crystalseg.synth.Scenario.depth_spread`, drawn uniformly from that range
     by the run's seed, for more strongly defocused crystals than the scenarios draw
     (``None`` keeps the scenarios' own).
+
+    ``faint`` is the fraction of runs (chosen by seed) drawn with a fainter look:
+    contrast :data:`FAINT_CONTRAST`, and labelled crystals kept visible only down to
+    :data:`FAINT_MIN_VISIBLE_OD`, for nearly transparent crystals.
     """
     if first_seed < FIRST_SEED:
         raise ValueError(f"first_seed {first_seed} < {FIRST_SEED}: lower seeds are for evaluation")
+    if not 0.0 <= faint <= 1.0:
+        raise ValueError(f"faint {faint} is not a fraction in [0, 1]")
     runs = workdir / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     plan = [(s, runs_per_scenario) for s in SCENARIO_NAMES] + list((extra or {}).items())
@@ -95,6 +109,10 @@ def make_training_runs(
                 if depth_spread is not None:
                     spread = stream(seed, STREAM_DEPTH_SPREAD).uniform(*depth_spread)
                     params = dataclasses.replace(params, depth_spread=float(spread))
+                if faint > 0 and stream(seed, STREAM_FAINT).random() < faint:
+                    params = dataclasses.replace(
+                        params, contrast=FAINT_CONTRAST, min_visible_od=FAINT_MIN_VISIBLE_OD
+                    )
                 config = SynthConfig(
                     frames=FRAMES,
                     height=SIZE,
@@ -293,6 +311,12 @@ def main(argv: list[str] | None = None) -> None:
         help="LOW,HIGH: each run's crystal depth spread (scenarios: 0.4); more defocus",
     )
     parser.add_argument(
+        "--faint",
+        type=float,
+        default=0.0,
+        help="fraction of runs with a fainter look (contrast 0.12-0.45); default 0",
+    )
+    parser.add_argument(
         "--boundary",
         choices=("rim", "contact"),
         default="rim",
@@ -321,6 +345,7 @@ def main(argv: list[str] | None = None) -> None:
             jobs=args.jobs,
             first_seed=args.first_seed,
             depth_spread=args.depth_spread,
+            faint=args.faint,
         )
     except ValueError as exc:  # --first-seed below the evaluation seeds
         parser.error(str(exc))

@@ -51,7 +51,7 @@ from crystalseg.synth.population import (
     build_population,
     stream,
 )
-from crystalseg.synth.scenarios import HABITS, SynthConfig
+from crystalseg.synth.scenarios import CONTRAST_RANGE, HABITS, MIN_VISIBLE_OD, SynthConfig
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +60,6 @@ F32 = np.float32
 Box = tuple[int, int, int, int]
 #: Largest total brightening (negative optical density) of overlapping halos.
 HALO_LIMIT = 0.35
-#: Least optical density (after blur) that keeps a labelled crystal visible.
-MIN_VISIBLE_OD = 0.12
 
 #: Columns of the per-frame crystal table and their units (micrometre columns are
 #: added when the run is calibrated).
@@ -168,15 +166,18 @@ class Appearance:
     bit_depth: int
 
 
-def draw_appearance(rng: np.random.Generator) -> Appearance:
-    """Draw a run's :class:`Appearance` (domain randomisation of the look)."""
+def draw_appearance(
+    rng: np.random.Generator, contrast: tuple[float, float] = CONTRAST_RANGE
+) -> Appearance:
+    """Draw a run's :class:`Appearance` (domain randomisation of the look); its
+    ``contrast`` log-uniformly from the given range."""
     polarity: Literal["dark", "bright"] = "bright" if rng.random() < 0.2 else "dark"
     body_lo = float(rng.uniform(-0.15, 0.25))
     return Appearance(
         polarity=polarity,
         background=float(rng.uniform(0.45, 0.85) if polarity == "dark" else rng.uniform(0.08, 0.3)),
         bright_gain=float(rng.uniform(1.5, 4.0)),
-        contrast=float(np.exp(rng.uniform(math.log(0.45), math.log(1.6)))),
+        contrast=float(np.exp(rng.uniform(math.log(contrast[0]), math.log(contrast[1])))),
         body_od=(body_lo, body_lo + float(rng.uniform(0.05, 0.7))),
         rim_od=float(rng.uniform(0.3, 1.5)),
         rim_width_px=float(rng.uniform(0.7, 2.5)),
@@ -230,8 +231,14 @@ class CrystalOptics:
     bubble_blur: np.ndarray
 
 
-def draw_optics(pop: Population, app: Appearance, rng: np.random.Generator) -> CrystalOptics:
-    """Draw each crystal's and bubble's look around the run's :class:`Appearance`."""
+def draw_optics(
+    pop: Population,
+    app: Appearance,
+    rng: np.random.Generator,
+    min_visible_od: float = MIN_VISIBLE_OD,
+) -> CrystalOptics:
+    """Draw each crystal's and bubble's look around the run's :class:`Appearance`;
+    every crystal keeps at least ``min_visible_od`` (after blur) to stay visible."""
     n = pop.n_crystals
     u = lambda lo, hi: rng.uniform(lo, hi, n)  # noqa: E731
     rim_width = app.rim_width_px * u(0.7, 1.3)
@@ -252,10 +259,10 @@ def draw_optics(pop: Population, app: Appearance, rng: np.random.Generator) -> C
     blur = app.focus_blur_px + app.defocus_blur_px * np.abs(pop.depth)
     body_od = u(*app.body_od)
     # every labelled crystal must stay visible: after its blur, the rim (or the body)
-    # keeps at least MIN_VISIBLE_OD of optical density
+    # keeps at least min_visible_od of optical density
     rim_od = app.rim_od * u(0.6, 1.3)
     rim_peak = rim_od * rim_width / np.sqrt(rim_width**2 + blur**2)
-    need = MIN_VISIBLE_OD / app.contrast
+    need = min_visible_od / app.contrast
     rim_od = np.where(
         (rim_peak < need) & (np.abs(body_od) < need), rim_od * need / rim_peak, rim_od
     )
@@ -449,8 +456,10 @@ class SyntheticRun:
         self.scenario = config.scenario_params
         self.population = build_population(config)
         rng = stream(config.seed, STREAM_APPEARANCE)
-        self.appearance = draw_appearance(rng)
-        self.optics = draw_optics(self.population, self.appearance, rng)
+        self.appearance = draw_appearance(rng, self.scenario.contrast)
+        self.optics = draw_optics(
+            self.population, self.appearance, rng, self.scenario.min_visible_od
+        )
         self.time_s = np.arange(config.frames, dtype="float64") * float(config.interval_s)
         self.pixel_size_um: float | None = (
             self.population.pixel_size_um if config.calibrated else None

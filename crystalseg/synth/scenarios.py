@@ -32,6 +32,12 @@ HABIT_ASPECT: dict[str, tuple[float, float]] = {
 
 Range = tuple[float, float]
 
+#: Range of a run's factor on every optical density (drawn log-uniformly).
+CONTRAST_RANGE: Range = (0.45, 1.6)
+#: Least optical density (after blur, times the contrast) that keeps a labelled
+#: crystal visible.
+MIN_VISIBLE_OD = 0.12
+
 
 def _check_range(name: str, value: tuple[float, float], *, low: float = 0.0) -> None:
     if len(value) != 2:
@@ -76,6 +82,11 @@ class Scenario:
     depth_spread : standard deviation of a crystal's depth about the focal plane, in
         units of the depth at which a run's full defocus blur applies (depths are
         clipped to -1..1); larger values give more strongly defocused crystals
+    contrast : the run's factor on every optical density is drawn log-uniformly
+        from this range (smaller: fainter crystals, bubbles and dust alike)
+    min_visible_od : least optical density (after blur, times the contrast) that a
+        labelled crystal keeps: fainter ones are darkened to it, so that no crystal
+        in the truth is invisible (0.12 leaves an edge at least 11 % deep)
     """
 
     name: str
@@ -95,6 +106,8 @@ class Scenario:
     drift_px_per_frame: Range = (0.0, 2.5)
     zoom: Range = (0.6, 1.6)
     depth_spread: float = 0.4
+    contrast: Range = CONTRAST_RANGE
+    min_visible_od: float = MIN_VISIBLE_OD
 
     def __post_init__(self) -> None:
         if len(self.habit_weights) != len(HABITS) or any(
@@ -119,6 +132,7 @@ class Scenario:
                 "habit_concentration",
                 "min_gap_px",
                 "depth_spread",
+                "min_visible_od",
             }:
                 continue
             _check_range(f.name, value)
@@ -132,6 +146,10 @@ class Scenario:
                 raise ConfigError(f"scenario field '{name}' must be > 0, got {getattr(self, name)}")
         if not (math.isfinite(self.depth_spread) and self.depth_spread >= 0):
             raise ConfigError(f"depth_spread must be a number >= 0, got {self.depth_spread!r}")
+        if self.contrast[0] <= 0:
+            raise ConfigError(f"scenario field 'contrast' must be > 0, got {self.contrast}")
+        if not (math.isfinite(self.min_visible_od) and self.min_visible_od >= 0):
+            raise ConfigError(f"min_visible_od must be a number >= 0, got {self.min_visible_od!r}")
         if self.min_gap_px is not None and not self.min_gap_px >= 0:
             raise ConfigError(f"min_gap_px must be >= 0 or None, got {self.min_gap_px}")
 

@@ -55,6 +55,22 @@ def test_recipe_keeps_evaluation_seeds_out_of_training(tmp_path) -> None:
     assert not (tmp_path / "runs").exists()
 
 
+def test_recipe_faint_runs_are_drawn_fainter(tmp_path, monkeypatch) -> None:
+    from crystalseg.models import recipe
+
+    made = []
+    monkeypatch.setattr(recipe, "_render", made.append)
+    monkeypatch.setattr(recipe, "SCENARIO_NAMES", ("clear",))
+    recipe.make_training_runs(tmp_path, runs_per_scenario=40, faint=0.5)
+    faint = [c.scenario_params.contrast == recipe.FAINT_CONTRAST for _, c in made]
+    assert 10 < sum(faint) < 30  # about half, chosen by seed
+    for (_, config), is_faint in zip(made, faint, strict=True):
+        floor = config.scenario_params.min_visible_od
+        assert floor == (recipe.FAINT_MIN_VISIBLE_OD if is_faint else 0.12)
+    with pytest.raises(ValueError, match="fraction"):
+        recipe.make_training_runs(tmp_path, runs_per_scenario=1, faint=1.5)
+
+
 def test_recipe_depth_spread_is_parsed_and_checked() -> None:
     import argparse
 

@@ -226,6 +226,32 @@ def test_depth_spread_sets_how_defocused_crystals_are():
         Scenario("bad", depth_spread=-0.1)
 
 
+def test_contrast_and_visibility_floor_set_how_faint_crystals_are():
+    import dataclasses
+
+    def run(**kw):
+        scenario = dataclasses.replace(get_scenario("clear"), **kw)
+        return SyntheticRun(SynthConfig(frames=2, height=256, width=256, seed=4, scenario=scenario))
+
+    default = run()
+    assert get_scenario("clear").contrast == (0.45, 1.6)  # what every named scenario draws
+    assert 0.45 <= default.appearance.contrast <= 1.6
+    assert run(contrast=(0.2, 0.2)).appearance.contrast == pytest.approx(0.2)
+    for floor in (0.12, 0.03):
+        r = run(contrast=(0.2, 0.2), min_visible_od=floor)
+        o = r.optics
+        rim_peak = o.rim_od * o.rim_width / np.sqrt(o.rim_width**2 + o.blur**2)
+        visible = np.maximum(rim_peak, np.abs(o.body_od)) * r.appearance.contrast
+        assert visible.min() >= floor - 1e-9  # no labelled crystal fainter than the floor
+    # a lower floor leaves some crystals fainter than the scenarios' floor of 0.12
+    o = run(contrast=(0.2, 0.2), min_visible_od=0.0).optics
+    assert (o.rim_od < run(contrast=(0.2, 0.2)).optics.rim_od).any()
+    with pytest.raises(ConfigError, match="contrast"):
+        Scenario("bad", contrast=(0.0, 1.0))
+    with pytest.raises(ConfigError, match="min_visible_od"):
+        Scenario("bad", min_visible_od=-0.1)
+
+
 # --------------------------------------------------------------------------- determinism
 
 
