@@ -141,15 +141,13 @@ class Scenario:
             raise ConfigError(
                 f"induction_fraction {self.induction_fraction!r} must lie within 0..1 of the run"
             )
-        for name in ("seed_length_px", "nucleus_length_px", "bubble_radius_px", "zoom"):
+        for name in ("seed_length_px", "nucleus_length_px", "bubble_radius_px", "zoom", "contrast"):
             if getattr(self, name)[0] <= 0:
                 raise ConfigError(f"scenario field '{name}' must be > 0, got {getattr(self, name)}")
-        if not (math.isfinite(self.depth_spread) and self.depth_spread >= 0):
-            raise ConfigError(f"depth_spread must be a number >= 0, got {self.depth_spread!r}")
-        if self.contrast[0] <= 0:
-            raise ConfigError(f"scenario field 'contrast' must be > 0, got {self.contrast}")
-        if not (math.isfinite(self.min_visible_od) and self.min_visible_od >= 0):
-            raise ConfigError(f"min_visible_od must be a number >= 0, got {self.min_visible_od!r}")
+        for name in ("depth_spread", "min_visible_od"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"{name} must be a number >= 0, got {value!r}")
         if self.min_gap_px is not None and not self.min_gap_px >= 0:
             raise ConfigError(f"min_gap_px must be >= 0 or None, got {self.min_gap_px}")
 
