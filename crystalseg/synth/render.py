@@ -10,13 +10,14 @@ bounding box plus a margin: interior body density, facet shading of a bevel
 the inset and the spokes between facets, a dark rim band at the edge, an
 optional bright halo (negative density) outside, a few inclusions, all blurred
 by a Gaussian whose sigma grows with the crystal's distance from the focal
-plane. Summing densities multiplies transmissions. Bubbles add a thick dark
-annulus with a bright centre. ``window`` holds stationary dust and smudges;
-``illumination`` a gradient, vignetting and a faint low-frequency texture. The
-``"bright"`` polarity (reflected light, as in in-line probes) instead maps
-``1 - exp(-OD)`` onto a dark background. Then a small optical blur, a camera
-gamma, a sensor gain pattern, Poisson-Gaussian noise, quantisation and, for some
-runs, a JPEG round trip.
+plane. An object cut by the frame border is drawn beyond it as far as its blur
+reaches, so it does not fade towards the border. Summing densities multiplies
+transmissions. Bubbles add a thick dark annulus with a bright centre. ``window``
+holds stationary dust and smudges; ``illumination`` a gradient, vignetting and a
+faint low-frequency texture. The ``"bright"`` polarity (reflected light, as in
+in-line probes) instead maps ``1 - exp(-OD)`` onto a dark background. Then a small
+optical blur, a camera gamma, a sensor gain pattern, Poisson-Gaussian noise,
+quantisation and, for some runs, a JPEG round trip.
 
 Every look parameter is drawn per run (:class:`Appearance`) and per crystal
 from the seed; frame t's noise and lamp flicker come from a generator seeded by
@@ -56,8 +57,13 @@ from crystalseg.synth.scenarios import CONTRAST_RANGE, HABITS, MIN_VISIBLE_OD, S
 log = logging.getLogger(__name__)
 
 F32 = np.float32
-#: Pixel box (y0, y1, x0, x1), end-exclusive, inside the frame.
+#: Pixel box (y0, y1, x0, x1), end-exclusive; it may reach beyond the frame (``_box``).
 Box = tuple[int, int, int, int]
+#: Blurs below this sigma (px) are skipped; kernels end at BLUR_TRUNCATE sigmas.
+MIN_BLUR = 0.3
+BLUR_TRUNCATE = 3.0
+#: Defocus blur (sigma, px) of window dust.
+DUST_BLUR = (0.3, 1.5)
 #: Largest total brightening (negative optical density) of overlapping halos.
 HALO_LIMIT = 0.35
 
@@ -291,15 +297,36 @@ def draw_optics(
 # --------------------------------------------------------------------------- patches
 
 
-def _box(verts: np.ndarray, margin: float, height: int, width: int) -> Box | None:
-    """Pixel box (y0, y1, x0, x1) of the vertices plus ``margin``, clipped to the frame."""
-    x0 = max(math.floor(verts[:, 0].min() - margin), 0)
-    x1 = min(math.ceil(verts[:, 0].max() + margin) + 1, width)
-    y0 = max(math.floor(verts[:, 1].min() - margin), 0)
-    y1 = min(math.ceil(verts[:, 1].max() + margin) + 1, height)
-    if x0 >= x1 or y0 >= y1:
+def _box(verts: np.ndarray, margin: float, height: int, width: int, reach: int = 0) -> Box | None:
+    """Pixel box (y0, y1, x0, x1) of the vertices plus ``margin``, clipped to the frame
+    grown by ``reach`` pixels on every side; None where it misses the frame.
+
+    A box may thus reach beyond the frame: what lies just outside is drawn there too,
+    so that its blur spills into the frame as a microscope's would (see
+    :func:`_add_blurred`).
+    """
+    x0 = max(math.floor(verts[:, 0].min() - margin), -reach)
+    x1 = min(math.ceil(verts[:, 0].max() + margin) + 1, width + reach)
+    y0 = max(math.floor(verts[:, 1].min() - margin), -reach)
+    y1 = min(math.ceil(verts[:, 1].max() + margin) + 1, height + reach)
+    if max(x0, 0) >= min(x1, width) or max(y0, 0) >= min(y1, height):
         return None
     return y0, y1, x0, x1
+
+
+def _blur_reach(sigma: float) -> int:
+    """Pixels beyond the frame whose content a blur of ``sigma`` carries into it."""
+    return math.ceil(BLUR_TRUNCATE * sigma) + 1 if sigma > MIN_BLUR else 0
+
+
+def _in_frame(box: Box, shape: tuple[int, ...]) -> tuple[tuple[slice, slice], tuple[slice, slice]]:
+    """Slices of the frame and of a patch on ``box`` where the two overlap."""
+    y0, y1, x0, x1 = box
+    fy0, fy1 = max(y0, 0), min(y1, shape[0])
+    fx0, fx1 = max(x0, 0), min(x1, shape[1])
+    frame = (slice(fy0, fy1), slice(fx0, fx1))
+    patch = (slice(fy0 - y0, fy1 - y0), slice(fx0 - x0, fx1 - x0))
+    return frame, patch
 
 
 def _edge_distances(verts: np.ndarray, box: Box) -> tuple[np.ndarray, ...]:
@@ -391,10 +418,16 @@ def _bubble_od(
 
 
 def _add_blurred(target: np.ndarray, box: Box, patch: np.ndarray, sigma: float) -> None:
-    if sigma > 0.3:
-        patch = ndimage.gaussian_filter(patch, sigma, mode="constant", truncate=3.0)
-    y0, y1, x0, x1 = box
-    target[y0:y1, x0:x1] += patch
+    """Blur ``patch`` (drawn on ``box``) and add the part inside the frame to ``target``.
+
+    The box must reach :func:`_blur_reach` pixels beyond any frame border it crosses:
+    an object cut by the border is then blurred as the continuing object it is, not
+    faded towards the border as if nothing lay beyond.
+    """
+    if sigma > MIN_BLUR:
+        patch = ndimage.gaussian_filter(patch, sigma, mode="constant", truncate=BLUR_TRUNCATE)
+    frame, inside = _in_frame(box, target.shape)
+    target[frame] += patch[inside]
 
 
 # --------------------------------------------------------------------------- the run
@@ -501,10 +534,10 @@ class SyntheticRun:
         for _ in range(int(rng.poisson(app.dust_per_mpx * area_mpx))):
             cx, cy = rng.uniform(0, w), rng.uniform(0, h)
             r = float(rng.uniform(0.6, 3.0))
-            box = _box(np.array([[cx, cy]]), 3 * r + 4, h, w)
+            box = _box(np.array([[cx, cy]]), 3 * r + 4, h, w, _blur_reach(DUST_BLUR[1]))
             if box is not None:
                 patch = _disc(cx, cy, r, box) * F32(rng.uniform(0.05, 0.5))
-                _add_blurred(od, box, patch, float(rng.uniform(0.3, 1.5)))
+                _add_blurred(od, box, patch, float(rng.uniform(*DUST_BLUR)))
         for _ in range(int(rng.poisson(app.smudges_per_mpx * area_mpx))):
             cx, cy = rng.uniform(0, w), rng.uniform(0, h)
             r = float(rng.uniform(8.0, 60.0))
@@ -577,16 +610,16 @@ class SyntheticRun:
                 margin = 3 * opt.blur[i] + 2 * opt.rim_width[i] + 3 * opt.halo_width[i] + 4
             else:
                 margin = 1.0
-            box = _box(verts, margin, h, w)
+            box = _box(verts, margin, h, w, _blur_reach(float(opt.blur[i])) if image else 0)
             if box is None:
                 continue
             s, nx, ny = _edge_distances(verts, box)
             d = s.max(0)
-            raster = d <= 0
+            in_frame, in_patch = _in_frame(box, labels.shape)
+            raster = d[in_patch] <= 0
             own[j] = np.count_nonzero(raster)
-            y0, y1, x0, x1 = box
             if own[j]:
-                labels[y0:y1, x0:x1][raster] = i + 1
+                labels[in_frame][raster] = i + 1
             if od is not None:
                 inc = opt.inclusions[i]
                 if len(inc):
@@ -604,7 +637,8 @@ class SyntheticRun:
             inner = _box(centre_xy, radius, h, w)
             if inner is None:  # the bubble itself lies outside the frame
                 continue
-            box = _box(centre_xy, radius + 3 * opt.bubble_blur[k] + 3, h, w)
+            reach = _blur_reach(float(opt.bubble_blur[k])) if image else 0
+            box = _box(centre_xy, radius + 3 * opt.bubble_blur[k] + 3, h, w, reach)
             assert box is not None
             edge = bx - radius < 0 or by - radius < 0 or bx + radius > w - 1 or by + radius > h - 1
             b_rows.append((k + 1, bx, by, radius, edge))

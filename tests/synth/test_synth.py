@@ -25,6 +25,7 @@ from crystalseg.synth import (
     synthesize_run,
 )
 from crystalseg.synth.population import feret_diameters, habit_outline, polygon_area
+from crystalseg.synth.render import _add_blurred, _blur_reach, _box, _disc
 from crystalseg.synth.scenarios import HABIT_ASPECT, HABITS
 
 SMALL = {"frames": 6, "height": 96, "width": 128}
@@ -250,6 +251,25 @@ def test_contrast_and_visibility_floor_set_how_faint_crystals_are():
         Scenario("bad", contrast=(0.0, 1.0))
     with pytest.raises(ConfigError, match="min_visible_od"):
         Scenario("bad", min_visible_od=-0.1)
+
+
+def test_objects_cut_by_the_frame_border_are_blurred_as_if_they_continued():
+    """A blurred disc cut by the frame border: inside the frame it is exactly the crop
+    of the same disc drawn whole on a larger canvas (no fading towards the border)."""
+    sigma, r, pad = 2.0, 6.0, 20
+    frame = np.zeros((40, 40), np.float32)
+    box = _box(np.array([[1.5, 20.0]]), r + 4, 40, 40, _blur_reach(sigma))
+    assert box is not None and box[2] < 0  # it reaches beyond the left border
+    _add_blurred(frame, box, _disc(1.5, 20.0, r, box), sigma)
+    canvas = np.zeros((40 + 2 * pad, 40 + 2 * pad), np.float32)
+    whole = _box(np.array([[1.5 + pad, 20.0 + pad]]), r + 4, *canvas.shape)
+    assert whole is not None
+    _add_blurred(canvas, whole, _disc(1.5 + pad, 20.0 + pad, r, whole), sigma)
+    np.testing.assert_allclose(frame, canvas[pad:-pad, pad:-pad], atol=1e-6)
+    # the old behaviour (nothing beyond the border) fades the border column by a third
+    assert frame[20, 0] > 0.6 and frame[20, 0] == pytest.approx(frame[20, 3], rel=0.05)
+    # a box wholly outside the frame and its reach is no box
+    assert _box(np.array([[-30.0, 20.0]]), r + 4, 40, 40, _blur_reach(sigma)) is None
 
 
 # --------------------------------------------------------------------------- determinism
