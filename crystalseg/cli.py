@@ -464,6 +464,13 @@ def segment(
     help="With a rim (boundary) class: drop its pixels more than 1 px outside a particle's "
     "interior (models draw the rim ~2 px wide, half outside the crystal).",
 )
+@click.option(
+    "--join-occluded/--no-join-occluded",
+    default=True,
+    show_default=True,
+    help="Count an elongated crystal that another crosses in front of as one particle, "
+    "not one per visible piece.",
+)
 @click.option("--min-sharpness", type=float, default=None, help="Drop blurrier particles.")
 @click.option(
     "--min-confidence",
@@ -499,6 +506,7 @@ def measure(
     bins: tuple[float, float, int] | None,
     split: str,
     trim_boundary: bool,
+    join_occluded: bool,
     min_sharpness: float | None,
     min_confidence: float | None,
     export_format: str | None,
@@ -527,6 +535,7 @@ def measure(
         min_area_px=min_area_px,
         split=split,  # type: ignore[arg-type]
         trim_boundary=trim_boundary,
+        join_occluded=join_occluded,
         min_sharpness=min_sharpness,
         min_confidence=MeasureSettings.min_confidence if min_confidence is None else min_confidence,
         bins=bins or MeasureSettings.bins,

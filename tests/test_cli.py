@@ -339,6 +339,36 @@ def test_epoch_line_is_the_same_in_the_log_and_the_summary() -> None:
     assert format_epoch(record).replace("epoch   2", "epoch 2/3") == line
 
 
+def test_measure_counts_a_needle_behind_another_once_unless_told_not_to(
+    tmp_path: Path, store_mask
+) -> None:
+    """Every frame: a needle crossed by another in front of it, so seen in two pieces.
+    measure joins the pieces (2 particles a frame); --no-join-occluded counts 3."""
+    from crystalseg.store import read_table, stage_info
+
+    path = tmp_path / "run.zarr"
+    code, out = run("synth", str(path), "--frames", "2", "--size", "160", "160", "--seed", "5")
+    assert code == 0, out
+    codes = ("background", "crystal", "boundary")
+    truth = np.zeros((160, 160), np.int32)
+    truth[78:84, 20:140] = 1  # the needle behind
+    truth[30:130, 76:84] = 2  # the one in front
+    store_mask(path, np.stack([class_mask_from_labels(truth, codes)] * 2), codes=codes)
+    for flags, count in (((), 2), (("--no-join-occluded", "--overwrite"), 3)):
+        code, out = run("measure", str(path), "--edge", "keep", "--no-stream", *flags)
+        assert code == 0, out
+        particles = read_table(path, "particles")
+        assert particles.groupby("frame").size().tolist() == [count, count]
+        settings = stage_info(path)["measure"]["settings"]["measure"]
+        assert settings["join_occluded"] is (count == 2)
+    # joined: the long particle spans both pieces (120 px), less the crossing needle
+    code, out = run("measure", str(path), "--edge", "keep", "--no-stream", "--overwrite")
+    assert code == 0, out
+    longest = read_table(path, "particles").query("frame == 0")["feret_diameter_max"].max()
+    pixel = open_run(path).attrs.get("pixel_size_um", 1.0)
+    assert longest == pytest.approx(120 * pixel, rel=0.02)
+
+
 def test_measure_trims_a_rim_drawn_two_pixels_wide_unless_told_not_to(
     tmp_path: Path, store_mask
 ) -> None:

@@ -49,6 +49,21 @@ to the rest. A particle is left as drawn if trimming would take more than
 interior too sparse to say where its outline lies. On a one-pixel rim, as in
 true masks, nothing is dropped but the points of sharp corners.
 
+A crystal lying behind another shows as two pieces, one each side of the crystal in
+front. With ``join_occluded`` (on by default) such pieces are **joined** into one
+particle (not connected, so its area is what is visible, as in the ground truth of
+synthetic runs, and its Feret length spans the gap): two particles are joined when
+the larger is elongated (aspect ratio of its moments at least
+:data:`JOIN_MIN_ELONGATION`), the smaller lies on its axis (within half its width)
+and is no more than half as wide again, both point the same way (within
+:data:`JOIN_MAX_ANGLE_DEG`, where the smaller is elongated too), and the straight
+gap between them is covered by other particles, none of them a collinear crystal
+(it crosses at :data:`JOIN_MIN_CROSSING_DEG` or more) and no more than a pixel of
+background. Two collinear crystals end to end with nothing between stay apart. On
+the true masks of held-out synthetic runs (seeds 9-16) this took the mean count
+error of needle scenes from +18 % to +1 % (occluded needles were counted once per
+piece) and of crowded scenes from +15 % to +8 %.
+
 Either way, particles smaller than ``min_area_px`` are dropped and the labels
 are renumbered 1..n in raster order of their first pixel.
 
@@ -97,6 +112,14 @@ _THIN_DISC = np.hypot(*np.mgrid[-_THIN_R : _THIN_R + 1, -_THIN_R : _THIN_R + 1])
 #: Chosen on held-out synthetic runs (seeds 1-16: 0.25-0.5 alike; 1.0, no guard,
 #: loses small and thin crystals).
 TRIM_MAX_FRACTION = 0.3
+
+#: Joining of occluded pieces (``join_occluded``): the larger piece's least aspect ratio,
+#: the largest angle between two elongated pieces, the least angle at which a crystal
+#: in the gap crosses them, and the longest gap (px) looked at.
+JOIN_MIN_ELONGATION = 2.0
+JOIN_MAX_ANGLE_DEG = 15.0
+JOIN_MIN_CROSSING_DEG = 20.0
+JOIN_MAX_GAP_PX = 80.0
 
 _STRUCTURE_8 = np.ones((3, 3), dtype=bool)
 
@@ -159,6 +182,7 @@ def label_instances(
     neck_ratio: float = DEFAULT_NECK_RATIO,
     smooth_px: float = DEFAULT_SMOOTH_PX,
     trim_boundary: bool = True,
+    join_occluded: bool = True,
 ) -> np.ndarray:
     """Instance labels of one frame's class mask: one id per crystal.
 
@@ -194,6 +218,9 @@ def label_instances(
         from their particle's interior (see the module docstring), so that a
         rim drawn two pixels wide does not make every particle too large. Only for a
         rim class: a contact class (see :mod:`crystalseg.classes`) has no band to trim.
+    join_occluded : bool
+        Join the pieces of an elongated crystal that another crystal crosses in
+        front of it into one particle (see the module docstring).
 
     Returns
     -------
@@ -254,6 +281,8 @@ def label_instances(
         )
     else:
         labels, _ = ndi.label(crystal, structure=_STRUCTURE_8)
+    if join_occluded:
+        labels = _join_occluded(labels)
     return _filter_and_renumber(labels, min_area_px)
 
 
@@ -552,6 +581,116 @@ def _trim_band(labels: np.ndarray, interior: np.ndarray, boundary: np.ndarray) -
     return np.where(far & trim[labels], 0, labels).astype(np.int32)
 
 
+# --------------------------------------------------------------------------- occlusion
+
+
+def _axes(labels: np.ndarray, n: int) -> tuple[np.ndarray, ...]:
+    """Per label 0..n: area, centroid (y, x), axis angle (rad, x towards y), and the
+    half length and half width of the rectangle with the same second moments."""
+    ys, xs = np.nonzero(labels)
+    lab = labels[ys, xs]
+    area = np.bincount(lab, minlength=n + 1).astype(float)
+    safe = np.maximum(area, 1.0)
+    cy = np.bincount(lab, ys, n + 1) / safe
+    cx = np.bincount(lab, xs, n + 1) / safe
+    dy, dx = ys - cy[lab], xs - cx[lab]
+    # + 1/12: the spread of a pixel's own area, so that a one-pixel line has a width
+    m20 = np.bincount(lab, dx * dx, n + 1) / safe + 1 / 12
+    m02 = np.bincount(lab, dy * dy, n + 1) / safe + 1 / 12
+    m11 = np.bincount(lab, dx * dy, n + 1) / safe
+    angle = 0.5 * np.arctan2(2 * m11, m20 - m02)
+    half_diff = np.hypot((m20 - m02) / 2, m11)
+    major = (m20 + m02) / 2 + half_diff
+    minor = np.maximum((m20 + m02) / 2 - half_diff, 0.0)
+    return area, cy, cx, angle, np.sqrt(3 * major), np.sqrt(3 * minor)
+
+
+def _angle_between(a: np.ndarray | float, b: np.ndarray | float) -> np.ndarray:
+    """Angle between undirected axes (rad, 0..pi/2)."""
+    d = np.mod(np.asarray(a) - np.asarray(b), np.pi)
+    return np.minimum(d, np.pi - d)
+
+
+def _join_occluded(labels: np.ndarray) -> np.ndarray:
+    """Give the pieces of one occluded elongated crystal one label (see module docstring).
+
+    Labels keep their ids (a joined piece takes the smaller id); nothing is renumbered.
+    """
+    n = int(labels.max())
+    if n < 3:
+        return labels
+    area, cy, cx, angle, half_len, half_wid = _axes(labels, n)
+    ids = np.arange(n + 1)
+    present = area >= 2
+    present[0] = False
+    elongated = present & (half_len >= JOIN_MIN_ELONGATION * np.maximum(half_wid, 1e-9))
+    max_angle = math.radians(JOIN_MAX_ANGLE_DEG)
+    parent = ids.copy()
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return int(i)
+
+    for a in np.flatnonzero(elongated).tolist():
+        ux, uy = math.cos(angle[a]), math.sin(angle[a])
+        vx, vy = cx - cx[a], cy - cy[a]
+        along = vx * ux + vy * uy
+        across = np.abs(vy * ux - vx * uy)
+        gap = np.abs(along) - half_len[a] - half_len
+        cand = (
+            present
+            & (ids != a)
+            & (area <= area[a])  # the larger piece is the anchor
+            & (across <= max(1.0, half_wid[a]))
+            & (gap > 0)
+            & (gap <= JOIN_MAX_GAP_PX)
+            & (half_wid <= 1.5 * half_wid[a] + 0.5)
+            & (~elongated | (_angle_between(angle, angle[a]) <= max_angle))
+            & (~elongated | (half_wid[a] <= 1.5 * half_wid + 0.5))
+        )
+        for b in np.flatnonzero(cand).tolist():
+            ra, rb = find(a), find(b)
+            if ra != rb and _gap_is_occluded(labels, a, b, cy, cx, angle, elongated):
+                parent[max(ra, rb)] = min(ra, rb)
+    roots = np.array([find(i) for i in range(n + 1)])
+    if (roots == ids).all():
+        return labels
+    return roots[labels].astype(np.int32)
+
+
+def _gap_is_occluded(
+    labels: np.ndarray,
+    a: int,
+    b: int,
+    cy: np.ndarray,
+    cx: np.ndarray,
+    angle: np.ndarray,
+    elongated: np.ndarray,
+) -> bool:
+    """Whether the straight line between the centroids of ``a`` and ``b`` crosses, between
+    the two, only other particles (at least one, none collinear with ``a``) and at most
+    one pixel of background."""
+    length = math.hypot(cx[b] - cx[a], cy[b] - cy[a])
+    steps = max(math.ceil(length / 0.5), 2)
+    f = np.linspace(0.0, 1.0, steps + 1)
+    ys = np.clip(np.rint(cy[a] + f * (cy[b] - cy[a])).astype(int), 0, labels.shape[0] - 1)
+    xs = np.clip(np.rint(cx[a] + f * (cx[b] - cx[a])).astype(int), 0, labels.shape[1] - 1)
+    on = labels[ys, xs]
+    in_a, in_b = np.flatnonzero(on == a), np.flatnonzero(on == b)
+    if not in_a.size or not in_b.size or in_a.max() > in_b.min():
+        return False
+    between = on[in_a.max() + 1 : in_b.min()]
+    if between.size == 0 or np.count_nonzero(between == 0) > 2:  # 2 samples = 1 px
+        return False
+    others = np.unique(between[between > 0])
+    if not others.size:
+        return False
+    crossing = _angle_between(angle[others], angle[a]) >= math.radians(JOIN_MIN_CROSSING_DEG)
+    return bool((~elongated[others] | crossing).all())
+
+
 # --------------------------------------------------------------------------- finishing
 
 
@@ -687,6 +826,10 @@ def instance_scores(
 
 __all__ = [
     "BOUNDARY_CODES",
+    "JOIN_MAX_ANGLE_DEG",
+    "JOIN_MAX_GAP_PX",
+    "JOIN_MIN_CROSSING_DEG",
+    "JOIN_MIN_ELONGATION",
     "SPLIT_METHODS",
     "TRIM_MAX_FRACTION",
     "SplitMethod",

@@ -131,6 +131,7 @@ def label_mask_frame(
         neck_ratio=settings.neck_ratio,
         smooth_px=settings.smooth_px,
         trim_boundary=settings.trim_boundary,
+        join_occluded=settings.join_occluded,
     )
 
 

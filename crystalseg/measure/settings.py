@@ -64,6 +64,11 @@ class MeasureSettings:
         :func:`~crystalseg.classes.class_mask_from_labels` makes); turn it off
         for models trained on wider boundary annotations. A contact class (only
         where crystals touch) is never trimmed.
+    join_occluded : bool
+        Join the two pieces of an elongated crystal that another crystal crosses in
+        front of it into one particle (its area what is visible, its Feret length
+        across the gap), so that an occluded needle is counted once, not once per
+        piece (:mod:`crystalseg.measure.instances`).
     edge : {"exclude", "miles-lantuejoul", "keep"}
         Particles cut by the frame edge bias sizes low: exclude them (default),
         exclude them and weight the others by the Miles–Lantuéjoul correction,
@@ -100,6 +105,7 @@ class MeasureSettings:
     min_depth_px: float = DEFAULT_MIN_DEPTH_PX
     smooth_px: float = DEFAULT_SMOOTH_PX
     trim_boundary: bool = True
+    join_occluded: bool = True
     edge: EdgeTreatment = "exclude"
     min_sharpness: float | None = None
     min_confidence: float | None = DEFAULT_MIN_CONFIDENCE
@@ -121,9 +127,11 @@ class MeasureSettings:
             value = getattr(self, name)
             if not (_number(value) and value >= 0):
                 raise ConfigError(f"{name} must be a number >= 0, got {value!r}.")
-        if not isinstance(self.trim_boundary, bool | np.bool_):
-            raise ConfigError(f"trim_boundary must be True or False, got {self.trim_boundary!r}.")
-        object.__setattr__(self, "trim_boundary", bool(self.trim_boundary))
+        for name in ("trim_boundary", "join_occluded"):
+            value = getattr(self, name)
+            if not isinstance(value, bool | np.bool_):
+                raise ConfigError(f"{name} must be True or False, got {value!r}.")
+            object.__setattr__(self, name, bool(value))
         if self.edge not in _EDGES:
             raise ConfigError(
                 f"edge treatment {self.edge!r} is unknown; use one of {', '.join(_EDGES)}."

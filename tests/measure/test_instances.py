@@ -421,3 +421,74 @@ def test_trimming_leaves_true_masks_and_thin_crystals_as_drawn() -> None:
     mask[20, 28:31] = 1
     labels = label_instances(mask, codes=CODES3, split="boundary")
     assert np.array_equal(labels > 0, needle > 0)
+
+
+# --------------------------------------------------------------------------- occlusion
+
+
+def crossing(
+    angle: float, cross_deg: float, shape: tuple[int, int] = (140, 140)
+) -> tuple[np.ndarray, np.ndarray]:
+    """Truth labels of a needle (id 1, 70 x 4 px) behind another (id 2, 50 x 6 px) that
+    crosses its middle at ``cross_deg``; and the back needle's whole (unoccluded) mask."""
+    centre = (shape[0] / 2, shape[1] / 2)
+    back = rotated_rectangle(shape, centre, 70, 4, angle)
+    front = rotated_rectangle(shape, centre, 50, 6, angle + math.radians(cross_deg))
+    truth = np.where(back, 1, 0).astype(np.int32)
+    truth[front] = 2
+    return truth, back
+
+
+@pytest.mark.parametrize("angle", [0.0, 0.4, 1.1, 2.3])
+@pytest.mark.parametrize("cross_deg", [35.0, 90.0])
+@pytest.mark.parametrize("split", ["boundary", "hybrid"])
+def test_a_needle_seen_in_two_pieces_behind_another_is_one_particle(
+    angle: float, cross_deg: float, split: str
+) -> None:
+    truth, back = crossing(angle, cross_deg)
+    assert ndi.label(truth == 1, structure=np.ones((3, 3)))[1] == 2  # two visible pieces
+    labels = label_instances(three_class(truth), codes=CODES3, split=split)
+    assert labels.max() == 2
+    # the joined particle is the visible part of the back needle (the split may give a
+    # rim pixel or two where the needles cross to the front one)
+    joined = np.bincount(labels[truth == 1]).argmax()
+    inter = np.count_nonzero((labels == joined) & (truth == 1))
+    assert inter / np.count_nonzero((labels == joined) | (truth == 1)) > 0.95
+    # ... and its length spans the gap: the Feret diameter of the whole needle
+    from crystalseg.measure.features import measure_frame
+
+    table = measure_frame(labels).set_index("label")
+    whole = measure_frame(back.astype(np.int32)).iloc[0]
+    assert table.loc[joined, "feret_diameter_max"] == pytest.approx(
+        whole["feret_diameter_max"], abs=1.5
+    )
+    # without joining, each piece is a particle
+    apart = label_instances(three_class(truth), codes=CODES3, split=split, join_occluded=False)
+    assert apart.max() == 3
+
+
+@pytest.mark.parametrize(
+    ("case", "rects", "joins"),
+    [
+        # (y0, y1, x0, x1) rectangles, later ones on top
+        ("nothing covers the gap", [(37, 43, 4, 30), (37, 43, 36, 70), (10, 24, 31, 35)], 0),
+        ("end to end, touching", [(37, 43, 4, 37), (37, 43, 37, 70), (10, 30, 50, 56)], 0),
+        ("a collinear needle between", [(37, 43, 4, 25), (37, 43, 45, 70), (37, 43, 27, 43)], 0),
+        ("parallel, offset", [(36, 42, 4, 30), (44, 50, 36, 70), (20, 60, 30, 36)], 0),
+        ("a plate behind, wider", [(37, 43, 4, 30), (28, 52, 36, 70), (20, 60, 30, 36)], 0),
+        ("crossed", [(37, 43, 4, 30), (37, 43, 36, 70), (20, 60, 30, 36)], 1),
+    ],
+)
+def test_joining_needs_collinear_pieces_and_a_crystal_in_the_gap(
+    case: str, rects: list[tuple[int, int, int, int]], joins: int
+) -> None:
+    truth = np.zeros((80, 80), np.int32)
+    for i, (y0, y1, x0, x1) in enumerate(rects, start=1):
+        truth[y0:y1, x0:x1] = i
+    mask = three_class(truth)
+    apart = label_instances(mask, codes=CODES3, split="boundary", join_occluded=False)
+    assert apart.max() == 3, case
+    joined = label_instances(mask, codes=CODES3, split="boundary")
+    assert joined.max() == 3 - joins, case
+    if joins:  # the two pieces left and right of the crossing crystal
+        assert joined[40, 10] == joined[40, 60] != joined[40, 33]

@@ -415,6 +415,7 @@ def test_settings_validate_and_round_trip() -> None:
         {"elongated_aspect_ratio": 0.5},
         {"classes": [""]},
         {"trim_boundary": "no"},
+        {"join_occluded": 1},
     ):
         with pytest.raises(ConfigError):
             MeasureSettings(**bad)  # type: ignore[arg-type]
