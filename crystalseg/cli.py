@@ -269,6 +269,12 @@ def synth(
 )
 @click.option("--channels", type=click.Choice(["1", "3"]), default="1", show_default=True)
 @click.option("--frame-step", default=1, show_default=True, help="Every n-th frame of run stores.")
+@click.option(
+    "--freeze-bn/--no-freeze-bn",
+    default=None,
+    help="Keep the starting model's batch-norm statistics [default: when fine-tuning a "
+    "crystal model (--init default or a checkpoint)].",
+)
 @click.option("--early-stop", type=int, default=None, help="Stop after N epochs without gain.")
 @click.option(
     "--max-minutes",

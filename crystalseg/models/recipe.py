@@ -324,6 +324,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--frame-step", type=int, default=FRAME_STEP, help="every n-th frame")
     parser.add_argument("--max-minutes", type=float, default=None, help="wall-clock budget")
+    parser.add_argument(
+        "--freeze-bn",
+        action="store_true",
+        help="keep the starting model's batch-norm statistics (the shipped cycles learned them)",
+    )
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run")
     parser.add_argument("--ship", type=Path, default=None, help="then copy it here as float16")
     parser.add_argument("--ship-only", action="store_true", help="only copy OUTPUT to --ship")
@@ -374,6 +379,7 @@ def main(argv: list[str] | None = None) -> None:
         ),
         encoder=args.encoder or DEFAULT_ENCODER,
         decoder_channels=tuple(int(c) for c in decoder.split(",")) if decoder else None,
+        freeze_bn=args.freeze_bn,
     )
     if args.epochs == "auto":
         import time

@@ -268,6 +268,7 @@ class Learner:
         amp: bool = True,
         progress: bool = True,
         init_info: Mapping[str, Any] | None = None,
+        freeze_bn: bool = False,
     ) -> None:
         self.data = data
         self.spec = spec
@@ -292,6 +293,7 @@ class Learner:
         )
         self.progress = progress
         self.init_info = dict(init_info or {})
+        self.freeze_bn = bool(freeze_bn)
         self.history: list[dict[str, Any]] = []
         self.lrs: list[float] = []
         #: extra provenance written into model.json under ``training["settings"]``
@@ -300,6 +302,15 @@ class Learner:
         self._schedule: dict[str, Any] = {}
 
     # ---- helpers
+
+    def _train_mode(self) -> None:
+        """Training mode; with ``freeze_bn`` the batch-norm layers normalise with the
+        statistics they start with and keep them (their scale and shift still learn)."""
+        self.model.train()
+        if self.freeze_bn:
+            for module in self.model.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
 
     def _optimizer(self, lr: float) -> torch.optim.AdamW:
         return torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=self.weight_decay)
@@ -448,7 +459,7 @@ class Learner:
             t0 = time.perf_counter()
             self._epoch_seed(epoch)
             rng = np.random.default_rng([self.seed, epoch])
-            self.model.train()
+            self._train_mode()
             losses = []
             bar = _progress(steps, f"epoch {epoch + 1}/{epochs}", self.progress)
             try:
@@ -700,7 +711,7 @@ class Learner:
         avg, best, beta = 0.0, math.inf, 0.9
         torch.manual_seed(self.seed * 1_000_003 - 1)
         rng = np.random.default_rng([self.seed, 2**31])
-        self.model.train()
+        self._train_mode()
         bar = _progress(num_it, "lr find", self.progress)
         try:
             while len(lrs) < num_it:
@@ -736,6 +747,7 @@ class Learner:
             "schedule": "one-cycle",
             "weight_decay": self.weight_decay,
             "loss": self.loss_name,
+            "freeze_bn": self.freeze_bn,
             "augment": self.augment_settings.to_dict() if self.augment_settings else None,
             "init": self.init_info,
             "seed": self.seed,
@@ -978,6 +990,7 @@ def unet_learner(
     seed: int | None = None,
     amp: bool = True,
     progress: bool = True,
+    freeze_bn: bool | None = None,
 ) -> Learner:
     """A U-Net learner for ``data``.
 
@@ -1005,6 +1018,14 @@ def unet_learner(
     seed : default ``data.seed``; fixes initialisation, crops and augmentation
     amp : mixed precision on CUDA (bf16 where supported, else fp16); ignored on a CPU
     progress : show tqdm progress bars
+    freeze_bn : keep the batch-norm statistics of the starting weights while training
+        (the layers' scale and shift still learn). Default: when fine-tuning a crystal
+        model (``init`` ``"default"`` or a checkpoint), whose statistics fit microscopy
+        frames already and which small batches of a few frames would only make noisy:
+        fine-tuning the bundled model for 3 epochs on 20, 40 and 80 frames of a look it
+        never saw reached validation foreground IoU 0.886, 0.951 and 0.976 with them
+        kept, 0.868, 0.931 and 0.961 without (``benchmarks/finetune.py``). From random
+        weights they must be learned: never freeze them there.
 
     Raises
     ------
@@ -1109,6 +1130,13 @@ def unet_learner(
         init_info = {"kind": kind}
         if encoder_file is not None:
             init_info["file"] = os.fspath(encoder_file)
+    if freeze_bn is None:
+        freeze_bn = src_ckpt is not None
+    elif freeze_bn and kind == "none":
+        raise ConfigError(
+            "freeze_bn keeps the batch-norm statistics of the starting weights, but "
+            f"init '{kind}' starts from random ones; drop freeze_bn or fine-tune a model"
+        )
     return Learner(
         data,
         model,
@@ -1123,4 +1151,5 @@ def unet_learner(
         amp=amp,
         progress=progress,
         init_info=init_info,
+        freeze_bn=freeze_bn,
     )

@@ -51,7 +51,7 @@ class TrainSettings:
     early_stop : stop after this many epochs without a better validation score
     max_minutes : stop after the first epoch that ends past this wall-clock budget
     overwrite : replace a checkpoint already in ``output_dir``
-    device, seed, weight_decay, progress : see :func:`unet_learner`
+    device, seed, weight_decay, progress, freeze_bn : see :func:`unet_learner`
     command : the command line that asked for this training, recorded in model.json
     """
 
@@ -84,6 +84,7 @@ class TrainSettings:
     seed: int = 0
     weight_decay: float = 1e-2
     progress: bool = True
+    freeze_bn: bool | None = None
     command: str | None = None
 
     def __post_init__(self) -> None:
@@ -135,6 +136,10 @@ class TrainSettings:
             raise ConfigError(f"--max-minutes must be positive, got {self.max_minutes}")
         if self.weight_decay < 0:
             raise ConfigError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        if self.freeze_bn not in (None, True, False):
+            raise ConfigError(
+                f"freeze_bn must be True, False or None (auto), got {self.freeze_bn!r}"
+            )
         if self.decoder_channels is not None:
             set_(self, "decoder_channels", tuple(int(c) for c in self.decoder_channels))
         if self.valid is not None:
@@ -219,6 +224,7 @@ def settings_learner(
         output_dir=output_dir,
         seed=s.seed,
         progress=s.progress if progress is None else progress,
+        freeze_bn=s.freeze_bn,
     )
 
 

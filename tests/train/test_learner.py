@@ -331,6 +331,44 @@ def test_finetune_maps_the_class_head_by_name(tmp_path: Path, data) -> None:
         unet_learner(data, "resnet34", init=tmp_path / "c3")
 
 
+def _bn_stats(model: nn.Module) -> list[torch.Tensor]:
+    return [
+        t.detach().clone()
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+        for t in (m.running_mean, m.running_var)
+    ]
+
+
+def test_fine_tuning_keeps_the_batch_norm_statistics_unless_told_not_to(
+    tmp_path: Path, data
+) -> None:
+    spec = ModelSpec(TINY, tuple(CODES), decoder_channels=TINY_DEC)
+    torch.manual_seed(0)
+    start = build_model(spec)
+    save_checkpoint(tmp_path / "c", start, spec, training={}, metrics=[], data_fingerprint="x")
+    before = _bn_stats(start)
+    assert before, "the test encoder has batch-norm layers"
+    for freeze, out in ((None, "kept"), (False, "learned")):
+        learner = unet_learner(data, init=tmp_path / "c", progress=False, freeze_bn=freeze)
+        assert learner.freeze_bn is (freeze is None)  # the default when fine-tuning
+        weights = [p.detach().clone() for p in learner.model.parameters()]
+        learner.output_dir = tmp_path / out
+        learner.fit_one_cycle(1, 1e-2)
+        after = _bn_stats(learner.model)
+        same = all(torch.equal(a, b) for a, b in zip(before, after, strict=True))
+        assert same is (freeze is None)
+        # the weights (batch-norm scale and shift among them) train either way
+        changed = [not torch.equal(w, p) for w, p in zip(weights, learner.model.parameters())]
+        assert sum(changed) > 0.5 * len(changed)
+        meta = json.loads((tmp_path / out / "model.json").read_text())
+        assert meta["training"]["freeze_bn"] is (freeze is None)
+    # from random weights the statistics must be learned: off by default, refused if asked
+    assert tiny(data).freeze_bn is False
+    with pytest.raises(ConfigError, match="random"):
+        tiny(data, freeze_bn=True)
+
+
 def test_finetune_maps_a_rim_head_to_a_contact_head_by_role() -> None:
     rows = learner_mod._head_rows
     assert rows(("background", "crystal", "contact"), ("background", "crystal", "boundary")) == [
@@ -382,6 +420,7 @@ def test_train_model_end_to_end(tmp_path: Path) -> None:
         {"valid_fraction": 1.5},
         {"data": ()},
         {"max_minutes": -1.0},
+        {"freeze_bn": "yes"},
     ],
 )
 def test_train_settings_validation(tmp_path: Path, kw: dict) -> None:
