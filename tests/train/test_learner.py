@@ -359,7 +359,9 @@ def test_fine_tuning_keeps_the_batch_norm_statistics_unless_told_not_to(
         same = all(torch.equal(a, b) for a, b in zip(before, after, strict=True))
         assert same is (freeze is None)
         # the weights (batch-norm scale and shift among them) train either way
-        changed = [not torch.equal(w, p) for w, p in zip(weights, learner.model.parameters())]
+        changed = [
+            not torch.equal(w, p) for w, p in zip(weights, learner.model.parameters(), strict=True)
+        ]
         assert sum(changed) > 0.5 * len(changed)
         meta = json.loads((tmp_path / out / "model.json").read_text())
         assert meta["training"]["freeze_bn"] is (freeze is None)
