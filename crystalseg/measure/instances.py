@@ -633,26 +633,28 @@ def _join_occluded(labels: np.ndarray) -> np.ndarray:
             i = parent[i]
         return int(i)
 
-    for a in np.flatnonzero(elongated).tolist():
-        ux, uy = math.cos(angle[a]), math.sin(angle[a])
-        vx, vy = cx - cx[a], cy - cy[a]
-        along = vx * ux + vy * uy
-        across = np.abs(vy * ux - vx * uy)
-        gap = np.abs(along) - half_len[a] - half_len
+    anchors = np.flatnonzero(elongated)
+    for block in np.array_split(anchors, max(1, math.ceil(len(anchors) * n / 2**20))):
+        a = block[:, None]  # anchors (rows) against every label (columns)
+        ux, uy = np.cos(angle[a]), np.sin(angle[a])
+        vx, vy = cx[None, :] - cx[a], cy[None, :] - cy[a]
+        gap = np.abs(vx * ux + vy * uy) - half_len[a] - half_len[None, :]
         cand = (
-            present
-            & (ids != a)
-            & (area <= area[a])  # the larger piece is the anchor
-            & (across <= max(1.0, half_wid[a]))
+            present[None, :]
+            & (ids[None, :] != a)
+            & (area[None, :] <= area[a])  # the larger piece is the anchor
+            & (np.abs(vy * ux - vx * uy) <= np.maximum(1.0, half_wid[a]))
             & (gap > 0)
             & (gap <= JOIN_MAX_GAP_PX)
-            & (half_wid <= 1.5 * half_wid[a] + 0.5)
-            & (~elongated | (_angle_between(angle, angle[a]) <= max_angle))
-            & (~elongated | (half_wid[a] <= 1.5 * half_wid + 0.5))
+            & (half_wid[None, :] <= 1.5 * half_wid[a] + 0.5)
         )
-        for b in np.flatnonzero(cand).tolist():
-            ra, rb = find(a), find(b)
-            if ra != rb and _gap_is_occluded(labels, a, b, cy, cx, angle, elongated):
+        same_way = (_angle_between(angle[None, :], angle[a]) <= max_angle) & (
+            half_wid[a] <= 1.5 * half_wid[None, :] + 0.5
+        )
+        cand &= ~elongated[None, :] | same_way
+        for i, b in np.argwhere(cand).tolist():
+            ra, rb = find(int(block[i])), find(b)
+            if ra != rb and _gap_is_occluded(labels, int(block[i]), b, cy, cx, angle, elongated):
                 parent[max(ra, rb)] = min(ra, rb)
     roots = np.array([find(i) for i in range(n + 1)])
     if (roots == ids).all():
