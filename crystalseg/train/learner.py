@@ -1134,8 +1134,9 @@ def unet_learner(
         freeze_bn = src_ckpt is not None
     elif freeze_bn and kind == "none":
         raise ConfigError(
-            "freeze_bn keeps the batch-norm statistics of the starting weights, but "
-            f"init '{kind}' starts from random ones; drop freeze_bn or fine-tune a model"
+            "freeze_bn (--freeze-bn) keeps the batch-norm statistics of the starting weights, "
+            "but they are random here (init 'none'); drop it or fine-tune a model (init "
+            "'default' or a checkpoint)"
         )
     return Learner(
         data,

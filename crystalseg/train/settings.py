@@ -140,6 +140,12 @@ class TrainSettings:
             raise ConfigError(
                 f"freeze_bn must be True, False or None (auto), got {self.freeze_bn!r}"
             )
+        if self.freeze_bn and self.init == "none":
+            raise ConfigError(
+                "--freeze-bn keeps the batch-norm statistics of the starting model, but "
+                "--init none starts from random weights; drop --freeze-bn or fine-tune a "
+                "model (--init default or a checkpoint)"
+            )
         if self.decoder_channels is not None:
             set_(self, "decoder_channels", tuple(int(c) for c in self.decoder_channels))
         if self.valid is not None:

@@ -423,6 +423,7 @@ def test_train_model_end_to_end(tmp_path: Path) -> None:
         {"data": ()},
         {"max_minutes": -1.0},
         {"freeze_bn": "yes"},
+        {"freeze_bn": True, "init": "none"},
     ],
 )
 def test_train_settings_validation(tmp_path: Path, kw: dict) -> None:
