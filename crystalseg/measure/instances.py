@@ -86,6 +86,7 @@ from skimage.segmentation import watershed
 
 from crystalseg.classes import BOUNDARY_CODES, boundary_class, boundary_kind
 from crystalseg.errors import ConfigError, MaskValueError
+from crystalseg.measure.features import _FrameGeometry
 
 log = logging.getLogger(__name__)
 
@@ -586,23 +587,21 @@ def _trim_band(labels: np.ndarray, interior: np.ndarray, boundary: np.ndarray) -
 
 def _axes(labels: np.ndarray, n: int) -> tuple[np.ndarray, ...]:
     """Per label 0..n: area, centroid (y, x), axis angle (rad, x towards y), and the
-    half length and half width of the rectangle with the same second moments."""
-    ys, xs = np.nonzero(labels)
-    lab = labels[ys, xs]
-    area = np.bincount(lab, minlength=n + 1).astype(float)
-    safe = np.maximum(area, 1.0)
-    cy = np.bincount(lab, ys, n + 1) / safe
-    cx = np.bincount(lab, xs, n + 1) / safe
-    dy, dx = ys - cy[lab], xs - cx[lab]
-    # + 1/12: the spread of a pixel's own area, so that a one-pixel line has a width
-    m20 = np.bincount(lab, dx * dx, n + 1) / safe + 1 / 12
-    m02 = np.bincount(lab, dy * dy, n + 1) / safe + 1 / 12
-    m11 = np.bincount(lab, dx * dy, n + 1) / safe
-    angle = 0.5 * np.arctan2(2 * m11, m20 - m02)
-    half_diff = np.hypot((m20 - m02) / 2, m11)
-    major = (m20 + m02) / 2 + half_diff
-    minor = np.maximum((m20 + m02) / 2 - half_diff, 0.0)
-    return area, cy, cx, angle, np.sqrt(3 * major), np.sqrt(3 * minor)
+    half length and half width of the rectangle with the same second moments.
+
+    From the moments that :func:`~crystalseg.measure.features.measure_frame` uses, each
+    variance widened by 1/12 px², the spread of a pixel's own area, so that a line one
+    pixel wide has a width.
+    """
+    geo = _FrameGeometry(labels)
+    m = geo.moment_features()
+    area, cy, cx, angle, half_len, half_wid = (np.zeros(n + 1) for _ in range(6))
+    ids = geo.ids
+    area[ids], cy[ids], cx[ids] = m["area"], m["centroid_y"], m["centroid_x"]
+    angle[ids] = np.pi / 2 - m["orientation"]  # skimage's is from the row axis
+    half_len[ids] = np.sqrt(3 * ((m["axis_major_length"] / 4) ** 2 + 1 / 12))
+    half_wid[ids] = np.sqrt(3 * ((m["axis_minor_length"] / 4) ** 2 + 1 / 12))
+    return area, cy, cx, angle, half_len, half_wid
 
 
 def _angle_between(a: np.ndarray | float, b: np.ndarray | float) -> np.ndarray:
