@@ -14,6 +14,7 @@ from skimage.measure import label as sk_label
 
 from crystalseg.classes import class_mask_from_labels
 from crystalseg.errors import ConfigError, MaskValueError
+from crystalseg.measure.features import measure_frame
 from crystalseg.measure.instances import (
     boundary_class,
     crystal_classes,
@@ -455,8 +456,6 @@ def test_a_needle_seen_in_two_pieces_behind_another_is_one_particle(
     inter = np.count_nonzero((labels == joined) & (truth == 1))
     assert inter / np.count_nonzero((labels == joined) | (truth == 1)) > 0.95
     # ... and its length spans the gap: the Feret diameter of the whole needle
-    from crystalseg.measure.features import measure_frame
-
     table = measure_frame(labels).set_index("label")
     whole = measure_frame(back.astype(np.int32)).iloc[0]
     assert table.loc[joined, "feret_diameter_max"] == pytest.approx(
