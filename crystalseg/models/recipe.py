@@ -8,7 +8,10 @@ that starts from the first)::
         --init stage1 --runs-per-scenario 12 --epochs 20 --lr 1e-3
 
 (the exact commands of the shipped model are in its ``model.json``, key
-``training.command``, and in the README).
+``recipe_commands``, and in the README). ``--average A B`` makes a checkpoint
+whose weights are the mean of two or more checkpoints of one architecture (for
+example two cycles from the same start) and validates it on the held-out runs of
+the cycle's folder, instead of training.
 
 It renders :data:`TRAIN_RUNS` synthetic runs (every scenario, many seeds, so many
 randomised looks: contrast polarity and strength, rims, facets, blur, noise, light,
@@ -236,9 +239,77 @@ def _lineage(checkpoint: Path) -> list[str]:
         command = training.get("settings", {}).get("command")
         if command:
             commands.insert(0, command)
+        sources = training.get("init", {}).get("checkpoints")
+        if sources:  # an average: every source's lineage, each command once
+            before = [c for src in sources for c in _lineage(Path(src["path"]))]
+            return [*dict.fromkeys(before), *commands]
         parent = training.get("init", {}).get("checkpoint")
         checkpoint = Path(parent) if parent else None  # type: ignore[assignment]
     return commands
+
+
+def average_checkpoints(
+    sources: list[Path], dest: Path, settings: TrainSettings | None = None
+) -> Path:
+    """Write to ``dest`` a checkpoint whose weights are the mean of ``sources``' weights.
+
+    Weight averaging of fine-tuned models from one start (a "model soup"): the mean
+    of two cycles often keeps what each learned where neither alone does. Every
+    source must have the same spec (architecture, encoder, classes, scaling);
+    float tensors are averaged in float32, integer ones (batch-norm step counters)
+    taken from the first source. With ``settings``, the average is validated on the
+    held-out runs of ``settings.data`` (the split a training cycle with these
+    settings would use), and those figures are its ``metrics``; ``model.json``
+    records the sources and their checksums under ``training.init``.
+    """
+    from crystalseg.models.checkpoint import build_model, load_checkpoint, save_checkpoint
+    from crystalseg.train.settings import settings_data, settings_learner
+
+    if len(sources) < 2:
+        raise ValueError("--average needs two or more checkpoints")
+    loaded = [load_checkpoint(src) for src in sources]
+    spec = loaded[0][1]
+    for src, (_, other, _) in zip(sources[1:], loaded[1:], strict=True):
+        if other.to_dict() != spec.to_dict():
+            raise ValueError(
+                f"'{src}' is not the same network as '{sources[0]}' (spec differs); only "
+                "checkpoints of one architecture, classes and scaling can be averaged"
+            )
+    states = [model.state_dict() for model, _, _ in loaded]
+    mean = {
+        k: torch.stack([s[k].float() for s in states]).mean(0) if v.is_floating_point() else v
+        for k, v in states[0].items()
+    }
+    model = build_model(spec)
+    model.load_state_dict(mean, strict=True)
+    init = {
+        "kind": "average",
+        "checkpoints": [
+            {"path": str(src), "sha256": meta["weights"]["sha256"]}
+            for src, (_, _, meta) in zip(sources, loaded, strict=True)
+        ],
+    }
+    training: dict[str, object] = {"init": init}
+    metrics: list[dict[str, object]] = []
+    fingerprint = str(loaded[0][2].get("data_fingerprint", ""))
+    if settings is not None:
+        data = settings_data(settings)
+        learner = settings_learner(settings, data, init=sources[0], progress=False)
+        learner.model.load_state_dict(mean, strict=True)
+        learner.model.eval()
+        record = {"epoch": 0, **learner.validate()}
+        log.info(
+            "average of %d: validation foreground IoU %.3f, particle F1 %s",
+            len(sources),
+            record.get("foreground_iou", float("nan")),
+            record.get("instance_f1"),
+        )
+        metrics.append(record)
+        fingerprint = data.fingerprint
+        training.update(data=data.summary(), settings=settings.to_dict())
+    return save_checkpoint(
+        dest, model, spec, training=training, metrics=metrics, data_fingerprint=fingerprint
+    )
 
 
 def ship_model(src: Path, dest: Path) -> Path:
@@ -329,6 +400,15 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="keep the starting model's batch-norm statistics (the shipped cycles learned them)",
     )
+    parser.add_argument(
+        "--average",
+        type=Path,
+        nargs="+",
+        default=None,
+        metavar="CKPT",
+        help="instead of training: average these checkpoints' weights into OUTPUT and "
+        "validate the average on the held-out runs of WORKDIR",
+    )
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run")
     parser.add_argument("--ship", type=Path, default=None, help="then copy it here as float16")
     parser.add_argument("--ship-only", action="store_true", help="only copy OUTPUT to --ship")
@@ -381,6 +461,14 @@ def main(argv: list[str] | None = None) -> None:
         decoder_channels=tuple(int(c) for c in decoder.split(",")) if decoder else None,
         freeze_bn=args.freeze_bn,
     )
+    if args.average:
+        try:
+            average_checkpoints(args.average, args.output, settings)
+        except ValueError as exc:
+            parser.error(str(exc))
+        if args.ship is not None:
+            log.info("shipped %s", ship_model(args.output, args.ship))
+        return
     if args.epochs == "auto":
         import time
 

@@ -5,7 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from crystalseg.models.checkpoint import default_checkpoint_path, load_checkpoint
+from crystalseg.models.checkpoint import (
+    default_checkpoint_path,
+    load_checkpoint,
+    read_checkpoint_meta,
+)
 from crystalseg.segment import Segmenter
 from crystalseg.segment.engine import EngineSettings
 from crystalseg.synth import SynthConfig, SyntheticRun
@@ -109,3 +113,113 @@ def test_recipe_epochs_auto_fit_the_time_budget(tmp_path) -> None:
     assert recipe.epochs_for_budget(settings, 2.0, probe_runs=3, probe_steps=2) > 5
     with pytest.raises(SystemExit):  # auto needs a budget
         recipe.main([str(tmp_path / "model"), "--epochs", "auto", "--workdir", str(tmp_path)])
+
+
+def _tiny_checkpoints(tmp_path, codes, seeds=(0, 1)) -> list:
+    import torch
+
+    from crystalseg.models import ModelSpec, build_model, save_checkpoint
+
+    spec = ModelSpec(
+        "tu-test_resnet", tuple(codes), decoder_channels=(16, 16, 8, 8, 8), scaling="percentile"
+    )
+    out = []
+    for seed in seeds:
+        torch.manual_seed(seed)
+        model = build_model(spec)
+        with torch.no_grad():  # batch-norm statistics that differ between the two
+            for m in model.modules():
+                if isinstance(m, torch.nn.BatchNorm2d):
+                    m.running_mean.normal_()
+                    m.running_var.uniform_(0.5, 2.0)
+                    m.num_batches_tracked.fill_(10 + seed)
+        training = {"settings": {"command": f"train c{seed}"}}
+        out.append(
+            save_checkpoint(
+                tmp_path / f"c{seed}",
+                model,
+                spec,
+                training=training,
+                metrics=[],
+                data_fingerprint="x",
+            )
+        )
+    return out
+
+
+def test_recipe_average_is_the_mean_of_its_checkpoints(tmp_path) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    from crystalseg.models import ModelSpec, build_model, recipe, save_checkpoint
+
+    c0, c1 = _tiny_checkpoints(tmp_path, recipe.CODES)
+    out = recipe.average_checkpoints([c0, c1], tmp_path / "avg")
+    a, b = (load_file(str(c / "model.safetensors")) for c in (c0, c1))
+    mean = load_file(str(out / "model.safetensors"))
+    assert mean.keys() == a.keys()
+    for k, v in mean.items():
+        if v.is_floating_point():
+            torch.testing.assert_close(v, (a[k] + b[k]) / 2, rtol=0, atol=1e-6)
+        else:  # step counters: the first checkpoint's
+            assert torch.equal(v, a[k])
+    _model, spec, meta = load_checkpoint(out)  # a loadable, checksummed checkpoint
+    assert spec.encoder == "tu-test_resnet"
+    sources = meta["training"]["init"]["checkpoints"]
+    assert meta["training"]["init"]["kind"] == "average"
+    assert [s["sha256"] for s in sources] == [
+        read["weights"]["sha256"] for read in (load_checkpoint(c)[2] for c in (c0, c1))
+    ]
+    assert recipe._lineage(out) == ["train c0", "train c1"]  # both sources' commands
+
+    with pytest.raises(ValueError, match="two or more"):
+        recipe.average_checkpoints([c0], tmp_path / "one")
+    other = ModelSpec(
+        "tu-test_resnet", ("background", "crystal"), decoder_channels=(16, 16, 8, 8, 8)
+    )
+    c2 = save_checkpoint(
+        tmp_path / "c2", build_model(other), other, training={}, metrics=[], data_fingerprint="x"
+    )
+    with pytest.raises(ValueError, match="not the same network"):
+        recipe.average_checkpoints([c0, c2], tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
+
+
+def test_recipe_average_is_validated_on_the_held_out_runs_and_ships(tmp_path) -> None:
+    from crystalseg.models import recipe
+    from crystalseg.synth import SynthConfig, synthesize_run
+    from crystalseg.train import TrainSettings
+    from crystalseg.train.settings import settings_data, settings_learner
+
+    for k in range(3):
+        config = SynthConfig(frames=4, height=64, width=64, seed=1000 + k, scenario="clear")
+        synthesize_run(tmp_path / "runs" / f"clear-{k}.zarr", config)
+    c0, c1 = _tiny_checkpoints(tmp_path, recipe.CODES)
+    settings = TrainSettings(
+        data=(tmp_path / "runs",),
+        codes=recipe.CODES,
+        encoder="tu-test_resnet",
+        decoder_channels=(16, 16, 8, 8, 8),
+        init="none",
+        crop_size=32,
+        batch_size=4,
+        device="cpu",
+        valid_fraction=0.34,
+        scaling="percentile",
+        augment="none",
+        progress=False,
+        command="python -m crystalseg.models.recipe avg --average c0 c1",
+    )
+    out = recipe.average_checkpoints([c0, c1], tmp_path / "avg", settings)
+    meta = read_checkpoint_meta(out)
+    (record,) = meta["metrics"]
+    # the figures are those of the saved average on the same held-out frames
+    data = settings_data(settings)
+    again = settings_learner(settings, data, init=out, progress=False).validate()
+    assert record["foreground_iou"] == pytest.approx(again["foreground_iou"], abs=1e-9)
+    assert record["valid_loss"] == pytest.approx(again["valid_loss"], rel=1e-5)
+    assert meta["training"]["data"]["n_valid"] == len(data.valid_items) > 0
+    shipped = recipe.ship_model(out, tmp_path / "ship")
+    commands = read_checkpoint_meta(shipped)["recipe_commands"]
+    assert commands[:3] == ["train c0", "train c1", settings.command]
+    assert load_checkpoint(shipped)[2]["weights"]["stored_dtype"] == "torch.float16"
