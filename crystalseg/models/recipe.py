@@ -285,7 +285,12 @@ def average_checkpoints(
     init = {
         "kind": "average",
         "checkpoints": [
-            {"path": str(src), "sha256": meta["weights"]["sha256"]}
+            {
+                "path": str(src),
+                "sha256": meta["weights"]["sha256"],
+                "epochs_done": meta.get("training", {}).get("epochs_done"),
+                "validation": (meta.get("metrics") or [None])[-1],  # its saved epoch's
+            }
             for src, (_, _, meta) in zip(sources, loaded, strict=True)
         ],
     }
@@ -413,6 +418,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ship", type=Path, default=None, help="then copy it here as float16")
     parser.add_argument("--ship-only", action="store_true", help="only copy OUTPUT to --ship")
     args = parser.parse_args(argv)
+    if args.average is not None and len(args.average) < 2:
+        parser.error("--average needs two or more checkpoints")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.epochs == "auto" and args.max_minutes is None:
         parser.error("--epochs auto needs --max-minutes")
@@ -462,9 +469,11 @@ def main(argv: list[str] | None = None) -> None:
         freeze_bn=args.freeze_bn,
     )
     if args.average:
+        from crystalseg.errors import CrystalsegError
+
         try:
             average_checkpoints(args.average, args.output, settings)
-        except ValueError as exc:
+        except (ValueError, CrystalsegError) as exc:  # another network, an unreadable one
             parser.error(str(exc))
         if args.ship is not None:
             log.info("shipped %s", ship_model(args.output, args.ship))

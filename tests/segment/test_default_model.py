@@ -170,10 +170,14 @@ def test_recipe_average_is_the_mean_of_its_checkpoints(tmp_path) -> None:
     assert [s["sha256"] for s in sources] == [
         read["weights"]["sha256"] for read in (load_checkpoint(c)[2] for c in (c0, c1))
     ]
+    assert [s["epochs_done"] for s in sources] == [None, None]  # none recorded in c0, c1
     assert recipe._lineage(out) == ["train c0", "train c1"]  # both sources' commands
 
     with pytest.raises(ValueError, match="two or more"):
         recipe.average_checkpoints([c0], tmp_path / "one")
+    with pytest.raises(SystemExit):  # refused before any run is rendered
+        recipe.main([str(tmp_path / "one"), "--workdir", str(tmp_path), "--average", str(c0)])
+    assert not (tmp_path / "runs").exists()
     other = ModelSpec(
         "tu-test_resnet", ("background", "crystal"), decoder_channels=(16, 16, 8, 8, 8)
     )
