@@ -16,6 +16,7 @@ from crystalseg.classes import class_mask_from_labels
 from crystalseg.errors import ConfigError, MaskValueError
 from crystalseg.measure.features import measure_frame
 from crystalseg.measure.instances import (
+    THIN_DEPTH_PX,
     boundary_class,
     crystal_classes,
     instance_scores,
@@ -250,6 +251,47 @@ def test_thin_needle_with_a_broken_interior_stays_whole(split: str) -> None:
     labels = label_instances(mask, codes=CODES3, split=split)
     assert labels.max() == 1
     assert instance_scores(labels, needle)["f1"] == 1.0
+
+
+@pytest.mark.parametrize("angle", [0.0, 0.4, math.pi / 4, 2.0])
+def test_needle_drawn_with_a_wide_rim_and_a_broken_interior_line_stays_whole(
+    angle: float,
+) -> None:
+    # As the bundled model draws a needle 3-4 px wide: a rim two pixels wide on each
+    # side (6 px in all) around a one-pixel interior line broken into dashes.
+    line = rotated_rectangle((140, 140), (70, 70), 90, 1.2, angle)
+    drawn = ndi.distance_transform_edt(~line) <= 2.3
+    mask = np.where(drawn, 2, 0).astype(np.uint8)
+    rows, cols = np.nonzero(line)
+    along = (rows - 70) * math.sin(angle) + (cols - 70) * math.cos(angle)
+    dashes = (along % 18) < 12  # 12 px of interior, 6 px gap
+    mask[rows[dashes], cols[dashes]] = 1
+    assert ndi.label(mask == 1, structure=np.ones((3, 3)))[1] >= 4
+    disc = np.hypot(*np.mgrid[-2:3, -2:3]) <= THIN_DEPTH_PX
+    assert ndi.binary_erosion(drawn, structure=disc, border_value=1).any()  # not "thin"
+    for split in ("boundary", "hybrid"):
+        assert label_instances(mask, codes=CODES3, split=split).max() == 1
+    # Controls. Two short crystals end to end, each with its own interior, make a
+    # component not elongated enough: two particles. Two needles side by side,
+    # touching, make a deeper component: two particles.
+    along = along_map(angle)
+    pair = np.where(drawn & (np.abs(along) < 8), 2, 0).astype(np.uint8)
+    pair[line & (np.abs(along) < 8) & (np.abs(along) > 2)] = 1
+    assert ndi.label(pair == 1, structure=np.ones((3, 3)))[1] == 2
+    assert label_instances(pair, codes=CODES3, split="boundary").max() == 2
+    c, s_ = math.cos(angle), math.sin(angle)
+    truth = np.zeros((140, 140), dtype=np.int32)
+    for i, off in enumerate((-3.0, 3.0), start=1):
+        centre = (70 + off * c, 70 - off * s_)
+        truth[rotated_rectangle((140, 140), centre, 90, 6, angle) & (truth == 0)] = i
+    labels = label_instances(three_class(truth), codes=CODES3)
+    assert labels.max() == 2
+
+
+def along_map(angle: float, shape: tuple[int, int] = (140, 140)) -> np.ndarray:
+    """Distance of every pixel from the centre along the direction ``angle``."""
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    return (yy - shape[0] // 2) * math.sin(angle) + (xx - shape[1] // 2) * math.cos(angle)
 
 
 @pytest.mark.parametrize("angle", [0.0, 0.5, math.pi / 4])
