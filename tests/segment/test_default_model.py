@@ -86,7 +86,9 @@ def test_recipe_depth_spread_is_parsed_and_checked() -> None:
             recipe._spread_range(bad)
 
 
-def test_recipe_epochs_auto_fit_the_time_budget(tmp_path) -> None:
+def _tiny_runs_settings(tmp_path, **kw):
+    """Three tiny synthetic runs in ``tmp_path/runs`` and CPU training settings on them
+    (a test encoder, the recipe's classes, a third of the runs held out)."""
     from crystalseg.models import recipe
     from crystalseg.synth import SynthConfig, synthesize_run
     from crystalseg.train import TrainSettings
@@ -94,7 +96,7 @@ def test_recipe_epochs_auto_fit_the_time_budget(tmp_path) -> None:
     for k in range(3):
         config = SynthConfig(frames=4, height=64, width=64, seed=1000 + k, scenario="clear")
         synthesize_run(tmp_path / "runs" / f"clear-{k}.zarr", config)
-    settings = TrainSettings(
+    return TrainSettings(
         data=(tmp_path / "runs",),
         codes=recipe.CODES,
         encoder="tu-test_resnet",
@@ -107,7 +109,14 @@ def test_recipe_epochs_auto_fit_the_time_budget(tmp_path) -> None:
         scaling="percentile",
         augment="none",
         progress=False,
+        **kw,
     )
+
+
+def test_recipe_epochs_auto_fit_the_time_budget(tmp_path) -> None:
+    from crystalseg.models import recipe
+
+    settings = _tiny_runs_settings(tmp_path)
     # a budget the probe alone spends: one epoch; two minutes of tiny steps: many
     assert recipe.epochs_for_budget(settings, 0.001, probe_runs=3, probe_steps=2) == 1
     assert recipe.epochs_for_budget(settings, 2.0, probe_runs=3, probe_steps=2) > 5
@@ -191,29 +200,12 @@ def test_recipe_average_is_the_mean_of_its_checkpoints(tmp_path) -> None:
 
 def test_recipe_average_is_validated_on_the_held_out_runs_and_ships(tmp_path) -> None:
     from crystalseg.models import recipe
-    from crystalseg.synth import SynthConfig, synthesize_run
-    from crystalseg.train import TrainSettings
     from crystalseg.train.settings import settings_data, settings_learner
 
-    for k in range(3):
-        config = SynthConfig(frames=4, height=64, width=64, seed=1000 + k, scenario="clear")
-        synthesize_run(tmp_path / "runs" / f"clear-{k}.zarr", config)
-    c0, c1 = _tiny_checkpoints(tmp_path, recipe.CODES)
-    settings = TrainSettings(
-        data=(tmp_path / "runs",),
-        codes=recipe.CODES,
-        encoder="tu-test_resnet",
-        decoder_channels=(16, 16, 8, 8, 8),
-        init="none",
-        crop_size=32,
-        batch_size=4,
-        device="cpu",
-        valid_fraction=0.34,
-        scaling="percentile",
-        augment="none",
-        progress=False,
-        command="python -m crystalseg.models.recipe avg --average c0 c1",
+    settings = _tiny_runs_settings(
+        tmp_path, command="python -m crystalseg.models.recipe avg --average c0 c1"
     )
+    c0, c1 = _tiny_checkpoints(tmp_path, recipe.CODES)
     out = recipe.average_checkpoints([c0, c1], tmp_path / "avg", settings)
     meta = read_checkpoint_meta(out)
     (record,) = meta["metrics"]
