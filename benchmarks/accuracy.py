@@ -57,7 +57,7 @@ import xarray as xr
 from crystalseg.classes import class_mask_from_labels
 from crystalseg.measure import EXCLUDED_REASONS, MeasureSettings, measure_mask_frame
 from crystalseg.measure.distributions import weighted_quantile
-from crystalseg.measure.instances import instance_scores, truth_pieces
+from crystalseg.measure.instances import instance_scores, outline_offsets, truth_pieces
 from crystalseg.measure.run import label_mask_frame
 from crystalseg.segment import EngineSettings, load_segmenter
 from crystalseg.synth import SCENARIO_NAMES, SynthConfig, synthesize_run
@@ -97,33 +97,6 @@ def _detections(kept, labels: np.ndarray, fg_pred: np.ndarray) -> list:
     for row in kept.itertuples():
         if row.id < len(area) and area[row.id]:
             out.append((row.area_px, row.blur_px, bool(hit[row.id] >= 0.5 * area[row.id])))
-    return out
-
-
-def _outline_offsets(kept, true_labels: np.ndarray, labels: np.ndarray) -> list[float]:
-    """(particle area - crystal area) / crystal perimeter (px) of each countable true
-    crystal whose most-overlapping measured particle matches it at IoU >= 0.5."""
-    from skimage.measure import regionprops_table
-
-    t, p = true_labels.ravel().astype(np.int64), labels.ravel().astype(np.int64)
-    both = (t > 0) & (p > 0)
-    if not both.any():
-        return []
-    pairs, overlap = np.unique(np.stack([t[both], p[both]]), axis=1, return_counts=True)
-    best = np.lexsort((-overlap, pairs[0]))  # per crystal, the largest overlap first
-    first = np.r_[True, np.diff(pairs[0, best]) != 0]
-    crystal, particle, inter = pairs[0, best][first], pairs[1, best][first], overlap[best][first]
-    area_t, area_p = np.bincount(t), np.bincount(p)
-    props = regionprops_table(true_labels.astype(np.int32), properties=("label", "perimeter"))
-    perimeter = dict(zip(props["label"], props["perimeter"], strict=True))
-    match = dict(zip(crystal, zip(particle, inter, strict=True), strict=True))
-    out = []
-    for cid in kept["id"].to_numpy():
-        if cid not in match or not perimeter.get(cid):
-            continue
-        pid, ov = match[cid]
-        if ov / (area_t[cid] + area_p[pid] - ov) >= 0.5:
-            out.append(float((area_p[pid] - area_t[cid]) / perimeter[cid]))
     return out
 
 
@@ -263,10 +236,10 @@ def evaluate(
                     n_true, d50_true = _truth_stats(countable)
                     # The particles the measurement counts: its labels without those
                     # it drops for low confidence (edge-cut ones stay: truth has them).
-                    table, _ = measure_mask_frame(
-                        pred, image, probability=prob, settings=settings, codes=codes
-                    )
                     labels = label_mask_frame(pred, settings=settings, codes=codes)
+                    table, dist = measure_mask_frame(
+                        pred, image, probability=prob, settings=settings, codes=codes, labels=labels
+                    )
                     measured = labels > 0
                     union = np.count_nonzero(measured | fg_true)
                     if union:
@@ -283,18 +256,18 @@ def evaluate(
                     rows["f1"].append(scores["f1"])
                     rows["over_split"].append(scores["over_split_rate"])
                     rows["merged"].append(scores["merged_rate"])
-                    offsets += _outline_offsets(countable, true_labels, labels)
+                    offsets += list(
+                        outline_offsets(true_labels, labels, countable["id"].to_numpy())
+                    )
                     if n_true < min_count:
                         continue
-                    for prefix, mask, p in (
-                        ("", pred, prob),
-                        ("truth_mask_", class_mask_from_labels(true_labels, codes), None),
-                    ):
-                        _, dist = measure_mask_frame(
-                            mask, image, probability=p, settings=settings, codes=codes
-                        )
-                        count = float(dist["count_kept"][1])
-                        d50 = float(dist["d50_number"][1])
+                    truth_mask = class_mask_from_labels(true_labels, codes)
+                    _, truth_dist = measure_mask_frame(
+                        truth_mask, image, settings=settings, codes=codes
+                    )
+                    for prefix, frame_dist in (("", dist), ("truth_mask_", truth_dist)):
+                        count = float(frame_dist["count_kept"][1])
+                        d50 = float(frame_dist["d50_number"][1])
                         rows[f"{prefix}count_err"].append((count - n_true) / n_true)
                         rows[f"{prefix}d50_err"].append((d50 - d50_true) / d50_true)
                         if not prefix:

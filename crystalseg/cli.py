@@ -436,17 +436,78 @@ def segment(
     click.echo(f"mask of {mask.shape[0]} frames written to {run} (classes: {classes})")
 
 
+_MEASURE_FILTER_OPTIONS: tuple[Callable[..., Any], ...] = (
+    click.option(
+        "--edge",
+        type=click.Choice(["exclude", "miles-lantuejoul", "keep"]),
+        default="exclude",
+        show_default=True,
+        help="Particles cut by the frame edge: exclude, weight (Miles-Lantuejoul) or keep.",
+    ),
+    click.option("--min-area", "min_area_px", default=10, show_default=True, help="Pixels."),
+    click.option(
+        "--split",
+        type=click.Choice(["auto", "watershed", "boundary", "hybrid", "none"]),
+        default="auto",
+        show_default=True,
+        help="How touching crystals are split (auto: hybrid, i.e. the boundary class and "
+        "necks, if the model has a boundary class, else the watershed).",
+    ),
+    click.option(
+        "--trim-boundary/--no-trim-boundary",
+        default=True,
+        show_default=True,
+        help="With a rim (boundary) class: drop its pixels more than 1 px outside a particle's "
+        "interior (models draw the rim ~2 px wide, half outside the crystal).",
+    ),
+    click.option(
+        "--join-occluded/--no-join-occluded",
+        default=True,
+        show_default=True,
+        help="Count an elongated crystal that another crosses in front of as one particle, "
+        "not one per visible piece.",
+    ),
+    click.option("--min-sharpness", type=float, default=None, help="Drop blurrier particles."),
+    click.option(
+        "--min-confidence",
+        type=click.FloatRange(0.0, 1.0),
+        default=None,
+        help="Drop particles whose mean model probability is below this "
+        "[default: 0.8; 0 keeps all]. Needs the probability that measure stores when it "
+        "segments (or segment --save-probability).",
+    ),
+)
+
+
+def _measure_filter_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """The options of :class:`~crystalseg.measure.MeasureSettings` that decide which
+    particles are counted and how (``measure`` and ``evaluate`` share them)."""
+    for option in reversed(_MEASURE_FILTER_OPTIONS):
+        func = option(func)
+    return func
+
+
+def _measure_settings(opts: dict[str, Any], **extra: Any) -> Any:
+    """MeasureSettings from the options of :func:`_measure_filter_options` (popped)."""
+    from crystalseg.measure import MeasureSettings
+
+    min_confidence = opts.pop("min_confidence")
+    return MeasureSettings(
+        edge=opts.pop("edge"),
+        min_area_px=opts.pop("min_area_px"),
+        split=opts.pop("split"),
+        trim_boundary=opts.pop("trim_boundary"),
+        join_occluded=opts.pop("join_occluded"),
+        min_sharpness=opts.pop("min_sharpness"),
+        min_confidence=MeasureSettings.min_confidence if min_confidence is None else min_confidence,
+        **extra,
+    )
+
+
 @cli.command()
 @click.argument("run", type=click.Path(path_type=Path))
 @_model_option
-@click.option(
-    "--edge",
-    type=click.Choice(["exclude", "miles-lantuejoul", "keep"]),
-    default="exclude",
-    show_default=True,
-    help="Particles cut by the frame edge: exclude, weight (Miles-Lantuejoul) or keep.",
-)
-@click.option("--min-area", "min_area_px", default=10, show_default=True, help="Pixels.")
+@_measure_filter_options
 @click.option(
     "--bins",
     nargs=3,
@@ -454,37 +515,6 @@ def segment(
     default=None,
     metavar="MIN MAX N",
     help="Log size bins (um, or px without a pixel size). Default 1 1000 60.",
-)
-@click.option(
-    "--split",
-    type=click.Choice(["auto", "watershed", "boundary", "hybrid", "none"]),
-    default="auto",
-    show_default=True,
-    help="How touching crystals are split (auto: hybrid, i.e. the boundary class and "
-    "necks, if the model has a boundary class, else the watershed).",
-)
-@click.option(
-    "--trim-boundary/--no-trim-boundary",
-    default=True,
-    show_default=True,
-    help="With a rim (boundary) class: drop its pixels more than 1 px outside a particle's "
-    "interior (models draw the rim ~2 px wide, half outside the crystal).",
-)
-@click.option(
-    "--join-occluded/--no-join-occluded",
-    default=True,
-    show_default=True,
-    help="Count an elongated crystal that another crosses in front of as one particle, "
-    "not one per visible piece.",
-)
-@click.option("--min-sharpness", type=float, default=None, help="Drop blurrier particles.")
-@click.option(
-    "--min-confidence",
-    type=click.FloatRange(0.0, 1.0),
-    default=None,
-    help="Drop particles whose mean model probability is below this "
-    "[default: 0.8; 0 keeps all]. Needs the probability that measure stores when it "
-    "segments (or segment --save-probability).",
 )
 @click.option(
     "--export",
@@ -507,19 +537,13 @@ def measure(
     ctx: click.Context,
     run: Path,
     model: Path | None,
-    edge: str,
-    min_area_px: int,
     bins: tuple[float, float, int] | None,
-    split: str,
-    trim_boundary: bool,
-    join_occluded: bool,
-    min_sharpness: float | None,
-    min_confidence: float | None,
     export_format: str | None,
     overwrite: bool,
     stream: bool | None,
     tta: bool,
     scheduler: str | None,
+    **filters: Any,
 ) -> None:
     """Measure every particle in every frame of RUN; PSD over time into the store.
 
@@ -536,16 +560,7 @@ def measure(
     from crystalseg.measure.run import needs_segmentation
     from crystalseg.summary import format_measurement
 
-    settings = MeasureSettings(
-        edge=edge,  # type: ignore[arg-type]
-        min_area_px=min_area_px,
-        split=split,  # type: ignore[arg-type]
-        trim_boundary=trim_boundary,
-        join_occluded=join_occluded,
-        min_sharpness=min_sharpness,
-        min_confidence=MeasureSettings.min_confidence if min_confidence is None else min_confidence,
-        bins=bins or MeasureSettings.bins,
-    )
+    settings = _measure_settings(filters, bins=bins or MeasureSettings.bins)
     engine: Any = model
     if tta and needs_segmentation(run):  # TTA only matters when the run is segmented here
         from crystalseg.segment import EngineSettings, load_segmenter
@@ -569,6 +584,95 @@ def measure(
             format=export_format,  # type: ignore[arg-type]
         )
     click.echo(format_measurement(summarize_measurement(run), exported))
+
+
+@cli.command()
+@click.argument("data", nargs=-1, required=True, type=click.Path(path_type=Path))
+@_model_option
+@click.option(
+    "--codes",
+    default="background,crystal",
+    show_default=True,
+    help="Classes of the annotation masks, background first (a 'boundary' class splits "
+    "touching crystals).",
+)
+@click.option(
+    "--mask-values",
+    default=None,
+    help="Stored mask values to classes, e.g. 0,255 or 0=background,255=crystal.",
+)
+@click.option(
+    "--instances",
+    is_flag=True,
+    help="Masks hold one integer id per crystal (0 background), as Cellpose, napari or "
+    "QuPath export them.",
+)
+@click.option(
+    "--pixel-size",
+    "pixel_size_um",
+    type=float,
+    default=None,
+    help="Micrometres per pixel of the images (D50 and outline offset in um).",
+)
+@_measure_filter_options
+@click.option("--frame-step", default=1, show_default=True, help="Every n-th frame of run stores.")
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, mps.")
+@_tta_option
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Write the scores: .json (summary and frames) or .csv (one row per frame).",
+)
+@click.pass_context
+def evaluate(
+    ctx: click.Context,
+    data: tuple[Path, ...],
+    model: Path | None,
+    codes: str,
+    mask_values: str | None,
+    instances: bool,
+    pixel_size_um: float | None,
+    frame_step: int,
+    device: str,
+    tta: bool,
+    output: Path | None,
+    **filters: Any,
+) -> None:
+    """Score a model's measurement on annotated DATA: IoU, F1, count, D50, outlines.
+
+    DATA is what train reads: a folder of X.png / X_mask.png pairs, a folder with
+    images/ and masks/, or synthetic run stores. Each image is segmented and
+    measured as measure would, and compared with its annotation.
+
+    \b
+    Example:
+      crystalseg evaluate annotated/ --mask-values 0,255 -o scores.csv
+    """
+    from crystalseg.evaluate import evaluate_model
+    from crystalseg.summary import format_evaluation
+    from crystalseg.train.masks import parse_mask_values
+
+    if output is not None and output.suffix.lower() not in (".json", ".csv"):
+        raise click.BadParameter("use a .json or .csv file", param_hint="--output")
+    with _stage_bars(ctx.obj["quiet"]) as update:
+        result = evaluate_model(
+            list(data),
+            model=model,
+            codes=_codes(codes),
+            mask_values=parse_mask_values(mask_values) if mask_values else None,
+            instances=instances,
+            settings=_measure_settings(filters),
+            pixel_size_um=pixel_size_um,
+            tta=tta,
+            device=device,
+            frame_step=frame_step,
+            progress=lambda done, total: update("evaluate", done, total),
+        )
+    if output is not None:
+        result.save(output)
+    click.echo(format_evaluation(result, output))
 
 
 @cli.command()

@@ -141,3 +141,56 @@ def format_measurement(summary: dict[str, Any], exported: Any = None) -> str:
     if exported is not None:
         lines.append(f"  exported     {exported}")
     return "\n".join(lines)
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f} %"
+
+
+def format_evaluation(result: Any, written: Any = None) -> str:
+    """Text printed after ``crystalseg evaluate`` (an :class:`~crystalseg.evaluate.Evaluation`)."""
+    s = result.summary
+    frames = result.frames
+    lines = [f"{s['frames']} annotated frames, {s['matched_crystals']} crystals matched"]
+    if s["fg_iou_pooled"] is not None:
+        lines.append(f"  foreground IoU   {s['fg_iou_pooled']:.3f} (pooled over frames)")
+    if s["f1_mean"] is not None:
+        lines.append(
+            f"  particle F1      {s['f1_mean']:.3f} (precision {s['precision_mean']:.3f}, "
+            f"recall {s['recall_mean']:.3f}; IoU >= 0.5)"
+        )
+    lines.append(
+        f"  count error      median |e| {_pct(s['count_error_median_abs'])}, "
+        f"mean {_pct(s['count_error_mean'])}"
+    )
+    lines.append(
+        f"  D50 error        median |e| {_pct(s['d50_error_median_abs'])}, "
+        f"mean {_pct(s['d50_error_mean'])} (number basis, ECD)"
+    )
+    if s["frames_within_bars"] is not None:
+        lines.append(
+            f"  within bars      {_pct(s['frames_within_bars'])} of frames (count within 10 % "
+            "and D50 within 5 %)"
+        )
+    offset = s["outline_offset_px"]
+    if offset is not None:
+        um = f" = {s['outline_offset_um']:+.3g} um" if "outline_offset_um" in s else ""
+        hint = ""
+        if abs(offset) >= 0.5:
+            hint = (
+                " -- outlines drawn too "
+                + ("large" if offset > 0 else "small")
+                + "; fine-tune on these frames (crystalseg train) to teach the model "
+                "your annotation"
+            )
+        lines.append(f"  outline offset   {offset:+.2f} px{um} (+: particles too large){hint}")
+    worst = frames.assign(e=frames["d50_error"].abs()).dropna(subset=["e"])
+    if len(worst) > 1:
+        row = worst.loc[worst["e"].idxmax()]
+        lines.append(
+            f"  worst D50        {row['name']}: {100 * row['d50_error']:+.1f} % "
+            f"({row['n_measured']:g} counted, {row['n_true']:g} annotated)"
+        )
+    if written is not None:
+        lines.append(f"  scores           {written}")
+    return "\n".join(lines)

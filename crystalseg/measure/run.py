@@ -54,7 +54,7 @@ import xarray as xr
 import zarr
 
 from crystalseg.dims import IMAGE, MASK, PROBABILITY, TIME
-from crystalseg.errors import ConfigError, RunFormatError, StageStateError
+from crystalseg.errors import ConfigError, MaskValueError, RunFormatError, StageStateError
 from crystalseg.measure.distributions import frame_distributions
 from crystalseg.measure.features import measure_frame, miles_lantuejoul_weights
 from crystalseg.measure.instances import crystal_classes, label_instances
@@ -143,6 +143,7 @@ def measure_mask_frame(
     settings: MeasureSettings,
     codes: tuple[str, ...] = _DEFAULT_CODES,
     pixel_size_um: float | None = None,
+    labels: np.ndarray | None = None,
 ) -> tuple[pd.DataFrame, dict[str, tuple[tuple[str, ...], np.ndarray | float]]]:
     """Particles and distributions of one frame from its class mask.
 
@@ -161,6 +162,10 @@ def measure_mask_frame(
         Class names of the mask, background first.
     pixel_size_um : float, optional
         Micrometres per pixel; sizes are in µm with it, px without.
+    labels : ndarray, shape (y, x), int, optional
+        The frame's instance labels if already made (by :func:`label_mask_frame`
+        with the same settings, or true instances, 1..n, none under
+        ``settings.min_area_px``); otherwise they are made from ``mask``.
 
     Returns
     -------
@@ -175,7 +180,10 @@ def measure_mask_frame(
         plus ``count_detected`` and ``number_density``
         (weighted number per mm² of field, NaN without a pixel size).
     """
-    labels = label_mask_frame(mask, settings=settings, codes=codes)
+    if labels is None:
+        labels = label_mask_frame(mask, settings=settings, codes=codes)
+    elif labels.shape != mask.shape:
+        raise MaskValueError(f"labels {labels.shape} and mask {mask.shape} differ in shape.")
     table = measure_frame(labels, image, probability=probability, pixel_size_um=pixel_size_um)
     n = len(table)
     code = np.zeros(n, dtype=np.uint8)

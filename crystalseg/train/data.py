@@ -282,7 +282,7 @@ def discover_pairs(
             continue
         p = Path(entry)
         if not p.exists():
-            raise InputNotFoundError(f"training data '{p}' does not exist")
+            raise InputNotFoundError(f"data '{p}' does not exist")
         if _is_run_store(p):
             items += _run_items(p, frame_step)
         elif p.is_dir() and (p / "images").is_dir() and (p / "masks").is_dir():

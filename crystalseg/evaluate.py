@@ -1,0 +1,455 @@
+"""How well a model measures a user's own annotated frames: ``crystalseg evaluate``.
+
+The bundled model learned from synthetic runs only, and its held-out figures
+(README, ``benchmarks/``) come from renderers, not from the user's microscope. Before
+trusting its particle size distributions, a user annotates a few frames and asks how
+the whole pipeline (segmentation, then the measurement at the settings they will use)
+does on them. For every annotated frame this segments the image, measures it exactly as
+``crystalseg measure`` would, and compares with the annotation:
+
+- pixels: foreground IoU of the model's class mask;
+- particles: matched F1 at IoU 0.5 (precision, recall, over-split and merge rates)
+  of the particles the measurement counts (those dropped for low confidence left out);
+- the size distribution: particle count and number-weighted D50 (ECD) against those of
+  the annotation under the same filters (least area, frame edge), as relative errors;
+- outlines: ``outline_offset_px``, how far the particles' outlines lie outside the
+  annotated ones on average (:func:`~crystalseg.measure.instances.outline_offsets`;
+  +0.5 means every particle drawn half a pixel too large all round, which biases every
+  size upwards). Annotation conventions differ (the outer edge of a dark rim, or a line
+  inside it), and a model follows the convention it was trained on: a consistent offset
+  says to fine-tune on these frames (``crystalseg train``), which teaches it yours.
+
+Annotations are what ``crystalseg train`` reads: image/mask pairs, folders, or
+synthetic runs (their exact truth). A class mask gives one true particle per
+connected region of its crystal classes, split along a boundary class if it has one,
+so touching crystals must be annotated with a gap or a boundary between them; with
+``instances=True`` each mask holds one integer id per crystal (0 background), as
+Cellpose, napari or QuPath export them, and touching crystals stay apart.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from crystalseg.classes import boundary_class
+from crystalseg.errors import ConfigError, MaskValueError, RunFormatError
+from crystalseg.measure.instances import (
+    _filter_and_renumber,
+    instance_scores,
+    outline_offsets,
+    truth_pieces,
+)
+from crystalseg.measure.results import EXCLUDED_REASONS
+from crystalseg.measure.run import label_mask_frame, measure_mask_frame
+from crystalseg.measure.settings import MeasureSettings
+
+PathLike = str | os.PathLike[str]
+
+#: Per-frame PSD bars of the clear synthetic scenes (issue 5): |count error| and |D50
+#: error|; ``frames_within_bars`` reports the share of frames within both.
+COUNT_BAR, D50_BAR = 0.10, 0.05
+
+#: Columns of :attr:`Evaluation.frames`, in order.
+FRAME_COLUMNS: tuple[str, ...] = (
+    "name",
+    "fg_iou",
+    "n_true",
+    "n_measured",
+    "count_error",
+    "d50_true",
+    "d50_measured",
+    "d50_error",
+    "precision",
+    "recall",
+    "f1",
+    "over_split_rate",
+    "merged_rate",
+    "outline_offset_px",
+    "matched",
+    "pixel_size_um",
+)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Scores of a model on annotated frames.
+
+    Attributes
+    ----------
+    frames : DataFrame
+        One row per frame, columns :data:`FRAME_COLUMNS`: ``d50_*`` in µm where the
+        frame's ``pixel_size_um`` is known, else px; errors relative ((measured -
+        true) / true); ``outline_offset_px`` the mean over the frame's matched crystals.
+    summary : dict
+        Pooled foreground IoU, mean F1, median and mean count and D50 errors, mean
+        outline offset (px, and µm with a pixel size), share of frames within the bars.
+    settings : dict
+        Model, measurement settings and annotation rule used (to record next to the
+        scores).
+    """
+
+    frames: pd.DataFrame
+    summary: dict[str, Any]
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: ``summary``, ``settings`` and ``frames`` (a list of rows)."""
+        rows = [
+            {k: _json_value(v) for k, v in row.items()}
+            for row in self.frames.to_dict(orient="records")
+        ]
+        summary = {k: _json_value(v) for k, v in self.summary.items()}
+        return {"summary": summary, "settings": self.settings, "frames": rows}
+
+    def save(self, path: PathLike) -> Path:
+        """Write the scores: ``.json`` (all of :meth:`to_dict`) or ``.csv`` (the frames).
+
+        Raises
+        ------
+        ConfigError
+            Another suffix.
+        """
+        p = Path(path)
+        suffix = p.suffix.lower()
+        if suffix == ".json":
+            p.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        elif suffix == ".csv":
+            self.frames.to_csv(p, index=False)
+        else:
+            raise ConfigError(
+                f"cannot write scores to '{p.name}': use a .json file (summary and frames) "
+                "or a .csv file (one row per frame)"
+            )
+        return p
+
+
+def _json_value(v: Any) -> Any:
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def score_frame(
+    mask: np.ndarray,
+    true_labels: np.ndarray,
+    *,
+    image: np.ndarray | None = None,
+    probability: np.ndarray | None = None,
+    codes: tuple[str, ...],
+    settings: MeasureSettings,
+    pixel_size_um: float | None = None,
+) -> dict[str, float | int]:
+    """Compare one frame's measurement with its true instances.
+
+    Parameters
+    ----------
+    mask : ndarray, shape (y, x), integer dtype
+        The model's class mask (classes ``codes``).
+    true_labels : ndarray, shape (y, x), integer dtype
+        True instance ids, 0 background (a crystal may be in several pieces).
+    image : ndarray, shape (y, x), optional
+        The frame (for the sharpness filter).
+    probability : ndarray, shape (y, x), uint8, optional
+        The model's foreground probability (for the confidence filter).
+    codes : tuple of str
+        Class names of ``mask``.
+    settings : MeasureSettings
+        The measurement, applied to the model's mask and, for the count and D50, to the
+        true instances alike (least area, frame edge; no confidence filter there).
+    pixel_size_um : float, optional
+        D50 in µm with it, px without.
+
+    Returns
+    -------
+    dict with the keys of :data:`FRAME_COLUMNS` but ``name``
+    """
+    true_labels = np.asarray(true_labels)
+    if true_labels.shape != mask.shape:
+        raise MaskValueError(
+            f"annotation {true_labels.shape} and mask {mask.shape} differ in shape."
+        )
+    fg_true, fg_pred = true_labels > 0, mask > 0
+    union = np.count_nonzero(fg_true | fg_pred)
+    fg_iou = np.count_nonzero(fg_true & fg_pred) / union if union else math.nan
+
+    labels = label_mask_frame(mask, settings=settings, codes=codes)
+    table, dist = measure_mask_frame(
+        mask,
+        image,
+        probability=probability,
+        settings=settings,
+        codes=codes,
+        pixel_size_um=pixel_size_um,
+        labels=labels,
+    )
+    doubtful = table.loc[
+        table["excluded_code"] == EXCLUDED_REASONS.index("low_confidence"), "label"
+    ].to_numpy()
+    counted = np.where(np.isin(labels, doubtful), 0, labels)
+    pieces, ids = truth_pieces(true_labels, settings.min_area_px)
+    scores = instance_scores(counted, pieces, truth_ids=ids)
+
+    # The annotation through the same filters and distributions as the measurement.
+    truth = _filter_and_renumber(true_labels.astype(np.int64), settings.min_area_px)
+    true_table, true_dist = measure_mask_frame(
+        (truth > 0).astype(np.uint8),
+        image,
+        settings=settings,
+        codes=("background", "crystal"),
+        pixel_size_um=pixel_size_um,
+        labels=truth,
+    )
+    countable = true_table.loc[true_table["kept"], "label"].to_numpy()
+    offsets = outline_offsets(truth, counted, countable)
+    n_true, n_meas = float(true_dist["count_kept"][1]), float(dist["count_kept"][1])
+    d50_true, d50_meas = float(true_dist["d50_number"][1]), float(dist["d50_number"][1])
+    return {
+        "fg_iou": fg_iou,
+        "n_true": n_true,
+        "n_measured": n_meas,
+        "count_error": (n_meas - n_true) / n_true if n_true else math.nan,
+        "d50_true": d50_true,
+        "d50_measured": d50_meas,
+        "d50_error": (d50_meas - d50_true) / d50_true if n_true and n_meas else math.nan,
+        "precision": scores["precision"],
+        "recall": scores["recall"],
+        "f1": scores["f1"],
+        "over_split_rate": scores["over_split_rate"],
+        "merged_rate": scores["merged_rate"],
+        "outline_offset_px": float(offsets.mean()) if len(offsets) else math.nan,
+        "matched": len(offsets),
+        "_inter": int(np.count_nonzero(fg_true & fg_pred)),
+        "_union": int(union),
+        "_offset_sum": float(offsets.sum()),
+    }
+
+
+def summarize_scores(
+    frames: pd.DataFrame, *, pooled: tuple[int, int] | None = None
+) -> dict[str, Any]:
+    """Summary of per-frame scores (see :class:`Evaluation`)."""
+
+    def finite(col: str) -> np.ndarray:
+        v = frames[col].to_numpy(dtype=float) if len(frames) else np.zeros(0)
+        return v[np.isfinite(v)]
+
+    def stat(v: np.ndarray, how: Callable[[np.ndarray], Any]) -> float | None:
+        return float(how(v)) if len(v) else None
+
+    count, d50 = finite("count_error"), finite("d50_error")
+    both = frames[["count_error", "d50_error"]].to_numpy(dtype=float) if len(frames) else None
+    out: dict[str, Any] = {
+        "frames": len(frames),
+        "fg_iou_pooled": (pooled[0] / pooled[1]) if pooled and pooled[1] else None,
+        "f1_mean": stat(finite("f1"), np.mean),
+        "precision_mean": stat(finite("precision"), np.mean),
+        "recall_mean": stat(finite("recall"), np.mean),
+        "count_error_median_abs": stat(np.abs(count), np.median),
+        "count_error_mean": stat(count, np.mean),
+        "d50_error_median_abs": stat(np.abs(d50), np.median),
+        "d50_error_mean": stat(d50, np.mean),
+        "frames_within_bars": None,
+        "outline_offset_px": None,
+        "matched_crystals": int(frames["matched"].sum()) if len(frames) else 0,
+    }
+    if both is not None:
+        scored = np.isfinite(both[:, 0])
+        if scored.any():
+            ok = (np.abs(both[:, 0]) <= COUNT_BAR) & (np.abs(both[:, 1]) <= D50_BAR)
+            out["frames_within_bars"] = float(ok[scored].mean())
+    if out["matched_crystals"]:
+        out["outline_offset_px"] = float(frames["_offset_sum"].sum() / out["matched_crystals"])
+    return out
+
+
+def evaluate_model(
+    data: PathLike | Sequence[PathLike | tuple[PathLike, PathLike]],
+    *,
+    model: Any = None,
+    codes: Sequence[str] = ("background", "crystal"),
+    mask_values: Any = None,
+    instances: bool = False,
+    settings: MeasureSettings | None = None,
+    pixel_size_um: float | None = None,
+    tta: bool = False,
+    device: str = "auto",
+    frame_step: int = 1,
+    progress: Callable[[int, int], None] | None = None,
+) -> Evaluation:
+    """Segment and measure annotated frames and compare with the annotation.
+
+    Parameters
+    ----------
+    data : path or sequence
+        What ``crystalseg train`` reads: ``[(image, mask), ...]``, a folder of
+        ``X.png``/``X_mask.png`` pairs, a folder with ``images/`` and ``masks/``,
+        synthetic run stores (their ``truth`` instances), or a folder of them.
+    model : path, Segmenter or None
+        Checkpoint directory or a loaded segmenter; None: the bundled model.
+    codes : sequence of str
+        Classes of the annotation masks, background first (a class named ``boundary``
+        splits touching crystals as in training data); ignored with ``instances``.
+    mask_values : optional
+        How stored mask values map to ``codes`` (as ``crystalseg train
+        --mask-values``); None: class indices, or 0/255 for two classes.
+    instances : bool
+        Masks hold one integer id per crystal (0 background) instead of classes.
+    settings : MeasureSettings, optional
+        The measurement to score (default: ``crystalseg measure``'s defaults).
+    pixel_size_um : float, optional
+        Micrometres per pixel of image files (D50 and offsets in µm too); synthetic
+        runs carry their own.
+    tta, device : engine settings of the model (test-time augmentation, device).
+    frame_step : int
+        Every n-th frame of run stores.
+    progress : callable (done, total), optional
+
+    Returns
+    -------
+    Evaluation
+
+    Raises
+    ------
+    ConfigError, InputNotFoundError, UnsupportedInputError, MaskValueError,
+    FrameMismatchError, RunFormatError
+        Bad arguments or annotations, with what to fix.
+    """
+    from crystalseg.segment import EngineSettings, load_segmenter
+    from crystalseg.train.data import discover_pairs
+    from crystalseg.train.masks import MaskRule
+
+    settings = settings or MeasureSettings()
+    if pixel_size_um is not None and not (
+        isinstance(pixel_size_um, int | float)
+        and math.isfinite(pixel_size_um)
+        and pixel_size_um > 0
+    ):
+        raise ConfigError(f"pixel_size_um must be a positive number, got {pixel_size_um!r}")
+    rule = None if instances else MaskRule.from_user(tuple(codes), mask_values)
+    items = discover_pairs(data, frame_step=frame_step)
+    for item in items:
+        if item.run is not None and item.mask_group != "truth":
+            raise RunFormatError(
+                f"run '{item.run.name}' has no annotation (no truth group), only a mask "
+                "that a model made; evaluate needs annotated frames: image/mask pairs "
+                "or synthetic runs"
+            )
+    if model is not None and hasattr(model, "predict") and hasattr(model, "spec"):
+        seg = model
+    else:
+        seg = load_segmenter(model, None, EngineSettings(device=device, tta=tta))
+    model_codes = tuple(seg.spec.codes)
+    rows: list[dict[str, Any]] = []
+    inter = union = 0
+    runs: dict[Path, Any] = {}
+    for k, item in enumerate(items):
+        image, true_labels, pixel = _annotated_frame(item, rule, instances, runs)
+        pixel = pixel_size_um if item.run is None else pixel
+        mask, prob = (a[0] for a in seg.predict(image[None], probability=True))
+        row = score_frame(
+            mask,
+            true_labels,
+            image=image if image.ndim == 2 else None,
+            probability=prob,
+            codes=model_codes,
+            settings=settings,
+            pixel_size_um=pixel,
+        )
+        inter += int(row.pop("_inter"))
+        union += int(row.pop("_union"))
+        rows.append(
+            {"name": item.name, **row, "pixel_size_um": math.nan if pixel is None else pixel}
+        )
+        if progress is not None:
+            progress(k + 1, len(items))
+    frames = pd.DataFrame(rows, columns=[*FRAME_COLUMNS, "_offset_sum"])
+    summary = summarize_scores(frames, pooled=(inter, union))
+    pixels = frames["pixel_size_um"].unique()
+    if len(pixels) == 1 and np.isfinite(pixels[0]) and summary["outline_offset_px"] is not None:
+        summary["outline_offset_um"] = summary["outline_offset_px"] * float(pixels[0])
+    recorded = {
+        "model": seg.describe() if hasattr(seg, "describe") else str(model),
+        "model_codes": list(model_codes),
+        "annotation": "instances" if instances or rule is None else rule.describe(),
+        "annotation_codes": None if instances else list(codes),
+        "measure_settings": settings.to_dict(),
+        "pixel_size_um": pixel_size_um,
+        "tta": tta,
+    }
+    return Evaluation(frames.drop(columns="_offset_sum"), summary, recorded)
+
+
+def _annotated_frame(
+    item: Any, rule: Any, instances: bool, runs: dict[Path, Any]
+) -> tuple[np.ndarray, np.ndarray, float | None]:
+    """Image, true instance labels and pixel size (µm, runs only) of one item."""
+    from crystalseg.train.data import read_image
+    from crystalseg.train.masks import read_mask
+
+    if item.run is not None:
+        if item.run not in runs:
+            import xarray as xr
+
+            ds = xr.open_zarr(item.run)
+            truth = xr.open_zarr(item.run, group="truth")
+            if "labels" not in truth:
+                raise RunFormatError(f"run '{item.run.name}' has no true instances (truth/labels)")
+            pixel = ds.attrs.get("pixel_size_um")
+            runs[item.run] = (ds, truth, float(pixel) if pixel else None)
+        ds, truth, pixel = runs[item.run]
+        t = int(item.frame)
+        return np.asarray(ds["image"][t].values), np.asarray(truth["labels"][t].values), pixel
+    image = read_image(item.image)
+    raw = read_mask(item.mask)
+    if image.shape[:2] != raw.shape:
+        from crystalseg.errors import FrameMismatchError
+
+        raise FrameMismatchError(
+            f"image '{item.image.name}' is {image.shape[1]}x{image.shape[0]} px but its "
+            f"mask '{item.mask.name}' is {raw.shape[1]}x{raw.shape[0]}; masks must match "
+            "their images pixel for pixel"
+        )
+    if instances:
+        if raw.dtype.kind == "i" and raw.min() < 0:
+            raise MaskValueError(
+                f"instance mask '{item.mask.name}' holds negative ids; use 0 for background"
+            )
+        return image, raw.astype(np.int64), None
+    classes = rule.apply(raw, name=item.mask.name)
+    return image, _class_instances(classes, tuple(rule.codes)), None
+
+
+def _class_instances(classes: np.ndarray, codes: tuple[str, ...]) -> np.ndarray:
+    """True instances of an annotated class mask: its crystal regions, split along a
+    boundary class if it has one (the measurement's boundary split, untrimmed)."""
+    has_boundary = boundary_class(codes) is not None
+    truth_settings = MeasureSettings(
+        split="boundary" if has_boundary else "none",
+        trim_boundary=False,
+        join_occluded=False,
+        min_area_px=1,
+        min_confidence=None,
+    )
+    return label_mask_frame(classes, settings=truth_settings, codes=codes)
+
+
+__all__ = [
+    "COUNT_BAR",
+    "D50_BAR",
+    "FRAME_COLUMNS",
+    "Evaluation",
+    "evaluate_model",
+    "score_frame",
+    "summarize_scores",
+]
