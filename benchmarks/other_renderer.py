@@ -17,16 +17,18 @@ Five looks: ``bright-field`` (body 0.85-1.02, amp 0.3-0.7), ``low-contrast``
 ``absorbing`` (body 0.3-0.6), ``blurred`` (sigma 2-3.5 px) and ``dark-field``
 (the bright-field image inverted: bright edges on a dark ground).
 
-Per look and model: foreground IoU pooled over frames, matched particle F1 at IoU
-0.5 (:func:`~crystalseg.measure.instances.instance_scores`) of the measurement's
-labels (default settings), and the median relative error of the count and of the
-number-weighted D50 (ECD) of the particles not cut by the frame edge (and the mean
-signed D50 error: positive = sizes too large). Baseline in
-the same run: the same measurement on the true class mask for the model's classes.
+Per look and model, the scores of ``crystalseg evaluate``
+(:func:`crystalseg.evaluate.score_frame`, default measurement settings but no
+confidence filter, which needs the probability): foreground IoU pooled over frames,
+matched particle F1 at IoU 0.5, the median relative error of the count and of the
+number-weighted D50 (ECD) of the particles not cut by the frame edge, the mean signed
+D50 error and the mean outline offset (px; both positive = sizes too large). Baseline
+in the same run: the same measurement on the true class mask for the model's classes.
 
 Prints one JSON document. Usage::
 
     python benchmarks/other_renderer.py [--models default DIR ...] [--frames 12]
+        [--looks ...] [--no-trim-boundary]
 """
 
 from __future__ import annotations
@@ -35,14 +37,13 @@ import argparse
 import json
 
 import numpy as np
+import pandas as pd
 from scipy import ndimage as ndi
 from skimage.draw import polygon
 
 from crystalseg.classes import class_mask_from_labels
+from crystalseg.evaluate import score_frame, summarize_scores
 from crystalseg.measure import MeasureSettings
-from crystalseg.measure.distributions import weighted_quantile
-from crystalseg.measure.instances import instance_scores
-from crystalseg.measure.run import label_mask_frame
 from crystalseg.segment import load_segmenter
 
 LOOKS = ("bright-field", "low-contrast", "absorbing", "blurred", "dark-field")
@@ -102,37 +103,20 @@ def render(seed: int, look: str, size: int = 512) -> tuple[np.ndarray, np.ndarra
     return np.clip(image * 255, 0, 255).astype(np.uint8), labels
 
 
-def _psd(labels: np.ndarray, min_area: int) -> tuple[int, float]:
-    """Count and number-weighted D50 (ECD, px) of the labels not cut by the frame edge."""
-    area = np.bincount(labels.ravel())
-    edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
-    keep = area >= min_area
-    keep[0] = False
-    keep[edge] = False
-    ecd = 2 * np.sqrt(area[keep] / np.pi)
-    return len(ecd), float(weighted_quantile(ecd, 0.5)[0]) if len(ecd) else float("nan")
-
-
 def _scores(frames, masks, codes, settings: MeasureSettings) -> dict:
-    inter = union = 0
-    f1, count_err, d50_err = [], [], []
-    for (_, truth), mask in zip(frames, masks, strict=True):
-        inter += np.count_nonzero((mask > 0) & (truth > 0))
-        union += np.count_nonzero((mask > 0) | (truth > 0))
-        labels = label_mask_frame(mask, settings=settings, codes=codes)
-        f1.append(instance_scores(labels, truth)["f1"])
-        n_true, d50_true = _psd(truth, settings.min_area_px)
-        n, d50 = _psd(labels, settings.min_area_px)
-        if n_true:
-            count_err.append(abs(n - n_true) / n_true)
-            d50_err.append((d50 - d50_true) / d50_true if n else -1.0)
-    return {
-        "fg_iou_pooled": round(inter / union, 4),
-        "f1": round(float(np.mean(f1)), 4),
-        "count_err_median_abs": round(float(np.median(count_err)), 4),
-        "d50_err_median_abs": round(float(np.median(np.abs(d50_err))), 4),
-        "d50_err_mean": round(float(np.mean(d50_err)), 4),
-    }
+    """Per-look figures of :func:`crystalseg.evaluate.score_frame`, the scores of
+    ``crystalseg evaluate``."""
+    rows, inter, union = [], 0, 0
+    for (image, truth), mask in zip(frames, masks, strict=True):
+        row = score_frame(mask, truth, image=image, codes=codes, settings=settings)
+        inter, union = inter + row.pop("_inter"), union + row.pop("_union")
+        rows.append(row)
+    s = summarize_scores(pd.DataFrame(rows), pooled=(inter, union))
+    keys = ("fg_iou_pooled", "f1_mean", "count_error_median_abs", "d50_error_median_abs")
+    out = {k.replace("_mean", "").replace("error", "err"): round(s[k], 4) for k in keys}
+    out["d50_err_mean"] = round(s["d50_error_mean"], 4)
+    out["outline_offset_px"] = round(s["outline_offset_px"], 3)
+    return out
 
 
 def main() -> None:
@@ -140,8 +124,11 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["default"], help="'default' or DIRs")
     parser.add_argument("--frames", type=int, default=12, help="frames per look")
     parser.add_argument("--looks", nargs="+", choices=LOOKS, default=list(LOOKS))
+    parser.add_argument(
+        "--no-trim-boundary", action="store_true", help="MeasureSettings.trim_boundary off"
+    )
     args = parser.parse_args()
-    settings = MeasureSettings()
+    settings = MeasureSettings(trim_boundary=not args.no_trim_boundary)
     segmenters = {m: load_segmenter(None if m == "default" else m) for m in args.models}
     result: dict = {"frames_per_look": args.frames, "size": 512, "looks": {}}
     for look in args.looks:
