@@ -34,6 +34,7 @@ _LAZY = {
     "measure_run": "crystalseg.measure",
     "export_particles": "crystalseg.measure",
     "MeasureSettings": "crystalseg.measure",
+    "evaluate_model": "crystalseg.evaluate",
 }
 
 

@@ -143,8 +143,8 @@ def format_measurement(summary: dict[str, Any], exported: Any = None) -> str:
     return "\n".join(lines)
 
 
-def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{100 * x:.1f} %"
+def _pct(x: float | None, sign: str = "") -> str:
+    return "n/a" if x is None else f"{100 * x:{sign}.1f} %"
 
 
 def format_evaluation(result: Any, written: Any = None) -> str:
@@ -161,11 +161,11 @@ def format_evaluation(result: Any, written: Any = None) -> str:
         )
     lines.append(
         f"  count error      median |e| {_pct(s['count_error_median_abs'])}, "
-        f"mean {_pct(s['count_error_mean'])}"
+        f"mean {_pct(s['count_error_mean'], '+')}"
     )
     lines.append(
         f"  D50 error        median |e| {_pct(s['d50_error_median_abs'])}, "
-        f"mean {_pct(s['d50_error_mean'])} (number basis, ECD)"
+        f"mean {_pct(s['d50_error_mean'], '+')} (number basis, ECD)"
     )
     if s["frames_within_bars"] is not None:
         lines.append(
