@@ -61,6 +61,11 @@ STREAM_FAINT = 18
 #: whose edges darken the light by only 5-10 %.
 FAINT_CONTRAST = (0.12, 0.45)
 FAINT_MIN_VISIBLE_OD = 0.05
+#: Random stream that decides whether a training run draws its rims inside (``rim_inside``).
+STREAM_RIM_INSIDE = 19
+#: :attr:`~crystalseg.synth.Scenario.rim_outside` of such a run: each crystal's rim
+#: band stops at its outline, or keeps part of its outer half.
+RIM_INSIDE_OUTSIDE = (0.0, 1.0)
 
 
 def _render(job: tuple[Path, SynthConfig]) -> None:
@@ -77,6 +82,7 @@ def make_training_runs(
     first_seed: int = FIRST_SEED,
     depth_spread: tuple[float, float] | None = None,
     faint: float = 0.0,
+    rim_inside: float = 0.0,
 ) -> Path:
     """Render the synthetic training runs into ``workdir/runs`` (skips runs already there).
 
@@ -94,11 +100,18 @@ def make_training_runs(
     ``faint`` is the fraction of runs (chosen by seed) drawn with a fainter look:
     contrast :data:`FAINT_CONTRAST`, and labelled crystals kept visible only down to
     :data:`FAINT_MIN_VISIBLE_OD`, for nearly transparent crystals.
+
+    ``rim_inside`` is the fraction of runs (chosen by seed) whose crystals draw the
+    dark rim band inside their outline, or part of its outer half only
+    (:data:`RIM_INSIDE_OUTSIDE`): the scenarios draw it straddling the edge, and a
+    model trained on those alone outlines a crystal whose dark edge lies inside it
+    (refraction in a transparent crystal) half a pixel too small.
     """
     if first_seed < FIRST_SEED:
         raise ValueError(f"first_seed {first_seed} < {FIRST_SEED}: lower seeds are for evaluation")
-    if not 0.0 <= faint <= 1.0:
-        raise ValueError(f"faint {faint} is not a fraction in [0, 1]")
+    for name, value in (("faint", faint), ("rim_inside", rim_inside)):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name} {value} is not a fraction in [0, 1]")
     runs = workdir / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     plan = [(s, runs_per_scenario) for s in SCENARIO_NAMES] + list((extra or {}).items())
@@ -116,6 +129,8 @@ def make_training_runs(
                     params = dataclasses.replace(
                         params, contrast=FAINT_CONTRAST, min_visible_od=FAINT_MIN_VISIBLE_OD
                     )
+                if rim_inside > 0 and stream(seed, STREAM_RIM_INSIDE).random() < rim_inside:
+                    params = dataclasses.replace(params, rim_outside=RIM_INSIDE_OUTSIDE)
                 config = SynthConfig(
                     frames=FRAMES,
                     height=SIZE,
@@ -393,6 +408,13 @@ def main(argv: list[str] | None = None) -> None:
         help="fraction of runs with a fainter look (contrast 0.12-0.45); default 0",
     )
     parser.add_argument(
+        "--rim-inside",
+        type=float,
+        default=0.0,
+        help="fraction of runs whose crystals' dark rim stops at (or fades past) their "
+        "outline instead of straddling it; default 0",
+    )
+    parser.add_argument(
         "--boundary",
         choices=("rim", "contact"),
         default="rim",
@@ -438,6 +460,7 @@ def main(argv: list[str] | None = None) -> None:
             first_seed=args.first_seed,
             depth_spread=args.depth_spread,
             faint=args.faint,
+            rim_inside=args.rim_inside,
         )
     except ValueError as exc:  # --first-seed below the evaluation seeds
         parser.error(str(exc))

@@ -222,6 +222,7 @@ class CrystalOptics:
     rim_od: np.ndarray
     rim_width: np.ndarray
     rim_offset: np.ndarray
+    rim_outside: np.ndarray
     bevel: np.ndarray
     line_od: np.ndarray
     line_width: np.ndarray
@@ -242,9 +243,12 @@ def draw_optics(
     app: Appearance,
     rng: np.random.Generator,
     min_visible_od: float = MIN_VISIBLE_OD,
+    rim_outside: tuple[float, float] = (1.0, 1.0),
 ) -> CrystalOptics:
     """Draw each crystal's and bubble's look around the run's :class:`Appearance`;
-    every crystal keeps at least ``min_visible_od`` (after blur) to stay visible."""
+    every crystal keeps at least ``min_visible_od`` (after blur) to stay visible, and
+    draws the part of its rim outside its outline by a factor from ``rim_outside``
+    (drawn last, so that the default (1, 1) leaves every other draw as it was)."""
     n = pop.n_crystals
     u = lambda lo, hi: rng.uniform(lo, hi, n)  # noqa: E731
     rim_width = app.rim_width_px * u(0.7, 1.3)
@@ -291,6 +295,7 @@ def draw_optics(
         bubble_ring_frac=rng.uniform(0.25, 0.6, b),
         bubble_spot_od=rng.uniform(0.1, 0.6, b),
         bubble_blur=app.focus_blur_px + 0.6 * app.defocus_blur_px * np.abs(pop.bubble_depth),
+        rim_outside=np.ones(n) if rim_outside == (1.0, 1.0) else u(*rim_outside),
     )
 
 
@@ -380,7 +385,10 @@ def _crystal_od(
     bevel = special.expit((d + delta) / F32(0.6))  # 1 on the bevel facets, 0 on top
     od = inside * (F32(opt.body_od[i]) + bevel * shade + (1 - bevel) * F32(opt.top_od[i]))
     rim = (d + F32(opt.rim_offset[i])) / F32(opt.rim_width[i])
-    od += F32(opt.rim_od[i]) * np.exp(-rim * rim)
+    rim_profile = np.exp(-rim * rim)
+    if opt.rim_outside[i] < 1:  # the band stops at the outline, or fades there
+        rim_profile *= inside + F32(opt.rim_outside[i]) * (1 - inside)
+    od += F32(opt.rim_od[i]) * rim_profile
     if opt.line_od[i] > 0.01 and len(s) > 2:
         lw = F32(opt.line_width[i])
         spoke = (d - second) / lw
@@ -491,7 +499,11 @@ class SyntheticRun:
         rng = stream(config.seed, STREAM_APPEARANCE)
         self.appearance = draw_appearance(rng, self.scenario.contrast)
         self.optics = draw_optics(
-            self.population, self.appearance, rng, self.scenario.min_visible_od
+            self.population,
+            self.appearance,
+            rng,
+            self.scenario.min_visible_od,
+            tuple(self.scenario.rim_outside),  # type: ignore[arg-type]
         )
         self.time_s = np.arange(config.frames, dtype="float64") * float(config.interval_s)
         self.pixel_size_um: float | None = (

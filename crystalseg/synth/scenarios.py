@@ -87,6 +87,11 @@ class Scenario:
     min_visible_od : least optical density (after blur, times the contrast) that a
         labelled crystal keeps: fainter ones are darkened to it, so that no crystal
         in the truth is invisible (0.12 leaves an edge at least 11 % deep)
+    rim_outside : how much of the dark rim band that lies outside a crystal's outline
+        is drawn, per crystal from this range (before the blur): 1 draws the band as
+        a whole, straddling the edge by up to half its width, as every scenario does;
+        0 stops it at the outline, as light refracted inside a transparent crystal
+        would, so that the outer edge of the dark band is the crystal's edge
     """
 
     name: str
@@ -108,6 +113,7 @@ class Scenario:
     depth_spread: float = 0.4
     contrast: Range = CONTRAST_RANGE
     min_visible_od: float = MIN_VISIBLE_OD
+    rim_outside: Range = (1.0, 1.0)
 
     def __post_init__(self) -> None:
         if len(self.habit_weights) != len(HABITS) or any(
@@ -141,6 +147,8 @@ class Scenario:
             raise ConfigError(
                 f"induction_fraction {self.induction_fraction!r} must lie within 0..1 of the run"
             )
+        if self.rim_outside[1] > 1:
+            raise ConfigError(f"rim_outside {self.rim_outside!r} must lie within 0..1")
         for name in ("seed_length_px", "nucleus_length_px", "bubble_radius_px", "zoom", "contrast"):
             if getattr(self, name)[0] <= 0:
                 raise ConfigError(f"scenario field '{name}' must be > 0, got {getattr(self, name)}")

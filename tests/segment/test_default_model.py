@@ -75,6 +75,20 @@ def test_recipe_faint_runs_are_drawn_fainter(tmp_path, monkeypatch) -> None:
         recipe.make_training_runs(tmp_path, runs_per_scenario=1, faint=1.5)
 
 
+def test_recipe_rim_inside_runs_draw_their_rims_inside(tmp_path, monkeypatch) -> None:
+    from crystalseg.models import recipe
+
+    made = []
+    monkeypatch.setattr(recipe, "_render", made.append)
+    monkeypatch.setattr(recipe, "SCENARIO_NAMES", ("clear",))
+    recipe.make_training_runs(tmp_path, runs_per_scenario=40, rim_inside=0.5)
+    inside = [c.scenario_params.rim_outside == recipe.RIM_INSIDE_OUTSIDE for _, c in made]
+    assert 10 < sum(inside) < 30  # about half, chosen by seed
+    assert {c.scenario_params.rim_outside for _, c in made} == {(1.0, 1.0), (0.0, 1.0)}
+    with pytest.raises(ValueError, match="rim_inside"):
+        recipe.make_training_runs(tmp_path, runs_per_scenario=1, rim_inside=-0.1)
+
+
 def test_recipe_depth_spread_is_parsed_and_checked() -> None:
     import argparse
 

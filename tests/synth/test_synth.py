@@ -253,6 +253,39 @@ def test_contrast_and_visibility_floor_set_how_faint_crystals_are():
         Scenario("bad", min_visible_od=-0.1)
 
 
+def test_rim_outside_sets_how_far_the_dark_rim_reaches_past_the_outline():
+    import dataclasses
+
+    from scipy import ndimage as ndi
+
+    def frame(rim_outside):
+        scenario = dataclasses.replace(get_scenario("clear"), rim_outside=rim_outside)
+        run = SyntheticRun(SynthConfig(frames=2, height=256, width=256, seed=4, scenario=scenario))
+        return run, run.render(1)
+
+    assert get_scenario("clear").rim_outside == (1.0, 1.0)  # what every scenario draws
+    straddle, a = frame((1.0, 1.0))
+    inside, b = frame((0.0, 0.0))
+    assert straddle.appearance.polarity == "dark"  # crystals darken the light
+    np.testing.assert_array_equal(a.labels, b.labels)  # the truth is the same
+    np.testing.assert_array_equal(straddle.optics.rim_outside, 1.0)
+    np.testing.assert_array_equal(inside.optics.rim_od, straddle.optics.rim_od)  # same draws
+    # just outside the crystals the light is darkened far less when the rim stops at
+    # the outline; far from them the frames are the same
+    distance = ndi.distance_transform_edt(a.labels == 0)
+    ground = np.median(a.image[distance > 15])
+    ring = (distance >= 1) & (distance <= 2)
+    dark_a = ground - a.image[ring].astype(float).mean()
+    dark_b = ground - b.image[ring].astype(float).mean()
+    assert dark_b < 0.75 * dark_a
+    far = distance > 20
+    assert np.abs(a.image[far].astype(int) - b.image[far].astype(int)).max() <= 2
+    drawn = frame((0.0, 1.0))[0].optics.rim_outside
+    assert drawn.min() >= 0 and drawn.max() <= 1 and drawn.std() > 0.1  # per crystal
+    with pytest.raises(ConfigError, match="rim_outside"):
+        Scenario("bad", rim_outside=(0.5, 1.5))
+
+
 def test_objects_cut_by_the_frame_border_are_blurred_as_if_they_continued():
     """A blurred disc cut by the frame border: inside the frame it is exactly the crop
     of the same disc drawn whole on a larger canvas (no fading towards the border)."""
