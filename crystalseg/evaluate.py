@@ -166,7 +166,8 @@ def score_frame(
         Class names of ``mask``.
     settings : MeasureSettings
         The measurement, applied to the model's mask and, for the count and D50, to the
-        true instances alike (least area, frame edge; no confidence filter there).
+        true instances alike (least area, frame edge, sharpness; the confidence filter
+        only to the model's particles).
     pixel_size_um : float, optional
         D50 in µm with it, px without.
 
@@ -326,7 +327,7 @@ def evaluate_model(
         Bad arguments or annotations, with what to fix.
     """
     from crystalseg.segment import EngineSettings, load_segmenter
-    from crystalseg.train.data import discover_pairs
+    from crystalseg.train.data import _to_channels, discover_pairs
     from crystalseg.train.masks import MaskRule
 
     settings = settings or MeasureSettings()
@@ -360,7 +361,7 @@ def evaluate_model(
         row = score_frame(
             mask,
             true_labels,
-            image=image if image.ndim == 2 else None,
+            image=_to_channels(image, 1),
             probability=prob,
             codes=model_codes,
             settings=settings,

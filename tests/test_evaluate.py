@@ -183,6 +183,17 @@ def test_instance_label_masks_give_the_same_truth_as_class_masks(
     np.testing.assert_array_equal(by_ids.frames["n_true"], by_class.frames["n_true"])
     np.testing.assert_allclose(by_ids.frames["d50_true"], by_class.frames["d50_true"])
     assert by_ids.settings["annotation"] == "instances"
+    # a colour copy of an image measures as its grey original, sharpness filter and all
+    grey = np.asarray(Image.open(pairs / "1.png"))
+    Image.fromarray(np.stack([grey] * 3, axis=-1)).save(pairs.parent / "1rgb.png")
+    sharp = MeasureSettings(min_sharpness=1e-4)
+    rgb, mono = (
+        evaluate_model([(pairs.parent / name, as_labels[1][1])], instances=True, settings=sharp)
+        for name in ("1rgb.png", "pairs/1.png")
+    )
+    assert rgb.frames["n_true"][0] > 0
+    np.testing.assert_array_equal(rgb.frames["n_true"], mono.frames["n_true"])
+    np.testing.assert_array_equal(rgb.frames["n_measured"], mono.frames["n_measured"])
 
 
 def test_bad_annotations_are_refused_with_what_to_fix(
