@@ -19,10 +19,14 @@ and compares with the truth stored in the run:
 - outlines: ``outline_offset_px``, how far the model's outline lies outside the true
   one (mean and median over the countable true crystals that a measured particle
   matches at IoU >= 0.5: (particle area - crystal area) / crystal perimeter; positive
-  means crystals drawn too large, which biases every size upwards);
+  means crystals drawn too large, which biases every size upwards), and
+  ``ecd_ratio_by_true_ecd_px``, the median measured / true ECD of those crystals by
+  their true ECD (small crystals carry the largest bias);
 - PSD: per frame with at least ``--min-count`` true crystals, the relative error of
   the crystal count and of the number-weighted D50 (ECD) against the truth table
-  (edge-cut crystals excluded on both sides, same minimum area).
+  (edge-cut crystals excluded on both sides, same minimum area), and
+  ``d50_err_by_true_d50_px``, the median D50 error of those frames by their true D50
+  (the early frames of a run hold only small crystals).
 
 Baseline in the same run: the same measurement on the TRUE class mask, so the
 figures separate the model's errors from those of splitting and measuring.
@@ -57,7 +61,7 @@ import xarray as xr
 from crystalseg.classes import class_mask_from_labels
 from crystalseg.measure import EXCLUDED_REASONS, MeasureSettings, measure_mask_frame
 from crystalseg.measure.distributions import weighted_quantile
-from crystalseg.measure.instances import instance_scores, outline_offsets, truth_pieces
+from crystalseg.measure.instances import instance_scores, matched_areas, truth_pieces
 from crystalseg.measure.run import label_mask_frame
 from crystalseg.segment import EngineSettings, load_segmenter
 from crystalseg.synth import SCENARIO_NAMES, SynthConfig, synthesize_run
@@ -131,6 +135,24 @@ def _binned_recall(found: list, column: int, edges: tuple) -> dict:
     return out
 
 
+#: True-size bins (px) of ``ecd_ratio_by_true_ecd_px`` (crystals) and
+#: ``d50_err_by_true_d50_px`` (frames).
+ECD_BINS = (0, 8, 12, 20, 40, np.inf)
+D50_BINS = (0, 10, 15, 20, 30, np.inf)
+
+
+def _binned_median(pairs: list[tuple[float, float]], edges: tuple) -> dict:
+    """Median of the second value per bin of the first: {"lo-hi": [median, n]}."""
+    key = np.array([p[0] for p in pairs], dtype=float)
+    value = np.array([p[1] for p in pairs], dtype=float)
+    out = {}
+    for lo, hi in itertools.pairwise(edges):
+        inside = (key >= lo) & (key < hi) & np.isfinite(value)
+        if inside.any():
+            out[f"{lo:g}-{hi:g}"] = [round(float(np.median(value[inside])), 4), int(inside.sum())]
+    return out
+
+
 #: Per-frame PSD bars of clear scenes (issue 5): |count error| and |D50 error|.
 COUNT_BAR, D50_BAR = 0.10, 0.05
 
@@ -178,6 +200,8 @@ def evaluate(
             pooled_particles = np.zeros(2)  # the same for the measured particles
             found: list[tuple[float, float, bool]] = []  # (area_px, blur_px, detected)
             offsets: list[float] = []  # outline offsets of matched crystals (px)
+            sizes: list[tuple[float, float]] = []  # (true ECD, measured / true ECD), matched
+            d50_by_size: list[tuple[float, float]] = []  # (true D50, D50 error) per frame
             border = np.zeros((2, BORDER_BINS))  # true fg pixels found, all, by border distance
             per_seed: dict[int, dict[str, list[float]]] = {}
             rows: dict[str, list[float]] = {
@@ -256,8 +280,15 @@ def evaluate(
                     rows["f1"].append(scores["f1"])
                     rows["over_split"].append(scores["over_split_rate"])
                     rows["merged"].append(scores["merged_rate"])
-                    offsets += list(
-                        outline_offsets(true_labels, labels, countable["id"].to_numpy())
+                    m = matched_areas(true_labels, labels, countable["id"].to_numpy())
+                    ok = m["perimeter"] > 0
+                    offsets += list((m["area"] - m["true_area"])[ok] / m["perimeter"][ok])
+                    sizes += list(
+                        zip(
+                            np.sqrt(4 * m["true_area"] / np.pi),
+                            np.sqrt(m["area"] / m["true_area"]),
+                            strict=True,
+                        )
                     )
                     if n_true < min_count:
                         continue
@@ -271,6 +302,7 @@ def evaluate(
                         rows[f"{prefix}count_err"].append((count - n_true) / n_true)
                         rows[f"{prefix}d50_err"].append((d50 - d50_true) / d50_true)
                         if not prefix:
+                            d50_by_size.append((d50_true, (d50 - d50_true) / d50_true))
                             seed_rows["count_err"].append(abs(count - n_true) / n_true)
                             seed_rows["d50_err"].append(abs(d50 - d50_true) / d50_true)
             summary = {}
@@ -304,6 +336,10 @@ def evaluate(
                     "median": float(np.median(offsets)),
                     "crystals": len(offsets),
                 }
+            if sizes:
+                summary["ecd_ratio_by_true_ecd_px"] = _binned_median(sizes, ECD_BINS)
+            if d50_by_size:
+                summary["d50_err_by_true_d50_px"] = _binned_median(d50_by_size, D50_BINS)
             # The clear-scene bars hold per frame: count within 10 %, D50 within 5 %.
             for prefix in ("", "truth_mask_"):
                 count_err = np.abs(rows[f"{prefix}count_err"])

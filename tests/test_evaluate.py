@@ -29,7 +29,7 @@ from crystalseg.evaluate import (
     score_frame,
 )
 from crystalseg.measure import MeasureSettings
-from crystalseg.measure.instances import outline_offsets
+from crystalseg.measure.instances import matched_areas, outline_offsets
 from crystalseg.store import consolidate
 from crystalseg.synth import SynthConfig, synthesize_run
 
@@ -74,6 +74,14 @@ def test_outlines_one_pixel_too_large_give_an_offset_of_one_pixel() -> None:
     assert row["f1"] == 1.0
     assert 0.8 < row["fg_iou"] < 0.85  # (10/11)^2 = 0.826
     np.testing.assert_allclose(outline_offsets(truth, grown), row["outline_offset_px"], atol=0.15)
+    m = matched_areas(truth, grown, truth_ids=np.array([2, 3]))
+    np.testing.assert_array_equal(m["truth"], [2, 3])
+    np.testing.assert_array_equal(m["label"], [2, 3])
+    np.testing.assert_array_equal(m["true_area"], np.bincount(truth.ravel())[2:4])
+    np.testing.assert_array_equal(m["area"], np.bincount(grown.ravel())[2:4])
+    # a particle that misses its crystal by more than half matches nothing
+    shifted = np.roll(truth, 15, axis=1)
+    assert len(matched_areas(truth, shifted)["truth"]) == 0
 
 
 def test_a_missed_crystal_and_a_false_one_show_in_count_recall_and_precision() -> None:

@@ -861,15 +861,13 @@ def instance_scores(
     }
 
 
-def outline_offsets(
+def matched_areas(
     true_labels: np.ndarray, labels: np.ndarray, truth_ids: np.ndarray | None = None
-) -> np.ndarray:
-    """How far measured outlines lie outside the true ones, one value (px) per crystal.
+) -> dict[str, np.ndarray]:
+    """True instances and the labels that match them, with both areas (px).
 
-    For each true instance (or each of ``truth_ids``) whose most-overlapping label
-    matches it at IoU >= 0.5: (label area - true area) / true perimeter
-    (skimage's perimeter). Positive means particles drawn too large, which biases
-    every size upwards: +1 is a particle grown by one pixel all round.
+    Each true instance (or each of ``truth_ids``) is paired with the label that
+    overlaps it most; the pair is kept when their IoU is at least 0.5.
 
     Parameters
     ----------
@@ -880,7 +878,9 @@ def outline_offsets(
 
     Returns
     -------
-    ndarray of float64, one entry per matched true instance (in id order)
+    dict of 1-D arrays, one entry per matched true instance in id order:
+    ``truth`` and ``label`` (ids), ``true_area`` and ``area`` (px), ``perimeter``
+    (of the true instance, skimage's)
     """
     from skimage.measure import regionprops_table
 
@@ -890,29 +890,55 @@ def outline_offsets(
         raise MaskValueError(
             f"labels {np.shape(labels)} and truth {np.shape(true_labels)} differ in shape."
         )
+    out: dict[str, np.ndarray] = {
+        k: np.zeros(0, np.float64 if k == "perimeter" else np.int64)
+        for k in ("truth", "label", "true_area", "area", "perimeter")
+    }
     both = (t > 0) & (p > 0)
     if not both.any():
-        return np.zeros(0)
+        return out
     pairs, overlap = np.unique(np.stack([t[both], p[both]]), axis=1, return_counts=True)
     best = np.lexsort((-overlap, pairs[0]))  # per crystal, the largest overlap first
     first = np.r_[True, np.diff(pairs[0, best]) != 0]
     crystal, particle, inter = pairs[0, best][first], pairs[1, best][first], overlap[best][first]
     area_t, area_p = np.bincount(t), np.bincount(p)
-    iou = inter / (area_t[crystal] + area_p[particle] - inter)
-    keep = iou >= 0.5
+    keep = inter / (area_t[crystal] + area_p[particle] - inter) >= 0.5
     if truth_ids is not None:
         keep &= np.isin(crystal, np.asarray(truth_ids))
     crystal, particle = crystal[keep], particle[keep]
     if not len(crystal):
-        return np.zeros(0)
+        return out
     props = regionprops_table(
         np.asarray(true_labels).astype(np.int32), properties=("label", "perimeter")
     )
     perimeter = np.zeros(len(area_t))
     perimeter[props["label"]] = props["perimeter"]
-    ok = perimeter[crystal] > 0
-    crystal, particle = crystal[ok], particle[ok]
-    return ((area_p[particle] - area_t[crystal]) / perimeter[crystal]).astype(np.float64)
+    return {
+        "truth": crystal,
+        "label": particle,
+        "true_area": area_t[crystal],
+        "area": area_p[particle],
+        "perimeter": perimeter[crystal],
+    }
+
+
+def outline_offsets(
+    true_labels: np.ndarray, labels: np.ndarray, truth_ids: np.ndarray | None = None
+) -> np.ndarray:
+    """How far measured outlines lie outside the true ones, one value (px) per crystal.
+
+    For each true instance (or each of ``truth_ids``) matched by a label
+    (:func:`matched_areas`): (label area - true area) / true perimeter. Positive means
+    particles drawn too large, which biases every size upwards: +1 is a particle
+    grown by one pixel all round.
+
+    Returns
+    -------
+    ndarray of float64, one entry per matched true instance (in id order)
+    """
+    m = matched_areas(true_labels, labels, truth_ids)
+    ok = m["perimeter"] > 0
+    return ((m["area"][ok] - m["true_area"][ok]) / m["perimeter"][ok]).astype(np.float64)
 
 
 __all__ = [
@@ -928,5 +954,6 @@ __all__ = [
     "crystal_classes",
     "instance_scores",
     "label_instances",
+    "matched_areas",
     "outline_offsets",
 ]
