@@ -28,7 +28,7 @@ in the same run: the same measurement on the true class mask for the model's cla
 Prints one JSON document. Usage::
 
     python benchmarks/other_renderer.py [--models default DIR ...] [--frames 12]
-        [--looks ...] [--no-trim-boundary]
+        [--first-seed 1000] [--looks ...] [--no-trim-boundary]
 """
 
 from __future__ import annotations
@@ -123,6 +123,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["default"], help="'default' or DIRs")
     parser.add_argument("--frames", type=int, default=12, help="frames per look")
+    parser.add_argument(
+        "--first-seed",
+        type=int,
+        default=1000,
+        help="seed of the first frame of a look (1000: the frames that chose models so far)",
+    )
     parser.add_argument("--looks", nargs="+", choices=LOOKS, default=list(LOOKS))
     parser.add_argument(
         "--no-trim-boundary", action="store_true", help="MeasureSettings.trim_boundary off"
@@ -130,9 +136,15 @@ def main() -> None:
     args = parser.parse_args()
     settings = MeasureSettings(trim_boundary=not args.no_trim_boundary)
     segmenters = {m: load_segmenter(None if m == "default" else m) for m in args.models}
-    result: dict = {"frames_per_look": args.frames, "size": 512, "looks": {}}
+    result: dict = {
+        "frames_per_look": args.frames,
+        "first_seed": args.first_seed,
+        "size": 512,
+        "trim_boundary": settings.trim_boundary,
+        "looks": {},
+    }
     for look in args.looks:
-        frames = [render(1000 + k, look) for k in range(args.frames)]
+        frames = [render(args.first_seed + k, look) for k in range(args.frames)]
         row: dict = {}
         for name, seg in segmenters.items():
             codes = tuple(seg.spec.codes)
