@@ -59,18 +59,25 @@ def test_recipe_keeps_evaluation_seeds_out_of_training(tmp_path) -> None:
     assert not (tmp_path / "runs").exists()
 
 
-def test_recipe_faint_runs_are_drawn_fainter(tmp_path, monkeypatch) -> None:
+def _planned_scenarios(tmp_path, monkeypatch, **kw) -> list:
+    """The scenarios of 40 clear training runs that the recipe would render with ``kw``."""
     from crystalseg.models import recipe
 
     made = []
     monkeypatch.setattr(recipe, "_render", made.append)
     monkeypatch.setattr(recipe, "SCENARIO_NAMES", ("clear",))
-    recipe.make_training_runs(tmp_path, runs_per_scenario=40, faint=0.5)
-    faint = [c.scenario_params.contrast == recipe.FAINT_CONTRAST for _, c in made]
+    recipe.make_training_runs(tmp_path, runs_per_scenario=40, **kw)
+    return [config.scenario_params for _, config in made]
+
+
+def test_recipe_faint_runs_are_drawn_fainter(tmp_path, monkeypatch) -> None:
+    from crystalseg.models import recipe
+
+    planned = _planned_scenarios(tmp_path, monkeypatch, faint=0.5)
+    faint = [p.contrast == recipe.FAINT_CONTRAST for p in planned]
     assert 10 < sum(faint) < 30  # about half, chosen by seed
-    for (_, config), is_faint in zip(made, faint, strict=True):
-        floor = config.scenario_params.min_visible_od
-        assert floor == (recipe.FAINT_MIN_VISIBLE_OD if is_faint else 0.12)
+    for params, is_faint in zip(planned, faint, strict=True):
+        assert params.min_visible_od == (recipe.FAINT_MIN_VISIBLE_OD if is_faint else 0.12)
     with pytest.raises(ValueError, match="fraction"):
         recipe.make_training_runs(tmp_path, runs_per_scenario=1, faint=1.5)
 
@@ -78,13 +85,10 @@ def test_recipe_faint_runs_are_drawn_fainter(tmp_path, monkeypatch) -> None:
 def test_recipe_rim_inside_runs_draw_their_rims_inside(tmp_path, monkeypatch) -> None:
     from crystalseg.models import recipe
 
-    made = []
-    monkeypatch.setattr(recipe, "_render", made.append)
-    monkeypatch.setattr(recipe, "SCENARIO_NAMES", ("clear",))
-    recipe.make_training_runs(tmp_path, runs_per_scenario=40, rim_inside=0.5)
-    inside = [c.scenario_params.rim_outside == recipe.RIM_INSIDE_OUTSIDE for _, c in made]
+    planned = _planned_scenarios(tmp_path, monkeypatch, rim_inside=0.5)
+    inside = [p.rim_outside == recipe.RIM_INSIDE_OUTSIDE for p in planned]
     assert 10 < sum(inside) < 30  # about half, chosen by seed
-    assert {c.scenario_params.rim_outside for _, c in made} == {(1.0, 1.0), (0.0, 1.0)}
+    assert {p.rim_outside for p in planned} == {(1.0, 1.0), (0.0, 1.0)}
     with pytest.raises(ValueError, match="rim_inside"):
         recipe.make_training_runs(tmp_path, runs_per_scenario=1, rim_inside=-0.1)
 
