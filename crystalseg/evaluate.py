@@ -173,7 +173,10 @@ def score_frame(
 
     Returns
     -------
-    dict with the keys of :data:`FRAME_COLUMNS` but ``name``
+    dict
+        The keys of :data:`FRAME_COLUMNS` but ``name`` and ``pixel_size_um``, and for
+        pooling over frames (:func:`summarize_scores`) ``_inter`` and ``_union``
+        (foreground pixels) and ``_offset_sum`` (sum of the outline offsets).
     """
     true_labels = np.asarray(true_labels)
     if true_labels.shape != mask.shape:
