@@ -59,6 +59,7 @@ import numpy as np
 import xarray as xr
 
 from crystalseg.classes import class_mask_from_labels
+from crystalseg.evaluate import COUNT_BAR, D50_BAR
 from crystalseg.measure import EXCLUDED_REASONS, MeasureSettings, measure_mask_frame
 from crystalseg.measure.distributions import weighted_quantile
 from crystalseg.measure.instances import instance_scores, matched_areas, truth_pieces
@@ -151,10 +152,6 @@ def _binned_median(pairs: list[tuple[float, float]], edges: tuple) -> dict:
         if inside.any():
             out[f"{lo:g}-{hi:g}"] = [round(float(np.median(value[inside])), 4), int(inside.sum())]
     return out
-
-
-#: Per-frame PSD bars of clear scenes (issue 5): |count error| and |D50 error|.
-COUNT_BAR, D50_BAR = 0.10, 0.05
 
 
 def _seed_summary(rows: dict[str, list[float]]) -> dict[str, float | None]:

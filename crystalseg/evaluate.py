@@ -398,7 +398,7 @@ def _annotated_frame(
     item: Any, rule: Any, instances: bool, runs: dict[Path, Any]
 ) -> tuple[np.ndarray, np.ndarray, float | None]:
     """Image, true instance labels and pixel size (µm, runs only) of one item."""
-    from crystalseg.train.data import read_image
+    from crystalseg.train.data import check_pair_shapes, read_image
     from crystalseg.train.masks import read_mask
 
     if item.run is not None:
@@ -416,14 +416,7 @@ def _annotated_frame(
         return np.asarray(ds["image"][t].values), np.asarray(truth["labels"][t].values), pixel
     image = read_image(item.image)
     raw = read_mask(item.mask)
-    if image.shape[:2] != raw.shape:
-        from crystalseg.errors import FrameMismatchError
-
-        raise FrameMismatchError(
-            f"image '{item.image.name}' is {image.shape[1]}x{image.shape[0]} px but its "
-            f"mask '{item.mask.name}' is {raw.shape[1]}x{raw.shape[0]}; masks must match "
-            "their images pixel for pixel"
-        )
+    check_pair_shapes(item, image, raw)
     if instances:
         if raw.dtype.kind == "i" and raw.min() < 0:
             raise MaskValueError(

@@ -131,6 +131,21 @@ def _to_channels(image: np.ndarray, channels: int) -> np.ndarray:
     return image
 
 
+def check_pair_shapes(item: PairItem, image: np.ndarray, raw_mask: np.ndarray) -> None:
+    """Refuse a mask that does not match its image pixel for pixel.
+
+    Raises
+    ------
+    FrameMismatchError
+    """
+    if image.shape[:2] != raw_mask.shape:
+        raise FrameMismatchError(
+            f"image '{item.name}' is {image.shape[1]}x{image.shape[0]} px but its mask "
+            f"'{item.mask.name if item.mask else 'mask'}' is {raw_mask.shape[1]}x"
+            f"{raw_mask.shape[0]}; masks must match their images pixel for pixel"
+        )
+
+
 # --------------------------------------------------------------------------------------
 # Discovery
 
@@ -532,12 +547,7 @@ class SegmentationData:
     def _checked(
         self, item: PairItem, image: np.ndarray, raw_mask: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
-        if image.shape[:2] != raw_mask.shape:
-            raise FrameMismatchError(
-                f"image '{item.name}' is {image.shape[1]}x{image.shape[0]} px but its mask "
-                f"'{item.mask.name if item.mask else 'mask'}' is {raw_mask.shape[1]}x"
-                f"{raw_mask.shape[0]}; masks must match their images pixel for pixel"
-            )
+        check_pair_shapes(item, image, raw_mask)
         name = item.mask.name if item.mask is not None else item.name
         mask = self.rule.apply(raw_mask, name=name)
         return _to_channels(image, self.channels), mask
