@@ -257,9 +257,10 @@ def synth(
 @click.option("--loss", default="dice+ce", show_default=True)
 @click.option(
     "--augment",
-    type=click.Choice(["default", "strong", "none"]),
+    type=click.Choice(["default", "strong", "strong-zoom", "none"]),
     default="default",
     show_default=True,
+    help="Augmentation preset; strong-zoom adds 1.5-4x zoom-ins for high magnifications.",
 )
 @click.option(
     "--scaling",

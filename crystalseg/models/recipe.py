@@ -420,6 +420,12 @@ def main(argv: list[str] | None = None) -> None:
         default="rim",
         help="third class: every crystal's rim (default) or only where crystals touch",
     )
+    parser.add_argument(
+        "--augment",
+        choices=("strong", "strong-zoom"),
+        default="strong",
+        help="augmentation preset; strong-zoom adds 1.5-4x zoom-ins (high magnification)",
+    )
     parser.add_argument("--frame-step", type=int, default=FRAME_STEP, help="every n-th frame")
     parser.add_argument("--max-minutes", type=float, default=None, help="wall-clock budget")
     parser.add_argument(
@@ -479,7 +485,7 @@ def main(argv: list[str] | None = None) -> None:
         valid_fraction=0.15,
         frame_step=args.frame_step,
         scaling="percentile",
-        augment="strong",
+        augment=args.augment,
         overwrite=not args.resume,
         resume=args.output if args.resume else None,
         device=args.device,

@@ -1,15 +1,16 @@
 """Augmentation of training batches for microscopy, on the batch's device (kornia).
 
-Geometric steps (flips, 90° rotations, small rotations and scalings) move image and
-mask together, the mask resampled by nearest neighbour so classes stay classes;
-intensity steps (brightness, contrast, gamma, blur, noise, optionally contrast
-inversion and uneven illumination) touch the image only. Images are on the 0..1
-scale, before the model's mean/std normalisation.
+Geometric steps (flips, 90° rotations, small rotations and scalings, optionally a
+strong zoom-in that mimics an oversampling camera) move image and mask together, the
+mask resampled by nearest neighbour so classes stay classes; intensity steps
+(brightness, contrast, gamma, blur, noise, optionally contrast inversion and uneven
+illumination) touch the image only. Images are on the 0..1 scale, before the model's
+mean/std normalisation.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal, cast
 
 import torch
@@ -17,7 +18,10 @@ from torch import nn
 
 from crystalseg.errors import ConfigError
 
-AugmentPreset = Literal["default", "strong", "none"]
+AugmentPreset = Literal["default", "strong", "strong-zoom", "none"]
+
+#: Preset names accepted by :meth:`AugmentSettings.preset` (and ``train --augment``).
+AUGMENT_PRESETS: tuple[str, ...] = ("default", "strong", "strong-zoom", "none")
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,12 @@ class AugmentSettings:
     noise_p : probability of noise
     invert_p : probability of inverting contrast (dark crystals on bright ground and back)
     illumination_p : probability of an illumination gradient
+    zoom_in : (min, max) factors of the strong zoom-in step, which enlarges a random
+        part of the crop with bilinear interpolation *before* blur and noise: crystals,
+        rims and blur all grow by the factor and the noise stays per pixel, as on a
+        camera whose pixels are much finer than the optics resolve (high
+        magnification). (1, 1) turns it off.
+    zoom_in_p : probability of the zoom-in step
     """
 
     flips: bool = True
@@ -57,17 +67,22 @@ class AugmentSettings:
     noise_p: float = 0.3
     invert_p: float = 0.0
     illumination_p: float = 0.0
+    zoom_in: tuple[float, float] = (1.0, 1.0)
+    zoom_in_p: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("affine_p", "intensity_p", "blur_p", "noise_p", "invert_p", "illumination_p"):
+        names = ("affine_p", "intensity_p", "blur_p", "noise_p", "invert_p", "illumination_p")
+        for name in (*names, "zoom_in_p"):
             p = getattr(self, name)
             if not 0.0 <= p <= 1.0:
                 raise ConfigError(f"augmentation {name} must be a probability in [0, 1], got {p}")
-        for name in ("scale", "contrast", "gamma", "blur_sigma"):
+        for name in ("scale", "contrast", "gamma", "blur_sigma", "zoom_in"):
             lo, hi = (float(v) for v in getattr(self, name))
             if not 0.0 < lo <= hi:
                 raise ConfigError(f"augmentation {name} must be (min, max) with 0 < min <= max")
             object.__setattr__(self, name, (lo, hi))
+        if self.zoom_in[0] < 1.0:
+            raise ConfigError(f"augmentation zoom_in must enlarge (min >= 1), got {self.zoom_in}")
         if not 0.0 <= self.rotate_deg <= 180.0:
             raise ConfigError(f"rotate_deg must be in [0, 180], got {self.rotate_deg}")
         if not 0.0 <= self.brightness < 1.0:
@@ -77,11 +92,18 @@ class AugmentSettings:
 
     @classmethod
     def preset(cls, name: AugmentPreset) -> AugmentSettings | None:
-        """``"default"``, ``"strong"`` (wide appearance changes, for generalisation) or None."""
+        """``"default"``, ``"strong"`` (wide appearance changes, for generalisation),
+        ``"strong-zoom"`` (``"strong"`` plus a zoom-in by 1.5-4x on a quarter of the
+        crops, for magnifications and oversampled cameras beyond the synthetic runs'
+        zoom) or None (``"none"``)."""
         if name == "none":
             return None
         if name == "default":
             return cls()
+        if name == "strong-zoom":
+            return replace(
+                cast(AugmentSettings, cls.preset("strong")), zoom_in=(1.5, 4.0), zoom_in_p=0.25
+            )
         if name == "strong":
             return cls(
                 rotate_deg=30.0,
@@ -98,7 +120,7 @@ class AugmentSettings:
                 invert_p=0.2,
                 illumination_p=0.4,
             )
-        raise ConfigError(f"augment must be 'default', 'strong' or 'none', got {name!r}")
+        raise ConfigError(f"augment must be one of {', '.join(AUGMENT_PRESETS)}, got {name!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form recorded in the checkpoint."""
@@ -131,6 +153,12 @@ class Augmenter(nn.Module):
                     scale=s.scale,
                     padding_mode="reflection",
                     p=s.affine_p,
+                )
+            )
+        if s.zoom_in_p > 0 and s.zoom_in != (1.0, 1.0):
+            geo.append(
+                K.RandomAffine(
+                    degrees=0.0, scale=s.zoom_in, padding_mode="reflection", p=s.zoom_in_p
                 )
             )
         inten: list[nn.Module] = []

@@ -18,6 +18,7 @@ from typing import Any
 
 from crystalseg.errors import ConfigError, StageStateError
 from crystalseg.models.checkpoint import DEFAULT_ENCODER, META_FILE, jsonable, read_checkpoint_meta
+from crystalseg.train.augment import AUGMENT_PRESETS
 from crystalseg.train.data import PathLike, SegmentationData
 from crystalseg.train.learner import (
     LAST_DIR,
@@ -126,8 +127,10 @@ class TrainSettings:
             raise ConfigError(f"--crops-per-image must be >= 1, got {self.crops_per_image}")
         if not 0.0 <= self.foreground_bias <= 1.0:
             raise ConfigError(f"--foreground-bias must be in [0, 1], got {self.foreground_bias}")
-        if self.augment not in ("default", "strong", "none"):
-            raise ConfigError(f"--augment must be default, strong or none, got {self.augment}")
+        if self.augment not in AUGMENT_PRESETS:
+            raise ConfigError(
+                f"--augment must be one of {', '.join(AUGMENT_PRESETS)}, got {self.augment}"
+            )
         if self.scaling not in (None, "dtype", "percentile"):
             raise ConfigError(f"--scaling must be dtype or percentile, got {self.scaling}")
         if self.early_stop is not None and self.early_stop < 1:

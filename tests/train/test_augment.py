@@ -92,3 +92,28 @@ def test_presets_and_validation() -> None:
         AugmentSettings(blur_p=1.5)
     with pytest.raises(ConfigError):
         AugmentSettings(gamma=(1.2, 0.8))
+
+
+def test_zoom_in_enlarges_crystal_and_mask_together() -> None:
+    """The strong-zoom step grows a marked block by 1.5-4x in each direction (area
+    2.25-16x) and its mask with it, before blur and noise."""
+    settings = AugmentSettings(
+        flips=False, rot90=False, affine_p=0.0, zoom_in=(1.5, 4.0), zoom_in_p=1.0, **GEOMETRIC_ONLY
+    )
+    aug = Augmenter(settings)
+    torch.manual_seed(1)
+    x = torch.zeros(8, 1, 96, 96)
+    y = torch.zeros(8, 96, 96, dtype=torch.int64)
+    x[:, :, 44:52, 44:52] = 1.0  # an 8x8 crystal at the centre, where every zoom keeps it
+    y[:, 44:52, 44:52] = 1
+    xa, ya = aug(x, y)
+    area = (ya == 1).sum((1, 2)).float()
+    assert bool(((area >= 64 * 2.25 * 0.85) & (area <= 64 * 16 * 1.15)).all()), area
+    assert float(area.std()) > 0  # one factor per crop
+    for i in range(8):
+        agree = ((xa[i, 0] > 0.5) == (ya[i] == 1)).float().mean()
+        assert agree > 0.98
+    preset = AugmentSettings.preset("strong-zoom")
+    assert preset.zoom_in == (1.5, 4.0) and preset.zoom_in_p == 0.25 and preset.invert_p > 0
+    with pytest.raises(ConfigError, match="zoom_in"):
+        AugmentSettings(zoom_in=(0.5, 2.0))
