@@ -34,6 +34,7 @@ figures separate the model's errors from those of splitting and measuring.
 Prints one JSON document. Usage::
 
     python benchmarks/accuracy.py [--model DIR] [--seeds 1 2] [--frames 12] [--size 512] [--tta]
+        [--resize F]
         [--split auto|hybrid|...] [--no-trim-boundary] [--min-confidence P (negative: off)]
         [--min-area PX]
         [--scenarios clear ...]
@@ -173,8 +174,9 @@ def evaluate(
     tta: bool = False,
     settings: MeasureSettings | None = None,
     scenarios: tuple[str, ...] = SCENARIO_NAMES,
+    resize: float = 1.0,
 ) -> dict:
-    segmenter = load_segmenter(model, None, EngineSettings(tta=tta))
+    segmenter = load_segmenter(model, None, EngineSettings(tta=tta, resize=resize))
     codes = tuple(segmenter.spec.codes)
     settings = MeasureSettings() if settings is None else settings
     result: dict = {
@@ -184,6 +186,7 @@ def evaluate(
         "frames": frames,
         "size": size,
         "tta": tta,
+        "resize": resize,
         "measure_settings": {
             k: v
             for k, v in settings.to_dict().items()
@@ -362,6 +365,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--min-count", type=int, default=5)
     parser.add_argument("--tta", action="store_true", help="test-time augmentation (8 views)")
+    parser.add_argument("--resize", type=float, default=1.0, help="engine resize factor")
     parser.add_argument("--split", default="auto", help="measurement split method")
     parser.add_argument(
         "--no-trim-boundary",
@@ -399,6 +403,7 @@ def main() -> None:
         args.tta,
         settings,
         tuple(args.scenarios),
+        args.resize,
     )
     print(json.dumps(result, indent=2))
 

@@ -25,10 +25,15 @@ number-weighted D50 (ECD) of the particles not cut by the frame edge, the mean s
 D50 error and the mean outline offset (px; both positive = sizes too large). Baseline
 in the same run: the same measurement on the true class mask for the model's classes.
 
+``--magnification M`` draws the same scenes M times larger, edge bands and blur
+included (the same optics on finer pixels, or a stronger objective), and ``--resize F``
+runs the models with ``EngineSettings(resize=F)``, the engine's answer to it.
+
 Prints one JSON document. Usage::
 
     python benchmarks/other_renderer.py [--models default DIR ...] [--frames 12]
         [--first-seed 1000] [--looks ...] [--no-trim-boundary]
+        [--magnification 4 --resize 0.5]
 """
 
 from __future__ import annotations
@@ -44,18 +49,23 @@ from skimage.draw import polygon
 from crystalseg.classes import class_mask_from_labels
 from crystalseg.evaluate import score_frame, summarize_scores
 from crystalseg.measure import MeasureSettings
-from crystalseg.segment import load_segmenter
+from crystalseg.segment import EngineSettings, load_segmenter
 
 LOOKS = ("bright-field", "low-contrast", "absorbing", "blurred", "dark-field")
 
 
-def render(seed: int, look: str, size: int = 512) -> tuple[np.ndarray, np.ndarray]:
-    """One frame (uint8) and its instance labels (int32) in the given look."""
+def render(
+    seed: int, look: str, size: int = 512, magnification: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """One frame (uint8) and its instance labels (int32) in the given look.
+
+    ``magnification`` scales the crystals' lengths, the edge band's width and the blur
+    (the same optics imaged on finer pixels); 1 draws the same frames as before."""
     rng = np.random.default_rng(seed)
     labels = np.zeros((size, size), np.int32)
     n = 0
     for _ in range(rng.integers(8, 30)):
-        length = rng.uniform(8, 70)
+        length = rng.uniform(8, 70) * magnification
         width = length / rng.uniform(1, 5)
         angle = rng.uniform(0, np.pi)
         cy, cx = rng.uniform(0, size, 2)
@@ -72,7 +82,7 @@ def render(seed: int, look: str, size: int = 512) -> tuple[np.ndarray, np.ndarra
         turn = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
         corners = hexagon @ turn.T
         rr, cc = polygon(cy + corners[:, 0], cx + corners[:, 1], labels.shape)
-        if len(rr) < 15 or (labels[rr, cc] > 0).mean() > 0.2:
+        if len(rr) < 15 * magnification**2 or (labels[rr, cc] > 0).mean() > 0.2:
             continue  # too small, or would hide much of another crystal
         n += 1
         labels[rr, cc] = n
@@ -80,6 +90,7 @@ def render(seed: int, look: str, size: int = 512) -> tuple[np.ndarray, np.ndarra
     ground = 0.7 + 0.1 * rng.uniform(-1, 1) * (yy - 0.5) + 0.1 * rng.uniform(-1, 1) * (xx - 0.5)
     ground *= 1 - 0.25 * ((yy - 0.5) ** 2 + (xx - 0.5) ** 2)
     amp, edge_px, body = rng.uniform(0.3, 0.7), rng.uniform(0.8, 2.0), rng.uniform(0.85, 1.02)
+    edge_px *= magnification
     if look == "low-contrast":
         amp, body = rng.uniform(0.08, 0.2), rng.uniform(0.97, 1.0)
     elif look == "absorbing":
@@ -93,7 +104,7 @@ def render(seed: int, look: str, size: int = 512) -> tuple[np.ndarray, np.ndarra
         depth = ndi.distance_transform_edt(inside)
         t = np.where(inside, body * (1 - amp * np.exp(-(((depth - 0.5) / edge_px) ** 2))), 1.0)
         transmission[box] = np.minimum(transmission[box], t)
-    sigma = rng.uniform(2.0, 3.5) if look == "blurred" else rng.uniform(0.5, 1.5)
+    sigma = magnification * (rng.uniform(2.0, 3.5) if look == "blurred" else rng.uniform(0.5, 1.5))
     image = ndi.gaussian_filter(ground * transmission, sigma)
     if look == "dark-field":
         image = 0.1 + 1.2 * (ground - image)
@@ -131,20 +142,35 @@ def main() -> None:
     )
     parser.add_argument("--looks", nargs="+", choices=LOOKS, default=list(LOOKS))
     parser.add_argument(
+        "--magnification",
+        type=float,
+        default=1.0,
+        help="scale crystal lengths, edge band width and blur by this (high magnification)",
+    )
+    parser.add_argument("--resize", type=float, default=1.0, help="engine resize factor")
+    parser.add_argument(
         "--no-trim-boundary", action="store_true", help="MeasureSettings.trim_boundary off"
     )
     args = parser.parse_args()
     settings = MeasureSettings(trim_boundary=not args.no_trim_boundary)
-    segmenters = {m: load_segmenter(None if m == "default" else m) for m in args.models}
+    engine = EngineSettings(resize=args.resize)
+    segmenters = {
+        m: load_segmenter(None if m == "default" else m, None, engine) for m in args.models
+    }
     result: dict = {
         "frames_per_look": args.frames,
         "first_seed": args.first_seed,
         "size": 512,
         "trim_boundary": settings.trim_boundary,
+        "magnification": args.magnification,
+        "resize": args.resize,
         "looks": {},
     }
     for look in args.looks:
-        frames = [render(args.first_seed + k, look) for k in range(args.frames)]
+        frames = [
+            render(args.first_seed + k, look, magnification=args.magnification)
+            for k in range(args.frames)
+        ]
         row: dict = {}
         for name, seg in segmenters.items():
             codes = tuple(seg.spec.codes)

@@ -351,6 +351,17 @@ _tta_option = click.option(
 )
 
 
+_resize_option = click.option(
+    "--resize",
+    type=click.FloatRange(0.1, 4.0),
+    default=1.0,
+    show_default=True,
+    help="Resize frames by this factor before the model (masks keep the frame size): "
+    "0.5 or 0.25 for crystals far larger in pixels than the model knows (high "
+    "magnification, wide blurred edges); check the factor with evaluate.",
+)
+
+
 @contextmanager
 def _stage_bars(quiet: bool) -> Iterator[Callable[[str, int, int], None]]:
     """Progress bars for callbacks ``(stage, frames_done, frames_total)``, one bar a stage."""
@@ -388,6 +399,7 @@ def _stage_bars(quiet: bool) -> Iterator[Callable[[str, int, int], None]]:
 @click.option("--tile-size", type=int, default=None, help="Tile larger frames (px, default 1024).")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model (GPU).")
 @_tta_option
+@_resize_option
 @click.option("--save-probability", is_flag=True, help="Also store the crystal probability.")
 @click.option("--overwrite", is_flag=True, help="Replace a mask made by another model.")
 @_scheduler_option
@@ -402,6 +414,7 @@ def segment(
     tile_size: int | None,
     compile_: bool,
     tta: bool,
+    resize: float,
     save_probability: bool,
     overwrite: bool,
     scheduler: str | None,
@@ -427,6 +440,7 @@ def segment(
             batch_size=batch_size,
             compile=compile_,
             tta=tta,
+            resize=resize,
             save_probability=save_probability,
             overwrite=overwrite,
             client=scheduler,
@@ -532,6 +546,7 @@ def _measure_settings(opts: dict[str, Any], **extra: Any) -> Any:
     "GPU; on the CPU both stages want the same cores).",
 )
 @_tta_option
+@_resize_option
 @_scheduler_option
 @click.pass_context
 def measure(
@@ -543,6 +558,7 @@ def measure(
     overwrite: bool,
     stream: bool | None,
     tta: bool,
+    resize: float,
     scheduler: str | None,
     **filters: Any,
 ) -> None:
@@ -563,10 +579,10 @@ def measure(
 
     settings = _measure_settings(filters, bins=bins or MeasureSettings.bins)
     engine: Any = model
-    if tta and needs_segmentation(run):  # TTA only matters when the run is segmented here
+    if (tta or resize != 1.0) and needs_segmentation(run):  # only when segmented here
         from crystalseg.segment import EngineSettings, load_segmenter
 
-        engine = load_segmenter(model, None, EngineSettings(tta=True))
+        engine = load_segmenter(model, None, EngineSettings(tta=tta, resize=resize))
     with _stage_bars(ctx.obj["quiet"]) as update:
         measure_run(
             run,
@@ -619,6 +635,7 @@ def measure(
 @click.option("--frame-step", default=1, show_default=True, help="Every n-th frame of run stores.")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, mps.")
 @_tta_option
+@_resize_option
 @click.option(
     "-o",
     "--output",
@@ -638,6 +655,7 @@ def evaluate(
     frame_step: int,
     device: str,
     tta: bool,
+    resize: float,
     output: Path | None,
     **filters: Any,
 ) -> None:
@@ -667,6 +685,7 @@ def evaluate(
             settings=_measure_settings(filters),
             pixel_size_um=pixel_size_um,
             tta=tta,
+            resize=resize,
             device=device,
             frame_step=frame_step,
             progress=lambda done, total: update("evaluate", done, total),

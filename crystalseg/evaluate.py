@@ -287,6 +287,7 @@ def evaluate_model(
     settings: MeasureSettings | None = None,
     pixel_size_um: float | None = None,
     tta: bool = False,
+    resize: float = 1.0,
     device: str = "auto",
     frame_step: int = 1,
     progress: Callable[[int, int], None] | None = None,
@@ -314,7 +315,9 @@ def evaluate_model(
     pixel_size_um : float, optional
         Micrometres per pixel of image files (D50 and offsets in µm too); synthetic
         runs carry their own.
-    tta, device : engine settings of the model (test-time augmentation, device).
+    tta, resize, device : engine settings of the model (test-time augmentation, the
+        factor frames are resized by before the model, device); see
+        :class:`~crystalseg.segment.EngineSettings`.
     frame_step : int
         Every n-th frame of run stores.
     progress : callable (done, total), optional
@@ -352,7 +355,7 @@ def evaluate_model(
     if model is not None and hasattr(model, "predict") and hasattr(model, "spec"):
         seg = model
     else:
-        seg = load_segmenter(model, None, EngineSettings(device=device, tta=tta))
+        seg = load_segmenter(model, None, EngineSettings(device=device, tta=tta, resize=resize))
     model_codes = tuple(seg.spec.codes)
     rows: list[dict[str, Any]] = []
     inter = union = 0
@@ -390,6 +393,7 @@ def evaluate_model(
         "measure_settings": settings.to_dict(),
         "pixel_size_um": pixel_size_um,
         "tta": tta,
+        "resize": resize,
     }
     return Evaluation(frames.drop(columns="_offset_sum"), summary, recorded)
 

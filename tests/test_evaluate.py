@@ -244,3 +244,22 @@ def test_cli_writes_scores_and_prints_a_summary(
     assert (table["fg_iou"] > 0.7).all()
     bad = CliRunner().invoke(cli, ["-q", "evaluate", str(tmp_path / "nothing")])
     assert bad.exit_code != 0 and "does not exist" in bad.output
+    scores = tmp_path / "half.json"
+    half = CliRunner().invoke(
+        cli,
+        [
+            "-q",
+            "evaluate",
+            str(pairs),
+            "--mask-values",
+            "0,255",
+            "--resize",
+            "0.5",
+            "-o",
+            str(scores),
+        ],
+    )
+    assert half.exit_code == 0, half.output
+    assert json.loads(scores.read_text())["settings"]["resize"] == 0.5
+    wild = CliRunner().invoke(cli, ["-q", "evaluate", str(pairs), "--resize", "10"])
+    assert wild.exit_code == 2 and "--resize" in wild.output

@@ -279,6 +279,7 @@ def segment_run(
     compile: bool = False,
     threads: int | None = None,
     tta: bool = False,
+    resize: float = 1.0,
     overwrite: bool = False,
     save_probability: bool = False,
     client: Any = None,
@@ -291,7 +292,8 @@ def segment_run(
     run : path of the run store
     model : checkpoint directory, a :class:`Segmenter`, or None for the bundled model.
         A Segmenter brings its own engine settings (device ... compile are then ignored).
-    device, backend, batch_size, tile_size, tile_overlap, precision, compile, threads, tta
+    device, backend, batch_size, tile_size, tile_overlap, precision, compile, threads, tta,
+    resize
         Engine settings, see :class:`~crystalseg.segment.engine.EngineSettings`.
     overwrite : bool
         Replace a mask made by another model or other settings. Without it that is an
@@ -330,6 +332,7 @@ def segment_run(
         compile=compile,
         threads=threads,
         tta=tta,
+        resize=resize,
         overwrite=overwrite,
         save_probability=save_probability,
         client=client,
@@ -353,6 +356,7 @@ def stream_segment_run(
     compile: bool = False,
     threads: int | None = None,
     tta: bool = False,
+    resize: float = 1.0,
     overwrite: bool = False,
     save_probability: bool = False,
     client: Any = None,
@@ -373,7 +377,7 @@ def stream_segment_run(
     Parameters
     ----------
     run, model, device, backend, batch_size, tile_size, tile_overlap, precision,
-    compile, threads, tta, overwrite, save_probability, client, progress
+    compile, threads, tta, resize, overwrite, save_probability, client, progress
         As for :func:`segment_run`.
 
     Returns
@@ -404,6 +408,7 @@ def stream_segment_run(
             compile=compile,
             threads=threads,
             tta=tta,
+            resize=resize,
         )
     checkpoint, checksum, meta = _model_identity(model)
     if client is not None and checkpoint is None:
@@ -417,6 +422,7 @@ def stream_segment_run(
         "tile_size": settings.tile_size,
         "tile_overlap": settings.tile_overlap,
         **({"tta": True} if settings.tta else {}),  # absent when off: older masks still match
+        **({"resize": settings.resize} if settings.resize != 1.0 else {}),
         "save_probability": bool(save_probability),
     }
     all_chunks = [(s, min(s + fpc, n)) for s in range(0, n, fpc)]
@@ -727,6 +733,7 @@ def predict_frames(
     precision: Precision = "auto",
     threads: int | None = None,
     tta: bool = False,
+    resize: float = 1.0,
 ) -> da.Array:
     """Lazy segmentation of a dask array of frames, one task per time chunk.
 
@@ -759,6 +766,7 @@ def predict_frames(
             precision=precision,
             threads=threads,
             tta=tta,
+            resize=resize,
         )
         seg = load_segmenter(model, None, settings)
     if len(arr.chunks[1]) > 1 or len(arr.chunks[2]) > 1:

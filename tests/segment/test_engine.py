@@ -119,6 +119,27 @@ def test_tiled_close_to_whole_for_unet(checkpoint, frames_factory) -> None:
     assert agree > 0.995
 
 
+def test_resize_runs_the_model_on_the_resized_frame(pointwise, frames_factory) -> None:
+    """resize=0.5 on a frame of 2x2 blocks runs the model on the original frame (area
+    averaging undoes the blocks) and brings the logits back bilinearly; a resize up
+    and an odd size keep the frame's shape."""
+    spec = _spec()
+    small = frames_factory(2, 40, 56, seed=4)
+    big = np.kron(small, np.ones((1, 2, 2), small.dtype))
+    plain = Segmenter(pointwise(), spec, settings=CPU_TORCH)
+    half = Segmenter(pointwise(), spec, settings=replace(CPU_TORCH, resize=0.5))
+    want = torch.nn.functional.interpolate(
+        torch.from_numpy(plain.predict_logits(small)), size=big.shape[1:], mode="bilinear"
+    )
+    np.testing.assert_allclose(half.predict_logits(big), want.numpy(), rtol=1e-5, atol=1e-5)
+    mask, prob = half.predict(big, probability=True)
+    assert mask.shape == prob.shape == big.shape
+    up = Segmenter(pointwise(), spec, settings=replace(CPU_TORCH, resize=1.5))
+    odd = frames_factory(1, 37, 51, seed=5)
+    assert up.predict(odd).shape == odd.shape and half.predict(odd).shape == odd.shape
+    assert half.describe()["resize"] == 0.5
+
+
 @pytest.mark.parametrize("k", [2, 3, 5])
 def test_class_map_equals_argmax_and_softmax(k) -> None:
     gen = torch.Generator().manual_seed(k)
@@ -259,6 +280,9 @@ def test_device_choice_and_errors() -> None:
         ({"batch_size": 0}, "batch_size"),
         ({"backend": "tensorrt"}, "backend"),
         ({"precision": "int8"}, "precision"),
+        ({"resize": 0.0}, "resize"),
+        ({"resize": 5.0}, "resize"),
+        ({"resize": True}, "resize"),
     ],
 )
 def test_settings_validate(kwargs, message) -> None:

@@ -215,6 +215,16 @@ def test_default_model_missing_is_actionable(run, tmp_path, monkeypatch) -> None
     assert "mask" not in zarr.open_group(str(run), mode="r")
 
 
+def test_resize_is_a_setting_of_the_mask(run, checkpoint) -> None:
+    """A mask made on resized frames keeps the frame size and is not taken for a plain one."""
+    plain = segment_run(run, checkpoint, **SETTINGS).values
+    with pytest.raises(StageStateError, match=r"other settings \(resize\); pass --overwrite"):
+        segment_run(run, checkpoint, **SETTINGS, resize=0.5)
+    half = segment_run(run, checkpoint, **SETTINGS, resize=0.5, overwrite=True)
+    assert stage_info(run)["segment"]["settings"]["resize"] == 0.5
+    assert half.shape == plain.shape and 0 < (half.values == plain).mean() < 1
+
+
 def test_tta_is_a_setting_of_the_mask(run, checkpoint) -> None:
     """A mask made with test-time augmentation is not taken for a plain one, and back."""
     plain = segment_run(run, checkpoint, **SETTINGS).values
