@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import shlex
@@ -635,7 +636,13 @@ def measure(
 @click.option("--frame-step", default=1, show_default=True, help="Every n-th frame of run stores.")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, mps.")
 @_tta_option
-@_resize_option
+@click.option(
+    "--resize",
+    default="1",
+    show_default=True,
+    help="Resize frames by this factor before the model (as segment --resize); several, "
+    "e.g. 1,0.5,0.25, score each and name the best.",
+)
 @click.option(
     "-o",
     "--output",
@@ -655,7 +662,7 @@ def evaluate(
     frame_step: int,
     device: str,
     tta: bool,
-    resize: float,
+    resize: str,
     output: Path | None,
     **filters: Any,
 ) -> None:
@@ -669,30 +676,62 @@ def evaluate(
     Example:
       crystalseg evaluate annotated/ --mask-values 0,255 -o scores.csv
     """
-    from crystalseg.evaluate import evaluate_model
-    from crystalseg.summary import format_evaluation
+    from crystalseg.evaluate import evaluate_model, save_comparison
+    from crystalseg.summary import format_evaluation, format_resize_comparison
     from crystalseg.train.masks import parse_mask_values
 
     if output is not None and output.suffix.lower() not in (".json", ".csv"):
         raise click.BadParameter("use a .json or .csv file", param_hint="--output")
+    factors = _resize_factors(resize)
+    settings = _measure_settings(filters)
+    rule = parse_mask_values(mask_values) if mask_values else None
+    results = {}
     with _stage_bars(ctx.obj["quiet"]) as update:
-        result = evaluate_model(
-            list(data),
-            model=model,
-            codes=_codes(codes),
-            mask_values=parse_mask_values(mask_values) if mask_values else None,
-            instances=instances,
-            settings=_measure_settings(filters),
-            pixel_size_um=pixel_size_um,
-            tta=tta,
-            resize=resize,
-            device=device,
-            frame_step=frame_step,
-            progress=lambda done, total: update("evaluate", done, total),
-        )
+        for factor in factors:
+            stage = "evaluate" if len(factors) == 1 else f"evaluate at {factor:g}"
+            results[factor] = evaluate_model(
+                list(data),
+                model=model,
+                codes=_codes(codes),
+                mask_values=rule,
+                instances=instances,
+                settings=settings,
+                pixel_size_um=pixel_size_um,
+                tta=tta,
+                resize=factor,
+                device=device,
+                frame_step=frame_step,
+                progress=functools.partial(update, stage),
+            )
+    if len(factors) == 1:
+        result = results[factors[0]]
+        if output is not None:
+            result.save(output)
+        click.echo(format_evaluation(result, output))
+        return
     if output is not None:
-        result.save(output)
-    click.echo(format_evaluation(result, output))
+        save_comparison(results, output)
+    click.echo(format_resize_comparison(results, output))
+
+
+def _resize_factors(text: str) -> list[float]:
+    """``"1,0.5"`` -> ``[1.0, 0.5]``, each in the engine's range, no repeats."""
+    from crystalseg.segment.engine import MAX_RESIZE, MIN_RESIZE
+
+    try:
+        factors = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise click.BadParameter(
+            f"'{text}' is not a factor or a comma-separated list (e.g. 1,0.5,0.25)",
+            param_hint="--resize",
+        ) from None
+    bad = [f for f in factors if not MIN_RESIZE <= f <= MAX_RESIZE]
+    if bad or len(set(factors)) != len(factors):
+        raise click.BadParameter(
+            f"factors must be distinct and lie in {MIN_RESIZE}..{MAX_RESIZE}, got '{text}'",
+            param_hint="--resize",
+        )
+    return factors
 
 
 @cli.command()

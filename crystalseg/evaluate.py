@@ -32,7 +32,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -119,17 +119,44 @@ class Evaluation:
             Another suffix.
         """
         p = Path(path)
-        suffix = p.suffix.lower()
-        if suffix == ".json":
+        if _score_format(p) == "json":
             p.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        elif suffix == ".csv":
-            self.frames.to_csv(p, index=False)
         else:
-            raise ConfigError(
-                f"cannot write scores to '{p.name}': use a .json file (summary and frames) "
-                "or a .csv file (one row per frame)"
-            )
+            self.frames.to_csv(p, index=False)
         return p
+
+
+def _score_format(path: Path) -> str:
+    """ "json" or "csv" from a scores file's suffix; a clear error for anything else."""
+    suffix = path.suffix.lower()
+    if suffix not in (".json", ".csv"):
+        raise ConfigError(
+            f"cannot write scores to '{path.name}': use a .json file (summary and frames) "
+            "or a .csv file (one row per frame)"
+        )
+    return suffix[1:]
+
+
+def save_comparison(results: Mapping[float, Evaluation], path: PathLike) -> Path:
+    """Write the scores of one model at several ``resize`` factors to one file.
+
+    ``.json``: ``{"resize": {"0.5": Evaluation.to_dict(), ...}}``; ``.csv``: every
+    factor's frames, with the factor in a first column ``resize``.
+
+    Raises
+    ------
+    ConfigError
+        Another suffix.
+    """
+    p = Path(path)
+    if _score_format(p) == "json":
+        doc = {"resize": {f"{k:g}": ev.to_dict() for k, ev in results.items()}}
+        p.write_text(json.dumps(doc, indent=2) + "\n")
+    else:
+        tables = [ev.frames.assign(resize=k) for k, ev in results.items()]
+        table = pd.concat(tables, ignore_index=True)
+        table[["resize", *FRAME_COLUMNS]].to_csv(p, index=False)
+    return p
 
 
 def _json_value(v: Any) -> Any:

@@ -194,3 +194,32 @@ def format_evaluation(result: Any, written: Any = None) -> str:
     if written is not None:
         lines.append(f"  scores           {written}")
     return "\n".join(lines)
+
+
+def format_resize_comparison(results: Any, written: Any = None) -> str:
+    """Text printed after ``crystalseg evaluate --resize F1,F2,...``: one line per factor
+    (a mapping factor -> :class:`~crystalseg.evaluate.Evaluation`) and the best one."""
+    first = next(iter(results.values())).summary
+    lines = [
+        f"{first['frames']} annotated frames, scored at {len(results)} resize factors",
+        "  resize  fg IoU  particle F1  count |e|  D50 |e|  outline offset",
+    ]
+    for factor, result in results.items():
+        s = result.summary
+        iou = "n/a" if s["fg_iou_pooled"] is None else f"{s['fg_iou_pooled']:.3f}"
+        f1 = "n/a" if s["f1_mean"] is None else f"{s['f1_mean']:.3f}"
+        offset = s["outline_offset_px"]
+        off = "n/a" if offset is None else f"{offset:+.2f} px"
+        lines.append(
+            f"  {factor:<6g}  {iou:<6}  {f1:<11}  {_pct(s['count_error_median_abs']):<9}  "
+            f"{_pct(s['d50_error_median_abs']):<7}  {off}"
+        )
+    scored = {
+        k: r.summary["f1_mean"] for k, r in results.items() if r.summary["f1_mean"] is not None
+    }
+    if scored:
+        best = max(scored, key=lambda k: scored[k])
+        lines.append(f"  best particle F1 at --resize {best:g}")
+    if written is not None:
+        lines.append(f"  scores           {written}")
+    return "\n".join(lines)

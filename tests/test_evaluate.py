@@ -261,5 +261,28 @@ def test_cli_writes_scores_and_prints_a_summary(
     )
     assert half.exit_code == 0, half.output
     assert json.loads(scores.read_text())["settings"]["resize"] == 0.5
-    wild = CliRunner().invoke(cli, ["-q", "evaluate", str(pairs), "--resize", "10"])
-    assert wild.exit_code == 2 and "--resize" in wild.output
+    for wild in ("10", "1,1", "half"):
+        bad = CliRunner().invoke(cli, ["-q", "evaluate", str(pairs), "--resize", wild])
+        assert bad.exit_code == 2 and "--resize" in bad.output, bad.output
+
+
+def test_cli_compares_resize_factors(tmp_path: Path, annotated: tuple[Path, Path]) -> None:
+    """--resize 1,0.5 scores the frames at both factors, one line each, names the
+    best by F1 and writes both to one file; the factor-1 row equals a plain run."""
+    _, pairs = annotated
+    args = ["-q", "evaluate", str(pairs), "--mask-values", "0,255"]
+    out = tmp_path / "cmp.csv"
+    result = CliRunner().invoke(cli, [*args, "--resize", "1,0.5", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "scored at 2 resize factors" in result.output
+    assert "best particle F1 at --resize " in result.output
+    table = pd.read_csv(out)
+    assert list(table.columns) == ["resize", *FRAME_COLUMNS]
+    assert sorted(table["resize"].unique()) == [0.5, 1.0] and len(table) == 4
+    plain = evaluate_model(pairs, mask_values=(0, 255), device="cpu").frames
+    at_one = table[table["resize"] == 1.0].reset_index(drop=True)
+    np.testing.assert_allclose(at_one["fg_iou"], plain["fg_iou"], atol=1e-9)
+    doc = tmp_path / "cmp.json"
+    assert CliRunner().invoke(cli, [*args, "--resize", "1,0.5", "-o", str(doc)]).exit_code == 0
+    scores = json.loads(doc.read_text())["resize"]
+    assert set(scores) == {"1", "0.5"} and scores["0.5"]["settings"]["resize"] == 0.5
