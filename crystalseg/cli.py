@@ -580,7 +580,17 @@ def measure(
 
     settings = _measure_settings(filters, bins=bins or MeasureSettings.bins)
     engine: Any = model
-    if (tta or resize != 1.0) and needs_segmentation(run):  # only when segmented here
+    asked = [
+        name for name, on in (("--model", model), ("--tta", tta), ("--resize", resize != 1.0)) if on
+    ]
+    if asked and not needs_segmentation(run):
+        click.echo(
+            f"note: {run} already has a mask, which is measured as it is; {', '.join(asked)} "
+            f"{'applies' if len(asked) == 1 else 'apply'} only to segmenting (to redo the "
+            "mask: crystalseg segment RUN ... --overwrite)",
+            err=True,
+        )
+    elif tta or resize != 1.0:  # the run is segmented here
         from crystalseg.segment import EngineSettings, load_segmenter
 
         engine = load_segmenter(model, None, EngineSettings(tta=tta, resize=resize))

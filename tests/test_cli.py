@@ -275,9 +275,24 @@ def test_measure_tta_segments_with_test_time_augmentation(tmp_path: Path) -> Non
     assert_one_line_error(code, out, "other settings (tta)", "--overwrite")
 
 
-def test_measure_tta_loads_no_model_when_the_run_has_a_mask(
+def test_measure_resize_segments_at_that_factor(tmp_path: Path) -> None:
+    """measure --resize on a run with no mask makes the mask at that factor and records it."""
+    from crystalseg.store import stage_info
+
+    path = tmp_path / "run.zarr"
+    code, out = run("synth", str(path), "--frames", "2", "--size", "64", "64", "--seed", "4")
+    assert code == 0, out
+    code, out = run("measure", str(path), "--resize", "0.5", "--no-stream")
+    assert code == 0, out
+    assert stage_info(path)["segment"]["settings"]["resize"] == 0.5
+    mask = xr.open_zarr(path)["mask"]
+    assert mask.shape == (2, 64, 64)
+
+
+def test_measure_engine_options_load_no_model_when_the_run_has_a_mask(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, store_mask
 ) -> None:
+    """--tta and --resize do not redo an existing mask: it is measured, with a note."""
     import crystalseg.segment
 
     path = tmp_path / "run.zarr"
@@ -289,8 +304,9 @@ def test_measure_tta_loads_no_model_when_the_run_has_a_mask(
         raise AssertionError("the model was loaded for a run that has a mask")
 
     monkeypatch.setattr(crystalseg.segment, "load_segmenter", no_model)
-    code, out = run("measure", str(path), "--tta", "--no-stream")
+    code, out = run("measure", str(path), "--tta", "--resize", "0.5", "--no-stream")
     assert code == 0, out
+    assert "already has a mask" in out and "--tta, --resize" in out and "--overwrite" in out
 
 
 def test_training_summary_names_the_score_that_picked_the_best_epoch() -> None:
