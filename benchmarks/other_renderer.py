@@ -28,12 +28,14 @@ in the same run: the same measurement on the true class mask for the model's cla
 ``--magnification M`` draws the same scenes M times larger, edge bands and blur
 included (the same optics on finer pixels, or a stronger objective), and ``--resize F``
 runs the models with ``EngineSettings(resize=F)``, the engine's answer to it.
+``--motion-blur L`` smears every frame along a line of L px (crystals moving during
+the exposure, as in a stirred vessel).
 
 Prints one JSON document. Usage::
 
     python benchmarks/other_renderer.py [--models default DIR ...] [--frames 12]
         [--first-seed 1000] [--looks ...] [--no-trim-boundary]
-        [--magnification 4 --resize 0.5]
+        [--magnification 4 --resize 0.5] [--motion-blur 9]
 """
 
 from __future__ import annotations
@@ -55,12 +57,14 @@ LOOKS = ("bright-field", "low-contrast", "absorbing", "blurred", "dark-field")
 
 
 def render(
-    seed: int, look: str, size: int = 512, magnification: float = 1.0
+    seed: int, look: str, size: int = 512, magnification: float = 1.0, motion_px: float = 0.0
 ) -> tuple[np.ndarray, np.ndarray]:
     """One frame (uint8) and its instance labels (int32) in the given look.
 
     ``magnification`` scales the crystals' lengths, the edge band's width and the blur
-    (the same optics imaged on finer pixels); 1 draws the same frames as before."""
+    (the same optics imaged on finer pixels); 1 draws the same frames as before.
+    ``motion_px`` smears the image along a line of that length at an angle drawn from
+    the seed (a moving suspension under too long an exposure), before the noise."""
     rng = np.random.default_rng(seed)
     labels = np.zeros((size, size), np.int32)
     n = 0
@@ -106,6 +110,13 @@ def render(
         transmission[box] = np.minimum(transmission[box], t)
     sigma = magnification * (rng.uniform(2.0, 3.5) if look == "blurred" else rng.uniform(0.5, 1.5))
     image = ndi.gaussian_filter(ground * transmission, sigma)
+    if motion_px > 0:  # its own random stream: the frames are otherwise unchanged
+        angle = np.random.default_rng([seed, 1]).uniform(0, 180)
+        n = int(np.ceil(motion_px)) | 1
+        kernel = np.zeros((n, n))
+        kernel[n // 2, :] = 1.0
+        kernel = np.clip(ndi.rotate(kernel, angle, reshape=False, order=1), 0, None)
+        image = ndi.convolve(image, kernel / kernel.sum(), mode="reflect")
     if look == "dark-field":
         image = 0.1 + 1.2 * (ground - image)
     photons = rng.uniform(300, 3000)
@@ -147,6 +158,12 @@ def main() -> None:
         default=1.0,
         help="scale crystal lengths, edge band width and blur by this (high magnification)",
     )
+    parser.add_argument(
+        "--motion-blur",
+        type=float,
+        default=0.0,
+        help="smear each frame along a line of this many px (moving crystals)",
+    )
     parser.add_argument("--resize", type=float, default=1.0, help="engine resize factor")
     parser.add_argument(
         "--no-trim-boundary", action="store_true", help="MeasureSettings.trim_boundary off"
@@ -164,11 +181,17 @@ def main() -> None:
         "trim_boundary": settings.trim_boundary,
         "magnification": args.magnification,
         "resize": args.resize,
+        "motion_blur_px": args.motion_blur,
         "looks": {},
     }
     for look in args.looks:
         frames = [
-            render(args.first_seed + k, look, magnification=args.magnification)
+            render(
+                args.first_seed + k,
+                look,
+                magnification=args.magnification,
+                motion_px=args.motion_blur,
+            )
             for k in range(args.frames)
         ]
         row: dict = {}
