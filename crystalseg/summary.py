@@ -22,6 +22,19 @@ def _bytes(n: float) -> str:
     return f"{n:.1f} TB"
 
 
+def _engine_note(stage: dict[str, Any]) -> str:
+    """`` (model 1a2b3c4d5e6f, tta, resize 0.5)`` for a segment stage, else ``""``."""
+    settings = stage.get("settings") or {}
+    notes = []
+    if settings.get("model_sha256"):
+        notes.append(f"model {str(settings['model_sha256'])[:12]}")
+    if settings.get("tta"):
+        notes.append("tta")
+    if settings.get("resize", 1.0) != 1.0:
+        notes.append(f"resize {settings['resize']:g}")
+    return f" ({', '.join(notes)})" if notes else ""
+
+
 def format_run_info(info: dict[str, Any]) -> str:
     """Text of ``crystalseg info`` from :func:`crystalseg.store.describe_run`'s dict."""
     lines = [info["path"]]
@@ -50,7 +63,7 @@ def format_run_info(info: dict[str, Any]) -> str:
         for name, stage in info["stages"].items():
             status = stage.get("status", "?")
             if status == "finished":
-                text = f"finished {stage.get('finished', '')}"
+                text = f"finished {stage.get('finished', '')}" + _engine_note(stage)
             else:
                 text = (
                     f"INCOMPLETE ({stage.get('frames_done', 0)} of "

@@ -287,6 +287,8 @@ def test_measure_resize_segments_at_that_factor(tmp_path: Path) -> None:
     assert stage_info(path)["segment"]["settings"]["resize"] == 0.5
     mask = xr.open_zarr(path)["mask"]
     assert mask.shape == (2, 64, 64)
+    code, out = run("info", str(path))
+    assert code == 0 and "resize 0.5)" in out, out
 
 
 def test_measure_engine_options_load_no_model_when_the_run_has_a_mask(
