@@ -3,9 +3,9 @@
 Files are ordered by natural sort (``frame2`` before ``frame10``). Opening
 checks every file's header (size and pixel mode, no pixel data) so that a
 stray or mismatched file fails before any work starts; reading loads only the
-files of the frames asked for. ``*_mask.*`` files are training masks, not
-frames, and hidden files (``.*``, e.g. macOS ``._frame1.png``) are not frames
-either: both are skipped and logged.
+files of the frames asked for. ``*_mask.*`` files (and Cellpose's ``*_masks.*``,
+``*_cp_masks.*``) are training masks, not frames, and hidden files (``.*``, e.g.
+macOS ``._frame1.png``) are not frames either: both are skipped and logged.
 """
 
 from __future__ import annotations
@@ -66,9 +66,15 @@ _PIL_MODES: dict[str, tuple[str, int]] = {
 }
 
 
+#: Stem endings that mark a mask file, not a frame: ours, then Cellpose's training
+#: (``X_masks``) and output (``X_cp_masks``) names.
+MASK_TAGS: tuple[str, ...] = ("_mask", "_masks", "_cp_masks")
+
+
 def is_mask_file(path: Path) -> bool:
-    """Whether ``path`` is a training mask (``*_mask.*``), not a frame."""
-    return path.stem.lower().endswith("_mask")
+    """Whether ``path`` is a training mask (``*_mask.*``, ``*_masks.*``, ``*_cp_masks.*``),
+    not a frame."""
+    return path.stem.lower().endswith(MASK_TAGS)
 
 
 def _sorted(files: Sequence[Path]) -> list[Path]:
@@ -79,8 +85,8 @@ def _drop_non_frames(files: Sequence[Path], origin: str) -> list[Path]:
     masks = [f for f in files if is_mask_file(f)]
     hidden = [f for f in files if f.name.startswith(".")]
     if masks:
-        logger.info("%s: skipped %d mask file(s) (*_mask.*), e.g. '%s'", origin, len(masks),
-                    masks[0].name)  # fmt: skip
+        logger.info("%s: skipped %d mask file(s) (*_mask.* or *_masks.*), e.g. '%s'", origin,
+                    len(masks), masks[0].name)  # fmt: skip
     if hidden:
         logger.info("%s: skipped %d hidden file(s), e.g. '%s'", origin, len(hidden),
                     hidden[0].name)  # fmt: skip

@@ -3,9 +3,10 @@
 Four sources, freely mixed in one list:
 
 * ``[(image, mask), ...]`` tuples of paths;
-* a folder in the ``X.ext`` / ``X_mask.ext`` layout (files named ``*_mask`` are never
-  taken as images);
-* a folder holding ``images/`` and ``masks/`` matched by stem (``X`` or ``X_mask``);
+* a folder in the ``X.ext`` / ``X_mask.ext`` layout (also ``X_masks.ext`` and
+  ``X_cp_masks.ext``, Cellpose's names; files named so are never taken as images);
+* a folder holding ``images/`` and ``masks/`` matched by stem (``X`` or ``X_mask``,
+  ``X_masks``, ``X_cp_masks``);
 * run stores (``*.zarr``) holding frames plus masks: the exact ground truth of a
   synthetic run (group ``truth``, array ``mask``) or a segmented run's ``mask``; or a
   folder of run stores.
@@ -39,13 +40,13 @@ from crystalseg.errors import (
     RunFormatError,
     UnsupportedInputError,
 )
-from crystalseg.io.folder import IMAGE_SUFFIXES, read_image_file
+from crystalseg.io.folder import IMAGE_SUFFIXES, MASK_TAGS, is_mask_file, read_image_file
 from crystalseg.models.checkpoint import ModelSpec, intensity_bounds, to_unit
 from crystalseg.train.masks import MASK_SUFFIXES, MaskRule, MaskValues, read_mask
 
 log = logging.getLogger(__name__)
 
-MASK_TAG = "_mask"
+MASK_TAG = MASK_TAGS[0]
 
 PathLike = str | os.PathLike[str]
 
@@ -172,14 +173,25 @@ def _find_mask(folder: Path, stem: str) -> Path | None:
     return None
 
 
+def _one_mask(image: Path, found: list[Path]) -> Path | None:
+    """The single mask found for ``image``; two (e.g. X_mask and X_masks) is an error."""
+    if len(found) > 1:
+        raise InputNotFoundError(
+            f"'{image.name}' has {len(found)} masks ({', '.join(p.name for p in found)}); "
+            "keep one of them"
+        )
+    return found[0] if found else None
+
+
 def _pairs_in_flat_folder(folder: Path) -> list[PairItem]:
     files = _files(folder)
-    masks = [p for p in files if p.stem.lower().endswith(MASK_TAG)]
-    images = [p for p in files if not p.stem.lower().endswith(MASK_TAG)]
+    masks = [p for p in files if is_mask_file(p)]
+    images = [p for p in files if not is_mask_file(p)]
     items, unlabelled = [], []
     used: set[Path] = set()
     for img in images:
-        mask = _find_mask(folder, img.stem + MASK_TAG)
+        found = [m for tag in MASK_TAGS if (m := _find_mask(folder, img.stem + tag))]
+        mask = _one_mask(img, found)
         if mask is None:
             unlabelled.append(img.name)
             continue
@@ -207,12 +219,13 @@ def _pairs_in_split_folders(images_dir: Path, masks_dir: Path) -> list[PairItem]
     items, unlabelled = [], []
     used: set[str] = set()
     for img in _files(images_dir):
-        key = img.stem if img.stem in masks else img.stem + MASK_TAG
-        if key not in masks:
+        keys = [k for k in (img.stem, *(img.stem + t for t in MASK_TAGS)) if k in masks]
+        mask = _one_mask(img, [masks[k] for k in keys])
+        if mask is None:
             unlabelled.append(img.name)
             continue
-        used.add(key)
-        items.append(PairItem(img.name, image=img, mask=masks[key], group=str(img)))
+        used.add(keys[0])
+        items.append(PairItem(img.name, image=img, mask=mask, group=str(img)))
     orphans = sorted(set(masks) - used)
     if orphans:
         raise InputNotFoundError(

@@ -311,6 +311,7 @@ def test_folder_natural_sort_masks_skipped_and_mtimes(tmp_path, caplog):
     order = np.random.default_rng(1).permutation(12)
     write_frames(tmp_path / "run", data[order], [names[i] for i in order])
     iio.imwrite(tmp_path / "run" / "frame3_mask.png", np.zeros((H, W), np.uint8))
+    iio.imwrite(tmp_path / "run" / "frame4_cp_masks.png", np.zeros((H, W), np.uint8))  # Cellpose
     (tmp_path / "run" / "notes.txt").write_text("not a frame")
     (tmp_path / "run" / "._frame1.png").write_bytes(b"macOS resource fork, not an image")
     for i, name in enumerate(names):
@@ -327,6 +328,7 @@ def test_folder_natural_sort_masks_skipped_and_mtimes(tmp_path, caplog):
         assert src.metadata["file_count"] == 12
         assert src.metadata["files"] == [str(tmp_path / "run" / n) for n in names]
     assert "frame3_mask.png" in caplog.text and "._frame1.png" in caplog.text
+    assert "skipped 2 mask file(s)" in caplog.text
 
 
 def test_folder_times_unknown_when_mtimes_do_not_increase(tmp_path):

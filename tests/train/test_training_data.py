@@ -96,6 +96,33 @@ def test_orphan_mask_is_an_error(tmp_path: Path) -> None:
         discover_pairs(tmp_path)
 
 
+def test_cellpose_mask_names_pair_up(tmp_path: Path) -> None:
+    """X_masks (Cellpose training data) and X_cp_masks (Cellpose output) are masks,
+    in a flat folder and in masks/; an image with two masks is an error."""
+    write_flat(tmp_path / "tmp", 3, ext="png")
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for i, tag in enumerate(("_mask", "_masks", "_cp_masks")):
+        (tmp_path / "tmp" / f"{i}.png").rename(flat / f"f{i}.png")
+        (tmp_path / "tmp" / f"{i}_mask.png").rename(flat / f"f{i}{tag}.png")
+    items = discover_pairs(flat)
+    assert [(i.image.name, i.mask.name) for i in items] == [
+        ("f0.png", "f0_mask.png"),
+        ("f1.png", "f1_masks.png"),
+        ("f2.png", "f2_cp_masks.png"),
+    ]
+    split = tmp_path / "split"
+    (split / "images").mkdir(parents=True)
+    (split / "masks").mkdir()
+    for i in items:
+        (split / "images" / i.image.name).write_bytes(i.image.read_bytes())
+        (split / "masks" / i.mask.name).write_bytes(i.mask.read_bytes())
+    assert [i.mask.name for i in discover_pairs(split)] == [i.mask.name for i in items]
+    (flat / "f1_mask.png").write_bytes((flat / "f1_masks.png").read_bytes())
+    with pytest.raises(InputNotFoundError, match=r"'f1\.png' has 2 masks.*keep one"):
+        discover_pairs(flat)
+
+
 def test_images_and_masks_folders_by_stem(tmp_path: Path) -> None:
     write_flat(tmp_path / "tmp", 3, ext="png")
     (tmp_path / "images").mkdir()
