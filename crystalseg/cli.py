@@ -212,6 +212,14 @@ def synth(
     _echo_info(run)
 
 
+_instances_option = click.option(
+    "--instances",
+    is_flag=True,
+    help="Masks hold one integer id per crystal (0 background), as Cellpose, napari or "
+    "QuPath export them.",
+)
+
+
 @cli.command()
 @click.argument("data", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option(
@@ -255,6 +263,7 @@ def synth(
     default=None,
     help="Stored mask values per class, e.g. 0,255 or 0=background,255=crystal.",
 )
+@_instances_option
 @click.option("--loss", default="dice+ce", show_default=True)
 @click.option(
     "--augment",
@@ -629,12 +638,7 @@ def measure(
     default=None,
     help="Stored mask values to classes, e.g. 0,255 or 0=background,255=crystal.",
 )
-@click.option(
-    "--instances",
-    is_flag=True,
-    help="Masks hold one integer id per crystal (0 background), as Cellpose, napari or "
-    "QuPath export them.",
-)
+@_instances_option
 @click.option(
     "--pixel-size",
     "pixel_size_um",

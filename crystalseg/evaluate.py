@@ -430,7 +430,7 @@ def _annotated_frame(
 ) -> tuple[np.ndarray, np.ndarray, float | None]:
     """Image, true instance labels and pixel size (µm, runs only) of one item."""
     from crystalseg.train.data import check_pair_shapes, read_image
-    from crystalseg.train.masks import read_mask
+    from crystalseg.train.masks import instance_labels, read_mask
 
     if item.run is not None:
         if item.run not in runs:
@@ -449,11 +449,7 @@ def _annotated_frame(
     raw = read_mask(item.mask)
     check_pair_shapes(item, image, raw)
     if instances:
-        if raw.dtype.kind == "i" and raw.min() < 0:
-            raise MaskValueError(
-                f"instance mask '{item.mask.name}' holds negative ids; use 0 for background"
-            )
-        return image, raw.astype(np.int64), None
+        return image, instance_labels(raw, item.mask.name), None
     classes = rule.apply(raw, name=item.mask.name)
     return image, _class_instances(classes, tuple(rule.codes)), None
 

@@ -42,7 +42,13 @@ from crystalseg.errors import (
 )
 from crystalseg.io.folder import IMAGE_SUFFIXES, MASK_TAGS, is_mask_file, read_image_file
 from crystalseg.models.checkpoint import ModelSpec, intensity_bounds, to_unit
-from crystalseg.train.masks import MASK_SUFFIXES, MaskRule, MaskValues, read_mask
+from crystalseg.train.masks import (
+    MASK_SUFFIXES,
+    MaskRule,
+    MaskValues,
+    instance_labels,
+    read_mask,
+)
 
 log = logging.getLogger(__name__)
 
@@ -343,10 +349,10 @@ def discover_pairs(
 # Fingerprint and split
 
 
-def _fingerprint(items: Sequence[PairItem], rule: MaskRule) -> str:
+def _fingerprint(items: Sequence[PairItem], rule: MaskRule, instances: bool = False) -> str:
     """sha256 of the files' content (pairs) or of the stores' file names and sizes (runs)."""
     h = hashlib.sha256()
-    h.update(repr((rule.codes, rule.to_json())).encode())
+    h.update(repr((rule.codes, "instances" if instances else rule.to_json())).encode())
     seen_runs: set[Path] = set()
     for item in items:
         if item.run is not None:
@@ -447,9 +453,11 @@ class SegmentationData:
         channels: Literal[1, 3],
         seed: int,
         cache_mb: float,
+        instances: bool = False,
     ) -> None:
         self.codes = rule.codes
         self.rule = rule
+        self.instances = bool(instances)
         self.crop_size = int(crop_size)
         self.batch_size = batch_size
         self.channels = channels
@@ -473,7 +481,7 @@ class SegmentationData:
         self.valid_items = tuple(val)
         self._valid_keys = {self._index[id(it)] for it in self.valid_items}
         self._check_files()
-        self.fingerprint = _fingerprint(self.items, rule)
+        self.fingerprint = _fingerprint(self.items, rule, self.instances)
         self.crops_per_image = crops_per_image or self._auto_crops_per_image()
 
     # ---- loading
@@ -506,7 +514,15 @@ class SegmentationData:
 
     def _read(self, item: PairItem) -> tuple[np.ndarray, np.ndarray]:
         assert item.image is not None and item.mask is not None
-        return self._checked(item, read_image(item.image), read_mask(item.mask))
+        image, raw = read_image(item.image), read_mask(item.mask)
+        if self.instances:  # one id per crystal: classes (and boundary) from the labels
+            check_pair_shapes(item, image, raw)
+            labels = instance_labels(raw, item.mask.name)
+            key = self._index[id(item)]
+            if key in self._valid_keys:  # what instance_truth returns
+                self._instances[key] = labels
+            raw = class_mask_from_labels(labels, self.codes)
+        return self._checked(item, image, raw)
 
     def _read_frames(self, items: Sequence[PairItem]) -> list[tuple[np.ndarray, np.ndarray]]:
         """Image and class mask of frames of one run, read in one pass.
@@ -732,11 +748,16 @@ class SegmentationData:
             yield item, self._unit(image, item, spec), torch.from_numpy(mask.astype(np.int64))
 
     def instance_truth(self, item: PairItem) -> np.ndarray | None:
-        """True instance labels (H, W) of a synthetic run's frame, else None (cached; a
-        validation frame read through its truth labels keeps them from that read)."""
+        """True instance labels (H, W) of a synthetic run's frame or of an instance mask
+        file (``instances``), else None (cached; a validation frame read through its
+        labels keeps them from that read)."""
+        key = self._index[id(item)]
+        if item.run is None and self.instances:
+            if key not in self._instances:
+                self._read(item)
+            return self._instances.get(key)
         if item.run is None or item.mask_group != "truth":
             return None
-        key = self._index[id(item)]
         if key not in self._instances:
             _, truth = self._open_run(item.run)
             labels = None
@@ -756,7 +777,7 @@ class SegmentationData:
         """What the checkpoint records about the data."""
         return {
             "codes": list(self.codes),
-            "mask_values": self.rule.to_json(),
+            "mask_values": "instances" if self.instances else self.rule.to_json(),
             "n_train": len(self.train_items),
             "n_valid": len(self.valid_items),
             "valid_items": [i.name for i in self.valid_items][:200],
@@ -789,6 +810,7 @@ def pairs(
     *,
     codes: Sequence[str],
     mask_values: MaskValues = None,
+    instances: bool = False,
     valid_fraction: float = 0.2,
     valid: Sequence[PathLike] | None = None,
     crop_size: int = 256,
@@ -812,6 +834,11 @@ def pairs(
     mask_values : None, sequence or mapping
         How stored mask values become classes (see :mod:`crystalseg.train.masks`); None:
         class indices as stored, or 0/255 for two classes.
+    instances : bool
+        Mask files hold one integer id per crystal (0 background), as Cellpose, napari
+        or QuPath label images do: the classes (a ``boundary`` class included) are drawn
+        from the labels, and validation scores particle F1 against them. Not with
+        ``mask_values``.
     valid_fraction : float
         Fraction held out for validation (whole runs for run stores), fixed by ``seed``.
     valid : sequence of names, optional
@@ -855,6 +882,10 @@ def pairs(
         raise ConfigError(f"frame_step must be at least 1, got {frame_step}")
     if crops_per_image is not None and crops_per_image < 1:
         raise ConfigError(f"crops_per_image must be at least 1, got {crops_per_image}")
+    if instances and mask_values is not None:
+        raise ConfigError(
+            "instance masks hold crystal ids, not classes: drop mask_values (--mask-values)"
+        )
     rule = MaskRule.from_user(codes, mask_values)
     found = discover_pairs(items_or_folder, frame_step=frame_step)
     return SegmentationData(
@@ -869,4 +900,5 @@ def pairs(
         channels=channels,
         seed=seed,
         cache_mb=cache_mb,
+        instances=instances,
     )

@@ -144,7 +144,8 @@ class MaskRule:
         raise MaskValueError(
             f"mask '{name}' holds values {shown}; expected class indices 0..{n - 1}{extra} "
             f"for codes {list(self.codes)}. Pass --mask-values {example} (one stored value "
-            "per class, in code order) or rescale the masks"
+            "per class, in code order) or rescale the masks; if each value is one crystal "
+            "(Cellpose, napari or QuPath label images), pass --instances"
         )
 
     def apply(self, mask: np.ndarray, *, name: str) -> np.ndarray:
@@ -272,3 +273,17 @@ def to_class_indices(
         A stored value maps to no class.
     """
     return MaskRule.from_user(codes, mask_values).apply(np.asarray(mask), name=name)
+
+
+def instance_labels(raw: np.ndarray, name: str) -> np.ndarray:
+    """An instance mask (one integer id per crystal, 0 background; Cellpose, napari,
+    QuPath label images) as int64 labels.
+
+    Raises
+    ------
+    MaskValueError
+        Negative ids (0 must be the background).
+    """
+    if raw.dtype.kind == "i" and raw.size and raw.min() < 0:
+        raise MaskValueError(f"instance mask '{name}' holds negative ids; use 0 for background")
+    return raw.astype(np.int64)

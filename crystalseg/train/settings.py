@@ -45,7 +45,7 @@ class TrainSettings:
     encoder, init, loss, decoder_channels, scaling, augment : see :func:`unet_learner`
     epochs : length of the one-cycle schedule (0 with ``find_lr``: only find the lr)
     lr : peak learning rate; None: 1e-3, or the finder's suggestion with ``find_lr``
-    crop_size, batch_size, valid_fraction, valid, mask_values, crops_per_image,
+    crop_size, batch_size, valid_fraction, valid, mask_values, instances, crops_per_image,
     foreground_bias, channels, frame_step : see :func:`~crystalseg.train.data.pairs`
     find_lr : run the learning-rate finder first
     resume : continue an interrupted run from its output directory
@@ -69,6 +69,7 @@ class TrainSettings:
     valid_fraction: float = 0.2
     valid: tuple[str, ...] | None = None
     mask_values: tuple[int, ...] | Mapping[int, int | str] | None = None
+    instances: bool = False
     crops_per_image: int | None = None
     foreground_bias: float = 0.25
     channels: int = 1
@@ -199,6 +200,7 @@ def settings_data(
         list(s.data if items is None else items),
         codes=s.codes,
         mask_values=s.mask_values,
+        instances=s.instances,
         valid_fraction=s.valid_fraction if valid_fraction is None else valid_fraction,
         valid=s.valid if valid_fraction is None else None,
         crop_size=s.crop_size,

@@ -489,3 +489,39 @@ def test_cuda_mixed_precision_training_round_trips_to_cpu(tmp_path: Path, data) 
     on_cpu = unet_learner(data, init=tmp_path / "gpu", device="cpu", progress=False)
     agree = (on_cpu.predict(image) == learner.predict(image)).mean()
     assert agree > 0.99  # bf16/fp16 on the GPU against fp32 on the CPU
+
+
+def test_instance_mask_files_train_with_boundaries_and_particle_f1(tmp_path: Path) -> None:
+    """Cellpose-style files (X.png + X_masks.png holding one id per crystal): the
+    class mask, boundary class included, comes from the labels; two touching crystals
+    stay apart by their boundary; validation scores particle F1 against the labels,
+    and a model that returns the true classes finds every crystal."""
+    import tifffile
+
+    from crystalseg.classes import class_mask_from_labels
+
+    rng = np.random.default_rng(3)
+    for i in range(4):
+        labels = np.zeros((64, 64), np.uint16)
+        labels[10:30, 10:30] = 1
+        labels[10:30, 30:44] = 2  # touches crystal 1
+        labels[40:56, 8 + i : 30 + i] = 3
+        image = (200 - 80 * (labels > 0) + rng.normal(0, 4, labels.shape)).clip(0, 255)
+        Image.fromarray(image.astype(np.uint8)).save(tmp_path / f"f{i}.png")
+        tifffile.imwrite(tmp_path / f"f{i}_masks.tif", labels)
+    data = pairs(tmp_path, codes=SYNTH_CODES, instances=True, crop_size=32, valid_fraction=0.5)
+    item = data.valid_items[0]
+    image, mask = data.load(item)
+    truth = data.instance_truth(item)
+    assert truth is not None and set(np.unique(truth)) == {0, 1, 2, 3}
+    np.testing.assert_array_equal(mask, class_mask_from_labels(truth, SYNTH_CODES))
+    assert (mask[10:30, 29:31] == 2).all()  # the contact of 1 and 2 is boundary
+    assert data.summary()["mask_values"] == "instances"
+    learner = tiny(data)
+    masks = iter([y for _, _, y in data.valid_samples(learner.spec)])
+    learner.predict_logits = lambda x: class_logits(next(masks))  # type: ignore[method-assign]
+    assert learner.validate()["instance_f1"] > 0.95
+    with pytest.raises(ConfigError, match="drop mask_values"):
+        pairs(tmp_path, codes=SYNTH_CODES, instances=True, mask_values=(0, 1, 2))
+    plain = pairs(tmp_path, codes=SYNTH_CODES, mask_values={0: 0, 1: 1, 2: 1, 3: 1})
+    assert plain.fingerprint != data.fingerprint
