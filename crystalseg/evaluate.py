@@ -127,7 +127,8 @@ class Evaluation:
 
 
 def _score_format(path: Path) -> str:
-    """ "json" or "csv" from a scores file's suffix; a clear error for anything else."""
+    """A scores file's format from its suffix, ``json`` or ``csv``; anything else is a
+    clear error."""
     suffix = path.suffix.lower()
     if suffix not in (".json", ".csv"):
         raise ConfigError(
