@@ -11,6 +11,7 @@ glob pattern (``run1/*.png``)           :class:`~crystalseg.io.folder.FolderSour
 one PNG/BMP/JPEG image                  :class:`~crystalseg.io.folder.FolderSource`
 zarr array / group / OME-Zarr image     :class:`~crystalseg.io.zarr_source.ZarrSource`
 ``.npy`` array                          :class:`~crystalseg.io.npy.NpySource`
+video (AVI, MP4, MOV, MKV, ...)         :class:`~crystalseg.io.video.VideoSource`
 ======================================  ==========================================
 
 Every reader is a :class:`~crystalseg.io.base.FrameSource`; colour becomes grey
@@ -28,6 +29,7 @@ from crystalseg.io.base import FrameSource, TimeSource, to_grey
 from crystalseg.io.folder import IMAGE_SUFFIXES, FolderSource
 from crystalseg.io.npy import NpySource
 from crystalseg.io.tiff import TiffSource
+from crystalseg.io.video import VIDEO_SUFFIXES, VideoSource
 from crystalseg.io.zarr_source import ZarrSource, is_zarr_dir
 
 __all__ = [
@@ -36,6 +38,7 @@ __all__ = [
     "NpySource",
     "TiffSource",
     "TimeSource",
+    "VideoSource",
     "ZarrSource",
     "open_source",
     "to_grey",
@@ -47,7 +50,10 @@ _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _NPY_MAGIC = b"\x93NUMPY"
 _IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"BM")
 _GLOB_CHARS = "*?["
-_EXPECTED = "a TIFF stack, an image folder or glob pattern, a zarr/OME-Zarr store or a .npy file"
+_EXPECTED = (
+    "a TIFF stack, an image folder or glob pattern, a zarr/OME-Zarr store, a .npy file or "
+    "a video (AVI, MP4, MOV, MKV)"
+)
 
 
 def open_source(path: str | Path, *, channel: int | None = None) -> FrameSource:
@@ -58,7 +64,8 @@ def open_source(path: str | Path, *, channel: int | None = None) -> FrameSource:
     path : str or Path
         A TIFF/OME-TIFF/ImageJ TIFF file; a folder of images or a glob pattern
         (``"run1/*.png"``); one PNG/BMP/JPEG image; a zarr array, a zarr group
-        holding one array, or an OME-Zarr image (v0.4 or v0.5); a ``.npy`` file.
+        holding one array, or an OME-Zarr image (v0.4 or v0.5); a ``.npy`` file; a
+        video (AVI, MP4, MOV, MKV, WebM, WMV, MPEG).
         The file's content decides, not only its extension.
     channel : int or None
         Channel (or RGB sample) to keep when frames have several; None turns
@@ -107,6 +114,8 @@ def open_source(path: str | Path, *, channel: int | None = None) -> FrameSource:
         return NpySource(p, channel=channel)
     if head.startswith(_IMAGE_MAGIC) or p.suffix.lower() in IMAGE_SUFFIXES:
         return FolderSource.from_file(p, channel=channel)
+    if p.suffix.lower() in VIDEO_SUFFIXES:
+        return VideoSource(p, channel=channel)
     raise UnsupportedInputError(
         f"'{text}' is not a format crystalseg reads (starts with bytes {head[:8]!r}); expected "
         f"{_EXPECTED}. Export the recording as a multi-page TIFF."

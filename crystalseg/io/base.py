@@ -31,6 +31,8 @@ TimeSource = Literal[
     "ImageJ finterval",
     "file modification time",
     "zarr axis scale",
+    "video timestamps",
+    "video frame rate",
     "none",
 ]
 
