@@ -90,7 +90,8 @@ def import_cmd(
     frames_per_chunk: int | None,
     overwrite: bool,
 ) -> None:
-    """Import SOURCE (TIFF/OME-TIFF stack, image folder or glob, zarr, OME-Zarr, .npy) into RUN.
+    """Import SOURCE (TIFF/OME-TIFF stack, image folder or glob, zarr, OME-Zarr, .npy,
+    or a video: AVI, MP4, MOV, MKV) into RUN.
 
     \b
     Example:
