@@ -63,7 +63,12 @@ from crystalseg.classes import class_mask_from_labels
 from crystalseg.evaluate import COUNT_BAR, D50_BAR
 from crystalseg.measure import EXCLUDED_REASONS, MeasureSettings, measure_mask_frame
 from crystalseg.measure.distributions import weighted_quantile
-from crystalseg.measure.instances import instance_scores, matched_areas, truth_pieces
+from crystalseg.measure.instances import (
+    instance_scores,
+    matched_areas,
+    offsets_of_matches,
+    truth_pieces,
+)
 from crystalseg.measure.run import label_mask_frame
 from crystalseg.segment import EngineSettings, load_segmenter
 from crystalseg.synth import SCENARIO_NAMES, SynthConfig, synthesize_run
@@ -281,8 +286,7 @@ def evaluate(
                     rows["over_split"].append(scores["over_split_rate"])
                     rows["merged"].append(scores["merged_rate"])
                     m = matched_areas(true_labels, labels, countable["id"].to_numpy())
-                    ok = m["perimeter"] > 0
-                    offsets += list((m["area"] - m["true_area"])[ok] / m["perimeter"][ok])
+                    offsets += list(offsets_of_matches(m))
                     sizes += list(
                         zip(
                             np.sqrt(4 * m["true_area"] / np.pi),

@@ -691,11 +691,11 @@ def evaluate(
     Example:
       crystalseg evaluate annotated/ --mask-values 0,255 -o scores.csv
     """
-    from crystalseg.evaluate import evaluate_model, save_comparison
+    from crystalseg.evaluate import SCORE_SUFFIXES, evaluate_model, save_comparison
     from crystalseg.summary import format_evaluation, format_resize_comparison
     from crystalseg.train.masks import parse_mask_values
 
-    if output is not None and output.suffix.lower() not in (".json", ".csv"):
+    if output is not None and output.suffix.lower() not in SCORE_SUFFIXES:  # before the work
         raise click.BadParameter("use a .json or .csv file", param_hint="--output")
     factors = _resize_factors(resize)
     settings = _measure_settings(filters)

@@ -118,24 +118,30 @@ class Evaluation:
         ConfigError
             Another suffix.
         """
-        p = Path(path)
-        if _score_format(p) == "json":
-            p.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        else:
-            self.frames.to_csv(p, index=False)
-        return p
+        return _write_scores(path, self.to_dict, lambda: self.frames)
 
 
-def _score_format(path: Path) -> str:
-    """A scores file's format from its suffix, ``json`` or ``csv``; anything else is a
-    clear error."""
-    suffix = path.suffix.lower()
-    if suffix not in (".json", ".csv"):
+#: File types the scores are written to (:meth:`Evaluation.save`, :func:`save_comparison`).
+SCORE_SUFFIXES = (".json", ".csv")
+
+
+def _write_scores(
+    path: PathLike, document: Callable[[], Any], table: Callable[[], pd.DataFrame]
+) -> Path:
+    """Write ``document()`` to a ``.json`` path or ``table()`` to a ``.csv`` one; any other
+    suffix is a clear error."""
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if suffix not in SCORE_SUFFIXES:
         raise ConfigError(
-            f"cannot write scores to '{path.name}': use a .json file (summary and frames) "
+            f"cannot write scores to '{p.name}': use a .json file (summary and frames) "
             "or a .csv file (one row per frame)"
         )
-    return suffix[1:]
+    if suffix == ".json":
+        p.write_text(json.dumps(document(), indent=2) + "\n")
+    else:
+        table().to_csv(p, index=False)
+    return p
 
 
 def save_comparison(results: Mapping[float, Evaluation], path: PathLike) -> Path:
@@ -149,15 +155,15 @@ def save_comparison(results: Mapping[float, Evaluation], path: PathLike) -> Path
     ConfigError
         Another suffix.
     """
-    p = Path(path)
-    if _score_format(p) == "json":
-        doc = {"resize": {f"{k:g}": ev.to_dict() for k, ev in results.items()}}
-        p.write_text(json.dumps(doc, indent=2) + "\n")
-    else:
+
+    def document() -> dict[str, Any]:
+        return {"resize": {f"{k:g}": ev.to_dict() for k, ev in results.items()}}
+
+    def table() -> pd.DataFrame:
         tables = [ev.frames.assign(resize=k) for k, ev in results.items()]
-        table = pd.concat(tables, ignore_index=True)
-        table[["resize", *FRAME_COLUMNS]].to_csv(p, index=False)
-    return p
+        return pd.concat(tables, ignore_index=True)[["resize", *FRAME_COLUMNS]]
+
+    return _write_scores(path, document, table)
 
 
 def _json_value(v: Any) -> Any:
@@ -212,8 +218,8 @@ def score_frame(
             f"annotation {true_labels.shape} and mask {mask.shape} differ in shape."
         )
     fg_true, fg_pred = true_labels > 0, mask > 0
-    union = np.count_nonzero(fg_true | fg_pred)
-    fg_iou = np.count_nonzero(fg_true & fg_pred) / union if union else math.nan
+    inter, union = np.count_nonzero(fg_true & fg_pred), np.count_nonzero(fg_true | fg_pred)
+    fg_iou = inter / union if union else math.nan
 
     labels = label_mask_frame(mask, settings=settings, codes=codes)
     table, dist = measure_mask_frame(
@@ -261,7 +267,7 @@ def score_frame(
         "merged_rate": scores["merged_rate"],
         "outline_offset_px": float(offsets.mean()) if len(offsets) else math.nan,
         "matched": len(offsets),
-        "_inter": int(np.count_nonzero(fg_true & fg_pred)),
+        "_inter": int(inter),
         "_union": int(union),
         "_offset_sum": float(offsets.sum()),
     }
@@ -473,6 +479,7 @@ __all__ = [
     "COUNT_BAR",
     "D50_BAR",
     "FRAME_COLUMNS",
+    "SCORE_SUFFIXES",
     "Evaluation",
     "evaluate_model",
     "score_frame",

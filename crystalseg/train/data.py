@@ -516,7 +516,6 @@ class SegmentationData:
         assert item.image is not None and item.mask is not None
         image, raw = read_image(item.image), read_mask(item.mask)
         if self.instances:  # one id per crystal: classes (and boundary) from the labels
-            check_pair_shapes(item, image, raw)
             labels = instance_labels(raw, item.mask.name)
             key = self._index[id(item)]
             if key in self._valid_keys:  # what instance_truth returns
