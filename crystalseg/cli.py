@@ -364,7 +364,7 @@ _tta_option = click.option(
 
 _resize_option = click.option(
     "--resize",
-    type=click.FloatRange(0.1, 4.0),
+    type=click.FloatRange(0.1, 4.0),  # engine.MIN_RESIZE..MAX_RESIZE, without importing torch
     default=1.0,
     show_default=True,
     help="Resize frames by this factor before the model (masks keep the frame size): "
