@@ -70,7 +70,7 @@ from crystalseg.measure.instances import (
     truth_pieces,
 )
 from crystalseg.measure.run import label_mask_frame
-from crystalseg.segment import EngineSettings, load_segmenter
+from crystalseg.segment import EngineSettings, auto_resize, load_segmenter
 from crystalseg.synth import SCENARIO_NAMES, SynthConfig, synthesize_run
 
 
@@ -179,7 +179,7 @@ def evaluate(
     tta: bool = False,
     settings: MeasureSettings | None = None,
     scenarios: tuple[str, ...] = SCENARIO_NAMES,
-    resize: float = 1.0,
+    resize: float | str = 1.0,
 ) -> dict:
     segmenter = load_segmenter(model, None, EngineSettings(tta=tta, resize=resize))
     codes = tuple(segmenter.spec.codes)
@@ -199,6 +199,7 @@ def evaluate(
         },
         "scenarios": {},
     }
+    chosen: dict[str, list[float]] = {}  # resize factors auto chose, per scenario
     with tempfile.TemporaryDirectory() as tmp:
         for scenario in scenarios:
             pooled = np.zeros(2)  # foreground intersection, union over all frames
@@ -240,10 +241,14 @@ def evaluate(
 
                 crystals = read_table(path, "truth/crystals")
                 distractors = read_table(path, "truth/distractors")
+                run_seg = segmenter
+                if segmenter.settings.resize == "auto":  # one factor a run, as segment_run
+                    run_seg = segmenter.with_resize(auto_resize(path, segmenter).factor)
+                    chosen.setdefault(scenario, []).append(run_seg.settings.resize)
                 for t in range(frames):
                     image = ds["image"][t].values
                     true_labels = truth["labels"][t].values
-                    pred, prob = (a[0] for a in segmenter.predict(image[None], probability=True))
+                    pred, prob = (a[0] for a in run_seg.predict(image[None], probability=True))
                     fg_pred, fg_true = pred > 0, true_labels > 0
                     union = np.count_nonzero(fg_pred | fg_true)
                     seed_rows = per_seed.setdefault(
@@ -357,6 +362,8 @@ def evaluate(
                     for k, r in enumerate(border[0] / np.maximum(border[1], 1))
                 }
             summary["per_seed"] = {str(seed): _seed_summary(r) for seed, r in per_seed.items()}
+            if scenario in chosen:
+                summary["resize_chosen"] = chosen[scenario]
             result["scenarios"][scenario] = summary
     return result
 
@@ -369,7 +376,12 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--min-count", type=int, default=5)
     parser.add_argument("--tta", action="store_true", help="test-time augmentation (8 views)")
-    parser.add_argument("--resize", type=float, default=1.0, help="engine resize factor")
+    parser.add_argument(
+        "--resize",
+        type=lambda v: v if v == "auto" else float(v),
+        default=1.0,
+        help="engine resize factor, or auto: one factor a run, chosen as segment_run does",
+    )
     parser.add_argument("--split", default="auto", help="measurement split method")
     parser.add_argument(
         "--no-trim-boundary",

@@ -164,7 +164,12 @@ def main() -> None:
         default=0.0,
         help="smear each frame along a line of this many px (moving crystals)",
     )
-    parser.add_argument("--resize", type=float, default=1.0, help="engine resize factor")
+    parser.add_argument(
+        "--resize",
+        type=lambda v: v if v == "auto" else float(v),
+        default=1.0,
+        help="engine resize factor, or auto: one factor a look, chosen on its first 6 frames",
+    )
     parser.add_argument(
         "--no-trim-boundary", action="store_true", help="MeasureSettings.trim_boundary off"
     )
@@ -197,8 +202,10 @@ def main() -> None:
         row: dict = {}
         for name, seg in segmenters.items():
             codes = tuple(seg.spec.codes)
+            seg = seg.resolved([image for image, _ in frames[:6]])  # auto: one factor a look
             masks = [seg.predict(image[None])[0] for image, _ in frames]
             row[name] = _scores(frames, masks, codes, settings)
+            row[name]["resize"] = seg.settings.resize
             truth_masks = [class_mask_from_labels(truth, codes) for _, truth in frames]
             row[name]["truth_mask"] = _scores(frames, truth_masks, codes, settings)
         result["looks"][look] = row

@@ -5,13 +5,14 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import shlex
 import sys
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import click
 
@@ -362,14 +363,32 @@ _tta_option = click.option(
 )
 
 
+class _ResizeFactor(click.ParamType):
+    """A factor in 0.1..4 (engine.MIN_RESIZE..MAX_RESIZE, without importing torch), or auto."""
+
+    name = "FACTOR|auto"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float | str:
+        if value == "auto" or isinstance(value, float):
+            return value
+        try:
+            factor = float(value)
+        except ValueError:
+            factor = math.nan
+        if not 0.1 <= factor <= 4.0:
+            self.fail(f"{value!r} is not a factor in 0.1..4 or 'auto'", param, ctx)
+        return factor
+
+
 _resize_option = click.option(
     "--resize",
-    type=click.FloatRange(0.1, 4.0),  # engine.MIN_RESIZE..MAX_RESIZE, without importing torch
-    default=1.0,
+    type=_ResizeFactor(),
+    default="auto",
     show_default=True,
     help="Resize frames by this factor before the model (masks keep the frame size): "
     "0.5 or 0.25 for crystals far larger in pixels than the model knows (high "
-    "magnification, wide blurred edges); check the factor with evaluate.",
+    "magnification, wide blurred edges). 'auto' picks one factor per run where the "
+    "model's masks are most stable across scales (1 for crystals of the size it knows).",
 )
 
 
@@ -425,7 +444,7 @@ def segment(
     tile_size: int | None,
     compile_: bool,
     tta: bool,
-    resize: float,
+    resize: float | Literal["auto"],
     save_probability: bool,
     overwrite: bool,
     scheduler: str | None,
@@ -458,8 +477,14 @@ def segment(
             progress=lambda done, total: update("segment", done, total),
             tile_size=tile_size or DEFAULT_TILE_SIZE,
         )
+    from crystalseg.store import stage_info
+    from crystalseg.summary import resize_note
+
     classes = mask.attrs.get("flag_meanings", "")
     click.echo(f"mask of {mask.shape[0]} frames written to {run} (classes: {classes})")
+    factor = float(stage_info(run)["segment"]["settings"].get("resize", 1.0))
+    if factor != 1.0:
+        click.echo(resize_note(factor))
 
 
 _MEASURE_FILTER_OPTIONS: tuple[Callable[..., Any], ...] = (
@@ -569,7 +594,7 @@ def measure(
     overwrite: bool,
     stream: bool | None,
     tta: bool,
-    resize: float,
+    resize: float | Literal["auto"],
     scheduler: str | None,
     **filters: Any,
 ) -> None:
@@ -591,7 +616,9 @@ def measure(
     settings = _measure_settings(filters, bins=bins or MeasureSettings.bins)
     engine: Any = model
     asked = [
-        name for name, on in (("--model", model), ("--tta", tta), ("--resize", resize != 1.0)) if on
+        name
+        for name, on in (("--model", model), ("--tta", tta), ("--resize", resize != "auto"))
+        if on
     ]
     if asked and not needs_segmentation(run):
         click.echo(
@@ -600,7 +627,7 @@ def measure(
             "mask: crystalseg segment RUN ... --overwrite)",
             err=True,
         )
-    elif tta or resize != 1.0:  # the run is segmented here
+    elif tta or resize != "auto":  # the run is segmented here
         from crystalseg.segment import EngineSettings, load_segmenter
 
         engine = load_segmenter(model, None, EngineSettings(tta=tta, resize=resize))
@@ -653,10 +680,10 @@ def measure(
 @_tta_option
 @click.option(
     "--resize",
-    default="1",
+    default="auto",
     show_default=True,
-    help="Resize frames by this factor before the model (as segment --resize); several, "
-    "e.g. 1,0.5,0.25, score each and name the best.",
+    help="Resize frames by this factor before the model (as segment --resize; 'auto' "
+    "picks one for all the frames); several, e.g. 1,0.5,0.25, score each and name the best.",
 )
 @click.option(
     "-o",
@@ -703,7 +730,7 @@ def evaluate(
     results = {}
     with _stage_bars(ctx.obj["quiet"]) as update:
         for factor in factors:
-            stage = "evaluate" if len(factors) == 1 else f"evaluate at {factor:g}"
+            stage = "evaluate" if len(factors) == 1 else f"evaluate at {factor}"
             results[factor] = evaluate_model(
                 list(data),
                 model=model,
@@ -729,15 +756,18 @@ def evaluate(
     click.echo(format_resize_comparison(results, output))
 
 
-def _resize_factors(text: str) -> list[float]:
-    """``"1,0.5"`` -> ``[1.0, 0.5]``, each in the engine's range, no repeats."""
+def _resize_factors(text: str) -> list[Any]:
+    """``"1,0.5"`` -> ``[1.0, 0.5]``, each in the engine's range, no repeats; or ``["auto"]``."""
     from crystalseg.segment.engine import MAX_RESIZE, MIN_RESIZE
 
+    if text.strip() == "auto":
+        return ["auto"]
     try:
         factors = [float(v) for v in text.split(",")]
     except ValueError:
         raise click.BadParameter(
-            f"'{text}' is not a factor or a comma-separated list (e.g. 1,0.5,0.25)",
+            f"'{text}' is not a factor, 'auto' or a comma-separated list of factors "
+            "(e.g. 1,0.5,0.25)",
             param_hint="--resize",
         ) from None
     bad = [f for f in factors if not MIN_RESIZE <= f <= MAX_RESIZE]

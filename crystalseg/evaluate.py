@@ -35,7 +35,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -321,7 +321,7 @@ def evaluate_model(
     settings: MeasureSettings | None = None,
     pixel_size_um: float | None = None,
     tta: bool = False,
-    resize: float = 1.0,
+    resize: float | Literal["auto"] = "auto",
     device: str = "auto",
     frame_step: int = 1,
     progress: Callable[[int, int], None] | None = None,
@@ -351,7 +351,8 @@ def evaluate_model(
         runs carry their own.
     tta, resize, device : engine settings of the model (test-time augmentation, the
         factor frames are resized by before the model, device); see
-        :class:`~crystalseg.segment.EngineSettings`.
+        :class:`~crystalseg.segment.EngineSettings`. ``resize="auto"`` (as ``measure``)
+        chooses one factor for all the frames, from up to six of them.
     frame_step : int
         Every n-th frame of run stores.
     progress : callable (done, total), optional
@@ -394,6 +395,10 @@ def evaluate_model(
     rows: list[dict[str, Any]] = []
     inter = union = 0
     runs: dict[Path, Any] = {}
+    auto = getattr(seg, "settings", None) is not None and seg.settings.resize == "auto"
+    if auto:
+        picks = np.unique(np.linspace(0, len(items) - 1, min(6, len(items))).astype(int))
+        seg = seg.resolved([_annotated_frame(items[k], rule, instances, runs)[0] for k in picks])
     for k, item in enumerate(items):
         image, true_labels, pixel = _annotated_frame(item, rule, instances, runs)
         pixel = pixel_size_um if item.run is None else pixel
@@ -427,7 +432,8 @@ def evaluate_model(
         "measure_settings": settings.to_dict(),
         "pixel_size_um": pixel_size_um,
         "tta": tta,
-        "resize": resize,
+        "resize": seg.settings.resize if hasattr(seg, "settings") else resize,
+        **({"resize_chosen_by": "auto"} if auto else {}),
     }
     return Evaluation(frames.drop(columns="_offset_sum"), summary, recorded)
 

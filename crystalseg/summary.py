@@ -130,6 +130,16 @@ def format_training(result: Any) -> str:
     return "\n".join(lines)
 
 
+def resize_note(factor: float) -> str:
+    """The line that says a run was segmented on resized frames."""
+    return (
+        f"  resize       frames shrunk by {factor:g} before the model (its crystals are larger in "
+        "pixels than it knows; undo: crystalseg segment RUN --resize 1 --overwrite)"
+        if factor < 1
+        else f"  resize       frames enlarged by {factor:g} before the model"
+    )
+
+
 def format_measurement(summary: dict[str, Any], exported: Any = None) -> str:
     """Text printed after ``crystalseg measure`` from ``summarize_measurement``'s dict."""
     units = summary.get("size_units") or "px"
@@ -149,6 +159,8 @@ def format_measurement(summary: dict[str, Any], exported: Any = None) -> str:
             )
         else:
             lines.append(f"  D50 {when:<5}    no particles counted")
+    if summary.get("segment_resize", 1.0) != 1.0:
+        lines.append(resize_note(summary["segment_resize"]))
     lines.append(f"  PSD          {summary['psd']}  -> xarray.open_zarr(RUN, group='psd')")
     lines.append(f"  particles    {summary['particles_table']}")
     if exported is not None:
@@ -165,6 +177,10 @@ def format_evaluation(result: Any, written: Any = None) -> str:
     s = result.summary
     frames = result.frames
     lines = [f"{s['frames']} annotated frames, {s['matched_crystals']} crystals matched"]
+    factor = result.settings.get("resize", 1.0)
+    if factor != 1.0:
+        how = " (chosen by --resize auto)" if result.settings.get("resize_chosen_by") else ""
+        lines.append(f"  resize           {factor:g}{how}: frames resized before the model")
     if s["fg_iou_pooled"] is not None:
         lines.append(f"  foreground IoU   {s['fg_iou_pooled']:.3f} (pooled over frames)")
     if s["f1_mean"] is not None:

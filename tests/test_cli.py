@@ -291,6 +291,24 @@ def test_measure_resize_segments_at_that_factor(tmp_path: Path) -> None:
     assert code == 0 and "resize 0.5)" in out, out
 
 
+def test_resize_takes_a_factor_or_auto(tmp_path: Path) -> None:
+    """--resize auto (the default) keeps 1 on a synthetic run, the model's own scale, so
+    its mask is the plain one; a bad factor is a usage error that names 'auto'."""
+    from crystalseg.store import stage_info
+
+    path = tmp_path / "run.zarr"
+    code, out = run("synth", str(path), "--frames", "3", "--size", "160", "160", "--seed", "21")
+    assert code == 0, out
+    code, out = run("segment", str(path), "--resize", "auto")
+    assert code == 0 and "resize" not in out, out
+    assert "resize" not in stage_info(path)["segment"]["settings"]
+    code, out = run("segment", str(path), "--resize", "1")  # the same mask setting
+    assert code == 0, out
+    for bad in ("0", "big", "5"):
+        code, out = run("segment", str(path), "--resize", bad)
+        assert code == 2 and "'auto'" in out, out
+
+
 def test_measure_engine_options_load_no_model_when_the_run_has_a_mask(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, store_mask
 ) -> None:

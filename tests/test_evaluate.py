@@ -261,7 +261,13 @@ def test_cli_writes_scores_and_prints_a_summary(
     )
     assert half.exit_code == 0, half.output
     assert json.loads(scores.read_text())["settings"]["resize"] == 0.5
-    for wild in ("10", "1,1", "half"):
+    # the default, auto, chooses one factor for the frames: 1 at the model's own scale
+    auto = tmp_path / "auto.json"
+    args = ["-q", "evaluate", str(pairs), "--mask-values", "0,255", "-o", str(auto)]
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    recorded = json.loads(auto.read_text())["settings"]
+    assert recorded["resize"] == 1.0 and recorded["resize_chosen_by"] == "auto"
+    for wild in ("10", "1,1", "half", "1,auto"):
         bad = CliRunner().invoke(cli, ["-q", "evaluate", str(pairs), "--resize", wild])
         assert bad.exit_code == 2 and "--resize" in bad.output, bad.output
 

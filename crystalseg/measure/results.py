@@ -564,7 +564,8 @@ def summarize_measurement(run: str | os.PathLike[str]) -> dict[str, Any]:
         and ``d50_end`` (number-based D50 of the first and last frame with counted
         particles, NaN if none), ``time_start_s`` and ``time_end_s`` (those frames'
         times), ``count_start`` and ``count_end``, ``psd`` and ``particles_table``
-        (where the results are: ``"<run> (group psd)"``), ``settings``.
+        (where the results are: ``"<run> (group psd)"``), ``settings``,
+        ``segment_resize`` (the factor the mask was segmented at, 1 if not resized).
 
     Raises
     ------
@@ -607,7 +608,14 @@ def summarize_measurement(run: str | os.PathLike[str]) -> dict[str, Any]:
         "psd": f"{path} (group {PSD_GROUP})",
         "particles_table": f"{path} (group {PARTICLES_GROUP})",
         "settings": json.loads(attrs.get("measure_settings", "{}")),
+        "segment_resize": _segment_resize(path),
     }
+
+
+def _segment_resize(path: Path) -> float:
+    """The factor the run's mask was segmented at (1 for masks made elsewhere)."""
+    settings = (stage_info(path).get("segment") or {}).get("settings") or {}
+    return float(settings.get("resize", 1.0))
 
 
 __all__ = [

@@ -90,6 +90,17 @@ def available_cores() -> int:
 MIN_RESIZE, MAX_RESIZE = 0.1, 4.0
 
 
+def checked_resize(value: Any) -> float:
+    """``value`` as a resize factor, or a ConfigError that says what is allowed."""
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    if not (ok and MIN_RESIZE <= value <= MAX_RESIZE):
+        raise ConfigError(
+            f"resize {value!r} must be a factor in {MIN_RESIZE}..{MAX_RESIZE} or 'auto' "
+            "(e.g. 0.5 halves the frames before the model)"
+        )
+    return float(value)
+
+
 @dataclass(frozen=True)
 class EngineSettings:
     """How the engine runs a model; nothing here changes which model runs.
@@ -121,14 +132,16 @@ class EngineSettings:
         Test-time augmentation: average the class probabilities of the 8 flips and
         quarter turns of each frame (8x the inference time). On held-out synthetic runs it
         removed 20-30 % of the false detections and raised foreground IoU by 0.01-0.035.
-    resize : float
+    resize : float or "auto"
         Factor the frames are resized by before the model (0.5 halves them; area
         averaging down, bilinear up); the class scores are resized back (bilinear), so
         masks keep the frame's size. For crystals far larger (or smaller) in pixels
         than the model was trained on: the bundled model saw crystals of about 5-250 px
         with edges 1-3 px wide, and a recording at 4x that magnification (edges and
         blur 4x wider) segments far better at ``resize=0.25``-``0.5``. Tiles are cut
-        after resizing (``tile_size`` counts model pixels).
+        after resizing (``tile_size`` counts model pixels). ``"auto"`` picks the factor
+        with :func:`choose_resize` on the frames of each ``predict`` call; the run-level
+        functions (``segment_run``, ``measure_run``) pick it once per run instead.
     """
 
     device: str = "auto"
@@ -140,16 +153,11 @@ class EngineSettings:
     compile: bool = False
     threads: int | None = None
     tta: bool = False
-    resize: float = 1.0
+    resize: float | Literal["auto"] = 1.0
 
     def __post_init__(self) -> None:
-        ok = isinstance(self.resize, int | float) and not isinstance(self.resize, bool)
-        if not (ok and MIN_RESIZE <= self.resize <= MAX_RESIZE):
-            raise ConfigError(
-                f"resize {self.resize!r} must be a factor in {MIN_RESIZE}..{MAX_RESIZE} "
-                "(e.g. 0.5 halves the frames before the model)"
-            )
-        object.__setattr__(self, "resize", float(self.resize))
+        if self.resize != "auto":
+            object.__setattr__(self, "resize", checked_resize(self.resize))
         if not isinstance(self.device, str) or not _DEVICE_RE.match(self.device):
             raise ConfigError(f"device {self.device!r} is not one of auto, cpu, cuda, cuda:N, mps")
         if self.backend not in BACKENDS:
@@ -480,6 +488,24 @@ class Segmenter:
             "torch_version": torch.__version__,
         }
 
+    def with_resize(self, factor: float) -> Segmenter:
+        """This engine at another ``resize`` factor; it shares the loaded network."""
+        factor = checked_resize(factor)
+        if factor == self.settings.resize:
+            return self
+        twin = object.__new__(Segmenter)  # not copy.copy: __reduce__ reloads the checkpoint
+        twin.__dict__.update(self.__dict__)
+        twin.requested_settings = replace(self.requested_settings, resize=factor)
+        twin.settings = replace(self.settings, resize=factor)
+        return twin
+
+    def resolved(self, frames: Any) -> Segmenter:
+        """This engine with ``resize="auto"`` replaced by :func:`choose_resize`'s factor
+        for ``frames`` (itself when the factor is already a number)."""
+        if self.settings.resize != "auto":
+            return self
+        return self.with_resize(choose_resize(self, frames).factor)
+
     # -- public prediction ----------------------------------------------------------
 
     @overload
@@ -511,6 +537,9 @@ class Segmenter:
             Index into ``spec.codes``.
         prob : ndarray (n, y, x) uint8, only with ``probability=True``
         """
+        if self.settings.resize == "auto":
+            twin = self.resolved(frames)
+            return twin.predict(frames, probability=True) if probability else twin.predict(frames)
         raw = self._check_frames(frames)
         with self._lock, torch.inference_mode():
             mask, prob = self._segment(raw, probability)
@@ -518,6 +547,8 @@ class Segmenter:
 
     def predict_logits(self, frames: np.ndarray | torch.Tensor) -> np.ndarray:
         """Blended float32 logits (n, n_classes, y, x); for tests and calibration."""
+        if self.settings.resize == "auto":
+            return self.resolved(frames).predict_logits(frames)
         raw = self._check_frames(frames)
         with self._lock, torch.inference_mode():
             x = self._upload(raw)
@@ -601,6 +632,8 @@ class Segmenter:
         """Raw whole frames (b, y, x[, 3]) on the device to float32 logits (b, K, y, x)."""
         x = prepare_batch(raw, self.spec)
         factor = self.settings.resize
+        if isinstance(factor, str):  # "auto" is resolved before (predict, resolved)
+            raise ConfigError("resize 'auto' must be resolved first: use Segmenter.resolved")
         if factor == 1.0:
             return self._model_logits(x)
         h, w = x.shape[-2:]
@@ -807,6 +840,109 @@ def load_segmenter(
         while len({id(v) for v in _SEGMENTERS.values()}) > MAX_CACHED_SEGMENTERS:
             _SEGMENTERS.popitem(last=False)
         return seg
+
+
+#: Factors that :func:`choose_resize` tries, from full size down.
+AUTO_RESIZE_FACTORS: tuple[float, ...] = (1.0, 0.7, 0.5, 0.35, 0.25)
+#: How much more stable than full size a factor must be to be taken.
+AUTO_RESIZE_MARGIN = 0.05
+#: Below this foreground fraction at full size there is too little to judge by.
+AUTO_RESIZE_MIN_FOREGROUND = 0.002
+#: A factor whose foreground is not within these multiples of full size's is not taken.
+AUTO_RESIZE_FOREGROUND_RANGE = (0.9, 3.0)
+#: No factor shrinks a frame's shorter side below this many pixels.
+AUTO_RESIZE_MIN_SIDE = 64
+
+
+@dataclass(frozen=True)
+class ResizeChoice:
+    """What :func:`choose_resize` chose, and the scores behind it.
+
+    Attributes
+    ----------
+    factor : float
+    stability : dict factor -> mean foreground IoU of its masks with those of the
+        neighbouring factors (1 = a little more or less resizing changes nothing)
+    foreground : dict factor -> foreground fraction of its masks
+    """
+
+    factor: float
+    stability: dict[float, float]
+    foreground: dict[float, float]
+
+    def describe(self) -> str:
+        """``resize 0.5 (mask stability 1: 0.73, 0.7: 0.82, ...)``, for logs."""
+        scores = ", ".join(f"{f:g}: {v:.2f}" for f, v in self.stability.items())
+        return f"resize {self.factor:g} (mask stability across factors {scores})"
+
+
+def choose_resize(
+    segmenter: Segmenter,
+    frames: Any,
+    *,
+    factors: tuple[float, ...] = AUTO_RESIZE_FACTORS,
+    margin: float = AUTO_RESIZE_MARGIN,
+) -> ResizeChoice:
+    """The ``resize`` factor at which the model's masks of ``frames`` are most stable.
+
+    ``frames`` (a stack (n, y, x[, 3]) or a list of frames of any sizes) are segmented
+    at every factor, and each factor is scored by the mean foreground IoU of its masks
+    with those of its neighbouring factors: at a scale the model knows, a little more
+    or less resizing hardly changes the mask, while at one it does not know (crystals
+    and edges several times larger than it was trained on), crystals fill in, break
+    up or vanish from one factor to the next. A factor other than 1 is taken only if
+    it beats full size by ``margin``, if its foreground stays within
+    :data:`AUTO_RESIZE_FOREGROUND_RANGE` times that at full size (crystals that
+    vanish, or background called crystal, mean the model is lost at that scale), and
+    if full size finds at least :data:`AUTO_RESIZE_MIN_FOREGROUND` of the pixels
+    to be crystal (nearly empty frames keep 1). Factors that would shrink a frame
+    below :data:`AUTO_RESIZE_MIN_SIDE` pixels are not tried.
+
+    Measured with the bundled model (``benchmarks/other_renderer.py
+    --resize auto``; README, known limits): it keeps 1 on every synthetic run and on
+    the independent renderer's frames at their own scale, and shrinks frames drawn
+    2-4x larger, where it gains up to 0.46 foreground IoU.
+    """
+    base = segmenter.with_resize(1.0) if segmenter.settings.resize == "auto" else segmenter
+    stack = [np.asarray(f) for f in frames]
+    if not stack:
+        raise ConfigError("choose_resize needs at least one frame")
+    side = min(min(f.shape[:2]) for f in stack)
+    tried = [f for f in factors if f == 1.0 or side * f >= AUTO_RESIZE_MIN_SIDE]
+    same_size = len({f.shape for f in stack}) == 1
+    masks: dict[float, list[np.ndarray]] = {}
+    for f in tried:
+        seg = base.with_resize(f)
+        if same_size:
+            masks[f] = list(seg.predict(np.stack(stack)) > 0)
+        else:
+            masks[f] = [seg.predict(frame[None])[0] > 0 for frame in stack]
+
+    def iou(a: list[np.ndarray], b: list[np.ndarray]) -> float:
+        scores = []
+        for x, y in zip(a, b, strict=True):
+            union = np.count_nonzero(x | y)
+            scores.append(1.0 if union == 0 else np.count_nonzero(x & y) / union)
+        return float(np.mean(scores))
+
+    stability = {}
+    for i, f in enumerate(tried):
+        near = [tried[j] for j in (i - 1, i + 1) if 0 <= j < len(tried)]
+        stability[f] = float(np.mean([iou(masks[f], masks[g]) for g in near])) if near else 1.0
+    foreground = {f: float(np.mean([m.mean() for m in masks[f]])) for f in tried}
+    full = foreground[1.0]
+    low, high = AUTO_RESIZE_FOREGROUND_RANGE
+    allowed = [1.0]
+    if full >= AUTO_RESIZE_MIN_FOREGROUND:
+        allowed += [
+            f
+            for f in tried
+            if f != 1.0
+            and stability[f] >= stability[1.0] + margin
+            and low * full <= foreground[f] <= high * full
+        ]
+    factor = max(allowed, key=lambda f: stability[f])
+    return ResizeChoice(factor, stability, foreground)
 
 
 def clear_segmenter_cache() -> None:

@@ -44,8 +44,10 @@ from crystalseg.segment.engine import (
     Backend,
     EngineSettings,
     Precision,
+    ResizeChoice,
     Segmenter,
     checkpoint_checksum,
+    choose_resize,
     load_segmenter,
     select_device,
 )
@@ -279,7 +281,7 @@ def segment_run(
     compile: bool = False,
     threads: int | None = None,
     tta: bool = False,
-    resize: float = 1.0,
+    resize: float | Literal["auto"] = "auto",
     overwrite: bool = False,
     save_probability: bool = False,
     client: Any = None,
@@ -295,6 +297,10 @@ def segment_run(
     device, backend, batch_size, tile_size, tile_overlap, precision, compile, threads, tta,
     resize
         Engine settings, see :class:`~crystalseg.segment.engine.EngineSettings`.
+        ``resize="auto"`` (the default) chooses one factor for the run with
+        :func:`auto_resize` (1 unless the crystals are far larger in pixels than the
+        model knows); a run that already has a mask from the same model keeps the
+        factor it was made with.
     overwrite : bool
         Replace a mask made by another model or other settings. Without it that is an
         error; a finished mask with the same model and settings is returned as is, and
@@ -356,7 +362,7 @@ def stream_segment_run(
     compile: bool = False,
     threads: int | None = None,
     tta: bool = False,
-    resize: float = 1.0,
+    resize: float | Literal["auto"] = "auto",
     overwrite: bool = False,
     save_probability: bool = False,
     client: Any = None,
@@ -416,6 +422,21 @@ def stream_segment_run(
             "a distributed run needs a model saved as a checkpoint that every worker can "
             "read; save it with save_checkpoint and pass its directory"
         )
+    seg: Segmenter | None = None
+    if settings.resize == "auto":
+        factor = None if overwrite else _recorded_resize(path, checksum)
+        if factor is None:
+            seg = (
+                model
+                if isinstance(model, Segmenter)
+                else load_segmenter(checkpoint, checksum, settings)
+            )
+            factor = auto_resize(path, seg).factor
+        settings = replace(settings, resize=factor)
+        if seg is not None:
+            seg = seg.with_resize(factor)
+    resize_factor = settings.resize
+    assert not isinstance(resize_factor, str)  # "auto" was resolved just above
     codes = tuple(meta["spec"]["codes"])
     stage_settings = {
         "model_sha256": checksum,
@@ -438,10 +459,9 @@ def stream_segment_run(
             progress(n, n)
         return (chunk for chunk in all_chunks)
 
-    seg: Segmenter | None = None
-    if client is None:  # load (and check) the model before touching the store
+    if client is None and seg is None:  # load (and check) the model before touching the store
         seg = (
-            model
+            model.with_resize(resize_factor)
             if isinstance(model, Segmenter)
             else load_segmenter(checkpoint, checksum, settings)
         )
@@ -527,6 +547,35 @@ def _saving_probability(path: Path, settings: dict[str, Any]) -> bool:
         and bool(previous.get("save_probability"))
         and previous == {**settings, "save_probability": True}
     )
+
+
+#: Frames :func:`auto_resize` samples from the later half of a run.
+AUTO_RESIZE_FRAMES = 6
+
+
+def auto_resize(
+    run: str | os.PathLike[str], segmenter: Segmenter, *, frames: int = AUTO_RESIZE_FRAMES
+) -> ResizeChoice:
+    """The ``resize`` factor for a whole run: :func:`~crystalseg.segment.engine.choose_resize`
+    on ``frames`` frames spread over the later half of the run, where the crystals are
+    largest and most numerous. Logs the choice and the scores behind it."""
+    path = Path(run)
+    image = _array(path, IMAGE)
+    n = int(image.shape[0])
+    picks = np.unique(np.linspace(n // 2, n - 1, frames).astype(int))
+    sample = np.stack([np.asarray(image[int(t)]) for t in picks])
+    choice = choose_resize(segmenter, sample)
+    log.info("%s: %s", path, choice.describe())
+    return choice
+
+
+def _recorded_resize(path: Path, checksum: str) -> float | None:
+    """The resize factor of the run's mask when the same model made it, else None."""
+    info = stage_info(path).get(STAGE) or {}
+    previous = info.get("settings") or {}
+    if previous.get("model_sha256") != checksum:
+        return None
+    return float(previous.get("resize", 1.0))
 
 
 def _check_existing(
@@ -733,7 +782,7 @@ def predict_frames(
     precision: Precision = "auto",
     threads: int | None = None,
     tta: bool = False,
-    resize: float = 1.0,
+    resize: float | Literal["auto"] = "auto",
 ) -> da.Array:
     """Lazy segmentation of a dask array of frames, one task per time chunk.
 
@@ -744,6 +793,9 @@ def predict_frames(
     model : checkpoint directory, a :class:`Segmenter`, or None for the bundled model.
         On a distributed scheduler each worker process loads the checkpoint once.
     output : "mask" (class index) or "probability" (uint8 foreground probability)
+    device ... resize
+        Engine settings, as for :func:`segment_run`; ``resize="auto"`` computes a few
+        frames of the later half now to choose one factor for all of them.
 
     Returns
     -------
@@ -769,6 +821,10 @@ def predict_frames(
             resize=resize,
         )
         seg = load_segmenter(model, None, settings)
+    if seg.settings.resize == "auto":  # one factor for all the frames, as for a run
+        n = int(arr.shape[0])
+        picks = np.unique(np.linspace(n // 2, n - 1, AUTO_RESIZE_FRAMES).astype(int))
+        seg = seg.resolved(np.asarray(arr[picks].compute()))
     if len(arr.chunks[1]) > 1 or len(arr.chunks[2]) > 1:
         arr = arr.rechunk({1: -1, 2: -1})
     # dask's annotations of Array.map_blocks want an Array first; it takes the function
@@ -786,6 +842,7 @@ __all__ = [
     "STAGE",
     "ChunkPrefetcher",
     "ProgressCallback",
+    "auto_resize",
     "inference_device",
     "mask_attrs",
     "predict_frames",

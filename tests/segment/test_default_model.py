@@ -239,19 +239,30 @@ def test_recipe_average_is_validated_on_the_held_out_runs_and_ships(tmp_path) ->
     assert load_checkpoint(shipped)[2]["weights"]["stored_dtype"] == "torch.float16"
 
 
-def test_resize_recovers_a_magnified_recording() -> None:
-    """A held-out clear frame magnified 3x (bilinear, then 2 px of optical blur and
-    per-pixel noise: edges 3x wider than the model ever saw) loses most of its
-    crystals at resize 1 and comes back at resize 0.5, above 0.9 IoU."""
+def _magnified(scale: int) -> tuple[np.ndarray, np.ndarray]:
+    """A held-out clear frame (seed 5, t = 5) at ``scale``x: bilinear, then ``scale - 1``
+    px of optical blur and per-pixel noise, so edges are ``scale`` times wider than
+    the model ever saw; and its true foreground."""
     from scipy import ndimage as ndi
 
     f = SyntheticRun(SynthConfig(frames=6, height=192, width=192, seed=5, scenario="clear")).render(
         5
     )
-    image = ndi.gaussian_filter(ndi.zoom(f.image.astype(float), 3, order=1), 2.0)
+    if scale == 1:
+        return f.image, f.labels > 0
+    image = ndi.gaussian_filter(ndi.zoom(f.image.astype(float), scale, order=1), scale - 1.0)
     image += np.random.default_rng(5).normal(0, 2.0, image.shape)
-    image = np.clip(image, 0, 255).astype(np.uint8)
-    true = ndi.zoom(f.labels > 0, 3, order=0)
+    return np.clip(image, 0, 255).astype(np.uint8), ndi.zoom(f.labels > 0, scale, order=0)
+
+
+def _iou(pred: np.ndarray, true: np.ndarray) -> float:
+    return np.count_nonzero(pred & true) / np.count_nonzero(pred | true)
+
+
+def test_resize_recovers_a_magnified_recording() -> None:
+    """The frame magnified 3x loses most of its crystals at resize 1 and comes back at
+    resize 0.5, above 0.9 IoU."""
+    image, true = _magnified(3)
     iou = {}
     for factor in (1.0, 0.5):
         seg = Segmenter.from_checkpoint(
@@ -259,6 +270,59 @@ def test_resize_recovers_a_magnified_recording() -> None:
         )
         mask = seg.predict(image[None])[0]
         assert mask.shape == image.shape
-        pred = mask > 0
-        iou[factor] = np.count_nonzero(pred & true) / np.count_nonzero(pred | true)
+        iou[factor] = _iou(mask > 0, true)
     assert iou[1.0] < 0.7 and iou[0.5] > 0.9, iou
+
+
+def test_auto_resize_keeps_full_size_at_home_and_shrinks_a_magnified_frame(
+    segmenter: Segmenter,
+) -> None:
+    """choose_resize keeps 1 on the frame at the model's own scale and on a frame with
+    no crystals, and shrinks the 3x frame to a factor that recovers it (IoU > 0.9,
+    against < 0.7 at full size); resize="auto" predicts exactly as that factor."""
+    from crystalseg.segment import choose_resize
+
+    plain, _ = _magnified(1)
+    choice = choose_resize(segmenter, plain[None])
+    # 192 px: 0.25 would shrink it below AUTO_RESIZE_MIN_SIDE (64 px), so it is not tried
+    assert choice.factor == 1.0 and set(choice.stability) == {1.0, 0.7, 0.5, 0.35}
+    blank = np.random.default_rng(0).normal(128, 3, (1, 256, 256)).clip(0, 255).astype(np.uint8)
+    assert choose_resize(segmenter, blank).factor == 1.0
+    image, true = _magnified(3)
+    choice = choose_resize(segmenter, [image])
+    assert choice.factor < 1.0, choice
+    assert choice.stability[choice.factor] >= choice.stability[1.0] + 0.05
+    chosen = segmenter.with_resize(choice.factor)
+    assert chosen._model is segmenter._model  # the network is shared, not loaded again
+    assert _iou(chosen.predict(image[None])[0] > 0, true) > 0.9
+    auto = Segmenter.from_checkpoint(
+        None, settings=EngineSettings(backend="torch", threads=1, resize="auto")
+    )
+    np.testing.assert_array_equal(auto.predict(image[None]), chosen.predict(image[None]))
+
+
+def test_a_magnified_run_is_segmented_at_the_factor_auto_chooses(tmp_path, run_factory) -> None:
+    """segment_run's default (resize="auto") shrinks a magnified run once for all its
+    frames and records the factor; running it again keeps that factor (nothing to do),
+    while an explicit other factor is a different mask setting. measure says so."""
+    from click.testing import CliRunner
+
+    from crystalseg.cli import cli
+    from crystalseg.errors import StageStateError
+    from crystalseg.segment import segment_run
+    from crystalseg.store import stage_info
+
+    image, true = _magnified(3)
+    path = tmp_path / "run.zarr"
+    run_factory(path, np.stack([image, image[:, ::-1]]), frames_per_chunk=1)
+    settings = {"device": "cpu", "backend": "torch", "threads": 1}
+    mask = segment_run(path, None, **settings).values
+    factor = stage_info(path)["segment"]["settings"]["resize"]
+    assert factor < 1.0
+    assert _iou(mask[0] > 0, true) > 0.9 and _iou(mask[1] > 0, true[:, ::-1]) > 0.9
+    np.testing.assert_array_equal(segment_run(path, None, **settings).values, mask)
+    with pytest.raises(StageStateError, match="resize"):
+        segment_run(path, None, **settings, resize=1.0)
+    result = CliRunner().invoke(cli, ["-q", "measure", str(path), "--no-stream"])
+    assert result.exit_code == 0, result.output
+    assert f"frames shrunk by {factor:g} before the model" in result.output
