@@ -19,6 +19,9 @@ depend on the weights):
 - ``sizes.1024.cpu.engine_resize_0_5``: the engine with ``resize=0.5`` (the frames
   halved before the model, for crystals far larger in pixels than the model knows) on
   the same store, beside the engine at full size.
+- ``sizes.1024.cpu.auto_resize``: the one-off cost of ``resize="auto"`` (the default
+  of ``segment_run``): seconds to choose the factor for the run (its later frames
+  segmented at five factors), also as the frames the engine segments in that time.
 - ``peak_rss_mb``: peak resident memory of the process.
 
 On CUDA the engine also runs with a fixed batch of 32 (``engine_batch_32``) beside the
@@ -54,7 +57,8 @@ import zarr
 from crystalseg.errors import CheckpointError
 from crystalseg.models import ModelSpec, build_model, prepare_batch, save_checkpoint
 from crystalseg.models.checkpoint import default_checkpoint_path
-from crystalseg.segment import EngineSettings, load_segmenter, segment_run
+from crystalseg.segment import EngineSettings, auto_resize, load_segmenter, segment_run
+from crystalseg.segment.run import AUTO_RESIZE_FRAMES
 from crystalseg.segment.engine import available_cores, pad_to_multiple
 from crystalseg.store import create_run
 
@@ -185,6 +189,21 @@ def cpu_entry(
     }
 
 
+def auto_resize_cost(store: Path, ckpt: Path, cpu: dict[str, Any]) -> dict[str, Any]:
+    """Seconds that choosing the resize factor for a run takes, on a warm engine."""
+    seg = load_segmenter(ckpt, None, EngineSettings(device="cpu"))
+    auto_resize(store, seg)  # warm: the first call pays the backend choice and compiles
+    start = time.perf_counter()
+    choice = auto_resize(store, seg)
+    seconds = time.perf_counter() - start
+    return {
+        "seconds": seconds,
+        "factor": choice.factor,
+        "frames_sampled": AUTO_RESIZE_FRAMES,
+        "equivalent_engine_frames": seconds * cpu["engine"]["frames_per_s"],
+    }
+
+
 def engine_run(path: Path, ckpt: Path, settings: EngineSettings) -> dict[str, Any]:
     """segment_run on a warm engine: frames/s and the share of time outside the network."""
     seg = load_segmenter(ckpt, None, settings)
@@ -282,6 +301,7 @@ def main() -> None:
                     entry["cpu"]["resize_0_5_speedup"] = (
                         half["frames_per_s"] / entry["cpu"]["engine"]["frames_per_s"]
                     )
+                    entry["cpu"]["auto_resize"] = auto_resize_cost(store, ckpt, entry["cpu"])
             if cuda:
                 gpu_store = make_store(tmp / f"gpu{size}.zarr", 8 * n, size)
                 gpu_engine = engine_run(gpu_store, ckpt, EngineSettings(device="cuda"))

@@ -850,6 +850,9 @@ AUTO_RESIZE_MARGIN = 0.05
 AUTO_RESIZE_MIN_FOREGROUND = 0.002
 #: A factor whose foreground is not within these multiples of full size's is not taken.
 AUTO_RESIZE_FOREGROUND_RANGE = (0.9, 3.0)
+#: A factor at which the model is more than this many times as uncertain (mean class
+#: entropy per pixel) as at full size is not taken.
+AUTO_RESIZE_MAX_UNCERTAINTY = 2.0
 #: No factor shrinks a frame's shorter side below this many pixels.
 AUTO_RESIZE_MIN_SIDE = 64
 
@@ -864,16 +867,19 @@ class ResizeChoice:
     stability : dict factor -> mean foreground IoU of its masks with those of the
         neighbouring factors (1 = a little more or less resizing changes nothing)
     foreground : dict factor -> foreground fraction of its masks
+    uncertainty : dict factor -> mean entropy of the class probabilities per pixel (nats)
     """
 
     factor: float
     stability: dict[float, float]
     foreground: dict[float, float]
+    uncertainty: dict[float, float]
 
     def describe(self) -> str:
         """``resize 0.5 (mask stability 1: 0.73, 0.7: 0.82, ...)``, for logs."""
         scores = ", ".join(f"{f:g}: {v:.2f}" for f, v in self.stability.items())
-        return f"resize {self.factor:g} (mask stability across factors {scores})"
+        unsure = ", ".join(f"{f:g}: {v:.3f}" for f, v in self.uncertainty.items())
+        return f"resize {self.factor:g} (mask stability across factors {scores}; entropy {unsure})"
 
 
 def choose_resize(
@@ -893,15 +899,18 @@ def choose_resize(
     up or vanish from one factor to the next. A factor other than 1 is taken only if
     it beats full size by ``margin``, if its foreground stays within
     :data:`AUTO_RESIZE_FOREGROUND_RANGE` times that at full size (crystals that
-    vanish, or background called crystal, mean the model is lost at that scale), and
-    if full size finds at least :data:`AUTO_RESIZE_MIN_FOREGROUND` of the pixels
-    to be crystal (nearly empty frames keep 1). Factors that would shrink a frame
-    below :data:`AUTO_RESIZE_MIN_SIDE` pixels are not tried.
+    vanish, or background called crystal, mean the model is lost at that scale), if
+    the model is at most :data:`AUTO_RESIZE_MAX_UNCERTAINTY` times as uncertain there
+    as at full size (shrunk frames of crystals it knows give coarse masks that agree
+    with each other, but it is unsure of them), and if full size finds at least
+    :data:`AUTO_RESIZE_MIN_FOREGROUND` of the pixels to be crystal (nearly empty
+    frames keep 1). Factors that would shrink a frame below
+    :data:`AUTO_RESIZE_MIN_SIDE` pixels are not tried.
 
-    Measured with the bundled model (``benchmarks/other_renderer.py
-    --resize auto``; README, known limits): it keeps 1 on every synthetic run and on
-    the independent renderer's frames at their own scale, and shrinks frames drawn
-    2-4x larger, where it gains up to 0.46 foreground IoU.
+    Measured with the bundled model (``benchmarks/other_renderer.py --resize auto``,
+    ``benchmarks/accuracy.py --resize auto``; README, known limits): it keeps 1 on
+    synthetic runs and on the independent renderer's frames at their own scale, and
+    shrinks frames drawn 2-4x larger, where it gains up to 0.46 foreground IoU.
     """
     base = segmenter.with_resize(1.0) if segmenter.settings.resize == "auto" else segmenter
     stack = [np.asarray(f) for f in frames]
@@ -909,14 +918,17 @@ def choose_resize(
         raise ConfigError("choose_resize needs at least one frame")
     side = min(min(f.shape[:2]) for f in stack)
     tried = [f for f in factors if f == 1.0 or side * f >= AUTO_RESIZE_MIN_SIDE]
-    same_size = len({f.shape for f in stack}) == 1
     masks: dict[float, list[np.ndarray]] = {}
+    uncertainty: dict[float, float] = {}
     for f in tried:
         seg = base.with_resize(f)
-        if same_size:
-            masks[f] = list(seg.predict(np.stack(stack)) > 0)
-        else:
-            masks[f] = [seg.predict(frame[None])[0] > 0 for frame in stack]
+        masks[f], entropy = [], []
+        for frame in stack:  # one at a time: logits of large frames are large
+            logits = torch.from_numpy(seg.predict_logits(frame[None]))
+            p = torch.softmax(logits, dim=1)
+            entropy.append(float(-(p * p.clamp_min(1e-8).log()).sum(1).mean()))
+            masks[f].append(logits.argmax(1)[0].numpy() > 0)
+        uncertainty[f] = float(np.mean(entropy))
 
     def iou(a: list[np.ndarray], b: list[np.ndarray]) -> float:
         scores = []
@@ -940,9 +952,10 @@ def choose_resize(
             if f != 1.0
             and stability[f] >= stability[1.0] + margin
             and low * full <= foreground[f] <= high * full
+            and uncertainty[f] <= AUTO_RESIZE_MAX_UNCERTAINTY * uncertainty[1.0]
         ]
     factor = max(allowed, key=lambda f: stability[f])
-    return ResizeChoice(factor, stability, foreground)
+    return ResizeChoice(factor, stability, foreground, uncertainty)
 
 
 def clear_segmenter_cache() -> None:
