@@ -58,8 +58,8 @@ from crystalseg.errors import CheckpointError
 from crystalseg.models import ModelSpec, build_model, prepare_batch, save_checkpoint
 from crystalseg.models.checkpoint import default_checkpoint_path
 from crystalseg.segment import EngineSettings, auto_resize, load_segmenter, segment_run
-from crystalseg.segment.run import AUTO_RESIZE_FRAMES
 from crystalseg.segment.engine import available_cores, pad_to_multiple
+from crystalseg.segment.run import AUTO_RESIZE_FRAMES
 from crystalseg.store import create_run
 
 
