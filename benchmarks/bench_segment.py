@@ -21,7 +21,8 @@ depend on the weights):
   the same store, beside the engine at full size.
 - ``sizes.1024.cpu.auto_resize``: the one-off cost of ``resize="auto"`` (the default
   of ``segment_run``): seconds to choose the factor for the run (its later frames
-  segmented at five factors), also as the frames the engine segments in that time.
+  segmented at five factors: up to six, here ``frames_judged``), also as the frames
+  the engine segments in that time.
 - ``peak_rss_mb``: peak resident memory of the process.
 
 On CUDA the engine also runs with a fixed batch of 32 (``engine_batch_32``) beside the
@@ -59,7 +60,6 @@ from crystalseg.models import ModelSpec, build_model, prepare_batch, save_checkp
 from crystalseg.models.checkpoint import default_checkpoint_path
 from crystalseg.segment import EngineSettings, auto_resize, load_segmenter, segment_run
 from crystalseg.segment.engine import available_cores, pad_to_multiple
-from crystalseg.segment.run import AUTO_RESIZE_FRAMES
 from crystalseg.store import create_run
 
 
@@ -199,7 +199,7 @@ def auto_resize_cost(store: Path, ckpt: Path, cpu: dict[str, Any]) -> dict[str, 
     return {
         "seconds": seconds,
         "factor": choice.factor,
-        "frames_sampled": AUTO_RESIZE_FRAMES,
+        "frames_judged": choice.frames,  # up to AUTO_RESIZE_FRAMES from the later half
         "equivalent_engine_frames": seconds * cpu["engine"]["frames_per_s"],
     }
 

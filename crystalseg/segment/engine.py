@@ -868,12 +868,15 @@ class ResizeChoice:
         neighbouring factors (1 = a little more or less resizing changes nothing)
     foreground : dict factor -> foreground fraction of its masks
     uncertainty : dict factor -> mean entropy of the class probabilities per pixel (nats)
+    frames : int
+        How many frames it was chosen on.
     """
 
     factor: float
     stability: dict[float, float]
     foreground: dict[float, float]
     uncertainty: dict[float, float]
+    frames: int
 
     def describe(self) -> str:
         """``resize 0.5 (mask stability 1: 0.73, 0.7: 0.82, ...)``, for logs."""
@@ -955,7 +958,7 @@ def choose_resize(
             and uncertainty[f] <= AUTO_RESIZE_MAX_UNCERTAINTY * uncertainty[1.0]
         ]
     factor = max(allowed, key=lambda f: stability[f])
-    return ResizeChoice(factor, stability, foreground, uncertainty)
+    return ResizeChoice(factor, stability, foreground, uncertainty, len(stack))
 
 
 def clear_segmenter_cache() -> None:
