@@ -928,9 +928,11 @@ def choose_resize(
         masks[f], entropy = [], []
         for frame in stack:  # one at a time: logits of large frames are large
             logits = torch.from_numpy(seg.predict_logits(frame[None]))
-            p = torch.softmax(logits, dim=1)
-            entropy.append(float(-(p * p.clamp_min(1e-8).log()).sum(1).mean()))
-            masks[f].append(logits.argmax(1)[0].numpy() > 0)
+            log_p = torch.log_softmax(logits, dim=1)
+            entropy.append(float(-(log_p.exp() * log_p).sum(1).mean()))
+            mask = torch.empty((1, *logits.shape[2:]), dtype=torch.uint8)
+            class_map(logits, mask)
+            masks[f].append(mask[0].numpy() > 0)
         uncertainty[f] = float(np.mean(entropy))
 
     def iou(a: list[np.ndarray], b: list[np.ndarray]) -> float:
