@@ -488,9 +488,9 @@ class Segmenter:
             "torch_version": torch.__version__,
         }
 
-    def with_resize(self, factor: float) -> Segmenter:
+    def with_resize(self, factor: float | Literal["auto"]) -> Segmenter:
         """This engine at another ``resize`` factor; it shares the loaded network."""
-        factor = checked_resize(factor)
+        factor = factor if factor == "auto" else checked_resize(factor)
         if factor == self.settings.resize:
             return self
         twin = object.__new__(Segmenter)  # not copy.copy: __reduce__ reloads the checkpoint
@@ -828,7 +828,19 @@ def load_segmenter(
         if hit is not None:
             _SEGMENTERS.move_to_end(key)
             return hit
-        seg = Segmenter.from_checkpoint(directory, settings=settings)
+        # the same model at another resize factor shares its network (auto chose on it)
+        twin = next(
+            (
+                v
+                for (p, c, s), v in _SEGMENTERS.items()
+                if (p, c) == (key_path, checksum) and replace(s, resize=settings.resize) == settings
+            ),
+            None,
+        )
+        if twin is not None:
+            seg = twin.with_resize(settings.resize)
+        else:
+            seg = Segmenter.from_checkpoint(directory, settings=settings)
         if seg.checksum != checksum:
             found = (seg.checksum or "?")[:12]
             raise CheckpointError(

@@ -433,8 +433,8 @@ def stream_segment_run(
             )
             factor = auto_resize(path, seg).factor
         settings = replace(settings, resize=factor)
-        if seg is not None:
-            seg = seg.with_resize(factor)
+        # the local engine only chose the factor when the chunks go to a cluster
+        seg = None if seg is None or client is not None else seg.with_resize(factor)
     resize_factor = settings.resize
     assert not isinstance(resize_factor, str)  # "auto" was resolved just above
     codes = tuple(meta["spec"]["codes"])
@@ -561,12 +561,15 @@ def auto_resize(
     largest and most numerous. Logs the choice and the scores behind it."""
     path = Path(run)
     image = _array(path, IMAGE)
-    n = int(image.shape[0])
-    picks = np.unique(np.linspace(n // 2, n - 1, frames).astype(int))
-    sample = np.stack([np.asarray(image[int(t)]) for t in picks])
+    sample = np.stack([np.asarray(image[t]) for t in _later_half(int(image.shape[0]), frames)])
     choice = choose_resize(segmenter, sample)
     log.info("%s: %s", path, choice.describe())
     return choice
+
+
+def _later_half(n: int, frames: int) -> list[int]:
+    """Up to ``frames`` frame indices spread evenly over the later half of ``n`` frames."""
+    return [int(t) for t in np.unique(np.linspace(n // 2, n - 1, frames).astype(int))]
 
 
 def _recorded_resize(path: Path, checksum: str) -> float | None:
@@ -822,8 +825,7 @@ def predict_frames(
         )
         seg = load_segmenter(model, None, settings)
     if seg.settings.resize == "auto":  # one factor for all the frames, as for a run
-        n = int(arr.shape[0])
-        picks = np.unique(np.linspace(n // 2, n - 1, AUTO_RESIZE_FRAMES).astype(int))
+        picks = _later_half(int(arr.shape[0]), AUTO_RESIZE_FRAMES)
         seg = seg.resolved(np.asarray(arr[picks].compute()))
     if len(arr.chunks[1]) > 1 or len(arr.chunks[2]) > 1:
         arr = arr.rechunk({1: -1, 2: -1})
