@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from crystalseg.errors import ConfigError
 from crystalseg.models.checkpoint import (
     default_checkpoint_path,
     load_checkpoint,
@@ -288,6 +289,11 @@ def test_auto_resize_keeps_full_size_at_home_and_shrinks_a_magnified_frame(
     assert choice.factor == 1.0 and set(choice.stability) == {1.0, 0.7, 0.5, 0.35}
     blank = np.random.default_rng(0).normal(128, 3, (1, 256, 256)).clip(0, 255).astype(np.uint8)
     assert choose_resize(segmenter, blank).factor == 1.0
+    for wrong in ((0.5, 0.25), (2.0, 1.0)):
+        with pytest.raises(ConfigError, match="must include 1"):
+            choose_resize(segmenter, blank, factors=wrong)
+    with pytest.raises(ConfigError, match="at least one frame"):
+        choose_resize(segmenter, [])
     image, true = _magnified(3)
     choice = choose_resize(segmenter, [image])
     assert choice.factor < 1.0 and choice.frames == 1, choice
