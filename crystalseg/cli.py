@@ -730,7 +730,7 @@ def evaluate(
     results = {}
     with _stage_bars(ctx.obj["quiet"]) as update:
         for factor in factors:
-            stage = "evaluate" if len(factors) == 1 else f"evaluate at {factor}"
+            stage = "evaluate" if len(factors) == 1 else f"evaluate at {factor:g}"
             results[factor] = evaluate_model(
                 list(data),
                 model=model,

@@ -133,7 +133,7 @@ def format_training(result: Any) -> str:
 def resize_note(factor: float) -> str:
     """The line that says a run was segmented on resized frames."""
     return (
-        f"  resize       frames shrunk by {factor:g} before the model (its crystals are larger in "
+        f"  resize       frames shrunk by {factor:g} before the model (for crystals larger in "
         "pixels than it knows; undo: crystalseg segment RUN --resize 1 --overwrite)"
         if factor < 1
         else f"  resize       frames enlarged by {factor:g} before the model"
@@ -178,7 +178,7 @@ def format_evaluation(result: Any, written: Any = None) -> str:
     frames = result.frames
     lines = [f"{s['frames']} annotated frames, {s['matched_crystals']} crystals matched"]
     factor = result.settings.get("resize", 1.0)
-    if factor != 1.0:
+    if isinstance(factor, int | float) and factor != 1.0:
         how = " (chosen by --resize auto)" if result.settings.get("resize_chosen_by") else ""
         lines.append(f"  resize           {factor:g}{how}: frames resized before the model")
     if s["fg_iou_pooled"] is not None:

@@ -537,19 +537,19 @@ class Segmenter:
             Index into ``spec.codes``.
         prob : ndarray (n, y, x) uint8, only with ``probability=True``
         """
-        if self.settings.resize == "auto":
-            twin = self.resolved(frames)
-            return twin.predict(frames, probability=True) if probability else twin.predict(frames)
         raw = self._check_frames(frames)
+        if self.settings.resize == "auto":
+            twin = self.resolved(raw)
+            return twin.predict(raw, probability=True) if probability else twin.predict(raw)
         with self._lock, torch.inference_mode():
             mask, prob = self._segment(raw, probability)
         return (mask, prob) if probability else mask
 
     def predict_logits(self, frames: np.ndarray | torch.Tensor) -> np.ndarray:
         """Blended float32 logits (n, n_classes, y, x); for tests and calibration."""
-        if self.settings.resize == "auto":
-            return self.resolved(frames).predict_logits(frames)
         raw = self._check_frames(frames)
+        if self.settings.resize == "auto":
+            return self.resolved(raw).predict_logits(raw)
         with self._lock, torch.inference_mode():
             x = self._upload(raw)
             out = [self._logits(g).float().cpu() for g in self._groups(x)]
@@ -891,7 +891,7 @@ class ResizeChoice:
     frames: int
 
     def describe(self) -> str:
-        """``resize 0.5 (mask stability 1: 0.73, 0.7: 0.82, ...)``, for logs."""
+        """``resize 0.5 (mask stability across factors 1: 0.73, ...; entropy 1: 0.058, ...)``."""
         scores = ", ".join(f"{f:g}: {v:.2f}" for f, v in self.stability.items())
         unsure = ", ".join(f"{f:g}: {v:.3f}" for f, v in self.uncertainty.items())
         return f"resize {self.factor:g} (mask stability across factors {scores}; entropy {unsure})"
@@ -929,12 +929,17 @@ def choose_resize(
     """
     if 1.0 not in factors or any(f > 1.0 for f in factors):
         raise ConfigError(f"factors {factors!r} must include 1 and go no higher (e.g. 1, 0.5)")
+    tried = sorted(set(factors), reverse=True)  # neighbours are the next larger and smaller
     base = segmenter.with_resize(1.0) if segmenter.settings.resize == "auto" else segmenter
+    if isinstance(frames, torch.Tensor):
+        frames = frames.cpu().numpy()
+    if isinstance(frames, np.ndarray) and frames.ndim == 2:
+        frames = frames[None]  # one frame, as predict takes it
     stack = [np.asarray(f) for f in frames]
     if not stack:
         raise ConfigError("choose_resize needs at least one frame")
     side = min(min(f.shape[:2]) for f in stack)
-    tried = [f for f in factors if f == 1.0 or side * f >= AUTO_RESIZE_MIN_SIDE]
+    tried = [f for f in tried if f == 1.0 or side * f >= AUTO_RESIZE_MIN_SIDE]
     masks: dict[float, list[np.ndarray]] = {}
     uncertainty: dict[float, float] = {}
     for f in tried:

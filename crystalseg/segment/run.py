@@ -425,6 +425,8 @@ def stream_segment_run(
     seg: Segmenter | None = None
     if settings.resize == "auto":
         factor = None if overwrite else _recorded_resize(path, checksum)
+        if factor is None and not overwrite and _has_mask(path):
+            factor = 1.0  # a mask from another model: _check_existing refuses it below
         if factor is None:
             seg = (
                 model
@@ -569,7 +571,13 @@ def auto_resize(
 
 def _later_half(n: int, frames: int) -> list[int]:
     """Up to ``frames`` frame indices spread evenly over the later half of ``n`` frames."""
+    if n < 1:
+        return []
     return [int(t) for t in np.unique(np.linspace(n // 2, n - 1, frames).astype(int))]
+
+
+def _has_mask(path: Path) -> bool:
+    return MASK in zarr.open_group(str(path), mode="r", use_consolidated=False)
 
 
 def _recorded_resize(path: Path, checksum: str) -> float | None:
@@ -824,8 +832,8 @@ def predict_frames(
             resize=resize,
         )
         seg = load_segmenter(model, None, settings)
-    if seg.settings.resize == "auto":  # one factor for all the frames, as for a run
-        picks = _later_half(int(arr.shape[0]), AUTO_RESIZE_FRAMES)
+    picks = _later_half(int(arr.shape[0]), AUTO_RESIZE_FRAMES)
+    if seg.settings.resize == "auto" and picks:  # one factor for all frames, as for a run
         seg = seg.resolved(np.asarray(arr[picks].compute()))
     if len(arr.chunks[1]) > 1 or len(arr.chunks[2]) > 1:
         arr = arr.rechunk({1: -1, 2: -1})

@@ -289,6 +289,8 @@ def test_auto_resize_keeps_full_size_at_home_and_shrinks_a_magnified_frame(
     assert choice.factor == 1.0 and set(choice.stability) == {1.0, 0.7, 0.5, 0.35}
     blank = np.random.default_rng(0).normal(128, 3, (1, 256, 256)).clip(0, 255).astype(np.uint8)
     assert choose_resize(segmenter, blank).factor == 1.0
+    one = choose_resize(segmenter, blank[0], factors=(0.5, 1.0, 0.5, 0.7))
+    assert one.frames == 1 and list(one.stability) == [1.0, 0.7, 0.5]  # a 2-D frame is one
     for wrong in ((0.5, 0.25), (2.0, 1.0)):
         with pytest.raises(ConfigError, match="must include 1"):
             choose_resize(segmenter, blank, factors=wrong)
