@@ -368,6 +368,7 @@ def evaluate_model(
         Bad arguments or annotations, with what to fix.
     """
     from crystalseg.segment import EngineSettings, load_segmenter
+    from crystalseg.segment.run import AUTO_RESIZE_FRAMES
     from crystalseg.train.data import _to_channels, discover_pairs
     from crystalseg.train.masks import MaskRule
 
@@ -396,11 +397,16 @@ def evaluate_model(
     inter = union = 0
     runs: dict[Path, Any] = {}
     auto = getattr(seg, "settings", None) is not None and seg.settings.resize == "auto"
-    if auto:
-        picks = np.unique(np.linspace(0, len(items) - 1, min(6, len(items))).astype(int))
-        seg = seg.resolved([_annotated_frame(items[k], rule, instances, runs)[0] for k in picks])
+    sample: dict[int, tuple[np.ndarray, np.ndarray, float | None]] = {}
+    if auto:  # one factor for all the frames, chosen on up to AUTO_RESIZE_FRAMES of them
+        n = min(AUTO_RESIZE_FRAMES, len(items))
+        for k in np.unique(np.linspace(0, len(items) - 1, n).astype(int)):
+            sample[int(k)] = _annotated_frame(items[k], rule, instances, runs)
+        seg = seg.resolved([image for image, _, _ in sample.values()])
     for k, item in enumerate(items):
-        image, true_labels, pixel = _annotated_frame(item, rule, instances, runs)
+        # the frames read to choose the factor are not read again
+        read = sample.pop(k) if k in sample else _annotated_frame(item, rule, instances, runs)
+        image, true_labels, pixel = read
         pixel = pixel_size_um if item.run is None else pixel
         mask, prob = (a[0] for a in seg.predict(image[None], probability=True))
         row = score_frame(

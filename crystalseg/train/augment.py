@@ -11,7 +11,7 @@ mean/std normalisation.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Literal, cast
+from typing import Any, Literal, cast, get_args
 
 import torch
 from torch import nn
@@ -21,7 +21,7 @@ from crystalseg.errors import ConfigError
 AugmentPreset = Literal["default", "strong", "strong-zoom", "none"]
 
 #: Preset names accepted by :meth:`AugmentSettings.preset` (and ``train --augment``).
-AUGMENT_PRESETS: tuple[str, ...] = ("default", "strong", "strong-zoom", "none")
+AUGMENT_PRESETS: tuple[str, ...] = get_args(AugmentPreset)
 
 
 @dataclass(frozen=True)
