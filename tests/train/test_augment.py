@@ -117,3 +117,45 @@ def test_zoom_in_enlarges_crystal_and_mask_together() -> None:
     assert preset.zoom_in == (1.5, 4.0) and preset.zoom_in_p == 0.25 and preset.invert_p > 0
     with pytest.raises(ConfigError, match="zoom_in"):
         AugmentSettings(zoom_in=(0.5, 2.0))
+
+
+def test_motion_blur_smears_the_image_along_a_line_and_leaves_the_mask() -> None:
+    """A motion-blur streak of length L spreads a point's brightness over a straight
+    line of at most L pixels (total brightness kept); the mask does not move."""
+    settings = AugmentSettings(
+        flips=False,
+        rot90=False,
+        affine_p=0.0,
+        motion_blur=(9.0, 9.0),
+        motion_blur_p=1.0,
+        **GEOMETRIC_ONLY,
+    )
+    torch.manual_seed(3)
+    x = torch.zeros(8, 1, 41, 41)
+    y = torch.zeros(8, 41, 41, dtype=torch.int64)
+    x[:, :, 20, 20] = 1.0
+    y[:, 20, 20] = 1
+    xa, ya = Augmenter(settings)(x, y)
+    assert torch.equal(ya, y)
+    assert torch.allclose(xa.sum((1, 2, 3)), torch.ones(8), atol=1e-4)
+    for i in range(8):
+        rows, cols = torch.nonzero(xa[i, 0] > 1e-3, as_tuple=True)
+        assert 3 <= len(rows) <= 2 * 9  # a streak, not a point or a disc
+        extent = torch.hypot((rows - 20).abs().max().float(), (cols - 20).abs().max().float())
+        assert extent <= 4.5 * 1.5  # within half the streak length of the point
+        assert float(xa[i, 0].max()) < 0.5  # the point's brightness is spread out
+    preset = AugmentSettings.preset("strong-motion")
+    assert preset.motion_blur == (3.0, 15.0) and preset.motion_blur_p == 0.3
+    assert preset.invert_p > 0  # strong plus motion blur
+    with pytest.raises(ConfigError, match="motion_blur"):
+        AugmentSettings(motion_blur=(0.5, 3.0))
+
+
+def test_cli_offers_every_preset() -> None:
+    """The CLI restates the preset names (it does not import torch at start-up)."""
+    from crystalseg.cli import cli
+    from crystalseg.train.augment import AUGMENT_PRESETS
+
+    train = cli.commands["train"]
+    option = next(p for p in train.params if p.name == "augment")
+    assert tuple(option.type.choices) == AUGMENT_PRESETS
