@@ -334,3 +334,22 @@ def test_a_magnified_run_is_segmented_at_the_factor_auto_chooses(tmp_path, run_f
     result = CliRunner().invoke(cli, ["-q", "measure", str(path), "--no-stream"])
     assert result.exit_code == 0, result.output
     assert f"frames shrunk by {factor:g} before the model" in result.output
+
+
+@pytest.mark.gpu
+def test_auto_resize_on_cuda_chooses_as_on_the_cpu(segmenter: Segmenter) -> None:
+    """On the GPU (bf16/fp16, resizing on the device) resize="auto" picks the CPU's factor
+    for the 3x frame and keeps 1 at the model's own scale; the masks agree with the CPU's
+    at that factor and recover the crystals."""
+    from crystalseg.segment import choose_resize
+
+    image, true = _magnified(3)
+    plain, _ = _magnified(1)
+    cuda = Segmenter.from_checkpoint(None, settings=EngineSettings(device="cuda", resize="auto"))
+    assert choose_resize(cuda, plain[None]).factor == 1.0
+    factor = choose_resize(segmenter, [image]).factor
+    assert choose_resize(cuda, [image]).factor == factor < 1.0
+    on_gpu = cuda.predict(image[None])[0]
+    on_cpu = segmenter.with_resize(factor).predict(image[None])[0]
+    assert (on_gpu == on_cpu).mean() > 0.99
+    assert _iou(on_gpu > 0, true) > 0.9
