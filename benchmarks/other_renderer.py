@@ -29,13 +29,14 @@ in the same run: the same measurement on the true class mask for the model's cla
 included (the same optics on finer pixels, or a stronger objective), and ``--resize F``
 runs the models with ``EngineSettings(resize=F)``, the engine's answer to it.
 ``--motion-blur L`` smears every frame along a line of L px (crystals moving during
-the exposure, as in a stirred vessel).
+the exposure, as in a stirred vessel). ``--jpeg Q`` saves and reloads every frame as
+a JPEG of quality Q (the 8x8 block artefacts of recordings exported lossy).
 
 Prints one JSON document. Usage::
 
     python benchmarks/other_renderer.py [--models default DIR ...] [--frames 12]
         [--first-seed 1000] [--looks ...] [--no-trim-boundary]
-        [--magnification 4 --resize 0.5] [--motion-blur 9]
+        [--magnification 4 --resize 0.5] [--motion-blur 9] [--jpeg 50]
 """
 
 from __future__ import annotations
@@ -125,6 +126,17 @@ def render(
     return np.clip(image * 255, 0, 255).astype(np.uint8), labels
 
 
+def jpeg(image: np.ndarray, quality: int) -> np.ndarray:
+    """``image`` (uint8) saved as a JPEG of ``quality`` and read back."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="JPEG", quality=quality)
+    return np.asarray(Image.open(buffer))
+
+
 def _scores(frames, masks, codes, settings: MeasureSettings) -> dict:
     """Per-look figures of :func:`crystalseg.evaluate.score_frame`, the scores of
     ``crystalseg evaluate``."""
@@ -165,6 +177,14 @@ def main() -> None:
         help="smear each frame along a line of this many px (moving crystals)",
     )
     parser.add_argument(
+        "--jpeg",
+        type=int,
+        default=None,
+        choices=range(1, 101),
+        metavar="Q",
+        help="save and reload each frame as a JPEG of this quality (1-100)",
+    )
+    parser.add_argument(
         "--resize",
         type=lambda v: v if v == "auto" else float(v),
         default=1.0,
@@ -187,6 +207,7 @@ def main() -> None:
         "magnification": args.magnification,
         "resize": args.resize,
         "motion_blur_px": args.motion_blur,
+        "jpeg_quality": args.jpeg,
         "looks": {},
     }
     for look in args.looks:
@@ -199,6 +220,8 @@ def main() -> None:
             )
             for k in range(args.frames)
         ]
+        if args.jpeg is not None:
+            frames = [(jpeg(image, args.jpeg), truth) for image, truth in frames]
         row: dict = {}
         for name, seg in segmenters.items():
             codes = tuple(seg.spec.codes)

@@ -269,11 +269,12 @@ _instances_option = click.option(
 @click.option("--loss", default="dice+ce", show_default=True)
 @click.option(
     "--augment",
-    type=click.Choice(["default", "strong", "strong-zoom", "strong-motion", "none"]),
+    type=click.Choice(["default", "strong", "strong-zoom", "strong-motion", "strong-jpeg", "none"]),
     default="default",
     show_default=True,
     help="Augmentation preset; strong-zoom adds 1.5-4x zoom-ins for high magnifications, "
-    "strong-motion 3-15 px motion-blur streaks for flowing suspensions.",
+    "strong-motion 3-15 px motion-blur streaks for flowing suspensions, strong-jpeg JPEG "
+    "compression (quality 15-90) for lossy exports.",
 )
 @click.option(
     "--scaling",

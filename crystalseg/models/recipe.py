@@ -422,10 +422,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--augment",
-        choices=("strong", "strong-zoom", "strong-motion"),
+        choices=("strong", "strong-zoom", "strong-motion", "strong-jpeg"),
         default="strong",
         help="augmentation preset; strong-zoom adds 1.5-4x zoom-ins (high magnification), "
-        "strong-motion 3-15 px motion-blur streaks",
+        "strong-motion 3-15 px motion-blur streaks, strong-jpeg JPEG at quality 15-90",
     )
     parser.add_argument("--frame-step", type=int, default=FRAME_STEP, help="every n-th frame")
     parser.add_argument("--max-minutes", type=float, default=None, help="wall-clock budget")

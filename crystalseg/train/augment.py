@@ -18,7 +18,7 @@ from torch import nn
 
 from crystalseg.errors import ConfigError
 
-AugmentPreset = Literal["default", "strong", "strong-zoom", "strong-motion", "none"]
+AugmentPreset = Literal["default", "strong", "strong-zoom", "strong-motion", "strong-jpeg", "none"]
 
 #: Preset names accepted by :meth:`AugmentSettings.preset` (and ``train --augment``).
 AUGMENT_PRESETS: tuple[str, ...] = get_args(AugmentPreset)
@@ -55,6 +55,11 @@ class AugmentSettings:
         in-line probes and flow cells), applied after Gaussian blur and before noise;
         the mask stays put. (1, 1) turns it off.
     motion_blur_p : probability of the motion-blur step
+    jpeg_quality : (min, max) quality of a JPEG compression applied last, after the
+        noise (recordings exported as JPEG or as lossy video: 8x8 block artefacts);
+        kornia's differentiable codec, whose artefacts match a real JPEG encoder's
+        closely. A grey image goes through it as equal R, G and B.
+    jpeg_p : probability of the JPEG step
     """
 
     flips: bool = True
@@ -76,14 +81,24 @@ class AugmentSettings:
     zoom_in_p: float = 0.0
     motion_blur: tuple[float, float] = (1.0, 1.0)
     motion_blur_p: float = 0.0
+    jpeg_quality: tuple[float, float] = (100.0, 100.0)
+    jpeg_p: float = 0.0
 
     def __post_init__(self) -> None:
         names = ("affine_p", "intensity_p", "blur_p", "noise_p", "invert_p", "illumination_p")
-        for name in (*names, "zoom_in_p", "motion_blur_p"):
+        for name in (*names, "zoom_in_p", "motion_blur_p", "jpeg_p"):
             p = getattr(self, name)
             if not 0.0 <= p <= 1.0:
                 raise ConfigError(f"augmentation {name} must be a probability in [0, 1], got {p}")
-        for name in ("scale", "contrast", "gamma", "blur_sigma", "zoom_in", "motion_blur"):
+        for name in (
+            "scale",
+            "contrast",
+            "gamma",
+            "blur_sigma",
+            "zoom_in",
+            "motion_blur",
+            "jpeg_quality",
+        ):
             lo, hi = (float(v) for v in getattr(self, name))
             if not 0.0 < lo <= hi:
                 raise ConfigError(f"augmentation {name} must be (min, max) with 0 < min <= max")
@@ -94,6 +109,10 @@ class AugmentSettings:
             raise ConfigError(
                 f"augmentation motion_blur is a streak length in pixels (min >= 1), "
                 f"got {self.motion_blur}"
+            )
+        if self.jpeg_quality[1] > 100.0:
+            raise ConfigError(
+                f"augmentation jpeg_quality must lie in (0, 100], got {self.jpeg_quality}"
             )
         if not 0.0 <= self.rotate_deg <= 180.0:
             raise ConfigError(f"rotate_deg must be in [0, 180], got {self.rotate_deg}")
@@ -108,7 +127,9 @@ class AugmentSettings:
         ``"strong-zoom"`` (``"strong"`` plus a zoom-in by 1.5-4x on a quarter of the
         crops, for magnifications and oversampled cameras beyond the synthetic runs'
         zoom), ``"strong-motion"`` (``"strong"`` plus motion-blur streaks of 3-15 px on
-        3 crops in 10, for flowing suspensions) or None (``"none"``)."""
+        3 crops in 10, for flowing suspensions), ``"strong-jpeg"`` (``"strong"`` plus
+        JPEG compression at quality 15-90 on 3 crops in 10, for lossy exports) or None
+        (``"none"``)."""
         if name == "none":
             return None
         if name == "default":
@@ -122,6 +143,12 @@ class AugmentSettings:
                 cast(AugmentSettings, cls.preset("strong")),
                 motion_blur=(3.0, 15.0),
                 motion_blur_p=0.3,
+            )
+        if name == "strong-jpeg":
+            return replace(
+                cast(AugmentSettings, cls.preset("strong")),
+                jpeg_quality=(15.0, 90.0),
+                jpeg_p=0.3,
             )
         if name == "strong":
             return cls(
@@ -210,6 +237,8 @@ class Augmenter(nn.Module):
             )
         if s.noise_p > 0 and s.noise_std > 0:
             inten.append(K.RandomGaussianNoise(mean=0.0, std=s.noise_std, p=s.noise_p))
+        if s.jpeg_p > 0 and s.jpeg_quality[0] < 100.0:
+            inten.append(_GreyJPEG(K.RandomJPEG(jpeg_quality=s.jpeg_quality, p=s.jpeg_p)))
         self.geometric = (
             K.AugmentationSequential(*cast(Any, geo), data_keys=["input", "mask"]) if geo else None
         )
@@ -222,6 +251,22 @@ class Augmenter(nn.Module):
         if self.intensity is not None:
             x = self.intensity(x).clamp_(0.0, 1.0)
         return x, y
+
+
+class _GreyJPEG(nn.Module):
+    """Runs kornia's colour JPEG step on grey or 3-channel images: grey goes in as
+    equal R, G and B and comes back as their mean (the codec's luma, since a grey
+    image has no chroma)."""
+
+    def __init__(self, step: nn.Module) -> None:
+        super().__init__()
+        self.step = step
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] == 3:
+            return self.step(x.clamp(0.0, 1.0))
+        out = self.step(x.clamp(0.0, 1.0).expand(-1, 3, -1, -1).contiguous())
+        return out.mean(1, keepdim=True)
 
 
 def make_augmenter(augment: AugmentSettings | AugmentPreset | None) -> Augmenter | None:

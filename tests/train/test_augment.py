@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -159,3 +160,40 @@ def test_cli_offers_every_preset() -> None:
     train = cli.commands["train"]
     option = next(p for p in train.params if p.name == "augment")
     assert tuple(option.type.choices) == AUGMENT_PRESETS
+
+
+def test_jpeg_step_matches_a_real_jpeg_encoder_on_grey_crops() -> None:
+    """The JPEG step on a grey crop gives what Pillow's encoder gives at that quality
+    (within a quarter of the change the compression makes), keeps the image grey
+    (1 channel) and leaves the mask alone."""
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:96, :96]
+    image = 200.0 - 120.0 * (((yy - 40) ** 2 + (xx - 52) ** 2) < 15**2)  # a dark disc
+    image = np.clip(image + rng.normal(0, 8, image.shape), 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="JPEG", quality=25)
+    real = np.asarray(Image.open(buffer)).astype(float)
+    settings = AugmentSettings(
+        flips=False,
+        rot90=False,
+        affine_p=0.0,
+        jpeg_quality=(25.0, 25.0),
+        jpeg_p=1.0,
+        **GEOMETRIC_ONLY,
+    )
+    x = torch.tensor(image / 255.0, dtype=torch.float32)[None, None]
+    y = torch.zeros(1, 96, 96, dtype=torch.int64)
+    xa, ya = Augmenter(settings)(x, y)
+    assert xa.shape == x.shape and torch.equal(ya, y)
+    ours = xa[0, 0].numpy() * 255
+    change = np.abs(real - image).mean()
+    assert change > 2  # quality 25 visibly changes the crop
+    assert np.abs(ours - real).mean() < change / 4
+    preset = AugmentSettings.preset("strong-jpeg")
+    assert preset.jpeg_quality == (15.0, 90.0) and preset.jpeg_p == 0.3
+    with pytest.raises(ConfigError, match="jpeg_quality"):
+        AugmentSettings(jpeg_quality=(50.0, 120.0))
