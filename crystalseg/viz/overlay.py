@@ -13,7 +13,9 @@ mismatch.
 Besides the particles of the table, the overlay shows what the measurement
 dropped before measuring: foreground pieces below ``min_area_px`` and pixels of
 classes left out by ``classes``. They are drawn as excluded, with their reason
-in the legend, so that everything the model found is accounted for.
+in the legend, so that everything the model found is accounted for. Boundary
+class that the measurement left off a particle (the outer rim band that
+``trim_boundary`` takes off) is part of no particle and is not drawn.
 
 Two renderings:
 
@@ -66,6 +68,7 @@ from scipy import ndimage as ndi
 from skimage.measure import find_contours
 from skimage.segmentation import find_boundaries
 
+from crystalseg.classes import boundary_class
 from crystalseg.dims import IMAGE, MASK, TIME
 from crystalseg.errors import ConfigError, RunFormatError, StageStateError
 from crystalseg.measure.instances import crystal_classes
@@ -88,6 +91,9 @@ SIZE_CMAP: Colormap = ListedColormap(
     colormaps["viridis"](np.linspace(0.0, 0.85, 256)),
     name="viridis_cut",
 )
+
+#: 8-connectivity of dropped pieces, as the measurement's labelling uses.
+_STRUCTURE_8 = np.ones((3, 3), dtype=bool)
 
 #: Percentiles of the raw intensities mapped to black and white.
 GREY_PERCENTILES = (0.5, 99.5)
@@ -163,6 +169,7 @@ class _MeasuredRun:
         self.settings = MeasureSettings.from_dict(recorded.get("measure") or {})
         self.codes = read_mask_codes(self.mask)
         self.measured_classes = crystal_classes(self.codes, classes=self.settings.classes)
+        self.boundary_class = boundary_class(self.codes)
         self.pixel_size_um: float | None = read_run_attrs(path).get("pixel_size_um")
         self.size_units = size_units(self.pixel_size_um)
         self.time_s = np.asarray(get_array(group, TIME, path)[:], dtype=np.float64)
@@ -256,12 +263,16 @@ class _MeasuredRun:
         size[ids] = rows[self.settings.size_column].astype(np.float64)
         reasons = Counter(str(r) for r in rows["excluded_reason"] if str(r))
 
-        # What the measurement dropped: foreground without a label.
-        dropped, m = ndi.label((mask > 0) & (labels == 0), structure=np.ones((3, 3), bool))
+        dropped, dropped_reasons = _dropped_pieces(
+            mask,
+            labels,
+            measured=self.measured_classes,
+            boundary=self.boundary_class,
+            min_area_px=self.settings.min_area_px,
+        )
+        m = len(dropped_reasons)
         if m:
-            measured = np.isin(mask, self.measured_classes) & (dropped > 0)
-            in_measured = ndi.maximum(measured, dropped, index=np.arange(1, m + 1)).astype(bool)
-            reasons.update("too_small" if f else "other_class" for f in in_measured)
+            reasons.update(dropped_reasons)
             labels = np.where(dropped > 0, dropped + n, labels).astype(np.int32)
             kept = np.concatenate([kept, np.zeros(m, dtype=bool)])
             size = np.concatenate([size, np.full(m, np.nan)])
@@ -274,6 +285,73 @@ class _MeasuredRun:
             size=size,
             reasons=dict(reasons),
         )
+
+
+def _dropped_pieces(
+    mask: np.ndarray,
+    labels: np.ndarray,
+    *,
+    measured: Sequence[int],
+    boundary: int | None,
+    min_area_px: int,
+) -> tuple[np.ndarray, list[str]]:
+    """The particles the measurement dropped before measuring, and why.
+
+    Parameters
+    ----------
+    mask : ndarray, shape (y, x), integer dtype
+        Class index per pixel.
+    labels : ndarray, shape (y, x), integer dtype
+        The measurement's instance labels of ``mask`` (:func:`label_mask_frame`).
+    measured : sequence of int
+        The classes the measurement labelled (``crystal_classes(codes, classes=...)``).
+    boundary : int or None
+        The boundary class of the codes (:func:`crystalseg.classes.boundary_class`).
+    min_area_px : int
+        The measurement's ``min_area_px``.
+
+    Returns
+    -------
+    pieces : ndarray of int32, shape (y, x)
+        0 where nothing was dropped, 1..m one id per dropped particle.
+    reasons : list of str
+        Reason of each piece 1..m: ``"too_small"`` or ``"other_class"``.
+
+    Notes
+    -----
+    Each 8-connected piece of foreground without a label is a candidate. One that
+    holds a pixel of a measured class was a particle dropped under ``min_area_px``
+    (the labelling labels every measured pixel, then drops small particles); one
+    that holds a crystal class left out by ``classes`` is a crystal not measured.
+    A piece of the boundary class alone that touches a particle is that particle's
+    rim, not a particle: the outer band that ``trim_boundary`` takes off, or, with
+    ``split`` "watershed" or "none", the rim that labelling never looks at. The
+    boundary split grows every particle over all the foreground connected to it, so
+    boundary alone touches a particle only where it was trimmed. Boundary alone
+    that touches no particle is a crystal drawn all rim: below ``min_area_px`` it
+    was dropped as too small, otherwise the split did not measure the boundary class.
+    """
+    pieces, m = ndi.label((mask > 0) & (labels == 0), structure=_STRUCTURE_8)
+    if not m:
+        return pieces.astype(np.int32), []
+
+    def holds(where: np.ndarray) -> np.ndarray:
+        """Per piece 1..m: whether any of its pixels is in ``where``."""
+        return np.bincount(pieces[where], minlength=m + 1)[1:] > 0
+
+    too_small = holds(np.isin(mask, measured))
+    rim_only = np.zeros(m, dtype=bool)
+    if boundary is not None:
+        rim_only = ~holds(mask != boundary)
+    rim = np.zeros(m, dtype=bool)
+    if rim_only.any():
+        rim = rim_only & holds(ndi.binary_dilation(labels > 0, structure=_STRUCTURE_8))
+        area = np.bincount(pieces.ravel(), minlength=m + 1)[1:]
+        too_small |= rim_only & ~rim & (area < min_area_px)
+    lut = np.zeros(m + 1, dtype=np.int32)
+    lut[1:][~rim] = np.arange(1, np.count_nonzero(~rim) + 1, dtype=np.int32)
+    reasons = ["too_small" if f else "other_class" for f in too_small[~rim]]
+    return lut[pieces], reasons
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from scipy import ndimage as ndi
 from crystalseg.cli import cli
 from crystalseg.errors import ConfigError, StageStateError
 from crystalseg.measure import MeasureSettings, label_instances, measure_run
+from crystalseg.measure.run import label_mask_frame
 from crystalseg.store import create_run, read_table
 from crystalseg.synth import SynthConfig, synthesize_run
 from crystalseg.viz import overlay as overlay_module
@@ -232,6 +233,97 @@ def test_classes_left_out_are_drawn_as_excluded(tmp_path: Path, store_mask) -> N
     assert texts == ["kept: 1", "excluded: 1 (1 class not measured)"]
     fig = overlay_frame(path, 0, color_by="size")
     assert fig.axes[1].get_ylabel() == "ECD (px), kept particles"
+
+
+# --------------------------------------------------------------------------- a boundary class
+
+RIM_CODES = ("background", "needle", "plate", "boundary")
+RIM = RIM_CODES.index("boundary")
+SQUARE = np.ones((3, 3), bool)
+
+
+def rimmed_mask(parts: dict[int, np.ndarray]) -> np.ndarray:
+    """Class mask of the regions ``{class: region}`` with each crystal's rim drawn as a
+    model draws it: two pixels wide, the crystal's inner edge and the ring just outside."""
+    mask = np.zeros((H, W), np.uint8)
+    rim = np.zeros((H, W), bool)
+    for cls, region in parts.items():
+        mask[region] = cls
+        pieces, n = ndi.label(region, SQUARE)
+        for piece in (pieces == i for i in range(1, n + 1)):
+            rim |= inner_edge(piece) | (ndi.binary_dilation(piece, SQUARE) & ~piece)
+    mask[rim] = RIM
+    return mask
+
+
+def measured_rim_run(path: Path, store_mask, mask: np.ndarray, settings: MeasureSettings) -> Path:
+    writer = create_run(
+        path,
+        shape=(1, H, W),
+        dtype="uint8",
+        time_s=np.zeros(1),
+        pixel_size_um=None,
+        source={"test": "rim"},
+    )
+    writer.write_frames(0, np.where(mask > 0, 60, 200)[None].astype("u1"))
+    writer.mark_done(0, 1)
+    writer.finish()
+    store_mask(path, mask[None], codes=RIM_CODES)
+    measure_run(path, settings=settings, scheduler="synchronous")
+    return path
+
+
+def test_trimmed_rim_is_not_drawn_as_excluded(tmp_path: Path, store_mask) -> None:
+    """The outer rim band that the measurement trims off belongs to no particle: only the
+    particle at the edge and the speck (a crystal drawn all rim, 9 px) are excluded."""
+    speck = np.zeros((H, W), bool)
+    speck[70, 20] = True
+    crystals = SHAPES["big"] | SHAPES["small"] | SHAPES["edge"] | speck
+    mask = rimmed_mask({RIM_CODES.index("needle"): crystals})
+    speck_piece = ndi.binary_dilation(speck, SQUARE)
+    assert np.all(mask[speck_piece] == RIM)
+    settings = MeasureSettings()
+    assert settings.trim_boundary and speck_piece.sum() < settings.min_area_px
+    path = measured_rim_run(tmp_path / "rim.zarr", store_mask, mask, settings)
+    labels = label_mask_frame(mask, settings=settings, codes=RIM_CODES)
+    # The measurement trimmed the outer band of the big disc and of the edge particle (the
+    # small disc's is over TRIM_MAX_FRACTION of it and stays): 2 unlabelled rim pieces.
+    trimmed = (mask > 0) & (labels == 0) & ~speck_piece
+    assert ndi.label(trimmed, SQUARE)[1] == 2 and np.all(mask[trimmed] == RIM)
+
+    fig = overlay_frame(path, 0, color_by="status")
+    texts = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert texts == ["kept: 2", "excluded: 2 (1 touches edge, 1 below min area)"]
+    rgb = overlay_image(path, 0)
+    edge_label = labels[SHAPES["edge"]].max()
+    np.testing.assert_array_equal(
+        colored(rgb, KEPT), inner_edge((labels > 0) & (labels != edge_label))
+    )
+    np.testing.assert_array_equal(
+        colored(rgb, EXCLUDED), inner_edge(labels == edge_label) | inner_edge(speck_piece)
+    )
+    assert not outline_pixels(rgb)[trimmed].any()
+
+
+def test_class_left_out_with_its_rim_is_one_excluded_particle(tmp_path: Path, store_mask) -> None:
+    """A crystal of a class not measured is drawn as excluded, rim included, while the
+    rim trimmed off the measured crystal is not."""
+    mask = rimmed_mask(
+        {RIM_CODES.index("needle"): SHAPES["big"], RIM_CODES.index("plate"): SHAPES["small"]}
+    )
+    settings = MeasureSettings(classes=("needle",))
+    path = measured_rim_run(tmp_path / "rim_classes.zarr", store_mask, mask, settings)
+    labels = label_mask_frame(mask, settings=settings, codes=RIM_CODES)
+    assert labels.max() == 1 and np.any(ndi.binary_dilation(SHAPES["big"], SQUARE) & (labels == 0))
+
+    fig = overlay_frame(path, 0, color_by="status")
+    texts = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert texts == ["kept: 1", "excluded: 1 (1 class not measured)"]
+    rgb = overlay_image(path, 0)
+    np.testing.assert_array_equal(colored(rgb, KEPT), inner_edge(labels == 1))
+    np.testing.assert_array_equal(
+        colored(rgb, EXCLUDED), inner_edge(ndi.binary_dilation(SHAPES["small"], SQUARE))
+    )
 
 
 # --------------------------------------------------------------------------- a synthetic run
