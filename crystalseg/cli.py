@@ -432,7 +432,12 @@ def _stage_bars(quiet: bool) -> Iterator[Callable[[str, int, int], None]]:
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model (GPU).")
 @_tta_option
 @_resize_option
-@click.option("--save-probability", is_flag=True, help="Also store the crystal probability.")
+@click.option(
+    "--save-probability/--no-save-probability",
+    default=True,
+    show_default=True,
+    help="Also store the crystal probability (measure's confidence filter needs it).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace a mask made by another model.")
 @_scheduler_option
 @click.pass_context
@@ -526,8 +531,8 @@ _MEASURE_FILTER_OPTIONS: tuple[Callable[..., Any], ...] = (
         type=click.FloatRange(0.0, 1.0),
         default=None,
         help="Drop particles whose mean model probability is below this "
-        "[default: 0.8; 0 keeps all]. Needs the probability that measure stores when it "
-        "segments (or segment --save-probability).",
+        "[default: 0.8; 0 keeps all]. Needs the probability that segment and measure "
+        "store (not with segment --no-save-probability or masks made elsewhere).",
     ),
 )
 

@@ -40,11 +40,12 @@ import json
 import logging
 import os
 import uuid
+import warnings
 from collections.abc import Callable
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -54,7 +55,13 @@ import xarray as xr
 import zarr
 
 from crystalseg.dims import IMAGE, MASK, PROBABILITY, TIME
-from crystalseg.errors import ConfigError, MaskValueError, RunFormatError, StageStateError
+from crystalseg.errors import (
+    ConfigError,
+    CrystalsegWarning,
+    MaskValueError,
+    RunFormatError,
+    StageStateError,
+)
 from crystalseg.measure.distributions import frame_distributions
 from crystalseg.measure.features import measure_frame, miles_lantuejoul_weights
 from crystalseg.measure.instances import crystal_classes, label_instances
@@ -418,6 +425,25 @@ class _Plan:
         )
 
 
+def _without_confidence_filter(
+    path: Path, settings: MeasureSettings, model_sha256: str | None
+) -> MeasureSettings:
+    """``settings`` without the confidence filter, for a run that stores no probability;
+    the measurement records the filter as off, so it never claims a filter it skipped.
+    A mask from a model (``segment --no-save-probability``) gets a warning that says how
+    to have the filter; one made elsewhere (no model, so no probability) does not."""
+    if model_sha256:
+        warnings.warn(
+            f"confidence filter (min_confidence {settings.min_confidence:g}) not applied: "
+            f"run '{path}' stores no model probability. To apply it, segment again with "
+            f"'crystalseg segment {path} --overwrite' (it stores the probability), then "
+            "measure",
+            CrystalsegWarning,
+            stacklevel=4,
+        )
+    return replace(settings, min_confidence=None)
+
+
 def _begin_measure(path: Path, options: _Options) -> _Plan | None:
     """Check the mask and earlier results; create or resume the stage and its outputs.
 
@@ -435,6 +461,8 @@ def _begin_measure(path: Path, options: _Options) -> _Plan | None:
     fpc = min(int(options.frames_per_chunk or mask.chunks[0]), n)
     pixel_size_um = read_run_attrs(path).get("pixel_size_um")
     mask_identity = mask_provenance(path, mask)
+    if settings.min_confidence is not None and PROBABILITY not in group:
+        settings = _without_confidence_filter(path, settings, mask_identity["model_sha256"])
 
     state = _check_existing(path, settings, mask_identity, overwrite=options.overwrite)
     if state == "finished":

@@ -283,7 +283,7 @@ def segment_run(
     tta: bool = False,
     resize: float | Literal["auto"] = "auto",
     overwrite: bool = False,
-    save_probability: bool = False,
+    save_probability: bool = True,
     client: Any = None,
     progress: ProgressCallback | None = None,
 ) -> xr.DataArray:
@@ -307,7 +307,9 @@ def segment_run(
         an unfinished one resumes.
     save_probability : bool
         Also write ``probability`` (time, y, x) uint8, ``round(255 * p_foreground)``; CF
-        ``scale_factor`` makes xarray read it as 0..1.
+        ``scale_factor`` makes xarray read it as 0..1. On by default: the measurement's
+        confidence filter (``MeasureSettings.min_confidence``) needs it, and a run
+        without it is measured unfiltered. About a mask's size again on disk.
     client : distributed.Client, scheduler address (str) or None
         With one, the chunks run on the cluster's workers (each loads the model once and
         writes straight into the store, which every worker must see). None runs here.
@@ -364,7 +366,7 @@ def stream_segment_run(
     tta: bool = False,
     resize: float | Literal["auto"] = "auto",
     overwrite: bool = False,
-    save_probability: bool = False,
+    save_probability: bool = True,
     client: Any = None,
     progress: ProgressCallback | None = None,
 ) -> Generator[tuple[int, int], None, None]:

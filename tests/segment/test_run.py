@@ -69,7 +69,7 @@ def test_writes_mask_equal_to_engine(run, frames, checkpoint) -> None:
     # the mask is chunked like the image, so parallel writers never share a chunk
     store = zarr.open_group(str(run), mode="r")
     assert store["mask"].chunks == store["image"].chunks
-    assert PROBABILITY not in store
+    assert PROBABILITY in store  # stored by default: measure's confidence filter needs it
 
 
 def test_resume_after_interruption_gives_identical_mask(
@@ -116,7 +116,7 @@ def test_overwrite_rules(run, checkpoint, other_checkpoint, monkeypatch) -> None
 
 
 def test_save_probability(run, frames, checkpoint) -> None:
-    mask = segment_run(run, checkpoint, **SETTINGS, save_probability=True)
+    mask = segment_run(run, checkpoint, **SETTINGS)  # stored by default
     ds = open_run(run)
     raw = zarr.open_group(str(run), mode="r")[PROBABILITY][:]
     assert raw.dtype == np.uint8
@@ -125,15 +125,16 @@ def test_save_probability(run, frames, checkpoint) -> None:
     sure = (raw < 127) | (raw > 128)
     np.testing.assert_array_equal(mask.values[sure], (raw > 128)[sure])
     # a run that has the probability also satisfies one that does not ask for it
-    again = segment_run(run, checkpoint, **SETTINGS)
+    again = segment_run(run, checkpoint, **SETTINGS, save_probability=False)
     np.testing.assert_array_equal(again.values, mask.values)
     assert PROBABILITY in open_run(run)
 
 
 def test_probability_later_needs_overwrite(run, checkpoint) -> None:
-    segment_run(run, checkpoint, **SETTINGS)
+    segment_run(run, checkpoint, **SETTINGS, save_probability=False)
+    assert PROBABILITY not in open_run(run)
     with pytest.raises(StageStateError, match=r"save_probability.*--overwrite"):
-        segment_run(run, checkpoint, **SETTINGS, save_probability=True)
+        segment_run(run, checkpoint, **SETTINGS)
     segment_run(run, checkpoint, **SETTINGS, save_probability=True, overwrite=True)
     assert PROBABILITY in open_run(run)
 
@@ -238,3 +239,27 @@ def test_tta_is_a_setting_of_the_mask(run, checkpoint) -> None:
     np.testing.assert_array_equal(segment_run(run, checkpoint, **SETTINGS, tta=True).values, tta)
     with pytest.raises(StageStateError, match=r"other settings \(tta\); pass --overwrite"):
         segment_run(run, checkpoint, **SETTINGS)
+
+
+def test_a_mask_without_probability_is_measured_unfiltered_with_a_warning(
+    run, checkpoint
+) -> None:
+    """measure's default confidence filter needs the probability: a model's mask made
+    without it is measured with the filter recorded off and a warning that says how to
+    have it; segmenting again (which stores it by default) brings the filter back."""
+    from crystalseg.errors import CrystalsegWarning
+    from crystalseg.measure import MeasureSettings, measure_run
+
+    segment_run(run, checkpoint, **SETTINGS, save_probability=False)
+    with pytest.warns(CrystalsegWarning, match=r"confidence filter .* not applied.*--overwrite"):
+        psd = measure_run(run, scheduler="synchronous")
+    recorded = stage_info(run)["measure"]["settings"]["measure"]
+    assert recorded["min_confidence"] is None
+    assert '"min_confidence": null' in psd.attrs["measure_settings"]
+    with pytest.warns(CrystalsegWarning):  # the same settings again: nothing to do
+        measure_run(run, scheduler="synchronous")
+    segment_run(run, checkpoint, **SETTINGS, overwrite=True)
+    assert PROBABILITY in open_run(run)
+    measure_run(run, scheduler="synchronous", overwrite=True)  # no warning now
+    recorded = stage_info(run)["measure"]["settings"]["measure"]
+    assert recorded["min_confidence"] == MeasureSettings().min_confidence == 0.8
