@@ -241,9 +241,7 @@ def test_tta_is_a_setting_of_the_mask(run, checkpoint) -> None:
         segment_run(run, checkpoint, **SETTINGS)
 
 
-def test_a_mask_without_probability_is_measured_unfiltered_with_a_warning(
-    run, checkpoint
-) -> None:
+def test_a_mask_without_probability_is_measured_unfiltered_with_a_warning(run, checkpoint) -> None:
     """measure's default confidence filter needs the probability: a model's mask made
     without it is measured with the filter recorded off and a warning that says how to
     have it; segmenting again (which stores it by default) brings the filter back."""
