@@ -1,15 +1,23 @@
 """Multi-page TIFF, OME-TIFF and ImageJ TIFF stacks, read page by page with tifffile.
 
-The first series of the file is the recording (level 0 of a pyramid). tifffile
-names its axes; :func:`crystalseg.io.base.plan_axes` turns them into
-``(time, y, x)``. Pixels are read through tifffile's zarr view of the series,
-which decodes only the pages (or tiles) of the frames asked for.
+A file with one image series (tifffile's name for one n-D image) is that
+recording, at level 0 of a pyramid. tifffile names its axes;
+:func:`crystalseg.io.base.plan_axes` turns them into ``(time, y, x)``. Pixels
+are read through tifffile's zarr view of the series, which decodes only the
+pages (or tiles) of the frames asked for.
+
+A file with several series is read by :func:`select_frames`: reduced-resolution
+previews beside the recording are skipped (and logged); series that are each
+one frame of one layout -- pages appended one at a time -- are read as one
+stack in file order, a series per frame; anything else is refused rather than
+importing one series and dropping the rest.
 """
 
 from __future__ import annotations
 
 import logging
 import xml.etree.ElementTree as ET
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +41,12 @@ logger = logging.getLogger(__name__)
 _DEFAULT_DPI = (72.0, 96.0, 150.0, 200.0, 240.0, 300.0, 400.0, 600.0, 1200.0)
 #: A calibration that gives pixels outside this range (µm) is not a microscope's.
 _PLAUSIBLE_UM = (1e-3, 100.0)
+#: Series names that whole-slide and microscope formats give to overviews beside the image.
+_PREVIEW_NAMES = frozenset({"thumbnail", "preview", "label", "macro", "overview"})
+#: Axes one frame may have: y, x, colour samples, and channels (picked by ``--channel``).
+_FRAME_AXES = frozenset("YXSC")
+#: Runs of series listed in an error message before the rest is counted.
+_MAX_LISTED = 6
 
 
 class TiffSource(ArrayFrameSource):
@@ -69,7 +83,6 @@ class TiffSource(ArrayFrameSource):
                 f"'{path}' holds no image series tifffile can read; expected a TIFF stack. "
                 "Export the recording again as a TIFF stack."
             )
-        series = tif.series[0]
         if tif.is_ome:
             fmt, label = "ome-tiff", "OME-TIFF"
         elif tif.is_imagej:
@@ -79,9 +92,10 @@ class TiffSource(ArrayFrameSource):
         what = f"{label} '{path}'"
         ij = tif.imagej_metadata or {}
         self.description = f"{label} {path}"
+        array, axes, assembly = select_frames(tif, what=what)
         self._setup(
-            zarr.open(series.aszarr(level=0), mode="r"),
-            series.axes,
+            array,
+            axes,
             channel=channel,
             what=what,
             # tifffile writes an unlabelled grey 3-D ImageJ stack as channels
@@ -107,12 +121,179 @@ class TiffSource(ArrayFrameSource):
             "files": [str(path)],
             "file_count": 1,
             **self._axes_metadata(),
+            **assembly,
             "pixel_size_source": pixel_source,
         }
         logger.debug("opened %r", self)
 
     def close(self) -> None:
         self._tif.close()
+
+
+# ---------------------------------------------------------------------------
+# Series: which pages make the frames
+
+
+class TiffFrameList:
+    """Frames stored apart in one TIFF, seen as one array ``(frame, *frame_shape)``.
+
+    Each item is a tifffile page or one-frame series, decoded only when its
+    frame is indexed, so a read of a few frames touches only their pages.
+
+    Parameters
+    ----------
+    items : sequence of TiffPage or TiffPageSeries
+        One per frame, in frame order; each ``asarray()`` holds
+        ``prod(frame_shape)`` pixels of ``dtype``.
+    frame_shape : tuple of int
+        Shape of one frame, singleton axes (other than y and x) removed.
+    dtype : numpy.dtype
+        Pixel type of every item.
+    """
+
+    def __init__(self, items: Sequence[Any], frame_shape: tuple[int, ...], dtype: np.dtype) -> None:
+        self._items = list(items)
+        self._frame_shape = tuple(frame_shape)
+        self.shape = (len(self._items), *self._frame_shape)
+        self.dtype = np.dtype(dtype)
+
+    def _frame(self, i: int) -> np.ndarray:
+        return np.asarray(self._items[i].asarray()).reshape(self._frame_shape)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        first, rest = key[0], tuple(key[1:])
+        if not isinstance(first, slice):
+            return self._frame(range(len(self._items))[first])[rest]
+        frames = range(len(self._items))[first]
+        one = np.empty((0, *self._frame_shape), self.dtype)[(slice(None), *rest)].shape[1:]
+        out = np.empty((len(frames), *one), self.dtype)
+        for j, i in enumerate(frames):
+            out[j] = self._frame(i)[rest]
+        return out
+
+
+def _layout(shape: Sequence[int], axes: str) -> tuple[tuple[int, ...], str]:
+    """Shape and axes without singleton axes, y and x always kept."""
+    keep = [i for i, (n, a) in enumerate(zip(shape, axes, strict=True)) if n != 1 or a in "YX"]
+    return tuple(int(shape[i]) for i in keep), "".join(axes[i] for i in keep)
+
+
+def _frame_pixels(series: tifffile.TiffPageSeries) -> int:
+    page = series.keyframe
+    return int(page.imagelength) * int(page.imagewidth)
+
+
+def _is_preview(series: tifffile.TiffPageSeries, main: tifffile.TiffPageSeries) -> bool:
+    """A reduced-resolution or overview image beside ``main``, and smaller than its frames.
+
+    TIFF flags such images in NewSubfileType (tifffile's ``is_reduced``); whole-slide
+    formats name them (thumbnail, label, macro).
+    """
+    flagged = bool(series.keyframe.is_reduced) or series.name.strip().lower() in _PREVIEW_NAMES
+    return flagged and _frame_pixels(series) < _frame_pixels(main)
+
+
+def _series_text(series: Sequence[tuple[int, tifffile.TiffPageSeries]]) -> str:
+    """``series 0-4: (12, 16) YX uint16; series 5: ...``, equal neighbours merged."""
+    runs: list[list[Any]] = []
+    for i, s in series:
+        desc = f"{tuple(s.shape)} {s.axes} {s.dtype}"
+        if runs and runs[-1][2] == desc and runs[-1][1] == i - 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i, desc])
+    parts = [f"series {a}{f'-{b}' if b > a else ''}: {d}" for a, b, d in runs[:_MAX_LISTED]]
+    if len(runs) > _MAX_LISTED:
+        parts.append(f"and {len(runs) - _MAX_LISTED} more")
+    return "; ".join(parts)
+
+
+def select_frames(tif: tifffile.TiffFile, *, what: str) -> tuple[Any, str, dict[str, Any]]:
+    """The array of a TIFF's frames, its axes, and how it was assembled.
+
+    The rule, for the series tifffile finds in the file:
+
+    1. Series after the first that are flagged reduced-resolution (NewSubfileType)
+       or named thumbnail/preview/label/macro/overview, and whose frames are
+       smaller than the first series', are previews: skipped and logged.
+    2. One series left: it is the recording, read through tifffile's zarr view.
+    3. Several left, all of tifffile's ``generic`` kind (pages without shape
+       metadata, grouped by storage layout, e.g. when compression changes
+       between pages): every page is a frame, in file order, if all pages have
+       the same shape and dtype.
+    4. Several left, each one frame (no axes besides y, x, colour samples or
+       channels once singletons are dropped) of the same shape, axes and dtype:
+       pages written one at a time (``append=True``); a series per frame, in
+       file order.
+    5. Anything else (series of different shapes, or several multi-frame stacks)
+       raises rather than importing one series and dropping the others.
+
+    Parameters
+    ----------
+    tif : TiffFile
+        An open file with at least one series.
+    what : str
+        The file, as named in messages.
+
+    Returns
+    -------
+    array : zarr array or TiffFrameList
+        Indexable source array, read lazily.
+    axes : str
+        One letter per axis of ``array`` (``I`` first for assembled frames).
+    assembly : dict
+        Provenance: ``series`` (how many series the frames come from),
+        ``series_in_file``, ``assembly`` and, when previews were skipped,
+        ``skipped_series``.
+
+    Raises
+    ------
+    UnsupportedInputError
+        The series differ and no rule above reads them as one recording.
+    """
+    everything = list(enumerate(tif.series))
+    main = everything[0][1]
+    skipped = [(i, s) for i, s in everything[1:] if _is_preview(s, main)]
+    skipped_index = {i for i, _ in skipped}
+    kept = [(i, s) for i, s in everything if i not in skipped_index]
+    info: dict[str, Any] = {"series_in_file": len(everything)}
+    if skipped:
+        info["skipped_series"] = sorted(skipped_index)
+        logger.info("%s: skipping %d preview series (%s); reading series 0",
+                    what, len(skipped), _series_text(skipped))  # fmt: skip
+    if len(kept) == 1:
+        series = kept[0][1]
+        info.update(series=1, assembly="series 0")
+        return zarr.open(series.aszarr(level=0), mode="r"), series.axes, info
+
+    if all(s.kind == "generic" for _, s in kept):
+        pages = sorted(
+            (p for _, s in kept for p in s.pages if p is not None),  # generic has no gaps
+            key=lambda p: p.index if isinstance(p.index, tuple) else (p.index,),
+        )
+        layouts = {(_layout(p.shape, p.axes), np.dtype(p.dtype)) for p in pages}
+        if len(layouts) == 1:
+            (shape, axes), dtype = next(iter(layouts))
+            logger.debug("%s: %d pages in %d series of one layout; reading them as frames "
+                         "in file order", what, len(pages), len(kept))  # fmt: skip
+            info.update(series=len(kept), assembly="one frame per page, in file order")
+            return TiffFrameList(pages, shape, dtype), "I" + axes, info
+    else:
+        layouts = {(_layout(s.shape, s.axes), np.dtype(s.dtype)) for _, s in kept}
+        if len(layouts) == 1:
+            (shape, axes), dtype = next(iter(layouts))
+            if set(axes) <= _FRAME_AXES:
+                logger.debug("%s: %d series of one %s frame each; reading them as a stack",
+                             what, len(kept), shape)  # fmt: skip
+                info.update(series=len(kept), assembly="one frame per series")
+                return TiffFrameList([s for _, s in kept], shape, dtype), "I" + axes, info
+    raise UnsupportedInputError(
+        f"{what} holds {len(everything)} image series ({_series_text(everything)}), neither "
+        "one stack nor single frames of one size; crystalseg imports one stack per file and "
+        "will not drop series. Export each series as its own TIFF stack and import them one "
+        "by one."
+    )
 
 
 # ---------------------------------------------------------------------------

@@ -295,6 +295,143 @@ def test_float_tiff_is_refused_with_its_range(tmp_path):
     assert "16-bit" in str(e.value)
 
 
+def test_appended_tiff_pages_are_one_frame_each_in_order(tmp_path):
+    data = stack()
+    path = tmp_path / "appended.tif"
+    for frame in data:  # tifffile reads this as 5 series of one page each
+        tifffile.imwrite(
+            path, frame, append=True, resolution=(20000, 20000), resolutionunit="CENTIMETER"
+        )
+    with tifffile.TiffFile(path) as tif:
+        assert len(tif.series) == T
+    with open_source(path) as src:
+        assert src.shape == (T, H, W) and src.dtype == np.uint16
+        np.testing.assert_array_equal(read_all(src), data)
+        np.testing.assert_array_equal(src.read(3, 5), data[3:5])
+        assert src.pixel_size_um == pytest.approx(0.5)  # from the first page
+        assert src.time_s is None and src.time_source == "none"
+        assert src.metadata["series"] == T and src.metadata["series_in_file"] == T
+        assert src.metadata["assembly"] == "one frame per series"
+        assert src.metadata["source_shape"] == [T, H, W]
+        json.dumps(src.metadata)
+
+
+def test_appended_rgb_and_ome_single_plane_series_are_stacks(tmp_path):
+    rng = np.random.default_rng(4)
+    rgb = rng.integers(0, 256, size=(3, H, W, 3), dtype=np.uint8)
+    for frame in rgb:
+        tifffile.imwrite(tmp_path / "rgb.tif", frame, append=True, photometric="rgb")
+    with open_source(tmp_path / "rgb.tif") as src:
+        np.testing.assert_array_equal(read_all(src), rgb_expected(rgb))
+    data = stack()
+    with tifffile.TiffWriter(tmp_path / "planes.ome.tif", ome=True) as tw:
+        for frame in data:  # one OME Image per frame
+            tw.write(frame, metadata={"axes": "YX", "PhysicalSizeX": 0.65})
+    with open_source(tmp_path / "planes.ome.tif") as src:
+        np.testing.assert_array_equal(read_all(src), data)
+        assert src.pixel_size_um == pytest.approx(0.65)
+        assert src.metadata["series"] == T
+
+
+def test_pages_without_metadata_keep_file_order_when_storage_differs(tmp_path):
+    # plain pages, compression alternating: tifffile groups them as two series by layout
+    data = stack()
+    path = tmp_path / "mixed.tif"
+    for i, frame in enumerate(data):
+        tifffile.imwrite(
+            path, frame, append=True, metadata=None, compression="zlib" if i % 2 else None
+        )
+    with tifffile.TiffFile(path) as tif:
+        assert [s.shape[0] for s in tif.series] == [3, 2]
+    with open_source(path) as src:
+        np.testing.assert_array_equal(read_all(src), data)
+        assert src.metadata["assembly"] == "one frame per page, in file order"
+
+
+def test_appended_tiff_reads_only_the_frames_asked_for(tmp_path, monkeypatch):
+    data = stack(n=6)
+    for frame in data:
+        tifffile.imwrite(tmp_path / "a.tif", frame, append=True)
+    src = open_source(tmp_path / "a.tif")
+    calls: list[int] = []
+    real = tifffile.TiffPageSeries.asarray
+    monkeypatch.setattr(
+        tifffile.TiffPageSeries,
+        "asarray",
+        lambda s, *a, **k: calls.append(s.keyframe.index) or real(s),
+    )
+    np.testing.assert_array_equal(src.read(2, 4), data[2:4])
+    assert calls == [2, 3]
+    src.close()
+
+
+@pytest.mark.parametrize(
+    ("second", "words"),
+    [
+        (np.zeros((2, H + 1, W), np.uint16), ["(5, 12, 16)", "(2, 13, 16)"]),  # another stack
+        (np.zeros((H, W), np.uint8), ["(5, 12, 16)", "(12, 16) YX uint8"]),  # another dtype
+    ],
+)
+def test_tiff_series_that_differ_are_an_error(tmp_path, second, words):
+    path = tmp_path / "two.tif"
+    with tifffile.TiffWriter(path) as tw:
+        tw.write(stack(), photometric="minisblack")
+        tw.write(second, photometric="minisblack")
+    with pytest.raises(UnsupportedInputError) as info:
+        open_source(path)
+    msg = str(info.value)
+    assert "\n" not in msg and str(path) in msg
+    for w in ["holds 2 image series", "series 0:", "series 1:", "own TIFF stack", *words]:
+        assert w in msg
+
+
+def test_single_frame_series_of_different_shapes_are_an_error(tmp_path):
+    path = tmp_path / "sizes.tif"
+    for shape in [(H, W), (H, W), (H, W + 2)]:
+        tifffile.imwrite(path, np.zeros(shape, np.uint8), append=True)
+    with pytest.raises(
+        UnsupportedInputError,
+        match=r"holds 3 image series \(series 0-1: \(12, 16\) YX uint8; series 2: \(12, 18\)",
+    ):
+        open_source(path)
+
+
+def test_ome_tiff_with_two_images_is_an_error(tmp_path):
+    # e.g. two stage positions: importing only the first would drop half the data
+    with tifffile.TiffWriter(tmp_path / "pos.ome.tif", ome=True) as tw:
+        tw.write(stack(), metadata={"axes": "TYX"})
+        tw.write(stack(seed=1), metadata={"axes": "TYX"})
+    with pytest.raises(UnsupportedInputError, match=r"OME-TIFF .* holds 2 image series"):
+        open_source(tmp_path / "pos.ome.tif")
+
+
+def test_reduced_resolution_preview_series_is_skipped_and_logged(tmp_path, caplog):
+    data = stack()
+    path = tmp_path / "thumb.tif"
+    with tifffile.TiffWriter(path) as tw:
+        tw.write(data, photometric="minisblack")
+        tw.write(data[0, ::4, ::4], subfiletype=1, photometric="minisblack")  # reduced image
+    with tifffile.TiffFile(path) as tif:
+        assert len(tif.series) == 2
+    with caplog.at_level(logging.INFO, logger="crystalseg.io.tiff"), open_source(path) as src:
+        np.testing.assert_array_equal(read_all(src), data)
+        assert src.metadata["series"] == 1 and src.metadata["skipped_series"] == [1]
+    assert "skipping 1 preview series (series 1: (3, 4) YX uint16)" in caplog.text
+
+
+def test_appended_tiff_imports_every_frame(tmp_path):
+    from crystalseg.importing import import_run
+    from crystalseg.store import describe_run, open_run
+
+    data = stack()
+    for frame in data:
+        tifffile.imwrite(tmp_path / "appended.tif", frame, append=True)
+    import_run(tmp_path / "appended.tif", tmp_path / "run.zarr", interval_s=1.0)
+    assert describe_run(tmp_path / "run.zarr")["frames"] == T
+    ds = open_run(tmp_path / "run.zarr")
+    np.testing.assert_array_equal(ds["image"].values, data)
+
+
 # ---------------------------------------------------------------------------
 # Folders and globs
 
