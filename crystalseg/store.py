@@ -698,6 +698,8 @@ def describe_run(path: str | Path) -> dict[str, Any]:
     stored = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
     raw = n * ny * nx * np.dtype(image.dtype).itemsize
     intervals = np.diff(time)
+    from crystalseg.measure.run import measured_mask_changed  # it builds on this module
+
     return {
         "path": str(path),
         "frames": n,
@@ -713,6 +715,7 @@ def describe_run(path: str | Path) -> dict[str, Any]:
         "field_um": None if pixel is None else (ny * pixel, nx * pixel),
         "source": provenance.get("source", {}),
         "stages": stage_info(path),
+        "measure_stale": measured_mask_changed(path),
         "arrays": sorted(name for name, _ in group.arrays()),
         "groups": sorted(name for name, _ in group.groups() if name != PROGRESS_GROUP),
         "bytes_on_disk": stored,

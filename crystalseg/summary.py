@@ -64,6 +64,11 @@ def format_run_info(info: dict[str, Any]) -> str:
             status = stage.get("status", "?")
             if status == "finished":
                 text = f"finished {stage.get('finished', '')}" + _engine_note(stage)
+                if name == "measure" and info.get("measure_stale"):
+                    text += (
+                        "; STALE: the mask was made again since "
+                        f"(run crystalseg measure {info['path']})"
+                    )
             else:
                 text = (
                     f"INCOMPLETE ({stage.get('frames_done', 0)} of "

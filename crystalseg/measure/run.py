@@ -737,6 +737,22 @@ def mask_provenance(path: Path, mask: zarr.Array) -> dict[str, Any]:
     }
 
 
+def measured_mask_changed(path: str | os.PathLike[str]) -> bool:
+    """Whether the run's mask was made again (``segment --overwrite``) after the run was
+    measured, so that its ``psd`` and ``particles`` describe a mask it no longer has.
+
+    False for a run not measured or without a mask; ``crystalseg measure`` then
+    measures the new mask by itself.
+    """
+    path = Path(path)
+    info = stage_info(path).get(STAGE)
+    group = zarr.open_group(str(path), mode="r", use_consolidated=False)
+    if info is None or MASK not in group:
+        return False
+    recorded = (info.get("settings") or {}).get("mask")
+    return not _same_mask(recorded, mask_provenance(path, get_array(group, MASK, path)))
+
+
 def _same_mask(recorded: Any, current: dict[str, Any]) -> bool:
     """Whether a measurement of mask ``recorded`` measured the mask that is now ``current``.
 
@@ -867,6 +883,7 @@ __all__ = [
     "mask_provenance",
     "measure_mask_frame",
     "measure_run",
+    "measured_mask_changed",
     "needs_segmentation",
     "read_mask_codes",
 ]

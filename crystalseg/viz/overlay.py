@@ -73,7 +73,7 @@ from crystalseg.dims import IMAGE, MASK, TIME
 from crystalseg.errors import ConfigError, RunFormatError, StageStateError
 from crystalseg.measure.instances import crystal_classes
 from crystalseg.measure.results import PARTICLES_GROUP, STAGE, size_units
-from crystalseg.measure.run import label_mask_frame, mask_provenance, read_mask_codes
+from crystalseg.measure.run import label_mask_frame, measured_mask_changed, read_mask_codes
 from crystalseg.measure.settings import MeasureSettings
 from crystalseg.store import get_array, read_run_attrs, stage_info
 from crystalseg.viz.plots import frame_index
@@ -161,7 +161,7 @@ class _MeasuredRun:
         self.image = get_array(group, IMAGE, path)
         self.mask = get_array(group, MASK, path)
         recorded = info.get("settings") or {}
-        if recorded.get("mask") != mask_provenance(path, self.mask):
+        if measured_mask_changed(path):
             raise StageStateError(
                 f"the mask of run '{path}' was made again after it was measured; "
                 f"run 'crystalseg measure {path}' to measure the new mask"

@@ -144,6 +144,15 @@ def open_results(
             f"the measurement of run '{path}' is unfinished ({done} of {total} frames); "
             f"run 'crystalseg measure {path}' again to finish it"
         )
+    from crystalseg.measure.run import measured_mask_changed
+
+    if measured_mask_changed(path):
+        warnings.warn(
+            f"the results of run '{path}' describe its previous mask: the mask was made "
+            f"again after it was measured; run 'crystalseg measure {path}' to measure it",
+            CrystalsegWarning,
+            stacklevel=3,
+        )
     root = zarr.open_group(str(path), mode="r", use_consolidated=False)
     if _PSD_GROUP not in root:
         raise RunFormatError(
