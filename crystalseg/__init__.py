@@ -16,6 +16,7 @@ from crystalseg.store import (
     describe_run,
     open_run,
     read_table,
+    set_calibration,
     stage_info,
     write_table,
 )
@@ -59,6 +60,7 @@ __all__ = [
     "open_run",
     "open_source",
     "read_table",
+    "set_calibration",
     "stage_info",
     "synthesize_run",
     "write_table",

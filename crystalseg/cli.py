@@ -117,6 +117,29 @@ def import_cmd(
     _echo_info(run)
 
 
+@cli.command()
+@click.argument("run", type=click.Path(path_type=Path))
+@click.option("--pixel-size", "pixel_size_um", type=float, help="Micrometres per pixel.")
+@click.option("--interval", "interval_s", type=float, help="Seconds between frames.")
+def calibrate(run: Path, pixel_size_um: float | None, interval_s: float | None) -> None:
+    """Set the pixel size and/or frame interval of RUN after import.
+
+    The frames, mask and probability stay; a measurement made before is out of date
+    and the next 'crystalseg measure RUN' measures again (no segmenting).
+
+    \b
+    Example:
+      crystalseg calibrate run.zarr --pixel-size 0.65 --interval 30
+    """
+    from crystalseg.measure.run import measurement_outdated
+    from crystalseg.store import set_calibration
+
+    set_calibration(run, pixel_size_um=pixel_size_um, interval_s=interval_s)
+    _echo_info(run)
+    if measurement_outdated(run):
+        click.echo(f"measure it again with: crystalseg measure {run}")
+
+
 _size_option = click.option(
     "--size",
     nargs=2,

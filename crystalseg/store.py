@@ -25,6 +25,7 @@ resume.
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import logging
 import math
@@ -43,7 +44,7 @@ import zarr
 from zarr.codecs import ZstdCodec
 
 from crystalseg.dims import FRAME_DIMS, IMAGE, PARTICLE, TIME
-from crystalseg.errors import InputNotFoundError, RunFormatError, StageStateError
+from crystalseg.errors import ConfigError, InputNotFoundError, RunFormatError, StageStateError
 
 log = logging.getLogger(__name__)
 
@@ -579,6 +580,69 @@ def _resume_run(
     return RunWriter(path, progress)
 
 
+def set_calibration(
+    path: str | Path, *, pixel_size_um: float | None = None, interval_s: float | None = None
+) -> dict[str, Any]:
+    """Set the pixel size and/or the frame interval of an existing run store.
+
+    For a run imported without them (or with wrong ones): the frames, mask and
+    probability stay; a measurement made before is then out of date
+    (:func:`crystalseg.measure.run.measurement_outdated`) and ``crystalseg measure``
+    measures again by itself. Each change is recorded in the provenance
+    (``calibration``: old and new values, when).
+
+    Parameters
+    ----------
+    path : path of the run store
+    pixel_size_um : micrometres per pixel, or None to keep it
+    interval_s : seconds between frames (the time axis becomes 0, interval, ...), or
+        None to keep it
+
+    Returns
+    -------
+    dict
+        The values now set: ``pixel_size_um`` and ``interval_s`` (None: not changed).
+
+    Raises
+    ------
+    ConfigError
+        Neither given, or one is not a positive finite number.
+    """
+    if pixel_size_um is None and interval_s is None:
+        raise ConfigError("nothing to set: give a pixel size (--pixel-size) or --interval")
+    for name, value in (("--pixel-size", pixel_size_um), ("--interval", interval_s)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise ConfigError(f"{name} must be a positive number, got {value}")
+    attrs = read_run_attrs(path)
+    group = _open_group(path, mode="r+")
+    record: dict[str, Any] = {"when": _now()}
+    if pixel_size_um is not None:
+        record["pixel_size_um"] = [attrs.get("pixel_size_um"), float(pixel_size_um)]
+        group.attrs["pixel_size_um"] = float(pixel_size_um)
+    if interval_s is not None:
+        time = get_array(group, TIME, path)
+        old = _attrs(time).get("source", "unknown")
+        time[:] = np.arange(time.shape[0], dtype="float64") * float(interval_s)
+        time.attrs["source"] = "given interval"
+        record["interval_s"] = [old, float(interval_s)]
+    provenance = dict(attrs.get(PROVENANCE_KEY, {}))
+    provenance["calibration"] = [*provenance.get("calibration", []), record]
+    group.attrs[PROVENANCE_KEY] = _jsonable(provenance)
+    return {"pixel_size_um": pixel_size_um, "interval_s": interval_s}
+
+
+def calibration_fingerprint(path: str | Path) -> dict[str, Any]:
+    """What a measurement depends on besides its mask and settings: the pixel size and
+    a checksum of the time axis (the measurement records it, and is out of date when it
+    differs)."""
+    group = _open_group(path)
+    time = np.ascontiguousarray(get_array(group, TIME, path)[:], dtype="float64")
+    return {
+        "pixel_size_um": read_run_attrs(path).get("pixel_size_um"),
+        "time_sha1": hashlib.sha1(time.tobytes()).hexdigest()[:16],
+    }
+
+
 def open_run(path: str | Path, *, require_complete: bool = True) -> xr.Dataset:
     """Open a run store lazily as an xarray Dataset backed by dask.
 
@@ -698,7 +762,7 @@ def describe_run(path: str | Path) -> dict[str, Any]:
     stored = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
     raw = n * ny * nx * np.dtype(image.dtype).itemsize
     intervals = np.diff(time)
-    from crystalseg.measure.run import measured_mask_changed  # it builds on this module
+    from crystalseg.measure.run import measurement_outdated  # it builds on this module
 
     return {
         "path": str(path),
@@ -715,7 +779,7 @@ def describe_run(path: str | Path) -> dict[str, Any]:
         "field_um": None if pixel is None else (ny * pixel, nx * pixel),
         "source": provenance.get("source", {}),
         "stages": stage_info(path),
-        "measure_stale": measured_mask_changed(path),
+        "measure_outdated": measurement_outdated(path),
         "arrays": sorted(name for name, _ in group.arrays()),
         "groups": sorted(name for name, _ in group.groups() if name != PROGRESS_GROUP),
         "bytes_on_disk": stored,

@@ -52,7 +52,10 @@ def format_run_info(info: dict[str, Any]) -> str:
     else:
         lines.append(f"  time         one frame; from {info['time_source']}")
     if info["pixel_size_um"] is None:
-        lines.append("  pixel size   unknown: sizes are reported in px (set it with --pixel-size)")
+        lines.append(
+            "  pixel size   unknown: sizes are reported in px (set it with "
+            f"crystalseg calibrate {info['path']} --pixel-size UM)"
+        )
     else:
         fy, fx = info["field_um"]
         lines.append(f"  pixel size   {info['pixel_size_um']:g} um (field {fy:.0f} x {fx:.0f} um)")
@@ -64,9 +67,9 @@ def format_run_info(info: dict[str, Any]) -> str:
             status = stage.get("status", "?")
             if status == "finished":
                 text = f"finished {stage.get('finished', '')}" + _engine_note(stage)
-                if name == "measure" and info.get("measure_stale"):
+                if name == "measure" and info.get("measure_outdated"):
                     text += (
-                        "; STALE: the mask was made again since "
+                        f"; OUT OF DATE: {info['measure_outdated']} "
                         f"(run crystalseg measure {info['path']})"
                     )
             else:

@@ -439,3 +439,48 @@ def test_measure_trims_a_rim_drawn_two_pixels_wide_unless_told_not_to(
     # Most of the ring goes (what stays: where staircase outlines step diagonally,
     # and small crystals, which trimming would take too much of).
     assert true_area <= areas[()] < true_area + 0.5 * (drawn - true_area)
+
+
+def test_calibrate_sets_pixel_size_and_interval_and_measure_redoes_only_the_measurement(
+    tmp_path: Path, store_mask
+) -> None:
+    """A run imported without calibration gets one afterwards: the mask stays, the old
+    results are out of date (info, warning) and measure redoes them in micrometres and
+    seconds without --overwrite; bad input is a one-line error that changes nothing."""
+    from crystalseg.errors import CrystalsegWarning
+    from crystalseg.viz import open_results
+
+    frames = np.full((3, 64, 64), 200, np.uint8)
+    yy, xx = np.mgrid[:64, :64]
+    disc = (yy - 30) ** 2 + (xx - 32) ** 2 <= 10**2
+    frames[:, disc] = 40
+    np.save(tmp_path / "s.npy", frames)
+    path = tmp_path / "r.zarr"
+    assert run("import", str(tmp_path / "s.npy"), str(path), "--interval", "1")[0] == 0
+    store_mask(path, np.broadcast_to(disc, frames.shape).astype(np.uint8))
+    code, out = run("measure", str(path))
+    assert code == 0, out
+    ecd_px = float(open_results(path)[1]["ecd"].iloc[0])
+    assert ecd_px == pytest.approx(2 * np.sqrt(disc.sum() / np.pi))
+    mask_before = open_run(path)["mask"].values
+
+    for bad, needle in (([], "nothing to set"), (["--pixel-size", "-1"], "--pixel-size")):
+        code, out = run("calibrate", str(path), *bad)
+        assert_one_line_error(code, out, needle)
+    assert describe_run(path)["pixel_size_um"] is None
+
+    code, out = run("calibrate", str(path), "--pixel-size", "0.5", "--interval", "30")
+    assert code == 0, out
+    assert "OUT OF DATE: the pixel size and frame times changed" in out
+    assert f"crystalseg measure {path}" in out
+    with pytest.warns(CrystalsegWarning, match="out of date"):
+        open_results(path)
+    code, out = run("measure", str(path))  # no --overwrite needed, no segmenting
+    assert code == 0, out
+    psd, particles = open_results(path)
+    assert float(particles["ecd"].iloc[0]) == pytest.approx(0.5 * ecd_px)
+    np.testing.assert_allclose(psd["time"].values, [0.0, 30.0, 60.0])
+    np.testing.assert_array_equal(open_run(path)["mask"].values, mask_before)
+    info = describe_run(path)
+    assert info["pixel_size_um"] == 0.5 and info["measure_outdated"] is None
+    assert run("measure", str(path))[0] == 0  # measured: nothing to do

@@ -84,6 +84,7 @@ from crystalseg.measure.settings import MeasureSettings
 from crystalseg.store import (
     StageProgress,
     begin_stage,
+    calibration_fingerprint,
     consolidate,
     get_array,
     open_run,
@@ -472,7 +473,11 @@ def _begin_measure(path: Path, options: _Options) -> _Plan | None:
         return None
     if state == "resume":  # keep the record of the mask as it was when measuring began
         mask_identity = stage_info(path)[STAGE]["settings"]["mask"]
-    stage_settings = {"measure": settings.to_dict(), "mask": mask_identity}
+    stage_settings = {
+        "measure": settings.to_dict(),
+        "mask": mask_identity,
+        "calibration": calibration_fingerprint(path),
+    }
     stage = begin_stage(
         path,
         STAGE,
@@ -540,8 +545,14 @@ def _finish_measure(plan: _Plan) -> None:
     psd = zarr.open_group(str(path / PSD_GROUP), mode="r+", use_consolidated=False)
     if psd.attrs.get("mask") != json.dumps(mask_identity):
         psd.attrs["mask"] = json.dumps(mask_identity)
+    began = stage_info(path)[STAGE].get("settings") or {}
     plan.stage.finish(
-        particles=rows, settings={"measure": settings.to_dict(), "mask": mask_identity}
+        particles=rows,
+        settings={
+            "measure": settings.to_dict(),
+            "mask": mask_identity,
+            "calibration": began.get("calibration", calibration_fingerprint(path)),
+        },
     )
     remove_staging(path)
     consolidate(path)
@@ -753,6 +764,31 @@ def measured_mask_changed(path: str | os.PathLike[str]) -> bool:
     return not _same_mask(recorded, mask_provenance(path, get_array(group, MASK, path)))
 
 
+def measurement_outdated(path: str | os.PathLike[str]) -> str | None:
+    """Why the run's finished measurement no longer describes the run, or None.
+
+    Out of date when the mask was made again after it (:func:`measured_mask_changed`)
+    or the pixel size or time axis changed (:func:`crystalseg.store.set_calibration`);
+    ``crystalseg measure`` then measures again by itself.
+    """
+    path = Path(path)
+    info = stage_info(path).get(STAGE)
+    if info is None or info.get("status") != "finished":
+        return None
+    if measured_mask_changed(path):
+        return "the mask was made again after it was measured"
+    recorded = (info.get("settings") or {}).get("calibration")
+    current = calibration_fingerprint(path)
+    if recorded is not None and recorded != current:
+        what = [
+            name
+            for name, key in (("pixel size", "pixel_size_um"), ("frame times", "time_sha1"))
+            if recorded.get(key) != current[key]
+        ]
+        return f"the {' and '.join(what)} changed after it was measured"
+    return None
+
+
 def _same_mask(recorded: Any, current: dict[str, Any]) -> bool:
     """Whether a measurement of mask ``recorded`` measured the mask that is now ``current``.
 
@@ -783,6 +819,10 @@ def _check_existing(
     previous = info.get("settings") or {}
     if not _same_mask(previous.get("mask"), mask_identity):
         log.info("the mask of %s changed since it was measured: measuring again", path)
+        return "new"
+    calibration = previous.get("calibration")
+    if calibration is not None and calibration != calibration_fingerprint(path):
+        log.info("the calibration of %s changed since it was measured: measuring again", path)
         return "new"
     if previous.get("measure") != settings.to_dict():
         old = previous.get("measure") or {}
@@ -884,6 +924,7 @@ __all__ = [
     "measure_mask_frame",
     "measure_run",
     "measured_mask_changed",
+    "measurement_outdated",
     "needs_segmentation",
     "read_mask_codes",
 ]

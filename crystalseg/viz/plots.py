@@ -144,12 +144,13 @@ def open_results(
             f"the measurement of run '{path}' is unfinished ({done} of {total} frames); "
             f"run 'crystalseg measure {path}' again to finish it"
         )
-    from crystalseg.measure.run import measured_mask_changed
+    from crystalseg.measure.run import measurement_outdated
 
-    if measured_mask_changed(path):
+    outdated = measurement_outdated(path)
+    if outdated is not None:
         warnings.warn(
-            f"the results of run '{path}' describe its previous mask: the mask was made "
-            f"again after it was measured; run 'crystalseg measure {path}' to measure it",
+            f"the results of run '{path}' are out of date: {outdated}; run "
+            f"'crystalseg measure {path}' to measure it again",
             CrystalsegWarning,
             stacklevel=3,
         )

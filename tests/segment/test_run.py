@@ -263,7 +263,7 @@ def test_a_mask_without_probability_is_measured_unfiltered_with_a_warning(run, c
     assert recorded["min_confidence"] == MeasureSettings().min_confidence == 0.8
 
 
-def test_results_of_a_mask_made_again_are_marked_stale_until_measured(run, checkpoint) -> None:
+def test_results_of_a_mask_made_again_are_out_of_date_until_measured(run, checkpoint) -> None:
     """After segment --overwrite the psd and particles describe the old mask: info says
     so, reading them warns, the overlay refuses; measure measures the new mask."""
     from crystalseg.errors import CrystalsegWarning
@@ -275,15 +275,15 @@ def test_results_of_a_mask_made_again_are_marked_stale_until_measured(run, check
 
     segment_run(run, checkpoint, **SETTINGS)
     measure_run(run, scheduler="synchronous")
-    assert not measured_mask_changed(run) and not describe_run(run)["measure_stale"]
+    assert not measured_mask_changed(run) and describe_run(run)["measure_outdated"] is None
     open_results(run)  # no warning (warnings are errors here)
     segment_run(run, checkpoint, **SETTINGS, overwrite=True)
     assert measured_mask_changed(run)
-    assert "STALE" in format_run_info(describe_run(run))
-    with pytest.warns(CrystalsegWarning, match="previous mask.*crystalseg measure"):
+    assert "OUT OF DATE: the mask was made again" in format_run_info(describe_run(run))
+    with pytest.warns(CrystalsegWarning, match="out of date: the mask.*crystalseg measure"):
         open_results(run)
     with pytest.raises(StageStateError, match="made again"):
         overlay_image(run, 0)
     measure_run(run, scheduler="synchronous")  # the new mask: measured without --overwrite
     assert not measured_mask_changed(run)
-    assert "STALE" not in format_run_info(describe_run(run))
+    assert "OUT OF DATE" not in format_run_info(describe_run(run))
