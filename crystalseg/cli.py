@@ -258,10 +258,10 @@ _instances_option = click.option(
 )
 @click.option(
     "--codes",
-    default="background,crystal",
-    show_default=True,
+    default=None,
     help="Class names, background first; add 'boundary' for a crystal-rim class or 'contact' "
-    "for a class only where crystals touch.",
+    "for a class only where crystals touch [default: background,crystal; with --instances "
+    "background,crystal,boundary, the bundled model's classes, the rim drawn from the ids].",
 )
 @click.option("--encoder", default=None, help="smp encoder (default: the bundled model's).")
 @click.option(
@@ -345,9 +345,12 @@ def train(ctx: click.Context, data: tuple[Path, ...], **opts: Any) -> None:
     mask_values = opts.pop("mask_values")
     valid = opts.pop("valid")
     encoder = opts.pop("encoder")
+    codes = opts.pop("codes") or (
+        "background,crystal,boundary" if opts["instances"] else "background,crystal"
+    )
     settings = TrainSettings(
         data=data,
-        codes=_codes(opts.pop("codes")),
+        codes=_codes(codes),
         init=init,
         mask_values=parse_mask_values(mask_values) if mask_values else None,
         valid=tuple(v.strip() for v in valid.split(",")) if valid else None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from typing import Any
 
 
@@ -134,7 +135,8 @@ def format_training(result: Any) -> str:
         lines.append(
             f"model written to {result.best_checkpoint} (last epoch: {result.last_checkpoint})"
         )
-        lines.append(f"use it with: crystalseg segment RUN --model {result.best_checkpoint}")
+        model = shlex.quote(str(result.best_checkpoint))
+        lines.append(f"use it with: crystalseg segment RUN --model {model}")
     return "\n".join(lines)
 
 

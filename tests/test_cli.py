@@ -245,6 +245,32 @@ def test_train_with_unmapped_mask_values_names_file_and_values(tmp_path: Path) -
     )
 
 
+def test_train_on_instance_labels_keeps_the_rim_class_by_default(tmp_path: Path) -> None:
+    """--instances without --codes trains the bundled model's three classes (the rim is
+    drawn from the ids), so the model still splits touching crystals; the closing hint
+    quotes a model path with a space."""
+    folder = tmp_path / "cp"
+    folder.mkdir()
+    gen = np.random.default_rng(1)
+    for i in range(4):
+        img = np.full((64, 64), 180, np.uint8)
+        labels = np.zeros((64, 64), np.uint16)
+        for k, (y, x) in enumerate(gen.integers(4, 44, (2, 2)), start=1):
+            img[y : y + 14, x : x + 16] = 90
+            labels[y : y + 14, x : x + 16] = k
+        Image.fromarray(img).save(folder / f"{i}.png")
+        tifffile.imwrite(folder / f"{i}_masks.tif", labels)
+    out_dir = tmp_path / "my model"
+    code, out = run(
+        "train", str(folder), "--instances", "--epochs", "1", "--crop-size", "64",
+        "--batch-size", "2", "--init", "none", "-o", str(out_dir),
+    )  # fmt: skip
+    assert code == 0, out
+    meta = json.loads((out_dir / "model.json").read_text())
+    assert meta["spec"]["codes"] == ["background", "crystal", "boundary"]
+    assert f"--model '{out_dir}'" in out
+
+
 def test_measure_stream_flag_gives_the_same_results(tmp_path: Path) -> None:
     """--stream (overlap measuring with inference) and --no-stream write the same PSD."""
     results = []
