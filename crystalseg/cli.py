@@ -140,6 +140,19 @@ def calibrate(run: Path, pixel_size_um: float | None, interval_s: float | None) 
         click.echo(f"measure it again with: crystalseg measure {run}")
 
 
+def _check_bins(value: tuple[float, float, int] | None) -> tuple[float, float, int] | None:
+    """--bins MIN MAX N: 0 < MIN < MAX and N >= 1, said in the option's own words."""
+    if value is not None:
+        lo, hi, n = value
+        if not (0 < lo < hi and math.isfinite(hi)) or n < 1:
+            raise click.BadParameter(
+                f"{lo:g} {hi:g} {n} is not MIN MAX N with 0 < MIN < MAX and N >= 1 bins; "
+                "e.g. --bins 1 1000 60 for 1 um to 1 mm in 60 log bins",
+                param_hint="'--bins'",
+            )
+    return value
+
+
 _size_option = click.option(
     "--size",
     nargs=2,
@@ -454,7 +467,12 @@ def _stage_bars(quiet: bool) -> Iterator[Callable[[str, int, int], None]]:
     help="CPU runtime; auto measures once and picks the faster.",
 )
 @click.option("--batch-size", type=int, default=None, help="Frames per batch (default: by memory).")
-@click.option("--tile-size", type=int, default=None, help="Tile larger frames (px, default 1024).")
+@click.option(
+    "--tile-size",
+    type=click.IntRange(min=64),
+    default=None,
+    help="Tile larger frames (px, a multiple of 32, default 1024).",
+)
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model (GPU).")
 @_tta_option
 @_resize_option
@@ -528,7 +546,14 @@ _MEASURE_FILTER_OPTIONS: tuple[Callable[..., Any], ...] = (
         show_default=True,
         help="Particles cut by the frame edge: exclude, weight (Miles-Lantuejoul) or keep.",
     ),
-    click.option("--min-area", "min_area_px", default=10, show_default=True, help="Pixels."),
+    click.option(
+        "--min-area",
+        "min_area_px",
+        type=click.IntRange(min=1),
+        default=10,
+        show_default=True,
+        help="Pixels.",
+    ),
     click.option(
         "--split",
         type=click.Choice(["auto", "watershed", "boundary", "hybrid", "none"]),
@@ -598,6 +623,7 @@ def _measure_settings(opts: dict[str, Any], **extra: Any) -> Any:
     type=(float, float, int),
     default=None,
     metavar="MIN MAX N",
+    callback=lambda ctx, param, value: _check_bins(value),
     help="Log size bins (um, or px without a pixel size). Default 1 1000 60.",
 )
 @click.option(

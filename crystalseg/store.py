@@ -124,11 +124,16 @@ def _open_group(path: str | Path, mode: str = "r") -> zarr.Group:
             f"run store '{path}' does not exist; create it with 'crystalseg import SRC {path}' "
             f"or 'crystalseg synth {path}'"
         )
+    if path.is_file():  # a recording given where its run store was expected
+        raise RunFormatError(
+            f"'{path}' is a file, not a run store; import it first: 'crystalseg import "
+            f"{path} {path.with_suffix('.zarr')}', then use {path.with_suffix('.zarr')}"
+        )
     try:
         return zarr.open_group(str(path), mode=mode, use_consolidated=False)  # type: ignore[arg-type]
     except (FileNotFoundError, zarr.errors.GroupNotFoundError, ValueError, KeyError) as exc:
         raise RunFormatError(
-            f"'{path}' is not a crystalseg run store (no zarr group: {exc}); "
+            f"'{path}' is not a crystalseg run store (no zarr group in it); "
             "create one with 'crystalseg import SRC RUN.zarr'"
         ) from exc
 

@@ -510,3 +510,19 @@ def test_calibrate_sets_pixel_size_and_interval_and_measure_redoes_only_the_meas
     info = describe_run(path)
     assert info["pixel_size_um"] == 0.5 and info["measure_outdated"] is None
     assert run("measure", str(path))[0] == 0  # measured: nothing to do
+
+
+def test_measure_and_segment_option_errors_name_the_options(tmp_path: Path) -> None:
+    """Bad --bins, --min-area and --tile-size are usage errors (exit 2) in the options'
+    own words, before any work."""
+    path = tmp_path / "r.zarr"
+    assert run("synth", str(path), "--frames", "1", "--size", "64", "64")[0] == 0
+    for args, needle in (
+        (["measure", str(path), "--bins", "0", "100", "10"], "--bins 1 1000 60"),
+        (["measure", str(path), "--bins", "1", "1000", "0"], "'--bins'"),
+        (["measure", str(path), "--min-area", "-5"], "'--min-area'"),
+        (["segment", str(path), "--tile-size", "10"], "'--tile-size'"),
+    ):
+        code, out = run(*args)
+        assert code == 2 and needle in out, out
+    assert "mask" not in describe_run(path)["arrays"]

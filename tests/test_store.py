@@ -151,6 +151,11 @@ def test_missing_and_foreign_and_newer_stores(tmp_path: Path) -> None:
     zarr.open_group(str(tmp_path / "plain.zarr"), mode="w")
     with pytest.raises(RunFormatError, match="not a crystalseg run store"):
         store.open_run(tmp_path / "plain.zarr")
+    (tmp_path / "run.tif").write_bytes(b"II*\x00")  # a recording where a store belongs
+    with pytest.raises(
+        RunFormatError, match=r"is a file.*crystalseg import .*run\.tif .*run\.zarr"
+    ):
+        store.open_run(tmp_path / "run.tif")
     path = tmp_path / "new.zarr"
     _write(path, np.zeros((1, 2, 2), np.uint8))
     meta = json.loads((path / "zarr.json").read_text())
