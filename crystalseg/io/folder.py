@@ -13,6 +13,7 @@ from __future__ import annotations
 import glob
 import logging
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,12 @@ import numpy as np
 import tifffile
 from PIL import Image, UnidentifiedImageError
 
-from crystalseg.errors import FrameMismatchError, InputNotFoundError, UnsupportedInputError
+from crystalseg.errors import (
+    CrystalsegWarning,
+    FrameMismatchError,
+    InputNotFoundError,
+    UnsupportedInputError,
+)
 from crystalseg.io.base import (
     FrameSource,
     cap_files,
@@ -42,6 +48,31 @@ _TIFF_SUFFIXES = (".tif", ".tiff")
 _LABELS = {".png": "PNG", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF", ".jpg": "JPEG",
            ".jpeg": "JPEG"}  # fmt: skip
 _FORMATS = "PNG, BMP, TIFF or JPEG"
+
+#: Sum of the IJG standard luminance quantization table (JPEG quality 50).
+_IJG_LUMA_SUM = 3688
+
+#: JPEG frames below this estimated quality get a warning at import: at 40 the bundled
+#: model already loses faint crystals, at 20 it calls block artefacts crystals (README,
+#: known limits; ``benchmarks/other_renderer.py --jpeg``).
+JPEG_WARN_QUALITY = 50
+
+
+def jpeg_quality(path: Path) -> int | None:
+    """The IJG quality (1-100) a JPEG file was most likely saved at, from its luminance
+    quantization table; None for other files or tables not scaled from the standard one.
+    """
+    try:
+        with Image.open(path) as im:
+            tables = getattr(im, "quantization", None)
+    except (UnidentifiedImageError, OSError, ValueError):
+        return None
+    if not tables or 0 not in tables or len(tables[0]) != 64:
+        return None
+    scale = 100.0 * sum(tables[0]) / _IJG_LUMA_SUM
+    quality = (200.0 - scale) / 2.0 if scale <= 100.0 else 5000.0 / scale
+    return round(min(max(quality, 1.0), 100.0))
+
 
 #: PIL mode → (dtype after loading, samples after loading)
 _PIL_MODES: dict[str, tuple[str, int]] = {
@@ -371,6 +402,17 @@ class FolderSource(FrameSource):
             "time_axis": "T",
             "grey": self._plan.grey,
         }
+        quality = jpeg_quality(files[0]) if files[0].suffix.lower() in (".jpg", ".jpeg") else None
+        if quality is not None:
+            self.metadata["jpeg_quality"] = quality
+            if quality < JPEG_WARN_QUALITY:
+                warnings.warn(
+                    f"{self._what}: JPEG frames saved at quality about {quality}; at this "
+                    "compression the bundled model can take block artefacts for small "
+                    "crystals. Export TIFF or PNG (or JPEG at quality 75 or more) if you can",
+                    CrystalsegWarning,
+                    stacklevel=2,
+                )
 
     @staticmethod
     def _pixel_size(path: Path, header: _Header) -> float | None:

@@ -503,6 +503,31 @@ def test_folder_jpeg_shape_only(tmp_path):
         assert read_all(src).shape == (2, H, W)
 
 
+@pytest.mark.parametrize("quality", [20, 40, 75, 95])
+def test_jpeg_quality_is_estimated_and_heavy_compression_warned(tmp_path, quality):
+    """The quality a JPEG was saved at comes back from its quantization table (within
+    1); frames below quality 50 get a warning at opening, the others none."""
+    from PIL import Image
+
+    from crystalseg.errors import CrystalsegWarning
+    from crystalseg.io.folder import JPEG_WARN_QUALITY, jpeg_quality
+
+    folder = tmp_path / "jpg"
+    folder.mkdir()
+    for i, frame in enumerate(stack(np.uint8, n=2)):
+        Image.fromarray(frame).save(folder / f"f{i}.jpg", quality=quality)
+    assert abs(jpeg_quality(folder / "f0.jpg") - quality) <= 1
+    if quality < JPEG_WARN_QUALITY:
+        with pytest.warns(CrystalsegWarning, match=f"quality about {quality}.*TIFF or PNG"):
+            src = open_source(folder)
+    else:
+        src = open_source(folder)  # warnings are errors in the tests
+    with src:
+        assert src.metadata["jpeg_quality"] == jpeg_quality(folder / "f0.jpg")
+    Image.fromarray(stack(np.uint8, n=1)[0]).save(tmp_path / "p.png")
+    assert jpeg_quality(tmp_path / "p.png") is None
+
+
 def test_folder_rgb_palette_and_bilevel(tmp_path):
     rng = np.random.default_rng(4)
     rgb = rng.integers(0, 256, size=(2, H, W, 3), dtype=np.uint8)
