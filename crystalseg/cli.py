@@ -22,13 +22,20 @@ log = logging.getLogger("crystalseg")
 
 
 class _Group(click.Group):
-    """Turns a :class:`CrystalsegError` into one line on stderr and exit status 1."""
+    """Turns a :class:`CrystalsegError` into one line on stderr and exit status 1, and
+    Ctrl-C into a line saying the work can be resumed and exit status 130."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except CrystalsegError as exc:
             raise click.ClickException(str(exc)) from None
+        except KeyboardInterrupt:
+            click.echo(
+                "\nInterrupted. What was written is kept; run the same command again to resume.",
+                err=True,
+            )
+            ctx.exit(130)
 
 
 def _configure_logging(verbose: int, quiet: bool) -> None:

@@ -117,6 +117,12 @@ def consolidate(path: str | Path) -> None:
         zarr.consolidate_metadata(str(path))
 
 
+def _tidy(value: float) -> float:
+    """``value`` to 12 significant digits: a pixel size computed as 1 / resolution
+    (0.6499999999999999) is stored as the 0.65 the microscope meant."""
+    return float(f"{float(value):.12g}")
+
+
 def _open_group(path: str | Path, mode: str = "r") -> zarr.Group:
     path = Path(path)
     if not path.exists():
@@ -534,7 +540,7 @@ def create_run(
     group.attrs.update(
         {
             FORMAT_KEY: FORMAT_VERSION,
-            "pixel_size_um": None if pixel_size_um is None else float(pixel_size_um),
+            "pixel_size_um": None if pixel_size_um is None else _tidy(pixel_size_um),
             PROVENANCE_KEY: {
                 "created": _now(),
                 "crystalseg_version": crystalseg_version(),
@@ -622,8 +628,8 @@ def set_calibration(
     group = _open_group(path, mode="r+")
     record: dict[str, Any] = {"when": _now()}
     if pixel_size_um is not None:
-        record["pixel_size_um"] = [attrs.get("pixel_size_um"), float(pixel_size_um)]
-        group.attrs["pixel_size_um"] = float(pixel_size_um)
+        record["pixel_size_um"] = [attrs.get("pixel_size_um"), _tidy(pixel_size_um)]
+        group.attrs["pixel_size_um"] = _tidy(pixel_size_um)
     if interval_s is not None:
         time = get_array(group, TIME, path)
         old = _attrs(time).get("source", "unknown")

@@ -46,7 +46,7 @@ def test_import_tiff_then_info(tmp_path: Path, rng: np.random.Generator) -> None
     ds = open_run(tmp_path / "r.zarr")
     np.testing.assert_array_equal(ds["image"].values, frames)
     np.testing.assert_allclose(ds["time"].values, np.arange(7) * 3.0)
-    assert ds.attrs["pixel_size_um"] == pytest.approx(0.5)
+    assert ds.attrs["pixel_size_um"] == 0.5
     assert "7 (chunks of" in out and "0.5 um" in out and "ImageJ finterval" in out
 
     code, out = run("info", str(tmp_path / "r.zarr"))
@@ -526,3 +526,18 @@ def test_measure_and_segment_option_errors_name_the_options(tmp_path: Path) -> N
         code, out = run(*args)
         assert code == 2 and needle in out, out
     assert "mask" not in describe_run(path)["arrays"]
+
+
+def test_ctrl_c_exits_130_and_says_the_work_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import crystalseg.importing
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(crystalseg.importing, "import_run", interrupted)
+    np.save(tmp_path / "s.npy", np.zeros((2, 8, 8), np.uint8))
+    result = CliRunner().invoke(cli, ["import", str(tmp_path / "s.npy"), str(tmp_path / "r.zarr")])
+    assert result.exit_code == 130
+    assert "Interrupted" in result.output and "resume" in result.output

@@ -196,3 +196,12 @@ def test_describe_run(tmp_path: Path) -> None:
     assert info["time_end_s"] == 10.0 and info["median_interval_s"] == 2.5
     assert info["field_um"] == (20.0, 40.0)
     assert info["stages"]["import"]["status"] == "finished"
+
+
+def test_pixel_size_from_a_resolution_is_stored_as_meant(tmp_path: Path) -> None:
+    """An ImageJ resolution of 1.5384615384615385 px/um is 0.6499999999999999 um per
+    pixel in floating point; the store keeps 0.65."""
+    pixel = 1.0 / 1.5384615384615385
+    assert pixel != 0.65
+    _write(tmp_path / "r.zarr", np.zeros((2, 4, 4), np.uint8), pixel=pixel)
+    assert store.read_run_attrs(tmp_path / "r.zarr")["pixel_size_um"] == 0.65

@@ -58,6 +58,14 @@ _IJG_LUMA_SUM = 3688
 JPEG_WARN_QUALITY = 50
 
 
+def _looks_copied(time_s: np.ndarray) -> bool:
+    """Times of files written in one burst (a copy, an export) rather than at
+    acquisition: under a second apart and irregular (the longest step more than 3x the
+    shortest); a camera saving at a fixed rate, however fast, is regular."""
+    steps = np.diff(time_s)
+    return bool(np.median(steps) < 1.0 and steps.max() > 3.0 * steps.min())
+
+
 def jpeg_quality(path: Path) -> int | None:
     """The IJG quality (1-100) a JPEG file was most likely saved at, from its luminance
     quantization table; None for other files or tables not scaled from the standard one.
@@ -388,6 +396,16 @@ class FolderSource(FrameSource):
         self.pixel_size_um = self._pixel_size(files[0], first)
         self.time_s = relative_times(np.array(mtimes)) if len(files) > 1 else None
         self.time_source = "file modification time" if self.time_s is not None else "none"
+        if self.time_s is not None and len(files) > 2 and _looks_copied(self.time_s):
+            steps = np.diff(self.time_s)
+            warnings.warn(
+                f"{self._what}: the file modification times (median interval "
+                f"{np.median(steps):.3g} s, from {steps.min():.3g} to {steps.max():.3g} s) look "
+                "like the time the files were copied, not recorded; pass --interval SECONDS "
+                "(interval_s=) with the real interval",
+                CrystalsegWarning,
+                stacklevel=2,
+            )
         if self.time_s is None and len(files) > 1:
             logger.info("%s: file modification times do not increase along the sorted names; "
                         "frame times unknown", self._what)  # fmt: skip

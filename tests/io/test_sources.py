@@ -528,6 +528,25 @@ def test_jpeg_quality_is_estimated_and_heavy_compression_warned(tmp_path, qualit
     assert jpeg_quality(tmp_path / "p.png") is None
 
 
+def test_modification_times_of_a_copy_are_warned_and_a_fast_camera_is_not(tmp_path):
+    """Irregular sub-second modification times (files copied in one burst) get a warning
+    naming --interval; a regular fast series (10 frames/s) does not."""
+    from crystalseg.errors import CrystalsegWarning
+
+    names = [f"f{i}.png" for i in range(4)]
+    write_frames(tmp_path / "copy", stack(np.uint8, n=4), names)
+    write_frames(tmp_path / "fast", stack(np.uint8, n=4), names)
+    for i, (copied, fast) in enumerate(zip([0.0, 0.02, 0.4, 0.45], [0.0, 0.1, 0.2, 0.3])):
+        os.utime(tmp_path / "copy" / names[i], (1000.0 + copied,) * 2)
+        os.utime(tmp_path / "fast" / names[i], (1000.0 + fast,) * 2)
+    with pytest.warns(
+        CrystalsegWarning, match=r"look like the time the files were copied.*--interval"
+    ):
+        open_source(tmp_path / "copy").close()
+    with open_source(tmp_path / "fast") as src:  # warnings are errors in the tests
+        np.testing.assert_allclose(src.time_s, [0.0, 0.1, 0.2, 0.3], atol=1e-6)
+
+
 def test_folder_rgb_palette_and_bilevel(tmp_path):
     rng = np.random.default_rng(4)
     rgb = rng.integers(0, 256, size=(2, H, W, 3), dtype=np.uint8)
