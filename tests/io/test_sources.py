@@ -536,7 +536,8 @@ def test_modification_times_of_a_copy_are_warned_and_a_fast_camera_is_not(tmp_pa
     names = [f"f{i}.png" for i in range(4)]
     write_frames(tmp_path / "copy", stack(np.uint8, n=4), names)
     write_frames(tmp_path / "fast", stack(np.uint8, n=4), names)
-    for i, (copied, fast) in enumerate(zip([0.0, 0.02, 0.4, 0.45], [0.0, 0.1, 0.2, 0.3])):
+    copies, fasts = [0.0, 0.02, 0.4, 0.45], [0.0, 0.1, 0.2, 0.3]
+    for i, (copied, fast) in enumerate(zip(copies, fasts, strict=True)):
         os.utime(tmp_path / "copy" / names[i], (1000.0 + copied,) * 2)
         os.utime(tmp_path / "fast" / names[i], (1000.0 + fast,) * 2)
     with pytest.warns(
