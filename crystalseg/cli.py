@@ -32,7 +32,8 @@ class _Group(click.Group):
             raise click.ClickException(str(exc)) from None
         except KeyboardInterrupt:
             click.echo(
-                "\nInterrupted. What was written is kept; run the same command again to resume.",
+                "\nInterrupted. What was written is kept; import, segment, measure and "
+                "train (with --resume) go on from there when run again.",
                 err=True,
             )
             ctx.exit(130)
@@ -485,9 +486,9 @@ def _stage_bars(quiet: bool) -> Iterator[Callable[[str, int, int], None]]:
 @_resize_option
 @click.option(
     "--save-probability/--no-save-probability",
-    default=True,
-    show_default=True,
-    help="Also store the crystal probability (measure's confidence filter needs it).",
+    default=None,
+    help="Also store the crystal probability (measure's confidence filter needs it) "
+    "[default: with a new mask; a mask made without it is kept as it is].",
 )
 @click.option("--overwrite", is_flag=True, help="Replace a mask made by another model.")
 @_scheduler_option
@@ -503,7 +504,7 @@ def segment(
     compile_: bool,
     tta: bool,
     resize: float | Literal["auto"],
-    save_probability: bool,
+    save_probability: bool | None,
     overwrite: bool,
     scheduler: str | None,
 ) -> None:
@@ -913,9 +914,7 @@ def plot(
 def info(run: Path, as_json: bool) -> None:
     """Print frames, frame size, dtype, time span, calibration and the stages run on RUN."""
     if as_json:
-        from crystalseg.store import describe_run
-
-        click.echo(json.dumps(describe_run(run), indent=2))
+        click.echo(json.dumps(_run_info(run), indent=2))
     else:
         _echo_info(run)
 
@@ -1099,11 +1098,19 @@ def overlay(
         click.echo(f"  {path}")
 
 
-def _echo_info(run: Path) -> None:
+def _run_info(run: Path) -> dict[str, Any]:
+    """:func:`~crystalseg.store.describe_run` plus why its measurement is out of date
+    (``measure_outdated``, None when it is not)."""
+    from crystalseg.measure.run import measurement_outdated
     from crystalseg.store import describe_run
+
+    return {**describe_run(run), "measure_outdated": measurement_outdated(run)}
+
+
+def _echo_info(run: Path) -> None:
     from crystalseg.summary import format_run_info
 
-    click.echo(format_run_info(describe_run(run)))
+    click.echo(format_run_info(_run_info(run)))
 
 
 def _codes(text: str) -> tuple[str, ...]:

@@ -126,6 +126,8 @@ def import_run(
         )
     existed = dest.exists()
     with open_source(source, channel=channel) as src:
+        if interval_s is None and src.time_s is not None and src.time_doubt:
+            warnings.warn(src.time_doubt, CrystalsegWarning, stacklevel=2)
         time_s, time_source = frame_times(
             src.shape[0], interval_s=interval_s, found_s=src.time_s, found_from=src.time_source
         )

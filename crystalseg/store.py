@@ -625,6 +625,7 @@ def set_calibration(
         if value is not None and not (math.isfinite(value) and value > 0):
             raise ConfigError(f"{name} must be a positive number, got {value}")
     attrs = read_run_attrs(path)
+    before = calibration_fingerprint(path)
     group = _open_group(path, mode="r+")
     record: dict[str, Any] = {"when": _now()}
     if pixel_size_um is not None:
@@ -632,13 +633,23 @@ def set_calibration(
         group.attrs["pixel_size_um"] = _tidy(pixel_size_um)
     if interval_s is not None:
         time = get_array(group, TIME, path)
-        old = _attrs(time).get("source", "unknown")
+        steps = np.diff(np.asarray(time[:], dtype="float64"))
+        old = float(np.median(steps)) if len(steps) else None
         time[:] = np.arange(time.shape[0], dtype="float64") * float(interval_s)
-        time.attrs["source"] = "given interval"
         record["interval_s"] = [old, float(interval_s)]
+        record["time_source"] = [_attrs(time).get("source", "unknown"), "given interval"]
+        time.attrs["source"] = "given interval"
     provenance = dict(attrs.get(PROVENANCE_KEY, {}))
     provenance["calibration"] = [*provenance.get("calibration", []), record]
+    stages = dict(provenance.get("stages", {}))
+    measured = stages.get("measure")
+    if measured is not None and "calibration" not in (measured.get("settings") or {}):
+        # measured by a release that did not record it: it measured the calibration before
+        settings = {**(measured.get("settings") or {}), "calibration": before}
+        stages["measure"] = {**measured, "settings": settings}
+        provenance["stages"] = stages
     group.attrs[PROVENANCE_KEY] = _jsonable(provenance)
+    consolidate(path)
     return {"pixel_size_um": pixel_size_um, "interval_s": interval_s}
 
 
@@ -773,8 +784,6 @@ def describe_run(path: str | Path) -> dict[str, Any]:
     stored = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
     raw = n * ny * nx * np.dtype(image.dtype).itemsize
     intervals = np.diff(time)
-    from crystalseg.measure.run import measurement_outdated  # it builds on this module
-
     return {
         "path": str(path),
         "frames": n,
@@ -790,7 +799,6 @@ def describe_run(path: str | Path) -> dict[str, Any]:
         "field_um": None if pixel is None else (ny * pixel, nx * pixel),
         "source": provenance.get("source", {}),
         "stages": stage_info(path),
-        "measure_outdated": measurement_outdated(path),
         "arrays": sorted(name for name, _ in group.arrays()),
         "groups": sorted(name for name, _ in group.groups() if name != PROGRESS_GROUP),
         "bytes_on_disk": stored,

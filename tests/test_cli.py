@@ -507,8 +507,9 @@ def test_calibrate_sets_pixel_size_and_interval_and_measure_redoes_only_the_meas
     assert float(particles["ecd"].iloc[0]) == pytest.approx(0.5 * ecd_px)
     np.testing.assert_allclose(psd["time"].values, [0.0, 30.0, 60.0])
     np.testing.assert_array_equal(open_run(path)["mask"].values, mask_before)
-    info = describe_run(path)
-    assert info["pixel_size_um"] == 0.5 and info["measure_outdated"] is None
+    assert describe_run(path)["pixel_size_um"] == 0.5
+    code, out = run("info", str(path), "--json")
+    assert code == 0 and json.loads(out)["measure_outdated"] is None
     assert run("measure", str(path))[0] == 0  # measured: nothing to do
 
 
@@ -540,4 +541,4 @@ def test_ctrl_c_exits_130_and_says_the_work_resumes(
     np.save(tmp_path / "s.npy", np.zeros((2, 8, 8), np.uint8))
     result = CliRunner().invoke(cli, ["import", str(tmp_path / "s.npy"), str(tmp_path / "r.zarr")])
     assert result.exit_code == 130
-    assert "Interrupted" in result.output and "resume" in result.output
+    assert "Interrupted" in result.output and "go on from there" in result.output

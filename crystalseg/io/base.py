@@ -57,6 +57,10 @@ class FrameSource(abc.ABC):
         Seconds since the first frame, None if the source does not say.
     time_source : str
         Where ``time_s`` came from, one of :data:`TimeSource`.
+    time_doubt : str or None
+        Why ``time_s`` may not be the recording's times (e.g. file modification times
+        that look like a copy's), said as a warning when they are used; None when
+        there is no doubt.
     metadata : dict
         JSON-serialisable provenance: ``format``, ``files`` (capped for large
         folders, with ``file_count``), ``axes``, ``source_shape``,
@@ -69,6 +73,7 @@ class FrameSource(abc.ABC):
     pixel_size_um: float | None
     time_s: np.ndarray | None
     time_source: TimeSource
+    time_doubt: str | None = None
     metadata: dict[str, Any]
 
     def read(self, start: int, stop: int) -> np.ndarray:

@@ -398,13 +398,11 @@ class FolderSource(FrameSource):
         self.time_source = "file modification time" if self.time_s is not None else "none"
         if self.time_s is not None and len(files) > 2 and _looks_copied(self.time_s):
             steps = np.diff(self.time_s)
-            warnings.warn(
+            self.time_doubt = (
                 f"{self._what}: the file modification times (median interval "
                 f"{np.median(steps):.3g} s, from {steps.min():.3g} to {steps.max():.3g} s) look "
                 "like the time the files were copied, not recorded; pass --interval SECONDS "
-                "(interval_s=) with the real interval",
-                CrystalsegWarning,
-                stacklevel=2,
+                "(interval_s=) with the real interval"
             )
         if self.time_s is None and len(files) > 1:
             logger.info("%s: file modification times do not increase along the sorted names; "

@@ -223,11 +223,14 @@ def select_frames(tif: tifffile.TiffFile, *, what: str) -> tuple[Any, str, dict[
        between pages): every page is a frame, in file order, if all pages have
        the same shape and dtype.
     4. Several left, each one frame (no axes besides y, x, colour samples or
-       channels once singletons are dropped) of the same shape, axes and dtype:
-       pages written one at a time (``append=True``); a series per frame, in
-       file order.
-    5. Anything else (series of different shapes, or several multi-frame stacks)
-       raises rather than importing one series and dropping the others.
+       channels once singletons are dropped) of the same shape, axes and dtype,
+       in a file that is not an OME-TIFF: pages written one at a time
+       (``append=True``); a series per frame, in file order. An OME-TIFF declares
+       each series an image of its own (a stage position, a well), not a time
+       point, so its single planes are not stacked.
+    5. Anything else (series of different shapes, several multi-frame stacks, or
+       several OME images) raises rather than importing one series and dropping
+       the others.
 
     Parameters
     ----------
@@ -283,7 +286,7 @@ def select_frames(tif: tifffile.TiffFile, *, what: str) -> tuple[Any, str, dict[
         layouts = {(_layout(s.shape, s.axes), np.dtype(s.dtype)) for _, s in kept}
         if len(layouts) == 1:
             (shape, axes), dtype = next(iter(layouts))
-            if set(axes) <= _FRAME_AXES:
+            if set(axes) <= _FRAME_AXES and not tif.is_ome:
                 logger.debug("%s: %d series of one %s frame each; reading them as a stack",
                              what, len(kept), shape)  # fmt: skip
                 info.update(series=len(kept), assembly="one frame per series")

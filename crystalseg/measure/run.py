@@ -462,22 +462,27 @@ def _begin_measure(path: Path, options: _Options) -> _Plan | None:
     fpc = min(int(options.frames_per_chunk or mask.chunks[0]), n)
     pixel_size_um = read_run_attrs(path).get("pixel_size_um")
     mask_identity = mask_provenance(path, mask)
-    if settings.min_confidence is not None and PROBABILITY not in group:
+    no_probability = PROBABILITY not in group
+    if settings.min_confidence is not None and no_probability:
         settings = _without_confidence_filter(path, settings, mask_identity["model_sha256"])
 
-    state = _check_existing(path, settings, mask_identity, overwrite=options.overwrite)
+    state = _check_existing(
+        path, settings, mask_identity, overwrite=options.overwrite, no_probability=no_probability
+    )
     if state == "finished":
         log.info("%s is already measured with these settings; nothing to do", path)
         if progress is not None:
             progress(STAGE, n, n)
         return None
-    if state == "resume":  # keep the record of the mask as it was when measuring began
-        mask_identity = stage_info(path)[STAGE]["settings"]["mask"]
-    stage_settings = {
-        "measure": settings.to_dict(),
-        "mask": mask_identity,
-        "calibration": calibration_fingerprint(path),
-    }
+    if state == "resume":  # the record as it was when measuring began (mask, calibration)
+        stage_settings = dict(stage_info(path)[STAGE]["settings"])
+        mask_identity = stage_settings["mask"]
+    else:
+        stage_settings = {
+            "measure": settings.to_dict(),
+            "mask": mask_identity,
+            "calibration": calibration_fingerprint(path),
+        }
     stage = begin_stage(
         path,
         STAGE,
@@ -811,8 +816,14 @@ def _check_existing(
     mask_identity: dict[str, Any],
     *,
     overwrite: bool,
+    no_probability: bool = False,
 ) -> Literal["new", "resume", "finished"]:
-    """Start anew, resume, nothing to do; or refuse to replace other settings' results."""
+    """Start anew, resume, nothing to do; or refuse to replace other settings' results.
+
+    With ``no_probability`` (the run stores none, so no confidence filter can apply) a
+    recorded ``min_confidence`` counts as off: earlier releases recorded the filter's
+    value whether it applied or not.
+    """
     info = stage_info(path).get(STAGE)
     if info is None or overwrite:
         return "new"
@@ -824,8 +835,10 @@ def _check_existing(
     if calibration is not None and calibration != calibration_fingerprint(path):
         log.info("the calibration of %s changed since it was measured: measuring again", path)
         return "new"
-    if previous.get("measure") != settings.to_dict():
-        old = previous.get("measure") or {}
+    old = dict(previous.get("measure") or {})
+    if no_probability and "min_confidence" in old:
+        old["min_confidence"] = None
+    if old != settings.to_dict():
         new = settings.to_dict()
         changed = sorted(k for k in new if old.get(k) != new[k])
         raise StageStateError(

@@ -283,7 +283,7 @@ def segment_run(
     tta: bool = False,
     resize: float | Literal["auto"] = "auto",
     overwrite: bool = False,
-    save_probability: bool = True,
+    save_probability: bool | None = None,
     client: Any = None,
     progress: ProgressCallback | None = None,
 ) -> xr.DataArray:
@@ -305,11 +305,14 @@ def segment_run(
         Replace a mask made by another model or other settings. Without it that is an
         error; a finished mask with the same model and settings is returned as is, and
         an unfinished one resumes.
-    save_probability : bool
+    save_probability : bool or None
         Also write ``probability`` (time, y, x) uint8, ``round(255 * p_foreground)``; CF
-        ``scale_factor`` makes xarray read it as 0..1. On by default: the measurement's
-        confidence filter (``MeasureSettings.min_confidence``) needs it, and a run
-        without it is measured unfiltered. About a mask's size again on disk.
+        ``scale_factor`` makes xarray read it as 0..1. The measurement's confidence
+        filter (``MeasureSettings.min_confidence``) needs it; a run without it is
+        measured unfiltered. None (the default): store it with a new mask, and leave a
+        mask this model made without it as it is (re-running is then nothing to do;
+        ``overwrite=True`` makes it again with the probability). True on such a mask
+        is an error without ``overwrite``.
     client : distributed.Client, scheduler address (str) or None
         With one, the chunks run on the cluster's workers (each loads the model once and
         writes straight into the store, which every worker must see). None runs here.
@@ -366,7 +369,7 @@ def stream_segment_run(
     tta: bool = False,
     resize: float | Literal["auto"] = "auto",
     overwrite: bool = False,
-    save_probability: bool = True,
+    save_probability: bool | None = None,
     client: Any = None,
     progress: ProgressCallback | None = None,
 ) -> Generator[tuple[int, int], None, None]:
@@ -442,6 +445,8 @@ def stream_segment_run(
     resize_factor = settings.resize
     assert not isinstance(resize_factor, str)  # "auto" was resolved just above
     codes = tuple(meta["spec"]["codes"])
+    if save_probability is None:
+        save_probability = overwrite or not _made_without_probability(path, checksum)
     stage_settings = {
         "model_sha256": checksum,
         "tile_size": settings.tile_size,
@@ -540,6 +545,14 @@ def inference_device(
     if kind not in ("cpu", "cuda", "mps"):  # pragma: no cover - select_device returns these
         raise ConfigError(f"device {kind!r} is not one crystalseg infers on")
     return kind  # type: ignore[return-value]
+
+
+def _made_without_probability(path: Path, checksum: str) -> bool:
+    """Whether the run has a mask (finished or begun) of this model that was made
+    without storing the probability."""
+    info = stage_info(path).get(STAGE) or {}
+    previous = info.get("settings") or {}
+    return previous.get("model_sha256") == checksum and not previous.get("save_probability")
 
 
 def _saving_probability(path: Path, settings: dict[str, Any]) -> bool:

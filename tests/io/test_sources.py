@@ -316,7 +316,7 @@ def test_appended_tiff_pages_are_one_frame_each_in_order(tmp_path):
         json.dumps(src.metadata)
 
 
-def test_appended_rgb_and_ome_single_plane_series_are_stacks(tmp_path):
+def test_appended_rgb_series_are_a_stack_and_ome_single_planes_are_not(tmp_path):
     rng = np.random.default_rng(4)
     rgb = rng.integers(0, 256, size=(3, H, W, 3), dtype=np.uint8)
     for frame in rgb:
@@ -325,12 +325,10 @@ def test_appended_rgb_and_ome_single_plane_series_are_stacks(tmp_path):
         np.testing.assert_array_equal(read_all(src), rgb_expected(rgb))
     data = stack()
     with tifffile.TiffWriter(tmp_path / "planes.ome.tif", ome=True) as tw:
-        for frame in data:  # one OME Image per frame
+        for frame in data:  # one OME Image per plane: stage positions, not time points
             tw.write(frame, metadata={"axes": "YX", "PhysicalSizeX": 0.65})
-    with open_source(tmp_path / "planes.ome.tif") as src:
-        np.testing.assert_array_equal(read_all(src), data)
-        assert src.pixel_size_um == pytest.approx(0.65)
-        assert src.metadata["series"] == T
+    with pytest.raises(UnsupportedInputError, match=rf"holds {T} image series"):
+        open_source(tmp_path / "planes.ome.tif")
 
 
 def test_pages_without_metadata_keep_file_order_when_storage_differs(tmp_path):
@@ -540,11 +538,17 @@ def test_modification_times_of_a_copy_are_warned_and_a_fast_camera_is_not(tmp_pa
     for i, (copied, fast) in enumerate(zip(copies, fasts, strict=True)):
         os.utime(tmp_path / "copy" / names[i], (1000.0 + copied,) * 2)
         os.utime(tmp_path / "fast" / names[i], (1000.0 + fast,) * 2)
+    from crystalseg.importing import import_run
+
+    with open_source(tmp_path / "copy") as src:  # said when the times are used
+        assert "look like the time the files were copied" in src.time_doubt
     with pytest.warns(
         CrystalsegWarning, match=r"look like the time the files were copied.*--interval"
     ):
-        open_source(tmp_path / "copy").close()
+        import_run(tmp_path / "copy", tmp_path / "copy.zarr")
+    import_run(tmp_path / "copy", tmp_path / "given.zarr", interval_s=5.0)  # no warning
     with open_source(tmp_path / "fast") as src:  # warnings are errors in the tests
+        assert src.time_doubt is None
         np.testing.assert_allclose(src.time_s, [0.0, 0.1, 0.2, 0.3], atol=1e-6)
 
 

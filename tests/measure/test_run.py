@@ -16,6 +16,7 @@ import pytest
 import xarray as xr
 import zarr
 
+from crystalseg import store as store_module
 from crystalseg.dims import FRAME_DIMS
 from crystalseg.errors import ConfigError, StageStateError
 from crystalseg.measure import (
@@ -433,4 +434,61 @@ def test_unknown_class_fails_early(mixed_run: Path) -> None:
 
 def test_process_pool_result_equals_synchronous(mixed_run: Path, reference: dict) -> None:
     measure_run(mixed_run, scheduler="processes", num_workers=2)
+    assert_same_results(mixed_run, reference)
+
+
+def _as_recorded_by_the_previous_release(path: Path) -> None:
+    """Make the measure stage's record what the release before calibration records
+    wrote: no ``calibration`` entry, and the confidence filter's value recorded even
+    though the run has no probability to apply it."""
+    group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
+    provenance = dict(group.attrs["provenance"])
+    stage = dict(provenance["stages"]["measure"])
+    settings = {k: v for k, v in stage["settings"].items() if k != "calibration"}
+    settings["measure"] = {**settings["measure"], "min_confidence": 0.8}
+    provenance["stages"] = {**provenance["stages"], "measure": {**stage, "settings": settings}}
+    group.attrs["provenance"] = provenance
+    store_module.consolidate(path)
+
+
+def test_a_measurement_of_the_previous_release_is_kept_resumed_and_recalibrated(
+    mixed_run: Path, reference: dict
+) -> None:
+    """Records without calibration: measure has nothing to do (no --overwrite error for
+    the confidence filter it could not apply), an interrupted one resumes where it
+    stopped, and calibrating marks it out of date so that measure redoes it."""
+    from crystalseg.measure.run import measurement_outdated
+
+    measure_run(mixed_run, scheduler="synchronous")
+    _as_recorded_by_the_previous_release(mixed_run)
+    calls: list[tuple] = []
+    measure_run(mixed_run, scheduler="synchronous", progress=lambda *a: calls.append(a))
+    assert calls == [("measure", FRAMES, FRAMES)]  # nothing to do
+
+    store_module.set_calibration(mixed_run, pixel_size_um=2.0)
+    assert "pixel size" in measurement_outdated(mixed_run)
+    psd = measure_run(mixed_run, scheduler="synchronous")  # consolidated: no warning
+    assert psd.attrs["pixel_size_um"] == 2.0 and measurement_outdated(mixed_run) is None
+    store_module.set_calibration(mixed_run, pixel_size_um=2.0)  # the same: still measured
+    calls.clear()
+    measure_run(mixed_run, scheduler="synchronous", progress=lambda *a: calls.append(a))
+    assert calls == [("measure", FRAMES, FRAMES)]
+
+
+def test_an_interrupted_measurement_of_the_previous_release_resumes(
+    mixed_run: Path, reference: dict
+) -> None:
+    class Stop(Exception):
+        pass
+
+    def stop_after_first_chunk(stage: str, done: int, total: int) -> None:
+        if done > 0:
+            raise Stop
+
+    with pytest.raises(Stop):
+        measure_run(mixed_run, scheduler="synchronous", progress=stop_after_first_chunk)
+    _as_recorded_by_the_previous_release(mixed_run)
+    calls: list[tuple] = []
+    measure_run(mixed_run, scheduler="synchronous", progress=lambda *a: calls.append(a))
+    assert calls[0] == ("measure", FPC, FRAMES)  # the done chunk is not measured again
     assert_same_results(mixed_run, reference)

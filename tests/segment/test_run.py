@@ -133,8 +133,10 @@ def test_save_probability(run, frames, checkpoint) -> None:
 def test_probability_later_needs_overwrite(run, checkpoint) -> None:
     segment_run(run, checkpoint, **SETTINGS, save_probability=False)
     assert PROBABILITY not in open_run(run)
+    segment_run(run, checkpoint, **SETTINGS)  # the default keeps that mask: nothing to do
+    assert PROBABILITY not in open_run(run)
     with pytest.raises(StageStateError, match=r"save_probability.*--overwrite"):
-        segment_run(run, checkpoint, **SETTINGS)
+        segment_run(run, checkpoint, **SETTINGS, save_probability=True)
     segment_run(run, checkpoint, **SETTINGS, save_probability=True, overwrite=True)
     assert PROBABILITY in open_run(run)
 
@@ -266,24 +268,24 @@ def test_a_mask_without_probability_is_measured_unfiltered_with_a_warning(run, c
 def test_results_of_a_mask_made_again_are_out_of_date_until_measured(run, checkpoint) -> None:
     """After segment --overwrite the psd and particles describe the old mask: info says
     so, reading them warns, the overlay refuses; measure measures the new mask."""
+    from crystalseg.cli import _run_info
     from crystalseg.errors import CrystalsegWarning
     from crystalseg.measure import measure_run
-    from crystalseg.measure.run import measured_mask_changed
-    from crystalseg.store import describe_run
+    from crystalseg.measure.run import measured_mask_changed, measurement_outdated
     from crystalseg.summary import format_run_info
     from crystalseg.viz import open_results, overlay_image
 
     segment_run(run, checkpoint, **SETTINGS)
     measure_run(run, scheduler="synchronous")
-    assert not measured_mask_changed(run) and describe_run(run)["measure_outdated"] is None
+    assert not measured_mask_changed(run) and measurement_outdated(run) is None
     open_results(run)  # no warning (warnings are errors here)
     segment_run(run, checkpoint, **SETTINGS, overwrite=True)
     assert measured_mask_changed(run)
-    assert "OUT OF DATE: the mask was made again" in format_run_info(describe_run(run))
+    assert "OUT OF DATE: the mask was made again" in format_run_info(_run_info(run))
     with pytest.warns(CrystalsegWarning, match="out of date: the mask.*crystalseg measure"):
         open_results(run)
     with pytest.raises(StageStateError, match="made again"):
         overlay_image(run, 0)
     measure_run(run, scheduler="synchronous")  # the new mask: measured without --overwrite
     assert not measured_mask_changed(run)
-    assert "OUT OF DATE" not in format_run_info(describe_run(run))
+    assert "OUT OF DATE" not in format_run_info(_run_info(run))
