@@ -85,6 +85,11 @@ def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
 )
 @click.option("--channel", type=int, help="Channel to take from a multi-channel recording.")
 @click.option(
+    "--series",
+    type=click.IntRange(min=0),
+    help="Image series of a TIFF to import (e.g. one stage position of an OME-TIFF).",
+)
+@click.option(
     "--frames-per-chunk", type=int, help="Frames per store chunk (default: ~4 MiB a chunk)."
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing run store.")
@@ -96,6 +101,7 @@ def import_cmd(
     pixel_size_um: float | None,
     interval_s: float | None,
     channel: int | None,
+    series: int | None,
     frames_per_chunk: int | None,
     overwrite: bool,
 ) -> None:
@@ -109,7 +115,7 @@ def import_cmd(
     from crystalseg.importing import import_run
     from crystalseg.io import open_source
 
-    with open_source(source, channel=channel) as src:
+    with open_source(source, channel=channel, series=series) as src:
         total = src.shape[0]
     with _progress(total, "import", ctx.obj["quiet"]) as update:
         import_run(
@@ -118,6 +124,7 @@ def import_cmd(
             pixel_size_um=pixel_size_um,
             interval_s=interval_s,
             channel=channel,
+            series=series,
             frames_per_chunk=frames_per_chunk,
             overwrite=overwrite,
             progress=update,

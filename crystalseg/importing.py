@@ -97,6 +97,7 @@ def import_run(
     pixel_size_um: float | None = None,
     interval_s: float | None = None,
     channel: int | None = None,
+    series: int | None = None,
     frames_per_chunk: int | None = None,
     overwrite: bool = False,
     progress: Callable[[int], None] | None = None,
@@ -111,6 +112,7 @@ def import_run(
     pixel_size_um : micrometres per pixel; overrides what the file says
     interval_s : seconds between frames; overrides timestamps in the file
     channel : channel to take from a multi-channel recording
+    series : for a TIFF of several image series (stage positions), the one to import
     frames_per_chunk : frames per store chunk (default: about 4 MiB a chunk)
     overwrite : replace an existing store at ``dest``
     progress : called with the number of frames written after each chunk
@@ -125,7 +127,7 @@ def import_run(
             f"--pixel-size must be a positive number of micrometres, got {pixel_size_um}"
         )
     existed = dest.exists()
-    with open_source(source, channel=channel) as src:
+    with open_source(source, channel=channel, series=series) as src:
         if interval_s is None and src.time_s is not None and src.time_doubt:
             warnings.warn(src.time_doubt, CrystalsegWarning, stacklevel=2)
         time_s, time_source = frame_times(
@@ -137,6 +139,7 @@ def import_run(
             "pixel_size_um": pixel_size_um,
             "interval_s": interval_s,
             "channel": channel,
+            **({"series": series} if series is not None else {}),
         }
         provenance = {
             "description": src.description,

@@ -56,7 +56,18 @@ _EXPECTED = (
 )
 
 
-def open_source(path: str | Path, *, channel: int | None = None) -> FrameSource:
+def _is_tiff(path: str | Path) -> bool:
+    """Whether ``path`` is a file that starts like a TIFF."""
+    try:
+        with open(Path(path).expanduser(), "rb") as fh:
+            return fh.read(8).startswith(_TIFF_MAGIC)
+    except OSError:
+        return False
+
+
+def open_source(
+    path: str | Path, *, channel: int | None = None, series: int | None = None
+) -> FrameSource:
     """Open a recording for streaming, choosing the reader by what ``path`` is.
 
     Parameters
@@ -70,6 +81,9 @@ def open_source(path: str | Path, *, channel: int | None = None) -> FrameSource:
     channel : int or None
         Channel (or RGB sample) to keep when frames have several; None turns
         RGB(A) into grey by :func:`to_grey` and rejects other multi-channel data.
+    series : int or None
+        For a TIFF of several image series (stage positions): read this one alone.
+        Refused for other formats.
 
     Returns
     -------
@@ -88,6 +102,11 @@ def open_source(path: str | Path, *, channel: int | None = None) -> FrameSource:
     """
     if channel is not None and (isinstance(channel, bool) or not isinstance(channel, int)):
         raise ConfigError(f"channel must be an integer index; got {channel!r}. Pass --channel 0.")
+    if series is not None and not _is_tiff(path):
+        raise ConfigError(
+            f"--series picks an image series of a TIFF file; '{path}' is not one. "
+            "Leave --series out"
+        )
     text = str(path)
     p = Path(path).expanduser()
     if not p.exists():
@@ -109,7 +128,7 @@ def open_source(path: str | Path, *, channel: int | None = None) -> FrameSource:
             f"'{text}' cannot be read ({exc}); check its permissions."
         ) from exc
     if head.startswith(_TIFF_MAGIC):
-        return TiffSource(p, channel=channel)
+        return TiffSource(p, channel=channel, series=series)
     if head.startswith(_NPY_MAGIC):
         return NpySource(p, channel=channel)
     if head.startswith(_IMAGE_MAGIC) or p.suffix.lower() in IMAGE_SUFFIXES:

@@ -59,9 +59,14 @@ class TiffSource(ArrayFrameSource):
     channel : int or None
         Channel (or colour sample) to keep; None turns RGB(A) into grey and
         rejects multi-channel files.
+    series : int or None
+        Read only this image series (e.g. one stage position of a multi-position
+        OME-TIFF); None applies :func:`select_frames`' rule.
     """
 
-    def __init__(self, path: Path, *, channel: int | None = None) -> None:
+    def __init__(
+        self, path: Path, *, channel: int | None = None, series: int | None = None
+    ) -> None:
         path = Path(path)
         try:
             self._tif = tifffile.TiffFile(path)
@@ -71,12 +76,12 @@ class TiffSource(ArrayFrameSource):
                 "the file was written completely, or export it again."
             ) from exc
         try:
-            self._open(path, channel)
+            self._open(path, channel, series)
         except BaseException:
             self._tif.close()
             raise
 
-    def _open(self, path: Path, channel: int | None) -> None:
+    def _open(self, path: Path, channel: int | None, series: int | None) -> None:
         tif = self._tif
         if not tif.series:
             raise UnsupportedInputError(
@@ -92,7 +97,7 @@ class TiffSource(ArrayFrameSource):
         what = f"{label} '{path}'"
         ij = tif.imagej_metadata or {}
         self.description = f"{label} {path}"
-        array, axes, assembly = select_frames(tif, what=what)
+        array, axes, assembly = select_frames(tif, what=what, series=series)
         self._setup(
             array,
             axes,
@@ -102,11 +107,11 @@ class TiffSource(ArrayFrameSource):
             c_may_be_time=bool(tif.is_imagej and ij.get("mode", "grayscale") == "grayscale"),
         )
         n = self.shape[0]
-        px, pixel_source = tiff_pixel_size_um(tif, path)
+        px, pixel_source = tiff_pixel_size_um(tif, path, series or 0)
         time: np.ndarray | None = None
         time_source: TimeSource = "none"
         if tif.is_ome:
-            ome = _ome_pixels(tif.ome_metadata)
+            ome = _ome_pixels(tif.ome_metadata, series or 0)
             if ome is not None and self._plan.time_letter == "T":
                 time, time_source = _ome_times(ome, n, channel)
         elif tif.is_imagej and self._plan.time_axis is not None:
@@ -209,10 +214,13 @@ def _series_text(series: Sequence[tuple[int, tifffile.TiffPageSeries]]) -> str:
     return "; ".join(parts)
 
 
-def select_frames(tif: tifffile.TiffFile, *, what: str) -> tuple[Any, str, dict[str, Any]]:
+def select_frames(
+    tif: tifffile.TiffFile, *, what: str, series: int | None = None
+) -> tuple[Any, str, dict[str, Any]]:
     """The array of a TIFF's frames, its axes, and how it was assembled.
 
-    The rule, for the series tifffile finds in the file:
+    With ``series`` the frames are that series alone (``import --series N``).
+    Otherwise the rule, for the series tifffile finds in the file:
 
     1. Series after the first that are flagged reduced-resolution (NewSubfileType)
        or named thumbnail/preview/label/macro/overview, and whose frames are
@@ -256,6 +264,15 @@ def select_frames(tif: tifffile.TiffFile, *, what: str) -> tuple[Any, str, dict[
         The series differ and no rule above reads them as one recording.
     """
     everything = list(enumerate(tif.series))
+    if series is not None:
+        if isinstance(series, bool) or not 0 <= series < len(everything):
+            raise UnsupportedInputError(
+                f"{what} has no series {series}; it holds {len(everything)} "
+                f"({_series_text(everything)}). Pass --series 0 to {len(everything) - 1}"
+            )
+        chosen = tif.series[series]
+        picked = {"series_in_file": len(everything), "series": 1, "assembly": f"series {series}"}
+        return zarr.open(chosen.aszarr(level=0), mode="r"), chosen.axes, picked
     main = everything[0][1]
     skipped = [(i, s) for i, s in everything[1:] if _is_preview(s, main)]
     skipped_index = {i for i, _ in skipped}
@@ -266,9 +283,9 @@ def select_frames(tif: tifffile.TiffFile, *, what: str) -> tuple[Any, str, dict[
         logger.info("%s: skipping %d preview series (%s); reading series 0",
                     what, len(skipped), _series_text(skipped))  # fmt: skip
     if len(kept) == 1:
-        series = kept[0][1]
+        only = kept[0][1]
         info.update(series=1, assembly="series 0")
-        return zarr.open(series.aszarr(level=0), mode="r"), series.axes, info
+        return zarr.open(only.aszarr(level=0), mode="r"), only.axes, info
 
     if all(s.kind == "generic" for _, s in kept):
         pages = sorted(
@@ -294,8 +311,8 @@ def select_frames(tif: tifffile.TiffFile, *, what: str) -> tuple[Any, str, dict[
     raise UnsupportedInputError(
         f"{what} holds {len(everything)} image series ({_series_text(everything)}), neither "
         "one stack nor single frames of one size; crystalseg imports one stack per file and "
-        "will not drop series. Export each series as its own TIFF stack and import them one "
-        "by one."
+        "will not drop series. Import one series at a time with --series N (a run store "
+        "each), or export each series as its own TIFF stack."
     )
 
 
@@ -303,17 +320,20 @@ def select_frames(tif: tifffile.TiffFile, *, what: str) -> tuple[Any, str, dict[
 # Calibration
 
 
-def tiff_pixel_size_um(tif: tifffile.TiffFile, path: Path) -> tuple[float | None, str]:
-    """Pixel size in µm of a TIFF's first series, and which metadata gave it.
+def tiff_pixel_size_um(
+    tif: tifffile.TiffFile, path: Path, series: int = 0
+) -> tuple[float | None, str]:
+    """Pixel size in µm of a TIFF's series ``series`` (the first by default), and which
+    metadata gave it.
 
     OME: ``PhysicalSizeX`` and its unit (default µm). ImageJ: XResolution
     (pixels per ``unit`` of the ImageJ description: micron, µm, nm, mm...).
     Plain TIFF: XResolution with ResolutionUnit inch or cm, when plausible
     (:func:`plausible_pixel_um`). ``(None, "none")`` when nothing applies.
     """
-    page = tif.series[0].keyframe if tif.series else tif.pages.first
+    page = tif.series[series].keyframe if tif.series else tif.pages.first
     if tif.is_ome:
-        ome = _ome_pixels(tif.ome_metadata)
+        ome = _ome_pixels(tif.ome_metadata, series)
         if ome is not None:
             px = length_to_um(ome.get("PhysicalSizeX"), ome.get("PhysicalSizeXUnit", "µm"))
             return px, ("OME PhysicalSizeX" if px is not None else "none")
@@ -384,8 +404,9 @@ def _local(tag: str) -> str:
     return tag.rsplit("}", 1)[-1]
 
 
-def _ome_pixels(xml: str | None) -> dict[str, Any] | None:
-    """Attributes of the first image's ``Pixels`` element, with its planes under ``"planes"``."""
+def _ome_pixels(xml: str | None, image: int = 0) -> dict[str, Any] | None:
+    """Attributes of image ``image``'s ``Pixels`` element (the first by default), with
+    its planes under ``"planes"``."""
     if not xml:
         return None
     try:
@@ -393,15 +414,14 @@ def _ome_pixels(xml: str | None) -> dict[str, Any] | None:
     except ET.ParseError:
         logger.warning("OME-XML does not parse; ignoring its calibration and times")
         return None
-    for image in root:
-        if _local(image.tag) != "Image":
-            continue
-        for pixels in image:
-            if _local(pixels.tag) == "Pixels":
-                out: dict[str, Any] = dict(pixels.attrib)
-                out["planes"] = [dict(p.attrib) for p in pixels if _local(p.tag) == "Plane"]
-                return out
+    images = [node for node in root if _local(node.tag) == "Image"]
+    if image >= len(images):
         return None
+    for pixels in images[image]:
+        if _local(pixels.tag) == "Pixels":
+            out: dict[str, Any] = dict(pixels.attrib)
+            out["planes"] = [dict(p.attrib) for p in pixels if _local(p.tag) == "Plane"]
+            return out
     return None
 
 

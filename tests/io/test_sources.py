@@ -893,3 +893,35 @@ def test_array_readers_index_only_the_frames_asked_for(tmp_path):
         src.read(3, 5)
         assert spy.keys == [(slice(3, 5), slice(None), slice(None))], kind
         src.close()
+
+
+def test_series_picks_one_stage_position_of_an_ome_tiff(tmp_path):
+    """--series N imports position N alone, with its own pixel size and times; a bad
+    index names the range; --series on a non-TIFF is refused."""
+    from crystalseg.importing import import_run
+    from crystalseg.store import open_run
+
+    path = tmp_path / "pos.ome.tif"
+    with tifffile.TiffWriter(path, ome=True) as tw:
+        for k in range(3):
+            tw.write(
+                stack(seed=k),
+                metadata={"axes": "TYX", "PhysicalSizeX": 0.5 + k, "TimeIncrement": 2.0 + k},
+            )
+    for k in range(3):
+        with open_source(path, series=k) as src:
+            np.testing.assert_array_equal(read_all(src), stack(seed=k))
+            assert src.pixel_size_um == pytest.approx(0.5 + k)
+            np.testing.assert_allclose(src.time_s, np.arange(T) * (2.0 + k))
+            assert src.metadata["assembly"] == f"series {k}"
+    with pytest.raises(UnsupportedInputError, match=r"has no series 3.*--series 0 to 2"):
+        open_source(path, series=3)
+    with pytest.raises(UnsupportedInputError, match=r"--series N"):
+        open_source(path)  # several positions: which one?
+    import_run(path, tmp_path / "p1.zarr", series=1)
+    ds = open_run(tmp_path / "p1.zarr")
+    np.testing.assert_array_equal(ds["image"].values, stack(seed=1))
+    assert ds.attrs["pixel_size_um"] == pytest.approx(1.5)
+    np.save(tmp_path / "s.npy", stack())
+    with pytest.raises(ConfigError, match="--series"):
+        open_source(tmp_path / "s.npy", series=0)
