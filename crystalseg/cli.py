@@ -39,9 +39,22 @@ class _Group(click.Group):
             ctx.exit(130)
 
 
+class _BarSafeHandler(logging.StreamHandler):
+    """Log lines through ``tqdm.write``: a progress bar on the same stream is cleared
+    first and drawn again below the line, instead of the line being glued to it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        try:
+            tqdm.write(self.format(record), file=self.stream)
+        except Exception:  # pragma: no cover - logging's own contract
+            self.handleError(record)
+
+
 def _configure_logging(verbose: int, quiet: bool) -> None:
     level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _BarSafeHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger("crystalseg")
     root.handlers[:] = [handler]
@@ -49,7 +62,9 @@ def _configure_logging(verbose: int, quiet: bool) -> None:
     root.propagate = False
 
     def show(message: Any, category: Any, filename: str, lineno: int, *a: Any, **k: Any) -> None:
-        click.echo(f"Warning: {message}", err=True)
+        from tqdm import tqdm
+
+        tqdm.write(f"Warning: {message}", file=sys.stderr)
 
     warnings.showwarning = show
 
