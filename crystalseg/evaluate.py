@@ -51,6 +51,7 @@ from crystalseg.measure.instances import (
 from crystalseg.measure.results import EXCLUDED_REASONS
 from crystalseg.measure.run import label_mask_frame, measure_mask_frame
 from crystalseg.measure.settings import MeasureSettings
+from crystalseg.store import crystalseg_version
 
 PathLike = str | os.PathLike[str]
 
@@ -137,6 +138,7 @@ def _write_scores(
             f"cannot write scores to '{p.name}': use a .json file (summary and frames) "
             "or a .csv file (one row per frame)"
         )
+    p.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".json":
         p.write_text(json.dumps(document(), indent=2) + "\n")
     else:
@@ -430,7 +432,12 @@ def evaluate_model(
     pixels = frames["pixel_size_um"].unique()
     if len(pixels) == 1 and np.isfinite(pixels[0]) and summary["outline_offset_px"] is not None:
         summary["outline_offset_um"] = summary["outline_offset_px"] * float(pixels[0])
+    checkpoint = getattr(seg, "checkpoint", None)
     recorded = {
+        "model_checkpoint": None if checkpoint is None else str(checkpoint),
+        "model_sha256": getattr(seg, "checksum", None),
+        "crystalseg_version": crystalseg_version(),
+        "data": [str(d) for d in data] if isinstance(data, list | tuple) else str(data),
         "model": seg.describe() if hasattr(seg, "describe") else str(model),
         "model_codes": list(model_codes),
         "annotation": "instances" if instances or rule is None else rule.describe(),

@@ -138,6 +138,7 @@ def test_evaluation_saves_json_and_csv_and_refuses_other_files(tmp_path: Path) -
     assert doc["frames"][0]["name"] == "a.png"
     back = pd.read_csv(ev.save(tmp_path / "s.csv"))
     assert list(back.columns) == list(FRAME_COLUMNS)
+    assert ev.save(tmp_path / "new" / "dir" / "s.csv").is_file()  # folders are made
     with pytest.raises(ConfigError, match=r"\.json"):
         ev.save(tmp_path / "s.xlsx")
 
@@ -267,6 +268,10 @@ def test_cli_writes_scores_and_prints_a_summary(
     assert CliRunner().invoke(cli, args).exit_code == 0
     recorded = json.loads(auto.read_text())["settings"]
     assert recorded["resize"] == 1.0 and recorded["resize_chosen_by"] == "auto"
+    # which model was scored, on what: the bundled one here
+    assert recorded["model_sha256"] and len(recorded["model_sha256"]) == 64
+    assert recorded["model_checkpoint"].endswith("default")
+    assert recorded["crystalseg_version"] and recorded["data"]
     for wild in ("10", "1,1", "half", "1,auto"):
         bad = CliRunner().invoke(cli, ["-q", "evaluate", str(pairs), "--resize", wild])
         assert bad.exit_code == 2 and "--resize" in bad.output, bad.output

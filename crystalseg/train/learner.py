@@ -299,6 +299,8 @@ class Learner:
         #: extra provenance written into model.json under ``training["settings"]``
         self.settings: dict[str, Any] = {}
         self.best_score: float | None = None
+        #: mean validation IoU of the best epoch, which breaks ties of its particle F1
+        self.best_tiebreak: float | None = None
         self._schedule: dict[str, Any] = {}
 
     # ---- helpers
@@ -486,9 +488,18 @@ class Learner:
             record["seconds"] = round(time.perf_counter() - t0, 2)
             self.history.append(record)
             score, _ = epoch_score(record)
-            improved = self.best_score is None or score > self.best_score
+            tiebreak = record.get("mean_iou")
+            improved = (
+                self.best_score is None
+                or score > self.best_score
+                or (
+                    score == self.best_score
+                    and tiebreak is not None
+                    and (self.best_tiebreak is None or tiebreak > self.best_tiebreak)
+                )
+            )
             if improved:
-                self.best_score = score
+                self.best_score, self.best_tiebreak = score, tiebreak
                 stale = 0
             else:
                 stale += 1
@@ -526,6 +537,7 @@ class Learner:
             "history": self.history,
             "lrs": self.lrs,
             "best_score": self.best_score,
+            "best_tiebreak": self.best_tiebreak,
             "seed": self.seed,
         }
         _save_training_state(last, optimizer, scheduler, scaler, info)
@@ -569,6 +581,7 @@ class Learner:
         self.history = list(meta.get("history", []))
         self.lrs = list(meta.get("lrs", []))
         self.best_score = meta.get("best_score")
+        self.best_tiebreak = meta.get("best_tiebreak")
         self.seed = int(meta.get("seed", self.seed))
         done = int(meta["epochs_done"])
         log.info("resuming from '%s' after epoch %d of %d", state_dir, done, meta["epochs"])
@@ -905,7 +918,8 @@ def epoch_score(record: Mapping[str, Any]) -> tuple[float, str]:
 
     The validation particle F1 where the validation frames hold true instances, else
     the mean validation IoU of the crystal classes, else (no validation frames) minus
-    the training loss.
+    the training loss. Epochs of equal particle F1 (on a few annotated frames it is
+    soon 1.0) are ranked by their mean IoU (:meth:`Learner.fit_one_cycle`).
     """
     if "instance_f1" in record:
         return record["instance_f1"], "validation particle F1"

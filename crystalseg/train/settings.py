@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from crystalseg.classes import BOUNDARY_CODES
 from crystalseg.errors import ConfigError, StageStateError
 from crystalseg.models.checkpoint import DEFAULT_ENCODER, META_FILE, jsonable, read_checkpoint_meta
 from crystalseg.train.augment import AUGMENT_PRESETS
@@ -31,6 +32,24 @@ from crystalseg.train.learner import (
 from crystalseg.train.losses import LOSS_NAMES
 
 log = logging.getLogger(__name__)
+
+
+#: Class names read as the background, and names of classes that are surely not it.
+_BACKGROUND_NAMES = ("background", "bg", "back")
+_FOREGROUND_NAMES = ("crystal", "crystals", "particle", "particles", *BOUNDARY_CODES)
+
+
+def _check_background_first(codes: tuple[str, ...]) -> None:
+    """Refuse codes whose first class is surely not the background: mask value 0 is
+    the first class, so a crystal class there trains the background as crystal."""
+    names = [c.strip().lower() for c in codes]
+    misplaced = [c for c, n in zip(codes[1:], names[1:], strict=True) if n in _BACKGROUND_NAMES]
+    if misplaced or names[0] in _FOREGROUND_NAMES:
+        rest = ",".join(c for c, n in zip(codes, names, strict=True) if n not in _BACKGROUND_NAMES)
+        raise ConfigError(
+            f"--codes {','.join(codes)}: the first class must be the background (mask "
+            f"value 0), e.g. --codes background,{rest}"
+        )
 
 
 @dataclass(frozen=True)
@@ -102,6 +121,7 @@ class TrainSettings:
                 f"--codes {','.join(self.codes)} must name at least two distinct classes, "
                 "background first, e.g. background,crystal"
             )
+        _check_background_first(self.codes)
         for name in ("output_dir", "resume"):
             value = getattr(self, name)
             if value is not None:

@@ -152,6 +152,23 @@ def test_early_stop_stops(data) -> None:
     assert len(learner.history) == 1
 
 
+def test_equal_particle_f1_is_ranked_by_mean_iou(data, monkeypatch) -> None:
+    """On a few annotated frames the particle F1 is soon 1.0 in every epoch: the epoch
+    with the better mean IoU counts as better, so early stopping waits for it and the
+    best checkpoint is not the first epoch."""
+    learner = tiny(data)
+    ious = iter([0.5, 0.6, 0.7, 0.7, 0.7])
+    monkeypatch.setattr(learner, "validate", lambda: {"instance_f1": 1.0, "mean_iou": next(ious)})
+    learner.fit_one_cycle(5, 1e-3, early_stop=2)
+    assert len(learner.history) == 5  # epochs 2 and 3 improved, 4 and 5 did not
+    assert learner.best_score == 1.0 and learner.best_tiebreak == 0.7
+    ious = iter([0.9, 0.8, 0.8])
+    learner = tiny(data)
+    monkeypatch.setattr(learner, "validate", lambda: {"instance_f1": 1.0, "mean_iou": next(ious)})
+    learner.fit_one_cycle(3, 1e-3, early_stop=2)
+    assert len(learner.history) == 3 and learner.best_tiebreak == 0.9
+
+
 SYNTH_CODES = ["background", "crystal", "boundary"]
 
 
@@ -429,6 +446,15 @@ def test_train_model_end_to_end(tmp_path: Path) -> None:
 def test_train_settings_validation(tmp_path: Path, kw: dict) -> None:
     with pytest.raises(ConfigError):
         TrainSettings(**{"data": (tmp_path,), **kw})
+
+
+@pytest.mark.parametrize("codes", ["crystal,background", "boundary,crystal", "crystal,bg"])
+def test_codes_must_start_with_the_background(tmp_path: Path, codes: str) -> None:
+    """Mask value 0 is the first class: codes that put a crystal class first would
+    train the background pixels as crystal (an inverted model)."""
+    with pytest.raises(ConfigError, match=r"first class must be the background.*--codes back"):
+        TrainSettings(data=(tmp_path,), codes=codes)
+    TrainSettings(data=(tmp_path,), codes="medium,crystal")  # any other name may come first
 
 
 def test_train_model_resumes_an_interrupted_run(tmp_path: Path, data) -> None:
