@@ -553,11 +553,30 @@ def jsonable(value: Any) -> Any:
     return str(value)
 
 
+def shared_file_mode() -> int:
+    """The mode a plain ``open(path, "w")`` gives a new file (0o666 less the umask).
+
+    ``tempfile.mkstemp`` makes files readable by their owner only; a checkpoint
+    written through one keeps that mode unless set to this, so colleagues on a
+    shared drive could not read a model trained there.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # no /proc: read it by setting it, then put it back
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+        os.chmod(tmp, shared_file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

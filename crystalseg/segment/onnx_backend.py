@@ -35,6 +35,7 @@ from torch import nn
 
 from crystalseg.errors import ConfigError
 from crystalseg.models import ModelSpec, prepare_batch
+from crystalseg.models.checkpoint import shared_file_mode
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +153,7 @@ def export_onnx(model: nn.Module, spec: ModelSpec, path: str | os.PathLike[str])
                 raise OnnxUnavailableError(
                     f"cannot export the '{spec.encoder}' U-Net to ONNX ({exc}); use --backend torch"
                 ) from exc
+        os.chmod(tmp, shared_file_mode())  # beside the checkpoint, readable as it is
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -273,8 +273,8 @@ def train_model(settings: TrainSettings) -> TrainResult:
     out = s.output_dir
     if out is not None and s.resume is None and (out / META_FILE).exists() and not s.overwrite:
         raise StageStateError(
-            f"'{out}' already holds a model; pass --resume {out} to continue it, --overwrite "
-            "to replace it, or another -o"
+            f"'{out}' already holds a model; add --resume (with the same options) to continue "
+            "its training, --overwrite to replace it, or choose another -o"
         )
     data = settings_data(s)
     log.info("%r", data)

@@ -253,3 +253,19 @@ def test_prepare_batch_scaling_rules() -> None:
     three = tiny_spec(in_channels=3, mean=(0.5,) * 3, std=(0.25,) * 3)
     grey3 = to_unit(u8, three)
     assert grey3.shape == (1, 3, 2, 2) and torch.equal(grey3[:, 0], grey3[:, 2])
+
+
+def test_checkpoint_files_get_the_umask_mode_not_private_temp_ones(tmp_path: Path) -> None:
+    """Written atomically through a temporary file, the checkpoint still gets the mode a
+    plain write gives (colleagues on a shared drive can read the model)."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        assert ckpt.shared_file_mode() == 0o644
+        out, _ = saved(tmp_path)
+    finally:
+        os.umask(old)
+    for name in (ckpt.WEIGHTS_FILE, ckpt.META_FILE):
+        assert stat.S_IMODE((out / name).stat().st_mode) == 0o644, name
