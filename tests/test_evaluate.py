@@ -219,6 +219,12 @@ def test_bad_annotations_are_refused_with_what_to_fix(
     tifffile.imwrite(negative, np.full((256, 256), -1, np.int16))
     with pytest.raises(MaskValueError, match="negative"):
         evaluate_model([(pairs / "0.png", negative)], instances=True, device="cpu")
+    binary = tmp_path / "b.png"  # a 0/255 class mask of two crystals read as instances
+    two = np.zeros((256, 256), np.uint8)
+    two[10:30, 10:30] = two[100:130, 50:90] = 255
+    Image.fromarray(two).save(binary)
+    with pytest.raises(MaskValueError, match=r"one id \(255\) over 2 separate.*--instances"):
+        evaluate_model([(pairs / "0.png", binary)], instances=True, device="cpu")
     # a run whose only mask is a model's
     copy = tmp_path / "segmented.zarr"
     shutil.copytree(run, copy)

@@ -282,8 +282,22 @@ def instance_labels(raw: np.ndarray, name: str) -> np.ndarray:
     Raises
     ------
     MaskValueError
-        Negative ids (0 must be the background).
+        Negative ids (0 must be the background), or one id over several separate
+        regions: a class mask (e.g. 0/255) read as instances would score every
+        crystal as one.
     """
     if raw.dtype.kind == "i" and raw.size and raw.min() < 0:
         raise MaskValueError(f"instance mask '{name}' holds negative ids; use 0 for background")
-    return raw.astype(np.int64)
+    labels = raw.astype(np.int64)
+    ids = np.unique(labels[labels > 0])
+    if len(ids) == 1:
+        from scipy import ndimage as ndi
+
+        regions = ndi.label(labels > 0)[1]
+        if regions > 1:
+            raise MaskValueError(
+                f"mask '{name}' holds one id ({ids[0]}) over {regions} separate regions: it "
+                "is a class mask, not one id per crystal; leave out --instances "
+                "(instances=False)"
+            )
+    return labels
