@@ -292,6 +292,13 @@ def train_model(settings: TrainSettings) -> TrainResult:
     if s.find_lr:
         found = learner.lr_find()
         log.info("lr finder suggests %.2e", found.suggestion)
+        if lr is not None:
+            log.warning(
+                "training at the given --lr %.2e, not the finder's %.2e (leave out --lr to "
+                "use it)",
+                lr,
+                found.suggestion,
+            )
         lr = lr or found.suggestion
     if s.epochs > 0:
         lr = lr or 1e-3
