@@ -1022,7 +1022,8 @@ def report(
         color_by=color_by,  # type: ignore[arg-type]
     )
     path, problems = write_report(run, output, settings=settings)
-    click.echo(f"report written to {path} ({len(problems)} warnings)")
+    n = len(problems)
+    click.echo(f"report written to {path} ({n} warning{'' if n == 1 else 's'})")
     for problem in problems:
         click.echo(f"  warning: {problem.message}")
 

@@ -294,8 +294,7 @@ def train_model(settings: TrainSettings) -> TrainResult:
         log.info("lr finder suggests %.2e", found.suggestion)
         if lr is not None:
             log.warning(
-                "training at the given --lr %.2e, not the finder's %.2e (leave out --lr to "
-                "use it)",
+                "training at the given --lr %.2e, not the finder's %.2e (leave out --lr to use it)",
                 lr,
                 found.suggestion,
             )

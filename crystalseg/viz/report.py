@@ -165,6 +165,11 @@ class ReportWarning:
 # --------------------------------------------------------------------------- checks
 
 
+def _count(n: int, noun: str) -> str:
+    """``1 warning``, ``2 warnings``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def frame_ranges(frames: Iterable[int]) -> str:
     """Compact text of frame indices: ``[0, 1, 2, 5, 7, 8]`` -> ``"0-2, 5, 7-8"``."""
     values = sorted({int(f) for f in frames})
@@ -329,7 +334,9 @@ def _focus_warnings(particles: pd.DataFrame, settings: ReportSettings) -> list[R
                 out.append(
                     ReportWarning(
                         "low_focus",
-                        f"{len(low)} frames look out of focus: their median particle sharpness "
+                        f"{_count(len(low), 'frame')} look"
+                        f"{'s' if len(low) == 1 else ''} out of focus: their median particle "
+                        "sharpness "
                         f"is below {settings.focus_drop_warning:.0%} of the run's "
                         f"(frames {frame_ranges(low)}). Sizes there are less reliable; "
                         "check the overlays or exclude blurred particles with "
@@ -942,7 +949,7 @@ def write_report(
     tmp = out.with_name(out.name + ".partial")
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(out)
-    log.info("report of %s written to %s (%d warnings)", run, out, len(problems))
+    log.info("report of %s written to %s (%s)", run, out, _count(len(problems), "warning"))
     return out, problems
 
 
