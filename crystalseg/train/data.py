@@ -317,6 +317,7 @@ def discover_pairs(
         p = Path(entry)
         if not p.exists():
             raise InputNotFoundError(f"data '{p}' does not exist")
+        before = len(items)
         if _is_run_store(p):
             items += _run_items(p, frame_step)
         elif p.is_dir() and (p / "images").is_dir() and (p / "masks").is_dir():
@@ -332,6 +333,11 @@ def discover_pairs(
             raise UnsupportedInputError(
                 f"'{p}' is a file; pass (image, mask) pairs, a folder of X.png/X_mask.png "
                 "pairs, a folder with images/ and masks/, or run stores"
+            )
+        if len(items) == before and len(entries) > 1:  # one of several holds nothing
+            raise InputNotFoundError(
+                f"data '{p}' holds no image/mask pairs (X.png + X{MASK_TAG}.png, images/ + "
+                "masks/, or run stores); remove it from DATA or add its annotations"
             )
     if not items:
         raise InputNotFoundError(

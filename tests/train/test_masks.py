@@ -45,8 +45,12 @@ def test_three_values_with_two_codes_is_an_error_naming_file_values_and_fix() ->
 
 
 def test_255_with_three_codes_is_an_error() -> None:
-    with pytest.raises(MaskValueError, match=r"0\.\.2"):
+    """Fewer values than classes: the hint maps the values found to the first classes,
+    not to a value that cannot occur (256 in an 8-bit mask)."""
+    with pytest.raises(MaskValueError, match=r"0\.\.2") as err:
         to_class_indices(np.array([[0, 255]]), ["background", "crystal", "edge"])
+    assert "--mask-values 0=background,255=crystal " in str(err.value)
+    assert "256" not in str(err.value)
 
 
 def test_explicit_values_in_code_order() -> None:

@@ -306,6 +306,9 @@ def test_missing_and_empty_inputs(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputNotFoundError, match="no image/mask pairs"):
         pairs(tmp_path / "empty", codes=CODES)
+    write_flat(tmp_path / "flat", 3)  # one of several DATA paths holds nothing: said
+    with pytest.raises(InputNotFoundError, match=r"'.*empty' holds no image/mask pairs"):
+        pairs([tmp_path / "flat", tmp_path / "empty"], codes=CODES)
 
 
 def test_read_image_follows_the_import_reader(tmp_path: Path) -> None:
