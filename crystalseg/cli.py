@@ -384,6 +384,8 @@ def train(ctx: click.Context, data: tuple[Path, ...], **opts: Any) -> None:
     from crystalseg.train import TrainSettings, train_model
     from crystalseg.train.masks import parse_mask_values
 
+    if opts["resume"]:
+        _resumed_options(ctx, opts)
     init = opts.pop("encoder_weights") or opts["init"]
     mask_values = opts.pop("mask_values")
     valid = opts.pop("valid")
@@ -406,6 +408,42 @@ def train(ctx: click.Context, data: tuple[Path, ...], **opts: Any) -> None:
     )
     result = train_model(settings)
     click.echo(format_training(result))
+
+
+#: train options that --resume takes from the interrupted run unless given again
+_RESUMED_OPTIONS = (
+    "epochs", "crop_size", "batch_size", "valid_fraction", "loss", "augment", "frame_step",
+    "seed", "early_stop", "max_minutes", "instances",
+)  # fmt: skip
+
+
+def _resumed_options(ctx: click.Context, opts: dict[str, Any]) -> None:
+    """Fill the options not given on the command line from the settings the interrupted
+    training recorded (its ``last`` checkpoint), so ``train DATA -o DIR --resume`` goes
+    on without repeating ``--epochs``, ``--crop-size``, ``--codes``..."""
+    from click.core import ParameterSource
+
+    from crystalseg.models.checkpoint import read_checkpoint_meta
+    from crystalseg.train.learner import find_resume_dir
+
+    recorded = read_checkpoint_meta(find_resume_dir(opts["output_dir"]))
+    settings = (recorded.get("training") or {}).get("settings") or {}
+
+    def default(name: str) -> bool:
+        return ctx.get_parameter_source(name) in (ParameterSource.DEFAULT, None)
+
+    for name in _RESUMED_OPTIONS:
+        if name in settings and default(name):
+            opts[name] = settings[name]
+    if settings.get("codes") and default("codes"):
+        opts["codes"] = ",".join(settings["codes"])
+    values = settings.get("mask_values")
+    if values and default("mask_values"):
+        opts["mask_values"] = (
+            ",".join(f"{k}={v}" for k, v in values.items())
+            if isinstance(values, dict)
+            else ",".join(str(v) for v in values)
+        )
 
 
 def _scheduler_option(func: Callable[..., Any]) -> Callable[..., Any]:

@@ -245,6 +245,28 @@ def test_train_with_unmapped_mask_values_names_file_and_values(tmp_path: Path) -
     )
 
 
+def test_train_resume_takes_the_interrupted_runs_options(tmp_path: Path) -> None:
+    """`train DATA -o DIR --resume` goes on with the options the interrupted run
+    recorded (epochs, crop size, codes, mask values...) without repeating them."""
+    _bmp_pairs(tmp_path / "pairs", 5)
+    model = tmp_path / "model"
+    code, out = run(
+        "train", str(tmp_path / "pairs"), "--codes", "background,crystal", "--mask-values",
+        "0,255", "--epochs", "3", "--max-minutes", "0.0001", "--crop-size", "64",
+        "--batch-size", "4", "--init", "none", "-o", str(model),
+    )  # fmt: skip
+    assert code == 0, out
+    last = json.loads((model / "last" / "model.json").read_text())["training"]
+    assert last["epochs_done"] == 1 and last["epochs"] == 3
+    code, out = run(
+        "train", str(tmp_path / "pairs"), "-o", str(model), "--resume", "--max-minutes", "60"
+    )
+    assert code == 0, out
+    last = json.loads((model / "last" / "model.json").read_text())["training"]
+    assert last["epochs_done"] == 3 and last["settings"]["crop_size"] == 64
+    assert last["settings"]["codes"] == ["background", "crystal"]
+
+
 def test_train_on_instance_labels_keeps_the_rim_class_by_default(tmp_path: Path) -> None:
     """--instances without --codes trains the bundled model's three classes (the rim is
     drawn from the ids), so the model still splits touching crystals; the closing hint

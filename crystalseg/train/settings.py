@@ -273,7 +273,7 @@ def train_model(settings: TrainSettings) -> TrainResult:
     out = s.output_dir
     if out is not None and s.resume is None and (out / META_FILE).exists() and not s.overwrite:
         raise StageStateError(
-            f"'{out}' already holds a model; add --resume (with the same options) to continue "
+            f"'{out}' already holds a model; add --resume to continue "
             "its training, --overwrite to replace it, or choose another -o"
         )
     data = settings_data(s)
