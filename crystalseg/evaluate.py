@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +42,7 @@ import numpy as np
 import pandas as pd
 
 from crystalseg.classes import boundary_class
-from crystalseg.errors import ConfigError, MaskValueError, RunFormatError
+from crystalseg.errors import ConfigError, CrystalsegWarning, MaskValueError, RunFormatError
 from crystalseg.measure.instances import (
     _filter_and_renumber,
     instance_scores,
@@ -394,6 +395,8 @@ def evaluate_model(
         seg = model
     else:
         seg = load_segmenter(model, None, EngineSettings(device=device, tta=tta, resize=resize))
+    if getattr(seg, "checkpoint", None) is not None:
+        _warn_if_trained_on(items, seg.checkpoint, rule, instances)
     model_codes = tuple(seg.spec.codes)
     rows: list[dict[str, Any]] = []
     inter = union = 0
@@ -449,6 +452,29 @@ def evaluate_model(
         **({"resize_chosen_by": "auto"} if auto else {}),
     }
     return Evaluation(frames.drop(columns="_offset_sum"), summary, recorded)
+
+
+def _warn_if_trained_on(items: Sequence[Any], checkpoint: Path, rule: Any, instances: bool) -> None:
+    """Warn when ``items`` are the very data the checkpoint was trained on (the same
+    data fingerprint): its scores there say little about frames it never saw."""
+    from crystalseg.models.checkpoint import read_checkpoint_meta
+    from crystalseg.train.data import _fingerprint
+    from crystalseg.train.masks import MaskRule
+
+    meta = read_checkpoint_meta(checkpoint)
+    recorded = meta.get("data_fingerprint")
+    if not recorded:
+        return
+    if rule is None:  # instances: the fingerprint names the training codes
+        rule = MaskRule.from_user(tuple(meta["spec"]["codes"]), None)
+    if _fingerprint(items, rule, instances) == recorded:
+        warnings.warn(
+            f"the model '{checkpoint}' was trained on these very frames (same data "
+            "fingerprint), so its scores here are optimistic; score it on annotated "
+            "frames it never saw",
+            CrystalsegWarning,
+            stacklevel=3,
+        )
 
 
 def _annotated_frame(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -265,6 +266,26 @@ def test_train_resume_takes_the_interrupted_runs_options(tmp_path: Path) -> None
     last = json.loads((model / "last" / "model.json").read_text())["training"]
     assert last["epochs_done"] == 3 and last["settings"]["crop_size"] == 64
     assert last["settings"]["codes"] == ["background", "crystal"]
+
+
+def test_evaluating_a_model_on_its_own_training_frames_is_warned(tmp_path: Path) -> None:
+    """Same data fingerprint as the checkpoint's: the scores would be optimistic."""
+    from crystalseg.errors import CrystalsegWarning
+    from crystalseg.evaluate import evaluate_model
+
+    _bmp_pairs(tmp_path / "pairs", 4)
+    model = tmp_path / "model"
+    code, out = run(
+        "train", str(tmp_path / "pairs"), "--codes", "background,crystal", "--mask-values",
+        "0,255", "--epochs", "1", "--crop-size", "64", "--batch-size", "2", "--init", "none",
+        "-o", str(model),
+    )  # fmt: skip
+    assert code == 0, out
+    with pytest.warns(CrystalsegWarning, match="trained on these very frames"):
+        evaluate_model(tmp_path / "pairs", model=model, mask_values=(0, 255), device="cpu")
+    shutil.copytree(tmp_path / "pairs", tmp_path / "other")
+    Image.fromarray(np.full((64, 64), 170, np.uint8)).save(tmp_path / "other" / "0.bmp")
+    evaluate_model(tmp_path / "other", model=model, mask_values=(0, 255), device="cpu")
 
 
 def test_train_on_instance_labels_keeps_the_rim_class_by_default(tmp_path: Path) -> None:

@@ -503,7 +503,7 @@ class Learner:
                 stale = 0
             else:
                 stale += 1
-            log.info(format_epoch(record, epochs))
+            _say(format_epoch(record, epochs), self.progress)
             if self.output_dir is not None:
                 if improved:
                     self.save(self.output_dir)
@@ -911,6 +911,18 @@ def _progress(total: int, desc: str, enabled: bool) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, disable=not enabled, leave=False, dynamic_ncols=True)
+
+
+def _say(line: str, progress: bool) -> None:
+    """Log an epoch's line; in a notebook or script where nothing listens to
+    crystalseg's log (no handler configured) and progress is shown, print it too, as
+    fastai's ``fit_one_cycle`` prints its table."""
+    log.info(line)
+    listened = logging.getLogger("crystalseg").hasHandlers() and log.isEnabledFor(logging.INFO)
+    if progress and not listened:
+        from tqdm.auto import tqdm
+
+        tqdm.write(line)
 
 
 def epoch_score(record: Mapping[str, Any]) -> tuple[float, str]:

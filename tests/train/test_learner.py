@@ -551,3 +551,26 @@ def test_instance_mask_files_train_with_boundaries_and_particle_f1(tmp_path: Pat
         pairs(tmp_path, codes=SYNTH_CODES, instances=True, mask_values=(0, 1, 2))
     plain = pairs(tmp_path, codes=SYNTH_CODES, mask_values={0: 0, 1: 1, 2: 1, 3: 1})
     assert plain.fingerprint != data.fingerprint
+
+
+def test_epoch_lines_are_printed_where_nothing_listens_to_the_log(data, capsys) -> None:
+    """In a notebook or script (no logging configured) fit_one_cycle prints each epoch's
+    line, as fastai does; where the log is handled (the CLI) it is only logged."""
+    import logging
+
+    logger = logging.getLogger("crystalseg")
+    saved = logger.handlers[:], logger.level, logger.propagate
+    logger.handlers[:], logger.propagate = [], False
+    logger.setLevel(logging.WARNING)
+    try:
+        learner = tiny(data)
+        learner.progress = True
+        learner.fit_one_cycle(1, 1e-3)
+        assert "epoch 1/1  train loss" in capsys.readouterr().out
+        logger.addHandler(logging.NullHandler())
+        logger.setLevel(logging.INFO)
+        learner.fit_one_cycle(1, 1e-3)
+        assert "train loss" not in capsys.readouterr().out
+    finally:
+        logger.handlers[:], logger.propagate = saved[0], saved[2]
+        logger.setLevel(saved[1])
