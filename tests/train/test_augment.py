@@ -12,6 +12,12 @@ from crystalseg.train.augment import Augmenter, AugmentSettings, make_augmenter
 GEOMETRIC_ONLY = dict(intensity_p=0.0, blur_p=0.0, noise_p=0.0)
 
 
+def only(**step: object) -> AugmentSettings:
+    """Settings with every default step off (no flips, turns, affine, intensity, blur or
+    noise) but ``step``, e.g. ``only(zoom_in=(2.0, 2.0), zoom_in_p=1.0)``."""
+    return AugmentSettings(flips=False, rot90=False, affine_p=0.0, **GEOMETRIC_ONLY, **step)
+
+
 def marked_batch(n: int = 16, size: int = 33) -> tuple[torch.Tensor, torch.Tensor]:
     """Image zero except one bright pixel per sample, mask class 1 on that pixel only."""
     x = torch.zeros(n, 1, size, size)
@@ -98,10 +104,7 @@ def test_presets_and_validation() -> None:
 def test_zoom_in_enlarges_crystal_and_mask_together() -> None:
     """The strong-zoom step grows a marked block by 1.5-4x in each direction (area
     2.25-16x) and its mask with it, before blur and noise."""
-    settings = AugmentSettings(
-        flips=False, rot90=False, affine_p=0.0, zoom_in=(1.5, 4.0), zoom_in_p=1.0, **GEOMETRIC_ONLY
-    )
-    aug = Augmenter(settings)
+    aug = Augmenter(only(zoom_in=(1.5, 4.0), zoom_in_p=1.0))
     torch.manual_seed(1)
     x = torch.zeros(8, 1, 96, 96)
     y = torch.zeros(8, 96, 96, dtype=torch.int64)
@@ -123,14 +126,7 @@ def test_zoom_in_enlarges_crystal_and_mask_together() -> None:
 def test_motion_blur_smears_the_image_along_a_line_and_leaves_the_mask() -> None:
     """A motion-blur streak of length L spreads a point's brightness over a straight
     line of at most L pixels (total brightness kept); the mask does not move."""
-    settings = AugmentSettings(
-        flips=False,
-        rot90=False,
-        affine_p=0.0,
-        motion_blur=(9.0, 9.0),
-        motion_blur_p=1.0,
-        **GEOMETRIC_ONLY,
-    )
+    settings = only(motion_blur=(9.0, 9.0), motion_blur_p=1.0)
     torch.manual_seed(3)
     x = torch.zeros(8, 1, 41, 41)
     y = torch.zeros(8, 41, 41, dtype=torch.int64)
@@ -177,14 +173,7 @@ def test_jpeg_step_matches_a_real_jpeg_encoder_on_grey_crops() -> None:
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="JPEG", quality=25)
     real = np.asarray(Image.open(buffer)).astype(float)
-    settings = AugmentSettings(
-        flips=False,
-        rot90=False,
-        affine_p=0.0,
-        jpeg_quality=(25.0, 25.0),
-        jpeg_p=1.0,
-        **GEOMETRIC_ONLY,
-    )
+    settings = only(jpeg_quality=(25.0, 25.0), jpeg_p=1.0)
     x = torch.tensor(image / 255.0, dtype=torch.float32)[None, None]
     y = torch.zeros(1, 96, 96, dtype=torch.int64)
     xa, ya = Augmenter(settings)(x, y)

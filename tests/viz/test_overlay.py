@@ -207,24 +207,34 @@ def test_changed_mask_is_refused(drawn_run: Path, tmp_path: Path) -> None:
     overlay_image(path, 1)  # the other frames still match
 
 
-def test_classes_left_out_are_drawn_as_excluded(tmp_path: Path, store_mask) -> None:
-    path = tmp_path / "classes.zarr"
+def measured_frame(
+    path: Path, store_mask, mask: np.ndarray, codes: tuple[str, ...], settings: MeasureSettings
+) -> Path:
+    """A one-frame run of ``mask`` (class ``codes``; dark crystals on a bright ground)
+    with the mask stored as its segmentation, measured with ``settings``."""
     writer = create_run(
         path,
         shape=(1, H, W),
         dtype="uint8",
         time_s=np.zeros(1),
         pixel_size_um=None,
-        source={"test": "classes"},
+        source={"test": path.name},
     )
-    writer.write_frames(0, np.where(SHAPES["big"] | SHAPES["small"], 60, 200)[None].astype("u1"))
+    writer.write_frames(0, np.where(mask > 0, 60, 200)[None].astype("u1"))
     writer.mark_done(0, 1)
     writer.finish()
-    mask = np.zeros((1, H, W), np.uint8)
-    mask[0, SHAPES["big"]] = 1
-    mask[0, SHAPES["small"]] = 2
-    store_mask(path, mask, codes=("background", "needle", "plate"))
-    measure_run(path, settings=MeasureSettings(classes=("needle",)), scheduler="synchronous")
+    store_mask(path, mask[None], codes=codes)
+    measure_run(path, settings=settings, scheduler="synchronous")
+    return path
+
+
+def test_classes_left_out_are_drawn_as_excluded(tmp_path: Path, store_mask) -> None:
+    mask = np.zeros((H, W), np.uint8)
+    mask[SHAPES["big"]] = 1
+    mask[SHAPES["small"]] = 2
+    codes = ("background", "needle", "plate")
+    settings = MeasureSettings(classes=("needle",))
+    path = measured_frame(tmp_path / "classes.zarr", store_mask, mask, codes, settings)
     rgb = overlay_image(path, 0)
     np.testing.assert_array_equal(colored(rgb, KEPT), inner_edge(SHAPES["big"]))
     np.testing.assert_array_equal(colored(rgb, EXCLUDED), inner_edge(SHAPES["small"]))
@@ -256,23 +266,6 @@ def rimmed_mask(parts: dict[int, np.ndarray]) -> np.ndarray:
     return mask
 
 
-def measured_rim_run(path: Path, store_mask, mask: np.ndarray, settings: MeasureSettings) -> Path:
-    writer = create_run(
-        path,
-        shape=(1, H, W),
-        dtype="uint8",
-        time_s=np.zeros(1),
-        pixel_size_um=None,
-        source={"test": "rim"},
-    )
-    writer.write_frames(0, np.where(mask > 0, 60, 200)[None].astype("u1"))
-    writer.mark_done(0, 1)
-    writer.finish()
-    store_mask(path, mask[None], codes=RIM_CODES)
-    measure_run(path, settings=settings, scheduler="synchronous")
-    return path
-
-
 def test_trimmed_rim_is_not_drawn_as_excluded(tmp_path: Path, store_mask) -> None:
     """The outer rim band that the measurement trims off belongs to no particle: only the
     particle at the edge and the speck (a crystal drawn all rim, 9 px) are excluded."""
@@ -284,7 +277,7 @@ def test_trimmed_rim_is_not_drawn_as_excluded(tmp_path: Path, store_mask) -> Non
     assert np.all(mask[speck_piece] == RIM)
     settings = MeasureSettings()
     assert settings.trim_boundary and speck_piece.sum() < settings.min_area_px
-    path = measured_rim_run(tmp_path / "rim.zarr", store_mask, mask, settings)
+    path = measured_frame(tmp_path / "rim.zarr", store_mask, mask, RIM_CODES, settings)
     labels = label_mask_frame(mask, settings=settings, codes=RIM_CODES)
     # The measurement trimmed the outer band of the big disc and of the edge particle (the
     # small disc's is over TRIM_MAX_FRACTION of it and stays): 2 unlabelled rim pieces.
@@ -312,7 +305,7 @@ def test_class_left_out_with_its_rim_is_one_excluded_particle(tmp_path: Path, st
         {RIM_CODES.index("needle"): SHAPES["big"], RIM_CODES.index("plate"): SHAPES["small"]}
     )
     settings = MeasureSettings(classes=("needle",))
-    path = measured_rim_run(tmp_path / "rim_classes.zarr", store_mask, mask, settings)
+    path = measured_frame(tmp_path / "rim_classes.zarr", store_mask, mask, RIM_CODES, settings)
     labels = label_mask_frame(mask, settings=settings, codes=RIM_CODES)
     assert labels.max() == 1 and np.any(ndi.binary_dilation(SHAPES["big"], SQUARE) & (labels == 0))
 
