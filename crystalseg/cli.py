@@ -161,13 +161,10 @@ def calibrate(run: Path, pixel_size_um: float | None, interval_s: float | None) 
     Example:
       crystalseg calibrate run.zarr --pixel-size 0.65 --interval 30
     """
-    from crystalseg.measure.run import measurement_outdated
     from crystalseg.store import set_calibration
 
     set_calibration(run, pixel_size_um=pixel_size_um, interval_s=interval_s)
-    _echo_info(run)
-    if measurement_outdated(run):
-        click.echo(f"measure it again with: crystalseg measure {run}")
+    _echo_info(run)  # a measurement made before shows OUT OF DATE with the command
 
 
 def _check_bins(value: tuple[float, float, int] | None) -> tuple[float, float, int] | None:
@@ -1060,8 +1057,9 @@ def report(
         color_by=color_by,  # type: ignore[arg-type]
     )
     path, problems = write_report(run, output, settings=settings)
-    n = len(problems)
-    click.echo(f"report written to {path} ({n} warning{'' if n == 1 else 's'})")
+    from crystalseg.summary import counted
+
+    click.echo(f"report written to {path} ({counted(len(problems), 'warning')})")
     for problem in problems:
         click.echo(f"  warning: {problem.message}")
 

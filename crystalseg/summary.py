@@ -6,6 +6,11 @@ import shlex
 from typing import Any
 
 
+def counted(n: int, noun: str) -> str:
+    """``1 warning``, ``2 warnings``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def format_duration(seconds: float) -> str:
     """A length of time for people: ``90 s``, ``12.5 min``, ``3.25 h``."""
     if seconds < 120:

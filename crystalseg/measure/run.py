@@ -462,12 +462,18 @@ def _begin_measure(path: Path, options: _Options) -> _Plan | None:
     fpc = min(int(options.frames_per_chunk or mask.chunks[0]), n)
     pixel_size_um = read_run_attrs(path).get("pixel_size_um")
     mask_identity = mask_provenance(path, mask)
+    calibration = calibration_fingerprint(path)
     no_probability = PROBABILITY not in group
     if settings.min_confidence is not None and no_probability:
         settings = _without_confidence_filter(path, settings, mask_identity["model_sha256"])
 
     state = _check_existing(
-        path, settings, mask_identity, overwrite=options.overwrite, no_probability=no_probability
+        path,
+        settings,
+        mask_identity,
+        calibration,
+        overwrite=options.overwrite,
+        no_probability=no_probability,
     )
     if state == "finished":
         log.info("%s is already measured with these settings; nothing to do", path)
@@ -481,7 +487,7 @@ def _begin_measure(path: Path, options: _Options) -> _Plan | None:
         stage_settings = {
             "measure": settings.to_dict(),
             "mask": mask_identity,
-            "calibration": calibration_fingerprint(path),
+            "calibration": calibration,
         }
     stage = begin_stage(
         path,
@@ -556,7 +562,7 @@ def _finish_measure(plan: _Plan) -> None:
         settings={
             "measure": settings.to_dict(),
             "mask": mask_identity,
-            "calibration": began.get("calibration", calibration_fingerprint(path)),
+            "calibration": began.get("calibration") or calibration_fingerprint(path),
         },
     )
     remove_staging(path)
@@ -761,7 +767,11 @@ def measured_mask_changed(path: str | os.PathLike[str]) -> bool:
     measures the new mask by itself.
     """
     path = Path(path)
-    info = stage_info(path).get(STAGE)
+    return _mask_changed_since(path, stage_info(path).get(STAGE))
+
+
+def _mask_changed_since(path: Path, info: dict[str, Any] | None) -> bool:
+    """:func:`measured_mask_changed` for the measure stage's record ``info``."""
     group = zarr.open_group(str(path), mode="r", use_consolidated=False)
     if info is None or MASK not in group:
         return False
@@ -780,7 +790,7 @@ def measurement_outdated(path: str | os.PathLike[str]) -> str | None:
     info = stage_info(path).get(STAGE)
     if info is None or info.get("status") != "finished":
         return None
-    if measured_mask_changed(path):
+    if _mask_changed_since(path, info):
         return "the mask was made again after it was measured"
     recorded = (info.get("settings") or {}).get("calibration")
     current = calibration_fingerprint(path)
@@ -814,11 +824,15 @@ def _check_existing(
     path: Path,
     settings: MeasureSettings,
     mask_identity: dict[str, Any],
+    calibration: dict[str, Any],
     *,
     overwrite: bool,
     no_probability: bool = False,
 ) -> Literal["new", "resume", "finished"]:
     """Start anew, resume, nothing to do; or refuse to replace other settings' results.
+
+    ``mask_identity`` and ``calibration`` describe the run now
+    (:func:`mask_provenance`, :func:`~crystalseg.store.calibration_fingerprint`).
 
     With ``no_probability`` (the run stores none, so no confidence filter can apply) a
     recorded ``min_confidence`` counts as off: earlier releases recorded the filter's
@@ -831,8 +845,8 @@ def _check_existing(
     if not _same_mask(previous.get("mask"), mask_identity):
         log.info("the mask of %s changed since it was measured: measuring again", path)
         return "new"
-    calibration = previous.get("calibration")
-    if calibration is not None and calibration != calibration_fingerprint(path):
+    recorded = previous.get("calibration")
+    if recorded is not None and recorded != calibration:
         log.info("the calibration of %s changed since it was measured: measuring again", path)
         return "new"
     old = dict(previous.get("measure") or {})

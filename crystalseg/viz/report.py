@@ -37,7 +37,7 @@ import numpy as np
 from crystalseg.dims import TIME
 from crystalseg.errors import ConfigError, CrystalsegError
 from crystalseg.store import crystalseg_version, describe_run
-from crystalseg.summary import format_duration
+from crystalseg.summary import counted, format_duration
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -163,11 +163,6 @@ class ReportWarning:
 
 
 # --------------------------------------------------------------------------- checks
-
-
-def _count(n: int, noun: str) -> str:
-    """``1 warning``, ``2 warnings``."""
-    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def frame_ranges(frames: Iterable[int]) -> str:
@@ -334,7 +329,7 @@ def _focus_warnings(particles: pd.DataFrame, settings: ReportSettings) -> list[R
                 out.append(
                     ReportWarning(
                         "low_focus",
-                        f"{_count(len(low), 'frame')} look"
+                        f"{counted(len(low), 'frame')} look"
                         f"{'s' if len(low) == 1 else ''} out of focus: their median particle "
                         "sharpness "
                         f"is below {settings.focus_drop_warning:.0%} of the run's "
@@ -949,7 +944,7 @@ def write_report(
     tmp = out.with_name(out.name + ".partial")
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(out)
-    log.info("report of %s written to %s (%s)", run, out, _count(len(problems), "warning"))
+    log.info("report of %s written to %s (%s)", run, out, counted(len(problems), "warning"))
     return out, problems
 
 
