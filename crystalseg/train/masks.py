@@ -142,8 +142,9 @@ class MaskRule:
         vals = sorted(int(v) for v in np.unique(found))
         if len(vals) < n:  # fewer values than classes: name which class each one is
             example = ",".join(f"{v}={c}" for v, c in zip(vals, self.codes, strict=False))
-        else:
-            example = ",".join(str(v) for v in _example_values(found, n))
+        else:  # all of them, or the lowest and the n - 1 highest
+            picked = vals if len(vals) == n else [vals[0], *vals[-(n - 1) :]]
+            example = ",".join(str(v) for v in picked)
         extra = " (or 0/255 for two classes)" if n == 2 else ""
         raise MaskValueError(
             f"mask '{name}' holds values {shown}; expected class indices 0..{n - 1}{extra} "
@@ -165,13 +166,6 @@ def _values_text(values: np.ndarray, limit: int = 12) -> str:
     if len(vals) > limit:
         text += f", ... ({len(vals)} values)"
     return "{" + text + "}"
-
-
-def _example_values(found: np.ndarray, n: int) -> list[int]:
-    """``n`` of the values found (at least ``n``): all of them, or the lowest and the
-    ``n - 1`` highest."""
-    vals = sorted(int(v) for v in np.unique(found))
-    return vals[:n] if len(vals) == n else [vals[0], *vals[-(n - 1) :]]
 
 
 def parse_mask_values(text: str) -> tuple[int, ...] | dict[int, int | str]:
