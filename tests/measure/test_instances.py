@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from scipy import ndimage as ndi
 from skimage.draw import disk, polygon
@@ -368,11 +368,14 @@ def test_empty_mask() -> None:
     density=st.floats(0.2, 0.6),
     min_area=st.integers(1, 12),
 )
+@example(seed=908552, density=0.3203125, min_area=4)  # the join crosses a 1-px gap here
 def test_watershed_partitions_each_component(seed: int, density: float, min_area: int) -> None:
     rng = np.random.default_rng(seed)
     noise = ndi.gaussian_filter(rng.random((48, 48)), 2.0)
     mask = (noise > np.quantile(noise, 1 - density)).astype(np.uint8)
-    labels = label_instances(mask, split="watershed", min_area_px=min_area)
+    # The watershed alone: the occlusion join (on by default) may join pieces of one
+    # crystal across one pixel of background, i.e. across components, on purpose.
+    labels = label_instances(mask, split="watershed", min_area_px=min_area, join_occluded=False)
     comps, _ = ndi.label(mask, structure=np.ones((3, 3)))
     area = np.bincount(comps.ravel())
     big = (comps > 0) & (area[comps] >= min_area)
@@ -386,7 +389,7 @@ def test_watershed_partitions_each_component(seed: int, density: float, min_area
     assert np.bincount(labels.ravel())[1:].min(initial=min_area) >= min_area
     # Without splitting, the labels are the components above the limit, numbered
     # in raster order like skimage's.
-    plain = label_instances(mask, split="none", min_area_px=min_area)
+    plain = label_instances(mask, split="none", min_area_px=min_area, join_occluded=False)
     assert np.array_equal(plain, sk_label(big, connectivity=2))
 
 
