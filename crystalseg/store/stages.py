@@ -283,6 +283,10 @@ def plan_stage(
         and not overwrite
     ):
         return StagePlan("resume", replace=True, reason="an interrupted replacement")
+    if record is None and outputs_present:  # made outside this stage: never ours to drop
+        if overwrite:
+            return StagePlan("new", replace=True, reason="asked to replace them")
+        raise StageStateError(refusal({}))
     if record is None or not outputs_present:
         return StagePlan("new", reason="no results yet")
     if overwrite:
@@ -703,6 +707,7 @@ def creating(path: str | Path, stage: str) -> Iterator[None]:
         ``path`` is a file.
     """
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     with run_lock(path, stage):
         recover_replaced_store(path)
         if path.exists() and not path.is_dir():
