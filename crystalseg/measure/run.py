@@ -82,15 +82,19 @@ from crystalseg.measure.results import (
 )
 from crystalseg.measure.settings import MeasureSettings
 from crystalseg.store import (
+    StagePlan,
     StageProgress,
     begin_stage,
     calibration_fingerprint,
     consolidate,
     get_array,
     open_run,
+    plan_stage,
     read_run_attrs,
     stage_info,
+    writing,
 )
+from crystalseg.store.stages import NEXT_SUFFIX
 
 log = logging.getLogger(__name__)
 
@@ -281,7 +285,12 @@ def _measure_chunk(job: _ChunkJob) -> int:
         tables.append(table)
         for name, (_, value) in dist.items():
             columns.setdefault(name, []).append(value)
-    write_psd_chunk(job.path, job.start, {k: np.stack(v) for k, v in columns.items()})
+    write_psd_chunk(
+        job.path,
+        job.start,
+        {k: np.stack(v) for k, v in columns.items()},
+        into=job.progress.output(PSD_GROUP),
+    )
     non_empty = [t for t in tables if len(t)]
     rows = pd.concat(non_empty, ignore_index=True) if non_empty else tables[0]
     write_staged_particles(job.path, job.start, rows)
@@ -367,21 +376,30 @@ def measure_run(
     path = Path(run).resolve()
     open_run(path)  # checks the store is a complete run
     options = _Options(settings, frames_per_chunk, overwrite, scheduler, num_workers, progress)
+    with writing(path, STAGE):
+        _measure(path, model, client, options, stream)
+    return _open_psd(path)
+
+
+def _measure(
+    path: Path, model: Any, client: Any, options: _Options, stream: bool | Literal["auto"]
+) -> None:
+    """The body of :func:`measure_run`, with the store's lock held."""
+    scheduler, num_workers, progress = options.scheduler, options.num_workers, options.progress
     if needs_segmentation(path):
         if client is None and _wants_stream(stream, model):
             _measure_streaming(path, model, options)
-            return _open_psd(path)
+            return
         _segment_first(path, model=model, client=client, progress=progress)
     plan = _begin_measure(path, options)
     if plan is None:
-        return _open_psd(path)
+        return
     jobs = [plan.job(start, stop) for start, stop in plan.pending]
     if client is not None:
         _run_distributed(jobs, client, plan.frames_done, plan.n_frames, progress)
     else:
         _run_local(jobs, scheduler, num_workers, plan.frames_done, plan.n_frames, progress)
     _finish_measure(plan)
-    return _open_psd(path)
 
 
 @dataclass(frozen=True)
@@ -475,13 +493,14 @@ def _begin_measure(path: Path, options: _Options) -> _Plan | None:
         overwrite=options.overwrite,
         no_probability=no_probability,
     )
-    if state == "finished":
+    if state.action == "finished":
         log.info("%s is already measured with these settings; nothing to do", path)
         if progress is not None:
             progress(STAGE, n, n)
         return None
-    if state == "resume":  # the record as it was when measuring began (mask, calibration)
-        stage_settings = dict(stage_info(path)[STAGE]["settings"])
+    if state.action == "resume":  # the record as it was when measuring began
+        record = stage_info(path)[STAGE + NEXT_SUFFIX if state.replace else STAGE]
+        stage_settings = dict(record["settings"])
         mask_identity = stage_settings["mask"]
     else:
         stage_settings = {
@@ -489,24 +508,17 @@ def _begin_measure(path: Path, options: _Options) -> _Plan | None:
             "mask": mask_identity,
             "calibration": calibration,
         }
-    stage = begin_stage(
-        path,
-        STAGE,
-        settings=stage_settings,
-        n_frames=n,
-        frames_per_chunk=fpc,
-        restart=state == "new",
-    )
-    if not stage.done().any() or not _outputs_exist(path):
+    begin = {
+        "settings": stage_settings,
+        "n_frames": n,
+        "frames_per_chunk": fpc,
+        "replace": state.replace,
+        "outputs": (PSD_GROUP, PARTICLES_GROUP),
+    }
+    stage = begin_stage(path, STAGE, restart=state.action == "new", **begin)
+    if not stage.done().any() or not _outputs_exist(path, stage):
         if stage.done().any():  # progress recorded but its outputs are gone: start over
-            stage = begin_stage(
-                path,
-                STAGE,
-                settings=stage_settings,
-                n_frames=n,
-                frames_per_chunk=fpc,
-                restart=True,
-            )
+            stage = begin_stage(path, STAGE, restart=True, **begin)
         time_s = np.asarray(get_array(group, TIME, path)[:], dtype=np.float64)
         create_psd(
             path,
@@ -516,9 +528,11 @@ def _begin_measure(path: Path, options: _Options) -> _Plan | None:
             pixel_size_um=pixel_size_um,
             mask_identity=mask_identity,
             frame_shape=(ny, nx),
+            into=stage.output(PSD_GROUP),
         )
         prepare_staging(path, fresh=True)
-        remove_particles(path)  # a table of earlier settings must not outlive them
+        if not stage.replacing:
+            remove_particles(path)  # a table of earlier settings must not outlive them
     plan = _Plan(path, settings, n, fpc, codes, pixel_size_um, stage, tuple(stage.pending_chunks()))
     if progress is not None:
         progress(STAGE, plan.frames_done, n)
@@ -545,6 +559,7 @@ def _finish_measure(plan: _Plan) -> None:
     rows = assemble_particles(
         path,
         all_chunks,
+        into=plan.stage.output(PARTICLES_GROUP),
         pixel_size_um=plan.pixel_size_um,
         attrs={
             "pixel_size_um": plan.pixel_size_um,
@@ -553,10 +568,12 @@ def _finish_measure(plan: _Plan) -> None:
             "mask": mask_identity,
         },
     )
-    psd = zarr.open_group(str(path / PSD_GROUP), mode="r+", use_consolidated=False)
+    psd = zarr.open_group(
+        str(path / plan.stage.output(PSD_GROUP)), mode="r+", use_consolidated=False
+    )
     if psd.attrs.get("mask") != json.dumps(mask_identity):
         psd.attrs["mask"] = json.dumps(mask_identity)
-    began = stage_info(path)[STAGE].get("settings") or {}
+    began = stage_info(path)[plan.stage.record].get("settings") or {}
     plan.stage.finish(
         particles=rows,
         settings={
@@ -574,8 +591,10 @@ def _open_psd(path: Path) -> xr.Dataset:
     return xr.open_zarr(str(path), group=PSD_GROUP, consolidated=None)
 
 
-def _outputs_exist(path: Path) -> bool:
-    return (path / PSD_GROUP / "zarr.json").exists() and (path / STAGING_GROUP).exists()
+def _outputs_exist(path: Path, stage: StageProgress) -> bool:
+    """Whether the outputs this run of the stage is writing are there to resume into."""
+    psd = path / stage.output(PSD_GROUP) / "zarr.json"
+    return psd.exists() and (path / STAGING_GROUP).exists()
 
 
 def needs_segmentation(path: str | os.PathLike[str]) -> bool:
@@ -828,43 +847,53 @@ def _check_existing(
     *,
     overwrite: bool,
     no_probability: bool = False,
-) -> Literal["new", "resume", "finished"]:
+) -> StagePlan:
     """Start anew, resume, nothing to do; or refuse to replace other settings' results.
 
     ``mask_identity`` and ``calibration`` describe the run now
-    (:func:`mask_provenance`, :func:`~crystalseg.store.calibration_fingerprint`).
+    (:func:`mask_provenance`, :func:`~crystalseg.store.calibration_fingerprint`): a
+    measurement of another mask or calibration is out of date and is replaced.
 
     With ``no_probability`` (the run stores none, so no confidence filter can apply) a
     recorded ``min_confidence`` counts as off: earlier releases recorded the filter's
     value whether it applied or not.
     """
-    info = stage_info(path).get(STAGE)
-    if info is None or overwrite:
-        return "new"
+    info = stage_info(path).get(STAGE) or {}
     previous = info.get("settings") or {}
-    if not _same_mask(previous.get("mask"), mask_identity):
-        log.info("the mask of %s changed since it was measured: measuring again", path)
-        return "new"
-    recorded = previous.get("calibration")
-    if recorded is not None and recorded != calibration:
-        log.info("the calibration of %s changed since it was measured: measuring again", path)
-        return "new"
-    old = dict(previous.get("measure") or {})
-    if no_probability and "min_confidence" in old:
-        old["min_confidence"] = None
-    if old != settings.to_dict():
-        new = settings.to_dict()
+    outdated = None
+    if info and not _same_mask(previous.get("mask"), mask_identity):
+        outdated = "the mask changed since it was measured"
+    elif info and previous.get("calibration") not in (None, calibration):
+        outdated = "the calibration changed since it was measured"
+    if outdated is not None and not overwrite:
+        log.info("%s: %s; measuring again", path, outdated)
+
+    def recorded(record: dict[str, Any]) -> dict[str, Any]:
+        old = dict((record.get("settings") or {}).get("measure") or {})
+        if no_probability and "min_confidence" in old:
+            old["min_confidence"] = None
+        return old
+
+    def refusal(record: dict[str, Any]) -> str:
+        old, new = recorded(record), settings.to_dict()
         changed = sorted(k for k in new if old.get(k) != new[k])
-        raise StageStateError(
+        return (
             f"run '{path}' was measured with other settings ({', '.join(changed)}); "
             "pass --overwrite to replace the results"
         )
-    if info.get("status") == "finished":
-        root = zarr.open_group(str(path), mode="r", use_consolidated=False)
-        if PSD_GROUP in root and PARTICLES_GROUP in root:
-            return "finished"
-        return "new"
-    return "resume"
+
+    root = zarr.open_group(str(path), mode="r", use_consolidated=False)
+    present = PSD_GROUP in root and (PARTICLES_GROUP in root or info.get("status") != "finished")
+    return plan_stage(
+        path,
+        STAGE,
+        settings={"measure": settings.to_dict(), "mask": mask_identity, "calibration": calibration},
+        overwrite=overwrite,
+        outputs_present=present,
+        matches=lambda record: recorded(record) == settings.to_dict(),
+        refusal=refusal,
+        outdated=outdated,
+    )
 
 
 # --------------------------------------------------------------------------- schedulers
