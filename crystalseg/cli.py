@@ -127,9 +127,10 @@ def import_cmd(
     Example:
       crystalseg import frames/ run.zarr --pixel-size 1.6 --interval 5
     """
-    from crystalseg.importing import import_run
+    from crystalseg.importing import import_run, refuse_source_inside
     from crystalseg.io import open_source
 
+    refuse_source_inside(source, run)
     with open_source(source, channel=channel, series=series) as src:
         total = src.shape[0]
     with _progress(total, "import", ctx.obj["quiet"]) as update:

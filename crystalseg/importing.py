@@ -90,14 +90,14 @@ def _copy_chunks(
             raise
 
 
-def _refuse_source_inside(source: str | Path, dest: Path) -> None:
+def refuse_source_inside(source: str | Path, dest: str | Path) -> None:
     """Refuse to import a recording into a store that holds it (or into itself): the new
     store would overwrite what it reads, and the reading would see zeros."""
     text = str(source)
     if any(ch in text for ch in "*?[") and not Path(text).exists():
         text = text[: min(text.find(ch) for ch in "*?[" if ch in text)]
     src = Path(text).resolve()
-    target = dest.resolve()
+    target = Path(dest).resolve()
     if src == target or target in src.parents:
         raise ConfigError(
             f"the recording '{source}' lies inside the destination '{dest}'; importing would "
@@ -141,7 +141,7 @@ def import_run(
         raise ConfigError(
             f"--pixel-size must be a positive number of micrometres, got {pixel_size_um}"
         )
-    _refuse_source_inside(source, dest)
+    refuse_source_inside(source, dest)
     existed = dest.exists()
     with open_source(source, channel=channel, series=series) as src:
         if interval_s is None and src.time_s is not None and src.time_doubt:

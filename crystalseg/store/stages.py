@@ -377,7 +377,9 @@ def begin_stage(
             int(progress.done().sum()),
             n_frames,
         )
-    elif replace:
+    if replace:  # the results in place stay readable: keep their metadata consolidated
+        consolidate(path)
+    if replace and not resumable:
         log.info(
             "stage %s of %s: the new results are written beside the old ones and replace "
             "them once complete",
