@@ -171,7 +171,8 @@ def run_demo(
     ConfigError
         Too few frames or too small a frame.
     """
-    from crystalseg.measure import export_particles, measure_run
+    from crystalseg.export import export_particles
+    from crystalseg.measure import measure_run
     from crystalseg.synth import synthesize_run
     from crystalseg.viz.overlay import write_overlays
     from crystalseg.viz.plots import plot_run
