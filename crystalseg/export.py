@@ -578,9 +578,12 @@ def round_significant(values: np.ndarray, digits: int) -> np.ndarray:
     x = np.asarray(values, dtype=np.float64)
     out = x.copy()
     finite = np.isfinite(x) & (x != 0)
-    magnitude = np.floor(np.log10(np.abs(x[finite])))
-    scale = 10.0 ** (digits - 1 - magnitude)
-    out[finite] = np.round(x[finite] * scale) / scale
+    exponent = digits - 1 - np.floor(np.log10(np.abs(x[finite])))
+    # Scale by exact powers of ten only (10**k, k >= 0), so that the result is the
+    # float nearest to the rounded decimal: 0.000123, not 0.00012300000000000001.
+    up = 10.0 ** np.maximum(exponent, 0)
+    down = 10.0 ** np.maximum(-exponent, 0)
+    out[finite] = np.round(x[finite] * up / down) * down / up
     return out
 
 
