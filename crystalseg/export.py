@@ -347,7 +347,7 @@ def _statistics_table(psd: xr.Dataset) -> _Table:
     time_s = _psd_time(psd)
     values, columns = _frame_columns(time_s)
     names = sorted(
-        (n for n, v in psd.data_vars.items() if v.dims == (TIME,)), key=_statistics_order
+        (str(n) for n, v in psd.data_vars.items() if v.dims == (TIME,)), key=_statistics_order
     )
     for name in names:
         var = psd[name]
@@ -435,7 +435,9 @@ def _tracks_table(path: Path) -> _Table:
     return _Table("tracks", tuple(columns), len(frame), lambda: iter([frame]))
 
 
-def _resolve_tables(path: Path, what: tuple[TableName, ...] | None) -> tuple[list[str], list[str]]:
+def _resolve_tables(
+    path: Path, what: tuple[TableName, ...] | None
+) -> tuple[list[TableName], list[str]]:
     """(tables to write, notes) for the request ``what`` (None: all the run holds)."""
     notes = []
     wanted = list(what) if what is not None else list(TABLES)
@@ -639,7 +641,7 @@ def _write_parquet(table: _Table, out: Path, metadata: dict[str, str]) -> None:
 def _cell_rows(block: pd.DataFrame, digits: int) -> list[list[Any]]:
     """Rows of plain Python values for the xlsx writer: decimals rounded, NaN as None
     (an empty cell)."""
-    columns = []
+    columns: list[np.ndarray] = []
     for name in block.columns:
         values = block[name].to_numpy()
         if values.dtype.kind == "f":
@@ -650,7 +652,8 @@ def _cell_rows(block: pd.DataFrame, digits: int) -> list[list[Any]]:
             columns.append(values.astype(np.int64).astype(object))
         else:
             text = values.astype(object)
-            columns.append(np.where(pd.isna(text), None, text))
+            text[pd.isna(text)] = None
+            columns.append(text)
     if not columns:
         return []
     return np.column_stack(columns).tolist() if len(block) else []
