@@ -152,7 +152,16 @@ def test_csv_statistics_round_trip(csv_files: dict[str, Path], psd: xr.Dataset) 
     np.testing.assert_allclose(back["time_min"], psd["time"] / 60, rtol=RTOL)
     expected = {column_header(n, psd[n].attrs["units"]): n for n in _per_frame(psd)}
     assert set(back.columns) == {"frame", "time_s", "time_min", *expected}
-    assert list(back.columns[:9]) == [
+    # interval bounds (<name>_lower, <name>_upper, when the measurement has them)
+    # follow their statistic
+    columns = list(back.columns)
+    for i, header in enumerate(columns):
+        for bound in ("_lower", "_upper"):
+            if bound in header:
+                base = header.replace(bound, "", 1)
+                assert columns.index(base) < i <= columns.index(base) + 2, header
+    bases = [c for c in columns if "_lower" not in c and "_upper" not in c]
+    assert bases[:9] == [
         "frame",
         "time_s",
         "time_min",
