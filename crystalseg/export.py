@@ -162,6 +162,8 @@ class ExportSettings:
         Significant digits of decimal numbers in CSV and xlsx (1-17); see
         :data:`DEFAULT_DIGITS`. Integers and Parquet are written exactly.
 
+    Notes
+    -----
     Booleans (``kept``, ``touches_edge``) are written as 1/0 in CSV and xlsx: Excel
     reads TRUE/FALSE in a CSV only in English installations (German Excel expects
     WAHR/FALSCH and keeps TRUE as text), and even as real booleans SUM and AVERAGE
@@ -228,9 +230,12 @@ class ExportResult:
 
     Attributes
     ----------
-    files : paths written, tables first
-    rows : table name -> rows written
-    notes : what was left out and why (e.g. a run without tracks)
+    files : tuple of Path
+        The files written, tables first.
+    rows : dict of str to int
+        Table name -> rows written.
+    notes : tuple of str
+        What was left out and why (e.g. a run without tracks).
     """
 
     files: tuple[Path, ...]
