@@ -1164,8 +1164,8 @@ def overlay(
     "out_dir",
     type=click.Path(path_type=Path),
     default=None,
-    help="Folder of the files (default: beside RUN); files are named RUN_<table>.csv, "
-    "RUN.xlsx or RUN_<table>.parquet.",
+    help="Folder of the files (default: beside RUN), named RUN_<table>.csv, RUN.xlsx or "
+    "RUN_<table>.parquet; with --format xlsx also a workbook file name (results.xlsx).",
 )
 @click.option(
     "--what",

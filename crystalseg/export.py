@@ -54,6 +54,7 @@ from crystalseg.measure.results import (
     iter_particles,
     particle_column_attrs,
 )
+from crystalseg.measure.run import measurement_outdated
 from crystalseg.store import crystalseg_version, read_run_attrs, stage_info
 
 log = logging.getLogger(__name__)
@@ -296,7 +297,11 @@ def column_header(name: str, units: str | None) -> str:
 # --------------------------------------------------------------------------- tables
 
 
-def _measured(path: Path) -> None:
+def _measured(path: Path) -> float | None:
+    """The pixel size the run was measured with (None: sizes in px), after checking
+    that it was measured. The measurement's own, not the run's: a calibration set
+    after measuring changes no number in the results until they are measured again."""
+    attrs = read_run_attrs(path)
     info = stage_info(path).get(STAGE)
     root = zarr.open_group(str(path), mode="r", use_consolidated=False)
     if info is None or info.get("status") != "finished" or PSD_GROUP not in root:
@@ -304,6 +309,9 @@ def _measured(path: Path) -> None:
             f"run '{path}' has no finished measurement to export; measure it first "
             f"('crystalseg measure {path}')"
         )
+    measured = root[PSD_GROUP].attrs.asdict()
+    pixel = measured["pixel_size_um"] if "pixel_size_um" in measured else attrs.get("pixel_size_um")
+    return None if pixel is None else float(pixel)  # type: ignore[arg-type]
 
 
 def _tracks_state(path: Path) -> str | None:
@@ -494,15 +502,14 @@ def _metadata_rows(
     tables: Sequence[_Table],
     settings: ExportSettings,
     notes: Sequence[str],
+    pixel: float | None,
 ) -> list[tuple[str, str, Any]]:
     """(section, key, value) rows: what the export came from and how it was made."""
-    attrs = read_run_attrs(path)
     root = zarr.open_group(str(path), mode="r", use_consolidated=False)
     mask = root[MASK].attrs.asdict() if MASK in root else {}
     stages = stage_info(path)
     measure = stages.get(STAGE, {})
     time_s = _psd_time(psd)
-    pixel = attrs.get("pixel_size_um")
     frame_shape = psd.attrs.get("frame_shape_px")
     rows: list[tuple[str, str, Any]] = [
         ("export", "run", str(path.resolve())),
@@ -744,8 +751,9 @@ def export_run(
     out : folder of the files (created); names start with the run's name:
         ``<run>_statistics.csv``, ``<run>_psd.csv``, ``<run>_particles.csv``,
         ``<run>_tracks.csv`` and ``<run>_metadata.csv``; ``<run>.xlsx``; or
-        ``<run>_<table>.parquet``. Files of the same names are replaced, each only
-        once it is written whole.
+        ``<run>_<table>.parquet``. For xlsx, ``out`` may also name the workbook
+        (``results.xlsx``). Files of the same names are replaced, each only once
+        it is written whole.
     settings : ExportSettings, optional
         Tables, format, separator, decimal mark, byte-order mark, digits.
 
@@ -760,15 +768,22 @@ def export_run(
         The run has no finished measurement, or ``tracks`` were asked for and the
         run has none.
     ConfigError
-        An xlsx export of a table longer than an Excel sheet (nothing is written).
+        An xlsx export of a table longer than an Excel sheet (nothing is written), or
+        ``out`` is a file (or names one) where a folder is expected.
     """
     settings = settings or ExportSettings()
     path = Path(run)
-    attrs = read_run_attrs(path)
-    _measured(path)
+    pixel = _measured(path)
     names, notes = _resolve_tables(path, settings.what)
-    pixel = attrs.get("pixel_size_um")
-    folder = Path(out)
+    stale = measurement_outdated(path)
+    if stale is not None:
+        notes.insert(
+            0,
+            f"the measurement is out of date ({stale}); the export holds the results as "
+            "measured: measure the run again to update them",
+        )
+        log.warning("%s: %s", path, notes[0])
+    folder, workbook = _output(Path(out), settings.format)
     stem = path.name.removesuffix(".zarr") if path.name.endswith(".zarr") else path.stem
     with xr.open_zarr(str(path), group=PSD_GROUP, consolidated=None) as psd:
         tables: list[_Table] = []
@@ -786,7 +801,7 @@ def export_run(
         )
         if left_out:
             log.info("psd variables not exported (other dimensions): %s", ", ".join(left_out))
-        metadata = _metadata_rows(path, psd, tables, settings, notes)
+        metadata = _metadata_rows(path, psd, tables, settings, notes, pixel)
     if left_out:
         metadata.append(("export", "psd_not_exported", ", ".join(left_out)))
     if settings.format == "xlsx":
@@ -794,7 +809,7 @@ def export_run(
     folder.mkdir(parents=True, exist_ok=True)
     files: list[Path] = []
     if settings.format == "xlsx":
-        target = folder / f"{stem}.xlsx"
+        target = workbook or folder / f"{stem}.xlsx"
         _write_xlsx(tables, metadata, target, settings)
         files.append(target)
     elif settings.format == "csv":
@@ -815,6 +830,20 @@ def export_run(
         log.info("%s", note)
     log.info("exported %s of %s to %s", ", ".join(t.name for t in tables), path, folder)
     return ExportResult(tuple(files), {t.name: t.rows for t in tables}, tuple(notes))
+
+
+def _output(out: Path, fmt: ExportFormat) -> tuple[Path, Path | None]:
+    """(folder, workbook file or None) for ``out``: a folder, or for xlsx a ``.xlsx`` file."""
+    if fmt == "xlsx" and out.suffix.lower() == ".xlsx":
+        return out.parent, out
+    if out.suffix.lower() in (".csv", ".xlsx", ".parquet", ".pq", ".xls", ".txt"):
+        raise ConfigError(
+            f"'{out}' names a file, but a {fmt} export writes one file per table into a "
+            f"folder; give a folder, e.g. '{out.with_suffix('')}'"
+        )
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"'{out}' is a file; expected the folder to write the export into")
+    return out, None
 
 
 def _parquet_metadata(
@@ -881,8 +910,7 @@ def export_particles(
         raise ConfigError(f"export format {fmt!r} is unknown; use 'parquet' or 'csv'")
     settings = settings or ExportSettings()
     run_path = Path(run)
-    pixel = read_run_attrs(run_path).get("pixel_size_um")
-    _measured(run_path)
+    pixel = _measured(run_path)
     table = _particles_table(run_path, pixel)
     out.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "csv":

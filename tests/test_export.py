@@ -27,7 +27,7 @@ from crystalseg.export import (
 )
 from crystalseg.measure import MeasureSettings, measure_run
 from crystalseg.measure.results import particle_column_attrs
-from crystalseg.store import read_run_attrs, read_table, write_table
+from crystalseg.store import read_run_attrs, read_table, set_calibration, write_table
 from crystalseg.synth import SynthConfig, synthesize_run
 
 FRAMES = 4
@@ -303,6 +303,18 @@ def test_xlsx_round_trip_and_metadata(
     assert exclusions["counted"] == int(psd["count_kept"].sum())
 
 
+def test_output_is_a_folder_or_for_xlsx_a_workbook(run: Path, tmp_path: Path) -> None:
+    stats = ExportSettings(what=("statistics",), format="xlsx")
+    result = export_run(run, tmp_path / "sub" / "results.xlsx", settings=stats)
+    assert result.files == (tmp_path / "sub" / "results.xlsx",)
+    with pytest.raises(ConfigError, match=r"names a file.*give a folder, e.g. '.*results'"):
+        export_run(run, tmp_path / "results.csv")
+    (tmp_path / "taken").write_text("mine")
+    with pytest.raises(ConfigError, match="is a file; expected the folder"):
+        export_run(run, tmp_path / "taken")
+    assert (tmp_path / "taken").read_text() == "mine"
+
+
 def test_xlsx_refuses_tables_longer_than_a_sheet(
     run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -363,6 +375,17 @@ def test_a_run_without_pixel_size_gets_px_headers(px_run: Path, tmp_path: Path) 
     assert {"ecd_px", "area_px2", "perimeter_px"} <= set(_read_csv(files[2]).columns)
     meta = _read_csv(files[3], dtype=str)
     assert "none (sizes in px)" in meta["value"].tolist()
+
+
+def test_a_calibration_set_after_measuring_is_not_claimed(px_run: Path, tmp_path: Path) -> None:
+    stale = shutil.copytree(px_run, tmp_path / "s.zarr")
+    set_calibration(stale, pixel_size_um=2.0)
+    result = export_run(stale, tmp_path / "out", settings=ExportSettings(what=("particles",)))
+    assert "out of date (the pixel size changed" in result.notes[0]
+    back = _read_csv(result.files[0])
+    assert "ecd_px" in back.columns and "ecd_um" not in back.columns  # as measured
+    meta = _read_csv(result.files[1], dtype=str)
+    assert meta["value"].str.contains("out of date").any()
 
 
 def test_tracks_are_exported_when_the_run_holds_them(run: Path, tmp_path: Path) -> None:
