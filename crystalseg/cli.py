@@ -1189,7 +1189,11 @@ def overlay(
     "French Excel).",
 )
 @click.option(
-    "--decimal", type=click.Choice([".", ","]), default=".", show_default=True, help="CSV."
+    "--decimal",
+    type=click.Choice([".", ","]),
+    default=".",
+    show_default=True,
+    help="CSV decimal mark.",
 )
 @click.option(
     "--bom/--no-bom",
