@@ -39,7 +39,6 @@ import importlib
 import json
 import logging
 import os
-import uuid
 import warnings
 from collections.abc import Callable
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
@@ -94,6 +93,7 @@ from crystalseg.store import (
     stage_info,
     writing,
 )
+from crystalseg.store.cluster import run_on_cluster
 from crystalseg.store.stages import NEXT_SUFFIX
 
 log = logging.getLogger(__name__)
@@ -945,32 +945,11 @@ def _run_distributed(
     total: int,
     progress: MeasureProgress | None,
 ) -> None:
-    if not jobs:
-        return
-    from distributed import Client, as_completed
-
-    own = isinstance(client, str)
-    if own:
-        client = Client(client)
-    tag = uuid.uuid4().hex[:8]
-    try:
-        futures = [
-            client.submit(
-                _measure_chunk, job, key=f"crystalseg-measure-{tag}-{job.start}", pure=False
-            )
-            for job in jobs
-        ]
-        try:
-            for fut in as_completed(futures):
-                done += fut.result()
-                if progress is not None:
-                    progress(STAGE, done, total)
-        except BaseException:
-            client.cancel(futures)
-            raise
-    finally:
-        if own:
-            client.close()
+    tasks = [(job, (job,)) for job in jobs]
+    for _, frames in run_on_cluster(client, _measure_chunk, tasks, name=STAGE):
+        done += frames
+        if progress is not None:
+            progress(STAGE, done, total)
 
 
 __all__ = [
