@@ -734,9 +734,10 @@ def measure(
       crystalseg measure run.zarr --export csv
     """
     from crystalseg.export import ExportSettings, export_run
-    from crystalseg.measure import MeasureSettings, measure_run
+    from crystalseg.measure import MeasureSettings
     from crystalseg.measure.results import summarize_measurement
-    from crystalseg.measure.run import needs_segmentation
+    from crystalseg.measure.run import MeasureOptions, needs_segmentation
+    from crystalseg.pipeline import segment_and_measure
     from crystalseg.summary import format_measurement
 
     settings = _measure_settings(filters, bins=bins or MeasureSettings.bins)
@@ -758,13 +759,11 @@ def measure(
 
         engine = load_segmenter(model, None, EngineSettings(tta=tta, resize=resize))
     with _stage_bars(ctx.obj["quiet"]) as update:
-        measure_run(
+        segment_and_measure(
             run,
-            settings=settings,
             model=engine,
+            options=MeasureOptions(settings, overwrite=overwrite, progress=update),
             client=scheduler,
-            progress=update,
-            overwrite=overwrite,
             stream="auto" if stream is None else stream,
         )
     exported = None

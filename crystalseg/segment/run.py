@@ -21,7 +21,6 @@ import logging
 import os
 import queue
 import threading
-import uuid
 from collections import deque
 from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -62,6 +61,7 @@ from crystalseg.store import (
     stage_info,
     writing,
 )
+from crystalseg.store.cluster import cluster_client, run_on_cluster
 
 log = logging.getLogger(__name__)
 
@@ -792,14 +792,6 @@ def _iter_local(
         yield from settle(keep=0)
 
 
-def _get_client(client: Any) -> tuple[Any, bool]:
-    if isinstance(client, str):
-        from distributed import Client
-
-        return Client(client), True
-    return client, False
-
-
 def _iter_distributed(
     path: Path,
     client: Any,
@@ -814,40 +806,21 @@ def _iter_distributed(
     progress: ProgressCallback | None,
 ) -> Generator[tuple[int, int], None, dict[str, Any]]:
     """Chunks on the cluster's workers; yields each as it completes, returns the engine."""
-    from distributed import as_completed
-
-    client, own = _get_client(client)
+    client, own = cluster_client(client)
     ckpt = None if checkpoint is None else str(checkpoint)
     try:
         # Resolve "auto" once, on a worker, so every worker runs the same backend and
         # precision and the mask does not depend on which worker took which chunk.
         resolved = client.submit(_resolve_settings, ckpt, checksum, settings, pure=False).result()
-        tag = uuid.uuid4().hex[:8]
-        futures = {
-            client.submit(
-                _segment_chunk,
-                path,
-                start,
-                stop,
-                ckpt,
-                checksum,
-                resolved,
-                save_probability,
-                stage,
-                key=f"crystalseg-segment-{tag}-{start}",
-                pure=False,
-            ): (start, stop)
+        jobs = [
+            ((start, stop), (path, start, stop, ckpt, checksum, resolved, save_probability, stage))
             for start, stop in pending
-        }
-        try:
-            for fut in as_completed(futures):
-                done += fut.result()
-                if progress is not None:
-                    progress(done, total)
-                yield futures[fut]
-        except BaseException:  # also GeneratorExit: the caller stopped iterating
-            client.cancel(list(futures))
-            raise
+        ]
+        for chunk, frames in run_on_cluster(client, _segment_chunk, jobs, name=STAGE):
+            done += frames
+            if progress is not None:
+                progress(done, total)
+            yield chunk
     finally:
         if own:
             client.close()
