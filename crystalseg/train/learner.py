@@ -40,7 +40,7 @@ from crystalseg.models.checkpoint import (
     IMAGENET_STD,
     META_FILE,
     ModelSpec,
-    _adapt_first_conv,
+    adapt_first_conv,
     build_model,
     default_checkpoint_path,
     default_decoder_channels,
@@ -54,9 +54,8 @@ from crystalseg.models.checkpoint import (
     to_unit,
 )
 from crystalseg.segment.engine import available_cores, tile_starts
-from crystalseg.summary import format_epoch
 from crystalseg.train.augment import AugmentPreset, AugmentSettings, make_augmenter
-from crystalseg.train.data import SegmentationData, _to_channels, _torchable, read_image
+from crystalseg.train.data import SegmentationData, read_image, to_channels, to_torchable
 from crystalseg.train.losses import LOSS_NAMES, LossName, make_loss
 
 if TYPE_CHECKING:
@@ -165,7 +164,7 @@ def _save_training_state(
 ) -> None:
     from safetensors.torch import save
 
-    from crystalseg.models.checkpoint import _atomic_write_bytes
+    from crystalseg.models.checkpoint import atomic_write_bytes
 
     osd = optimizer.state_dict()
     tensors: dict[str, torch.Tensor] = {}
@@ -183,8 +182,8 @@ def _save_training_state(
         "scheduler": jsonable(scheduler.state_dict()),
         "scaler": jsonable(scaler.state_dict()) if scaler is not None else None,
     }
-    _atomic_write_bytes(out / STATE_TENSORS, save(tensors))
-    _atomic_write_bytes(out / STATE_META, (json.dumps(meta, indent=1) + "\n").encode())
+    atomic_write_bytes(out / STATE_TENSORS, save(tensors))
+    atomic_write_bytes(out / STATE_META, (json.dumps(meta, indent=1) + "\n").encode())
 
 
 def _load_training_state(state_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -696,8 +695,8 @@ class Learner:
         arr = read_image(image) if isinstance(image, (str, os.PathLike)) else np.asarray(image)
         if arr.ndim not in (2, 3):
             raise ConfigError(f"image of shape {arr.shape}; expected (H, W) or (H, W, 3)")
-        arr = _to_channels(arr, self.spec.in_channels)
-        x = normalise(to_unit(torch.from_numpy(_torchable(arr))[None], self.spec), self.spec)
+        arr = to_channels(arr, self.spec.in_channels)
+        x = normalise(to_unit(torch.from_numpy(to_torchable(arr))[None], self.spec), self.spec)
         return self.predict_logits(x).argmax(1)[0].to(torch.uint8).cpu().numpy()
 
     def lr_find(
@@ -940,6 +939,29 @@ def epoch_score(record: Mapping[str, Any]) -> tuple[float, str]:
     return -record["train_loss"], "training loss"
 
 
+def format_epoch(record: dict[str, Any], epochs: int | None = None) -> str:
+    """One line of an epoch's record: losses, validation IoU (and Dice) per class,
+    particle F1, seconds; logged as training goes and printed again at its end."""
+    head = f"epoch {record['epoch']}/{epochs}" if epochs else f"epoch {record['epoch']:>3}"
+    parts = [head, f"train loss {record['train_loss']:.4f}"]
+    if "valid_loss" in record:
+        parts.append(f"valid loss {record['valid_loss']:.4f}")
+        if record.get("foreground_iou") is not None:
+            parts.append(f"foreground IoU {record['foreground_iou']:.3f}")
+        dice = record.get("dice", {})
+        for code, iou in record.get("iou", {}).items():
+            if code != "background" and iou is not None:
+                text = f"{code} IoU {iou:.3f}"
+                if dice.get(code) is not None:
+                    text += f" Dice {dice[code]:.3f}"
+                parts.append(text)
+        if "instance_f1" in record:
+            parts.append(f"particle F1 {record['instance_f1']:.3f}")
+    if "seconds" in record:
+        parts.append(f"{record['seconds']:.0f} s")
+    return "  ".join(parts)
+
+
 # --------------------------------------------------------------------------------------
 # Building a learner
 
@@ -982,7 +1004,7 @@ def _head_rows(codes: Sequence[str], src_codes: Sequence[str]) -> list[int] | No
 def _load_finetune(model: nn.Module, spec: ModelSpec, src: nn.Module, src_spec: ModelSpec) -> str:
     """Copy ``src`` weights into ``model``; the class head is mapped by code name."""
     target = model.state_dict()
-    state = _adapt_first_conv(src.state_dict(), target)
+    state = adapt_first_conv(src.state_dict(), target)
     head_note = "kept"
     if spec.codes != src_spec.codes:
         head = [k for k in state if k.startswith("segmentation_head.")]
