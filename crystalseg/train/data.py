@@ -120,7 +120,7 @@ def read_image(path: PathLike) -> np.ndarray:
 
 
 def _image_bounds(image: np.ndarray, spec: ModelSpec) -> tuple[float, float]:
-    lo, hi = intensity_bounds(torch.from_numpy(to_torchable(image))[None], spec)
+    lo, hi = intensity_bounds(torch.from_numpy(_torchable(image))[None], spec)
     return float(lo[0]), float(hi[0])
 
 
@@ -758,19 +758,6 @@ class SegmentationData:
             )
             yield x, torch.from_numpy(np.stack(masks).astype(np.int64))
 
-    def _unit(self, image: np.ndarray, item: PairItem, spec: ModelSpec) -> torch.Tensor:
-        lo, hi = self.bounds(item, spec)
-        t = torch.from_numpy(to_torchable(image))[None]
-        return to_unit(t, spec, lo=torch.tensor([lo]), hi=torch.tensor([hi]))
-
-    def valid_samples(
-        self, spec: ModelSpec
-    ) -> Iterator[tuple[PairItem, torch.Tensor, torch.Tensor]]:
-        """Whole validation images: (item, x (1, C, H, W) on 0..1, y (H, W) int64)."""
-        for item in self.valid_items:
-            image, mask = self.load(item)
-            yield item, self._unit(image, item, spec), torch.from_numpy(mask.astype(np.int64))
-
     def instance_truth(self, item: PairItem) -> np.ndarray | None:
         """True instance labels (H, W) of a synthetic run's frame or of an instance mask
         file (``instances``), else None (cached; a validation frame read through its
@@ -819,7 +806,7 @@ class SegmentationData:
         )
 
 
-def to_torchable(image: np.ndarray) -> np.ndarray:
+def _torchable(image: np.ndarray) -> np.ndarray:
     """``image`` as an array ``torch.from_numpy`` can wrap and the caller may change.
 
     uint16 becomes int32 (torch has few uint16 kernels); uint8 and float32 stay, made

@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from crystalseg.classes import boundary_class
@@ -51,11 +50,10 @@ from crystalseg.models.checkpoint import (
     normalise,
     read_checkpoint_meta,
     save_checkpoint,
-    to_unit,
 )
-from crystalseg.segment.engine import available_cores, tile_starts
+from crystalseg.segment.engine import EngineSettings, Segmenter, available_cores
 from crystalseg.train.augment import AugmentPreset, AugmentSettings, make_augmenter
-from crystalseg.train.data import SegmentationData, read_image, to_channels, to_torchable
+from crystalseg.train.data import SegmentationData, read_image, to_channels
 from crystalseg.train.losses import LOSS_NAMES, LossName, make_loss
 
 if TYPE_CHECKING:
@@ -70,10 +68,6 @@ STATE_TENSORS = "training_state.safetensors"
 STATE_META = "training_state.json"
 LAST_DIR = "last"
 STATE_FORMAT_VERSION = 1
-
-#: Largest side run in one piece by ``predict``; larger images are tiled with overlap.
-TILE_SIZE = 1024
-TILE_OVERLAP = 64
 
 
 def default_device() -> torch.device:
@@ -301,6 +295,10 @@ class Learner:
         #: mean validation IoU of the best epoch, which breaks ties of its particle F1
         self.best_tiebreak: float | None = None
         self._schedule: dict[str, Any] = {}
+        #: how :meth:`segmenter` runs the network; None: the engine's defaults on the
+        #: learner's device, backend torch, the current torch threads
+        self.engine_settings: EngineSettings | None = None
+        self._engine: Segmenter | None = None
 
     # ---- helpers
 
@@ -588,49 +586,29 @@ class Learner:
 
     # ---- validation and prediction
 
-    def _forward_padded(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits of (B, C, h, w) normalised input, padded to the encoder stride."""
-        s = self.spec.stride
-        h, w = x.shape[-2:]
-        ph, pw = (-h) % s, (-w) % s
-        if ph or pw:
-            mode = "reflect" if ph < h and pw < w else "replicate"
-            x = F.pad(x, (0, pw, 0, ph), mode=mode)
-        with self._autocast():
-            out = self.model(x.contiguous(memory_format=torch.channels_last))
-        return out[..., :h, :w].float()
+    def segmenter(self) -> Segmenter:
+        """The inference engine of ``crystalseg segment`` on the learner's current weights.
 
-    @torch.no_grad()
-    def predict_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Class logits (1, K, H, W) of one normalised image (1, C, H, W), tiled if large.
-
-        Tiles of ``TILE_SIZE`` overlap by ``2 * TILE_OVERLAP`` pixels; only the centre of each
-        tile is kept, so tiles never contribute their borders.
+        Validation and :meth:`predict` run through it, so training scores the inference
+        users run: intensity bounds of the whole frame, padding to the encoder stride,
+        tiles blended over the engine's overlap, its precision (bf16 on CUDA). Built
+        once and refreshed with the current weights at each call; it runs as
+        :attr:`engine_settings` says (default: the learner's device, backend torch, as
+        an ONNX export every epoch would cost more than the validation).
         """
-        self.model.eval()
-        x = x.to(self.device)
-        h, w = x.shape[-2:]
-        if h <= TILE_SIZE and w <= TILE_SIZE:
-            return self._forward_padded(x)
-        out = torch.empty((1, self.spec.n_classes, h, w), device=self.device)
-        ys = tile_starts(h, TILE_SIZE, 2 * TILE_OVERLAP)
-        xs = tile_starts(w, TILE_SIZE, 2 * TILE_OVERLAP)
-        for y0 in ys:
-            for x0 in xs:
-                tile = self._forward_padded(x[..., y0 : y0 + TILE_SIZE, x0 : x0 + TILE_SIZE])
-                th, tw = tile.shape[-2:]
-                top = 0 if y0 == 0 else TILE_OVERLAP
-                left = 0 if x0 == 0 else TILE_OVERLAP
-                bottom = th if y0 + th >= h else th - TILE_OVERLAP
-                right = tw if x0 + tw >= w else tw - TILE_OVERLAP
-                out[..., y0 + top : y0 + bottom, x0 + left : x0 + right] = tile[
-                    ..., top:bottom, left:right
-                ]
-        return out
+        settings = self.engine_settings or EngineSettings(
+            device=str(self.device), backend="torch", threads=torch.get_num_threads()
+        )
+        if self._engine is None or self._engine.requested_settings != settings:
+            self._engine = Segmenter(self.model, self.spec, settings=settings)
+        else:
+            self._engine.load_weights(self.model)
+        return self._engine
 
     @torch.no_grad()
     def validate(self, *, workers: int | None = None) -> dict[str, Any]:
-        """Loss and IoU/Dice per class on the whole validation images (empty if none).
+        """Loss and IoU/Dice per class on the whole validation images (empty if none),
+        segmented by :meth:`segmenter` as ``crystalseg segment`` would segment them.
 
         Where the validation frames have true instances (synthetic runs), also the
         instance F1 of the particles that the measurement would count
@@ -653,10 +631,12 @@ class Learner:
         has_truth = False
         pending: deque[Any] = deque()  # frames being matched, at most 2 per thread
         pool = ThreadPoolExecutor(workers, "crystalseg-valid") if workers > 0 else None
+        engine = self.segmenter()
         try:
-            for item, x, y in self.data.valid_samples(self.spec):
-                logits = self.predict_logits(normalise(x, self.spec))
-                yd = y.to(self.device)[None]
+            for item in self.data.valid_items:
+                image, mask = self.data.load(item)
+                logits = torch.from_numpy(engine.predict_logits(image[None])).to(self.device)
+                yd = torch.from_numpy(mask.astype(np.int64)).to(self.device)[None]
                 losses.append(float(self.loss_fn(logits, yd)))
                 pred = logits.argmax(1)
                 confusion += (
@@ -688,16 +668,14 @@ class Learner:
     def predict(self, image: np.ndarray | PathLike) -> np.ndarray:
         """Class map (H, W) uint8 of one image (array (H, W[, 3]) or an image file).
 
-        The image is scaled and normalised exactly as in training (by the model's spec),
-        padded to the encoder stride, and tiled with overlap when larger than
-        ``TILE_SIZE``.
+        Grey or RGB as the model takes it (the rule of training), then segmented by
+        :meth:`segmenter`, the engine of ``crystalseg segment``.
         """
         arr = read_image(image) if isinstance(image, (str, os.PathLike)) else np.asarray(image)
         if arr.ndim not in (2, 3):
             raise ConfigError(f"image of shape {arr.shape}; expected (H, W) or (H, W, 3)")
         arr = to_channels(arr, self.spec.in_channels)
-        x = normalise(to_unit(torch.from_numpy(to_torchable(arr))[None], self.spec), self.spec)
-        return self.predict_logits(x).argmax(1)[0].to(torch.uint8).cpu().numpy()
+        return self.segmenter().predict(arr[None])[0]
 
     def lr_find(
         self,
