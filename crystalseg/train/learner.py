@@ -21,7 +21,7 @@ import math
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +51,7 @@ from crystalseg.models.checkpoint import (
     read_checkpoint_meta,
     save_checkpoint,
 )
+from crystalseg.prefetch import prefetch
 from crystalseg.segment.engine import EngineSettings, Segmenter, available_cores
 from crystalseg.train.augment import AugmentPreset, AugmentSettings, make_augmenter
 from crystalseg.train.data import SegmentationData, read_image, to_channels
@@ -326,7 +327,7 @@ class Learner:
         batches = self.data.train_batches(self.spec, rng, batch_size=self.batch_size)
         if self.device.type == "cuda":
             # crops are cut on the CPU while the GPU trains on the previous batch
-            batches = prefetch((x.pin_memory(), y.pin_memory()) for x, y in batches)
+            batches = prefetch(((x.pin_memory(), y.pin_memory()) for x, y in batches), depth=3)
         for x, y in batches:
             x = x.to(self.device, non_blocking=True)
             y = y.to(self.device, non_blocking=True)
@@ -819,52 +820,6 @@ def _instance_counts(
     pieces, ids = truth_pieces(truth, settings.min_area_px)
     scores = instance_scores(labels, pieces, truth_ids=ids)
     return int(scores["matched"]), int(scores["n_true"]), int(scores["n_pred"])
-
-
-def prefetch(items: Iterator[Any], depth: int = 3) -> Iterator[Any]:
-    """The items of ``items``, in order, produced ``depth`` ahead in a thread.
-
-    Exceptions of the producer reach the consumer; a consumer that stops early stops
-    the producer too.
-    """
-    import queue
-    import threading
-
-    q: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def put(entry: tuple[str, Any]) -> bool:
-        while not stop.is_set():
-            try:
-                q.put(entry, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for item in items:
-                if not put(("item", item)):
-                    return
-        except BaseException as exc:  # handed to the consumer
-            put(("error", exc))
-            return
-        put(("done", None))
-
-    thread = threading.Thread(target=produce, name="crystalseg-prefetch", daemon=True)
-    thread.start()
-    try:
-        while True:
-            kind, value = q.get()
-            if kind == "done":
-                return
-            if kind == "error":
-                raise value
-            yield value
-    finally:
-        stop.set()
-        thread.join(timeout=5)
 
 
 def _suggest_lr(lrs: Sequence[float], losses: Sequence[float]) -> float:

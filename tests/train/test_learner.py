@@ -240,29 +240,6 @@ def test_particle_f1_stays_the_score_on_frames_without_crystals(
     assert epoch_score({**false_particle, "train_loss": 0.1})[1] == "validation particle F1"
 
 
-def test_prefetch_keeps_order_passes_errors_and_stops_with_its_consumer() -> None:
-    import itertools
-    import threading
-
-    from crystalseg.train.learner import prefetch
-
-    assert list(prefetch(iter(range(50)), depth=2)) == list(range(50))
-
-    def failing():
-        yield from range(3)
-        raise ValueError("bad frame 3")
-
-    got = []
-    with pytest.raises(ValueError, match="bad frame 3"):
-        for v in prefetch(failing()):
-            got.append(v)
-    assert got == [0, 1, 2]
-    endless = prefetch(itertools.count(), depth=2)
-    assert [next(endless), next(endless)] == [0, 1]
-    endless.close()
-    assert not any(t.name == "crystalseg-prefetch" for t in threading.enumerate())
-
-
 def test_max_minutes_stops_after_the_epoch_that_spends_it(data) -> None:
     learner = tiny(data)
     learner.fit_one_cycle(5, 1e-3, max_minutes=1e-6)
