@@ -532,7 +532,9 @@ def test_cuda_mixed_precision_training_round_trips_to_cpu(tmp_path: Path, data) 
     assert agree > 0.99  # bf16/fp16 on the GPU against fp32 on the CPU
 
 
-def test_instance_mask_files_train_with_boundaries_and_particle_f1(tmp_path: Path) -> None:
+def test_instance_mask_files_train_with_boundaries_and_particle_f1(
+    tmp_path: Path, monkeypatch
+) -> None:
     """Cellpose-style files (X.png + X_masks.png holding one id per crystal): the
     class mask, boundary class included, comes from the labels; two touching crystals
     stay apart by their boundary; validation scores particle F1 against the labels,
@@ -560,7 +562,7 @@ def test_instance_mask_files_train_with_boundaries_and_particle_f1(tmp_path: Pat
     assert data.summary()["mask_values"] == "instances"
     learner = tiny(data)
     masks = iter([data.load(item)[1] for item in data.valid_items])
-    learner.segmenter = lambda: FixedEngine(lambda frame: next(masks))  # type: ignore[assignment,method-assign,return-value]
+    monkeypatch.setattr(learner, "segmenter", lambda: FixedEngine(lambda frame: next(masks)))
     assert learner.validate()["instance_f1"] > 0.95
     with pytest.raises(ConfigError, match="drop mask_values"):
         pairs(tmp_path, codes=SYNTH_CODES, instances=True, mask_values=(0, 1, 2))
