@@ -97,18 +97,39 @@ def test_the_checker_finds_private_names() -> None:
     )
 
 
+#: Private names used across modules in files that others are editing now: each is
+#: allowed until it is mended (TODO lead), and the test fails once it is gone, so that
+#: the entry goes too. The fix: make the name public with a docstring in
+#: crystalseg/store/core.py (``_jsonable`` as ``jsonable``), or move it to stages.py
+#: where only the stage runner uses it.
+TODO_LEAD = {
+    f"crystalseg/store/stages.py: from crystalseg.store.core import {name}"
+    for name in (
+        "_attrs",
+        "_jsonable",
+        "_now",
+        "_open_group",
+        "_progress_array",
+        "_provenance",
+        "_tidy",
+    )
+}
+
+
 def test_no_module_uses_a_private_name_of_another() -> None:
-    offenders = [
-        f"{path.relative_to(PACKAGE.parent)}:{use}"
-        for path in sorted(PACKAGE.rglob("*.py"))
-        for use in private_uses(
-            path.read_text(encoding="utf-8"),
-            _module_name(path),
-            is_package=path.name == "__init__.py",
-        )
-    ]
+    found = {}  # "file: what" -> "file:line: what"
+    for path in sorted(PACKAGE.rglob("*.py")):
+        where = path.relative_to(PACKAGE.parent)
+        source = path.read_text(encoding="utf-8")
+        module = _module_name(path)
+        for use in private_uses(source, module, is_package=path.name == "__init__.py"):
+            line, what = use.split(": ", 1)
+            found[f"{where}: {what}"] = f"{where}:{line}: {what}"
+    offenders = sorted(v for k, v in found.items() if k not in TODO_LEAD)
     if offenders:
         pytest.fail(
             "private names used across modules (make them public with a docstring, or move "
             "them to the module that uses them):\n  " + "\n  ".join(offenders)
         )
+    mended = sorted(TODO_LEAD - set(found))
+    assert not mended, f"mended, so drop them from TODO_LEAD: {mended}"

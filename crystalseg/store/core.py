@@ -1,0 +1,398 @@
+"""The run store: one zarr v3 group per recorded run.
+
+Layout (see DESIGN.md)::
+
+    run.zarr/
+        image      (time, y, x)  uint8/uint16  raw frames, chunked along time
+        time       (time,)       float64       seconds since the first frame
+        mask       (time, y, x)  uint8         written by segment
+        particles/                             written by measure (one row per particle)
+        psd/                                   written by measure (time, size_bin)
+        truth/                                 synthetic runs only: exact ground truth
+        _progress/<stage>  (time,) uint8       1 where a stage has finished a frame
+
+``xarray.open_zarr(path)`` opens a store without crystalseg. Root attributes hold
+the calibration (``pixel_size_um``, ``None`` when unknown), the format version and
+the provenance of every stage (settings, crystalseg version, start and end).
+
+A stage marks each frame it has written in ``_progress/<stage>``; chunks of that
+array line up with the image chunks, so parallel writers never share a chunk. A
+stage is marked ``finished`` only after all its output is written, so an
+interrupted stage leaves a readable store that says how far it got and can
+resume.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import logging
+import warnings
+from collections.abc import Mapping, Sequence
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+import zarr
+from zarr.codecs import ZstdCodec
+
+from crystalseg.dims import FRAME_DIMS, IMAGE, PARTICLE, TIME
+from crystalseg.errors import InputNotFoundError, RunFormatError
+
+log = logging.getLogger(__name__)
+
+#: Version of the on-disk layout. Bump when a reader of the old version would misread the new.
+FORMAT_VERSION = 1
+FORMAT_KEY = "crystalseg_format_version"
+PROVENANCE_KEY = "provenance"
+PROGRESS_GROUP = "_progress"
+
+#: Bytes of raw pixels per image chunk: a few frames of 1-4 megapixels.
+TARGET_CHUNK_BYTES = 4 * 2**20
+MAX_FRAMES_PER_CHUNK = 32
+
+
+def crystalseg_version() -> str:
+    """The installed crystalseg version (``"unknown"`` when run from a bare source tree)."""
+    try:
+        return version("crystalseg")
+    except PackageNotFoundError:  # pragma: no cover - only in an uninstalled checkout
+        return "unknown"
+
+
+def default_compressor() -> ZstdCodec:
+    """Zstandard level 1: as fast as Blosc-LZ4 on noisy frames and 23 % smaller.
+
+    Chosen by ``benchmarks/bench_store.py`` (write and read MB/s and ratio of
+    several codecs on 1024x1024 synthetic frames, 4-frame chunks): zstd-1 wrote
+    270-310 MB/s, read 810-1210 MB/s at ratio 1.55; Blosc-LZ4 with bit-shuffle
+    250-300, 900-1000 and 1.26; uncompressed 200-270 and 2700-3800. Reading at
+    ~1 GB/s is ~1000 megapixel frames a second, more than a GPU U-Net consumes.
+    """
+    return ZstdCodec(level=1)
+
+
+def default_frames_per_chunk(frame_shape: tuple[int, int], itemsize: int) -> int:
+    """Frames per chunk so that one chunk holds about :data:`TARGET_CHUNK_BYTES`."""
+    frame_bytes = max(1, frame_shape[0] * frame_shape[1] * itemsize)
+    return int(min(MAX_FRAMES_PER_CHUNK, max(1, TARGET_CHUNK_BYTES // frame_bytes)))
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _jsonable(value: Any) -> Any:
+    """Convert settings to plain JSON types (numpy scalars, paths, tuples, dataclasses)."""
+    return json.loads(json.dumps(value, default=_json_default))
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "__dataclass_fields__"):
+        return {k: getattr(value, k) for k in value.__dataclass_fields__}
+    return str(value)
+
+
+def consolidate(path: str | Path) -> None:
+    """Write consolidated metadata so that ``xarray.open_zarr`` opens the store quietly.
+
+    Any later change of metadata (attributes, a new array) drops it again, so every
+    stage consolidates when it finishes.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
+        zarr.consolidate_metadata(str(path))
+
+
+def _tidy(value: float) -> float:
+    """``value`` to 12 significant digits: a pixel size computed as 1 / resolution
+    (0.6499999999999999) is stored as the 0.65 the microscope meant."""
+    return float(f"{float(value):.12g}")
+
+
+def _open_group(path: str | Path, mode: str = "r") -> zarr.Group:
+    path = Path(path)
+    if not path.exists():
+        raise InputNotFoundError(
+            f"run store '{path}' does not exist; create it with 'crystalseg import SRC {path}' "
+            f"or 'crystalseg synth {path}'"
+        )
+    if path.is_file():  # a recording given where its run store was expected
+        raise RunFormatError(
+            f"'{path}' is a file, not a run store; import it first: 'crystalseg import "
+            f"{path} {path.with_suffix('.zarr')}', then use {path.with_suffix('.zarr')}"
+        )
+    try:
+        return zarr.open_group(str(path), mode=mode, use_consolidated=False)  # type: ignore[arg-type]
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError, ValueError, KeyError) as exc:
+        raise RunFormatError(
+            f"'{path}' is not a crystalseg run store (no zarr group in it); "
+            "create one with 'crystalseg import SRC RUN.zarr'"
+        ) from exc
+
+
+def _attrs(node: zarr.Group | zarr.Array) -> dict[str, Any]:
+    """Attributes of a zarr node as a plain dict (zarr types them as JSON unions)."""
+    return dict(node.attrs.asdict())
+
+
+def _provenance(node: zarr.Group) -> dict[str, Any]:
+    value: Any = _attrs(node).get(PROVENANCE_KEY) or {}
+    return dict(value)
+
+
+def get_array(group: zarr.Group, name: str, path: str | Path = "") -> zarr.Array:
+    """Array ``name`` of a store's group, or a :class:`RunFormatError` saying it is missing."""
+    try:
+        node = group[name]
+    except KeyError as exc:
+        raise RunFormatError(f"run store '{path}' has no array '{name}'") from exc
+    if not isinstance(node, zarr.Array):
+        raise RunFormatError(f"'{name}' in run store '{path}' is a group, not an array")
+    return node
+
+
+def read_run_attrs(path: str | Path) -> dict[str, Any]:
+    """Root attributes of a run store, after checking that this crystalseg can read it.
+
+    Raises
+    ------
+    InputNotFoundError
+        The path does not exist.
+    RunFormatError
+        Not a zarr group, not written by crystalseg, or by a newer format version.
+    """
+    group = _open_group(path)
+    attrs = _attrs(group)
+    found = attrs.get(FORMAT_KEY)
+    if found is None:
+        raise RunFormatError(
+            f"'{path}' is a zarr group but not a crystalseg run store (no '{FORMAT_KEY}' "
+            "attribute); import the recording with 'crystalseg import SRC RUN.zarr'"
+        )
+    if not isinstance(found, int) or found > FORMAT_VERSION:
+        raise RunFormatError(
+            f"'{path}' was written in run-store format {found} by a newer crystalseg; this "
+            f"crystalseg ({crystalseg_version()}) reads up to format {FORMAT_VERSION}. "
+            "Upgrade with 'pip install -U crystalseg'"
+        )
+    return attrs
+
+
+def stage_info(path: str | Path) -> dict[str, dict[str, Any]]:
+    """Provenance of every stage run on the store, with frames done for unfinished ones."""
+    attrs = read_run_attrs(path)
+    stages: dict[str, dict[str, Any]] = dict(attrs.get(PROVENANCE_KEY, {}).get("stages", {}))
+    group = _open_group(path)
+    for name, info in stages.items():
+        if info.get("status") != "finished":
+            done = _progress_array(group, name)
+            if done is not None:
+                info = dict(info)
+                info["frames_done"] = int(np.count_nonzero(done[:]))
+                info["frames_total"] = int(done.shape[0])
+                stages[name] = info
+    return stages
+
+
+def _progress_array(group: zarr.Group, stage: str) -> zarr.Array | None:
+    try:
+        node = group[f"{PROGRESS_GROUP}/{stage}"]
+    except KeyError:
+        return None
+    return node if isinstance(node, zarr.Array) else None
+
+
+def create_array(
+    path: str | Path,
+    name: str,
+    *,
+    dims: Sequence[str],
+    shape: Sequence[int],
+    dtype: Any,
+    chunks: Sequence[int],
+    attrs: Mapping[str, Any] | None = None,
+    fill_value: Any = 0,
+) -> zarr.Array:
+    """Create or replace array ``name`` (may include a group path) in an existing store."""
+    group = _open_group(path, "r+")
+    parent = name.rpartition("/")[0]
+    if parent:
+        group.require_group(parent)
+    arr = group.create_array(
+        name,
+        shape=tuple(shape),
+        chunks=tuple(chunks),
+        dtype=dtype,
+        fill_value=fill_value,
+        dimension_names=tuple(dims),
+        compressors=default_compressor(),
+        overwrite=True,
+    )
+    if attrs:
+        arr.attrs.update(_jsonable(dict(attrs)))
+    return arr
+
+
+def calibration_fingerprint(path: str | Path) -> dict[str, Any]:
+    """What a measurement depends on besides its mask and settings: the pixel size and
+    a checksum of the time axis (the measurement records it, and is out of date when it
+    differs)."""
+    group = _open_group(path)
+    time = np.ascontiguousarray(get_array(group, TIME, path)[:], dtype="float64")
+    return {
+        "pixel_size_um": read_run_attrs(path).get("pixel_size_um"),
+        "time_sha1": hashlib.sha1(time.tobytes()).hexdigest()[:16],
+    }
+
+
+def open_run(path: str | Path, *, require_complete: bool = True) -> xr.Dataset:
+    """Open a run store lazily as an xarray Dataset backed by dask.
+
+    Parameters
+    ----------
+    path : path of the run store
+    require_complete : raise if the stage that created the frames did not finish
+
+    Returns
+    -------
+    Dataset
+        ``image`` (time, y, x) and, when segmented, ``mask``; coordinate ``time`` in
+        seconds; attrs ``pixel_size_um`` and ``provenance``.
+    """
+    attrs = read_run_attrs(path)
+    stages = stage_info(path)
+    creators = [s for s in ("import", "synth") if s in stages]
+    if require_complete:
+        unfinished = [s for s in creators if stages[s].get("status") != "finished"]
+        if not creators or unfinished:
+            name = unfinished[0] if unfinished else "import"
+            info = stages.get(name, {})
+            done = info.get("frames_done", 0)
+            total = info.get("frames_total", "?")
+            raise RunFormatError(
+                f"run store '{path}' is incomplete: stage '{name}' stopped after {done} of "
+                f"{total} frames; run the same 'crystalseg {name}' command again to resume"
+            )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=RuntimeWarning, message="Failed to open Zarr")
+        ds = xr.open_zarr(str(path), consolidated=None)
+    if IMAGE not in ds or ds[IMAGE].dims != FRAME_DIMS:
+        raise RunFormatError(
+            f"run store '{path}' has no '{IMAGE}' array with dims {FRAME_DIMS}; "
+            "re-import the recording"
+        )
+    ds.attrs.update({k: v for k, v in attrs.items() if k not in ds.attrs})
+    return ds
+
+
+def write_table(
+    path: str | Path,
+    group: str,
+    table: pd.DataFrame,
+    *,
+    attrs: Mapping[str, Any] | None = None,
+    dim: str = PARTICLE,
+    column_attrs: Mapping[str, Mapping[str, Any]] | None = None,
+) -> None:
+    """Write a table as group ``group`` of the store: one 1-D array per column along ``dim``.
+
+    ``xarray.open_zarr(path, group=group)`` then reads it as a Dataset, and
+    :func:`read_table` as a DataFrame. Strings become fixed-width unicode, booleans stay
+    booleans. An existing group of that name is replaced.
+    """
+    root = _open_group(path, "r+")
+    if group in root:
+        del root[group]
+    out = root.create_group(group)
+    out.attrs.update({**_jsonable(dict(attrs or {})), "columns": [str(c) for c in table.columns]})
+    n = len(table)
+    for name in table.columns:
+        values = table[name].to_numpy()
+        text = values.dtype == object or pd.api.types.is_string_dtype(values.dtype)
+        arr = out.create_array(
+            str(name),
+            shape=(n,),
+            chunks=(max(1, min(n, 1_000_000)),),
+            dtype=str if text else values.dtype,
+            fill_value=None if text else 0,
+            dimension_names=(dim,),
+            compressors=None if text else default_compressor(),
+        )
+        if n:
+            arr[:] = values.astype(str) if text else values
+        if column_attrs and name in column_attrs:
+            arr.attrs.update(_jsonable(dict(column_attrs[name])))
+    consolidate(path)
+
+
+def read_table(path: str | Path, group: str) -> pd.DataFrame:
+    """Read a table written by :func:`write_table` back into a DataFrame (column order kept)."""
+    root = _open_group(path)
+    try:
+        node = root[group]
+    except KeyError as exc:
+        raise RunFormatError(f"run store '{path}' has no table '{group}'") from exc
+    if not isinstance(node, zarr.Group):
+        raise RunFormatError(f"'{group}' in '{path}' is an array, not a table")
+    order = _attrs(node).get("columns")
+    columns = {name: _column(arr) for name, arr in node.arrays()}
+    if order:
+        columns = {name: columns[name] for name in order if name in columns}
+    return pd.DataFrame(columns)
+
+
+def _column(arr: zarr.Array) -> np.ndarray:
+    values = np.asarray(arr[:])
+    if values.dtype.kind in "TU":  # variable-length strings come back as numpy StringDType
+        return values.astype(object)
+    return values
+
+
+def describe_run(path: str | Path) -> dict[str, Any]:
+    """What ``crystalseg info`` prints: frames, size, dtype, time span, calibration, stages.
+
+    Reads metadata only (and the small time array), never the frames.
+    """
+    attrs = read_run_attrs(path)
+    group = _open_group(path)
+    image = get_array(group, IMAGE, path)
+    time_arr = get_array(group, TIME, path)
+    time = np.asarray(time_arr[:])
+    n, ny, nx = (int(v) for v in image.shape)
+    pixel = attrs.get("pixel_size_um")
+    provenance = attrs.get(PROVENANCE_KEY, {})
+    stored = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+    raw = n * ny * nx * np.dtype(image.dtype).itemsize
+    intervals = np.diff(time)
+    return {
+        "path": str(path),
+        "frames": n,
+        "height_px": ny,
+        "width_px": nx,
+        "dtype": str(image.dtype),
+        "frames_per_chunk": int(image.chunks[0]),
+        "time_start_s": float(time[0]) if n else None,
+        "time_end_s": float(time[-1]) if n else None,
+        "median_interval_s": float(np.median(intervals)) if len(intervals) else None,
+        "time_source": _attrs(time_arr).get("source", "unknown"),
+        "pixel_size_um": pixel,
+        "field_um": None if pixel is None else (ny * pixel, nx * pixel),
+        "source": provenance.get("source", {}),
+        "stages": stage_info(path),
+        "arrays": sorted(name for name, _ in group.arrays()),
+        "groups": sorted(name for name, _ in group.groups() if name != PROGRESS_GROUP),
+        "bytes_on_disk": stored,
+        "compression_ratio": raw / stored if stored else None,
+        "crystalseg_version": provenance.get("crystalseg_version"),
+    }
