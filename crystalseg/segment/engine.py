@@ -488,6 +488,13 @@ class Segmenter:
             "torch_version": torch.__version__,
         }
 
+    @property
+    def network(self) -> nn.Module:
+        """The engine's own copy of the network: float32, eval mode, on its device
+        (what :func:`~crystalseg.segment.onnx_backend.model_fingerprint` hashes when the
+        engine has no checkpoint checksum)."""
+        return self._model
+
     def load_weights(self, model: nn.Module) -> None:
         """Copy the weights of ``model`` (a network of this engine's spec) into the engine.
 

@@ -305,6 +305,9 @@ def test_validation_scores_the_masks_that_segment_writes(tmp_path: Path, data) -
         pred = saved.predict(image[None])[0]
         confusion += np.bincount(truth.astype(np.int64).ravel() * k + pred.ravel(), minlength=k * k)
     assert confusion_metrics(confusion.reshape(k, k), CODES)["iou"] == record["iou"]
+    engine_weights = learner.segmenter().network.state_dict()
+    for name, value in learner.model.state_dict().items():
+        assert torch.equal(engine_weights[name], value), name
 
 
 def test_predict_odd_sizes_and_files(data) -> None:
