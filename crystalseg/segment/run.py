@@ -83,7 +83,7 @@ def _model_identity(
             return model.checkpoint, checkpoint_checksum(meta), meta
         from crystalseg.segment.onnx_backend import model_fingerprint
 
-        checksum = model.checksum or model_fingerprint(model._model)
+        checksum = model.checksum or model_fingerprint(model.network)
         return None, checksum, {"spec": model.spec.to_dict()}
     directory = default_checkpoint_path() if model is None else resolve_checkpoint_dir(model)
     meta = read_checkpoint_meta(directory)
