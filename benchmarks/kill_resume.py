@@ -211,20 +211,27 @@ def session_members(sid: int) -> list[int]:
     return members
 
 
-def reap_session(sid: int, wait_s: float = 20.0) -> int:
-    """Wait for the leftover processes of a killed command's session to end by
-    themselves (e.g. its worker processes); kill the ones that outlive ``wait_s``.
-    Returns how many were left when the command was killed."""
+def reap_session(sid: int, wait_s: float = 20.0) -> tuple[int, float, int]:
+    """Wait for the leftover processes of a killed command's session (its worker
+    processes) to end by themselves; kill the ones that outlive ``wait_s``.
+
+    Returns
+    -------
+    (left, seconds, hung) : how many were alive at the call, how long until the last
+        ended, how many were still alive after ``wait_s`` (killed then)
+    """
+    t0 = time.perf_counter()
     left = session_members(sid)
-    deadline = time.perf_counter() + wait_s
-    while session_members(sid) and time.perf_counter() < deadline:
-        time.sleep(0.05)
-    for pid in session_members(sid):
+    while session_members(sid) and time.perf_counter() - t0 < wait_s:
+        time.sleep(0.02)
+    seconds = time.perf_counter() - t0
+    hung = session_members(sid)
+    for pid in hung:
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    return len(left)
+    return len(left), seconds if left else 0.0, len(hung)
 
 
 # ----------------------------------------------------------------------------- kill points
@@ -591,7 +598,10 @@ class Trial:
         (None: no replacement, or killed in its swap)
     lock_left : the dead process's PID when its lock file was left behind
     lock_taken_over : the rerun said it took over that lock, and released it
-    orphans : processes of the killed command still running after it died
+    orphans : processes of the killed command still running after it died (its
+        measurement workers), ``orphans_s`` until the last ended by itself, and
+        ``orphans_hung`` still running 20 s after the kill (killed by the trial)
+    rerun_with_orphans : the command was run again while they still ran
     rerun_code : exit status of each command run after the kill
     difference : None when the result equals the uninterrupted run's, else what differs
     tracebacks : "Traceback" lines in the output of the commands run after the kill
@@ -606,6 +616,9 @@ class Trial:
     lock_left: int | None = None
     lock_taken_over: bool | None = None
     orphans: int = 0
+    orphans_s: float = 0.0
+    orphans_hung: int = 0
+    rerun_with_orphans: bool = False
     reruns: list[str] = field(default_factory=list)
     rerun_code: list[int] = field(default_factory=list)
     difference: str | None = "not compared"
@@ -696,10 +709,20 @@ class Runner:
         return self._reference[scenario.name]
 
     def trial(
-        self, scenario: Scenario, point: KillPoint | KillIn, *, rerun: int = 0, keep: bool = False
+        self,
+        scenario: Scenario,
+        point: KillPoint | KillIn,
+        *,
+        rerun: int = 0,
+        wait_orphans: bool = True,
+        keep: bool = False,
     ) -> Trial:
         """Run the command, kill it at ``point``, check the store, run ``reruns[rerun]``
-        (or the command itself) until it finishes, compare with the reference."""
+        (or the command itself) until it finishes, compare with the reference.
+
+        With ``wait_orphans`` the processes the killed command leaves (measurement
+        workers finishing their chunk) end before the store is checked and the command
+        run again; without, the command runs again at once, as a user would."""
         expected, _ = self.reference(scenario)
         tag = self._tag(scenario, "trial")
         trial = _fresh_trial(self.root, scenario, tag)
@@ -713,10 +736,13 @@ class Runner:
         else:
             proc = self._start(scenario.args, trial, tag)
             record.killed = wait_and_kill(proc, point, store, scenario.records)
-        record.orphans = reap_session(proc.pid) if record.killed else 0
         if scenario.records:
             done = [chunks_done(store, r) for r in scenario.records]
             record.done_at_kill = sum(d for d in done if d is not None)
+        orphans = session_members(proc.pid)
+        record.rerun_with_orphans = bool(orphans) and not wait_orphans
+        if wait_orphans:
+            record.orphans, record.orphans_s, record.orphans_hung = reap_session(proc.pid)
         if scenario.store:
             self._check_after_kill(record, store, trial, old, proc.pid)
 
@@ -724,6 +750,9 @@ class Runner:
             scenario.reruns[rerun % len(scenario.reruns)] if scenario.reruns else scenario.args
         )
         self._finish(record, scenario, trial, command, tag)
+        if not wait_orphans:
+            record.orphans, record.orphans_s, record.orphans_hung = reap_session(proc.pid)
+            record.orphans = max(record.orphans, len(orphans))
         if record.rerun_code and record.rerun_code[-1] == 0:
             got = scenario.result(trial)
             record.difference = compare(got, expected, rtol=scenario.rtol, atol=scenario.atol)
@@ -770,7 +799,7 @@ class Runner:
         for i, args in enumerate(commands):
             proc = self._start(args, trial, f"{tag}-rerun{i}")
             code = proc.popen.wait()
-            reap_session(proc.pid, wait_s=5)
+            reap_session(proc.pid, wait_s=5.0)
             err = proc.stderr()
             record.reruns.append(" ".join(args))
             record.rerun_code.append(code)
@@ -830,14 +859,16 @@ def kill_trials(
             _, duration = runner.reference(scenario)
             results = []
             for i, point in enumerate(kill_points(scenario, trials, rng, duration)):
-                result = runner.trial(
-                    scenario, point, rerun=int(rng.integers(0, 2)) if i > 1 else i
-                )
+                rerun = int(rng.integers(0, 2)) if i > 1 else i
+                # every other trial runs the command again at once, as a user would,
+                # while the killed command's workers may still finish their chunks
+                result = runner.trial(scenario, point, rerun=rerun, wait_orphans=i % 2 == 0)
                 results.append(result)
                 if log is not None:
                     log(f"{name} {point.describe()}: {_summary(result)}")
             report[name] = {
                 **_counts(results),
+                "orphans_max_s": round(max([r.orphans_s for r in results] or [0.0]), 2),
                 "uninterrupted_s": round(duration, 2),
                 "seconds": round(time.perf_counter() - t0, 1),
                 "failures": [
@@ -864,6 +895,8 @@ def _counts(results: Sequence[Trial]) -> dict[str, int]:
         "lock_left": sum(r.lock_left is not None for r in results),
         "lock_taken_over": sum(bool(r.lock_taken_over) for r in results),
         "orphans": sum(r.orphans for r in results),
+        "orphans_hung": sum(r.orphans_hung for r in results),
+        "reruns_with_orphans": sum(r.rerun_with_orphans for r in results),
         "incomplete_after_kill": sum(r.after_kill == "incomplete" for r in results),
         "swapping_after_kill": sum(r.after_kill == "swapping" for r in results),
     }
@@ -873,6 +906,8 @@ def _summary(r: Trial) -> str:
     return (
         f"killed={r.killed} done={r.done_at_kill} after={r.after_kill or '-'} "
         f"lock={r.lock_left} taken_over={r.lock_taken_over} orphans={r.orphans} "
+        f"(ended after {r.orphans_s:.1f} s, hung {r.orphans_hung}, "
+        f"rerun meanwhile {r.rerun_with_orphans}) "
         f"codes={r.rerun_code} diff={r.difference} max_diff={r.max_difference:.2g}"
     )
 
