@@ -117,17 +117,17 @@ class Proc:
 
 
 #: Runs the CLI with one function replaced by one that kills the process (SIGKILL) at
-#: its nth call whose first argument contains a given text, before or after the call:
-#: ``-c KILL_IN MODULE:NAME NTH before|after TEXT -- ARGS``.
+#: its nth call whose first argument matches a regular expression, before or after the
+#: call: ``-c KILL_IN MODULE:NAME NTH before|after PATTERN -- ARGS``.
 KILL_IN = """
-import importlib, os, signal, sys
-where, nth, when, text = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+import importlib, os, re, signal, sys
+where, nth, when, pattern = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 module, name = where.split(":")
 target = importlib.import_module(module)
 original = getattr(target, name)
 calls = [0]
 def killing(*args, **kwargs):
-    if text in str(args[0] if args else ""):
+    if re.search(pattern, str(args[0] if args else "")):
         calls[0] += 1
         if calls[0] == nth and when == "before":
             os.kill(os.getpid(), signal.SIGKILL)
@@ -146,8 +146,9 @@ main()
 @dataclass(frozen=True)
 class KillIn:
     """Kill the command inside a given call: at the ``nth`` call of ``where``
-    (``module:function``) whose first argument contains ``text``, ``before`` or
-    ``after`` it runs. For windows that random kill points rarely hit."""
+    (``module:function``) whose first argument matches the regular expression
+    ``text``, ``before`` or ``after`` it runs. For windows that random kill points
+    rarely hit."""
 
     where: str
     when: Literal["before", "after"] = "before"
@@ -384,6 +385,8 @@ class Scenario:
     result : reads what the command made, for comparison
     before : reads the results that must survive the kill unchanged (a replacement)
     rtol, atol : tolerance of float results (training: resumed from an epoch's state)
+    progress_store : where the progress ``records`` are, when not in ``store`` (a
+        store that replaces a whole run is written beside it)
     """
 
     name: str
@@ -397,6 +400,7 @@ class Scenario:
     before: Callable[[Path], Arrays] | None = None
     rtol: float = 0.0
     atol: float = 0.0
+    progress_store: str = ""
 
 
 _SEGMENT = ("--model", "model", "--backend", "torch", "--resize", "1")
@@ -418,6 +422,27 @@ SCENARIOS: dict[str, Scenario] = {
             ("import",),
             FRAMES // FPC,
             frame_result(("image", "time")),
+        ),
+        Scenario(
+            "import-replace",
+            "imported.zarr",
+            (
+                "import",
+                "frames.tif",
+                "run.zarr",
+                "--frames-per-chunk",
+                str(FPC),
+                "--interval",
+                "2",
+                "--overwrite",
+            ),
+            (),
+            "run.zarr",
+            ("import",),
+            FRAMES // FPC,
+            frame_result(("image", "time")),
+            before=frame_result(("image", "time")),
+            progress_store="run.zarr.crystalseg-new",
         ),
         Scenario(
             "segment",
@@ -593,9 +618,10 @@ class Trial:
     done_at_kill : chunks marked done when the command died
     after_kill : "ok" (opens), "incomplete" (a one-line error says so), "absent" (not
         created yet), "swapping" (killed in a replacement's swap: the next writer
-        completes it) or "broken: ..." (anything else)
+        completes it), "replaced" (killed after a replacement's swap: the new results
+        complete in place) or "broken: ..." (anything else)
     before_intact : a replacement's old results read back unchanged after the kill
-        (None: no replacement, or killed in its swap)
+        (None: no replacement, killed in its swap, or after it)
     lock_left : the dead process's PID when its lock file was left behind
     lock_taken_over : the rerun said it took over that lock, and released it
     orphans : processes of the killed command still running after it died (its
@@ -646,7 +672,9 @@ def store_state(store: Path) -> str:
     from crystalseg.store import open_run, stage_info
 
     if not store.exists():
-        return "absent"
+        # killed between the two renames that put a new store in the place of the old
+        retired = store.with_name(f"{store.name}.crystalseg-old")
+        return "swapping" if retired.exists() else "absent"
     try:
         stages = stage_info(store)
     except CrystalsegError as exc:
@@ -727,6 +755,7 @@ class Runner:
         tag = self._tag(scenario, "trial")
         trial = _fresh_trial(self.root, scenario, tag)
         store = trial / scenario.store if scenario.store else trial / "trained"
+        progress = trial / scenario.progress_store if scenario.progress_store else store
         old = scenario.before(trial) if scenario.before is not None else None
         record = Trial(scenario.name, point.describe())
 
@@ -735,16 +764,16 @@ class Runner:
             record.killed = proc.popen.wait() == -signal.SIGKILL
         else:
             proc = self._start(scenario.args, trial, tag)
-            record.killed = wait_and_kill(proc, point, store, scenario.records)
+            record.killed = wait_and_kill(proc, point, progress, scenario.records)
         if scenario.records:
-            done = [chunks_done(store, r) for r in scenario.records]
+            done = [chunks_done(progress, r) for r in scenario.records]
             record.done_at_kill = sum(d for d in done if d is not None)
         orphans = session_members(proc.pid)
         record.rerun_with_orphans = bool(orphans) and not wait_orphans
         if wait_orphans:
             record.orphans, record.orphans_s, record.orphans_hung = reap_session(proc.pid)
         if scenario.store:
-            self._check_after_kill(record, store, trial, old, proc.pid)
+            self._check_after_kill(record, scenario, store, trial, old, expected, proc.pid)
 
         command = (
             scenario.reruns[rerun % len(scenario.reruns)] if scenario.reruns else scenario.args
@@ -769,8 +798,17 @@ class Runner:
         return record
 
     def _check_after_kill(
-        self, record: Trial, store: Path, trial: Path, old: Arrays | None, pid: int
+        self,
+        record: Trial,
+        scenario: Scenario,
+        store: Path,
+        trial: Path,
+        old: Arrays | None,
+        new: Arrays,
+        pid: int,
     ) -> None:
+        """The store after the kill: readable, its lock, the old results of a replacement
+        unchanged (or the new ones complete in their place, when killed after the swap)."""
         from crystalseg.store import read_lock
 
         record.after_kill = store_state(store)
@@ -779,11 +817,16 @@ class Runner:
             record.lock_left = holder.get("pid") if holder else -1
             if record.lock_left != pid:
                 record.after_kill = f"broken: lock file {holder!r} is not the dead process's"
-        if old is not None and record.after_kill != "swapping":
+        if old is not None and scenario.before is not None and record.after_kill != "swapping":
             try:
-                record.before_intact = compare(old, measurement_result(trial)) is None
+                now = scenario.before(trial)
             except Exception:  # unreadable old results: lost
                 record.before_intact = False
+                return
+            record.before_intact = compare(old, now) is None
+            if not record.before_intact and compare(now, new) is None:
+                record.before_intact = None  # the replacement was complete: swapped in
+                record.after_kill = "replaced"
 
     def _finish(
         self, record: Trial, scenario: Scenario, trial: Path, command: Sequence[str], tag: str

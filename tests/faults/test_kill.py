@@ -46,7 +46,7 @@ def assert_resumed(trial, *, lock: bool = True) -> None:
     """The kill landed, the store read as whole or clearly incomplete, the rerun took
     over the dead process's lock (saying so), finished, and gave the uninterrupted result."""
     assert trial.killed, trial
-    assert trial.after_kill in ("ok", "incomplete", "absent", "swapping"), trial.after_kill
+    assert trial.after_kill in ("ok", "incomplete", "absent", "swapping", "replaced"), trial.after_kill
     if lock:
         assert trial.lock_left is not None, "the dead process held no lock"
         assert trial.lock_taken_over, trial.stderr
