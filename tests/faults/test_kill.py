@@ -38,15 +38,19 @@ kr = _load_harness()
 @pytest.fixture(scope="module")
 def runner(tmp_path_factory: pytest.TempPathFactory):
     """Trials in one workspace; each scenario's uninterrupted result is made once."""
-    root = kr.prepare_workspace(tmp_path_factory.mktemp("kill"), ["import"])
+    root = kr.prepare_workspace(tmp_path_factory.mktemp("kill"), ["import", "import-replace"])
     return kr.Runner(root)
+
+
+#: How a store may read after a kill (see kill_resume.Trial.after_kill).
+READABLE = ("ok", "incomplete", "absent", "swapping", "replaced")
 
 
 def assert_resumed(trial, *, lock: bool = True) -> None:
     """The kill landed, the store read as whole or clearly incomplete, the rerun took
     over the dead process's lock (saying so), finished, and gave the uninterrupted result."""
     assert trial.killed, trial
-    assert trial.after_kill in ("ok", "incomplete", "absent", "swapping", "replaced"), trial.after_kill
+    assert trial.after_kill in READABLE, trial.after_kill
     if lock:
         assert trial.lock_left is not None, "the dead process held no lock"
         assert trial.lock_taken_over, trial.stderr
@@ -101,6 +105,16 @@ def test_a_lock_file_left_empty_by_a_kill_is_no_lock(runner) -> None:
     assert_resumed(trial, lock=False)
 
 
+def test_import_overwrite_killed_between_its_two_renames_is_completed(runner) -> None:
+    """A store that replaces a finished run is written beside it and swapped in by two
+    renames; killed between them, the run is nowhere under its name until the next
+    writer completes the swap."""
+    point = kr.KillIn("os:replace", "after", text=r"run\.zarr$")
+    trial = runner.trial(kr.SCENARIOS["import-replace"], point)
+    assert trial.after_kill == "swapping"
+    assert_resumed(trial)
+
+
 # ----------------------------------------------------------------------------- all stages
 
 
@@ -142,3 +156,14 @@ def test_every_stage_killed_anywhere_resumes_identically(stage_runner, name, ind
         assert trial.before_intact in (True, None), "the finished results changed"
         if trial.after_kill != "swapping":
             assert trial.before_intact
+
+
+@pytest.mark.slow
+def test_measure_replacement_killed_in_its_swap_is_completed(stage_runner) -> None:
+    """Killed after the first rename of the swap (the old psd moved aside): the store
+    says 'swapping', and the next command completes the swap before anything else."""
+    point = kr.KillIn("crystalseg.store.stages:_rename", "after")
+    trial = stage_runner.trial(kr.SCENARIOS["measure-replace"], point)
+    assert trial.after_kill == "swapping"
+    assert "completing the interrupted replacement" in trial.stderr
+    assert_resumed(trial)
