@@ -517,7 +517,7 @@ def tiny_checkpoint(directory: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     model = build_model(spec)
     with torch.no_grad():
-        head = model.segmentation_head[0]
+        head: Any = model.segmentation_head[0]  # type: ignore[index]
         head.weight.mul_(40.0)
         head.bias.zero_()
     return save_checkpoint(
@@ -531,9 +531,9 @@ def store_truth_mask(path: Path) -> None:
     import zarr
 
     from crystalseg.dims import DEFAULT_CODES, FRAME_DIMS
-    from crystalseg.store import begin_stage, create_array
+    from crystalseg.store import begin_stage, create_array, get_array
 
-    mask = np.asarray(zarr.open_group(str(path), mode="r")["truth/mask"][:])
+    mask = np.asarray(get_array(zarr.open_group(str(path), mode="r"), "truth/mask", path)[:])
     n, h, w = mask.shape
     arr = create_array(
         path,
@@ -890,7 +890,7 @@ def kill_trials(
         ``failures``: the trials that did not resume identically, described.
     """
     own = workdir is None
-    root = Path(tempfile.mkdtemp(prefix="crystalseg-kill-")) if own else Path(workdir)
+    root = Path(tempfile.mkdtemp(prefix="crystalseg-kill-")) if workdir is None else workdir
     rng = np.random.default_rng(seed)
     try:
         prepare_workspace(root, stages)
@@ -984,7 +984,7 @@ def concurrent_trials(
     Each process gets its own core when there are two.
     """
     own = workdir is None
-    root = Path(tempfile.mkdtemp(prefix="crystalseg-concurrent-")) if own else Path(workdir)
+    root = Path(tempfile.mkdtemp(prefix="crystalseg-concurrent-")) if workdir is None else workdir
     rng = np.random.default_rng(seed)
     cores = sorted(os.sched_getaffinity(0))
     pins = [frozenset({cores[0]}), frozenset({cores[-1]})]
