@@ -219,7 +219,7 @@ def reap_session(sid: int, wait_s: float = 20.0) -> tuple[int, float, int]:
     Returns
     -------
     (left, seconds, hung) : how many were alive at the call, how long until the last
-        ended, how many were still alive after ``wait_s`` (killed then)
+        ended, how many were still alive (working or waiting) after ``wait_s``, killed then
     """
     t0 = time.perf_counter()
     left = session_members(sid)
@@ -628,6 +628,8 @@ class Trial:
         measurement workers), ``orphans_s`` until the last ended by itself, and
         ``orphans_hung`` still running 20 s after the kill (killed by the trial)
     rerun_with_orphans : the command was run again while they still ran
+    chunks_after_death : chunks the orphans marked done after the command died (when
+        they were waited for)
     rerun_code : exit status of each command run after the kill
     difference : None when the result equals the uninterrupted run's, else what differs
     tracebacks : "Traceback" lines in the output of the commands run after the kill
@@ -645,6 +647,7 @@ class Trial:
     orphans_s: float = 0.0
     orphans_hung: int = 0
     rerun_with_orphans: bool = False
+    chunks_after_death: int = 0
     reruns: list[str] = field(default_factory=list)
     rerun_code: list[int] = field(default_factory=list)
     difference: str | None = "not compared"
@@ -772,6 +775,11 @@ class Runner:
         record.rerun_with_orphans = bool(orphans) and not wait_orphans
         if wait_orphans:
             record.orphans, record.orphans_s, record.orphans_hung = reap_session(proc.pid)
+            if scenario.records and record.done_at_kill is not None:
+                done = [chunks_done(progress, r) for r in scenario.records]
+                record.chunks_after_death = sum(d for d in done if d is not None) - (
+                    record.done_at_kill
+                )
         if scenario.store:
             self._check_after_kill(record, scenario, store, trial, old, expected, proc.pid)
 
@@ -940,6 +948,7 @@ def _counts(results: Sequence[Trial]) -> dict[str, int]:
         "orphans": sum(r.orphans for r in results),
         "orphans_hung": sum(r.orphans_hung for r in results),
         "reruns_with_orphans": sum(r.rerun_with_orphans for r in results),
+        "chunks_after_death": sum(r.chunks_after_death for r in results),
         "incomplete_after_kill": sum(r.after_kill == "incomplete" for r in results),
         "swapping_after_kill": sum(r.after_kill == "swapping" for r in results),
     }
@@ -950,7 +959,7 @@ def _summary(r: Trial) -> str:
         f"killed={r.killed} done={r.done_at_kill} after={r.after_kill or '-'} "
         f"lock={r.lock_left} taken_over={r.lock_taken_over} orphans={r.orphans} "
         f"(ended after {r.orphans_s:.1f} s, hung {r.orphans_hung}, "
-        f"rerun meanwhile {r.rerun_with_orphans}) "
+        f"rerun meanwhile {r.rerun_with_orphans}, chunks they did {r.chunks_after_death}) "
         f"codes={r.rerun_code} diff={r.difference} max_diff={r.max_difference:.2g}"
     )
 
