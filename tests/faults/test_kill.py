@@ -167,3 +167,35 @@ def test_measure_replacement_killed_in_its_swap_is_completed(stage_runner) -> No
     assert trial.after_kill == "swapping"
     assert "completing the interrupted replacement" in trial.stderr
     assert_resumed(trial)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="learner._save_last writes last/'s weights, then its training state: killed "
+    "between them, --resume trains that epoch again from its own end (fix: write last/ "
+    "beside and swap it in, see the kill report)",
+)
+def test_train_killed_between_the_last_weights_and_their_state_resumes_identically(
+    stage_runner,
+) -> None:
+    """Killed after epoch 2's weights reached last/, before its optimizer state did:
+    --resume silently took epoch 1's state with epoch 2's weights."""
+    point = kr.KillIn("crystalseg.train.learner:_save_training_state", "before", nth=2)
+    trial = stage_runner.trial(kr.SCENARIOS["train"], point)
+    assert_resumed(trial, lock=False)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="killed in the first epoch's save, --resume finds no training state and the "
+    "command without it finds a model: only --overwrite goes on",
+)
+def test_train_killed_in_its_first_save_goes_on_when_run_again(stage_runner) -> None:
+    point = kr.KillIn("crystalseg.train.learner:_save_training_state", "before", nth=1)
+    trial = stage_runner.trial(kr.SCENARIOS["train"], point)
+    assert_resumed(trial, lock=False)
