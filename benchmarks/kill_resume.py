@@ -985,7 +985,8 @@ def concurrent_trials(
 ) -> dict[str, Any]:
     """Two ``crystalseg measure RUN`` started together on one store, ``trials`` times.
 
-    The second one starts after a seeded delay of 0-1 s. ``refused``: one exited 1 with
+    The second one starts after a seeded delay of up to 1.2 times the duration of an
+    uninterrupted measurement. ``refused``: one exited 1 with
     one line naming the holder's PID; ``serialised``: both exited 0 (the later one
     found the measurement finished); ``broken``: anything else (a traceback, another
     exit, a store whose measurement is not the uninterrupted one).
@@ -1003,11 +1004,11 @@ def concurrent_trials(
         prepare_workspace(root, ["measure"])
         runner = Runner(root)
         scenario = SCENARIOS["measure"]
-        expected, _ = runner.reference(scenario)
+        expected, duration = runner.reference(scenario)
         broken: list[str] = []
         for i in range(trials):
             trial = _fresh_trial(root, scenario, f"concurrent-{i}")
-            delay = float(rng.uniform(0.0, 1.0))
+            delay = float(rng.uniform(0.0, 1.2 * duration))
             first = start(
                 scenario.args, trial, runner.logs, f"concurrent-{i}-a", pins[0], root / "cache"
             )
