@@ -421,10 +421,19 @@ def _resumed_options(ctx: click.Context, opts: dict[str, Any]) -> None:
     on without repeating ``--epochs``, ``--crop-size``, ``--codes``..."""
     from click.core import ParameterSource
 
+    from crystalseg.errors import CheckpointError
     from crystalseg.models.checkpoint import read_checkpoint_meta
     from crystalseg.train.learner import find_resume_dir
 
-    recorded = read_checkpoint_meta(find_resume_dir(opts["output_dir"]))
+    try:
+        recorded = read_checkpoint_meta(find_resume_dir(opts["output_dir"]))
+    except CheckpointError:
+        # killed in its first save: no state to go on from, but its checkpoint records
+        # the options, and train_model starts it over with them
+        try:
+            recorded = read_checkpoint_meta(Path(opts["output_dir"]))
+        except CheckpointError:
+            return
     settings = (recorded.get("training") or {}).get("settings") or {}
 
     def default(name: str) -> bool:

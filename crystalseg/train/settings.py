@@ -12,12 +12,12 @@ import logging
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from crystalseg.classes import BOUNDARY_CODES
-from crystalseg.errors import ConfigError, StageStateError
+from crystalseg.errors import CheckpointError, ConfigError, StageStateError
 from crystalseg.models.checkpoint import DEFAULT_ENCODER, META_FILE, jsonable, read_checkpoint_meta
 from crystalseg.train.augment import AUGMENT_PRESETS
 from crystalseg.train.data import PathLike, SegmentationData
@@ -259,6 +259,25 @@ def settings_learner(
     )
 
 
+def _restart_if_killed_in_first_save(s: TrainSettings) -> TrainSettings:
+    """A training killed while it saved its first epoch left a model but no complete
+    training state (only ``last.partial``): ``resume`` then starts it over."""
+    if s.resume is None:
+        return s
+    try:
+        find_resume_dir(s.resume)
+    except CheckpointError:
+        if not (Path(s.resume) / f"{LAST_DIR}.partial").exists():
+            raise
+        log.warning(
+            "'%s' holds no complete training state: the training was stopped while it saved "
+            "its first epoch; starting it over",
+            s.resume,
+        )
+        return replace(s, resume=None, overwrite=True)
+    return s
+
+
 def train_model(settings: TrainSettings) -> TrainResult:
     """Train a U-Net as ``crystalseg train`` does: data, learner, optional lr finder, fit.
 
@@ -269,7 +288,7 @@ def train_model(settings: TrainSettings) -> TrainResult:
     CrystalsegError
         Any bad data, settings or checkpoint.
     """
-    s = settings
+    s = _restart_if_killed_in_first_save(settings)
     out = s.output_dir
     if out is not None and s.resume is None and (out / META_FILE).exists() and not s.overwrite:
         raise StageStateError(

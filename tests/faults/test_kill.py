@@ -50,8 +50,8 @@ def assert_resumed(trial, *, lock: bool = True) -> None:
     """The kill landed, the store read as whole or clearly incomplete, the rerun took
     over the dead process's lock (saying so), finished, and gave the uninterrupted result."""
     assert trial.killed, trial
-    assert trial.after_kill in READABLE, trial.after_kill
-    if lock:
+    if lock:  # a run store (training writes a model folder, which has no lock)
+        assert trial.after_kill in READABLE, trial.after_kill
         assert trial.lock_left is not None, "the dead process held no lock"
         assert trial.lock_taken_over, trial.stderr
     assert trial.rerun_code[-1] == 0, trial.stderr
@@ -173,28 +173,17 @@ def test_measure_replacement_killed_in_its_swap_is_completed(stage_runner) -> No
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="learner._save_last writes last/'s weights, then its training state: killed "
-    "between them, --resume trains that epoch again from its own end (fix: write last/ "
-    "beside and swap it in, see the kill report)",
-)
 def test_train_killed_between_the_last_weights_and_their_state_resumes_identically(
     stage_runner,
 ) -> None:
-    """Killed after epoch 2's weights reached last/, before its optimizer state did:
-    --resume silently took epoch 1's state with epoch 2's weights."""
+    """Killed after epoch 2's weights were written, before its optimizer state was: last/
+    is swapped in whole, so --resume goes on from epoch 1's weights and state."""
     point = kr.KillIn("crystalseg.train.learner:_save_training_state", "before", nth=2)
     trial = stage_runner.trial(kr.SCENARIOS["train"], point)
     assert_resumed(trial, lock=False)
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="killed in the first epoch's save, --resume finds no training state and the "
-    "command without it finds a model: only --overwrite goes on",
-)
 def test_train_killed_in_its_first_save_goes_on_when_run_again(stage_runner) -> None:
     point = kr.KillIn("crystalseg.train.learner:_save_training_state", "before", nth=1)
     trial = stage_runner.trial(kr.SCENARIOS["train"], point)
