@@ -36,6 +36,7 @@ from crystalseg.dims import LENGTH_BIN, PARTICLE, SIZE_BIN, TIME, WIDTH_BIN
 from crystalseg.errors import ConfigError, RunFormatError, StageStateError
 from crystalseg.measure.distributions import frame_distributions
 from crystalseg.measure.features import FEATURE_COLUMNS, feature_units, measure_frame
+from crystalseg.measure.intervals import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, CONFIDENCE
 from crystalseg.measure.settings import MeasureSettings
 from crystalseg.store import crystalseg_version, default_compressor, read_run_attrs, stage_info
 
@@ -53,6 +54,7 @@ EXCLUDED_REASONS: tuple[str, ...] = (
     "out_of_focus",
     "larger_than_frame",
     "low_confidence",
+    "too_small",
 )
 
 #: Columns of the particle table, in order.
@@ -129,7 +131,68 @@ _PSD_META: dict[str, tuple[str, str]] = {
         "1",
     ),
 }
-_INT_VARS = frozenset({"count_kept", "count_detected", "count_edge", "count_elongated"})
+_REASON_TEXT = {
+    "edge": "touching the frame edge",
+    "out_of_focus": "out of focus (below min_sharpness)",
+    "larger_than_frame": "larger than the frame",
+    "low_confidence": "low model confidence (below min_confidence)",
+    "too_small": "smaller than min_area_px",
+}
+for _reason in EXCLUDED_REASONS[1:]:
+    _PSD_META[f"count_excluded_{_reason}"] = (
+        f"particles found but not counted: {_REASON_TEXT[_reason]}",
+        "1",
+    )
+_PSD_META["below_min_count"] = (
+    "fewer counted particles than min_count: D-values and moment means are NaN",
+    "1",
+)
+#: How each interval is made (the ``method`` attribute of its bounds).
+_ORDER_STATISTIC = (
+    "exact distribution-free order-statistic (binomial) interval, interpolated "
+    "(Hettmansperger-Sheather); bootstrap when the weights differ"
+)
+_BOOTSTRAP = "percentile bootstrap over the particles"
+_POISSON = "exact (Garwood) Poisson interval of the count"
+_INTERVAL_METHODS = {
+    **{name: _ORDER_STATISTIC for name in ("d10_number", "d50_number", "d90_number")},
+    **{name: _BOOTSTRAP for name in ("d10_volume", "d50_volume", "d90_volume", "d_3_2", "d_4_3")},
+    "count_kept": _POISSON,
+    "number_density": _POISSON + ", times number / count per field area",
+}
+for _name in _INTERVAL_METHODS:
+    _long, _units = _PSD_META[_name]
+    _PSD_META[f"{_name}_lower"] = (f"lower end of the 95 % interval of the {_long}", _units)
+    _PSD_META[f"{_name}_upper"] = (f"upper end of the 95 % interval of the {_long}", _units)
+_INT_VARS = frozenset(
+    {"count_kept", "count_detected", "count_edge", "count_elongated"}
+    | {f"count_excluded_{r}" for r in EXCLUDED_REASONS[1:]}
+)
+_BOOL_VARS = frozenset({"below_min_count"})
+
+
+def psd_variable_attrs(name: str, *, pixel_size_um: float | None) -> dict[str, str]:
+    """CF ``long_name`` and ``units`` of a variable of ``psd`` (and ``psd_window``),
+    with ``method`` and ``ancillary_variables`` for the interval bounds."""
+    long_name, kind = _PSD_META[name]
+    unit = size_units(pixel_size_um)
+    density_units = "mm-2" if pixel_size_um is not None else "1"
+    attrs = {
+        "long_name": long_name,
+        "units": {"size": unit, "density": density_units}.get(kind, kind),
+    }
+    base = name.removesuffix("_lower").removesuffix("_upper")
+    if base != name and base in _INTERVAL_METHODS:
+        attrs["method"] = _INTERVAL_METHODS[base]
+        attrs["confidence"] = "0.95"
+        attrs["n"] = "count_kept (the particles behind the statistic)"
+    elif name in _INTERVAL_METHODS:
+        attrs["ancillary_variables"] = f"{name}_lower {name}_upper count_kept"
+    if name.startswith("number_density") and pixel_size_um is None:
+        attrs["comment"] = "NaN: the run has no pixel size"
+    return attrs
+
+
 #: psd names of entries of frame_distributions that would shadow Dataset methods.
 PSD_RENAMES = {"count": "count_kept"}
 
@@ -154,12 +217,21 @@ def psd_variables(settings: MeasureSettings) -> dict[str, tuple[tuple[str, ...],
     empty = measure_frame(np.zeros((1, 1), dtype=np.int32))
     empty["weight"] = np.zeros(0)
     dist = frame_distributions(empty, bins=settings.bin_edges(), weight_column="weight")
-    names = [PSD_RENAMES.get(k, k) for k in dist] + ["count_detected", "number_density"]
+    names = [PSD_RENAMES.get(k, k) for k in dist] + [
+        "count_detected",
+        *(f"count_excluded_{r}" for r in EXCLUDED_REASONS[1:]),
+        "count_kept_lower",
+        "count_kept_upper",
+        "number_density",
+        "number_density_lower",
+        "number_density_upper",
+    ]
     out: dict[str, tuple[tuple[str, ...], np.dtype]] = {}
     for name in names:
         source = {v: k for k, v in PSD_RENAMES.items()}.get(name, name)
         dims = dist[source][0] if source in dist else ()
-        out[name] = (tuple(dims), np.dtype(np.int64 if name in _INT_VARS else np.float64))
+        dtype = np.int64 if name in _INT_VARS else np.bool_ if name in _BOOL_VARS else np.float64
+        out[name] = (tuple(dims), np.dtype(dtype))
     return out
 
 
@@ -197,6 +269,15 @@ def psd_attrs(
         "pixel_size_um": pixel_size_um,
         "frame_shape_px": list(frame_shape),
         "min_area_px": settings.min_area_px,
+        "min_count": settings.min_count,
+        "interval_confidence": CONFIDENCE,
+        "bootstrap_resamples": BOOTSTRAP_RESAMPLES,
+        "bootstrap_seed": BOOTSTRAP_SEED,
+        "interval_description": "95 % intervals (<name>_lower, <name>_upper) of sampling "
+        "noise only: they treat the frame's counted particles as a random sample of the "
+        "population in view and do not cover segmentation or calibration bias; "
+        f"frames with fewer than {settings.min_count} counted particles have NaN D-values "
+        "(below_min_count)",
         "split": settings.split,
         "min_sharpness": settings.min_sharpness,
         "mask": json.dumps(mask_identity),
@@ -218,17 +299,12 @@ def create_psd(
     centres = np.sqrt(edges[:-1] * edges[1:])
     n = len(time_s)
     unit = size_units(pixel_size_um)
-    density_units = "mm-2" if pixel_size_um is not None else "1"
     data_vars = {}
     for name, (dims, dtype) in psd_variables(settings).items():
         shape = (n, *(len(centres) for _ in dims))
         chunks = (frames_per_chunk, *(len(centres) for _ in dims))
-        fill = 0 if dtype.kind == "i" else np.nan
-        long_name, kind = _PSD_META[name]
-        units = {"size": unit, "density": density_units}.get(kind, kind)
-        attrs = {"long_name": long_name, "units": units}
-        if name == "number_density" and pixel_size_um is None:
-            attrs["comment"] = "NaN: the run has no pixel size"
+        fill = 0 if dtype.kind == "i" else False if dtype.kind == "b" else np.nan
+        attrs = psd_variable_attrs(name, pixel_size_um=pixel_size_um)
         data_vars[name] = (
             (TIME, *dims),
             da.full(shape, fill, dtype=dtype, chunks=chunks),
@@ -561,9 +637,10 @@ def summarize_measurement(run: str | os.PathLike[str]) -> dict[str, Any]:
     dict
         ``path``, ``frames``, ``particles`` (rows of the table), ``particles_counted``
         (kept), ``size_column``, ``size_units``, ``edge_treatment``, ``d50_start``
-        and ``d50_end`` (number-based D50 of the first and last frame with counted
-        particles, NaN if none), ``time_start_s`` and ``time_end_s`` (those frames'
-        times), ``count_start`` and ``count_end``, ``psd`` and ``particles_table``
+        and ``d50_end`` (number-based D50 of the first and last frame with a D50,
+        i.e. at least ``min_count`` counted particles, NaN if none),
+        ``time_start_s`` and ``time_end_s`` (those frames' times), ``count_start``
+        and ``count_end``, ``psd`` and ``particles_table``
         (where the results are: ``"<run> (group psd)"``), ``settings``,
         ``segment_resize`` (the factor the mask was segmented at, 1 if not resized).
 
@@ -584,7 +661,10 @@ def summarize_measurement(run: str | os.PathLike[str]) -> dict[str, Any]:
         d50 = ds["d50_number"].values
         time = ds[TIME].values
         attrs = dict(ds.attrs)
-    present = np.flatnonzero(count > 0)
+    # The first and last frames with a D50 (enough counted particles), else with any.
+    present = np.flatnonzero(np.isfinite(d50))
+    if not len(present):
+        present = np.flatnonzero(count > 0)
     first = int(present[0]) if len(present) else None
     last = int(present[-1]) if len(present) else None
 

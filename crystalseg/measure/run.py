@@ -65,6 +65,7 @@ from crystalseg.errors import (
 from crystalseg.measure.distributions import frame_distributions
 from crystalseg.measure.features import measure_frame, miles_lantuejoul_weights
 from crystalseg.measure.instances import crystal_classes, label_instances
+from crystalseg.measure.intervals import count_intervals
 from crystalseg.measure.results import (
     EXCLUDED_REASONS,
     PARTICLES_GROUP,
@@ -127,7 +128,9 @@ def label_mask_frame(
     Returns
     -------
     ndarray of int32, shape (y, x)
-        0 background, 1..n one id per particle.
+        0 background, 1..n one id per particle, those under
+        ``settings.min_area_px`` included (the table lists them as excluded,
+        ``too_small``, so that every object found is accounted for).
     """
     return label_instances(
         mask,
@@ -140,6 +143,7 @@ def label_mask_frame(
         smooth_px=settings.smooth_px,
         trim_boundary=settings.trim_boundary,
         join_occluded=settings.join_occluded,
+        keep_small=True,
     )
 
 
@@ -172,8 +176,9 @@ def measure_mask_frame(
         Micrometres per pixel; sizes are in µm with it, px without.
     labels : ndarray, shape (y, x), int, optional
         The frame's instance labels if already made (by :func:`label_mask_frame`
-        with the same settings, or true instances, 1..n, none under
-        ``settings.min_area_px``); otherwise they are made from ``mask``.
+        with the same settings, or true instances, 1..n); otherwise they are made
+        from ``mask``. Particles under ``settings.min_area_px`` are listed as
+        excluded (``too_small``).
 
     Returns
     -------
@@ -184,9 +189,13 @@ def measure_mask_frame(
         (number weight: 1, the Miles–Lantuéjoul factor, or 0 when excluded).
     distributions : dict of str to (dims, value)
         :func:`~crystalseg.measure.distributions.frame_distributions` of the
-        kept particles (its ``count`` named ``count_kept``, as in ``psd``),
-        plus ``count_detected`` and ``number_density``
-        (weighted number per mm² of field, NaN without a pixel size).
+        kept particles (its ``count`` named ``count_kept``, as in ``psd``; the
+        D-values NaN below ``settings.min_count``), plus ``count_detected`` (every
+        row of the table), ``count_excluded_<reason>`` for every reason of
+        :data:`~crystalseg.measure.results.EXCLUDED_REASONS` (count_kept plus
+        these is count_detected), ``number_density`` (weighted number per mm² of
+        field, NaN without a pixel size), and the Poisson intervals
+        ``count_kept_lower``/``_upper`` and ``number_density_lower``/``_upper``.
     """
     if labels is None:
         labels = label_mask_frame(mask, settings=settings, codes=codes)
@@ -196,8 +205,11 @@ def measure_mask_frame(
     n = len(table)
     code = np.zeros(n, dtype=np.uint8)
     weight = np.ones(n)
+    # area is a whole number of pixels times the pixel area: half a pixel of slack.
+    small = table["area"].to_numpy() < (settings.min_area_px - 0.5) * _pixel_area(pixel_size_um)
+    code[small] = EXCLUDED_REASONS.index("too_small")
     if settings.edge != "keep":
-        code[table["touches_edge"].to_numpy()] = EXCLUDED_REASONS.index("edge")
+        code[(code == 0) & table["touches_edge"].to_numpy()] = EXCLUDED_REASONS.index("edge")
     if settings.min_sharpness is not None:
         blurred = ~(table["sharpness"].to_numpy() >= settings.min_sharpness)
         code[(code == 0) & blurred] = EXCLUDED_REASONS.index("out_of_focus")
@@ -229,12 +241,23 @@ def measure_mask_frame(
         frame_shape=(h, w),
         frame_area=frame_area,
         elongated_aspect_ratio=settings.elongated_aspect_ratio,
+        min_count=settings.min_count,
     )
     dist = {PSD_RENAMES.get(k, k): v for k, v in dist.items()}
     dist["count_detected"] = ((), n)
-    density = float(dist["number"][1]) / (frame_area * 1e-6) if pixel_size_um else np.nan
-    dist["number_density"] = ((), density)
+    counts = np.bincount(code, minlength=len(EXCLUDED_REASONS))
+    for index, reason in enumerate(EXCLUDED_REASONS):
+        if reason:
+            dist[f"count_excluded_{reason}"] = ((), int(counts[index]))
+    dist.update(
+        count_intervals(int(kept.sum()), float(dist["number"][1]), frame_area, pixel_size_um)
+    )
     return table, dist
+
+
+def _pixel_area(pixel_size_um: float | None) -> float:
+    """Area of one pixel in the unit of the table's ``area`` column."""
+    return 1.0 if pixel_size_um is None else float(pixel_size_um) ** 2
 
 
 # --------------------------------------------------------------------------- one chunk

@@ -24,7 +24,7 @@ from crystalseg.errors import (
     RunFormatError,
     StageStateError,
 )
-from crystalseg.measure import PARTICLE_COLUMNS, measure_run
+from crystalseg.measure import PARTICLE_COLUMNS, MeasureSettings, measure_run
 from crystalseg.store import read_table
 from crystalseg.synth import SynthConfig, synthesize_run
 from crystalseg.viz.plots import (
@@ -55,7 +55,7 @@ def _measured_run(
     )
     synthesize_run(path, cfg, frames_per_chunk=2)
     store_mask(path, np.asarray(zarr.open_group(str(path), mode="r")["truth/mask"][:]))
-    measure_run(path, scheduler="synchronous")
+    measure_run(path, settings=MeasureSettings(min_count=1), scheduler="synchronous")
     return path
 
 

@@ -22,7 +22,7 @@ from PIL import Image
 from crystalseg.cli import cli
 from crystalseg.dims import FRAME_DIMS, SIZE_BIN, TIME
 from crystalseg.errors import ConfigError, StageStateError
-from crystalseg.measure import measure_run
+from crystalseg.measure import MeasureSettings, measure_run
 from crystalseg.store import create_array, create_run, read_table
 from crystalseg.viz.report import (
     SECTION_IDS,
@@ -93,7 +93,7 @@ def make_measured_run(
         attrs={"codes": ["background", "crystal"], "flag_meanings": "background crystal"},
     )
     mask[:] = masks
-    measure_run(path, scheduler="synchronous")
+    measure_run(path, settings=MeasureSettings(min_count=1), scheduler="synchronous")
     return path
 
 
