@@ -513,10 +513,11 @@ def remove_staging(path: Path) -> None:
 # --------------------------------------------------------------------------- reading out
 
 
-def _particles_group(path: Path) -> zarr.Group:
+def _particles_group(path: Path, *, finished_only: bool = True) -> zarr.Group:
     info = stage_info(path).get(STAGE)
     root = zarr.open_group(str(path), mode="r", use_consolidated=False)
-    if info is None or info.get("status") != "finished" or PARTICLES_GROUP not in root:
+    finished = info is not None and info.get("status") == "finished"
+    if (finished_only and not finished) or PARTICLES_GROUP not in root:
         raise StageStateError(
             f"run '{path}' has no finished measurement; run 'crystalseg measure {path}' first"
         )
@@ -526,19 +527,24 @@ def _particles_group(path: Path) -> zarr.Group:
     return node
 
 
-def iter_particles(run: str | os.PathLike[str], *, rows: int = 1 << 18) -> Iterator[pd.DataFrame]:
+def iter_particles(
+    run: str | os.PathLike[str], *, rows: int = 1 << 18, finished_only: bool = True
+) -> Iterator[pd.DataFrame]:
     """The particle table of a measured run, in blocks of at most ``rows`` rows.
 
     Parameters
     ----------
     run : path of the run store
     rows : rows per block (memory is one block)
+    finished_only : bool
+        False also reads the table of a measurement that is assembling it (its last
+        steps, such as the pooled windows, read it before the stage is finished).
 
     Yields
     ------
     DataFrame, columns :data:`PARTICLE_COLUMNS`
     """
-    group = _particles_group(Path(run))
+    group = _particles_group(Path(run), finished_only=finished_only)
     # Tables written before a column existed (``confidence``) read it as NaN.
     arrays = {name: _array(group, name) for name in PARTICLE_COLUMNS if name in group}
     total = int(arrays["frame"].shape[0])

@@ -82,6 +82,7 @@ from crystalseg.measure.results import (
     write_staged_particles,
 )
 from crystalseg.measure.settings import MeasureSettings
+from crystalseg.measure.windows import write_psd_windows
 from crystalseg.store import (
     StageProgress,
     begin_stage,
@@ -576,6 +577,7 @@ def _finish_measure(plan: _Plan) -> None:
             "mask": mask_identity,
         },
     )
+    write_psd_windows(path, settings)
     psd = zarr.open_group(str(path / PSD_GROUP), mode="r+", use_consolidated=False)
     if psd.attrs.get("mask") != json.dumps(mask_identity):
         psd.attrs["mask"] = json.dumps(mask_identity)
