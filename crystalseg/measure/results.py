@@ -648,7 +648,14 @@ def summarize_measurement(run: str | os.PathLike[str]) -> dict[str, Any]:
         ``time_start_s`` and ``time_end_s`` (those frames' times), ``count_start``
         and ``count_end``, ``psd`` and ``particles_table``
         (where the results are: ``"<run> (group psd)"``), ``settings``,
-        ``segment_resize`` (the factor the mask was segmented at, 1 if not resized).
+        ``segment_resize`` (the factor the mask was segmented at, 1 if not resized),
+        ``d50_start_lower``/``_upper`` and ``d50_end_lower``/``_upper`` (95 %
+        interval, NaN for runs measured without), ``excluded`` (particles not
+        counted, by reason, over the run: ``particles`` is ``particles_counted``
+        plus these), ``min_count``, ``frames_with_particles``,
+        ``frames_below_min_count`` (frames with particles but no D-values),
+        ``suggested_window`` (:func:`suggest_window`, None unless frames fall below
+        the minimum) and ``windows`` (windows in group ``psd_window``).
 
     Raises
     ------
@@ -663,10 +670,20 @@ def summarize_measurement(run: str | os.PathLike[str]) -> dict[str, Any]:
     for lo in range(0, n_rows, 1 << 20):
         n_kept += int(np.count_nonzero(np.asarray(kept[lo : lo + (1 << 20)])))
     with xr.open_zarr(str(path), group=PSD_GROUP, consolidated=None) as ds:
-        count = ds["count_kept"].values
-        d50 = ds["d50_number"].values
-        time = ds[TIME].values
+        names = [n for n in ds.data_vars if ds[n].dims == (TIME,)]
+        small = ds[names].load()
         attrs = dict(ds.attrs)
+    small.attrs = attrs
+    count = small["count_kept"].values
+    d50 = small["d50_number"].values
+    time = small[TIME].values
+    counts = frame_counts(small, None)
+    excluded = {c: int(counts[c].sum()) for c in counts.columns if c not in ("counted", "found")}
+    below = (
+        small["below_min_count"].values & (count > 0)
+        if "below_min_count" in small
+        else np.zeros(len(count), dtype=bool)
+    )
     # The first and last frames with a D50 (enough counted particles), else with any.
     present = np.flatnonzero(np.isfinite(d50))
     if not len(present):
@@ -676,6 +693,9 @@ def summarize_measurement(run: str | os.PathLike[str]) -> dict[str, Any]:
 
     def at(values: np.ndarray, index: int | None) -> float:
         return float(values[index]) if index is not None else math.nan
+
+    def bound(name: str, index: int | None) -> float:
+        return at(small[name].values, index) if name in small else math.nan
 
     return {
         "path": str(path),
@@ -687,6 +707,16 @@ def summarize_measurement(run: str | os.PathLike[str]) -> dict[str, Any]:
         "edge_treatment": attrs.get("edge_treatment"),
         "d50_start": at(d50, first),
         "d50_end": at(d50, last),
+        "d50_start_lower": bound("d50_number_lower", first),
+        "d50_start_upper": bound("d50_number_upper", first),
+        "d50_end_lower": bound("d50_number_lower", last),
+        "d50_end_upper": bound("d50_number_upper", last),
+        "excluded": excluded,
+        "min_count": attrs.get("min_count"),
+        "frames_with_particles": int(np.count_nonzero(count > 0)),
+        "frames_below_min_count": int(np.count_nonzero(below)),
+        "suggested_window": suggest_window(small) if below.any() else None,
+        "windows": _window_count(path),
         "time_start_s": at(time, first),
         "time_end_s": at(time, last),
         "count_start": int(count[first]) if first is not None else 0,
@@ -696,6 +726,90 @@ def summarize_measurement(run: str | os.PathLike[str]) -> dict[str, Any]:
         "settings": json.loads(attrs.get("measure_settings", "{}")),
         "segment_resize": _segment_resize(path),
     }
+
+
+def frame_counts(psd: xr.Dataset, particles: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per frame, the particles counted and those excluded by reason: they add up to those found.
+
+    Parameters
+    ----------
+    psd : Dataset
+        Group ``psd`` (``count_kept``, ``count_detected`` and, from this release on,
+        ``count_excluded_<reason>``).
+    particles : DataFrame, optional
+        The particle table (``frame``, ``excluded_reason``), for runs measured before
+        ``psd`` held the reasons.
+
+    Returns
+    -------
+    DataFrame
+        Index ``frame``; columns ``counted``, one per exclusion reason that occurs
+        (``edge``, ``too_small``, ...; ``excluded`` when the reasons are unknown) and
+        ``found``; ``counted`` plus the reasons is ``found`` in every row.
+    """
+    counted = np.asarray(psd["count_kept"].values, dtype=np.int64)
+    found = np.asarray(psd["count_detected"].values, dtype=np.int64)
+    out = pd.DataFrame({"counted": counted}, index=pd.RangeIndex(len(counted), name="frame"))
+    reasons = [r for r in EXCLUDED_REASONS[1:] if f"count_excluded_{r}" in psd]
+    if reasons:
+        for r in reasons:
+            out[r] = np.asarray(psd[f"count_excluded_{r}"].values, dtype=np.int64)
+    elif particles is not None and "excluded_reason" in particles:
+        excluded = particles[particles["excluded_reason"].astype(str) != ""]
+        table = pd.crosstab(excluded["frame"], excluded["excluded_reason"].astype(str))
+        for r in table.columns:
+            out[r] = table[r].reindex(out.index, fill_value=0).to_numpy(dtype=np.int64)
+    else:
+        out["excluded"] = found - counted
+    reason_columns = [c for c in out.columns if c != "counted"]
+    out = out[["counted", *[c for c in reason_columns if out[c].any()]]]
+    out["found"] = found
+    return out
+
+
+def suggest_window(psd: xr.Dataset, min_count: int | None = None) -> str | None:
+    """A ``--window`` that pools enough particles where frames hold fewer than ``min_count``.
+
+    Parameters
+    ----------
+    psd : Dataset
+        Group ``psd`` of a measured run (``count_kept``, ``time``; ``min_count`` from
+        its attributes when not given).
+    min_count : int, optional
+
+    Returns
+    -------
+    str or None
+        ``"60s"`` (evenly spaced frames: the frames times the interval, rounded up
+        to a whole second) or ``"5"`` (frames): enough frames that a window of
+        frames at the lower quartile of the counts (frames with particles) holds
+        ``min_count``; None when no frame has a particle, one frame suffices or
+        the run is too short for such a window.
+    """
+    if min_count is None:
+        min_count = int(psd.attrs.get("min_count") or 0)
+    counts = np.asarray(psd["count_kept"].values, dtype=np.float64)
+    nonzero = counts[counts > 0]
+    if not min_count or not len(nonzero):
+        return None
+    per_frame = max(float(np.percentile(nonzero, 25)), 1.0)
+    frames = math.ceil(min_count / per_frame)
+    if frames <= 1 or frames > len(counts):
+        return None
+    time_s = np.asarray(psd[TIME].values, dtype=np.float64)
+    steps = np.diff(time_s)
+    if len(steps) and np.all(np.isfinite(steps)) and np.ptp(steps) <= 0.01 * np.median(steps):
+        return f"{math.ceil(frames * float(np.median(steps))):d}s"
+    return str(frames)
+
+
+def _window_count(path: Path) -> int:
+    """Windows in group ``psd_window`` (0 when the run has none)."""
+    where = path / "psd_window"
+    if not (where / "zarr.json").exists():
+        return 0
+    with xr.open_zarr(str(path), group="psd_window", consolidated=False) as ds:
+        return int(ds.sizes.get(TIME, 0))
 
 
 def _segment_resize(path: Path) -> float:
@@ -708,6 +822,8 @@ __all__ = [
     "EXCLUDED_REASONS",
     "PARTICLE_COLUMNS",
     "export_particles",
+    "frame_counts",
     "iter_particles",
+    "suggest_window",
     "summarize_measurement",
 ]
