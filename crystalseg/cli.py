@@ -1095,9 +1095,10 @@ def report(
 @click.option("--seed", default=0, show_default=True, help="Random seed of the synthetic run.")
 @click.option(
     "--scenario",
-    default="clear",
+    default="nucleation",
     show_default=True,
-    help="Synthetic scene type: clear, crowded, bubbles, needles, plates, mixed.",
+    help="Synthetic scene type: nucleation (then growth, tens to hundreds of crystals a "
+    "frame), clear, crowded, bubbles, needles, plates, mixed.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace the demo's files in a non-demo folder.")
 @click.pass_context

@@ -454,13 +454,11 @@ def plot_cumulative(
     left.set_xscale("log")
     left.set_xlabel(_size_label(psd))
     left.set_ylabel("q3(x), volume density per log10 x")
-    left.set_title("q3: volume density distribution")
     right.plot(upper, cum, color=OKABE_ITO[4], lw=1.8, label="Q3(x)")
     right.set_xscale("log")
     right.set_ylim(0.0, 102.0)
     right.set_xlabel(_size_label(psd))
     right.set_ylabel("Q3(x), cumulative volume (%)")
-    right.set_title("Q3: cumulative volume distribution")
     for q, style in ((10, ":"), (50, "-"), (90, "--")):
         name = f"d{q}_volume"
         if name not in psd:
@@ -490,11 +488,9 @@ def plot_cumulative(
             hi_i = min(int(occupied[-1]) + 1, len(lower) - 1)
             axis.set_xlim(lower[lo_i], upper[hi_i])
         _plain_log_ticks(axis)
-    counts = _counts(psd)
-    fig.suptitle(
-        f"t = {time_s[frame] / scale:.4g} {unit} (frame {frame}, n = {counts[frame]:g})",
-        fontsize="small",
-    )
+    when = f"t = {time_s[frame] / scale:.4g} {unit}, n = {_counts(psd)[frame]:g}"
+    left.set_title(f"q3: volume density distribution\n{when}")
+    right.set_title(f"Q3: cumulative volume distribution\n{when}")
     right.legend(fontsize="small", loc="lower right")
     if not occupied.size:
         _say_empty(left, "No particles were counted in this frame")
