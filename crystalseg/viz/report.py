@@ -413,8 +413,8 @@ def summary_frames(psd: xr.Dataset) -> dict[str, int]:
     kept = _values(psd, "count_kept")
     present = np.flatnonzero(kept > 0) if kept is not None else np.arange(n)
     below = _values(psd, "below_min_count")
-    if below is not None and len(present):
-        enough = np.flatnonzero((kept > 0) & ~below.astype(bool)) if kept is not None else []
+    if below is not None and kept is not None and len(present):
+        enough = np.flatnonzero((kept > 0) & ~below.astype(bool))
         if len(enough):
             present = enough
     if len(present) == 0:
