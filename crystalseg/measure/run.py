@@ -109,7 +109,11 @@ _DEFAULT_CODES = ("background", "crystal")
 
 
 def label_mask_frame(
-    mask: np.ndarray, *, settings: MeasureSettings, codes: tuple[str, ...] = _DEFAULT_CODES
+    mask: np.ndarray,
+    *,
+    settings: MeasureSettings,
+    codes: tuple[str, ...] = _DEFAULT_CODES,
+    keep_small: bool = True,
 ) -> np.ndarray:
     """Instance labels of one frame's class mask, exactly as the measurement makes them.
 
@@ -125,13 +129,16 @@ def label_mask_frame(
     settings : MeasureSettings
     codes : tuple of str
         Class names of the mask, background first.
+    keep_small : bool
+        Keep the particles under ``settings.min_area_px`` (default, as the
+        measurement does: the table lists them as excluded, ``too_small``, so that
+        every object found is accounted for); False drops them, for scoring the
+        particles a measurement counts.
 
     Returns
     -------
     ndarray of int32, shape (y, x)
-        0 background, 1..n one id per particle, those under
-        ``settings.min_area_px`` included (the table lists them as excluded,
-        ``too_small``, so that every object found is accounted for).
+        0 background, 1..n one id per particle.
     """
     return label_instances(
         mask,
@@ -144,7 +151,7 @@ def label_mask_frame(
         smooth_px=settings.smooth_px,
         trim_boundary=settings.trim_boundary,
         join_occluded=settings.join_occluded,
-        keep_small=True,
+        keep_small=keep_small,
     )
 
 
