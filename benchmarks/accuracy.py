@@ -54,6 +54,7 @@ import argparse
 import itertools
 import json
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -184,6 +185,9 @@ def evaluate(
     segmenter = load_segmenter(model, None, EngineSettings(tta=tta, resize=resize))
     codes = tuple(segmenter.spec.codes)
     settings = MeasureSettings() if settings is None else settings
+    # Frames are judged from --min-count true crystals on (below the measurement's own
+    # minimum count, which would leave them without a D50).
+    settings = replace(settings, min_count=1)
     result: dict = {
         "model": segmenter.describe() if hasattr(segmenter, "describe") else str(model),
         "codes": list(codes),
@@ -274,16 +278,17 @@ def evaluate(
                     table, dist = measure_mask_frame(
                         pred, image, probability=prob, settings=settings, codes=codes, labels=labels
                     )
-                    measured = labels > 0
+                    small = table.loc[
+                        table["excluded_code"] == EXCLUDED_REASONS.index("too_small"), "label"
+                    ]
+                    measured = (labels > 0) & ~np.isin(labels, small.to_numpy())
                     union = np.count_nonzero(measured | fg_true)
                     if union:
                         inter = np.count_nonzero(measured & fg_true)
                         pooled_particles += inter, union
                         rows["particle_iou"].append(inter / union)
-                    doubtful = table.loc[
-                        table["excluded_code"] == EXCLUDED_REASONS.index("low_confidence"),
-                        "label",
-                    ]
+                    dropped = [EXCLUDED_REASONS.index(r) for r in ("low_confidence", "too_small")]
+                    doubtful = table.loc[table["excluded_code"].isin(dropped), "label"]
                     labels[np.isin(labels, doubtful.to_numpy())] = 0
                     pieces, ids = truth_pieces(true_labels, settings.min_area_px)
                     scores = instance_scores(labels, pieces, truth_ids=ids)

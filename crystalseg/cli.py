@@ -708,6 +708,19 @@ def _measure_settings(opts: dict[str, Any], **extra: Any) -> Any:
     default=None,
     help="Also write the particle table next to RUN.",
 )
+@click.option(
+    "--min-count",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Least counted particles for a frame's D-values; fewer give NaN and a flag [default: 20].",
+)
+@click.option(
+    "--window",
+    default=None,
+    metavar="LENGTH",
+    help="Also pool consecutive frames into windows ('60s', '2min' or a frame count such "
+    "as '5'): window PSDs and intervals in group psd_window.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace results made with other settings.")
 @click.option(
     "--stream/--no-stream",
@@ -725,6 +738,8 @@ def measure(
     model: Path | None,
     bins: tuple[float, float, int] | None,
     export_format: str | None,
+    min_count: int | None,
+    window: str | None,
     overwrite: bool,
     stream: bool | None,
     tta: bool,
@@ -736,11 +751,13 @@ def measure(
 
     Segments the run first if it has no mask (bundled model unless --model). Writes
     group 'particles' (one row per particle per frame) and group 'psd' (time x size
-    bin: number- and volume-weighted PSD, D10/D50/D90, moment means, counts, shape).
+    bin: number- and volume-weighted PSD, D10/D50/D90, moment means, counts, shape,
+    each with its 95 % interval); with --window also group 'psd_window'.
 
     \b
     Example:
       crystalseg measure run.zarr --export csv
+      crystalseg measure run.zarr --window 60s
     """
     from crystalseg.export import ExportSettings, export_run
     from crystalseg.measure import MeasureSettings
@@ -749,7 +766,12 @@ def measure(
     from crystalseg.pipeline import segment_and_measure
     from crystalseg.summary import format_measurement
 
-    settings = _measure_settings(filters, bins=bins or MeasureSettings.bins)
+    settings = _measure_settings(
+        filters,
+        bins=bins or MeasureSettings.bins,
+        min_count=MeasureSettings.min_count if min_count is None else min_count,
+        window=window,
+    )
     engine: Any = model
     asked = [
         name
@@ -1080,9 +1102,10 @@ def report(
 @click.option("--seed", default=0, show_default=True, help="Random seed of the synthetic run.")
 @click.option(
     "--scenario",
-    default="clear",
+    default="nucleation",
     show_default=True,
-    help="Synthetic scene type: clear, crowded, bubbles, needles, plates, mixed.",
+    help="Synthetic scene type: nucleation (then growth, tens to hundreds of crystals a "
+    "frame), clear, crowded, bubbles, needles, plates, mixed.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace the demo's files in a non-demo folder.")
 @click.pass_context

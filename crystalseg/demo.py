@@ -29,7 +29,7 @@ from typing import Any, Literal
 from crystalseg.errors import ConfigError, CrystalsegError, StageStateError
 from crystalseg.store import PROVENANCE_KEY, read_run_attrs
 from crystalseg.synth import SynthConfig
-from crystalseg.synth.scenarios import ScenarioName
+from crystalseg.synth.scenarios import SCENARIO_NAMES, Scenario, ScenarioName, get_scenario
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,36 @@ OVERLAYS_DIR = "overlays"
 PARTICLES_CSV = "particles.csv"
 REPORT_NAME = "report.html"
 _OUTPUTS = (RUN_NAME, FIGURES_DIR, OVERLAYS_DIR, PARTICLES_CSV, REPORT_NAME, DEMO_MARKER)
+
+#: The demo's scene: a crystallization as a microscope records it. No crystals at
+#: first; after an induction of an eighth of the run a burst of nucleation (the first
+#: third after it) of ~1400 crystals per megapixel, which then grow (to ~50 px long), so
+#: that a 512 x 512 frame holds tens and then over a hundred crystals, few touching,
+#: and the PSD moves to larger sizes. Kept out of the training scenarios
+#: (:data:`~crystalseg.synth.SCENARIO_NAMES`): the bundled model never saw it.
+DEMO_SCENARIO = Scenario(
+    "nucleation",
+    habit_weights=(0.55, 0.15, 0.30),
+    habit_concentration=20.0,
+    seeds_per_mpx=(0.0, 0.0),
+    nuclei_per_mpx=(1300.0, 1500.0),
+    induction_fraction=(0.1, 0.15),
+    nucleation_fraction=0.35,
+    nucleus_length_px=(4.0, 7.0),
+    growth_px=(40.0, 50.0),
+    growth_dispersion=(0.2, 0.3),
+    agglomerate_fraction=(0.0, 0.02),
+    min_gap_px=2.0,
+    bubbles_per_mpx=(0.0, 3.0),
+    bubble_radius_px=(4.0, 12.0),
+    drift_px_per_frame=(0.0, 0.5),
+    zoom=(1.0, 1.2),
+    depth_spread=0.3,
+)
+#: Pooled windows of the demo's measurement (six frames of 10 s).
+DEMO_WINDOW = "60s"
+#: Scene types of the demo: its own (default) and the synthetic scenarios.
+DEMO_SCENARIOS: tuple[str, ...] = (DEMO_SCENARIO.name, *SCENARIO_NAMES)
 
 #: Callback ``(step, frames_done, frames_total)`` of the steps "synth", "segment" and
 #: "measure"; the figures and the report (seconds) are logged instead.
@@ -136,7 +166,7 @@ def run_demo(
     *,
     frames: int = 40,
     size: tuple[int, int] = (512, 512),
-    scenario: ScenarioName = "clear",
+    scenario: ScenarioName | Literal["nucleation"] = "nucleation",
     seed: int = 0,
     overwrite: bool = False,
     progress: DemoProgress | None = None,
@@ -149,7 +179,9 @@ def run_demo(
     directory : folder to write into (created); see the module docstring for its layout
     frames : frames of the synthetic run (>= 2)
     size : (height, width) of the frames in pixels (>= 64 each)
-    scenario : synthetic scene type (see :data:`crystalseg.synth.SCENARIO_NAMES`)
+    scenario : scene type: "nucleation" (:data:`DEMO_SCENARIO`, nucleation then growth of
+        tens to hundreds of crystals a frame) or a synthetic scenario of
+        :data:`crystalseg.synth.SCENARIO_NAMES`
     seed : the run follows from it; the same seed gives the same run
     overwrite : replace the demo's files in a folder that is not an earlier demo
         folder (other files in it are left alone). An earlier demo folder is
@@ -172,7 +204,7 @@ def run_demo(
         Too few frames or too small a frame.
     """
     from crystalseg.export import export_particles
-    from crystalseg.measure import MeasureOptions
+    from crystalseg.measure import MeasureOptions, MeasureSettings
     from crystalseg.pipeline import segment_and_measure
     from crystalseg.synth import synthesize_run
     from crystalseg.viz.overlay import write_overlays
@@ -183,7 +215,8 @@ def run_demo(
         raise ConfigError(f"the demo needs frames >= 2, got {frames!r}")
     if len(size) != 2 or not all(isinstance(v, int) and v >= 64 for v in size):
         raise ConfigError(f"size must be (height, width) of at least 64 px each, got {size!r}")
-    config = SynthConfig(frames=frames, height=size[0], width=size[1], seed=seed, scenario=scenario)
+    scene = DEMO_SCENARIO if scenario == DEMO_SCENARIO.name else get_scenario(scenario)
+    config = SynthConfig(frames=frames, height=size[0], width=size[1], seed=seed, scenario=scene)
     directory = Path(directory)
     _check_directory(directory, overwrite=overwrite)
 
@@ -209,7 +242,12 @@ def run_demo(
         encoding="utf-8",
     )
     log.info("segmenting with the bundled model and measuring %s", run)
-    segment_and_measure(run, options=MeasureOptions(progress=report, scheduler=scheduler))
+    # Pooled windows of a minute: the first frames after nucleation hold too few crystals
+    # for D-values of their own.
+    options = MeasureOptions(
+        MeasureSettings(window=DEMO_WINDOW), progress=report, scheduler=scheduler
+    )
+    segment_and_measure(run, options=options)
     particles_csv = export_particles(run, directory / PARTICLES_CSV, format="csv")
 
     log.info("writing figures, overlays and the report")
@@ -238,7 +276,7 @@ def _config_dict(config: SynthConfig) -> dict[str, Any]:
         "height": config.height,
         "width": config.width,
         "seed": config.seed,
-        "scenario": config.scenario,
+        "scenario": config.scenario_params.name,
     }
 
 

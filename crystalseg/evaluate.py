@@ -34,7 +34,7 @@ import math
 import os
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -220,6 +220,9 @@ def score_frame(
         raise MaskValueError(
             f"annotation {true_labels.shape} and mask {mask.shape} differ in shape."
         )
+    # Every frame gets its D50 compared, however few crystals it holds: the minimum
+    # count guards a run's published D-values, not this per-frame comparison.
+    settings = replace(settings, min_count=1)
     fg_true, fg_pred = true_labels > 0, mask > 0
     inter, union = np.count_nonzero(fg_true & fg_pred), np.count_nonzero(fg_true | fg_pred)
     fg_iou = inter / union if union else math.nan
@@ -234,9 +237,9 @@ def score_frame(
         pixel_size_um=pixel_size_um,
         labels=labels,
     )
-    doubtful = table.loc[
-        table["excluded_code"] == EXCLUDED_REASONS.index("low_confidence"), "label"
-    ].to_numpy()
+    # Particles dropped for low confidence or under the least area are not detections.
+    dropped = [EXCLUDED_REASONS.index(r) for r in ("low_confidence", "too_small")]
+    doubtful = table.loc[table["excluded_code"].isin(dropped), "label"].to_numpy()
     counted = np.where(np.isin(labels, doubtful), 0, labels)
     pieces, ids = truth_pieces(true_labels, settings.min_area_px)
     scores = instance_scores(counted, pieces, truth_ids=ids)

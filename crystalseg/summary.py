@@ -142,21 +142,42 @@ def format_measurement(summary: dict[str, Any], exported: Any = None) -> str:
     """Text printed after ``crystalseg measure`` from ``summarize_measurement``'s dict."""
     units = summary.get("size_units") or "px"
     size = summary.get("size_column") or "ecd"
+    excluded = summary.get("excluded") or {}
+    n_excluded = sum(excluded.values())
+    why = ", ".join(f"{n} {reason.replace('_', ' ')}" for reason, n in excluded.items() if n)
     lines = [
         summary["path"],
         f"  frames       {summary['frames']}",
-        f"  particles    {summary['particles']} measured, {summary['particles_counted']} counted "
-        f"(edge particles: {summary.get('edge_treatment')})",
+        f"  particles    {summary['particles']} found = {summary['particles_counted']} counted "
+        f"+ {n_excluded} excluded" + (f" ({why})" if why else ""),
     ]
     for when in ("start", "end"):
         d50 = summary[f"d50_{when}"]
         if d50 == d50:  # not NaN
+            lower = summary.get(f"d50_{when}_lower", float("nan"))
+            upper = summary.get(f"d50_{when}_upper", float("nan"))
+            interval = (
+                f", 95 % {lower:.3g}-{upper:.3g}" if lower == lower and upper == upper else ""
+            )
             lines.append(
-                f"  D50 {when:<5}    {d50:.3g} {units} ({size}, number basis) at "
-                f"t = {summary[f'time_{when}_s']:g} s, {summary[f'count_{when}']} particles"
+                f"  D50 {when:<5}    {d50:.3g} {units} ({size}, number basis{interval}) at "
+                f"t = {summary[f'time_{when}_s']:g} s, n = {summary[f'count_{when}']}"
             )
         else:
-            lines.append(f"  D50 {when:<5}    no particles counted")
+            lines.append(f"  D50 {when:<5}    no frame with enough counted particles")
+    below = summary.get("frames_below_min_count") or 0
+    if below:
+        window = summary.get("suggested_window")
+        advice = f"; pool frames with --window {window}" if window else ""
+        lines.append(
+            f"  warning      {below} of {summary.get('frames_with_particles')} frames with "
+            f"particles hold fewer than {summary.get('min_count')} counted: no D-values "
+            f"there{advice}"
+        )
+    if summary.get("windows"):
+        lines.append(
+            f"  windows      {summary['windows']} -> xarray.open_zarr(RUN, group='psd_window')"
+        )
     if summary.get("segment_resize", 1.0) != 1.0:
         lines.append(resize_note(summary["segment_resize"]))
     lines.append(f"  PSD          {summary['psd']}  -> xarray.open_zarr(RUN, group='psd')")

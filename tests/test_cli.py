@@ -474,6 +474,25 @@ def test_measure_counts_a_needle_behind_another_once_unless_told_not_to(
     assert longest == pytest.approx(120 * pixel, rel=0.02)
 
 
+def test_measure_window_and_min_count(tmp_path: Path, store_mask) -> None:
+    """--window pools frames into group psd_window; --min-count sets the D-value floor; a
+    window that is no length is one Error line."""
+    path = tmp_path / "run.zarr"
+    assert run("synth", str(path), "--frames", "3", "--size", "96", "96", "--seed", "5")[0] == 0
+    truth = np.zeros((96, 96), np.int32)
+    truth[20:30, 20:30], truth[50:60, 40:52] = 1, 2
+    store_mask(path, np.stack([truth > 0] * 3).astype(np.uint8))
+    code, out = run("measure", str(path), "--window", "2", "--min-count", "3", "--no-stream")
+    assert code == 0, out
+    assert "windows      2 -> xarray.open_zarr(RUN, group='psd_window')" in out
+    assert "3 of 3 frames with particles hold fewer than 3 counted" in out
+    with xr.open_zarr(path, group="psd_window") as win:
+        assert win["count_kept"].values.tolist() == [4, 2]
+        assert win["below_min_count"].values.tolist() == [False, True]
+    code, out = run("measure", str(path), "--window", "five", "--overwrite")
+    assert code == 1 and out.startswith("Error: window 'five' is not a time"), out
+
+
 def test_measure_trims_a_rim_drawn_two_pixels_wide_unless_told_not_to(
     tmp_path: Path, store_mask
 ) -> None:

@@ -27,6 +27,7 @@ def _check_outputs(result, frames: int) -> None:  # type: ignore[no-untyped-def]
         "psd_heatmap.png",
         "statistics.png",
         "psd_curves.png",
+        "cumulative.png",
         "shape.png",
     ]
     assert result.overlays[-1].name == "montage.png"

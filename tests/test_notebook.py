@@ -87,7 +87,7 @@ def _check_results(tmp_path: Path, result: subprocess.CompletedProcess[str], fra
 
 
 def test_notebook_runs_on_a_tiny_run(tmp_path: Path) -> None:
-    result = _run(tmp_path, "frames = 4\nsize = 256\nscenario = 'clear'\nseed = 2\n")
+    result = _run(tmp_path, "frames = 4\nsize = 256\nscenario = 'clear'\nseed = 2\nmin_count = 3\n")
     _check_results(tmp_path, result, 4)
 
 

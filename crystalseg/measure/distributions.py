@@ -40,6 +40,12 @@ from numpy.typing import ArrayLike
 from crystalseg.dims import LENGTH_BIN, SIZE_BIN, WIDTH_BIN
 from crystalseg.errors import ConfigError
 from crystalseg.measure.features import miles_lantuejoul_weights
+from crystalseg.measure.intervals import (
+    BOOTSTRAP_RESAMPLES,
+    BOOTSTRAP_SEED,
+    INTERVAL_NAMES,
+    particle_intervals,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +54,21 @@ log = logging.getLogger(__name__)
 QUANTILES = (0.1, 0.5, 0.9)
 
 EdgeTreatment = Literal["keep", "exclude", "miles-lantuejoul"]
+
+#: Statistics set to NaN in a frame (or window) with fewer counted particles than
+#: the minimum count, with their interval bounds.
+SIZE_STATISTICS: tuple[str, ...] = (
+    "d10_number",
+    "d50_number",
+    "d90_number",
+    "d10_volume",
+    "d50_volume",
+    "d90_volume",
+    "d_1_0",
+    "d_3_2",
+    "d_4_3",
+    "span_volume",
+)
 
 
 def log_bins(min_size: float, max_size: float, n_bins: int) -> np.ndarray:
@@ -230,6 +251,9 @@ def frame_distributions(
     frame_shape: tuple[int, int] | None = None,
     frame_area: float | None = None,
     elongated_aspect_ratio: float = 2.0,
+    min_count: int = 1,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
 ) -> dict[str, tuple[tuple[str, ...], np.ndarray | float]]:
     """Size distribution and summary statistics of one frame, ready for xarray.
 
@@ -261,6 +285,13 @@ def frame_distributions(
     elongated_aspect_ratio : float
         Crystals with ``aspect_ratio`` at least this enter the length × width
         histogram.
+    min_count : int
+        Least counted particles for D-values: with fewer, every name of
+        :data:`SIZE_STATISTICS` and its bounds are NaN and ``below_min_count``
+        is True (the densities ``q0``/``q3`` stay: they are counts).
+    resamples, seed : int
+        Bootstrap resamples and seed of the intervals
+        (:func:`~crystalseg.measure.intervals.particle_intervals`).
 
     Returns
     -------
@@ -269,7 +300,10 @@ def frame_distributions(
         dims (size_bin,), ``length_width`` (weighted counts of elongated
         crystals, feret_diameter_max × feret_diameter_min) on
         (length_bin, width_bin), and scalars: the entries of
-        :func:`size_distribution`, ``count_elongated``, ``count_edge`` (edge
+        :func:`size_distribution`, ``<name>_lower`` and ``<name>_upper`` (95 %
+        interval) for every name of
+        :data:`~crystalseg.measure.intervals.INTERVAL_NAMES`,
+        ``below_min_count`` (bool), ``count_elongated``, ``count_edge`` (edge
         particles in the table), ``aspect_ratio_mean``, ``circularity_mean``
         (number-weighted, NaN values skipped) and ``projected_area_fraction``
         (all particles of the table, edge ones included).
@@ -306,14 +340,9 @@ def frame_distributions(
         w = np.where(np.isfinite(ml) & (w > 0), w * np.where(np.isfinite(ml), ml, 0.0), 0.0)
     used = w > 0
     sizes = table[size_column].to_numpy(dtype=np.float64)
-    dist = size_distribution(sizes[used], weights=w[used], bins=edges)
-
-    result: dict[str, tuple[tuple[str, ...], np.ndarray | float]] = {}
-    for key, value in dist.items():
-        if isinstance(value, np.ndarray):
-            result[key] = ((SIZE_BIN,), value)
-        else:
-            result[key] = ((), value)
+    result = distribution_statistics(
+        sizes[used], w[used], bins=edges, min_count=min_count, resamples=resamples, seed=seed
+    )
 
     shape_w = w[used]
     result["aspect_ratio_mean"] = ((), _weighted_mean(table, "aspect_ratio", used, shape_w))
@@ -344,6 +373,61 @@ def frame_distributions(
             )
     result["length_width"] = ((LENGTH_BIN, WIDTH_BIN), hist2d)
     result["count_elongated"] = ((), n_elongated)
+    return result
+
+
+def distribution_statistics(
+    sizes: np.ndarray,
+    weights: np.ndarray,
+    *,
+    bins: np.ndarray,
+    min_count: int = 1,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+    intervals: dict[str, tuple[float, float]] | None = None,
+) -> dict[str, tuple[tuple[str, ...], np.ndarray | float]]:
+    """:func:`size_distribution` with intervals and the minimum-count rule, ready for xarray.
+
+    Parameters
+    ----------
+    sizes, weights : ndarray, shape (n,)
+        Sizes and number weights of the counted particles.
+    bins : ndarray, shape (n_bins + 1,)
+    min_count : int
+        See :func:`frame_distributions`.
+    resamples, seed : int
+        Bootstrap settings of :func:`~crystalseg.measure.intervals.particle_intervals`.
+    intervals : dict of str to (lower, upper), optional
+        Intervals made elsewhere (a pooled window's cluster bootstrap); computed
+        from the particles when omitted.
+
+    Returns
+    -------
+    dict of str to (dims, value)
+        The entries of :func:`size_distribution` (densities on (size_bin,)),
+        ``<name>_lower``/``<name>_upper`` and ``below_min_count``.
+    """
+    if isinstance(min_count, bool) or int(min_count) != min_count or min_count < 1:
+        raise ConfigError(f"min_count must be an integer >= 1, got {min_count!r}.")
+    dist = size_distribution(sizes, weights=weights, bins=bins)
+    below = int(dist["count"]) < min_count
+    if intervals is None:
+        intervals = (
+            {}
+            if below
+            else particle_intervals(sizes, weights=weights, resamples=resamples, seed=seed)
+        )
+    result: dict[str, tuple[tuple[str, ...], np.ndarray | float]] = {}
+    for key, value in dist.items():
+        if isinstance(value, np.ndarray):
+            result[key] = ((SIZE_BIN,), value)
+        else:
+            result[key] = ((), math.nan if below and key in SIZE_STATISTICS else value)
+    for name in INTERVAL_NAMES:
+        lower, upper = (math.nan, math.nan) if below else intervals[name]
+        result[f"{name}_lower"] = ((), lower)
+        result[f"{name}_upper"] = ((), upper)
+    result["below_min_count"] = ((), below)
     return result
 
 

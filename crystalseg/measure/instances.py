@@ -203,6 +203,7 @@ def label_instances(
     smooth_px: float = DEFAULT_SMOOTH_PX,
     trim_boundary: bool = True,
     join_occluded: bool = True,
+    keep_small: bool = False,
 ) -> np.ndarray:
     """Instance labels of one frame's class mask: one id per crystal.
 
@@ -241,6 +242,10 @@ def label_instances(
     join_occluded : bool
         Join the pieces of an elongated crystal that another crystal crosses in
         front of it into one particle (see the module docstring).
+    keep_small : bool
+        Keep the particles under ``min_area_px`` (they still take no part in the
+        split), so that a caller can account for them instead of losing them
+        (the measurement lists them as excluded, ``too_small``).
 
     Returns
     -------
@@ -303,7 +308,7 @@ def label_instances(
         labels, _ = ndi.label(crystal, structure=_STRUCTURE_8)
     if join_occluded:
         labels = _join_occluded(labels)
-    return filter_and_renumber(labels, min_area_px)
+    return filter_and_renumber(labels, 1 if keep_small else min_area_px)
 
 
 def _check_split_settings(

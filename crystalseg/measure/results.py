@@ -37,6 +37,7 @@ from crystalseg.dims import LENGTH_BIN, PARTICLE, SIZE_BIN, TIME, WIDTH_BIN
 from crystalseg.errors import RunFormatError, StageStateError
 from crystalseg.measure.distributions import frame_distributions
 from crystalseg.measure.features import FEATURE_COLUMNS, feature_units, measure_frame
+from crystalseg.measure.intervals import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, CONFIDENCE
 from crystalseg.measure.settings import MeasureSettings
 from crystalseg.store import crystalseg_version, default_compressor, stage_info
 
@@ -54,6 +55,7 @@ EXCLUDED_REASONS: tuple[str, ...] = (
     "out_of_focus",
     "larger_than_frame",
     "low_confidence",
+    "too_small",
 )
 
 #: Columns of the particle table, in order.
@@ -130,7 +132,68 @@ _PSD_META: dict[str, tuple[str, str]] = {
         "1",
     ),
 }
-_INT_VARS = frozenset({"count_kept", "count_detected", "count_edge", "count_elongated"})
+_REASON_TEXT = {
+    "edge": "touching the frame edge",
+    "out_of_focus": "out of focus (below min_sharpness)",
+    "larger_than_frame": "larger than the frame",
+    "low_confidence": "low model confidence (below min_confidence)",
+    "too_small": "smaller than min_area_px",
+}
+for _reason in EXCLUDED_REASONS[1:]:
+    _PSD_META[f"count_excluded_{_reason}"] = (
+        f"particles found but not counted: {_REASON_TEXT[_reason]}",
+        "1",
+    )
+_PSD_META["below_min_count"] = (
+    "fewer counted particles than min_count: D-values and moment means are NaN",
+    "1",
+)
+#: How each interval is made (the ``method`` attribute of its bounds).
+_ORDER_STATISTIC = (
+    "exact distribution-free order-statistic (binomial) interval, interpolated "
+    "(Hettmansperger-Sheather); bootstrap when the weights differ"
+)
+_BOOTSTRAP = "percentile bootstrap over the particles"
+_POISSON = "exact (Garwood) Poisson interval of the count"
+_INTERVAL_METHODS = {
+    **{name: _ORDER_STATISTIC for name in ("d10_number", "d50_number", "d90_number")},
+    **{name: _BOOTSTRAP for name in ("d10_volume", "d50_volume", "d90_volume", "d_3_2", "d_4_3")},
+    "count_kept": _POISSON,
+    "number_density": _POISSON + ", times number / count per field area",
+}
+for _name in _INTERVAL_METHODS:
+    _long, _units = _PSD_META[_name]
+    _PSD_META[f"{_name}_lower"] = (f"lower end of the 95 % interval of the {_long}", _units)
+    _PSD_META[f"{_name}_upper"] = (f"upper end of the 95 % interval of the {_long}", _units)
+_INT_VARS = frozenset(
+    {"count_kept", "count_detected", "count_edge", "count_elongated"}
+    | {f"count_excluded_{r}" for r in EXCLUDED_REASONS[1:]}
+)
+_BOOL_VARS = frozenset({"below_min_count"})
+
+
+def psd_variable_attrs(name: str, *, pixel_size_um: float | None) -> dict[str, str]:
+    """CF ``long_name`` and ``units`` of a variable of ``psd`` (and ``psd_window``),
+    with ``method`` and ``ancillary_variables`` for the interval bounds."""
+    long_name, kind = _PSD_META[name]
+    unit = size_units(pixel_size_um)
+    density_units = "mm-2" if pixel_size_um is not None else "1"
+    attrs = {
+        "long_name": long_name,
+        "units": {"size": unit, "density": density_units}.get(kind, kind),
+    }
+    base = name.removesuffix("_lower").removesuffix("_upper")
+    if base != name and base in _INTERVAL_METHODS:
+        attrs["method"] = _INTERVAL_METHODS[base]
+        attrs["confidence"] = "0.95"
+        attrs["n"] = "count_kept (the particles behind the statistic)"
+    elif name in _INTERVAL_METHODS:
+        attrs["ancillary_variables"] = f"{name}_lower {name}_upper count_kept"
+    if name.startswith("number_density") and pixel_size_um is None:
+        attrs["comment"] = "NaN: the run has no pixel size"
+    return attrs
+
+
 #: psd names of entries of frame_distributions that would shadow Dataset methods.
 PSD_RENAMES = {"count": "count_kept"}
 
@@ -155,12 +218,21 @@ def psd_variables(settings: MeasureSettings) -> dict[str, tuple[tuple[str, ...],
     empty = measure_frame(np.zeros((1, 1), dtype=np.int32))
     empty["weight"] = np.zeros(0)
     dist = frame_distributions(empty, bins=settings.bin_edges(), weight_column="weight")
-    names = [PSD_RENAMES.get(k, k) for k in dist] + ["count_detected", "number_density"]
+    names = [PSD_RENAMES.get(k, k) for k in dist] + [
+        "count_detected",
+        *(f"count_excluded_{r}" for r in EXCLUDED_REASONS[1:]),
+        "count_kept_lower",
+        "count_kept_upper",
+        "number_density",
+        "number_density_lower",
+        "number_density_upper",
+    ]
     out: dict[str, tuple[tuple[str, ...], np.dtype]] = {}
     for name in names:
         source = {v: k for k, v in PSD_RENAMES.items()}.get(name, name)
         dims = dist[source][0] if source in dist else ()
-        out[name] = (tuple(dims), np.dtype(np.int64 if name in _INT_VARS else np.float64))
+        dtype = np.int64 if name in _INT_VARS else np.bool_ if name in _BOOL_VARS else np.float64
+        out[name] = (tuple(dims), np.dtype(dtype))
     return out
 
 
@@ -198,6 +270,15 @@ def psd_attrs(
         "pixel_size_um": pixel_size_um,
         "frame_shape_px": list(frame_shape),
         "min_area_px": settings.min_area_px,
+        "min_count": settings.min_count,
+        "interval_confidence": CONFIDENCE,
+        "bootstrap_resamples": BOOTSTRAP_RESAMPLES,
+        "bootstrap_seed": BOOTSTRAP_SEED,
+        "interval_description": "95 % intervals (<name>_lower, <name>_upper) of sampling "
+        "noise only: they treat the frame's counted particles as a random sample of the "
+        "population in view and do not cover segmentation or calibration bias; "
+        f"frames with fewer than {settings.min_count} counted particles have NaN D-values "
+        "(below_min_count)",
         "split": settings.split,
         "min_sharpness": settings.min_sharpness,
         "mask": json.dumps(mask_identity),
@@ -221,17 +302,12 @@ def create_psd(
     centres = np.sqrt(edges[:-1] * edges[1:])
     n = len(time_s)
     unit = size_units(pixel_size_um)
-    density_units = "mm-2" if pixel_size_um is not None else "1"
     data_vars = {}
     for name, (dims, dtype) in psd_variables(settings).items():
         shape = (n, *(len(centres) for _ in dims))
         chunks = (frames_per_chunk, *(len(centres) for _ in dims))
-        fill = 0 if dtype.kind == "i" else np.nan
-        long_name, kind = _PSD_META[name]
-        units = {"size": unit, "density": density_units}.get(kind, kind)
-        attrs = {"long_name": long_name, "units": units}
-        if name == "number_density" and pixel_size_um is None:
-            attrs["comment"] = "NaN: the run has no pixel size"
+        fill = 0 if dtype.kind == "i" else False if dtype.kind == "b" else np.nan
+        attrs = psd_variable_attrs(name, pixel_size_um=pixel_size_um)
         data_vars[name] = (
             (TIME, *dims),
             da.full(shape, fill, dtype=dtype, chunks=chunks),
@@ -449,32 +525,40 @@ def remove_staging(path: Path) -> None:
 # --------------------------------------------------------------------------- reading out
 
 
-def _particles_group(path: Path) -> zarr.Group:
-    info = stage_info(path).get(STAGE)
+def _particles_group(path: Path, *, table: str | None = None) -> zarr.Group:
     root = zarr.open_group(str(path), mode="r", use_consolidated=False)
-    if info is None or info.get("status") != "finished" or PARTICLES_GROUP not in root:
-        raise StageStateError(
-            f"run '{path}' has no finished measurement; run 'crystalseg measure {path}' first"
-        )
-    node = root[PARTICLES_GROUP]
+    if table is None:
+        info = stage_info(path).get(STAGE)
+        if info is None or info.get("status") != "finished" or PARTICLES_GROUP not in root:
+            raise StageStateError(
+                f"run '{path}' has no finished measurement; run 'crystalseg measure {path}' first"
+            )
+    name = PARTICLES_GROUP if table is None else table
+    node = root[name]
     if not isinstance(node, zarr.Group):
-        raise RunFormatError(f"'{PARTICLES_GROUP}' in '{path}' is not a table group")
+        raise RunFormatError(f"'{name}' in '{path}' is not a table group")
     return node
 
 
-def iter_particles(run: str | os.PathLike[str], *, rows: int = 1 << 18) -> Iterator[pd.DataFrame]:
+def iter_particles(
+    run: str | os.PathLike[str], *, rows: int = 1 << 18, table: str | None = None
+) -> Iterator[pd.DataFrame]:
     """The particle table of a measured run, in blocks of at most ``rows`` rows.
 
     Parameters
     ----------
     run : path of the run store
     rows : rows per block (memory is one block)
+    table : str, optional
+        Where in the store to read a table that a measurement is assembling (its last
+        steps, such as the pooled windows, read it before the stage is finished; a
+        replacement assembles it beside the finished one). None: the finished table.
 
     Yields
     ------
     DataFrame, columns :data:`PARTICLE_COLUMNS`
     """
-    group = _particles_group(Path(run))
+    group = _particles_group(Path(run), table=table)
     # Tables written before a column existed (``confidence``) read it as NaN.
     arrays = {name: _array(group, name) for name in PARTICLE_COLUMNS if name in group}
     total = int(arrays["frame"].shape[0])
@@ -500,11 +584,19 @@ def summarize_measurement(run: str | os.PathLike[str]) -> dict[str, Any]:
     dict
         ``path``, ``frames``, ``particles`` (rows of the table), ``particles_counted``
         (kept), ``size_column``, ``size_units``, ``edge_treatment``, ``d50_start``
-        and ``d50_end`` (number-based D50 of the first and last frame with counted
-        particles, NaN if none), ``time_start_s`` and ``time_end_s`` (those frames'
-        times), ``count_start`` and ``count_end``, ``psd`` and ``particles_table``
+        and ``d50_end`` (number-based D50 of the first and last frame with a D50,
+        i.e. at least ``min_count`` counted particles, NaN if none),
+        ``time_start_s`` and ``time_end_s`` (those frames' times), ``count_start``
+        and ``count_end``, ``psd`` and ``particles_table``
         (where the results are: ``"<run> (group psd)"``), ``settings``,
-        ``segment_resize`` (the factor the mask was segmented at, 1 if not resized).
+        ``segment_resize`` (the factor the mask was segmented at, 1 if not resized),
+        ``d50_start_lower``/``_upper`` and ``d50_end_lower``/``_upper`` (95 %
+        interval, NaN for runs measured without), ``excluded`` (particles not
+        counted, by reason, over the run: ``particles`` is ``particles_counted``
+        plus these), ``min_count``, ``frames_with_particles``,
+        ``frames_below_min_count`` (frames with particles but no D-values),
+        ``suggested_window`` (:func:`suggest_window`, None unless frames fall below
+        the minimum) and ``windows`` (windows in group ``psd_window``).
 
     Raises
     ------
@@ -519,16 +611,32 @@ def summarize_measurement(run: str | os.PathLike[str]) -> dict[str, Any]:
     for lo in range(0, n_rows, 1 << 20):
         n_kept += int(np.count_nonzero(np.asarray(kept[lo : lo + (1 << 20)])))
     with xr.open_zarr(str(path), group=PSD_GROUP, consolidated=None) as ds:
-        count = ds["count_kept"].values
-        d50 = ds["d50_number"].values
-        time = ds[TIME].values
+        names = [n for n in ds.data_vars if ds[n].dims == (TIME,)]
+        small = ds[names].load()
         attrs = dict(ds.attrs)
-    present = np.flatnonzero(count > 0)
+    small.attrs = attrs
+    count = small["count_kept"].values
+    d50 = small["d50_number"].values
+    time = small[TIME].values
+    counts = frame_counts(small, None)
+    excluded = {c: int(counts[c].sum()) for c in counts.columns if c not in ("counted", "found")}
+    below = (
+        small["below_min_count"].values & (count > 0)
+        if "below_min_count" in small
+        else np.zeros(len(count), dtype=bool)
+    )
+    # The first and last frames with a D50 (enough counted particles), else with any.
+    present = np.flatnonzero(np.isfinite(d50))
+    if not len(present):
+        present = np.flatnonzero(count > 0)
     first = int(present[0]) if len(present) else None
     last = int(present[-1]) if len(present) else None
 
     def at(values: np.ndarray, index: int | None) -> float:
         return float(values[index]) if index is not None else math.nan
+
+    def bound(name: str, index: int | None) -> float:
+        return at(small[name].values, index) if name in small else math.nan
 
     return {
         "path": str(path),
@@ -540,6 +648,16 @@ def summarize_measurement(run: str | os.PathLike[str]) -> dict[str, Any]:
         "edge_treatment": attrs.get("edge_treatment"),
         "d50_start": at(d50, first),
         "d50_end": at(d50, last),
+        "d50_start_lower": bound("d50_number_lower", first),
+        "d50_start_upper": bound("d50_number_upper", first),
+        "d50_end_lower": bound("d50_number_lower", last),
+        "d50_end_upper": bound("d50_number_upper", last),
+        "excluded": excluded,
+        "min_count": attrs.get("min_count"),
+        "frames_with_particles": int(np.count_nonzero(count > 0)),
+        "frames_below_min_count": int(np.count_nonzero(below)),
+        "suggested_window": suggest_window(small) if below.any() else None,
+        "windows": _window_count(path),
         "time_start_s": at(time, first),
         "time_end_s": at(time, last),
         "count_start": int(count[first]) if first is not None else 0,
@@ -551,6 +669,90 @@ def summarize_measurement(run: str | os.PathLike[str]) -> dict[str, Any]:
     }
 
 
+def frame_counts(psd: xr.Dataset, particles: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per frame, the particles counted and those excluded by reason: they add up to those found.
+
+    Parameters
+    ----------
+    psd : Dataset
+        Group ``psd`` (``count_kept``, ``count_detected`` and, from this release on,
+        ``count_excluded_<reason>``).
+    particles : DataFrame, optional
+        The particle table (``frame``, ``excluded_reason``), for runs measured before
+        ``psd`` held the reasons.
+
+    Returns
+    -------
+    DataFrame
+        Index ``frame``; columns ``counted``, one per exclusion reason that occurs
+        (``edge``, ``too_small``, ...; ``excluded`` when the reasons are unknown) and
+        ``found``; ``counted`` plus the reasons is ``found`` in every row.
+    """
+    counted = np.asarray(psd["count_kept"].values, dtype=np.int64)
+    found = np.asarray(psd["count_detected"].values, dtype=np.int64)
+    out = pd.DataFrame({"counted": counted}, index=pd.RangeIndex(len(counted), name="frame"))
+    reasons = [r for r in EXCLUDED_REASONS[1:] if f"count_excluded_{r}" in psd]
+    if reasons:
+        for r in reasons:
+            out[r] = np.asarray(psd[f"count_excluded_{r}"].values, dtype=np.int64)
+    elif particles is not None and "excluded_reason" in particles:
+        excluded = particles[particles["excluded_reason"].astype(str) != ""]
+        table = pd.crosstab(excluded["frame"], excluded["excluded_reason"].astype(str))
+        for r in table.columns:
+            out[r] = table[r].reindex(out.index, fill_value=0).to_numpy(dtype=np.int64)
+    else:
+        out["excluded"] = found - counted
+    reason_columns = [c for c in out.columns if c != "counted"]
+    out = out[["counted", *[c for c in reason_columns if out[c].any()]]]
+    out["found"] = found
+    return out
+
+
+def suggest_window(psd: xr.Dataset, min_count: int | None = None) -> str | None:
+    """A ``--window`` that pools enough particles where frames hold fewer than ``min_count``.
+
+    Parameters
+    ----------
+    psd : Dataset
+        Group ``psd`` of a measured run (``count_kept``, ``time``; ``min_count`` from
+        its attributes when not given).
+    min_count : int, optional
+
+    Returns
+    -------
+    str or None
+        ``"60s"`` (evenly spaced frames: the frames times the interval, rounded up
+        to a whole second) or ``"5"`` (frames): enough frames that a window of
+        frames at the lower quartile of the counts (frames with particles) holds
+        ``min_count``; None when no frame has a particle, one frame suffices or
+        the run is too short for such a window.
+    """
+    if min_count is None:
+        min_count = int(psd.attrs.get("min_count") or 0)
+    counts = np.asarray(psd["count_kept"].values, dtype=np.float64)
+    nonzero = counts[counts > 0]
+    if not min_count or not len(nonzero):
+        return None
+    per_frame = max(float(np.percentile(nonzero, 25)), 1.0)
+    frames = math.ceil(min_count / per_frame)
+    if frames <= 1 or frames > len(counts):
+        return None
+    time_s = np.asarray(psd[TIME].values, dtype=np.float64)
+    steps = np.diff(time_s)
+    if len(steps) and np.all(np.isfinite(steps)) and np.ptp(steps) <= 0.01 * np.median(steps):
+        return f"{math.ceil(frames * float(np.median(steps))):d}s"
+    return str(frames)
+
+
+def _window_count(path: Path) -> int:
+    """Windows in group ``psd_window`` (0 when the run has none)."""
+    where = path / "psd_window"
+    if not (where / "zarr.json").exists():
+        return 0
+    with xr.open_zarr(str(path), group="psd_window", consolidated=False) as ds:
+        return int(ds.sizes.get(TIME, 0))
+
+
 def _segment_resize(path: Path) -> float:
     """The factor the run's mask was segmented at (1 for masks made elsewhere)."""
     settings = (stage_info(path).get("segment") or {}).get("settings") or {}
@@ -560,6 +762,8 @@ def _segment_resize(path: Path) -> float:
 __all__ = [
     "EXCLUDED_REASONS",
     "PARTICLE_COLUMNS",
+    "frame_counts",
     "iter_particles",
+    "suggest_window",
     "summarize_measurement",
 ]

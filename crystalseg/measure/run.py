@@ -53,6 +53,7 @@ from crystalseg.errors import (
 from crystalseg.measure.distributions import frame_distributions
 from crystalseg.measure.features import measure_frame, miles_lantuejoul_weights
 from crystalseg.measure.instances import crystal_classes, label_instances
+from crystalseg.measure.intervals import count_intervals
 from crystalseg.measure.results import (
     EXCLUDED_REASONS,
     PARTICLES_GROUP,
@@ -69,6 +70,7 @@ from crystalseg.measure.results import (
     write_staged_particles,
 )
 from crystalseg.measure.settings import MeasureSettings
+from crystalseg.measure.windows import WINDOW_GROUP, write_psd_windows
 from crystalseg.store import (
     StagePlan,
     StageProgress,
@@ -100,7 +102,11 @@ _DEFAULT_CODES = ("background", "crystal")
 
 
 def label_mask_frame(
-    mask: np.ndarray, *, settings: MeasureSettings, codes: tuple[str, ...] = _DEFAULT_CODES
+    mask: np.ndarray,
+    *,
+    settings: MeasureSettings,
+    codes: tuple[str, ...] = _DEFAULT_CODES,
+    keep_small: bool = True,
 ) -> np.ndarray:
     """Instance labels of one frame's class mask, exactly as the measurement makes them.
 
@@ -116,6 +122,11 @@ def label_mask_frame(
     settings : MeasureSettings
     codes : tuple of str
         Class names of the mask, background first.
+    keep_small : bool
+        Keep the particles under ``settings.min_area_px`` (default, as the
+        measurement does: the table lists them as excluded, ``too_small``, so that
+        every object found is accounted for); False drops them, for scoring the
+        particles a measurement counts.
 
     Returns
     -------
@@ -133,6 +144,7 @@ def label_mask_frame(
         smooth_px=settings.smooth_px,
         trim_boundary=settings.trim_boundary,
         join_occluded=settings.join_occluded,
+        keep_small=keep_small,
     )
 
 
@@ -165,8 +177,9 @@ def measure_mask_frame(
         Micrometres per pixel; sizes are in µm with it, px without.
     labels : ndarray, shape (y, x), int, optional
         The frame's instance labels if already made (by :func:`label_mask_frame`
-        with the same settings, or true instances, 1..n, none under
-        ``settings.min_area_px``); otherwise they are made from ``mask``.
+        with the same settings, or true instances, 1..n); otherwise they are made
+        from ``mask``. Particles under ``settings.min_area_px`` are listed as
+        excluded (``too_small``).
 
     Returns
     -------
@@ -177,9 +190,13 @@ def measure_mask_frame(
         (number weight: 1, the Miles–Lantuéjoul factor, or 0 when excluded).
     distributions : dict of str to (dims, value)
         :func:`~crystalseg.measure.distributions.frame_distributions` of the
-        kept particles (its ``count`` named ``count_kept``, as in ``psd``),
-        plus ``count_detected`` and ``number_density``
-        (weighted number per mm² of field, NaN without a pixel size).
+        kept particles (its ``count`` named ``count_kept``, as in ``psd``; the
+        D-values NaN below ``settings.min_count``), plus ``count_detected`` (every
+        row of the table), ``count_excluded_<reason>`` for every reason of
+        :data:`~crystalseg.measure.results.EXCLUDED_REASONS` (count_kept plus
+        these is count_detected), ``number_density`` (weighted number per mm² of
+        field, NaN without a pixel size), and the Poisson intervals
+        ``count_kept_lower``/``_upper`` and ``number_density_lower``/``_upper``.
     """
     if labels is None:
         labels = label_mask_frame(mask, settings=settings, codes=codes)
@@ -189,8 +206,11 @@ def measure_mask_frame(
     n = len(table)
     code = np.zeros(n, dtype=np.uint8)
     weight = np.ones(n)
+    # area is a whole number of pixels times the pixel area: half a pixel of slack.
+    small = table["area"].to_numpy() < (settings.min_area_px - 0.5) * _pixel_area(pixel_size_um)
+    code[small] = EXCLUDED_REASONS.index("too_small")
     if settings.edge != "keep":
-        code[table["touches_edge"].to_numpy()] = EXCLUDED_REASONS.index("edge")
+        code[(code == 0) & table["touches_edge"].to_numpy()] = EXCLUDED_REASONS.index("edge")
     if settings.min_sharpness is not None:
         blurred = ~(table["sharpness"].to_numpy() >= settings.min_sharpness)
         code[(code == 0) & blurred] = EXCLUDED_REASONS.index("out_of_focus")
@@ -222,12 +242,23 @@ def measure_mask_frame(
         frame_shape=(h, w),
         frame_area=frame_area,
         elongated_aspect_ratio=settings.elongated_aspect_ratio,
+        min_count=settings.min_count,
     )
     dist = {PSD_RENAMES.get(k, k): v for k, v in dist.items()}
     dist["count_detected"] = ((), n)
-    density = float(dist["number"][1]) / (frame_area * 1e-6) if pixel_size_um else np.nan
-    dist["number_density"] = ((), density)
+    counts = np.bincount(code, minlength=len(EXCLUDED_REASONS))
+    for index, reason in enumerate(EXCLUDED_REASONS):
+        if reason:
+            dist[f"count_excluded_{reason}"] = ((), int(counts[index]))
+    dist.update(
+        count_intervals(int(kept.sum()), float(dist["number"][1]), frame_area, pixel_size_um)
+    )
     return table, dist
+
+
+def _pixel_area(pixel_size_um: float | None) -> float:
+    """Area of one pixel in the unit of the table's ``area`` column."""
+    return 1.0 if pixel_size_um is None else float(pixel_size_um) ** 2
 
 
 # --------------------------------------------------------------------------- one chunk
@@ -541,7 +572,7 @@ def _begin_measure(path: Path, options: MeasureOptions) -> _Plan | None:
             frames_per_chunk=fpc,
             restart=restart,
             replace=state.replace,
-            outputs=(PSD_GROUP, PARTICLES_GROUP),
+            outputs=(PSD_GROUP, PARTICLES_GROUP, WINDOW_GROUP),
         )
 
     stage = begin(restart=state.action == "new")
@@ -597,6 +628,7 @@ def _finish_measure(plan: _Plan) -> None:
             "mask": mask_identity,
         },
     )
+    write_psd_windows(path, settings, output=plan.stage.output)
     psd = zarr.open_group(
         str(path / plan.stage.output(PSD_GROUP)), mode="r+", use_consolidated=False
     )
@@ -817,6 +849,10 @@ def _check_existing(
         outdated = "the mask changed since it was measured"
     elif info and previous.get("calibration") not in (None, calibration):
         outdated = "the calibration changed since it was measured"
+    old_settings = (previous.get("measure") or {}) if info else {}
+    new_keys = sorted(k for k in settings.to_dict() if k not in old_settings)
+    if outdated is None and old_settings and new_keys:
+        outdated = f"measured by an earlier release without {', '.join(new_keys)}"
     if outdated is not None and not overwrite:
         log.info("%s: %s; measuring again", path, outdated)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -26,6 +26,13 @@ SIZE_COLUMNS: tuple[str, ...] = (
     "axis_major_length",
     "axis_minor_length",
 )
+
+#: Default least counted particles of a frame for its D-values (``MeasureSettings.min_count``).
+#: ``benchmarks/coverage.py`` chose it: the smallest n at which the bootstrap interval of
+#: the Sauter mean D[3,2] covers the truth in at least 85 % of frames of a narrow
+#: log-normal population (sigma 0.25); the number-based D50 interval covers in 93-97 %
+#: from n = 5 on (see ``docs/statistics.md``).
+DEFAULT_MIN_COUNT = 20
 
 #: Default least mean foreground probability of a counted particle (see
 #: ``MeasureSettings.min_confidence``).
@@ -97,6 +104,16 @@ class MeasureSettings:
     elongated_aspect_ratio : float
         Crystals with at least this aspect ratio (max / min Feret diameter)
         enter the length × width histogram.
+    min_count : int
+        Least counted particles of a frame (or pooled window) for its D-values
+        and moment means: with fewer they are NaN and ``below_min_count`` is set,
+        rather than a number that looks exact (default
+        :data:`DEFAULT_MIN_COUNT`, from a measured coverage study).
+    window : str or None
+        Also pool consecutive frames into windows (group ``psd_window``): ``"60s"``
+        (seconds; also ``"2min"``, ``"1h"``) or ``"5"`` (frames), non-overlapping,
+        from the first frame; None (default) makes none
+        (:func:`~crystalseg.measure.windows.window_distributions`).
     """
 
     min_area_px: int = 10
@@ -113,6 +130,8 @@ class MeasureSettings:
     size_column: str = "ecd"
     bins: tuple[float, float, int] = (1.0, 1000.0, 60)
     elongated_aspect_ratio: float = 2.0
+    min_count: int = DEFAULT_MIN_COUNT
+    window: str | None = None
 
     def __post_init__(self) -> None:
         area = self.min_area_px
@@ -173,6 +192,12 @@ class MeasureSettings:
             raise ConfigError(
                 f"elongated_aspect_ratio must be >= 1, got {self.elongated_aspect_ratio!r}."
             )
+        count = self.min_count
+        if isinstance(count, bool) or not isinstance(count, int | np.integer) or count < 1:
+            raise ConfigError(f"min_count must be an integer >= 1, got {count!r}.")
+        object.__setattr__(self, "min_count", int(count))
+        if self.window is not None:
+            object.__setattr__(self, "window", format_window(parse_window(self.window)))
 
     def bin_edges(self) -> np.ndarray:
         """Size-bin edges, shape (count + 1,), from :attr:`bins`."""
@@ -203,6 +228,49 @@ class MeasureSettings:
         return cls(**kw)
 
 
+WindowUnit = Literal["s", "frames"]
+_TIME_UNITS = {"s": 1.0, "min": 60.0, "h": 3600.0}
+
+
+def parse_window(text: str | int) -> tuple[float, WindowUnit]:
+    """A window length from ``"60s"``, ``"2min"``, ``"1h"`` (time) or ``"5"`` / 5 (frames).
+
+    Returns
+    -------
+    (length, unit) : (float, {"s", "frames"})
+        Seconds, or a whole number of frames.
+
+    Raises
+    ------
+    ConfigError
+        Anything else, or a length that is not positive.
+    """
+    raw = str(text).strip().lower().replace(" ", "")
+    hint = "give a time such as '60s', '2min' or '1h', or a number of frames such as '5'"
+    for suffix in sorted(_TIME_UNITS, key=len, reverse=True):
+        if raw.endswith(suffix) and raw[: -len(suffix)]:
+            try:
+                value = float(raw[: -len(suffix)]) * _TIME_UNITS[suffix]
+            except ValueError:
+                break
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"window {text!r} is not a positive length; {hint}.")
+            return value, "s"
+    try:
+        frames = int(raw)
+    except ValueError:
+        raise ConfigError(f"window {text!r} is not a time or a frame count; {hint}.") from None
+    if frames < 1:
+        raise ConfigError(f"window {text!r} holds no frame; {hint}.")
+    return float(frames), "frames"
+
+
+def format_window(window: tuple[float, WindowUnit]) -> str:
+    """The canonical text of a parsed window: ``"60s"`` or ``"5"``."""
+    value, unit = window
+    return f"{value:g}s" if unit == "s" else str(int(value))
+
+
 def _number(value: Any) -> bool:
     return (
         isinstance(value, int | float | np.integer | np.floating)
@@ -211,4 +279,11 @@ def _number(value: Any) -> bool:
     )
 
 
-__all__ = ["DEFAULT_MIN_CONFIDENCE", "SIZE_COLUMNS", "MeasureSettings"]
+__all__ = [
+    "DEFAULT_MIN_CONFIDENCE",
+    "DEFAULT_MIN_COUNT",
+    "SIZE_COLUMNS",
+    "MeasureSettings",
+    "format_window",
+    "parse_window",
+]

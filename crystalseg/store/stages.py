@@ -614,7 +614,7 @@ def _write_new_store(
     anew, not a zarr group that is no run store, which it must refuse to touch.
     """
     n, ny, nx = shape
-    attributes = {
+    attributes: dict[str, Any] = {
         FORMAT_KEY: FORMAT_VERSION,
         "pixel_size_um": None if pixel_size_um is None else _tidy(pixel_size_um),
         PROVENANCE_KEY: provenance,

@@ -10,7 +10,8 @@ can be rendered in any order:
   precomputed per frame);
 * each crystal, or each agglomerate as a rigid body, jitters by a sum of slow
   sinusoids and turns slowly;
-* crystals nucleate at t = 0 (seeds) and then, after an induction time, as a
+* crystals nucleate at t = 0 (seeds) and then, after an induction time (and for
+  the scenario's ``nucleation_fraction`` of the rest of the run), as a
   Poisson process.
 
 Positions live in *field* coordinates (pixels of an extended field that covers
@@ -341,7 +342,12 @@ def build_population(config: SynthConfig) -> Population:
             f"the run would hold {n_seed + n_nuc} crystals (more than {MAX_CRYSTALS}); "
             "use fewer frames, a smaller frame or a sparser scenario"
         )
-    t_birth = np.concatenate([np.zeros(n_seed), rng.uniform(induction, duration, n_nuc)])
+    nucleation_end = (
+        duration
+        if sc.nucleation_fraction == 1
+        else induction + sc.nucleation_fraction * (duration - induction)
+    )
+    t_birth = np.concatenate([np.zeros(n_seed), rng.uniform(induction, nucleation_end, n_nuc)])
     length0 = np.concatenate(
         [
             _loguniform(rng, sc.seed_length_px, n_seed) * zoom,

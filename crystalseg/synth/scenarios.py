@@ -68,6 +68,9 @@ class Scenario:
     seeds_per_mpx : crystals present at t = 0, per megapixel
     nuclei_per_mpx : crystals nucleated during the run (Poisson mean), per megapixel
     induction_fraction : induction time, as a fraction of the run, before nucleation starts
+    nucleation_fraction : share of the time after the induction over which the nuclei
+        are born (uniformly); 1 spreads them over the rest of the run, smaller values
+        make a burst of nucleation followed by growth alone
     seed_length_px : length of the crystals present at t = 0
     nucleus_length_px : length of a crystal when it nucleates
     growth_px : length a crystal gains over the whole run at the run's mean growth rate
@@ -100,6 +103,7 @@ class Scenario:
     seeds_per_mpx: Range = (20.0, 120.0)
     nuclei_per_mpx: Range = (40.0, 250.0)
     induction_fraction: Range = (0.0, 0.4)
+    nucleation_fraction: float = 1.0
     seed_length_px: Range = (12.0, 70.0)
     nucleus_length_px: Range = (3.0, 8.0)
     growth_px: Range = (20.0, 90.0)
@@ -139,6 +143,7 @@ class Scenario:
                 "min_gap_px",
                 "depth_spread",
                 "min_visible_od",
+                "nucleation_fraction",
             }:
                 continue
             _check_range(f.name, value)
@@ -146,6 +151,10 @@ class Scenario:
         if self.induction_fraction[1] > 1:
             raise ConfigError(
                 f"induction_fraction {self.induction_fraction!r} must lie within 0..1 of the run"
+            )
+        if not 0 < self.nucleation_fraction <= 1:
+            raise ConfigError(
+                f"nucleation_fraction must lie in (0, 1], got {self.nucleation_fraction!r}"
             )
         if self.rim_outside[1] > 1:
             raise ConfigError(f"rim_outside {self.rim_outside!r} must lie within 0..1")

@@ -835,7 +835,7 @@ def _instance_counts(
     from crystalseg.measure.run import label_mask_frame
 
     settings = MeasureSettings()
-    labels = label_mask_frame(pred, settings=settings, codes=tuple(codes))
+    labels = label_mask_frame(pred, settings=settings, codes=tuple(codes), keep_small=False)
     pieces, ids = truth_pieces(truth, settings.min_area_px)
     scores = instance_scores(labels, pieces, truth_ids=ids)
     return int(scores["matched"]), int(scores["n_true"]), int(scores["n_pred"])

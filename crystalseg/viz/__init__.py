@@ -11,6 +11,7 @@ from crystalseg.viz.overlay import montage, overlay_frame, overlay_image, write_
 from crystalseg.viz.plots import (
     open_results,
     plot_compare,
+    plot_cumulative,
     plot_psd_curves,
     plot_psd_heatmap,
     plot_run,
@@ -25,6 +26,7 @@ __all__ = [
     "overlay_frame",
     "overlay_image",
     "plot_compare",
+    "plot_cumulative",
     "plot_psd_curves",
     "plot_psd_heatmap",
     "plot_run",

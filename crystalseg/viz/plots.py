@@ -55,7 +55,7 @@ ImageFormat = Literal["png", "svg", "pdf"]
 #: File formats :func:`plot_run` writes.
 FORMATS: tuple[str, ...] = ("png", "svg", "pdf")
 #: Names (file stems) of the single-run figures, in the order :func:`plot_run` writes them.
-RUN_FIGURES: tuple[str, ...] = ("psd_heatmap", "statistics", "psd_curves", "shape")
+RUN_FIGURES: tuple[str, ...] = ("psd_heatmap", "statistics", "psd_curves", "cumulative", "shape")
 #: File stem of the comparison figure of :func:`plot_runs`.
 COMPARE_FIGURE = "compare"
 
@@ -294,13 +294,15 @@ def plot_psd_heatmap(psd: xr.Dataset, *, basis: Basis = "number", ax: Axes | Non
 
 
 def plot_statistics(psd: xr.Dataset, *, basis: Basis = "number", ax: Axes | None = None) -> Figure:
-    """D10, D50 and D90 over time, with the crystal count on a second axis.
+    """D10, D50 and D90 over time with their 95 % intervals, and the crystal count.
 
     Parameters
     ----------
     psd : Dataset
-        Group ``psd`` of a measured run; uses ``d10_<basis>``, ``d50_<basis>``,
-        ``d90_<basis>`` and ``count_kept`` (time,).
+        Group ``psd`` (or ``psd_window``) of a measured run; uses ``d10_<basis>``,
+        ``d50_<basis>``, ``d90_<basis>`` and ``count_kept`` (time,), and where
+        present their ``_lower``/``_upper`` bounds, ``count_kept_lower``/``_upper``
+        and ``below_min_count`` (runs measured before intervals existed have none).
     basis : {"number", "volume"}
     ax : Axes, optional
         Draw here (the count goes on its twin axis); default a new figure.
@@ -308,8 +310,11 @@ def plot_statistics(psd: xr.Dataset, *, basis: Basis = "number", ax: Axes | None
     Returns
     -------
     Figure
-        Lines labelled "D10", "D50", "D90" (the D10–D90 band shaded) on the
-        left axis, "count" on the right; frames without particles are gaps.
+        Lines labelled "D10", "D50", "D90" on the left axis, each with its 95 %
+        interval shaded; "count" on the right with its interval. Frames without
+        particles are gaps; frames below the minimum count (no D-value) are
+        shaded grey and their counts drawn as open markers, and the minimum
+        count is a dotted line on the count axis.
     """
     _density_name(basis)
     names = [f"d{q}_{basis}" for q in (10, 50, 90)]
@@ -321,39 +326,174 @@ def plot_statistics(psd: xr.Dataset, *, basis: Basis = "number", ax: Axes | None
     d10, d50, d90 = (np.asarray(psd[n].values, dtype=np.float64) for n in names)
     count = np.asarray(psd["count_kept"].values, dtype=np.float64)
     marker = "o" if len(t) <= 100 else None
+    colour = OKABE_ITO[0]
+    has_bounds = all(f"{n}_{b}" in psd for n in names for b in ("lower", "upper"))
 
-    ax.fill_between(t, d10, d90, color=OKABE_ITO[0], alpha=0.15, linewidth=0)
-    ax.plot(t, d90, color=OKABE_ITO[0], lw=1.0, ls="--", marker=marker, ms=3, label="D90")
-    ax.plot(t, d50, color=OKABE_ITO[0], lw=2.0, marker=marker, ms=4, label="D50")
-    ax.plot(t, d10, color=OKABE_ITO[0], lw=1.0, ls=":", marker=marker, ms=3, label="D10")
+    if has_bounds:
+        for name, alpha in ((names[0], 0.12), (names[1], 0.3), (names[2], 0.12)):
+            lower = np.asarray(psd[f"{name}_lower"].values, dtype=np.float64)
+            upper = np.asarray(psd[f"{name}_upper"].values, dtype=np.float64)
+            ax.fill_between(t, lower, upper, color=colour, alpha=alpha, linewidth=0)
+    else:
+        ax.fill_between(t, d10, d90, color=colour, alpha=0.15, linewidth=0)
+    ax.plot(t, d90, color=colour, lw=1.0, ls="--", marker=marker, ms=3, label="D90")
+    ax.plot(t, d50, color=colour, lw=2.0, marker=marker, ms=4, label="D50")
+    ax.plot(t, d10, color=colour, lw=1.0, ls=":", marker=marker, ms=3, label="D10")
     ax.set_xlabel(f"time ({unit})")
     ax.set_ylabel(f"{basis}-weighted {_size_label(psd)}")
     finite = np.isfinite(np.r_[d10, d90])
     if finite.any():
-        ax.set_ylim(0.0, float(np.nanmax(d90)) * 1.1)
+        top = np.nanmax(d90)
+        if has_bounds:
+            upper90 = np.asarray(psd[f"{names[2]}_upper"].values, dtype=np.float64)
+            if np.isfinite(upper90).any():
+                top = max(top, min(np.nanmax(upper90), 2 * top))
+        ax.set_ylim(0.0, float(top) * 1.1)
     ax.set_title(f"{basis.capitalize()}-weighted D10, D50, D90 and crystal count")
     ax.grid(True, alpha=0.3)
 
+    below = _below_min_count(psd)
+    min_count = _settings(psd).get("min_count", psd.attrs.get("min_count"))
+    if below.any():
+        for lo, hi in _spans(t, below):
+            ax.axvspan(lo, hi, color=EMPTY_COLOUR, alpha=0.6, lw=0, zorder=0)
+
     twin = ax.twinx()
+    count_colour = OKABE_ITO[1]
+    if "count_kept_lower" in psd and "count_kept_upper" in psd:
+        twin.fill_between(
+            t,
+            np.asarray(psd["count_kept_lower"].values, dtype=np.float64),
+            np.asarray(psd["count_kept_upper"].values, dtype=np.float64),
+            color=count_colour,
+            alpha=0.15,
+            linewidth=0,
+        )
     twin.plot(
-        t, count, color=OKABE_ITO[1], lw=1.2, marker="s" if marker else None, ms=3, label="count"
+        t, count, color=count_colour, lw=1.2, marker="s" if marker else None, ms=3, label="count"
     )
-    twin.set_ylabel("crystals counted per frame", color=OKABE_ITO[1])
-    twin.tick_params(axis="y", colors=OKABE_ITO[1])
-    twin.set_ylim(0.0, max(float(np.nanmax(count)) if count.size else 0.0, 1.0) * 1.1)
+    if below.any():
+        twin.plot(
+            t[below],
+            count[below],
+            ls="none",
+            marker="s",
+            ms=5,
+            mfc="white",
+            mec=count_colour,
+            gid="below-min-count",
+        )
+    if min_count is not None and below.any():
+        twin.axhline(float(min_count), color=count_colour, lw=0.8, ls=":", gid="min-count")
+    twin.set_ylabel("crystals counted per frame", color=count_colour)
+    twin.tick_params(axis="y", colors=count_colour)
+    top_count = float(np.nanmax(count)) if count.size else 0.0
+    if "count_kept_upper" in psd and count.size:
+        top_count = max(top_count, float(np.nanmax(psd["count_kept_upper"].values)))
+    twin.set_ylim(0.0, max(top_count, 1.0) * 1.1)
     if len(t) == 1:
         ax.set_xlim(t[0] - 0.5, t[0] + 0.5)
-    handles = [*ax.get_lines(), *twin.get_lines()]
+    handles: list[Any] = [*ax.get_lines(), twin.get_lines()[0]]
+    if has_bounds:
+        handles.append(Patch(color=colour, alpha=0.3, label="95 % interval"))
+    if below.any():
+        text = f"< {min_count:g} counted: no D-value" if min_count else "too few: no D-value"
+        handles.append(Patch(color=EMPTY_COLOUR, label=text))
     ax.legend(
         handles=handles,
         loc="upper center",
         bbox_to_anchor=(0.5, -0.14),
-        ncols=len(handles),
+        ncols=min(len(handles), 4),
         fontsize="small",
         frameon=False,
     )
     if not finite.any():
         _say_empty(ax, "No particles were counted in any frame of this run")
+    return fig
+
+
+def plot_cumulative(
+    psd: xr.Dataset, *, time: float | None = None, ax: Axes | None = None
+) -> Figure:
+    """Volume density q3 and cumulative Q3 of one frame, side by side (ISO 9276-1).
+
+    Parameters
+    ----------
+    psd : Dataset
+        Group ``psd`` of a measured run; uses ``q3``, the bin edges and, when
+        present, ``d10_volume``..``d90_volume`` with their bounds.
+    time : float, optional
+        Seconds since the first frame; the nearest frame is drawn (default the
+        last frame with counted particles).
+    ax : Axes, optional
+        Draw q3 here and Q3 on its twin axis; default a new figure with two panels.
+
+    Returns
+    -------
+    Figure
+        Left: q3(x), the volume density per log10 size (bars over the bins).
+        Right: Q3(x), the cumulative volume distribution in % at the upper bin
+        edges, with D10, D50 and D90 (volume) marked and their 95 % intervals as
+        horizontal bars.
+    """
+    _require(psd, ["q3"])
+    time_s = _time_s(psd)
+    frame = _pick_frames(time_s, [time])[0] if time is not None else last_counted_frame(psd)
+    scale, unit = _time_scale(time_s)
+    lower, upper = _bin_edges(psd)
+    q3 = np.nan_to_num(np.asarray(psd["q3"].isel({TIME: frame}).values, dtype=np.float64))
+    dlog = np.log10(upper) - np.log10(lower)
+    cum = 100.0 * np.cumsum(q3 * dlog)
+    if ax is None:
+        fig = _new_figure(figsize=(9.0, 4.0))
+        left, right = fig.subplots(1, 2)
+    else:
+        fig = ax.get_figure()  # type: ignore[assignment]
+        left, right = ax, ax.twinx()
+    left.bar(lower, q3, width=upper - lower, align="edge", color=OKABE_ITO[0], alpha=0.7)
+    left.set_xscale("log")
+    left.set_xlabel(_size_label(psd))
+    left.set_ylabel("q3(x), volume density per log10 x")
+    right.plot(upper, cum, color=OKABE_ITO[4], lw=1.8, label="Q3(x)")
+    right.set_xscale("log")
+    right.set_ylim(0.0, 102.0)
+    right.set_xlabel(_size_label(psd))
+    right.set_ylabel("Q3(x), cumulative volume (%)")
+    for q, style in ((10, ":"), (50, "-"), (90, "--")):
+        name = f"d{q}_volume"
+        if name not in psd:
+            continue
+        value = float(psd[name].values[frame])
+        if not math.isfinite(value):
+            continue
+        right.axvline(value, color="0.3", lw=0.9, ls=style, label=f"D{q} = {value:.3g}")
+        if f"{name}_lower" in psd:
+            lo = float(psd[f"{name}_lower"].values[frame])
+            hi = float(psd[f"{name}_upper"].values[frame])
+            if math.isfinite(lo) and math.isfinite(hi):
+                right.errorbar(
+                    value,
+                    q,
+                    xerr=[[value - lo], [hi - value]],
+                    fmt="o",
+                    color="0.3",
+                    ms=3,
+                    capsize=3,
+                )
+    occupied = np.flatnonzero(q3 > 0)
+    for axis in (left, right):
+        axis.grid(True, which="both", alpha=0.25)
+        if occupied.size:
+            lo_i = max(int(occupied[0]) - 1, 0)
+            hi_i = min(int(occupied[-1]) + 1, len(lower) - 1)
+            axis.set_xlim(lower[lo_i], upper[hi_i])
+        _plain_log_ticks(axis)
+    when = f"t = {time_s[frame] / scale:.4g} {unit}, n = {_counts(psd)[frame]:g}"
+    left.set_title(f"q3: volume density distribution\n{when}")
+    right.set_title(f"Q3: cumulative volume distribution\n{when}")
+    right.legend(fontsize="small", loc="lower right")
+    if not occupied.size:
+        _say_empty(left, "No particles were counted in this frame")
     return fig
 
 
@@ -662,8 +802,10 @@ def plot_run(
     -------
     list of Path
         ``out_dir/<figure>.<format>`` for each figure of :data:`RUN_FIGURES`
-        (psd_heatmap, statistics, psd_curves, shape) and each format, in that
-        order. The shape figure shows the last frame with counted particles.
+        (psd_heatmap, statistics, psd_curves, cumulative, shape) and each format,
+        in that order; the cumulative figure shows the last of ``times`` (default
+        the last frame with counted particles), the shape figure the last frame
+        with counted particles.
     """
     fmts = _check_formats(formats)
     _density_name(basis)
@@ -679,6 +821,7 @@ def plot_run(
         "psd_heatmap": lambda: plot_psd_heatmap(psd, basis=basis),
         "statistics": lambda: plot_statistics(psd, basis=basis),
         "psd_curves": lambda: plot_psd_curves(psd, times=at, basis=basis),
+        "cumulative": lambda: plot_cumulative(psd, time=None if at is None else at[-1]),
         "shape": lambda: plot_shape(particles, psd, frame=shape_frame),
     }
     out = Path(out_dir)
@@ -930,6 +1073,26 @@ def _has_particles(psd: xr.Dataset) -> np.ndarray:
             return np.nan_to_num(values) > 0
     density = np.asarray(psd["q0"].values, dtype=np.float64)
     return np.nansum(density, axis=1) > 0
+
+
+def _below_min_count(psd: xr.Dataset) -> np.ndarray:
+    """Frames with counted particles but fewer than the minimum count, shape (time,) bool
+    (none for runs measured before the minimum count existed)."""
+    if "below_min_count" not in psd.variables:
+        return np.zeros(psd.sizes[TIME], dtype=bool)
+    return np.asarray(psd["below_min_count"].values, dtype=bool) & _has_particles(psd)
+
+
+def _spans(t: np.ndarray, flags: np.ndarray) -> list[tuple[float, float]]:
+    """Time spans (half way to the neighbouring frames) of the runs of True in ``flags``."""
+    edges = _time_edges(t)
+    out = []
+    padded = np.r_[False, flags, False].astype(np.int8)
+    starts = np.flatnonzero(np.diff(padded) == 1)
+    stops = np.flatnonzero(np.diff(padded) == -1)
+    for a, b in zip(starts, stops, strict=True):
+        out.append((float(edges[a]), float(edges[b])))
+    return out
 
 
 def _counts(psd: xr.Dataset) -> np.ndarray:

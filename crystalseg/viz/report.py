@@ -102,6 +102,10 @@ class ReportSettings:
     outside_bins_warning : float
         Warn when more than this fraction (0..1) of a frame's particles (number
         basis) fall outside the size bins.
+    min_count_warning : float
+        Warn when more than this fraction (0..1) of the frames with counted
+        particles hold fewer than the measurement's minimum count (no D-values
+        there), naming the ``--window`` that pools enough of them.
     dpi : int
         Resolution of the embedded plots and montage. Single-frame overlays keep
         their own, which shows the frame at (at least) its native resolution.
@@ -114,6 +118,7 @@ class ReportSettings:
     edge_fraction_warning: float = 0.25
     focus_drop_warning: float = 0.5
     outside_bins_warning: float = 0.01
+    min_count_warning: float = 0.2
     dpi: int = 100
 
     def __post_init__(self) -> None:
@@ -132,7 +137,12 @@ class ReportSettings:
         n = self.montage_n
         if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 0:
             raise ConfigError(f"montage_n must be an integer >= 0 (0: no montage), got {n!r}")
-        for name in ("edge_fraction_warning", "focus_drop_warning", "outside_bins_warning"):
+        for name in (
+            "edge_fraction_warning",
+            "focus_drop_warning",
+            "outside_bins_warning",
+            "min_count_warning",
+        ):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and 0 <= value <= 1):
                 raise ConfigError(f"{name} must be a fraction in 0..1, got {value!r}")
@@ -149,7 +159,7 @@ class ReportWarning:
     code : str
         Stable name of the check: ``"no_pixel_size"``, ``"empty_frames"``,
         ``"edge_fraction"``, ``"low_focus"``, ``"out_of_focus_excluded"``,
-        ``"low_confidence_excluded"``,
+        ``"low_confidence_excluded"``, ``"below_min_count"``,
         ``"outside_bins"``, ``"unfinished_stage"``, ``"figure_failed"``.
     message : str
         One sentence for the reader, with what to do about it.
@@ -260,6 +270,31 @@ def find_warnings(
                         tuple(int(f) for f in uncounted),
                     )
                 )
+    below = _values(psd, "below_min_count")
+    if below is not None and kept is not None:
+        with_particles = kept > 0
+        low = np.flatnonzero(below.astype(bool) & with_particles)
+        share = len(low) / max(int(with_particles.sum()), 1)
+        if len(low) and share > settings.min_count_warning:
+            from crystalseg.measure.results import suggest_window
+
+            min_count = psd.attrs.get("min_count", "the minimum")
+            window = suggest_window(psd)
+            advice = (
+                f" Pool consecutive frames with 'crystalseg measure RUN --window {window} "
+                "--overwrite' (window D-values and intervals in group psd_window)."
+                if window
+                else ""
+            )
+            out.append(
+                ReportWarning(
+                    "below_min_count",
+                    f"{share:.0%} of the frames with counted particles ({len(low)} of "
+                    f"{int(with_particles.sum())}) hold fewer than {min_count}: they have no "
+                    "D-values, and a D-value from so few particles would be mostly noise." + advice,
+                    tuple(int(f) for f in low),
+                )
+            )
     edge = _values(psd, "count_edge")
     if detected is not None and edge is not None and detected.sum() > 0:
         fraction = float(edge.sum() / detected.sum())
@@ -360,9 +395,10 @@ SUMMARY_ROWS: tuple[tuple[str, str], ...] = (
     ("d50_volume", "D50, volume"),
     ("d90_volume", "D90, volume"),
     ("d_4_3", "D[4,3]"),
+    ("d_3_2", "D[3,2]"),
     ("span_volume", "span, volume"),
     ("aspect_ratio_mean", "mean aspect ratio"),
-    ("count_kept", "particles counted"),
+    ("count_kept", "n, particles counted"),
     ("count_detected", "particles found"),
 )
 
@@ -370,13 +406,19 @@ SUMMARY_ROWS: tuple[tuple[str, str], ...] = (
 def summary_frames(psd: xr.Dataset) -> dict[str, int]:
     """Frames of the start, middle and end columns of the summary table.
 
-    Start and end are the first and last frames with counted particles (a
-    nucleating run begins empty), the middle the frame halfway between them;
-    with no counted particles at all, the first, middle and last frames.
+    Start and end are the first and last frames with D-values (at least the
+    minimum count of particles; a nucleating run begins empty), else with counted
+    particles, the middle the frame halfway between them; with no counted
+    particles at all, the first, middle and last frames.
     """
     n = int(psd.sizes.get(TIME, 0))
     kept = _values(psd, "count_kept")
     present = np.flatnonzero(kept > 0) if kept is not None else np.arange(n)
+    below = _values(psd, "below_min_count")
+    if below is not None and kept is not None and len(present):
+        enough = np.flatnonzero((kept > 0) & ~below.astype(bool))
+        if len(enough):
+            present = enough
     if len(present) == 0:
         present = np.arange(n)
     if n == 0:
@@ -399,12 +441,15 @@ def summary_table(psd: xr.Dataset) -> pd.DataFrame:
         One row per quantity of :data:`SUMMARY_ROWS` present in ``psd`` (index:
         the variable name), columns ``quantity``, ``units``, ``start``,
         ``middle``, ``end``; ``attrs["frames"]`` and ``attrs["times_s"]`` hold
-        the frame and time of each column.
+        the frame and time of each column, ``attrs["intervals"]`` the 95 %
+        interval ``{variable: {column: (lower, upper)}}`` of the quantities that
+        have one (none for runs measured without intervals).
     """
     import pandas as pd
 
     frames = summary_frames(psd)
     rows = []
+    bounds: dict[str, dict[str, tuple[float, float]]] = {n: {} for n, _ in SUMMARY_ROWS}
     for name, label in SUMMARY_ROWS:
         if name not in psd:
             continue
@@ -416,12 +461,18 @@ def summary_table(psd: xr.Dataset) -> pd.DataFrame:
         }
         for column, frame in frames.items():
             row[column] = values[frame].item()
+            if f"{name}_lower" in psd and f"{name}_upper" in psd:
+                bounds[name][column] = (
+                    float(psd[f"{name}_lower"].values[frame]),
+                    float(psd[f"{name}_upper"].values[frame]),
+                )
         rows.append(row)
     table = pd.DataFrame(rows, columns=["variable", "quantity", "units", *frames]).set_index(
         "variable"
     )
     times = np.asarray(psd[TIME].values) if TIME in psd.coords else np.arange(len(frames))
     table.attrs["frames"] = dict(frames)
+    table.attrs["intervals"] = {k: v for k, v in bounds.items() if v}
     table.attrs["times_s"] = {k: float(times[f]) for k, f in frames.items()}
     return table
 
@@ -574,7 +625,7 @@ def _warnings_section(warnings_: Sequence[ReportWarning]) -> str:
     return _section("warnings", f"<ul class='warnings'>{items}</ul>")
 
 
-def _summary_section(psd: xr.Dataset) -> str:
+def _summary_section(psd: xr.Dataset, particles: pd.DataFrame | None = None) -> str:
     table = summary_table(psd)
     frames, times = table.attrs["frames"], table.attrs["times_s"]
     if not frames:
@@ -585,10 +636,15 @@ def _summary_section(psd: xr.Dataset) -> str:
         for c in frames
     )
     body = []
-    for _, row in table.iterrows():
+    intervals = table.attrs.get("intervals", {})
+    for variable, row in table.iterrows():
         units = _unit(row["units"])
         unit_text = "" if units in ("1", "") else f" ({units})"
-        cells = "".join(f"<td class='num'>{_e(_number(row[c]))}</td>" for c in frames)
+        cells = "".join(
+            f"<td class='num'>{_e(_number(row[c]))}"
+            f"{_interval_text(intervals.get(variable, {}).get(c))}</td>"
+            for c in frames
+        )
         body.append(f"<tr><th scope='row'>{_e(row['quantity'] + unit_text)}</th>{cells}</tr>")
     kept = _values(psd, "count_kept")
     note = ""
@@ -596,14 +652,78 @@ def _summary_section(psd: xr.Dataset) -> str:
         note = "<p class='bad'>No particle was counted in any frame.</p>"
     else:
         note = (
-            "<p class='note'>Start and end are the first and last frames with counted "
-            "particles; the middle is halfway between them.</p>"
+            "<p class='note'>Start and end are the first and last frames with D-values "
+            f"(at least {_e(psd.attrs.get('min_count', 1))} counted particles; else with any); "
+            "the middle is halfway between them. Below each value: its 95 % interval, "
+            "the range that covers the value of the crystal population in view in 95 % of "
+            "frames. It is sampling noise only: segmentation bias (outlines drawn too wide "
+            "or too narrow, crystals missed) is not in it.</p>"
         )
     table_html = (
         f"<table class='summary'><thead><tr><th scope='col'>quantity</th>{head}</tr></thead>"
         f"<tbody>{''.join(body)}</tbody></table>"
     )
-    return _section("summary", table_html + note)
+    return _section("summary", table_html + note + _counts_html(psd, particles, frames))
+
+
+def _interval_text(bounds: tuple[float, float] | None) -> str:
+    """The interval under a value in the summary table ("" when there is none)."""
+    if bounds is None or not any(math.isfinite(b) for b in bounds):
+        return ""
+    lower, upper = bounds
+    if not math.isfinite(lower):  # too few particles to bound it from below
+        text = f"at most {_number(upper)}"
+    elif not math.isfinite(upper):
+        text = f"at least {_number(lower)}"
+    else:
+        text = f"{_number(lower)} to {_number(upper)}"
+    return f"<br><small>95 %: {_e(text)}</small>"
+
+
+#: Frames listed one by one in the report's per-frame count table (more are sampled).
+COUNT_TABLE_FRAMES = 400
+
+
+def _counts_html(psd: xr.Dataset, particles: pd.DataFrame | None, frames: Mapping[str, int]) -> str:
+    """Counted and excluded particles by reason: the summary's frames, the whole run, and
+    (folded) every frame; counted plus excluded is found in every row."""
+    from crystalseg.measure.results import frame_counts
+
+    if "count_detected" not in psd or "count_kept" not in psd:
+        return ""
+    counts = frame_counts(psd, particles)
+    columns = list(counts.columns)
+    labels = {"counted": "counted", "found": "found"}
+    head = "".join(
+        f"<th scope='col'>{_e(labels.get(c, 'excluded: ' + c.replace('_', ' ')))}</th>"
+        for c in columns
+    )
+
+    def row(label: str, values: Any) -> str:
+        cells = "".join(f"<td class='num'>{int(values[c]):d}</td>" for c in columns)
+        return f"<tr><th scope='row'>{_e(label)}</th>{cells}</tr>"
+
+    picked = [row(f"{k} (frame {f})", counts.loc[f]) for k, f in frames.items()]
+    picked.append(row("whole run", counts.sum()))
+    shown = counts
+    sampled = ""
+    if len(counts) > COUNT_TABLE_FRAMES:
+        keep = np.unique(np.linspace(0, len(counts) - 1, COUNT_TABLE_FRAMES).round().astype(int))
+        shown = counts.iloc[keep]
+        sampled = f" ({len(keep)} of {len(counts)} frames, evenly spaced)"
+    per_frame = "".join(row(f"frame {f}", r) for f, r in shown.iterrows())
+    table = (
+        "<table class='summary counts'><thead><tr><th scope='col'>particles</th>"
+        f"{head}</tr></thead>"
+    )
+    return (
+        "<h3>Particles counted and excluded</h3>"
+        f"{table}<tbody>{''.join(picked)}</tbody></table>"
+        "<p class='note'>Every object the segmentation found is in the particle table: "
+        "counted in the distributions or excluded with its reason.</p>"
+        f"<details><summary>Every frame{_e(sampled)}</summary>{table}"
+        f"<tbody>{per_frame}</tbody></table></details>"
+    )
 
 
 def _flatten(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
@@ -769,12 +889,41 @@ def _plot_figures(
     ]
     jobs.append(
         (
+            "fig-cumulative",
+            "Volume density q3 and cumulative Q3 of the last frame with counted particles "
+            "(ISO 9276-1), D10/D50/D90 with their 95 % intervals",
+            lambda: plots.plot_cumulative(psd),
+        )
+    )
+    windows = _open_windows(run)
+    if windows is not None:
+        jobs.append(
+            (
+                "fig-window-statistics",
+                f"D10, D50, D90 ({basis} basis) of pooled windows of "
+                f"{windows.attrs.get('window')} (frames resampled whole for the intervals) "
+                "and the particles pooled per window",
+                lambda: plots.plot_statistics(windows, basis=basis),
+            )
+        )
+    jobs.append(
+        (
             "fig-shape",
             "Length (max Feret) against width (min Feret) of the particles of the last frame",
             lambda: plots.plot_shape(particles, psd, frame=-1),
         )
     )
     return f"<div class='figures'>{''.join(_figure_jobs(jobs, settings, problems))}</div>"
+
+
+def _open_windows(run: Path) -> xr.Dataset | None:
+    """Group ``psd_window`` of the run in memory, or None when it has none."""
+    import xarray as xr
+
+    if not (run / "psd_window" / "zarr.json").exists():
+        return None
+    with xr.open_zarr(str(run), group="psd_window", consolidated=False) as ds:
+        return ds.load()
 
 
 def _overlay_figures(
@@ -896,7 +1045,7 @@ def render_report(
     sections = [
         _run_section(info, psd),
         _warnings_section(problems),
-        _summary_section(psd),
+        _summary_section(psd, particles),
         _section("plots", plots_html),
         _section(
             "overlays",

@@ -78,7 +78,7 @@ def test_clear_run_matches_truth_per_frame(tmp_path: Path, store_mask) -> None:
     cfg = SynthConfig(frames=5, height=384, width=384, seed=101, scenario="clear")
     synthesize_run(path, cfg, frames_per_chunk=2)
     store_mask(path, truth_mask(path))
-    settings = MeasureSettings()
+    settings = MeasureSettings(min_count=1)  # frames of 3+ crystals: D-values wanted
     psd = measure_run(path, settings=settings, scheduler="threads").load()
     truth = read_table(path, "truth/crystals")
     truth = truth[(truth["area_px"] >= settings.min_area_px) & ~truth["touches_edge"]]
@@ -92,7 +92,7 @@ def test_clear_run_matches_truth_per_frame(tmp_path: Path, store_mask) -> None:
         d50_true = weighted_quantile(true_t["ecd_um"].to_numpy(), 0.5)[0]
         assert float(psd["d50_number"][t]) == pytest.approx(d50_true, rel=0.05)
         # Edge exclusion agrees with the truth's touches_edge flag.
-        rows = particles[particles["frame"] == t]
+        rows = particles[(particles["frame"] == t) & (particles["excluded_reason"] != "too_small")]
         assert (rows["excluded_reason"] == "edge").tolist() == rows["touches_edge"].tolist()
 
 
@@ -100,7 +100,7 @@ def test_measure_mask_frame_edge_exclusion_and_weights() -> None:
     mask = np.zeros((64, 64), dtype=np.uint8)
     mask[0:10, 20:30] = 1  # touches the top edge
     mask[30:40, 30:50] = 1
-    settings = MeasureSettings(min_area_px=4, bins=(0.5, 500.0, 30))
+    settings = MeasureSettings(min_area_px=4, bins=(0.5, 500.0, 30), min_count=1)
     table, dist = measure_mask_frame(mask, None, settings=settings, pixel_size_um=2.0)
     assert table["kept"].tolist() == [False, True]
     assert table["excluded_code"].tolist() == [1, 0]
@@ -128,7 +128,7 @@ def test_low_confidence_particles_are_excluded_only_with_a_probability() -> None
     prob = np.zeros((64, 64), dtype=np.uint8)
     prob[10:20, 10:20] = 250
     prob[40:44, 40:50] = 178  # 0.70
-    settings = MeasureSettings(min_area_px=4, min_confidence=0.8)
+    settings = MeasureSettings(min_area_px=4, min_confidence=0.8, min_count=1)
     table, dist = measure_mask_frame(mask, None, probability=prob, settings=settings)
     assert table["confidence"].tolist() == pytest.approx([250 / 255, 178 / 255])
     assert table["kept"].tolist() == [True, False]
@@ -161,7 +161,7 @@ def test_a_stored_probability_feeds_the_confidence_filter(mixed_run: Path) -> No
     odd = particles["frame"] % 2 == 1
     assert particles.loc[~odd, "confidence"].eq(1.0).all()
     assert particles.loc[odd, "confidence"].eq(100 / 255).all()
-    inner = ~particles["touches_edge"]
+    inner = ~particles["touches_edge"] & (particles["excluded_reason"] != "too_small")
     assert (particles.loc[odd & inner, "excluded_reason"] == "low_confidence").all()
     assert particles.loc[~odd & inner, "kept"].all()
 
@@ -232,7 +232,7 @@ def test_same_settings_do_nothing_other_settings_need_overwrite(mixed_run: Path)
     assert json.loads(psd.attrs["measure_settings"]) == applied
     assert stage_info(mixed_run)["measure"]["settings"]["measure"] == applied
     particles = read_table(mixed_run, "particles")
-    assert particles["kept"].all()
+    assert (particles["kept"] | (particles["excluded_reason"] == "too_small")).all()
     assert int(psd["count_edge"].sum()) > 0
 
 
@@ -337,8 +337,10 @@ def test_summary(mixed_run: Path) -> None:
     assert summary["frames"] == FRAMES
     assert summary["particles"] == len(read_table(mixed_run, "particles"))
     assert summary["particles_counted"] == int(psd["count_kept"].sum())
-    assert summary["d50_start"] == float(psd["d50_number"][0])
-    assert summary["d50_end"] == float(psd["d50_number"][-1])
+    # Frames of this run hold fewer crystals than the minimum count: no D50 to report.
+    assert (psd["count_kept"] < MeasureSettings().min_count).all()
+    assert math.isnan(summary["d50_start"]) and math.isnan(summary["d50_end"])
+    assert summary["count_start"] == int(psd["count_kept"][0]) > 0
     assert summary["size_units"] == "um"
     assert "psd" in summary["psd"]
 
@@ -349,8 +351,9 @@ def test_exclusion_filters(mixed_run: Path) -> None:
     assert int(psd["count_kept"].sum()) == 0
     particles = read_table(mixed_run, "particles")
     reasons = set(particles["excluded_reason"])
-    assert reasons == {"edge", "out_of_focus"}
-    assert (particles.loc[~particles["touches_edge"], "excluded_reason"] == "out_of_focus").all()
+    assert reasons == {"edge", "out_of_focus", "too_small"}
+    measured = ~particles["touches_edge"] & (particles["excluded_reason"] != "too_small")
+    assert (particles.loc[measured, "excluded_reason"] == "out_of_focus").all()
 
     ml = MeasureSettings(edge="miles-lantuejoul")
     psd = measure_run(mixed_run, settings=ml, scheduler="synchronous", overwrite=True)

@@ -202,7 +202,7 @@ def test_changed_mask_is_refused(drawn_run: Path, tmp_path: Path) -> None:
     frame = np.asarray(mask[0])
     frame[SHAPES["small"]] = 0  # the table still holds the small disc
     mask[0] = frame
-    with pytest.raises(StageStateError, match=r"into 2 particles .* 3 rows.*--overwrite"):
+    with pytest.raises(StageStateError, match=r"into 3 particles .* 4 rows.*--overwrite"):
         overlay_image(path, 0)
     overlay_image(path, 1)  # the other frames still match
 
@@ -289,8 +289,11 @@ def test_trimmed_rim_is_not_drawn_as_excluded(tmp_path: Path, store_mask) -> Non
     assert texts == ["kept: 2", "excluded: 2 (1 touches edge, 1 below min area)"]
     rgb = overlay_image(path, 0)
     edge_label = labels[SHAPES["edge"]].max()
+    speck_label = labels[70, 20]  # in the table, excluded as too small
+    assert speck_label > 0 and np.array_equal(labels == speck_label, speck_piece)
     np.testing.assert_array_equal(
-        colored(rgb, KEPT), inner_edge((labels > 0) & (labels != edge_label))
+        colored(rgb, KEPT),
+        inner_edge((labels > 0) & (labels != edge_label) & (labels != speck_label)),
     )
     np.testing.assert_array_equal(
         colored(rgb, EXCLUDED), inner_edge(labels == edge_label) | inner_edge(speck_piece)
@@ -342,7 +345,7 @@ def test_synthetic_outlines_lie_on_particle_edges(synth_run: Path, color_by: str
     seen = {"edge": 0, "kept": 0}
     for frame in range(4):
         mask = np.asarray(masks[frame])
-        labels = label_instances(mask, min_area_px=settings.min_area_px)
+        labels = label_instances(mask, min_area_px=settings.min_area_px, keep_small=True)
         dropped, _ = ndi.label((mask > 0) & (labels == 0), structure=np.ones((3, 3)))
         every = np.where(dropped > 0, dropped + labels.max(), labels)
         differs = np.zeros(every.shape, bool)

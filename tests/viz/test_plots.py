@@ -13,7 +13,7 @@ import zarr
 from click.testing import CliRunner
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.collections import PathCollection, QuadMesh
+from matplotlib.collections import PathCollection, PolyCollection, QuadMesh
 from matplotlib.figure import Figure
 
 from crystalseg.cli import cli
@@ -24,7 +24,7 @@ from crystalseg.errors import (
     RunFormatError,
     StageStateError,
 )
-from crystalseg.measure import PARTICLE_COLUMNS, measure_run
+from crystalseg.measure import PARTICLE_COLUMNS, MeasureSettings, measure_run
 from crystalseg.store import read_table
 from crystalseg.synth import SynthConfig, synthesize_run
 from crystalseg.viz.plots import (
@@ -34,6 +34,7 @@ from crystalseg.viz.plots import (
     last_counted_frame,
     open_results,
     plot_compare,
+    plot_cumulative,
     plot_psd_curves,
     plot_psd_heatmap,
     plot_run,
@@ -55,7 +56,7 @@ def _measured_run(
     )
     synthesize_run(path, cfg, frames_per_chunk=2)
     store_mask(path, np.asarray(zarr.open_group(str(path), mode="r")["truth/mask"][:]))
-    measure_run(path, scheduler="synchronous")
+    measure_run(path, settings=MeasureSettings(min_count=1), scheduler="synchronous")
     return path
 
 
@@ -220,7 +221,8 @@ def test_statistics_lines_are_the_d_values_and_count(psd: xr.Dataset) -> None:
     assert count.get_ydata()[2] == 0
     assert ax.get_ylabel() == "volume-weighted ECD (µm)"
     assert twin.get_ylabel() == "crystals counted per frame"
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["D90", "D50", "D10", "count"]
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == ["D90", "D50", "D10", "count", "95 % interval"]
 
 
 # --------------------------------------------------------------------------- curves
@@ -412,7 +414,7 @@ def test_cli_plot(run: Path, tmp_path: Path) -> None:
     out = tmp_path / "figs"
     code, output = _cli(str(run), "-o", str(out), "--format", "png", "--times", "0,30")
     assert code == 0, output
-    assert output.strip() == f"4 figure files (png) written to {out}"
+    assert output.strip() == f"5 figure files (png) written to {out}"
     assert sorted(p.name for p in out.iterdir()) == sorted(
         f"{f}.{x}" for f in RUN_FIGURES for x in ("png",)
     )
@@ -480,3 +482,45 @@ def test_figures_keep_their_text_inside_and_apart(psd: xr.Dataset, results: tupl
     assert len(legend.get_texts()) == 9 and legend.get_window_extent().y1 < (
         figures[-1].axes[1].get_window_extent().y0
     )
+
+
+# --------------------------------------------------------------------------- intervals
+
+
+def test_statistics_bands_and_frames_below_the_minimum_count(psd: xr.Dataset) -> None:
+    psd = psd.copy(deep=True)
+    psd["below_min_count"][:] = False
+    psd["below_min_count"][1] = True
+    psd["d50_number"][1] = np.nan
+    psd["d50_number_lower"] = psd["d50_number"] * 0.9
+    psd["d50_number_upper"] = psd["d50_number"] * 1.1
+    fig = plot_statistics(psd)
+    ax, twin = fig.axes
+    # One band per D-value (the D50 one between its bounds; D10 and D90 of 1-2 particles
+    # have no finite bound, so theirs are empty).
+    bands = [c for c in ax.collections if isinstance(c, PolyCollection)]
+    assert len(bands) == 3
+    ys = np.concatenate([p.vertices[:, 1] for p in bands[1].get_paths()])
+    assert ys.min() == pytest.approx(np.nanmin(psd["d50_number_lower"].values))
+    assert ys.max() == pytest.approx(np.nanmax(psd["d50_number_upper"].values))
+    (open_marks,) = [line for line in twin.get_lines() if line.get_gid() == "below-min-count"]
+    np.testing.assert_allclose(open_marks.get_xdata(), psd["time"].values[[1]])
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend[-2:] == ["95 % interval", "< 1 counted: no D-value"]
+    # A run measured before intervals existed still plots, without bands.
+    old = psd.drop_vars([v for v in psd.data_vars if v.endswith(("_lower", "_upper"))])
+    old = old.drop_vars("below_min_count")
+    legend = [t.get_text() for t in plot_statistics(old).axes[0].get_legend().get_texts()]
+    assert legend == ["D90", "D50", "D10", "count"]
+
+
+def test_cumulative_q3_beside_q3(psd: xr.Dataset) -> None:
+    end = int(psd.sizes["time"]) - 1
+    fig = plot_cumulative(psd, time=float(psd["time"][end]))
+    left, right = fig.axes
+    assert left.get_ylabel().startswith("q3(x)") and right.get_ylabel().startswith("Q3(x)")
+    (q3_line,) = [line for line in right.get_lines() if line.get_label() == "Q3(x)"]
+    expected = 100 * (1 - float(psd["fraction_outside_volume"][end]))
+    assert q3_line.get_ydata()[-1] == pytest.approx(expected, abs=1e-6)
+    d50 = float(psd["d50_volume"][end])
+    assert any(line.get_xdata()[0] == pytest.approx(d50) for line in right.get_lines()[1:])

@@ -22,7 +22,7 @@ from PIL import Image
 from crystalseg.cli import cli
 from crystalseg.dims import FRAME_DIMS, SIZE_BIN, TIME
 from crystalseg.errors import ConfigError, StageStateError
-from crystalseg.measure import measure_run
+from crystalseg.measure import MeasureSettings, measure_run
 from crystalseg.store import create_array, create_run, read_table
 from crystalseg.viz.report import (
     SECTION_IDS,
@@ -40,8 +40,8 @@ PIXEL_SIZE_UM = 2.0
 SIZE = 96
 #: Radius (px) of the whole disc in the middle of each non-empty frame.
 RADII = {2: 6, 3: 8, 4: 10, 5: 12}
-#: Figures of a report with default settings: 5 plots, the montage and the last frame.
-N_FIGURES = 7
+#: Figures of a report with default settings: 6 plots, the montage and the last frame.
+N_FIGURES = 8
 
 
 def _disc_frames(*, edge_disc: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -68,6 +68,7 @@ def make_measured_run(
     pixel_size_um: float | None = PIXEL_SIZE_UM,
     edge_disc: bool = True,
     description: str = "test discs",
+    settings: MeasureSettings | None = None,
 ) -> Path:
     """A measured run of known discs, segmented by construction (no model needed)."""
     images, masks = _disc_frames(edge_disc=edge_disc)
@@ -93,7 +94,8 @@ def make_measured_run(
         attrs={"codes": ["background", "crystal"], "flag_meanings": "background crystal"},
     )
     mask[:] = masks
-    measure_run(path, scheduler="synchronous")
+    settings = MeasureSettings(min_count=1) if settings is None else settings
+    measure_run(path, settings=settings, scheduler="synchronous")
     return path
 
 
@@ -211,7 +213,7 @@ def test_figures_sit_in_their_sections(report: tuple[str, list]) -> None:
     text = report[0]
     plots = text[text.index("<section id='plots'>") : text.index("<section id='overlays'>")]
     overlays = text[text.index("<section id='overlays'>") : text.index("<section id='settings'>")]
-    assert plots.count("<img") == 5
+    assert plots.count("<img") == 6
     for fig_id in ("fig-psd-heatmap-number", "fig-psd-heatmap-volume", "fig-statistics"):
         assert f"id='{fig_id}'" in plots
     assert overlays.count("<img") == 2
@@ -307,7 +309,7 @@ def test_summary_section_shows_table_values(measured: Path, report: tuple[str, l
     value = f"{float(psd['d90_volume'].values[end]):.3g}"
     summary = report[0][report[0].index("<section id='summary'>") :]
     summary = summary[: summary.index("</section>")]
-    assert f"<td class='num'>{value}</td>" in summary
+    assert f"<td class='num'>{value}<" in summary
     assert "D50, number (µm)" in summary
 
 
@@ -335,7 +337,7 @@ def test_run_without_pixel_size_warns_and_reports_px(tmp_path: Path) -> None:
     text = out.read_text(encoding="utf-8")
     assert "D50, number (px)" in text
     assert "<strong class='bad'>unknown</strong>" in text
-    assert len(_parse(text).images) == 6  # no montage
+    assert len(_parse(text).images) == 7  # no montage
 
 
 def _psd(**variables: np.ndarray) -> xr.Dataset:
@@ -557,3 +559,31 @@ def test_report_renders_in_headless_chromium(report: tuple[str, list], tmp_path:
     assert grey.shape == (2400, 1280)
     assert grey[:60].mean() < 120  # the dark header bar is drawn
     assert (grey < 128).mean() > 0.02  # text and figures, not a blank page
+
+
+def test_report_of_frames_below_the_minimum_count(tmp_path: Path) -> None:
+    """Frames of one counted disc under a minimum count of 4: no D-value in the summary, a
+    warning naming the window, and counted + excluded = found in the count table."""
+    settings = MeasureSettings(min_area_px=60, min_count=4)  # the small disc is too small
+    run = make_measured_run(tmp_path / "few.zarr", settings=settings)
+    text, problems = render_report(run, settings=ReportSettings(montage_n=0))
+    (warning,) = [p for p in problems if p.code == "below_min_count"]
+    assert "--window 120s" in warning.message  # 4 / 1 per frame = 4 frames of 30 s
+    assert warning.frames == tuple(RADII)
+    summary = text[text.index("<section id='summary'>") :]
+    summary = summary[: summary.index("</section>")]
+    d50_row = summary[summary.index("D50, number") :]
+    d50_row = d50_row[: d50_row.index("</tr>")]
+    assert "<td class='num'>–</td>" in d50_row  # no number that looks exact
+    whole = summary[summary.index("whole run") :]
+    cells = [
+        int(c) for c in re.findall(r"<td class='num'>(\d+)</td>", whole[: whole.index("</tr>")])
+    ]
+    counted, *excluded, found = cells
+    assert counted + sum(excluded) == found and sum(excluded) > 0
+    assert "excluded: too small" in summary and "excluded: edge" in summary
+
+
+def test_summary_table_shows_the_interval_of_d50(report: tuple[str, list]) -> None:
+    summary = report[0][report[0].index("<section id='summary'>") :]
+    assert "95 %:" in summary[: summary.index("</section>")]
