@@ -107,7 +107,8 @@ def particle_points(path: str | os.PathLike[str]) -> tuple[np.ndarray, dict[str,
         Frame, centroid row and column in pixels (the layer's scale makes them um).
     kwargs : dict
         ``features`` (the particle table, one row per point), ``size`` (the ECD in
-        pixels), ``face_color`` from the ECD on the viridis colormap.
+        pixels): a ring as wide as the particle, coloured by its ECD on the viridis
+        colormap (the ring leaves the crystal itself visible).
     """
     path = Path(path)
     info = stage_info(path).get("measure")
@@ -124,8 +125,9 @@ def particle_points(path: str | os.PathLike[str]) -> tuple[np.ndarray, dict[str,
     return data, {
         "features": features,
         "size": np.clip(size_px, 2.0, None),
-        "face_color": SIZE_COLUMN if len(table) else "orange",
-        "face_colormap": "viridis",
-        "border_width": 0.0,
-        "opacity": 0.7,
+        "face_color": "transparent",
+        "border_color": SIZE_COLUMN if len(table) else "orange",
+        "border_colormap": "viridis",
+        "border_width": 0.15,
+        "border_width_is_relative": True,
     }

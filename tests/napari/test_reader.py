@@ -44,7 +44,7 @@ def test_layers_are_calibrated_and_match_the_store(measured_run: Path) -> None:
     assert list(kwargs["features"].columns) == list(table.columns)
     assert "time_s" in kwargs["features"]  # the particles carry their time
     np.testing.assert_allclose(kwargs["size"], np.clip(table["ecd"] / pixel, 2, None))
-    assert kwargs["face_color"] == "ecd"
+    assert kwargs["border_color"] == "ecd"
 
 
 def test_each_point_sits_on_its_particle(measured_run: Path) -> None:

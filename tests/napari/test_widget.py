@@ -75,7 +75,7 @@ def test_napari_opens_a_run_calibrated(viewer, measured_run: Path) -> None:
     np.testing.assert_allclose(points.features["ecd"], table["ecd"])
     # coloured by size: the largest particle gets viridis' yellow end, the smallest its purple
     big, small = int(table["ecd"].idxmax()), int(table["ecd"].idxmin())
-    assert points.face_color[big][1] > 0.8 and points.face_color[small][1] < 0.1
+    assert points.border_color[big][1] > 0.8 and points.border_color[small][1] < 0.1
     # the world extent is the field of view in micrometres
     assert viewer.layers.extent.world[1][2] == pytest.approx((128 - 1) * pixel)
 
