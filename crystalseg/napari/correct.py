@@ -63,7 +63,7 @@ def save_training_pair(
     StageStateError
         The pair exists and ``overwrite`` is False.
     """
-    ds = open_run(run)
+    ds = open_run(Path(run))
     n, ny, nx = ds[IMAGE].shape
     if not 0 <= int(frame) < n:
         raise ConfigError(f"frame {frame} is outside the run's {n} frames (0..{n - 1})")

@@ -12,6 +12,7 @@ folder" writes the frame and the corrected mask as ``X.png``/``X_mask.png``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,15 +50,15 @@ class RunWidget(QWidget):
         self.status = QLabel("")
         self.status.setWordWrap(True)
         self.measure_button = QPushButton("Measure run")
-        self.measure_button.clicked.connect(lambda: self.measure())
+        self.measure_button.clicked.connect(self._clicked(self.measure))
         self.correct_button = QPushButton("Correct this frame's mask")
-        self.correct_button.clicked.connect(lambda: self.start_correction())
+        self.correct_button.clicked.connect(self._clicked(self.start_correction))
         self.folder = QLineEdit()
         self.folder.setPlaceholderText("training folder")
         browse = QPushButton("…")
         browse.clicked.connect(self._browse)
         self.add_button = QPushButton("Add to training folder")
-        self.add_button.clicked.connect(lambda: self.add_to_training())
+        self.add_button.clicked.connect(self._clicked(self.add_to_training))
         row = QHBoxLayout()
         row.addWidget(self.folder)
         row.addWidget(browse)
@@ -95,6 +96,18 @@ class RunWidget(QWidget):
                 if kind != "labels" or FRAME_KEY not in layer.metadata:
                     return layer
         return None
+
+    def _clicked(self, action: Callable[[], Any]) -> Callable[[], None]:
+        """A button's slot: run ``action``; a crystalseg error is shown, not raised
+        (it says what to do, e.g. open a run first)."""
+
+        def slot() -> None:
+            try:
+                action()
+            except CrystalsegError as exc:
+                self._say(str(exc))
+
+        return slot
 
     def _say(self, text: str) -> None:
         self.status.setText(text)

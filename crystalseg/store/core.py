@@ -54,7 +54,7 @@ PROGRESS_GROUP = "_progress"
 #: Attributes of ``probability``: stored as ``round(255 p)`` in uint8 and read as such.
 #: No CF ``scale_factor``: with one, xarray decodes it to float64 (8x the bytes, 84 MB
 #: for 40 frames of 512x512 instead of 10 MB); divide by 255 for p in 0..1.
-PROBABILITY_ATTRS = {
+PROBABILITY_ATTRS: dict[str, Any] = {
     "long_name": "foreground probability (1 - p(background)) in 1/255",
     "units": "1/255",
     "valid_range": [0, 255],

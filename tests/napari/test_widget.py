@@ -118,3 +118,18 @@ def test_widget_adds_a_corrected_frame_to_a_training_folder(
     )
     # the run's own mask is untouched
     np.testing.assert_array_equal(xr.open_zarr(measured_run)["mask"][2].values, original)
+
+
+def test_buttons_say_what_to_do_instead_of_raising(viewer, measured_run: Path) -> None:
+    from crystalseg.napari.widget import RunWidget
+
+    widget = RunWidget(viewer)
+    widget.measure_button.click()  # nothing open yet
+    assert "no run store is open" in widget.status.text()
+    viewer.open(str(measured_run), plugin="crystalseg")
+    widget.add_button.click()
+    assert "choose a training folder first" in widget.status.text()
+    widget.folder.setText(str(measured_run.parent / "train"))
+    widget.add_button.click()
+    assert "no corrected frame" in widget.status.text()
+    assert not (measured_run.parent / "train").exists()
