@@ -12,7 +12,9 @@ folder" writes the frame and the corrected mask as ``X.png``/``X_mask.png``.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -117,7 +119,9 @@ class RunWidget(QWidget):
 
     def measure(self, *, block: bool = False) -> None:
         """Measure the open run (segmenting it first if it has no mask) and show the
-        particles; in a worker thread, or here when ``block``."""
+        particles; in a worker thread, or here when ``block``. The measurement runs
+        in a separate process, so napari stays responsive and its OpenGL libraries
+        never meet torch's."""
         from crystalseg.measure import measure_run
 
         path = self.run_path()
@@ -125,7 +129,11 @@ class RunWidget(QWidget):
         self.measure_button.setEnabled(False)
 
         def work() -> None:
-            measure_run(path, scheduler="threads")
+            # In a fresh process: torch may import triton, whose LLVM crashes a process
+            # that has Mesa's software OpenGL (llvmpipe, also LLVM) loaded, as napari
+            # has on machines without a GPU driver (segfault, reproduced on Xvfb).
+            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+                pool.submit(measure_run, path, scheduler="threads").result()
 
         if block:
             try:

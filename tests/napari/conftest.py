@@ -14,6 +14,14 @@ from crystalseg.synth import SynthConfig, synthesize_run
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # before Qt is imported
 
+# torch's compiler imports triton, whose LLVM segfaults a process that loaded Mesa's
+# software OpenGL (llvmpipe, LLVM too) before it; the other way round is fine. Load it
+# now, at collection, before any test opens a viewer (the segment tests import it later).
+try:
+    import torch._dynamo  # noqa: F401
+except ImportError:  # pragma: no cover - torch is a dependency
+    pass
+
 FRAMES = 4
 
 

@@ -80,6 +80,7 @@ def test_napari_opens_a_run_calibrated(viewer, measured_run: Path) -> None:
     assert viewer.layers.extent.world[1][2] == pytest.approx((128 - 1) * pixel)
 
 
+@pytest.mark.slow  # the measurement runs in a fresh process: ~5-15 s of imports
 def test_widget_measures_the_open_run(viewer, measured_run: Path, qtbot) -> None:
     from crystalseg.napari.widget import RunWidget
 
