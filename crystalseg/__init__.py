@@ -33,7 +33,11 @@ _LAZY = {
     "load_checkpoint": "crystalseg.models",
     "segment_run": "crystalseg.segment",
     "measure_run": "crystalseg.measure",
-    "export_particles": "crystalseg.measure",
+    "MeasureOptions": "crystalseg.measure",
+    "segment_and_measure": "crystalseg.pipeline",
+    "export_particles": "crystalseg.export",
+    "export_run": "crystalseg.export",
+    "ExportSettings": "crystalseg.export",
     "MeasureSettings": "crystalseg.measure",
     "evaluate_model": "crystalseg.evaluate",
 }

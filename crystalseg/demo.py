@@ -171,7 +171,9 @@ def run_demo(
     ConfigError
         Too few frames or too small a frame.
     """
-    from crystalseg.measure import export_particles, measure_run
+    from crystalseg.export import export_particles
+    from crystalseg.measure import MeasureOptions
+    from crystalseg.pipeline import segment_and_measure
     from crystalseg.synth import synthesize_run
     from crystalseg.viz.overlay import write_overlays
     from crystalseg.viz.plots import plot_run
@@ -207,7 +209,7 @@ def run_demo(
         encoding="utf-8",
     )
     log.info("segmenting with the bundled model and measuring %s", run)
-    measure_run(run, progress=report, scheduler=scheduler)
+    segment_and_measure(run, options=MeasureOptions(progress=report, scheduler=scheduler))
     particles_csv = export_particles(run, directory / PARTICLES_CSV, format="csv")
 
     log.info("writing figures, overlays and the report")

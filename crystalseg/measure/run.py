@@ -1,15 +1,15 @@
-"""Measure a whole run store: mask → instances → particle table and PSD per frame.
+"""Measure a whole segmented run store: mask → instances → particle table and PSD per frame.
 
-:func:`measure_run` is what ``crystalseg measure`` calls. It segments the run
-first when it has no finished ``mask`` (with the bundled model unless another is
-given), then measures the frames in parallel with dask, one task per time chunk
-of the mask: each task reads its frames of ``mask`` and ``image`` from the store,
-measures them (:func:`measure_mask_frame`), writes its slice of group ``psd``
-and its particle rows into a staging group, and only then marks its frames done
-in the stage's progress record. Nothing holds more than a chunk of frames, so
-memory stays flat in the number of frames, and an interrupted run resumes with
-the chunks that are missing. When all are done, the staged rows are copied into
-the ``particles`` table, the stage is marked finished and the staging removed.
+:func:`measure_run` measures the frames in parallel with dask, one task per time
+chunk of the mask: each task reads its frames of ``mask`` and ``image`` from the
+store, measures them (:func:`measure_mask_frame`), writes its slice of group
+``psd`` and its particle rows into a staging group, and only then marks its
+frames done in the stage's progress record. Nothing holds more than a chunk of
+frames, so memory stays flat in the number of frames, and an interrupted run
+resumes with the chunks that are missing. When all are done, the staged rows
+are copied into the ``particles`` table and the stage is marked finished (a
+re-measure that replaces earlier results swaps them in only then, see
+:mod:`crystalseg.store.stages`).
 
 Locally the tasks run on dask's process pool by default (all cores: the
 distance transform, watershed and table building hold the GIL for part of their
@@ -19,33 +19,21 @@ workers, which must see the store's filesystem. The process pool starts its
 workers with ``spawn``: a script that calls :func:`measure_run` needs the usual
 ``if __name__ == "__main__":`` guard (the CLI and notebooks need nothing).
 
-A run without a mask is segmented first. When the model infers on a GPU (or when
-asked, ``stream=True``) segmentation and measurement stream through together: the
-chunks of :func:`crystalseg.segment.run.stream_segment_run` are measured by the
-local pool as soon as each lands in the store, while the model works on the next,
-so the GPU and the cores work at the same time, and the worker processes start
-while the model works. Both stages keep their own progress records, so an
-interruption anywhere resumes both, and the results are those of the two passes.
-``benchmarks/bench_stream.py`` measured 1.09-1.21x the two-pass throughput on an
-H200 with 16 cores (96 and 240 frames of 1024 x 1024 px; the overlap can save at
-most the segmentation time, there a fifth of the measurement's), and 0.90-1.01x
-with the model on the CPU, where both stages want the same cores: there the run
-is segmented whole first. A cluster (``client``) also segments first.
+:func:`measure_as_segmented` measures the chunks of a mask as the model writes
+them; :func:`crystalseg.pipeline.segment_and_measure` (what ``crystalseg
+measure`` calls) composes it with the segmentation. Nothing here imports torch.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import os
-import uuid
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
-from contextlib import closing
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -94,6 +82,7 @@ from crystalseg.store import (
     stage_info,
     writing,
 )
+from crystalseg.store.cluster import run_on_cluster
 from crystalseg.store.stages import NEXT_SUFFIX
 
 log = logging.getLogger(__name__)
@@ -305,48 +294,40 @@ def measure_run(
     run: str | os.PathLike[str],
     *,
     settings: MeasureSettings | None = None,
-    model: Any = None,
     client: Any = None,
     progress: MeasureProgress | None = None,
     overwrite: bool = False,
     scheduler: LocalScheduler = "processes",
     num_workers: int | None = None,
     frames_per_chunk: int | None = None,
-    stream: bool | Literal["auto"] = "auto",
 ) -> xr.Dataset:
-    """Measure every frame of a run store; write ``psd`` and ``particles`` into it.
+    """Measure every frame of a segmented run store; write ``psd`` and ``particles`` into it.
+
+    A run that has no mask yet is segmented and measured by
+    :func:`crystalseg.pipeline.segment_and_measure` (what ``crystalseg measure`` calls).
 
     Parameters
     ----------
     run : path of the run store
     settings : MeasureSettings, optional
         What to measure and how (default :class:`MeasureSettings`()).
-    model : checkpoint directory or Segmenter, optional
-        Used only when the run has no finished mask: it is segmented first with
-        this model (None: the bundled default model), see
-        :func:`crystalseg.segment.segment_run`.
     client : distributed.Client or str, optional
         A client or scheduler address: the chunks run on the cluster's workers
         (each writes straight into the store, which every worker must see).
         None runs here.
     progress : callable (stage, frames_done, frames_total), optional
-        Called as chunks complete, with stage "segment" or "measure".
+        Called as chunks complete, with stage "measure".
     overwrite : bool
         Replace a measurement made with other settings (without it, that is an
         error). A finished measurement with the same settings of the same mask is
-        returned as is; an unfinished one resumes.
+        returned as is; an unfinished one resumes. New results replace old ones
+        only once they are complete.
     scheduler : {"processes", "threads", "synchronous"}
         Local dask scheduler when ``client`` is None.
     num_workers : int, optional
         Local workers (default: all cores).
     frames_per_chunk : int, optional
         Frames per task and per chunk of ``psd`` (default: the mask's chunks).
-    stream : bool or "auto"
-        For a run that still has to be segmented (locally): measure each chunk of
-        the mask while the model segments the next (True), or segment the whole
-        run first (False). "auto" streams when the model infers on a GPU, where
-        the cores are free to measure meanwhile. The results are the same; with
-        ``client`` the run is always segmented first.
 
     Returns
     -------
@@ -357,61 +338,103 @@ def measure_run(
     Raises
     ------
     StageStateError
-        The run has no mask and cannot be segmented, or was measured with other
-        settings and ``overwrite`` is False.
+        The run has no finished mask, or was measured with other settings and
+        ``overwrite`` is False, or another process is writing it.
     RunFormatError, ConfigError
         Unreadable store, impossible settings.
     """
-    settings = MeasureSettings() if settings is None else settings
-    if not isinstance(settings, MeasureSettings):
-        raise ConfigError(f"settings must be a MeasureSettings, got {type(settings).__name__}")
-    if scheduler not in ("processes", "threads", "synchronous"):
-        raise ConfigError(
-            f"scheduler {scheduler!r} is unknown; use 'processes', 'threads' or 'synchronous'"
-        )
-    if stream not in (True, False, "auto"):
-        raise ConfigError(f"stream must be True, False or 'auto', got {stream!r}")
-    if frames_per_chunk is not None and int(frames_per_chunk) < 1:
-        raise ConfigError(f"frames_per_chunk must be >= 1, got {frames_per_chunk!r}")
+    options = MeasureOptions(
+        MeasureSettings() if settings is None else settings,
+        frames_per_chunk,
+        overwrite,
+        scheduler,
+        num_workers,
+        progress,
+    )
     path = Path(run).resolve()
     open_run(path)  # checks the store is a complete run
-    options = _Options(settings, frames_per_chunk, overwrite, scheduler, num_workers, progress)
     with writing(path, STAGE):
-        _measure(path, model, client, options, stream)
-    return _open_psd(path)
+        if needs_segmentation(path):
+            raise StageStateError(
+                f"run '{path}' has no finished mask to measure; segment it first "
+                f"('crystalseg segment {path}'), or segment and measure it in one go "
+                f"('crystalseg measure {path}', crystalseg.pipeline.segment_and_measure)"
+            )
+        plan = _begin_measure(path, options)
+        if plan is not None:
+            jobs = [plan.job(start, stop) for start, stop in plan.pending]
+            if client is not None:
+                _run_distributed(jobs, client, plan.frames_done, plan.n_frames, progress)
+            else:
+                _run_local(jobs, scheduler, num_workers, plan.frames_done, plan.n_frames, progress)
+            _finish_measure(plan)
+    return open_psd(path)
 
 
-def _measure(
-    path: Path, model: Any, client: Any, options: _Options, stream: bool | Literal["auto"]
+def measure_as_segmented(
+    run: str | os.PathLike[str], chunks: Iterator[tuple[int, int]], options: MeasureOptions
 ) -> None:
-    """The body of :func:`measure_run`, with the store's lock held."""
-    scheduler, num_workers, progress = options.scheduler, options.num_workers, options.progress
-    if needs_segmentation(path):
-        if client is None and _wants_stream(stream, model):
-            _measure_streaming(path, model, options)
-            return
-        _segment_first(path, model=model, client=client, progress=progress)
+    """Measure the chunks of a mask as they land: each ``(start, stop)`` that ``chunks``
+    yields is a time chunk of the mask now on disk (as
+    :func:`crystalseg.segment.stream_segment_run` yields them).
+
+    A measurement chunk is handed to the local pool once every frame it covers is
+    there, so ``frames_per_chunk`` may differ from the mask's chunks; the pool works
+    while the model makes the next chunk. All of it is measured (and the stage
+    finished) once ``chunks`` is exhausted; the caller holds the store's lock.
+    """
+    path = Path(run).resolve()
     plan = _begin_measure(path, options)
-    if plan is None:
+    if plan is None:  # pragma: no cover - a finished result names a finished mask
+        for _ in chunks:
+            pass
         return
-    jobs = [plan.job(start, stop) for start, stop in plan.pending]
-    if client is not None:
-        _run_distributed(jobs, client, plan.frames_done, plan.n_frames, progress)
-    else:
-        _run_local(jobs, scheduler, num_workers, plan.frames_done, plan.n_frames, progress)
+    ready = np.zeros(plan.n_frames, dtype=bool)
+    waiting = list(plan.pending)
+    with _ChunkPool(options, len(waiting), plan.frames_done, plan.n_frames) as pool:
+        for start, stop in chunks:
+            ready[start:stop] = True
+            for chunk in [c for c in waiting if ready[c[0] : c[1]].all()]:
+                waiting.remove(chunk)
+                pool.submit(plan.job(*chunk))
+            pool.collect(wait=not waiting)
+        pool.collect(wait=True)
     _finish_measure(plan)
 
 
 @dataclass(frozen=True)
-class _Options:
-    """The options of :func:`measure_run` that the measuring steps below need."""
+class MeasureOptions:
+    """How to measure a run: what (``settings``) and how the work runs here.
 
-    settings: MeasureSettings
-    frames_per_chunk: int | None
-    overwrite: bool
-    scheduler: LocalScheduler
-    num_workers: int | None
-    progress: MeasureProgress | None
+    Attributes
+    ----------
+    settings : what to measure (:class:`MeasureSettings`)
+    frames_per_chunk : frames per task and per chunk of ``psd`` (None: the mask's chunks)
+    overwrite : replace a measurement made with other settings
+    scheduler : {"processes", "threads", "synchronous"}, the local dask scheduler
+    num_workers : local workers (None: all cores)
+    progress : callable (stage, frames_done, frames_total), or None
+    """
+
+    settings: MeasureSettings = field(default_factory=MeasureSettings)
+    frames_per_chunk: int | None = None
+    overwrite: bool = False
+    scheduler: LocalScheduler = "processes"
+    num_workers: int | None = None
+    progress: MeasureProgress | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.settings, MeasureSettings):
+            raise ConfigError(
+                f"settings must be a MeasureSettings, got {type(self.settings).__name__}"
+            )
+        if self.scheduler not in ("processes", "threads", "synchronous"):
+            raise ConfigError(
+                f"scheduler {self.scheduler!r} is unknown; use 'processes', 'threads' or "
+                "'synchronous'"
+            )
+        if self.frames_per_chunk is not None and int(self.frames_per_chunk) < 1:
+            raise ConfigError(f"frames_per_chunk must be >= 1, got {self.frames_per_chunk!r}")
 
 
 @dataclass(frozen=True)
@@ -463,7 +486,7 @@ def _without_confidence_filter(
     return replace(settings, min_confidence=None)
 
 
-def _begin_measure(path: Path, options: _Options) -> _Plan | None:
+def _begin_measure(path: Path, options: MeasureOptions) -> _Plan | None:
     """Check the mask and earlier results; create or resume the stage and its outputs.
 
     Returns None when a finished measurement with these settings of this mask
@@ -508,17 +531,23 @@ def _begin_measure(path: Path, options: _Options) -> _Plan | None:
             "mask": mask_identity,
             "calibration": calibration,
         }
-    begin = {
-        "settings": stage_settings,
-        "n_frames": n,
-        "frames_per_chunk": fpc,
-        "replace": state.replace,
-        "outputs": (PSD_GROUP, PARTICLES_GROUP),
-    }
-    stage = begin_stage(path, STAGE, restart=state.action == "new", **begin)
+
+    def begin(restart: bool) -> StageProgress:
+        return begin_stage(
+            path,
+            STAGE,
+            settings=stage_settings,
+            n_frames=n,
+            frames_per_chunk=fpc,
+            restart=restart,
+            replace=state.replace,
+            outputs=(PSD_GROUP, PARTICLES_GROUP),
+        )
+
+    stage = begin(restart=state.action == "new")
     if not stage.done().any() or not _outputs_exist(path, stage):
         if stage.done().any():  # progress recorded but its outputs are gone: start over
-            stage = begin_stage(path, STAGE, restart=True, **begin)
+            stage = begin(restart=True)
         time_s = np.asarray(get_array(group, TIME, path)[:], dtype=np.float64)
         create_psd(
             path,
@@ -587,7 +616,8 @@ def _finish_measure(plan: _Plan) -> None:
     log.info("measured %d frames of %s: %d particles", n, path, rows)
 
 
-def _open_psd(path: Path) -> xr.Dataset:
+def open_psd(path: str | os.PathLike[str]) -> xr.Dataset:
+    """Group ``psd`` of a measured run, opened lazily."""
     return xr.open_zarr(str(path), group=PSD_GROUP, consolidated=None)
 
 
@@ -613,84 +643,6 @@ def needs_segmentation(path: str | os.PathLike[str]) -> bool:
     return True
 
 
-def _segment_first(
-    path: Path, *, model: Any, client: Any, progress: MeasureProgress | None
-) -> None:
-    """Segment the whole run (it has no finished mask) before measuring it."""
-    segment_run = _segmentation(path).segment_run
-    log.info("%s has no finished mask: segmenting it first", path)
-    segment_run(
-        path,
-        model,
-        client=client,
-        progress=_segment_progress(progress),
-        save_probability=True,
-    )
-
-
-def _segmentation(path: Path) -> Any:
-    """The module :mod:`crystalseg.segment` (it needs torch), or a clear error."""
-    try:
-        return importlib.import_module("crystalseg.segment")
-    except ImportError as exc:  # pragma: no cover - torch is a dependency
-        raise StageStateError(
-            f"run '{path}' has no mask and segmentation is unavailable ({exc}); "
-            "run 'crystalseg segment' first"
-        ) from exc
-
-
-def _segment_progress(progress: MeasureProgress | None) -> Callable[[int, int], None]:
-    def seg_progress(done: int, total: int) -> None:
-        if progress is not None:
-            progress("segment", done, total)
-
-    return seg_progress
-
-
-def _wants_stream(stream: bool | Literal["auto"], model: Any) -> bool:
-    """Stream segmentation into measurement? "auto": when the model infers on a GPU."""
-    if stream != "auto":
-        return bool(stream)
-    try:
-        from crystalseg.segment.run import inference_device
-    except ImportError:  # pragma: no cover - no segmentation here: segmenting first says so
-        return False
-    return inference_device(model) != "cpu"
-
-
-def _measure_streaming(path: Path, model: Any, options: _Options) -> None:
-    """Segment the run chunk by chunk; measure each chunk as soon as its mask is stored.
-
-    The model runs here (its own threads read ahead and write); the measurement
-    runs on the local pool meanwhile. A measurement chunk is handed to the pool
-    once every frame it covers is segmented, so ``frames_per_chunk`` may differ
-    from the mask's chunks. All of it is measured before the segmentation is
-    marked finished, so the two stages never write the store's metadata at once.
-    """
-    stream_segment_run = _segmentation(path).stream_segment_run
-    log.info("%s has no finished mask: segmenting and measuring it together", path)
-    segmented = stream_segment_run(
-        path, model, progress=_segment_progress(options.progress), save_probability=True
-    )
-    with closing(segmented):
-        plan = _begin_measure(path, options)
-        if plan is None:  # pragma: no cover - a finished result names a finished mask
-            for _ in segmented:
-                pass
-            return
-        ready = np.zeros(plan.n_frames, dtype=bool)
-        waiting = list(plan.pending)
-        with _ChunkPool(options, len(waiting), plan.frames_done, plan.n_frames) as pool:
-            for start, stop in segmented:
-                ready[start:stop] = True
-                for chunk in [c for c in waiting if ready[c[0] : c[1]].all()]:
-                    waiting.remove(chunk)
-                    pool.submit(plan.job(*chunk))
-                pool.collect(wait=not waiting)
-            pool.collect(wait=True)
-    _finish_measure(plan)
-
-
 def _warm_up() -> None:
     """A no-op task: starts a worker process (and its imports) ahead of the first chunk."""
 
@@ -703,7 +655,7 @@ class _ChunkPool:
     store when the caller returns; every chunk that finished is marked done.
     """
 
-    def __init__(self, options: _Options, n_jobs: int, done: int, total: int) -> None:
+    def __init__(self, options: MeasureOptions, n_jobs: int, done: int, total: int) -> None:
         workers = max(1, min(options.num_workers or os.cpu_count() or 1, n_jobs))
         self._executor: Executor | None = None
         if options.scheduler == "threads" and n_jobs:
@@ -945,42 +897,24 @@ def _run_distributed(
     total: int,
     progress: MeasureProgress | None,
 ) -> None:
-    if not jobs:
-        return
-    from distributed import Client, as_completed
-
-    own = isinstance(client, str)
-    if own:
-        client = Client(client)
-    tag = uuid.uuid4().hex[:8]
-    try:
-        futures = [
-            client.submit(
-                _measure_chunk, job, key=f"crystalseg-measure-{tag}-{job.start}", pure=False
-            )
-            for job in jobs
-        ]
-        try:
-            for fut in as_completed(futures):
-                done += fut.result()
-                if progress is not None:
-                    progress(STAGE, done, total)
-        except BaseException:
-            client.cancel(futures)
-            raise
-    finally:
-        if own:
-            client.close()
+    tasks = [(job, (job,)) for job in jobs]
+    for _, frames in run_on_cluster(client, _measure_chunk, tasks, name=STAGE):
+        done += frames
+        if progress is not None:
+            progress(STAGE, done, total)
 
 
 __all__ = [
+    "MeasureOptions",
     "MeasureProgress",
     "label_mask_frame",
     "mask_provenance",
+    "measure_as_segmented",
     "measure_mask_frame",
     "measure_run",
     "measured_mask_changed",
     "measurement_outdated",
     "needs_segmentation",
+    "open_psd",
     "read_mask_codes",
 ]

@@ -122,7 +122,8 @@ class RunWidget(QWidget):
         particles; in a worker thread, or here when ``block``. The measurement runs
         in a separate process, so napari stays responsive and its OpenGL libraries
         never meet torch's."""
-        from crystalseg.measure import measure_run
+        from crystalseg.measure import MeasureOptions
+        from crystalseg.pipeline import segment_and_measure
 
         path = self.run_path()
         self._say(f"measuring {path.name} …")
@@ -133,7 +134,8 @@ class RunWidget(QWidget):
             # that has Mesa's software OpenGL (llvmpipe, also LLVM) loaded, as napari
             # has on machines without a GPU driver (segfault, reproduced on Xvfb).
             with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-                pool.submit(measure_run, path, scheduler="threads").result()
+                options = MeasureOptions(scheduler="threads")
+                pool.submit(segment_and_measure, path, options=options).result()
 
         if block:
             try:

@@ -19,16 +19,12 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
-import threading
-import uuid
 from collections import deque
 from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import asdict, replace
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Literal
 
 import dask.array as da
@@ -40,6 +36,7 @@ from crystalseg.dims import FRAME_DIMS, IMAGE, MASK, PROBABILITY
 from crystalseg.errors import ConfigError, RunFormatError
 from crystalseg.models import read_checkpoint_meta
 from crystalseg.models.checkpoint import default_checkpoint_path, resolve_checkpoint_dir
+from crystalseg.prefetch import ChunkPrefetcher
 from crystalseg.segment.engine import (
     DEFAULT_TILE_SIZE,
     Backend,
@@ -63,6 +60,7 @@ from crystalseg.store import (
     stage_info,
     writing,
 )
+from crystalseg.store.cluster import cluster_client, run_on_cluster
 
 log = logging.getLogger(__name__)
 
@@ -113,78 +111,6 @@ def mask_attrs(
         "model_crystalseg_version": meta.get("crystalseg_version"),
         "model_created": meta.get("created"),
     }
-
-
-# --------------------------------------------------------------------------------------
-# Reading ahead
-
-
-_END = object()
-
-
-class ChunkPrefetcher:
-    """Iterate ``(start, stop, frames)`` while a thread reads the next chunks ahead.
-
-    Parameters
-    ----------
-    read : callable (start, stop) -> ndarray
-    chunks : (start, stop) pairs in the order to deliver them
-    depth : chunks read ahead (each costs one chunk of memory)
-    """
-
-    def __init__(
-        self,
-        read: Callable[[int, int], np.ndarray],
-        chunks: list[tuple[int, int]],
-        *,
-        depth: int = 2,
-    ) -> None:
-        self._read = read
-        self._chunks = list(chunks)
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=max(1, depth))
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._work, name="crystalseg-prefetch", daemon=True)
-
-    def _put(self, item: Any) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.05)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _work(self) -> None:
-        try:
-            for start, stop in self._chunks:
-                if self._stop.is_set() or not self._put((start, stop, self._read(start, stop))):
-                    return
-        except BaseException as exc:
-            self._put(exc)
-            return
-        self._put(_END)
-
-    def __enter__(self) -> ChunkPrefetcher:
-        self._thread.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def __iter__(self) -> Iterator[tuple[int, int, np.ndarray]]:
-        while True:
-            item = self._queue.get()
-            if item is _END:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
 
 
 # --------------------------------------------------------------------------------------
@@ -784,14 +710,6 @@ def _iter_local(
         yield from settle(keep=0)
 
 
-def _get_client(client: Any) -> tuple[Any, bool]:
-    if isinstance(client, str):
-        from distributed import Client
-
-        return Client(client), True
-    return client, False
-
-
 def _iter_distributed(
     path: Path,
     client: Any,
@@ -806,40 +724,21 @@ def _iter_distributed(
     progress: ProgressCallback | None,
 ) -> Generator[tuple[int, int], None, dict[str, Any]]:
     """Chunks on the cluster's workers; yields each as it completes, returns the engine."""
-    from distributed import as_completed
-
-    client, own = _get_client(client)
+    client, own = cluster_client(client)
     ckpt = None if checkpoint is None else str(checkpoint)
     try:
         # Resolve "auto" once, on a worker, so every worker runs the same backend and
         # precision and the mask does not depend on which worker took which chunk.
         resolved = client.submit(_resolve_settings, ckpt, checksum, settings, pure=False).result()
-        tag = uuid.uuid4().hex[:8]
-        futures = {
-            client.submit(
-                _segment_chunk,
-                path,
-                start,
-                stop,
-                ckpt,
-                checksum,
-                resolved,
-                save_probability,
-                stage,
-                key=f"crystalseg-segment-{tag}-{start}",
-                pure=False,
-            ): (start, stop)
+        jobs = [
+            ((start, stop), (path, start, stop, ckpt, checksum, resolved, save_probability, stage))
             for start, stop in pending
-        }
-        try:
-            for fut in as_completed(futures):
-                done += fut.result()
-                if progress is not None:
-                    progress(done, total)
-                yield futures[fut]
-        except BaseException:  # also GeneratorExit: the caller stopped iterating
-            client.cancel(list(futures))
-            raise
+        ]
+        for chunk, frames in run_on_cluster(client, _segment_chunk, jobs, name=STAGE):
+            done += frames
+            if progress is not None:
+                progress(done, total)
+            yield chunk
     finally:
         if own:
             client.close()

@@ -204,10 +204,15 @@ def _complete_swap(path: Path, stage: str) -> None:
     for leftover in (old_dir, next_dir):
         if leftover.exists():
             shutil.rmtree(leftover)
+    _remove_empty_groups(path)
+    log.info("stage %s of %s: the new results replaced the old ones", stage, path)
+
+
+def _remove_empty_groups(path: Path) -> None:
+    """Delete ``_next`` and ``_old`` once no stage has anything in them."""
     for parent in (path / OLD_GROUP, path / NEXT_GROUP):
         if parent.exists() and not any(p for p in parent.iterdir() if p.name != "zarr.json"):
             shutil.rmtree(parent)
-    log.info("stage %s of %s: the new results replaced the old ones", stage, path)
 
 
 def recover_stages(path: str | Path) -> None:
@@ -276,14 +281,15 @@ def plan_stage(
     pending = stages.get(f"{stage}{NEXT_SUFFIX}")
     settings = _jsonable(dict(settings))
     finished = record is not None and record.get("status") == "finished" and outputs_present
-    if (
-        finished
-        and pending is not None
-        and pending.get("status") == "running"
-        and pending.get("settings") == settings
-        and not overwrite
-    ):
-        return StagePlan("resume", replace=True, reason="an interrupted replacement")
+    if pending is not None:
+        if (
+            finished
+            and pending.get("status") == "running"
+            and pending.get("settings") == settings
+            and not overwrite
+        ):
+            return StagePlan("resume", replace=True, reason="an interrupted replacement")
+        _discard_replacement(Path(path), stage)  # asked for something else now
     if record is None and outputs_present:  # made outside this stage: never ours to drop
         if overwrite:
             return StagePlan("new", replace=True, reason="asked to replace them")
@@ -297,6 +303,23 @@ def plan_stage(
     if matches(record):
         return StagePlan("finished" if finished else "resume", reason="same settings")
     raise StageStateError(refusal(record))
+
+
+def _discard_replacement(path: Path, stage: str) -> None:
+    """Forget an interrupted replacement of ``stage`` that will not be resumed."""
+    key = f"{stage}{NEXT_SUFFIX}"
+    for leftover in (path / NEXT_GROUP / stage, path / PROGRESS_GROUP / key):
+        if leftover.exists():
+            shutil.rmtree(leftover)
+    _remove_empty_groups(path)
+    group = _open_group(path, "r+")
+    provenance = _provenance(group)
+    stages = dict(provenance.get("stages", {}))
+    if stages.pop(key, None) is not None:
+        provenance["stages"] = stages
+        group.attrs[PROVENANCE_KEY] = provenance
+        consolidate(path)
+        log.info("%s: dropped the interrupted replacement of %s (not resumed)", path, stage)
 
 
 def begin_stage(

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import sys
-import types
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,10 +17,10 @@ import zarr
 from crystalseg import store as store_module
 from crystalseg.dims import FRAME_DIMS
 from crystalseg.errors import ConfigError, StageStateError
+from crystalseg.export import export_particles
 from crystalseg.measure import (
     EXCLUDED_REASONS,
     MeasureSettings,
-    export_particles,
     measure_mask_frame,
     measure_run,
     summarize_measurement,
@@ -238,42 +236,20 @@ def test_same_settings_do_nothing_other_settings_need_overwrite(mixed_run: Path)
     assert int(psd["count_edge"].sum()) > 0
 
 
-def test_segments_first_when_there_is_no_mask(
-    mixed_template: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, store_mask
+def test_a_run_without_a_finished_mask_is_refused_with_the_way_on(
+    mixed_template: Path, tmp_path: Path
 ) -> None:
+    """measure_run only measures; segment_and_measure (tests/measure/test_stream.py)
+    segments first."""
     path = tmp_path / "run.zarr"
     shutil.copytree(mixed_template, path)
     root = zarr.open_group(str(path), mode="r+")
     del root["mask"]
-    seen: dict = {}
-
-    def fake_segment_run(run, model=None, *, client=None, progress=None, save_probability=False):  # type: ignore[no-untyped-def]
-        seen.update(run=Path(run), model=model, client=client, save_probability=save_probability)
-        store_mask(Path(run), truth_mask(Path(run)))
-        progress(FRAMES, FRAMES)
-
-    fake = types.ModuleType("crystalseg.segment")
-    fake.segment_run = fake_segment_run  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "crystalseg.segment", fake)
-    calls: list[tuple] = []
     # A leftover unfinished segment stage must not be taken for a finished mask.
     begin_stage(path, "segment", settings={"x": 1}, n_frames=FRAMES, frames_per_chunk=FPC)
-    measure_run(
-        path,
-        model="my-model",
-        scheduler="synchronous",
-        stream=False,  # the fake segmenter has no streaming path (a GPU would pick it)
-        progress=lambda *a: calls.append(a),
-    )
-    # The probability is kept for the confidence of every particle.
-    assert seen == {
-        "run": path.resolve(),
-        "model": "my-model",
-        "client": None,
-        "save_probability": True,
-    }
-    assert calls[0] == ("segment", FRAMES, FRAMES)
-    assert calls[-1] == ("measure", FRAMES, FRAMES)
+    with pytest.raises(StageStateError, match=r"no finished mask.*'crystalseg segment "):
+        measure_run(path, scheduler="synchronous")
+    assert "measure" not in stage_info(path)
 
 
 def test_empty_frames(mixed_run: Path, store_mask) -> None:
@@ -299,7 +275,9 @@ def test_all_frames_empty(mixed_run: Path, tmp_path: Path, store_mask) -> None:
     summary = summarize_measurement(mixed_run)
     assert summary["particles"] == 0 and math.isnan(summary["d50_start"])
     out = export_particles(mixed_run, tmp_path / "empty.csv")
-    assert out.read_text().strip().split(",") == list(PARTICLE_COLUMNS)
+    header = out.read_text(encoding="utf-8-sig").strip().split(",")
+    assert header[:5] == ["frame", "time_s", "label", "area_um2", "ecd_um"]
+    assert len(header) == len(PARTICLE_COLUMNS) - 1  # equivalent_diameter_area left out
 
 
 # --------------------------------------------------------------------------- outputs
@@ -351,25 +329,6 @@ def test_psd_is_self_describing(reference: dict) -> None:
     inside = (psd["q0"] * dlog).sum("size_bin")
     has = psd["count_kept"] > 0
     np.testing.assert_allclose(inside[has], 1 - psd["fraction_outside_number"][has], rtol=1e-9)
-
-
-def test_export_round_trip(mixed_run: Path, reference: dict, tmp_path: Path) -> None:
-    measure_run(mixed_run, scheduler="synchronous")
-    table = read_table(mixed_run, "particles")
-    assert len(table) > 20
-    pq = export_particles(mixed_run, tmp_path / "p.parquet")
-    back = pd.read_parquet(pq)
-    pd.testing.assert_frame_equal(back, table, check_dtype=False)
-    import pyarrow.parquet as pa_pq
-
-    field = pa_pq.read_schema(pq).field("ecd")
-    assert field.metadata[b"units"] == b"um"
-    csv = export_particles(mixed_run, tmp_path / "p.txt", format="csv")
-    back = pd.read_csv(csv, keep_default_na=False, na_values=[""])
-    back["excluded_reason"] = back["excluded_reason"].fillna("")
-    pd.testing.assert_frame_equal(back, table, check_dtype=False, rtol=1e-15)
-    with pytest.raises(ConfigError, match="suffix"):
-        export_particles(mixed_run, tmp_path / "p.xlsx")
 
 
 def test_summary(mixed_run: Path) -> None:

@@ -113,6 +113,20 @@ def test_a_failed_remeasure_keeps_the_previous_results(measured_run: Path, diges
     assert NEXT_GROUP not in root and OLD_GROUP not in root and "_measure" not in root
     assert "measure.next" not in root["_progress"]
 
+    # an interrupted replacement that is not resumed (other settings asked) is dropped
+    with pytest.raises(Stop):
+        measure_run(
+            measured_run,
+            settings=MeasureSettings(min_area_px=20),
+            overwrite=True,
+            scheduler="synchronous",
+            progress=stop_after_first_chunk,
+        )
+    assert "measure.next" in stage_info(measured_run)
+    measure_run(measured_run, settings=other, scheduler="synchronous")  # the finished ones
+    assert "measure.next" not in stage_info(measured_run)
+    assert not (measured_run / NEXT_GROUP).exists()
+
     # equal to measuring from nothing with those settings
     fresh = measured_run.with_name("fresh.zarr")
     import shutil
