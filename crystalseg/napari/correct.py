@@ -15,12 +15,12 @@ from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
+import zarr
 
 from crystalseg.dims import DEFAULT_CODES, IMAGE, MASK
 from crystalseg.errors import ConfigError, StageStateError
 from crystalseg.measure.run import read_mask_codes
 from crystalseg.store import get_array, open_run
-from crystalseg.store.core import _open_group
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def save_training_pair(
 
 
 def _codes(run: Path) -> tuple[str, ...]:
-    group = _open_group(run)
+    group = zarr.open_group(str(run), mode="r", use_consolidated=False)
     if MASK not in group:
         return DEFAULT_CODES
     return read_mask_codes(get_array(group, MASK, run))

@@ -36,22 +36,25 @@ from __future__ import annotations
 import hashlib
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import zarr
 
 from crystalseg.dims import FRAME_DIMS, IMAGE, MASK, TIME, X, Y
-from crystalseg.store.core import (
-    _attrs,
-    _open_group,
-    consolidate,
-    default_compressor,
-    get_array,
-    read_run_attrs,
-)
+from crystalseg.store.core import consolidate, default_compressor, get_array, read_run_attrs
 
 log = logging.getLogger(__name__)
+
+
+def _group(path: Path, mode: Literal["r", "r+"]) -> zarr.Group:
+    """The store's root group (after :func:`read_run_attrs` said it is a run store)."""
+    return zarr.open_group(str(path), mode=mode, use_consolidated=False)
+
+
+def _attrs(node: zarr.Group | zarr.Array) -> dict[str, Any]:
+    return dict(node.attrs.asdict())
+
 
 OME_VERSION = "0.5"
 #: The OME-Zarr group of label images under the image (the store's root).
@@ -82,7 +85,7 @@ def frame_scale(path: str | Path) -> dict[str, Any]:
         (t, y, x) scale of the OME-Zarr coordinate transformation.
     """
     attrs = read_run_attrs(path)
-    time = np.asarray(get_array(_open_group(path), TIME, path)[:], dtype="float64")
+    time = np.asarray(get_array(_group(Path(path), "r"), TIME, path)[:], dtype="float64")
     steps = np.diff(time)
     interval = float(np.median(steps)) if len(steps) else 0.0
     interval = interval if np.isfinite(interval) and interval > 0 else 1.0
@@ -138,7 +141,8 @@ def write_ome_metadata(path: str | Path) -> dict[str, Any]:
         The root's ``ome`` attribute as written.
     """
     path = Path(path)
-    group = _open_group(path, "r+")
+    read_run_attrs(path)
+    group = _group(path, "r+")
     image = get_array(group, IMAGE, path)
     cal = frame_scale(path)
     calibrated = cal["pixel_size_um"] is not None

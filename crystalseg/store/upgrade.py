@@ -10,8 +10,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import zarr
+
 from crystalseg.dims import PROBABILITY
-from crystalseg.store.core import PROBABILITY_ATTRS, _attrs, _open_group, read_run_attrs
+from crystalseg.store.core import PROBABILITY_ATTRS, read_run_attrs
 from crystalseg.store.ome import write_ome_metadata
 from crystalseg.store.stages import writing
 
@@ -43,12 +45,12 @@ def upgrade_run(path: str | Path) -> list[str]:
     read_run_attrs(path)  # a run store this crystalseg reads, or a clear error
     changes: list[str] = []
     with writing(path, "upgrade"):
-        group = _open_group(path, "r+")
-        before = _attrs(group).get("ome")
+        group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
+        before = group.attrs.get("ome")
         had_labels = "labels" in group
         if PROBABILITY in group:
             prob = group[PROBABILITY]
-            old = _attrs(prob)
+            old = dict(prob.attrs.asdict())
             if any(key in old for key in _CF_SCALING):
                 for key in _CF_SCALING:
                     prob.attrs.pop(key, None)
