@@ -1279,6 +1279,24 @@ def export_cmd(
         click.echo(f"  {path}")
 
 
+@cli.command()
+@click.argument("run", type=click.Path(path_type=Path))
+def upgrade(run: Path) -> None:
+    """Add what this release writes to a RUN made by an earlier one, in place.
+
+    OME-Zarr image and label metadata (napari and Fiji open it calibrated), the
+    frames' x/y in micrometres, the probability read as uint8. No data is rewritten.
+
+    \b
+    Example:
+      crystalseg upgrade run.zarr
+    """
+    from crystalseg.store.upgrade import upgrade_run
+
+    changes = upgrade_run(run)
+    click.echo(f"{run}: " + ("; ".join(changes) if changes else "already up to date"))
+
+
 def _run_info(run: Path) -> dict[str, Any]:
     """:func:`~crystalseg.store.describe_run` plus why its measurement is out of date
     (``measure_outdated``, None when it is not)."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import shlex
 from typing import Any
 
+from crystalseg.store.ome import LABELS_GROUP, X_UM, Y_UM
+
 
 def counted(n: int, noun: str) -> str:
     """``1 warning``, ``2 warnings``."""
@@ -93,7 +95,10 @@ def format_run_info(info: dict[str, Any]) -> str:
     for stage in ("segment", "measure"):
         if stage not in info["stages"]:
             lines.append(f"  {stage:<12} not run")
-    extra = [a for a in info["arrays"] if a not in ("image", "time")] + info["groups"]
+    # what the frames' metadata adds (coordinates, the OME-Zarr label image) is not content
+    extra = [a for a in info["arrays"] if a not in ("image", "time", Y_UM, X_UM)] + [
+        g for g in info["groups"] if g != LABELS_GROUP
+    ]
     if extra:
         lines.append(f"  contents     {', '.join(extra)}")
     ratio = info["compression_ratio"]

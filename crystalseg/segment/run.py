@@ -50,6 +50,7 @@ from crystalseg.segment.engine import (
     select_device,
 )
 from crystalseg.store import (
+    PROBABILITY_ATTRS,
     StagePlan,
     StageProgress,
     begin_stage,
@@ -110,15 +111,6 @@ def mask_attrs(
         "model_crystalseg_version": meta.get("crystalseg_version"),
         "model_created": meta.get("created"),
     }
-
-
-PROBABILITY_ATTRS = {
-    "long_name": "foreground probability (1 - p(background))",
-    "units": "1",
-    "scale_factor": 1.0 / 255.0,
-    "add_offset": 0.0,
-    "quantisation": "stored as round(255 * p) in uint8",
-}
 
 
 # --------------------------------------------------------------------------------------

@@ -70,6 +70,7 @@ from crystalseg.store.core import (
     stage_info,
 )
 from crystalseg.store.lock import run_lock
+from crystalseg.store.ome import write_ome_metadata
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +152,7 @@ class StageProgress:
             _complete_swap(self.path, self.stage)
         else:
             _update_stage(self.path, self.stage, status="finished", finished=_now(), **extra)
-        consolidate(self.path)
+        write_ome_metadata(self.path)  # consolidates
 
 
 def _update_stage(path: Path, stage: str, **fields: Any) -> None:
@@ -853,5 +854,5 @@ def _set_calibration(
         stages["measure"] = {**measured, "settings": settings}
         provenance["stages"] = stages
     group.attrs[PROVENANCE_KEY] = _jsonable(provenance)
-    consolidate(path)
+    write_ome_metadata(path)  # consolidates
     return {"pixel_size_um": pixel_size_um, "interval_s": interval_s}

@@ -120,8 +120,8 @@ def test_save_probability(run, frames, checkpoint) -> None:
     ds = open_run(run)
     raw = zarr.open_group(str(run), mode="r")[PROBABILITY][:]
     assert raw.dtype == np.uint8
-    prob = ds[PROBABILITY].values  # CF scale_factor: read as 0..1
-    np.testing.assert_allclose(prob, raw / 255.0)
+    assert ds[PROBABILITY].dtype == np.uint8  # read as stored: no float64 copy of it
+    np.testing.assert_array_equal(ds[PROBABILITY].values, raw)
     sure = (raw < 127) | (raw > 128)
     np.testing.assert_array_equal(mask.values[sure], (raw > 128)[sure])
     # a run that has the probability also satisfies one that does not ask for it
