@@ -358,18 +358,20 @@ def class_map(logits: torch.Tensor, mask: torch.Tensor, prob: torch.Tensor | Non
         if prob is not None:
             prob.copy_(torch.sigmoid(diff).mul_(255.0).round_())
         return
-    best = logits[:, 0].clone()
+    background = logits[:, 0]
+    best = background.clone()
     mask.zero_()
     for c in range(1, k):
         plane = logits[:, c]
         mask.masked_fill_(plane > best, c)
         torch.maximum(best, plane, out=best)
     if prob is not None:
-        total = torch.zeros_like(best)
-        for c in range(k):
-            total += torch.exp(logits[:, c] - best)
-        p0 = torch.exp(logits[:, 0] - best) / total
-        prob.copy_((1.0 - p0).mul_(255.0).round_())
+        # 1 - p0 = 1 - 1 / (1 + sum_c>0 exp(l_c - l_0)): one exponential fewer than a
+        # softmax, and an overflow to inf gives exactly 1
+        rest = torch.zeros_like(best)
+        for c in range(1, k):
+            rest += torch.sub(logits[:, c], background).exp_()
+        prob.copy_(rest.add_(1.0).reciprocal_().neg_().add_(1.0).mul_(255.0).round_())
 
 
 # --------------------------------------------------------------------------------------
