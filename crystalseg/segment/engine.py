@@ -468,10 +468,13 @@ class Segmenter:
 
         int8 = settings.precision == "int8"
         checksum = self.checksum or model_fingerprint(model)
+        requested: Literal["auto", "onnx"] = (
+            "onnx" if int8 or settings.backend == "onnx" else "auto"
+        )
         self._onnx = select_cpu_backend(
             model,
             self.spec,
-            requested="onnx" if int8 else settings.backend,
+            requested=requested,
             checksum=checksum,
             checkpoint=self.checkpoint,
             threads=self.threads,

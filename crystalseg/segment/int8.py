@@ -157,7 +157,7 @@ def quantize_onnx(
         quantize_static,
     )
 
-    class Reader(CalibrationDataReader):  # type: ignore[misc]
+    class Reader(CalibrationDataReader):
         def __init__(self) -> None:
             self._items: Iterator[dict[str, np.ndarray]] = iter(
                 {"frames": np.ascontiguousarray(b, dtype=np.float32)} for b in batches

@@ -12,7 +12,8 @@ from crystalseg.segment import EngineSettings, Segmenter, segment_run
 from crystalseg.segment import int8 as q
 from crystalseg.segment.engine import resolve_precision
 from crystalseg.segment.onnx_backend import model_fingerprint, read_choices
-from crystalseg.store import stage_info
+from crystalseg.store import describe_run, stage_info
+from crystalseg.summary import format_run_info
 
 pytest.importorskip("onnxruntime")
 
@@ -109,6 +110,7 @@ def test_int8_precision_recorded_in_provenance(pointwise, frames_factory, run_fa
     engine = stage_info(run)["segment"]["engine"]
     assert engine["precision"] == "int8" and engine["backend"] == "onnx"
     assert engine["precision_choice"]["agreement_iou"] >= 0.995
+    assert "int8)" in format_run_info(describe_run(run))  # crystalseg info says it
     assert _iou(mask.values, _engine(pointwise, AGREEING, precision="fp32").predict(frames)) > 0.99
 
 
