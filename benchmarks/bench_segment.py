@@ -23,6 +23,17 @@ depend on the weights):
   of ``segment_run``): seconds to choose the factor for the run (its later frames
   segmented at five factors: up to six, here ``frames_judged``), also as the frames
   the engine segments in that time.
+- ``cpu_precision``: the CPU engine at the network's pace, fp32 and int8 (ONNX Runtime
+  static quantization, :mod:`crystalseg.segment.int8`). For 512 x 512 and 1024 x 1024
+  stores: ``segment_run`` (the whole stage: read, normalise, network, class map,
+  compress, write) against the bare network (``session.run`` alone, on the same
+  pre-normalised, padded batches of the same size, read before the clock starts), for
+  each precision, run interleaved ``--repeats`` times (medians and the min-max spread:
+  the machine may be shared). ``engine_over_bare`` is the share of the network's pace
+  that the engine keeps; ``int8_speedup`` int8 over fp32, for engine and bare network.
+  ``agreement``: foreground masks of the int8 engine against the fp32 engine, and of
+  both against the truth, on held-out synthetic frames (seeds never used for
+  calibration) and on the shared real images (``--real``, scored only).
 - ``peak_rss_mb``: peak resident memory of the process.
 
 On CUDA the engine also runs with a fixed batch of 32 (``engine_batch_32``) beside the
@@ -33,7 +44,7 @@ shape; the fixed-batch engine after it finds them done (H100, 512 x 512: 33 agai
 470 frames/s cold, both about 470 warm, both at batch 32).
 
 Usage: ``python benchmarks/bench_segment.py [--frames-512 16] [--frames-1024 6] [--compile]
-[--cuda-only]``
+[--cuda-only] [--precision-only] [--repeats 3] [--real DIR]``
 Keep it short on a 2-core machine: the defaults run in about two minutes.
 """
 
@@ -59,7 +70,12 @@ from crystalseg.errors import CheckpointError
 from crystalseg.models import ModelSpec, build_model, prepare_batch, save_checkpoint
 from crystalseg.models.checkpoint import default_checkpoint_path
 from crystalseg.segment import EngineSettings, auto_resize, load_segmenter, segment_run
-from crystalseg.segment.engine import available_cores, pad_to_multiple
+from crystalseg.segment.engine import (
+    CPU_PIXELS_PER_BATCH,
+    Segmenter,
+    available_cores,
+    pad_to_multiple,
+)
 from crystalseg.store import create_run
 
 
@@ -242,12 +258,191 @@ def engine_run(path: Path, ckpt: Path, settings: EngineSettings) -> dict[str, An
     }
 
 
+def _spread(values: list[float]) -> dict[str, Any]:
+    return {
+        "median": float(np.median(values)),
+        "min": float(min(values)),
+        "max": float(max(values)),
+        "runs": [round(v, 3) for v in values],
+    }
+
+
+def prepared_batches(store: Path, spec: ModelSpec) -> list[np.ndarray]:
+    """The store's frames as the engine feeds them to the network: per image chunk, in
+    batches of the CPU pixel budget, normalised and padded to the stride (float32)."""
+    image = zarr.open_group(str(store), mode="r")["image"]
+    n, h, w = image.shape
+    fpc = int(image.chunks[0])
+    batch = max(1, min(16, CPU_PIXELS_PER_BATCH // (h * w)))
+    out = []
+    for start in range(0, n, fpc):
+        frames = torch.from_numpy(np.asarray(image[start : min(n, start + fpc)]))
+        x = pad_to_multiple(prepare_batch(frames, spec), spec.stride)
+        out += [x[i : i + batch].contiguous().numpy() for i in range(0, x.shape[0], batch)]
+    return out
+
+
+def bare_seconds(seg: Segmenter, batches: list[np.ndarray]) -> float:
+    """Seconds of ONNX Runtime's ``session.run`` alone over ``batches``."""
+    t0 = time.perf_counter()
+    for x in batches:
+        seg._onnx(x)
+    return time.perf_counter() - t0
+
+
+def cpu_network_pace(
+    store: Path, ckpt: Path, spec: ModelSpec, repeats: int, engines: dict[str, Segmenter]
+) -> dict[str, Any]:
+    """Engine (segment_run) and bare network, fp32 and int8, interleaved: frames/s."""
+    n = zarr.open_group(str(store), mode="r")["image"].shape[0]
+    batches = prepared_batches(store, spec)
+    times: dict[str, list[float]] = {f"{k}_{p}": [] for k in ("engine", "bare") for p in engines}
+    for seg in engines.values():  # warm: first segment_run opens, allocates, settles
+        segment_run(store, seg, overwrite=True)
+        bare_seconds(seg, batches[:1])
+    for _ in range(repeats):
+        for p, seg in engines.items():
+            t0 = time.perf_counter()
+            segment_run(store, seg, overwrite=True)
+            times[f"engine_{p}"].append(n / (time.perf_counter() - t0))
+            times[f"bare_{p}"].append(n / bare_seconds(seg, batches))
+    result: dict[str, Any] = {
+        "frames": n,
+        "batch_shapes": sorted({tuple(b.shape) for b in batches}),
+        "frames_per_s": {k: _spread(v) for k, v in times.items()},
+    }
+    med = {k: float(np.median(v)) for k, v in times.items()}
+    result["engine_over_bare"] = {p: med[f"engine_{p}"] / med[f"bare_{p}"] for p in engines}
+    # the same ratio per interleaved repeat (engine and bare run back to back)
+    result["engine_over_bare_per_repeat"] = {
+        p: _spread([e / b for e, b in zip(times[f"engine_{p}"], times[f"bare_{p}"], strict=True)])
+        for p in engines
+    }
+    if "int8" in engines:
+        result["int8_speedup"] = {
+            k: med[f"{k}_int8"] / med[f"{k}_fp32"] for k in ("engine", "bare")
+        }
+    return result
+
+
+def _fg_iou(a: np.ndarray, b: np.ndarray) -> tuple[int, int]:
+    return int(np.count_nonzero(a & b)), int(np.count_nonzero(a | b))
+
+
+def agreement(
+    engines: dict[str, Segmenter], frames: list[np.ndarray], truths: list[np.ndarray]
+) -> dict[str, Any]:
+    """Foreground IoU (pooled over frames) of int8 with fp32, and of each with the truth."""
+    inter = {k: 0 for k in ("int8_vs_fp32", "fp32_vs_truth", "int8_vs_truth")}
+    union = dict.fromkeys(inter, 0)
+    per_frame = []
+    for frame, truth in zip(frames, truths, strict=True):
+        m = {p: seg.predict(frame[None])[0] > 0 for p, seg in engines.items()}
+        pairs = {
+            "int8_vs_fp32": (m["int8"], m["fp32"]),
+            "fp32_vs_truth": (m["fp32"], truth > 0),
+            "int8_vs_truth": (m["int8"], truth > 0),
+        }
+        row = {}
+        for k, (a, b) in pairs.items():
+            i, u = _fg_iou(a, b)
+            inter[k] += i
+            union[k] += u
+            row[k] = i / u if u else 1.0
+        per_frame.append(row)
+    iou = {k: inter[k] / union[k] if union[k] else 1.0 for k in inter}
+    return {
+        "frames": len(frames),
+        "iou": iou,
+        "int8_disagreement": 1 - iou["int8_vs_fp32"],
+        "truth_iou_loss": iou["fp32_vs_truth"] - iou["int8_vs_truth"],
+        "worst_frame_int8_vs_fp32": min(r["int8_vs_fp32"] for r in per_frame),
+    }
+
+
+def held_out_synth(size: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """One late frame of each scenario, at seeds far from the calibration's (0-3)."""
+    from crystalseg.synth.render import SyntheticRun
+    from crystalseg.synth.scenarios import SCENARIO_NAMES, SynthConfig
+
+    frames, truths = [], []
+    for k, scenario in enumerate(SCENARIO_NAMES):
+        run = SyntheticRun(
+            SynthConfig(frames=10, height=size, width=size, seed=7001 + k, scenario=scenario)
+        )
+        frame = run.render(9)
+        frames.append(frame.image)
+        truths.append(frame.class_mask)
+    return frames, truths
+
+
+def real_images(folder: Path, spec: ModelSpec) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Image/mask pairs ``NAME.png`` / ``NAME_mask.png`` (scored only, never tuned on)."""
+    from crystalseg.io.base import to_grey
+    from crystalseg.train.data import read_image
+    from crystalseg.train.masks import read_mask
+
+    frames, truths = [], []
+    for mask_path in sorted(folder.glob("*_mask.png")):
+        image = read_image(mask_path.with_name(mask_path.name.replace("_mask", "")))
+        if image.ndim == 3 and spec.in_channels == 1:
+            image = to_grey(image[..., :3])
+        frames.append(image)
+        truths.append(read_mask(mask_path))
+    return frames, truths
+
+
+def cpu_precision(
+    args: argparse.Namespace, tmp: Path, ckpt: Path, spec: ModelSpec
+) -> dict[str, Any]:
+    """The ``cpu_precision`` section: network pace and int8 agreement."""
+    from crystalseg.segment.int8 import cpu_has_vnni
+
+    settings = {
+        p: EngineSettings(device="cpu", precision=p, resize=1.0)  # type: ignore[arg-type]
+        for p in ("fp32", "int8")
+    }
+    t0 = time.perf_counter()
+    engines = {"fp32": load_segmenter(ckpt, None, settings["fp32"])}
+    try:
+        engines["int8"] = load_segmenter(ckpt, None, settings["int8"])
+    except Exception as exc:  # the agreement failed, or no ONNX Runtime quantization
+        return {"int8_error": str(exc)}
+    out: dict[str, Any] = {
+        "vnni": cpu_has_vnni(),
+        "seconds_to_load_both": time.perf_counter() - t0,
+        "int8_choice": engines["int8"].describe().get("precision_choice"),
+        "auto_chooses": load_segmenter(ckpt, None, EngineSettings(device="cpu")).precision,
+    }
+    for size, n in ((512, args.frames_512), (1024, args.frames_1024)):
+        store = make_store(tmp / f"pace{size}.zarr", n, size)
+        out[str(size)] = cpu_network_pace(store, ckpt, spec, args.repeats, engines)
+    frames, truths = held_out_synth(512)
+    out["agreement"] = {"held_out_synth_512": agreement(engines, frames, truths)}
+    if args.real is not None and Path(args.real).is_dir():
+        frames, truths = real_images(Path(args.real), spec)
+        out["agreement"]["real"] = {"folder": str(args.real), **agreement(engines, frames, truths)}
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames-512", type=int, default=16)
     parser.add_argument("--frames-1024", type=int, default=6)
     parser.add_argument("--compile", action="store_true", help="also time torch.compile")
     parser.add_argument("--cuda-only", action="store_true", help="skip the CPU figures")
+    parser.add_argument(
+        "--precision-only",
+        action="store_true",
+        help="only the cpu_precision section (network pace, int8)",
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats")
+    parser.add_argument(
+        "--real",
+        type=Path,
+        default=Path("/work/shared/data/dsb2018/test"),
+        help="folder of NAME.png / NAME_mask.png pairs scored for int8 agreement",
+    )
     args = parser.parse_args()
     started = time.perf_counter()
     cuda = torch.cuda.is_available()
@@ -286,9 +481,12 @@ def main() -> None:
                 matmul_gflops("cuda", torch.bfloat16, 8192, repeats=10) / 1e3
             )
         if not (args.cuda_only and cuda):
-            result["cpu_options"] = cpu_options(model, spec, ckpt, args.compile)
+            result["cpu_precision"] = cpu_precision(args, tmp, ckpt, spec)
+            if not args.precision_only:
+                result["cpu_options"] = cpu_options(model, spec, ckpt, args.compile)
         result["sizes"] = {}
-        for size, n in ((512, args.frames_512), (1024, args.frames_1024)):
+        sizes = ((512, args.frames_512), (1024, args.frames_1024))
+        for size, n in () if args.precision_only else sizes:
             gflop = model_gflop(build_model(spec).eval(), size)
             result["model"][f"gflop_per_frame_{size}"] = gflop
             entry: dict[str, Any] = {"frames": n}

@@ -31,7 +31,7 @@ def _bytes(n: float) -> str:
 
 
 def _engine_note(stage: dict[str, Any]) -> str:
-    """`` (model 1a2b3c4d5e6f, tta, resize 0.5)`` for a segment stage, else ``""``."""
+    """`` (model 1a2b3c4d5e6f, tta, resize 0.5, int8)`` for a segment stage, else ``""``."""
     settings = stage.get("settings") or {}
     notes = []
     if settings.get("model_sha256"):
@@ -40,6 +40,8 @@ def _engine_note(stage: dict[str, Any]) -> str:
         notes.append("tta")
     if settings.get("resize", 1.0) != 1.0:
         notes.append(f"resize {settings['resize']:g}")
+    if (stage.get("engine") or {}).get("precision") == "int8":
+        notes.append("int8")
     return f" ({', '.join(notes)})" if notes else ""
 
 

@@ -448,13 +448,13 @@ def intensity_bounds(frames: torch.Tensor, spec: ModelSpec) -> tuple[torch.Tenso
         top = _dtype_max(frames.dtype)
         lo = torch.zeros(b, dtype=torch.float32, device=frames.device)
         return lo, torch.full_like(lo, top)
-    flat = frames.reshape(b, -1).float()
-    n = flat.shape[1]
-    qs = []
-    for pct in spec.percentiles:
-        k = min(n, max(1, round(pct / 100.0 * (n - 1)) + 1))
-        qs.append(torch.kthvalue(flat, k, dim=1).values)
-    lo, hi = qs
+    n = frames[0].numel()
+    ranks = [min(n, max(1, round(pct / 100.0 * (n - 1)) + 1)) for pct in spec.percentiles]
+    if frames.dtype in _HISTOGRAM_DTYPES and frames.device.type == "cpu":
+        lo, hi = _ranked_values_by_histogram(frames.reshape(b, -1), ranks)
+    else:
+        flat = frames.reshape(b, -1).float()
+        lo, hi = (torch.kthvalue(flat, k, dim=1).values for k in ranks)
     hi = torch.maximum(hi, lo + 1e-6)
     return lo, hi
 
@@ -467,6 +467,25 @@ def _dtype_max(dtype: torch.dtype) -> float:
     if dtype.is_floating_point:
         return 1.0
     raise ConfigError(f"frames of dtype {dtype} are not supported; use uint8, uint16 or float")
+
+
+#: Integer dtypes whose order statistics come from a histogram (exact, and on the CPU
+#: ~10x faster than ``kthvalue`` over a 512 x 512 frame).
+_HISTOGRAM_DTYPES = (torch.uint8, torch.uint16)
+
+
+def _ranked_values_by_histogram(
+    flat: torch.Tensor, ranks: list[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``ranks``-th smallest values (1-based) of each row of integer ``flat`` (B, N)
+    as float32 (B,): the same values as ``torch.kthvalue``."""
+    bins = 256 if flat.dtype == torch.uint8 else 65536
+    rows = flat.contiguous().numpy()  # numpy's bincount is fast for both widths
+    found = np.stack(
+        [np.searchsorted(np.cumsum(np.bincount(r, minlength=bins)), ranks) for r in rows]
+    ).astype(np.float32)
+    values = torch.from_numpy(found)
+    return values[:, 0], values[:, 1]
 
 
 def to_unit(

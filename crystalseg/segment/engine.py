@@ -16,8 +16,9 @@ uint8-quantised foreground probability. The steps, all on the model's device:
 4. the network runs in batches under ``torch.inference_mode``; on CUDA in bf16 (fp16
    where bf16 is missing) autocast and channels-last; on the CPU in fp32 through ONNX
    Runtime when that is faster (:mod:`crystalseg.segment.onnx_backend`), else PyTorch
-   channels-last. Half precision is never chosen on the CPU: bf16 was measured ~200x
-   slower than fp32 on our CPUs;
+   channels-last, and in int8 on CPUs with VNNI where that is faster still and its
+   masks agree with fp32 (:mod:`crystalseg.segment.int8`). Half precision is never
+   chosen on the CPU: bf16 was measured ~200x slower than fp32 on our CPUs;
 5. argmax on the device; only the uint8 class map (and probability) comes back.
 
 The batch size comes from free GPU memory (one probe forward pass) or from a pixel
@@ -50,7 +51,7 @@ from crystalseg.models.checkpoint import default_checkpoint_path, resolve_checkp
 log = logging.getLogger(__name__)
 
 Backend = Literal["auto", "torch", "onnx"]
-Precision = Literal["auto", "fp32", "bf16", "fp16"]
+Precision = Literal["auto", "fp32", "bf16", "fp16", "int8"]
 BACKENDS: tuple[str, ...] = get_args(Backend)
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 
@@ -59,6 +60,8 @@ DEFAULT_TILE_SIZE = 1024
 #: Overlap of neighbouring tiles of the default size, in pixels; the blend window ramps
 #: over it. Other tile sizes overlap by an eighth of their size (at least 32 pixels).
 DEFAULT_TILE_OVERLAP = 128
+#: Foreground IoU that int8 masks must reach against float32 ones (calibration frames).
+INT8_MIN_IOU = 0.995
 #: Pixels per forward pass on the CPU (4 frames of 512 x 512): bigger batches gain nothing.
 CPU_PIXELS_PER_BATCH = 2**20
 #: Pixels of float input prepared at once, bounding host/device memory for big chunks.
@@ -121,9 +124,12 @@ class EngineSettings:
     tile_overlap : int or None
         Overlap of neighbouring tiles in pixels, at most half the tile size; None takes
         an eighth of the tile size, at least 32 (128 for the default tile).
-    precision : "auto", "fp32", "bf16" or "fp16"
-        "auto" is bf16 (fp16 where unsupported) on CUDA and fp32 elsewhere. Half precision
-        on the CPU is refused.
+    precision : "auto", "fp32", "bf16", "fp16" or "int8"
+        "auto" is bf16 (fp16 where unsupported) on CUDA; on the CPU int8 (ONNX Runtime
+        static quantization) where the CPU has VNNI, int8 is faster and its masks agree
+        with fp32 to ``int8_min_iou``, else fp32; fp32 elsewhere. "int8" forces the
+        int8 model on the CPU (its masks must still agree) and needs ONNX Runtime.
+        Half precision on the CPU is refused.
     compile : bool
         Wrap the network in ``torch.compile`` (torch backend; pays off on long runs).
     threads : int or None
@@ -142,6 +148,9 @@ class EngineSettings:
         after resizing (``tile_size`` counts model pixels). ``"auto"`` picks the factor
         with :func:`choose_resize` on the frames of each ``predict`` call; the run-level
         functions (``segment_run``, ``measure_run``) pick it once per run instead.
+    int8_min_iou : float
+        Foreground IoU in (0, 1] that the int8 model's masks must reach against the fp32
+        model's on the calibration frames before int8 runs.
     """
 
     device: str = "auto"
@@ -154,6 +163,7 @@ class EngineSettings:
     threads: int | None = None
     tta: bool = False
     resize: float | Literal["auto"] = 1.0
+    int8_min_iou: float = INT8_MIN_IOU
 
     def __post_init__(self) -> None:
         if self.resize != "auto":
@@ -185,6 +195,14 @@ class EngineSettings:
             )
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads must be a positive integer, got {self.threads}")
+        iou = self.int8_min_iou
+        if isinstance(iou, bool) or not isinstance(iou, int | float) or not 0 < iou <= 1:
+            raise ConfigError(f"int8_min_iou {iou!r} must be an IoU in (0, 1], e.g. 0.995")
+        if self.precision == "int8" and self.backend == "torch":
+            raise ConfigError(
+                "precision int8 runs through ONNX Runtime, but backend 'torch' was asked "
+                "for; use backend auto or onnx, or precision fp32"
+            )
 
 
 def select_device(device: str = "auto") -> torch.device:
@@ -229,15 +247,26 @@ def _mps_available() -> bool:
 def resolve_precision(precision: Precision, device: torch.device) -> Precision:
     """The concrete precision for ``device``: never half precision on the CPU.
 
+    "auto" on the CPU gives fp32 here; the engine may then take int8 (see
+    :mod:`crystalseg.segment.int8`).
+
     Raises
     ------
     ConfigError
-        bf16/fp16 asked for on the CPU, or bf16 on a GPU that lacks it.
+        bf16/fp16 asked for on the CPU, int8 on another device, or bf16 on a GPU that
+        lacks it.
     """
     if precision == "auto":
         if device.type == "cuda":
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         return "fp32"
+    if precision == "int8":
+        if device.type != "cpu":
+            raise ConfigError(
+                f"precision int8 runs on the CPU only (ONNX Runtime), but device is "
+                f"'{device}'; use --precision auto there, or --device cpu"
+            )
+        return precision
     if precision != "fp32" and device.type == "cpu":
         raise ConfigError(
             f"precision {precision} on the CPU is refused: it ran ~200x slower than fp32 on "
@@ -329,18 +358,20 @@ def class_map(logits: torch.Tensor, mask: torch.Tensor, prob: torch.Tensor | Non
         if prob is not None:
             prob.copy_(torch.sigmoid(diff).mul_(255.0).round_())
         return
-    best = logits[:, 0].clone()
+    background = logits[:, 0]
+    best = background.clone()
     mask.zero_()
     for c in range(1, k):
         plane = logits[:, c]
         mask.masked_fill_(plane > best, c)
         torch.maximum(best, plane, out=best)
     if prob is not None:
-        total = torch.zeros_like(best)
-        for c in range(k):
-            total += torch.exp(logits[:, c] - best)
-        p0 = torch.exp(logits[:, 0] - best) / total
-        prob.copy_((1.0 - p0).mul_(255.0).round_())
+        # 1 - p0 = 1 - 1 / (1 + sum_c>0 exp(l_c - l_0)): one exponential fewer than a
+        # softmax, and an overflow to inf gives exactly 1
+        rest = torch.zeros_like(best)
+        for c in range(1, k):
+            rest += torch.sub(logits[:, c], background).exp_()
+        prob.copy_(rest.add_(1.0).reciprocal_().neg_().add_(1.0).mul_(255.0).round_())
 
 
 # --------------------------------------------------------------------------------------
@@ -412,19 +443,10 @@ class Segmenter:
         self._module: nn.Module | Callable[..., torch.Tensor] = self._model
         self.backend: Literal["torch", "onnx"] = "torch"
         self._onnx: Any = None
+        #: How fp32 or int8 was chosen on the CPU (None elsewhere); see describe().
+        self.precision_choice: Any = None
         if self.device.type == "cpu" and settings.backend in ("auto", "onnx"):
-            from crystalseg.segment.onnx_backend import select_cpu_backend
-
-            self._onnx = select_cpu_backend(
-                model,
-                spec,
-                requested=settings.backend,
-                checksum=checksum,
-                checkpoint=self.checkpoint,
-                threads=self.threads,
-                torch_forward=self._torch_forward,
-            )
-            self.backend = "onnx" if self._onnx is not None else "torch"
+            self._select_cpu_runtime(model, settings)
         if self.backend == "torch" and settings.compile:
             self._module = torch.compile(self._model)
         self.settings = replace(
@@ -438,6 +460,44 @@ class Segmenter:
             self.precision,
             self.threads,
         )
+
+    def _select_cpu_runtime(self, model: nn.Module, settings: EngineSettings) -> None:
+        """ONNX Runtime or PyTorch, then int8 or fp32, as measured on first use."""
+        from crystalseg.segment.int8 import PrecisionChoice, cpu_has_vnni, select_cpu_precision
+        from crystalseg.segment.onnx_backend import model_fingerprint, select_cpu_backend
+
+        int8 = settings.precision == "int8"
+        checksum = self.checksum or model_fingerprint(model)
+        requested: Literal["auto", "onnx"] = (
+            "onnx" if int8 or settings.backend == "onnx" else "auto"
+        )
+        self._onnx = select_cpu_backend(
+            model,
+            self.spec,
+            requested=requested,
+            checksum=checksum,
+            checkpoint=self.checkpoint,
+            threads=self.threads,
+            torch_forward=self._torch_forward,
+        )
+        self.backend = "onnx" if self._onnx is not None else "torch"
+        if self._onnx is None:
+            return  # PyTorch was faster than ONNX Runtime here: fp32
+        if settings.precision == "fp32":
+            vnni = cpu_has_vnni()
+            self.precision_choice = PrecisionChoice("fp32", "fp32", "fp32: asked for", vnni)
+            return
+        runner, self.precision_choice = select_cpu_precision(
+            self._onnx,
+            self.spec,
+            requested="int8" if int8 else "auto",
+            checksum=checksum,
+            checkpoint=self.checkpoint,
+            min_iou=settings.int8_min_iou,
+        )
+        if runner is not None:
+            self._onnx = runner
+            self.precision = "int8"
 
     # -- construction ---------------------------------------------------------------
 
@@ -484,6 +544,11 @@ class Segmenter:
             "tile_overlap": self.settings.tile_overlap,
             "compile": self.settings.compile,
             "resize": self.settings.resize,
+            **(
+                {"precision_choice": self.precision_choice.describe()}
+                if self.precision_choice is not None
+                else {}
+            ),
             "threads": self.threads,
             "torch_version": torch.__version__,
         }

@@ -79,14 +79,15 @@ def _writable(directory: Path) -> bool:
     return directory.is_dir() and os.access(directory, os.W_OK)
 
 
-def onnx_cache_path(checksum: str, checkpoint: Path | None = None) -> Path:
+def onnx_cache_path(checksum: str, checkpoint: Path | None = None, *, variant: str = "") -> Path:
     """Where the ONNX export of the weights with sha256 ``checksum`` lives.
 
     Next to the checkpoint when the file is already there or the directory is writable
     (and not inside the crystalseg package, where the bundled model lives), else in
-    :func:`user_cache_dir` ``/onnx``.
+    :func:`user_cache_dir` ``/onnx``. ``variant`` names a derived model (the int8 one:
+    ``model-<sha256[:16]>-<variant>.onnx``).
     """
-    name = f"model-{checksum[:16]}.onnx"
+    name = f"model-{checksum[:16]}{'-' + variant if variant else ''}.onnx"
     if checkpoint is not None:
         near = Path(checkpoint) / name
         if near.is_file() or (_writable(Path(checkpoint)) and not _in_package(near)):
@@ -280,7 +281,8 @@ def load_onnx_runner(
     )
 
 
-def _choice_key(checksum: str, threads: int) -> str:
+def choice_key(checksum: str, threads: int) -> str:
+    """What a runtime choice depends on: weights, machine, CPU, threads, library versions."""
     import onnxruntime as ort
 
     return "|".join(
@@ -303,7 +305,8 @@ def _cpu_model() -> str:
     return platform.processor() or "cpu"
 
 
-def _read_choices() -> dict[str, Any]:
+def read_choices() -> dict[str, Any]:
+    """The runtime choices remembered in the user cache (:data:`CHOICE_FILE`), by key."""
     path = user_cache_dir() / CHOICE_FILE
     try:
         data = json.loads(path.read_text())
@@ -312,11 +315,13 @@ def _read_choices() -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _remember_choice(key: str, record: dict[str, Any]) -> None:
+def remember_choice(key: str, record: dict[str, Any]) -> None:
+    """Store ``record`` under ``key`` in :data:`CHOICE_FILE` (atomic; nothing is stored
+    when the cache is read-only)."""
     path = user_cache_dir() / CHOICE_FILE
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        data = _read_choices()
+        data = read_choices()
         data[key] = record
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{CHOICE_FILE}.", suffix=".tmp")
         with os.fdopen(fd, "w") as fh:
@@ -395,11 +400,11 @@ def select_cpu_backend(
         return None
     if requested == "onnx":
         return runner
-    key = _choice_key(checksum, threads)
+    key = choice_key(checksum, threads)
     with _choice_lock:
         choice = _choices.get(key)
         if choice is None:
-            stored = _read_choices().get(key)
+            stored = read_choices().get(key)
             if isinstance(stored, dict) and stored.get("backend") in ("torch", "onnx"):
                 choice = str(stored["backend"])
             else:
@@ -412,7 +417,7 @@ def select_cpu_backend(
                     TIMING_SHAPE[1:],
                     choice,
                 )
-                _remember_choice(key, {"backend": choice, "seconds": seconds})
+                remember_choice(key, {"backend": choice, "seconds": seconds})
             _choices[key] = choice
     return runner if choice == "onnx" else None
 

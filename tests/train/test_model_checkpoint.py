@@ -22,6 +22,7 @@ from crystalseg.models import (
     save_checkpoint,
     to_unit,
 )
+from crystalseg.models.checkpoint import intensity_bounds
 
 TINY = dict(encoder="tu-test_resnet", decoder_channels=(16, 16, 8, 8, 8))
 
@@ -293,3 +294,21 @@ def test_metrics_that_are_not_numbers_are_written_as_null(tmp_path: Path) -> Non
         {"iou": {"a": None, "b": None, "c": None}},
         {"iou": {"a": 0.5, "b": 0.25}, "n": [1, 2]},
     ]
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16"])
+@pytest.mark.parametrize("shape", [(3, 1, 1), (2, 5, 7), (2, 64, 48), (2, 33, 65, 3)])
+def test_percentile_bounds_of_integer_frames_equal_kthvalue(dtype, shape) -> None:
+    """Integer frames take their percentiles from a histogram: the same order statistics."""
+    spec = tiny_spec(scaling="percentile", percentiles=(0.5, 99.5))
+    top = np.iinfo(dtype).max
+    frames = torch.from_numpy(np.random.default_rng(7).integers(0, top + 1, shape).astype(dtype))
+    lo, hi = intensity_bounds(frames, spec)
+    flat = frames.reshape(shape[0], -1).float()
+    n = flat.shape[1]
+    k_lo, k_hi = (min(n, max(1, round(p / 100 * (n - 1)) + 1)) for p in spec.percentiles)
+    want_lo = torch.kthvalue(flat, k_lo, dim=1).values
+    want_hi = torch.maximum(torch.kthvalue(flat, k_hi, dim=1).values, want_lo + 1e-6)
+    assert lo.dtype == hi.dtype == torch.float32
+    torch.testing.assert_close(lo, want_lo, rtol=0, atol=0)
+    torch.testing.assert_close(hi, want_hi, rtol=0, atol=0)
