@@ -67,7 +67,11 @@ class ChordSettings:
 
     Attributes
     ----------
-    directions : scan directions per frame, evenly spaced over 180° from a random start
+    directions : scan directions per frame, evenly spaced over 180° from a random start.
+        With the default spacing a particle of mean caliper width w px gets about
+        3 w chords per frame (6 x w / 2): 60 for a crystal of 20 px. The cost is
+        about 6 H W samples per frame (0.1-0.5 s for 512 x 512 px on our 2-core
+        machine, depending on its load)
     line_spacing_px : distance between parallel scan lines, pixels
     step_px : sampling step along a line, pixels (the quantum of a chord length)
     bridge_px : gaps of background up to this long between two runs of the same
@@ -84,9 +88,9 @@ class ChordSettings:
         frame index, so a frame gets the same chords whichever order it is done in)
     """
 
-    directions: int = 8
+    directions: int = 6
     line_spacing_px: float = 2.0
-    step_px: float = 0.25
+    step_px: float = 0.5
     bridge_px: float = 4.0
     bins: int = 90
     min_um: float = 1.0
@@ -169,25 +173,29 @@ def chord_lengths(
         )
     height, width = labels.shape
     centre = np.array([(width - 1) / 2, (height - 1) / 2])
-    reach = 0.5 * math.hypot(height, width) + 1.0
-    steps = np.arange(-reach, reach + step_px, step_px)
-    n_steps = len(steps)
     lengths: list[np.ndarray] = []
     owners: list[np.ndarray] = []
-    lines_per_block = max(1, _BLOCK_SAMPLES // n_steps)
+    padded = np.pad(labels.astype(np.int64, copy=False), 1)
+    bridge = round(bridge_px / step_px)
     for theta in np.asarray(angles, dtype=float):
-        along = np.array([math.cos(theta), math.sin(theta)])
-        normal = np.array([-along[1], along[0]])
+        c, s = math.cos(theta), math.sin(theta)
+        # lines cover the frame's extent across them; samples its extent along them
+        half_across = 0.5 * (abs(s) * width + abs(c) * height) + 1.0
+        half_along = 0.5 * (abs(c) * width + abs(s) * height) + 1.0
+        steps = np.arange(-half_along, half_along + step_px, step_px, dtype=np.float32)
         offsets = (
-            -reach + rng.uniform(0, line_spacing_px) + np.arange(0, 2 * reach, line_spacing_px)
-        )
+            -half_across
+            + rng.uniform(0, line_spacing_px)
+            + np.arange(0, 2 * half_across, line_spacing_px)
+        ).astype(np.float32)
+        lines_per_block = max(1, _BLOCK_SAMPLES // len(steps))
         for lo in range(0, len(offsets), lines_per_block):
-            block = offsets[lo : lo + lines_per_block]
-            x = centre[0] + block[:, None] * normal[0] + steps[None, :] * along[0]
-            y = centre[1] + block[:, None] * normal[1] + steps[None, :] * along[1]
-            sampled = np.full((len(block), n_steps + 2), -1, dtype=np.int64)
-            sampled[:, 1:-1] = _sample_labels(labels, x, y)
-            run_len, run_label = _runs(sampled, bridge=round(bridge_px / step_px))
+            block = offsets[lo : lo + lines_per_block, None]
+            x = (centre[0] - s * block) + c * steps
+            y = (centre[1] + c * block) + s * steps
+            sampled = np.full((len(block), len(steps) + 2), -1, dtype=np.int64)
+            sampled[:, 1:-1] = _sample_labels(padded, x, y)
+            run_len, run_label = _runs(sampled, bridge=bridge)
             lengths.append(run_len * step_px)
             owners.append(run_label)
     if not lengths:
@@ -195,20 +203,19 @@ def chord_lengths(
     return np.concatenate(lengths).astype(np.float64), np.concatenate(owners)
 
 
-def _sample_labels(labels: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+def _sample_labels(padded: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """The label of the pixel nearest to each point (x, y); 0 outside the frame.
 
+    ``padded`` is the label image with a border of one background pixel, so that
+    every point outside the frame reads the border (clipping is cheaper than masking).
     (A bilinear 0.5-contour of each particle was tried: 4x slower, and a line that
     grazes a pixelated outline still steps in and out of it; closing short gaps,
     ``bridge_px``, is what removes those fragments.)
     """
-    height, width = labels.shape
-    col = np.floor(x + 0.5).astype(np.int64)
-    row = np.floor(y + 0.5).astype(np.int64)
-    inside = (col >= 0) & (col < width) & (row >= 0) & (row < height)
-    out = np.zeros(x.shape, dtype=np.int64)
-    out[inside] = labels[row[inside], col[inside]]
-    return out
+    height, width = padded.shape
+    col = np.clip(np.floor(x + 1.5), 0, width - 1).astype(np.intp)
+    row = np.clip(np.floor(y + 1.5), 0, height - 1).astype(np.intp)
+    return padded.ravel().take(row * width + col)
 
 
 def _runs(rows: np.ndarray, *, bridge: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -227,7 +227,7 @@ def _kinetics(
         changed = sorted(k for k in new if old.get(k) != new[k]) or ["unknown"]
         return (
             f"run '{path}' has kinetics of other settings ({', '.join(changed)}); "
-            "pass overwrite to replace them"
+            "replace them with overwrite (crystalseg kinetics --overwrite)"
         )
 
     plan = plan_stage(
