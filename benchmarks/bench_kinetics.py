@@ -67,7 +67,7 @@ def _scale_child(n_frames: int, crystals: int, baseline: bool) -> dict[str, Any]
         frame_shape=FRAME_SHAPE,
         drift_px=0.02,
         onset_frame=n_frames // 3,
-        births_per_frame=0.5,
+        births_per_frame=0.05,
         seed=1,
     )
     start = time.perf_counter()

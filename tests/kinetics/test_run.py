@@ -164,3 +164,13 @@ def test_cli_prints_the_rates(finished: Path) -> None:
     summary = read_kinetics(finished)
     assert f"{summary['n_tracks']} tracks" in result.output
     assert f"growth rate (length): {summary['length_rate']:.3g} um/min" in result.output
+
+
+def test_report_has_a_kinetics_section(finished: Path) -> None:
+    from crystalseg.viz.report import render_report
+
+    text, _ = render_report(finished)
+    section = text[text.index("<section id='kinetics'>") : text.index("<section id='plots'>")]
+    summary = read_kinetics(finished)
+    assert f"{summary['length_rate']:.3g} µm/min (95 % " in section
+    assert "Nucleation onset" in section and "id='fig-kinetics'" in section
