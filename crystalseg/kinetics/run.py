@@ -189,7 +189,7 @@ def read_kinetics(run: str | os.PathLike[str]) -> dict[str, Any]:
             f"run '{path}' has no finished kinetics; run 'crystalseg kinetics {path}' first"
         )
     summary = root[KINETICS_GROUP].attrs.get("summary")
-    return dict(json.loads(summary) if isinstance(summary, str) else summary or {})
+    return dict(json.loads(summary)) if isinstance(summary, str) else {}
 
 
 def _measurement_identity(path: Path) -> dict[str, Any]:
@@ -249,7 +249,7 @@ def _kinetics(
             progress(n, n)
         return
     fpc = max(1, min(int(frames_per_chunk or mask.chunks[0]), n))
-    begin = {
+    begin: dict[str, Any] = {
         "settings": record_settings,
         "n_frames": n,
         "frames_per_chunk": fpc,
@@ -406,9 +406,8 @@ def _create_cld(
         chunks=(n,),
         attrs={"long_name": "time since first frame", "units": "s"},
     )
-    time[:] = np.asarray(
-        zarr.open_group(str(path), mode="r", use_consolidated=False)[TIME][:], dtype=np.float64
-    )
+    source = get_array(zarr.open_group(str(path), mode="r", use_consolidated=False), TIME, path)
+    time[:] = np.asarray(source[:], dtype=np.float64)
 
 
 class _ChordChunks:
@@ -479,7 +478,7 @@ class _ChordChunks:
                     rng=rng,
                 )
             )
-        g = self.group
+        g = {name: get_array(self.group, name, self.path) for name in self.group.array_keys()}
         g["count"][start:stop] = np.stack([r.count for r in results])
         g["square"][start:stop] = np.stack([r.square for r in results])
         g["class_count"][start:stop] = np.stack([r.class_count for r in results])
@@ -607,7 +606,8 @@ def _write_tables(
 def read_tracks(run: str | os.PathLike[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The track points (one row per particle per frame) and the track table of a run."""
     read_kinetics(run)
-    return read_table(run, TRACKS_GROUP), read_table(run, f"{TRACKS_GROUP}/summary")
+    path = Path(run)
+    return read_table(path, TRACKS_GROUP), read_table(path, f"{TRACKS_GROUP}/summary")
 
 
 def open_cld(run: str | os.PathLike[str]) -> xr.Dataset:
