@@ -264,10 +264,17 @@ def link_frames(
         ids.append(np.asarray(frame_ids, dtype=np.int64))
     if not kept_tables:
         return _rows({}, np.zeros(0, dtype=np.int64))
-    columns = {k: np.concatenate([t[k] for t in kept_tables]) for k in kept_tables[0]}
+    # column by column, freeing each frame's pieces as they are joined: the peak is
+    # the joined table plus one column, not two copies of the table
+    columns = {}
+    for key in list(kept_tables[0]):
+        columns[key] = np.concatenate([t.pop(key) for t in kept_tables])
+    kept_tables.clear()
     raw = np.concatenate(ids) if ids else np.zeros(0, dtype=np.int64)
+    ids.clear()
     _, dense = np.unique(raw, return_inverse=True)
-    return _rows(columns, dense.astype(np.int64))
+    del raw
+    return _rows(columns, dense.astype(np.int32))
 
 
 def _compact(table: pd.DataFrame, drift: np.ndarray) -> dict[str, np.ndarray]:
