@@ -166,6 +166,7 @@ def test_cli_prints_the_rates(finished: Path) -> None:
     assert f"growth rate (length): {summary['length_rate']:.3g} um/min" in result.output
 
 
+@pytest.mark.slow
 def test_report_has_a_kinetics_section(finished: Path) -> None:
     from crystalseg.viz.report import render_report
 
