@@ -171,6 +171,7 @@ def run_demo(
     ConfigError
         Too few frames or too small a frame.
     """
+    from crystalseg.kinetics import kinetics_run
     from crystalseg.measure import export_particles, measure_run
     from crystalseg.synth import synthesize_run
     from crystalseg.viz.overlay import write_overlays
@@ -208,6 +209,8 @@ def run_demo(
     )
     log.info("segmenting with the bundled model and measuring %s", run)
     measure_run(run, progress=report, scheduler=scheduler)
+    log.info("tracking the crystals: growth and nucleation rates, chord lengths")
+    kinetics_run(run, progress=lambda done, total: report("kinetics", done, total))
     particles_csv = export_particles(run, directory / PARTICLES_CSV, format="csv")
 
     log.info("writing figures, overlays and the report")

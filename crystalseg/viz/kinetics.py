@@ -61,15 +61,18 @@ def plot_kinetics(run: str | os.PathLike[str]) -> Figure:
     ax = axes[0, 0]
     size = by_size[by_size["n_tracks"] > 0]
     centre = np.sqrt(np.maximum(size["size_low"], 1.0) * np.minimum(size["size_high"], 1e4))
-    _errorbar(ax, centre.to_numpy(), size, "length_rate", color="#0072B2")
-    ax.axhline(summary["length_rate"], color="0.4", lw=1, ls="--", label="population")
-    ax.set_xscale("log")
+    if len(size):
+        _errorbar(ax, centre.to_numpy(), size, "length_rate", color="#0072B2")
+        ax.axhline(summary["length_rate"], color="0.4", lw=1, ls="--", label="population")
+        ax.set_xscale("log")
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no track long enough for a rate", ha="center", transform=ax.transAxes)
     ax.set_xlabel(f"mean length of the track ({unit.split('/')[0]})")
     ax.set_ylabel(f"growth rate dL/dt ({unit})")
     slope = summary.get("size_slope", math.nan)
     verdict = "size-dependent" if summary.get("size_dependent") else "no size dependence found"
     ax.set_title(f"Growth against size: {verdict} (slope {slope:.2g}/min)", fontsize=9)
-    ax.legend(fontsize=8)
 
     ax = axes[0, 1]
     t_mid = 0.5 * (births["t_start_s"] + births["t_end_s"]).to_numpy() / 60
