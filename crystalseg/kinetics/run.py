@@ -57,7 +57,11 @@ from crystalseg.kinetics.growth import (
     track_growth,
     usable_rows,
 )
-from crystalseg.kinetics.nucleation import NucleationSettings, nucleation_summary
+from crystalseg.kinetics.nucleation import (
+    NucleationSettings,
+    births_per_frame,
+    nucleation_summary,
+)
 from crystalseg.kinetics.tracking import (
     LinkedRows,
     TrackSettings,
@@ -576,10 +580,9 @@ def _write_tables(
             "frame": np.arange(n, dtype=np.int64),
             "time_s": time_s,
             "particles": np.bincount(rows.frame, minlength=n)[:n],
-            "births": np.bincount(
-                tracks.loc[tracks["origin"] == "appeared", "first_frame"].to_numpy(dtype=np.int64),
-                minlength=n,
-            )[:n],
+            "births": births_per_frame(
+                tracks, n, min_track_frames=settings.nucleation.min_track_frames
+            ),
         }
     )
     write_table(
