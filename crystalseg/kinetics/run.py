@@ -15,8 +15,9 @@ frames are drawn from the mask (relabelled exactly as the measurement labelled
 it) as soon as the chunk's rows have gone by, written into ``cld`` and marked
 done. An interrupted run resumes with the chunks of ``cld`` that are missing;
 the tracks, which depend on every frame, are linked again. Held in memory: one
-chunk of frames (mask and rows), the linker's last few frames, and ~60 bytes per
-particle row for the tables written at the end (:mod:`crystalseg.kinetics.tracking`).
+chunk of frames (mask and rows), the linker's last few frames, and ~100 bytes per
+particle row for the tables written at the end: memory grows with the run
+(:mod:`crystalseg.kinetics.tracking`).
 
 Outputs (groups of the store):
 
