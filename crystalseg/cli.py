@@ -1272,7 +1272,11 @@ def kinetics_cmd(
     else:
         low, high = summary["onset_low_s"], summary["onset_high_s"]
         click.echo(f"nucleation onset: {onset:.0f} s (95 % {low:.0f} to {high:.0f} s)")
-    click.echo(
-        f"nucleation rate: {summary['rate_per_mm2_min']:.3g} per mm² per min"
-        f"{interval('rate_per_mm2_min')}"
-    )
+    rate = summary["rate_per_mm2_min"]
+    if rate is None or rate != rate:
+        click.echo(
+            f"nucleation rate: {summary['births']} births; per mm² only with a pixel size "
+            f"(crystalseg calibrate {run} --pixel-size UM)"
+        )
+    else:
+        click.echo(f"nucleation rate: {rate:.3g} per mm² per min{interval('rate_per_mm2_min')}")
