@@ -53,6 +53,9 @@ class GrowthSettings:
     max_fit_points : a longer track is fitted on this many of its usable frames,
         evenly spaced (Theil-Sen is quadratic in the points: 2,000 points cost
         2 million slopes and ~150 MB per fit, 200 points 20,000 slopes)
+    min_solidity : frames where the particle's solidity (area over convex area) is
+        lower are left out of the fits: crystals that touch are measured as one
+        particle, whose outline is not convex and grows with its neighbours
     seed : seed of the bootstrap
     """
 
@@ -62,6 +65,7 @@ class GrowthSettings:
     size_classes: tuple[float, ...] = (0.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1e9)
     bootstrap: int = 1000
     max_fit_points: int = 200
+    min_solidity: float = 0.85
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -69,6 +73,8 @@ class GrowthSettings:
             value = getattr(self, name)
             if int(value) != value or value < 2:
                 raise ConfigError(f"{name} must be a whole number >= 2, got {value!r}")
+        if not (0 <= self.min_solidity <= 1):
+            raise ConfigError(f"min_solidity must lie in 0..1, got {self.min_solidity!r}")
         edges = tuple(float(v) for v in self.size_classes)
         if len(edges) < 2 or any(b <= a for a, b in itertools.pairwise(edges)):
             raise ConfigError(f"size_classes must increase, got {self.size_classes!r}")
@@ -78,9 +84,10 @@ class GrowthSettings:
         return {**asdict(self), "size_classes": [float(v) for v in self.size_classes]}
 
 
-def usable_rows(rows: LinkedRows, suspects: np.ndarray) -> np.ndarray:
-    """Rows measured whole: counted in the distributions and not a segmentation suspect."""
-    return rows.kept & ~rows.touches_edge & ~suspects
+def usable_rows(rows: LinkedRows, suspects: np.ndarray, *, min_solidity: float = 0.0) -> np.ndarray:
+    """Rows measured whole: counted in the distributions, not a segmentation suspect,
+    and convex enough not to be crystals that touch (``solidity >= min_solidity``)."""
+    return rows.kept & ~rows.touches_edge & ~suspects & (rows.solidity >= min_solidity)
 
 
 def _slope(t_min: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:

@@ -511,7 +511,7 @@ def _write_tables(
     track_settings = settings.tracking
     suspects = area_jumps(rows, threshold=track_settings.area_jump)
     tracks = classify_tracks(rows, settings=track_settings, frame_shape=frame_shape, n_frames=n)
-    usable = usable_rows(rows, suspects)
+    usable = usable_rows(rows, suspects, min_solidity=settings.growth.min_solidity)
     per_track = track_growth(rows, usable, settings=settings.growth)
     population = population_growth(per_track, settings=settings.growth)
     over_time = growth_over_time(rows, usable, settings=settings.growth, time_s=time_s)

@@ -70,6 +70,7 @@ PARTICLE_INPUT: tuple[str, ...] = (
     "ecd",
     "feret_diameter_max",
     "feret_diameter_min",
+    "solidity",
     "touches_edge",
     "kept",
 )
@@ -205,6 +206,7 @@ class LinkedRows:
     ecd: np.ndarray
     length: np.ndarray
     width: np.ndarray
+    solidity: np.ndarray
     kept: np.ndarray
     touches_edge: np.ndarray
 
@@ -297,6 +299,9 @@ def _compact(table: pd.DataFrame, drift: np.ndarray) -> dict[str, np.ndarray]:
         "ecd": table["ecd"].to_numpy(dtype=f32),
         "length": table["feret_diameter_max"].to_numpy(dtype=f32),
         "width": table["feret_diameter_min"].to_numpy(dtype=f32),
+        "solidity": table["solidity"].to_numpy(dtype=f32)
+        if "solidity" in table
+        else np.ones(n, dtype=f32),
         "kept": table["kept"].to_numpy(dtype=bool),
         "touches_edge": table["touches_edge"].to_numpy(dtype=bool),
     }
@@ -319,6 +324,7 @@ def _rows(columns: dict[str, np.ndarray], track_id: np.ndarray) -> LinkedRows:
             ecd=empty.astype(np.float32),
             length=empty.astype(np.float32),
             width=empty.astype(np.float32),
+            solidity=empty.astype(np.float32),
             kept=empty.astype(bool),
             touches_edge=empty.astype(bool),
         )
