@@ -204,6 +204,7 @@ def run_demo(
         Too few frames or too small a frame.
     """
     from crystalseg.export import export_particles
+    from crystalseg.kinetics import kinetics_run
     from crystalseg.measure import MeasureOptions, MeasureSettings
     from crystalseg.pipeline import segment_and_measure
     from crystalseg.synth import synthesize_run
@@ -248,6 +249,8 @@ def run_demo(
         MeasureSettings(window=DEMO_WINDOW), progress=report, scheduler=scheduler
     )
     segment_and_measure(run, options=options)
+    log.info("tracking the crystals: growth and nucleation rates, chord lengths")
+    kinetics_run(run, progress=lambda done, total: report("kinetics", done, total))
     particles_csv = export_particles(run, directory / PARTICLES_CSV, format="csv")
 
     log.info("writing figures, overlays and the report")

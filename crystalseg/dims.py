@@ -9,6 +9,12 @@ PARTICLE = "particle"
 SIZE_BIN = "size_bin"
 LENGTH_BIN = "length_bin"
 WIDTH_BIN = "width_bin"
+#: Chord length bins and FBRM size classes of the chord length distribution (kinetics).
+CHORD_BIN = "chord_bin"
+CHORD_CLASS = "chord_class"
+#: One tracked crystal (the track table), and one point of a track (one particle row).
+TRACK = "track"
+TRACK_POINT = "track_point"
 
 FRAME_DIMS = (TIME, Y, X)
 

@@ -50,12 +50,21 @@ Basis = Literal["number", "volume"]
 ColorBy = Literal["status", "size"]
 
 #: ``id`` of every section of the report, in page order.
-SECTION_IDS: tuple[str, ...] = ("run", "warnings", "summary", "plots", "overlays", "settings")
+SECTION_IDS: tuple[str, ...] = (
+    "run",
+    "warnings",
+    "summary",
+    "kinetics",
+    "plots",
+    "overlays",
+    "settings",
+)
 
 _TITLES = {
     "run": "Run and calibration",
     "warnings": "Warnings",
     "summary": "Summary",
+    "kinetics": "Kinetics",
     "plots": "Size distribution over time",
     "overlays": "Segmentation overlays",
     "settings": "Settings of each stage",
@@ -1040,12 +1049,28 @@ def render_report(
     if not overlays_html:
         overlays_html = "<p>No overlays.</p>"
 
+    from crystalseg.viz.kinetics import kinetics_section
+
+    kinetics_html = kinetics_section(
+        path,
+        lambda fig: _img(
+            figure_to_base64(fig),
+            "kinetics",
+            "Growth rate against size, births over time with the nucleation onset, the "
+            "population growth rate over time, chord counts in FBRM size classes",
+            "fig-kinetics",
+        ),
+    ) or (
+        "<p>No kinetics yet: <code>crystalseg kinetics RUN</code> tracks the crystals "
+        "across frames and adds growth and nucleation rates here.</p>"
+    )
     name = path.name or str(path)
     generated = _when(_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     sections = [
         _run_section(info, psd),
         _warnings_section(problems),
         _summary_section(psd, particles),
+        _section("kinetics", kinetics_html),
         _section("plots", plots_html),
         _section(
             "overlays",

@@ -1,0 +1,177 @@
+"""The kinetics stage on a real synthetic run store (true mask stored as its segmentation)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+import zarr
+from click.testing import CliRunner
+
+from crystalseg.cli import cli
+from crystalseg.errors import StageStateError
+from crystalseg.kinetics.accuracy import match_frames
+from crystalseg.kinetics.run import (
+    KineticsSettings,
+    kinetics_run,
+    open_cld,
+    read_kinetics,
+    read_tracks,
+)
+from crystalseg.kinetics.tracking import TrackSettings
+from crystalseg.measure import MeasureSettings
+from crystalseg.measure.run import measure_run
+from crystalseg.store import read_table, stage_info
+from crystalseg.synth import SynthConfig, synthesize_run
+
+FRAMES, FPC = 24, 8
+
+
+@pytest.fixture(scope="module")
+def measured_template(tmp_path_factory: pytest.TempPathFactory, store_mask) -> Path:
+    path = tmp_path_factory.mktemp("kinetics") / "run.zarr"
+    cfg = SynthConfig(frames=FRAMES, height=256, width=256, seed=5, scenario="mixed")
+    synthesize_run(path, cfg, frames_per_chunk=FPC)
+    store_mask(path, np.asarray(zarr.open_group(str(path), mode="r")["truth/mask"][:]), fpc=FPC)
+    measure_run(path, scheduler="synchronous")
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished(measured_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("finished") / "run.zarr"
+    shutil.copytree(measured_template, path)
+    kinetics_run(path)
+    return path
+
+
+@pytest.fixture
+def measured(measured_template: Path, tmp_path: Path) -> Path:
+    path = tmp_path / "run.zarr"
+    shutil.copytree(measured_template, path)
+    return path
+
+
+def test_outputs_follow_the_truth(finished: Path) -> None:
+    summary = read_kinetics(finished)
+    points, tracks = read_tracks(finished)
+    particles = read_table(finished, "particles")
+    assert len(points) == len(particles)
+    assert set(tracks["origin"]) <= {"present", "entered", "split", "appeared"}
+    assert summary["n_tracks"] == len(tracks) == points["track_id"].nunique()
+    # tracks do not jump between true crystals (the true mask)
+    truth = read_table(finished, "truth/crystals")
+    true_id = match_frames(
+        points,
+        pd.DataFrame(
+            {
+                "frame": truth["frame"],
+                "x_px": truth["centroid_x_px"],
+                "y_px": truth["centroid_y_px"],
+                "id": truth["id"],
+            }
+        ),
+        max_distance_px=4.0,
+    )
+    matched = pd.DataFrame({"track": points["track_id"], "truth": true_id})[true_id > 0]
+    assert (matched.groupby("track")["truth"].nunique() == 1).mean() > 0.9
+    # growth rate of each fitted track against the truth of its crystal
+    growth = read_table(finished, "kinetics/track_growth")
+    population = read_table(finished, "truth/population").set_index("id")
+    truth_of_track = matched.groupby("track")["truth"].first()
+    true_rate = growth["track_id"].map(truth_of_track).map(population["growth_um_s"] * 60)
+    assert len(growth) >= 3
+    assert summary["length_rate"] == pytest.approx(true_rate.mean(), rel=0.1)
+    assert summary["growth_units"] == "um/min"
+
+
+def test_cld_is_a_labelled_dataset(finished: Path) -> None:
+    cld = open_cld(finished)
+    assert cld["count"].dims == ("time", "chord_bin")
+    assert cld.sizes["time"] == FRAMES
+    assert np.isfinite(cld["count"].values).all()
+    assert int(cld["n_chords"].sum()) > 100 * FRAMES
+    direct = xr.open_zarr(str(finished), group="cld")
+    np.testing.assert_array_equal(direct["class_count"].values, cld["class_count"].values)
+
+
+def test_same_settings_is_finished_and_other_settings_refused(finished: Path) -> None:
+    before = stage_info(finished)["kinetics"]["finished"]
+    kinetics_run(finished)
+    assert stage_info(finished)["kinetics"]["finished"] == before
+    other = KineticsSettings(tracking=TrackSettings(memory=0))
+    with pytest.raises(StageStateError, match=r"kinetics of other settings \(tracking\)"):
+        kinetics_run(finished, settings=other)
+
+
+@pytest.mark.slow
+def test_replacement_and_out_of_date(measured: Path) -> None:
+    kinetics_run(measured)
+    first = read_kinetics(measured)
+    kinetics_run(
+        measured, settings=KineticsSettings(tracking=TrackSettings(memory=0)), overwrite=True
+    )
+    assert stage_info(measured)["kinetics"]["settings"]["kinetics"]["tracking"]["memory"] == 0
+    assert not (measured / "_next").exists()
+    # a new measurement makes the kinetics out of date: computed again without overwrite
+    measure_run(
+        measured, settings=MeasureSettings(min_area_px=8), scheduler="synchronous", overwrite=True
+    )
+    kinetics_run(measured, settings=KineticsSettings(tracking=TrackSettings(memory=0)))
+    record = stage_info(measured)["kinetics"]["settings"]["measurement"]
+    assert record["settings"]["measure"]["min_area_px"] == 8
+    assert read_kinetics(measured)["n_tracks"] > 0
+    assert first["n_tracks"] > 0
+
+
+@pytest.mark.slow
+def test_interrupted_run_resumes_with_the_same_chords(measured: Path, finished: Path) -> None:
+    class Stop(Exception):
+        pass
+
+    def stop_after_first_chunk(done: int, total: int) -> None:
+        if done > FPC:
+            raise Stop
+
+    with pytest.raises(Stop):
+        kinetics_run(measured, progress=stop_after_first_chunk)
+    done = np.asarray(zarr.open_group(str(measured), mode="r")["_progress/kinetics"][:])
+    assert done[:FPC].all() and not done.all()
+    kinetics_run(measured)
+    np.testing.assert_array_equal(
+        open_cld(measured)["count"].values, open_cld(finished)["count"].values
+    )
+    assert read_kinetics(measured) == read_kinetics(finished)
+
+
+def test_unmeasured_run_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "raw.zarr"
+    synthesize_run(path, SynthConfig(frames=2, height=32, width=32, seed=1, scenario="clear"))
+    with pytest.raises(StageStateError, match="has no finished measurement"):
+        kinetics_run(path)
+    result = CliRunner().invoke(cli, ["kinetics", str(path)])
+    assert result.exit_code != 0
+    assert "Error: run" in result.output and "crystalseg measure" in result.output
+
+
+def test_cli_prints_the_rates(finished: Path) -> None:
+    result = CliRunner().invoke(cli, ["-q", "kinetics", str(finished)])
+    assert result.exit_code == 0, result.output
+    summary = read_kinetics(finished)
+    assert f"{summary['n_tracks']} tracks" in result.output
+    assert f"growth rate (length): {summary['length_rate']:.3g} um/min" in result.output
+
+
+@pytest.mark.slow
+def test_report_has_a_kinetics_section(finished: Path) -> None:
+    from crystalseg.viz.report import render_report
+
+    text, _ = render_report(finished)
+    section = text[text.index("<section id='kinetics'>") : text.index("<section id='plots'>")]
+    summary = read_kinetics(finished)
+    assert f"{summary['length_rate']:.3g} µm/min (95 % " in section
+    assert "Nucleation onset" in section and "id='fig-kinetics'" in section
