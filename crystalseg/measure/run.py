@@ -279,6 +279,7 @@ class _ChunkJob:
 
 def _measure_chunk(job: _ChunkJob) -> int:
     """Measure one chunk, write its psd slice and staged particles, mark it done."""
+    job.progress.ensure_current()  # the measurement that handed it out still runs
     group = zarr.open_group(str(job.path), mode="r", use_consolidated=False)
     masks = np.asarray(get_array(group, MASK, job.path)[job.start : job.stop])
     images = np.asarray(get_array(group, IMAGE, job.path)[job.start : job.stop])
@@ -305,6 +306,7 @@ def _measure_chunk(job: _ChunkJob) -> int:
         tables.append(table)
         for name, (_, value) in dist.items():
             columns.setdefault(name, []).append(value)
+    job.progress.ensure_current()
     write_psd_chunk(
         job.path,
         job.start,

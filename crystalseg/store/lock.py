@@ -91,7 +91,7 @@ def _process_start(pid: int) -> int | None:
         return None
 
 
-def _alive(pid: int, started: int | None) -> bool:
+def process_alive(pid: int, started: int | None = None) -> bool:
     """Whether the process that wrote a lock still runs (not a later one with its id)."""
     try:
         os.kill(pid, 0)
@@ -190,7 +190,7 @@ def _acquire(run: Path, stage: str) -> Path:
             )
         pid = holder.get("pid")
         if holder.get("host") == record["host"] and isinstance(pid, int):
-            if not _alive(pid, holder.get("process_start")):
+            if not process_alive(pid, holder.get("process_start")):
                 log.warning(
                     "%s; that process no longer runs: taking over its lock",
                     _describe(run, holder),
@@ -263,10 +263,27 @@ def _release(run: Path) -> None:
             pass
 
 
+def lock_owner() -> dict[str, Any]:
+    """This process as a lock records it (``pid``, ``host``, ``process_start``)."""
+    return {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "process_start": _process_start(os.getpid()),
+    }
+
+
 def holds_lock(run: str | os.PathLike[str]) -> bool:
     """Whether this thread holds the lock of ``run``."""
     owner = _held.get(str(lock_path(run).resolve()))
     return owner is not None and owner[0] == threading.get_ident()
 
 
-__all__ = ["LOCK_SUFFIX", "holds_lock", "lock_path", "read_lock", "run_lock"]
+__all__ = [
+    "LOCK_SUFFIX",
+    "holds_lock",
+    "lock_owner",
+    "lock_path",
+    "process_alive",
+    "read_lock",
+    "run_lock",
+]

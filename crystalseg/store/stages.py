@@ -36,6 +36,7 @@ import logging
 import math
 import os
 import shutil
+import socket
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -69,7 +70,7 @@ from crystalseg.store.core import (
     read_run_attrs,
     stage_info,
 )
-from crystalseg.store.lock import run_lock
+from crystalseg.store.lock import holds_lock, lock_owner, process_alive, read_lock, run_lock
 from crystalseg.store.ome import write_ome_metadata
 
 log = logging.getLogger(__name__)
@@ -101,6 +102,32 @@ class StageProgress:
     frames_per_chunk: int
     replacing: bool = False
     outputs: tuple[str, ...] = field(default=())
+    owner: dict[str, Any] | None = None
+
+    def ensure_current(self) -> None:
+        """Refuse to write for a stage whose process is gone or no longer holds the lock.
+
+        Worker processes write their chunks under their parent's lock; when the parent
+        is killed they may still run. Before each write they check that the process
+        that began the stage (``owner``) still holds the store's lock, so a chunk of a
+        dead run never lands in the run that took its place.
+
+        Raises
+        ------
+        StageStateError
+            The owner died, or another process now holds the lock.
+        """
+        if self.owner is None:
+            return
+        holder = read_lock(self.path) or {}
+        same = all(holder.get(k) == self.owner.get(k) for k in ("pid", "host", "process_start"))
+        here = self.owner.get("host") == socket.gethostname()
+        pid = self.owner.get("pid")
+        if not same or (here and isinstance(pid, int) and not process_alive(pid)):
+            raise StageStateError(
+                f"stage '{self.stage}' of '{self.path}' was begun by PID {pid}, which no longer "
+                "holds the run's lock; this chunk is not written"
+            )
 
     @property
     def record(self) -> str:
@@ -123,6 +150,7 @@ class StageProgress:
 
     def mark_done(self, start: int, stop: int) -> None:
         """Record frames ``start:stop`` as written (call after their data is on disk)."""
+        self.ensure_current()
         self._array()[start:stop] = 1
 
     def pending_chunks(self) -> list[tuple[int, int]]:
@@ -392,7 +420,10 @@ def begin_stage(
             crystalseg_version=crystalseg_version(),
             **({"outputs": list(outputs)} if replace else {}),
         )
-    progress = StageProgress(path, stage, n_frames, frames_per_chunk, replace, tuple(outputs))
+    owner = lock_owner() if holds_lock(path) else None
+    progress = StageProgress(
+        path, stage, n_frames, frames_per_chunk, replace, tuple(outputs), owner
+    )
     if resumable:
         log.info(
             "resuming stage %s on %s: %d of %d frames already done",

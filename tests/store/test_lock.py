@@ -116,3 +116,17 @@ def test_reentrant_in_one_thread_refused_in_another(measured_run: Path) -> None:
         thread.join()
     assert len(errors) == 1 and "another thread" in str(errors[0])
     assert not lock_path(measured_run).exists()
+
+
+def test_a_chunk_of_a_stage_whose_process_let_go_is_not_written(measured_run: Path) -> None:
+    """Worker processes outlive a killed parent: their chunks must not land in the run
+    that a later command (maybe with other settings) is writing."""
+    from crystalseg.errors import StageStateError
+    from crystalseg.store import begin_stage
+
+    with run_lock(measured_run, "measure"):
+        stage = begin_stage(measured_run, "probe", settings={}, n_frames=4, frames_per_chunk=2)
+        stage.mark_done(0, 2)
+    with pytest.raises(StageStateError, match="no longer holds the run's lock"):
+        stage.mark_done(2, 4)  # the lock is gone (or another process holds it)
+    assert stage.done().tolist() == [True, True, False, False]
