@@ -16,14 +16,44 @@ from typing import Any, Literal
 
 import click
 
-from crystalseg.errors import CrystalsegError
+from crystalseg.errors import CrystalsegError, explain_failure
 
 log = logging.getLogger("crystalseg")
+
+
+def _given_paths(params: dict[str, Any]) -> list[Path]:
+    """The paths among a command's parameters, run stores first (error messages name them)."""
+    paths: list[Path] = []
+    for value in params.values():
+        for item in value if isinstance(value, tuple) else (value,):
+            if isinstance(item, Path):
+                paths.append(item)
+    return sorted(paths, key=lambda p: p.suffix != ".zarr")
+
+
+class _Command(click.Command):
+    """A command whose failures of the file system (full disk, read-only folder, no
+    permission) and of damaged stores (a chunk no codec decodes) become one
+    :class:`CrystalsegError` by :func:`~crystalseg.errors.explain_failure`; anything
+    else keeps its traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (CrystalsegError, click.exceptions.Exit, click.ClickException):
+            raise
+        except Exception as exc:
+            error = explain_failure(exc, paths=_given_paths(ctx.params))
+            if error is None:
+                raise
+            raise error from exc
 
 
 class _Group(click.Group):
     """Turns a :class:`CrystalsegError` into one line on stderr and exit status 1, and
     Ctrl-C into a line saying the work can be resumed and exit status 130."""
+
+    command_class = _Command
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -105,7 +135,9 @@ def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
     help="Image series of a TIFF to import (e.g. one stage position of an OME-TIFF).",
 )
 @click.option(
-    "--frames-per-chunk", type=int, help="Frames per store chunk (default: ~4 MiB a chunk)."
+    "--frames-per-chunk",
+    type=click.IntRange(min=1),
+    help="Frames per store chunk (default: ~4 MiB a chunk).",
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing run store.")
 @click.pass_context
@@ -129,7 +161,10 @@ def import_cmd(
     """
     from crystalseg.importing import import_run
     from crystalseg.io import open_source
+    from crystalseg.store import check_calibration
 
+    check_calibration(pixel_size_um=pixel_size_um, what="--pixel-size: ")
+    check_calibration(interval_s=interval_s, what="--interval: ")
     with open_source(source, channel=channel, series=series) as src:
         total = src.shape[0]
     with _progress(total, "import", ctx.obj["quiet"]) as update:
@@ -168,12 +203,15 @@ def calibrate(run: Path, pixel_size_um: float | None, interval_s: float | None) 
 
 
 def _check_bins(value: tuple[float, float, int] | None) -> tuple[float, float, int] | None:
-    """--bins MIN MAX N: 0 < MIN < MAX and N >= 1, said in the option's own words."""
+    """--bins MIN MAX N: 0 < MIN < MAX and 1 <= N <= MAX_BINS, said in the option's words."""
+    from crystalseg.measure.settings import MAX_BINS
+
     if value is not None:
         lo, hi, n = value
-        if not (0 < lo < hi and math.isfinite(hi)) or n < 1:
+        if not (0 < lo < hi and math.isfinite(hi)) or not 1 <= n <= MAX_BINS:
             raise click.BadParameter(
-                f"{lo:g} {hi:g} {n} is not MIN MAX N with 0 < MIN < MAX and N >= 1 bins; "
+                f"{lo:g} {hi:g} {n} is not MIN MAX N with 0 < MIN < MAX and 1 <= N <= "
+                f"{MAX_BINS} bins (finer bins hold noise, and each frame stores N x N values); "
                 "e.g. --bins 1 1000 60 for 1 um to 1 mm in 60 log bins",
                 param_hint="'--bins'",
             )
