@@ -196,8 +196,10 @@ def calibrate(run: Path, pixel_size_um: float | None, interval_s: float | None) 
     Example:
       crystalseg calibrate run.zarr --pixel-size 0.65 --interval 30
     """
-    from crystalseg.store import set_calibration
+    from crystalseg.store import check_calibration, set_calibration
 
+    check_calibration(pixel_size_um=pixel_size_um, what="--pixel-size: ")
+    check_calibration(interval_s=interval_s, what="--interval: ")
     set_calibration(run, pixel_size_um=pixel_size_um, interval_s=interval_s)
     _echo_info(run)  # a measurement made before shows OUT OF DATE with the command
 

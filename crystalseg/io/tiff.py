@@ -97,11 +97,11 @@ def check_complete(tif: tifffile.TiffFile, items: Sequence[Any], path: Path) -> 
     size = int(tif.filehandle.size)
     end = 0
     for item in items:
-        offset = getattr(item, "dataoffset", None)
+        offset = item.dataoffset if isinstance(item, tifffile.TiffPageSeries) else None
         if offset is not None:  # a contiguous series
             end = max(end, int(offset) + int(item.nbytes))
             continue
-        pages = item.pages if hasattr(item, "pages") else [item]
+        pages = item.pages if isinstance(item, tifffile.TiffPageSeries) else [item]
         for page in pages:
             if page is None:
                 continue

@@ -496,27 +496,20 @@ class SegmentationData:
 
     def _check_files(self) -> None:
         """Read every file pair once: sizes must match and every mask value map to a class;
-        warn of masks with no pixel of any class but background, from which a model
-        learns only to draw nothing (the loss falls to 0.0000 when all are so)."""
+        warn when no mask holds a pixel of any class but background: a model learns from
+        them only to draw nothing (the loss falls to 0.0000). Some empty masks among
+        others are fine (frames before nucleation)."""
         empty = []
-        n_files = 0
         for item in self.items:
-            if item.image is not None:
-                n_files += 1
-                if not self.load(item)[1].any():
-                    empty.append(item.mask.name if item.mask is not None else item.name)
-        if empty:
-            every = len(empty) == n_files
+            if item.image is not None and not self.load(item)[1].any():
+                empty.append(item.mask.name if item.mask is not None else item.name)
+        n_files = sum(item.image is not None for item in self.items)
+        if empty and len(empty) == n_files:
             warnings.warn(
-                f"{len(empty)} of {n_files} training masks hold no pixel of "
-                f"{', '.join(repr(c) for c in self.codes[1:])} (e.g. '{empty[0]}')"
-                + (
-                    "; the model would learn to draw nothing. Check that the masks mark the "
-                    "crystals and that the mask values map to the classes (mask_values, e.g. "
-                    "0,255)"
-                    if every
-                    else "; they teach only background. Drop them unless empty frames are meant"
-                ),
+                f"none of the {n_files} training masks holds a pixel of "
+                f"{', '.join(repr(c) for c in self.codes[1:])} (e.g. '{empty[0]}'); the model "
+                "would learn to draw nothing. Check that the masks mark the crystals and that "
+                "the mask values map to the classes (mask_values, e.g. 0,255)",
                 CrystalsegWarning,
                 stacklevel=3,
             )
