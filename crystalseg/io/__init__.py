@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import struct
+import tokenize
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -89,6 +90,7 @@ _PARSE_ERRORS = (
     SyntaxError,
     RecursionError,
     struct.error,
+    tokenize.TokenError,
     zlib.error,
     MemoryError,
 )

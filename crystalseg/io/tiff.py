@@ -32,6 +32,7 @@ from crystalseg.errors import CrystalsegWarning, UnsupportedInputError
 from crystalseg.io.base import (
     ArrayFrameSource,
     TimeSource,
+    check_frame_shape,
     length_to_um,
     regular_times,
     relative_times,
@@ -172,6 +173,8 @@ class TiffSource(ArrayFrameSource):
         self.description = f"{label} {path}"
         array, axes, assembly = select_frames(tif, what=what, series=series)
         items = array.items if isinstance(array, TiffFrameList) else [tif.series[series or 0]]
+        page = tif.series[series or 0].keyframe
+        check_frame_shape((1, int(page.imagelength), int(page.imagewidth)), what=what)
         check_complete(tif, items, path)
         axes, planar = _planar_rgb(tif, axes, tuple(array.shape), planar_rgb, channel, what)
         if planar:
