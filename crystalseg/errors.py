@@ -95,6 +95,10 @@ _OS_FAULTS: dict[int, tuple[str, str]] = {
         "a part of the path is a file where a folder is needed",
         "Choose a path whose parents are folders",
     ),
+    errno.EEXIST: (
+        "a file of that name exists where a folder is to be made",
+        "Choose another path, or move that file away",
+    ),
     errno.EIO: (
         "the disk or network share reported an input/output error",
         "Check the device (dmesg, the share's connection) and run the same command again",

@@ -147,8 +147,11 @@ def test_a_five_page_stack_and_a_true_rgb_tiff_are_read_without_a_note(tmp_path:
 # ---------------------------------------------------------------------------- garbage headers
 # Opening a damaged or hostile file gives a CrystalsegError (or opens); never another type.
 
+#: 60 examples a test by default (~2 s in all); FUZZ_EXAMPLES=800 for a longer hunt
 _FUZZ = settings(
-    max_examples=int(os.environ.get("FUZZ_EXAMPLES", 60)), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=int(os.environ.get("FUZZ_EXAMPLES", 60)),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 
 

@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 
 from crystalseg.errors import (
-    CrystalsegWarning,
     ConfigError,
+    CrystalsegWarning,
     FrameMismatchError,
     InputNotFoundError,
     MaskValueError,
