@@ -888,6 +888,14 @@ def evaluate(
 
     if output is not None and output.suffix.lower() not in SCORE_SUFFIXES:  # before the work
         raise click.BadParameter("use a .json or .csv file", param_hint="--output")
+    if output is not None:
+        from crystalseg.store import check_output_folder
+
+        if output.is_dir():
+            raise click.BadParameter(
+                f"'{output}' is a folder; give a file name", param_hint="--output"
+            )
+        check_output_folder(output.parent)
     factors = _resize_factors(resize)
     settings = _measure_settings(filters)
     rule = parse_mask_values(mask_values) if mask_values else None

@@ -135,6 +135,28 @@ def check_output_outside_run(path: str | Path) -> None:
             )
 
 
+def check_output_folder(path: str | Path) -> None:
+    """Make the output folder ``path`` and write (then remove) a probe file in it, so a
+    long job (training, scoring) learns of a read-only folder, a missing permission, a
+    file in the way or a full disk before its work, not after it.
+
+    Raises
+    ------
+    ConfigError
+        ``path`` lies inside a zarr store (:func:`check_output_outside_run`).
+    OSError
+        The folder cannot be made or written (the CLI explains it in one line).
+    """
+    path = Path(path)
+    check_output_outside_run(path)
+    path.mkdir(parents=True, exist_ok=True)
+    probe = path / f".crystalseg-write-test-{os.getpid()}"
+    try:
+        probe.write_bytes(b"\0" * 4096)
+    finally:
+        probe.unlink(missing_ok=True)
+
+
 @contextmanager
 def file_written_whole(path: str | Path) -> Iterator[Path]:
     """A temporary path beside ``path`` to write to; it replaces ``path`` only when the
@@ -840,6 +862,8 @@ def open_run(path: str | Path, *, require_complete: bool = True) -> xr.Dataset:
                 f"run store '{path}' is incomplete: stage '{name}' stopped after {done} of "
                 f"{total} frames; run the same 'crystalseg {name}' command again to resume"
             )
+    # the arrays themselves, not the consolidated list of them (which outlives a deletion)
+    get_array(_open_group(path), IMAGE, path)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=RuntimeWarning, message="Failed to open Zarr")
         ds = xr.open_zarr(str(path), consolidated=None)
@@ -847,11 +871,6 @@ def open_run(path: str | Path, *, require_complete: bool = True) -> xr.Dataset:
         raise RunFormatError(
             f"run store '{path}' has no '{IMAGE}' array with dims {FRAME_DIMS}; "
             "re-import the recording"
-        )
-    if ds.sizes[TIME] == 0:
-        raise DamagedRunError(
-            f"run store '{path}' holds 0 frames; a run needs at least one. Re-import the "
-            "recording into a new store"
         )
     time = np.asarray(ds[TIME].values)
     if time.dtype.kind == "f" and (not np.all(np.isfinite(time)) or np.any(np.diff(time) < 0)):

@@ -950,8 +950,8 @@ def write_report(
             f"report output '{out}' is a folder; expected an HTML file name, e.g. "
             f"'{out / (run.stem + '_report.html')}'"
         )
+    out.parent.mkdir(parents=True, exist_ok=True)  # a file in the way fails before the work
     text, problems = render_report(run, settings=settings)
-    out.parent.mkdir(parents=True, exist_ok=True)
     with file_written_whole(out) as tmp:
         tmp.write_text(text, encoding="utf-8")
     log.info("report of %s written to %s (%s)", run, out, counted(len(problems), "warning"))
