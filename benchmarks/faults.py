@@ -601,7 +601,7 @@ def judge(case: Case) -> dict[str, Any]:
     text = done.stdout + done.stderr
     after = digest(case.protect)
     lost = sorted(k for k in before if after.get(k) != before[k])
-    partial = [str(p) for p in Path(case.argv[-1]).parent.glob("*.partial")] if case.argv else []
+    partial = [str(p) for p in Path(case.argv[-1]).parent.glob(".*.partial")] if case.argv else []
     left = [str(p) for p in case.absent if p.exists()] + partial
     errors = [ln for ln in done.stderr.splitlines() if ln.startswith("Error:")]
     traceback = "Traceback (most recent call last)" in text

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import zlib
 from collections.abc import Sequence
 
@@ -143,10 +144,16 @@ def explain_failure(
         name = exc.filename if exc.filename is not None else (given[0] if given else "?")
         if exc.errno == errno.EISDIR and exc.filename2 is not None:  # os.replace onto a folder
             name = exc.filename2
+        name = re.sub(r"\.([^/]+)\.\d+\.partial$", r"\1", os.fsdecode(name))  # the target
+        stores = [p for p in given if p.rstrip("/").endswith(".zarr")]
+        for store in stores:  # a chunk or zarr's temporary file: name the store the user gave
+            if os.path.abspath(name).startswith(os.path.abspath(store) + os.sep):
+                name = store
+                break
         what, fix = _OS_FAULTS.get(
             exc.errno, (exc.strerror or str(exc), "Check the path and run the command again")
         )
-        error = StorageError(f"'{os.fsdecode(name)}': {what}. {fix}")
+        error = StorageError(f"'{name}': {what}. {fix}")
         error.errno = exc.errno
         return error
     text = str(exc).lower()

@@ -37,7 +37,13 @@ from crystalseg.errors import ConfigError, RunFormatError, StageStateError
 from crystalseg.measure.distributions import frame_distributions
 from crystalseg.measure.features import FEATURE_COLUMNS, feature_units, measure_frame
 from crystalseg.measure.settings import MeasureSettings
-from crystalseg.store import crystalseg_version, default_compressor, read_run_attrs, stage_info
+from crystalseg.store import (
+    crystalseg_version,
+    default_compressor,
+    file_written_whole,
+    read_run_attrs,
+    stage_info,
+)
 
 log = logging.getLogger(__name__)
 
@@ -524,7 +530,7 @@ def export_particles(
     blocks = iter_particles(run)
     out.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "csv":
-        with open(out, "w", newline="", encoding="utf-8") as fh:
+        with file_written_whole(out) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
             for i, block in enumerate(blocks):
                 block.to_csv(fh, index=False, header=i == 0)
         return out
@@ -534,22 +540,23 @@ def export_particles(
 
     attrs = particle_column_attrs(pixel)
     writer = None
-    try:
-        for block in blocks:
-            table = pa.Table.from_pandas(block, preserve_index=False)
-            if writer is None:
-                schema = pa.schema(
-                    [
-                        field.with_metadata({k: str(v) for k, v in attrs[field.name].items()})
-                        for field in table.schema
-                    ],
-                    metadata={"pixel_size_um": json.dumps(pixel), "source": str(run)},
-                )
-                writer = pq.ParquetWriter(str(out), schema)
-            writer.write_table(table.cast(writer.schema))
-    finally:
-        if writer is not None:
-            writer.close()
+    with file_written_whole(out) as tmp:
+        try:
+            for block in blocks:
+                table = pa.Table.from_pandas(block, preserve_index=False)
+                if writer is None:
+                    schema = pa.schema(
+                        [
+                            field.with_metadata({k: str(v) for k, v in attrs[field.name].items()})
+                            for field in table.schema
+                        ],
+                        metadata={"pixel_size_um": json.dumps(pixel), "source": str(run)},
+                    )
+                    writer = pq.ParquetWriter(str(tmp), schema)
+                writer.write_table(table.cast(writer.schema))
+        finally:
+            if writer is not None:
+                writer.close()
     return out
 
 
