@@ -1,4 +1,4 @@
-"""Time ``measure_run`` on a run with no mask: segment whole then measure, or stream.
+"""Time ``segment_and_measure`` on a run with no mask: segment whole then measure, or stream.
 
 Prints one JSON document. A synthetic run (``crystalseg.synth``, no mask) is
 measured with the bundled model, once segmented whole before it is measured
@@ -6,7 +6,7 @@ measured with the bundled model, once segmented whole before it is measured
 the model segments the next (``stream=True``), each in a fresh process on a
 fresh copy of the run, so that every figure includes the same work and the peak
 memory is that mode's alone. The model is loaded and warmed up (one chunk)
-before the clock starts in both; the clock stops when ``measure_run`` returns.
+before the clock starts in both; the clock stops when ``segment_and_measure`` returns.
 
 Per mode: wall time, frames/s, when the last frame was segmented (``segment_s``,
 from the progress callback), peak RSS of the process that runs the model
@@ -88,7 +88,8 @@ def make_template(path: Path, frames: int, size: int, fpc: int, scenario: str) -
 
 def child(args: argparse.Namespace) -> None:
     """One mode on a fresh copy of the template; prints one JSON line."""
-    from crystalseg.measure import measure_run
+    from crystalseg.measure import MeasureOptions
+    from crystalseg.pipeline import segment_and_measure
     from crystalseg.segment import EngineSettings, Segmenter
     from crystalseg.store import open_run
 
@@ -105,13 +106,13 @@ def child(args: argparse.Namespace) -> None:
         events.append((time.perf_counter() - t0, stage, done))
 
     with TreeMemory() as tree:
-        measure_run(
+        segment_and_measure(
             path,
             model=seg,
             stream=args.child_mode == "stream",
-            scheduler=args.scheduler,
-            num_workers=args.workers,
-            progress=progress,
+            options=MeasureOptions(
+                scheduler=args.scheduler, num_workers=args.workers, progress=progress
+            ),
         )
         wall = time.perf_counter() - t0
     n = int(image.shape[0])

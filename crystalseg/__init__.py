@@ -33,6 +33,8 @@ _LAZY = {
     "load_checkpoint": "crystalseg.models",
     "segment_run": "crystalseg.segment",
     "measure_run": "crystalseg.measure",
+    "MeasureOptions": "crystalseg.measure",
+    "segment_and_measure": "crystalseg.pipeline",
     "export_particles": "crystalseg.measure",
     "MeasureSettings": "crystalseg.measure",
     "evaluate_model": "crystalseg.evaluate",

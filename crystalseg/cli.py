@@ -159,12 +159,13 @@ def import_cmd(
     Example:
       crystalseg import frames/ run.zarr --pixel-size 1.6 --interval 5
     """
-    from crystalseg.importing import import_run
+    from crystalseg.importing import import_run, refuse_source_inside
     from crystalseg.io import open_source
     from crystalseg.store import check_calibration
 
     check_calibration(pixel_size_um=pixel_size_um, what="--pixel-size: ")
     check_calibration(interval_s=interval_s, what="--interval: ")
+    refuse_source_inside(source, run)
     with open_source(source, channel=channel, series=series) as src:
         total = src.shape[0]
     with _progress(total, "import", ctx.obj["quiet"]) as update:
@@ -772,9 +773,10 @@ def measure(
     Example:
       crystalseg measure run.zarr --export csv
     """
-    from crystalseg.measure import MeasureSettings, export_particles, measure_run
+    from crystalseg.measure import MeasureSettings, export_particles
     from crystalseg.measure.results import summarize_measurement
-    from crystalseg.measure.run import needs_segmentation
+    from crystalseg.measure.run import MeasureOptions, needs_segmentation
+    from crystalseg.pipeline import segment_and_measure
     from crystalseg.summary import format_measurement
 
     settings = _measure_settings(filters, bins=bins or MeasureSettings.bins)
@@ -796,13 +798,11 @@ def measure(
 
         engine = load_segmenter(model, None, EngineSettings(tta=tta, resize=resize))
     with _stage_bars(ctx.obj["quiet"]) as update:
-        measure_run(
+        segment_and_measure(
             run,
-            settings=settings,
             model=engine,
+            options=MeasureOptions(settings, overwrite=overwrite, progress=update),
             client=scheduler,
-            progress=update,
-            overwrite=overwrite,
             stream="auto" if stream is None else stream,
         )
     exported = None

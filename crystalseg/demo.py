@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from crystalseg.errors import ConfigError, StageStateError
+from crystalseg.errors import ConfigError, CrystalsegError, StageStateError
+from crystalseg.store import PROVENANCE_KEY, read_run_attrs
 from crystalseg.synth import SynthConfig
 from crystalseg.synth.scenarios import ScenarioName
 
@@ -86,6 +87,12 @@ def _check_directory(directory: Path, *, overwrite: bool) -> None:
             f"'{directory}' is a file, not a folder; choose another demo folder, "
             "e.g. 'crystalseg demo crystalseg-demo'"
         )
+    run = directory / RUN_NAME
+    if (run.exists() or run.is_symlink()) and not _made_by_demo(directory):
+        raise StageStateError(
+            f"'{run}' was not made by the demo; the demo never replaces it. Move it away or "
+            "choose another demo folder, e.g. 'crystalseg demo crystalseg-demo'"
+        )
     if not directory.exists() or (directory / DEMO_MARKER).exists() or overwrite:
         return
     if any(directory.iterdir()):
@@ -94,6 +101,25 @@ def _check_directory(directory: Path, *, overwrite: bool) -> None:
             "folder, or pass --overwrite to replace the demo's files in it "
             f"({', '.join(_OUTPUTS[:-1])})"
         )
+
+
+def _made_by_demo(directory: Path) -> bool:
+    """Whether ``directory/run.zarr`` is the run an earlier demo synthesised there: the
+    folder's marker names the run's creation time (markers of releases that did not
+    record it vouch for the folder)."""
+    try:
+        marker = json.loads((directory / DEMO_MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if not isinstance(marker, dict) or not marker.get("demo"):
+        return False
+    if "run_created" not in marker:
+        return True
+    try:
+        created = read_run_attrs(directory / RUN_NAME).get(PROVENANCE_KEY, {}).get("created")
+    except (CrystalsegError, OSError):
+        return False
+    return bool(created == marker["run_created"])
 
 
 def _clear_outputs(directory: Path) -> None:
@@ -145,7 +171,8 @@ def run_demo(
     ConfigError
         Too few frames or too small a frame.
     """
-    from crystalseg.measure import export_particles, measure_run
+    from crystalseg.measure import MeasureOptions, export_particles
+    from crystalseg.pipeline import segment_and_measure
     from crystalseg.synth import synthesize_run
     from crystalseg.viz.overlay import write_overlays
     from crystalseg.viz.plots import plot_run
@@ -174,8 +201,14 @@ def run_demo(
     log.info("synthesising %d frames of %d x %d px into %s", frames, *size, run)
     report("synth", 0, frames)
     synthesize_run(run, config, progress=lambda done: report("synth", done, frames))
+    created = read_run_attrs(run).get(PROVENANCE_KEY, {}).get("created")
+    (directory / DEMO_MARKER).write_text(
+        json.dumps({"demo": True, "config": _config_dict(config), "run_created": created}, indent=2)
+        + "\n",
+        encoding="utf-8",
+    )
     log.info("segmenting with the bundled model and measuring %s", run)
-    measure_run(run, progress=report, scheduler=scheduler)
+    segment_and_measure(run, options=MeasureOptions(progress=report, scheduler=scheduler))
     particles_csv = export_particles(run, directory / PARTICLES_CSV, format="csv")
 
     log.info("writing figures, overlays and the report")

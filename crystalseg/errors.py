@@ -40,6 +40,10 @@ class StageStateError(CrystalsegError, RuntimeError):
     """A stage cannot run in the store's current state (e.g. output exists, no --overwrite)."""
 
 
+class RunLockedError(StageStateError):
+    """Another process (or thread) is writing the run store; one writer at a time."""
+
+
 class MaskValueError(CrystalsegError, ValueError):
     """A mask holds values that map to no class."""
 

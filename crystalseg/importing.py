@@ -21,7 +21,7 @@ import numpy as np
 
 from crystalseg.errors import ConfigError, CrystalsegError, CrystalsegWarning, UnsupportedInputError
 from crystalseg.io import FrameSource, open_source
-from crystalseg.store import RunWriter, check_calibration, create_run
+from crystalseg.store import RunWriter, check_calibration, create_run, creating
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +119,21 @@ def _copy_chunks(
             raise
 
 
+def refuse_source_inside(source: str | Path, dest: str | Path) -> None:
+    """Refuse to import a recording into a store that holds it (or into itself): the new
+    store would overwrite what it reads, and the reading would see zeros."""
+    text = str(source)
+    if any(ch in text for ch in "*?[") and not Path(text).exists():
+        text = text[: min(text.find(ch) for ch in "*?[" if ch in text)]
+    src = Path(text).resolve()
+    target = Path(dest).resolve()
+    if src == target or target in src.parents:
+        raise ConfigError(
+            f"the recording '{source}' lies inside the destination '{dest}'; importing would "
+            "overwrite what it reads. Import it into a new run store path"
+        )
+
+
 def import_run(
     source: str | Path,
     dest: str | Path,
@@ -155,6 +170,7 @@ def import_run(
         raise ConfigError(
             f"--pixel-size must be a positive number of micrometres, got {pixel_size_um}"
         )
+    refuse_source_inside(source, dest)
     existed = dest.exists()
     with open_source(source, channel=channel, series=series) as src:
         if interval_s is None and src.time_s is not None and src.time_doubt:
@@ -177,25 +193,26 @@ def import_run(
             else ("metadata" if src.pixel_size_um is not None else "unknown"),
             **src.metadata,
         }
-        writer = create_run(
-            dest,
-            shape=src.shape,
-            dtype=src.dtype,
-            time_s=time_s,
-            pixel_size_um=size_um,
-            source=provenance,
-            stage="import",
-            settings=settings,
-            frames_per_chunk=frames_per_chunk,
-            overwrite=overwrite,
-            time_attrs={"source": time_source},
-        )
-        try:
-            _copy_chunks(src, writer, progress)
-        except CrystalsegError:
-            if not existed:
-                shutil.rmtree(dest, ignore_errors=True)
-            raise
-        writer.finish()
+        with creating(dest, "import"):
+            writer = create_run(
+                dest,
+                shape=src.shape,
+                dtype=src.dtype,
+                time_s=time_s,
+                pixel_size_um=size_um,
+                source=provenance,
+                stage="import",
+                settings=settings,
+                frames_per_chunk=frames_per_chunk,
+                overwrite=overwrite,
+                time_attrs={"source": time_source},
+            )
+            try:
+                _copy_chunks(src, writer, progress)
+            except CrystalsegError:
+                if writer.path != dest or not existed:
+                    shutil.rmtree(writer.path, ignore_errors=True)  # made by this call
+                raise
+            writer.finish()
     log.info("imported %d frames from %s into %s", src.shape[0], source, dest)
     return dest

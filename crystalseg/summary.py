@@ -78,6 +78,12 @@ def format_run_info(info: dict[str, Any]) -> str:
                         f"; OUT OF DATE: {info['measure_outdated']} "
                         f"(run crystalseg measure {info['path']})"
                     )
+            elif name.endswith(".next"):  # a replacement of finished results
+                text = (
+                    f"REPLACEMENT INTERRUPTED ({stage.get('frames_done', 0)} of "
+                    f"{stage.get('frames_total', '?')} frames); the finished results stay in "
+                    "place until it completes: rerun the same command to finish it"
+                )
             else:
                 text = (
                     f"INCOMPLETE ({stage.get('frames_done', 0)} of "

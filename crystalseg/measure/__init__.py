@@ -3,8 +3,8 @@
 The per-frame functions (:func:`label_instances`, :func:`measure_frame`,
 :func:`frame_distributions`) are pure NumPy/SciPy; :func:`measure_run` wires them
 over a run store with dask and writes the ``particles`` and ``psd`` groups.
-Nothing here imports torch (a run without a mask is segmented through
-:mod:`crystalseg.segment`, imported only then).
+Nothing here imports torch: a run without a mask is segmented and measured by
+:func:`crystalseg.pipeline.segment_and_measure`.
 """
 
 from __future__ import annotations
@@ -40,7 +40,12 @@ from crystalseg.measure.results import (
     iter_particles,
     summarize_measurement,
 )
-from crystalseg.measure.run import MeasureProgress, measure_mask_frame, measure_run
+from crystalseg.measure.run import (
+    MeasureOptions,
+    MeasureProgress,
+    measure_mask_frame,
+    measure_run,
+)
 from crystalseg.measure.settings import SIZE_COLUMNS, MeasureSettings
 
 __all__ = [
@@ -52,6 +57,7 @@ __all__ = [
     "PARTICLE_COLUMNS",
     "SIZE_COLUMNS",
     "WIDTH_BIN",
+    "MeasureOptions",
     "MeasureProgress",
     "MeasureSettings",
     "SplitMethod",

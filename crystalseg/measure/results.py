@@ -218,8 +218,10 @@ def create_psd(
     pixel_size_um: float | None,
     mask_identity: dict[str, Any],
     frame_shape: tuple[int, int],
+    into: str = PSD_GROUP,
 ) -> None:
-    """Create group ``psd`` with every variable filled with NaN (or 0 for counts)."""
+    """Create group ``psd`` (or ``into``: where a replacement writes it) with every
+    variable filled with NaN (or 0 for counts)."""
     edges = settings.bin_edges()
     centres = np.sqrt(edges[:-1] * edges[1:])
     n = len(time_s)
@@ -261,7 +263,7 @@ def create_psd(
     encoding = {name: {"compressors": default_compressor()} for name in ds.data_vars}
     ds.to_zarr(
         str(path),
-        group=PSD_GROUP,
+        group=into,
         mode="w",
         compute=False,
         consolidated=False,
@@ -270,11 +272,14 @@ def create_psd(
     )
 
 
-def write_psd_chunk(path: Path, start: int, values: dict[str, np.ndarray]) -> None:
-    """Write the per-frame variables of frames ``start:start + len`` into ``psd``."""
-    group = zarr.open_group(str(path / PSD_GROUP), mode="r+", use_consolidated=False)
+def write_psd_chunk(
+    path: Path, start: int, values: dict[str, np.ndarray], *, into: str = PSD_GROUP
+) -> None:
+    """Write the per-frame variables of frames ``start:start + len`` into ``psd`` (or
+    ``into``)."""
+    psd = zarr.open_group(str(path / into), mode="r+", use_consolidated=False)
     for name, value in values.items():
-        arr = group[name]
+        arr = psd[name]
         assert isinstance(arr, zarr.Array)
         arr[start : start + len(value)] = value
 
@@ -356,8 +361,10 @@ def assemble_particles(
     pixel_size_um: float | None,
     attrs: dict[str, Any],
     block_rows: int = 1 << 16,
+    into: str = PARTICLES_GROUP,
 ) -> int:
-    """Copy the staged chunks, in time order, into group ``particles``; returns the row count.
+    """Copy the staged chunks, in time order, into group ``particles`` (or ``into``: where
+    a replacement writes it); returns the row count.
 
     Rows are gathered into blocks of ``block_rows`` (the chunk length of the
     output arrays) and written block by block, so memory is one block plus one
@@ -366,9 +373,13 @@ def assemble_particles(
     groups = [_staged_group(path, start) for start, _ in chunks]
     total = sum(_rows(g) for g in groups)
 
-    remove_particles(path)
+    if (path / into).exists():
+        shutil.rmtree(path / into)
     root = zarr.open_group(str(path), mode="r+", use_consolidated=False)
-    out = root.create_group(PARTICLES_GROUP)
+    parent = into.rpartition("/")[0]
+    if parent:
+        root.require_group(parent)
+    out = root.create_group(into)
     out.attrs.update({**attrs, "columns": list(PARTICLE_COLUMNS)})
     column_attrs = particle_column_attrs(pixel_size_um)
     arrays: dict[str, zarr.Array] = {}

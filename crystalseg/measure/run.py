@@ -1,15 +1,15 @@
-"""Measure a whole run store: mask → instances → particle table and PSD per frame.
+"""Measure a whole segmented run store: mask → instances → particle table and PSD per frame.
 
-:func:`measure_run` is what ``crystalseg measure`` calls. It segments the run
-first when it has no finished ``mask`` (with the bundled model unless another is
-given), then measures the frames in parallel with dask, one task per time chunk
-of the mask: each task reads its frames of ``mask`` and ``image`` from the store,
-measures them (:func:`measure_mask_frame`), writes its slice of group ``psd``
-and its particle rows into a staging group, and only then marks its frames done
-in the stage's progress record. Nothing holds more than a chunk of frames, so
-memory stays flat in the number of frames, and an interrupted run resumes with
-the chunks that are missing. When all are done, the staged rows are copied into
-the ``particles`` table, the stage is marked finished and the staging removed.
+:func:`measure_run` measures the frames in parallel with dask, one task per time
+chunk of the mask: each task reads its frames of ``mask`` and ``image`` from the
+store, measures them (:func:`measure_mask_frame`), writes its slice of group
+``psd`` and its particle rows into a staging group, and only then marks its
+frames done in the stage's progress record. Nothing holds more than a chunk of
+frames, so memory stays flat in the number of frames, and an interrupted run
+resumes with the chunks that are missing. When all are done, the staged rows
+are copied into the ``particles`` table and the stage is marked finished (a
+re-measure that replaces earlier results swaps them in only then, see
+:mod:`crystalseg.store.stages`).
 
 Locally the tasks run on dask's process pool by default (all cores: the
 distance transform, watershed and table building hold the GIL for part of their
@@ -19,33 +19,21 @@ workers, which must see the store's filesystem. The process pool starts its
 workers with ``spawn``: a script that calls :func:`measure_run` needs the usual
 ``if __name__ == "__main__":`` guard (the CLI and notebooks need nothing).
 
-A run without a mask is segmented first. When the model infers on a GPU (or when
-asked, ``stream=True``) segmentation and measurement stream through together: the
-chunks of :func:`crystalseg.segment.run.stream_segment_run` are measured by the
-local pool as soon as each lands in the store, while the model works on the next,
-so the GPU and the cores work at the same time, and the worker processes start
-while the model works. Both stages keep their own progress records, so an
-interruption anywhere resumes both, and the results are those of the two passes.
-``benchmarks/bench_stream.py`` measured 1.09-1.21x the two-pass throughput on an
-H200 with 16 cores (96 and 240 frames of 1024 x 1024 px; the overlap can save at
-most the segmentation time, there a fifth of the measurement's), and 0.90-1.01x
-with the model on the CPU, where both stages want the same cores: there the run
-is segmented whole first. A cluster (``client``) also segments first.
+:func:`measure_as_segmented` measures the chunks of a mask as the model writes
+them; :func:`crystalseg.pipeline.segment_and_measure` (what ``crystalseg
+measure`` calls) composes it with the segmentation. Nothing here imports torch.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import os
-import uuid
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
-from contextlib import closing
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -82,15 +70,20 @@ from crystalseg.measure.results import (
 )
 from crystalseg.measure.settings import MeasureSettings
 from crystalseg.store import (
+    StagePlan,
     StageProgress,
     begin_stage,
     calibration_fingerprint,
     consolidate,
     get_array,
     open_run,
+    plan_stage,
     read_run_attrs,
     stage_info,
+    writing,
 )
+from crystalseg.store.cluster import run_on_cluster
+from crystalseg.store.stages import NEXT_SUFFIX
 
 log = logging.getLogger(__name__)
 
@@ -281,7 +274,12 @@ def _measure_chunk(job: _ChunkJob) -> int:
         tables.append(table)
         for name, (_, value) in dist.items():
             columns.setdefault(name, []).append(value)
-    write_psd_chunk(job.path, job.start, {k: np.stack(v) for k, v in columns.items()})
+    write_psd_chunk(
+        job.path,
+        job.start,
+        {k: np.stack(v) for k, v in columns.items()},
+        into=job.progress.output(PSD_GROUP),
+    )
     non_empty = [t for t in tables if len(t)]
     rows = pd.concat(non_empty, ignore_index=True) if non_empty else tables[0]
     write_staged_particles(job.path, job.start, rows)
@@ -296,48 +294,40 @@ def measure_run(
     run: str | os.PathLike[str],
     *,
     settings: MeasureSettings | None = None,
-    model: Any = None,
     client: Any = None,
     progress: MeasureProgress | None = None,
     overwrite: bool = False,
     scheduler: LocalScheduler = "processes",
     num_workers: int | None = None,
     frames_per_chunk: int | None = None,
-    stream: bool | Literal["auto"] = "auto",
 ) -> xr.Dataset:
-    """Measure every frame of a run store; write ``psd`` and ``particles`` into it.
+    """Measure every frame of a segmented run store; write ``psd`` and ``particles`` into it.
+
+    A run that has no mask yet is segmented and measured by
+    :func:`crystalseg.pipeline.segment_and_measure` (what ``crystalseg measure`` calls).
 
     Parameters
     ----------
     run : path of the run store
     settings : MeasureSettings, optional
         What to measure and how (default :class:`MeasureSettings`()).
-    model : checkpoint directory or Segmenter, optional
-        Used only when the run has no finished mask: it is segmented first with
-        this model (None: the bundled default model), see
-        :func:`crystalseg.segment.segment_run`.
     client : distributed.Client or str, optional
         A client or scheduler address: the chunks run on the cluster's workers
         (each writes straight into the store, which every worker must see).
         None runs here.
     progress : callable (stage, frames_done, frames_total), optional
-        Called as chunks complete, with stage "segment" or "measure".
+        Called as chunks complete, with stage "measure".
     overwrite : bool
         Replace a measurement made with other settings (without it, that is an
         error). A finished measurement with the same settings of the same mask is
-        returned as is; an unfinished one resumes.
+        returned as is; an unfinished one resumes. New results replace old ones
+        only once they are complete.
     scheduler : {"processes", "threads", "synchronous"}
         Local dask scheduler when ``client`` is None.
     num_workers : int, optional
         Local workers (default: all cores).
     frames_per_chunk : int, optional
         Frames per task and per chunk of ``psd`` (default: the mask's chunks).
-    stream : bool or "auto"
-        For a run that still has to be segmented (locally): measure each chunk of
-        the mask while the model segments the next (True), or segment the whole
-        run first (False). "auto" streams when the model infers on a GPU, where
-        the cores are free to measure meanwhile. The results are the same; with
-        ``client`` the run is always segmented first.
 
     Returns
     -------
@@ -348,52 +338,103 @@ def measure_run(
     Raises
     ------
     StageStateError
-        The run has no mask and cannot be segmented, or was measured with other
-        settings and ``overwrite`` is False.
+        The run has no finished mask, or was measured with other settings and
+        ``overwrite`` is False, or another process is writing it.
     RunFormatError, ConfigError
         Unreadable store, impossible settings.
     """
-    settings = MeasureSettings() if settings is None else settings
-    if not isinstance(settings, MeasureSettings):
-        raise ConfigError(f"settings must be a MeasureSettings, got {type(settings).__name__}")
-    if scheduler not in ("processes", "threads", "synchronous"):
-        raise ConfigError(
-            f"scheduler {scheduler!r} is unknown; use 'processes', 'threads' or 'synchronous'"
-        )
-    if stream not in (True, False, "auto"):
-        raise ConfigError(f"stream must be True, False or 'auto', got {stream!r}")
-    if frames_per_chunk is not None and int(frames_per_chunk) < 1:
-        raise ConfigError(f"frames_per_chunk must be >= 1, got {frames_per_chunk!r}")
+    options = MeasureOptions(
+        MeasureSettings() if settings is None else settings,
+        frames_per_chunk,
+        overwrite,
+        scheduler,
+        num_workers,
+        progress,
+    )
     path = Path(run).resolve()
     open_run(path)  # checks the store is a complete run
-    options = _Options(settings, frames_per_chunk, overwrite, scheduler, num_workers, progress)
-    if needs_segmentation(path):
-        if client is None and _wants_stream(stream, model):
-            _measure_streaming(path, model, options)
-            return _open_psd(path)
-        _segment_first(path, model=model, client=client, progress=progress)
+    with writing(path, STAGE):
+        if needs_segmentation(path):
+            raise StageStateError(
+                f"run '{path}' has no finished mask to measure; segment it first "
+                f"('crystalseg segment {path}'), or segment and measure it in one go "
+                f"('crystalseg measure {path}', crystalseg.pipeline.segment_and_measure)"
+            )
+        plan = _begin_measure(path, options)
+        if plan is not None:
+            jobs = [plan.job(start, stop) for start, stop in plan.pending]
+            if client is not None:
+                _run_distributed(jobs, client, plan.frames_done, plan.n_frames, progress)
+            else:
+                _run_local(jobs, scheduler, num_workers, plan.frames_done, plan.n_frames, progress)
+            _finish_measure(plan)
+    return open_psd(path)
+
+
+def measure_as_segmented(
+    run: str | os.PathLike[str], chunks: Iterator[tuple[int, int]], options: MeasureOptions
+) -> None:
+    """Measure the chunks of a mask as they land: each ``(start, stop)`` that ``chunks``
+    yields is a time chunk of the mask now on disk (as
+    :func:`crystalseg.segment.stream_segment_run` yields them).
+
+    A measurement chunk is handed to the local pool once every frame it covers is
+    there, so ``frames_per_chunk`` may differ from the mask's chunks; the pool works
+    while the model makes the next chunk. All of it is measured (and the stage
+    finished) once ``chunks`` is exhausted; the caller holds the store's lock.
+    """
+    path = Path(run).resolve()
     plan = _begin_measure(path, options)
-    if plan is None:
-        return _open_psd(path)
-    jobs = [plan.job(start, stop) for start, stop in plan.pending]
-    if client is not None:
-        _run_distributed(jobs, client, plan.frames_done, plan.n_frames, progress)
-    else:
-        _run_local(jobs, scheduler, num_workers, plan.frames_done, plan.n_frames, progress)
+    if plan is None:  # pragma: no cover - a finished result names a finished mask
+        for _ in chunks:
+            pass
+        return
+    ready = np.zeros(plan.n_frames, dtype=bool)
+    waiting = list(plan.pending)
+    with _ChunkPool(options, len(waiting), plan.frames_done, plan.n_frames) as pool:
+        for start, stop in chunks:
+            ready[start:stop] = True
+            for chunk in [c for c in waiting if ready[c[0] : c[1]].all()]:
+                waiting.remove(chunk)
+                pool.submit(plan.job(*chunk))
+            pool.collect(wait=not waiting)
+        pool.collect(wait=True)
     _finish_measure(plan)
-    return _open_psd(path)
 
 
 @dataclass(frozen=True)
-class _Options:
-    """The options of :func:`measure_run` that the measuring steps below need."""
+class MeasureOptions:
+    """How to measure a run: what (``settings``) and how the work runs here.
 
-    settings: MeasureSettings
-    frames_per_chunk: int | None
-    overwrite: bool
-    scheduler: LocalScheduler
-    num_workers: int | None
-    progress: MeasureProgress | None
+    Attributes
+    ----------
+    settings : what to measure (:class:`MeasureSettings`)
+    frames_per_chunk : frames per task and per chunk of ``psd`` (None: the mask's chunks)
+    overwrite : replace a measurement made with other settings
+    scheduler : {"processes", "threads", "synchronous"}, the local dask scheduler
+    num_workers : local workers (None: all cores)
+    progress : callable (stage, frames_done, frames_total), or None
+    """
+
+    settings: MeasureSettings = field(default_factory=MeasureSettings)
+    frames_per_chunk: int | None = None
+    overwrite: bool = False
+    scheduler: LocalScheduler = "processes"
+    num_workers: int | None = None
+    progress: MeasureProgress | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.settings, MeasureSettings):
+            raise ConfigError(
+                f"settings must be a MeasureSettings, got {type(self.settings).__name__}"
+            )
+        if self.scheduler not in ("processes", "threads", "synchronous"):
+            raise ConfigError(
+                f"scheduler {self.scheduler!r} is unknown; use 'processes', 'threads' or "
+                "'synchronous'"
+            )
+        if self.frames_per_chunk is not None and int(self.frames_per_chunk) < 1:
+            raise ConfigError(f"frames_per_chunk must be >= 1, got {self.frames_per_chunk!r}")
 
 
 @dataclass(frozen=True)
@@ -445,7 +486,7 @@ def _without_confidence_filter(
     return replace(settings, min_confidence=None)
 
 
-def _begin_measure(path: Path, options: _Options) -> _Plan | None:
+def _begin_measure(path: Path, options: MeasureOptions) -> _Plan | None:
     """Check the mask and earlier results; create or resume the stage and its outputs.
 
     Returns None when a finished measurement with these settings of this mask
@@ -475,13 +516,14 @@ def _begin_measure(path: Path, options: _Options) -> _Plan | None:
         overwrite=options.overwrite,
         no_probability=no_probability,
     )
-    if state == "finished":
+    if state.action == "finished":
         log.info("%s is already measured with these settings; nothing to do", path)
         if progress is not None:
             progress(STAGE, n, n)
         return None
-    if state == "resume":  # the record as it was when measuring began (mask, calibration)
-        stage_settings = dict(stage_info(path)[STAGE]["settings"])
+    if state.action == "resume":  # the record as it was when measuring began
+        record = stage_info(path)[STAGE + NEXT_SUFFIX if state.replace else STAGE]
+        stage_settings = dict(record["settings"])
         mask_identity = stage_settings["mask"]
     else:
         stage_settings = {
@@ -489,24 +531,23 @@ def _begin_measure(path: Path, options: _Options) -> _Plan | None:
             "mask": mask_identity,
             "calibration": calibration,
         }
-    stage = begin_stage(
-        path,
-        STAGE,
-        settings=stage_settings,
-        n_frames=n,
-        frames_per_chunk=fpc,
-        restart=state == "new",
-    )
-    if not stage.done().any() or not _outputs_exist(path):
+
+    def begin(restart: bool) -> StageProgress:
+        return begin_stage(
+            path,
+            STAGE,
+            settings=stage_settings,
+            n_frames=n,
+            frames_per_chunk=fpc,
+            restart=restart,
+            replace=state.replace,
+            outputs=(PSD_GROUP, PARTICLES_GROUP),
+        )
+
+    stage = begin(restart=state.action == "new")
+    if not stage.done().any() or not _outputs_exist(path, stage):
         if stage.done().any():  # progress recorded but its outputs are gone: start over
-            stage = begin_stage(
-                path,
-                STAGE,
-                settings=stage_settings,
-                n_frames=n,
-                frames_per_chunk=fpc,
-                restart=True,
-            )
+            stage = begin(restart=True)
         time_s = np.asarray(get_array(group, TIME, path)[:], dtype=np.float64)
         create_psd(
             path,
@@ -516,9 +557,11 @@ def _begin_measure(path: Path, options: _Options) -> _Plan | None:
             pixel_size_um=pixel_size_um,
             mask_identity=mask_identity,
             frame_shape=(ny, nx),
+            into=stage.output(PSD_GROUP),
         )
         prepare_staging(path, fresh=True)
-        remove_particles(path)  # a table of earlier settings must not outlive them
+        if not stage.replacing:
+            remove_particles(path)  # a table of earlier settings must not outlive them
     plan = _Plan(path, settings, n, fpc, codes, pixel_size_um, stage, tuple(stage.pending_chunks()))
     if progress is not None:
         progress(STAGE, plan.frames_done, n)
@@ -545,6 +588,7 @@ def _finish_measure(plan: _Plan) -> None:
     rows = assemble_particles(
         path,
         all_chunks,
+        into=plan.stage.output(PARTICLES_GROUP),
         pixel_size_um=plan.pixel_size_um,
         attrs={
             "pixel_size_um": plan.pixel_size_um,
@@ -553,10 +597,12 @@ def _finish_measure(plan: _Plan) -> None:
             "mask": mask_identity,
         },
     )
-    psd = zarr.open_group(str(path / PSD_GROUP), mode="r+", use_consolidated=False)
+    psd = zarr.open_group(
+        str(path / plan.stage.output(PSD_GROUP)), mode="r+", use_consolidated=False
+    )
     if psd.attrs.get("mask") != json.dumps(mask_identity):
         psd.attrs["mask"] = json.dumps(mask_identity)
-    began = stage_info(path)[STAGE].get("settings") or {}
+    began = stage_info(path)[plan.stage.record].get("settings") or {}
     plan.stage.finish(
         particles=rows,
         settings={
@@ -570,12 +616,15 @@ def _finish_measure(plan: _Plan) -> None:
     log.info("measured %d frames of %s: %d particles", n, path, rows)
 
 
-def _open_psd(path: Path) -> xr.Dataset:
+def open_psd(path: str | os.PathLike[str]) -> xr.Dataset:
+    """Group ``psd`` of a measured run, opened lazily."""
     return xr.open_zarr(str(path), group=PSD_GROUP, consolidated=None)
 
 
-def _outputs_exist(path: Path) -> bool:
-    return (path / PSD_GROUP / "zarr.json").exists() and (path / STAGING_GROUP).exists()
+def _outputs_exist(path: Path, stage: StageProgress) -> bool:
+    """Whether the outputs this run of the stage is writing are there to resume into."""
+    psd = path / stage.output(PSD_GROUP) / "zarr.json"
+    return psd.exists() and (path / STAGING_GROUP).exists()
 
 
 def needs_segmentation(path: str | os.PathLike[str]) -> bool:
@@ -594,84 +643,6 @@ def needs_segmentation(path: str | os.PathLike[str]) -> bool:
     return True
 
 
-def _segment_first(
-    path: Path, *, model: Any, client: Any, progress: MeasureProgress | None
-) -> None:
-    """Segment the whole run (it has no finished mask) before measuring it."""
-    segment_run = _segmentation(path).segment_run
-    log.info("%s has no finished mask: segmenting it first", path)
-    segment_run(
-        path,
-        model,
-        client=client,
-        progress=_segment_progress(progress),
-        save_probability=True,
-    )
-
-
-def _segmentation(path: Path) -> Any:
-    """The module :mod:`crystalseg.segment` (it needs torch), or a clear error."""
-    try:
-        return importlib.import_module("crystalseg.segment")
-    except ImportError as exc:  # pragma: no cover - torch is a dependency
-        raise StageStateError(
-            f"run '{path}' has no mask and segmentation is unavailable ({exc}); "
-            "run 'crystalseg segment' first"
-        ) from exc
-
-
-def _segment_progress(progress: MeasureProgress | None) -> Callable[[int, int], None]:
-    def seg_progress(done: int, total: int) -> None:
-        if progress is not None:
-            progress("segment", done, total)
-
-    return seg_progress
-
-
-def _wants_stream(stream: bool | Literal["auto"], model: Any) -> bool:
-    """Stream segmentation into measurement? "auto": when the model infers on a GPU."""
-    if stream != "auto":
-        return bool(stream)
-    try:
-        from crystalseg.segment.run import inference_device
-    except ImportError:  # pragma: no cover - no segmentation here: segmenting first says so
-        return False
-    return inference_device(model) != "cpu"
-
-
-def _measure_streaming(path: Path, model: Any, options: _Options) -> None:
-    """Segment the run chunk by chunk; measure each chunk as soon as its mask is stored.
-
-    The model runs here (its own threads read ahead and write); the measurement
-    runs on the local pool meanwhile. A measurement chunk is handed to the pool
-    once every frame it covers is segmented, so ``frames_per_chunk`` may differ
-    from the mask's chunks. All of it is measured before the segmentation is
-    marked finished, so the two stages never write the store's metadata at once.
-    """
-    stream_segment_run = _segmentation(path).stream_segment_run
-    log.info("%s has no finished mask: segmenting and measuring it together", path)
-    segmented = stream_segment_run(
-        path, model, progress=_segment_progress(options.progress), save_probability=True
-    )
-    with closing(segmented):
-        plan = _begin_measure(path, options)
-        if plan is None:  # pragma: no cover - a finished result names a finished mask
-            for _ in segmented:
-                pass
-            return
-        ready = np.zeros(plan.n_frames, dtype=bool)
-        waiting = list(plan.pending)
-        with _ChunkPool(options, len(waiting), plan.frames_done, plan.n_frames) as pool:
-            for start, stop in segmented:
-                ready[start:stop] = True
-                for chunk in [c for c in waiting if ready[c[0] : c[1]].all()]:
-                    waiting.remove(chunk)
-                    pool.submit(plan.job(*chunk))
-                pool.collect(wait=not waiting)
-            pool.collect(wait=True)
-    _finish_measure(plan)
-
-
 def _warm_up() -> None:
     """A no-op task: starts a worker process (and its imports) ahead of the first chunk."""
 
@@ -684,7 +655,7 @@ class _ChunkPool:
     store when the caller returns; every chunk that finished is marked done.
     """
 
-    def __init__(self, options: _Options, n_jobs: int, done: int, total: int) -> None:
+    def __init__(self, options: MeasureOptions, n_jobs: int, done: int, total: int) -> None:
         workers = max(1, min(options.num_workers or os.cpu_count() or 1, n_jobs))
         self._executor: Executor | None = None
         if options.scheduler == "threads" and n_jobs:
@@ -828,43 +799,53 @@ def _check_existing(
     *,
     overwrite: bool,
     no_probability: bool = False,
-) -> Literal["new", "resume", "finished"]:
+) -> StagePlan:
     """Start anew, resume, nothing to do; or refuse to replace other settings' results.
 
     ``mask_identity`` and ``calibration`` describe the run now
-    (:func:`mask_provenance`, :func:`~crystalseg.store.calibration_fingerprint`).
+    (:func:`mask_provenance`, :func:`~crystalseg.store.calibration_fingerprint`): a
+    measurement of another mask or calibration is out of date and is replaced.
 
     With ``no_probability`` (the run stores none, so no confidence filter can apply) a
     recorded ``min_confidence`` counts as off: earlier releases recorded the filter's
     value whether it applied or not.
     """
-    info = stage_info(path).get(STAGE)
-    if info is None or overwrite:
-        return "new"
+    info = stage_info(path).get(STAGE) or {}
     previous = info.get("settings") or {}
-    if not _same_mask(previous.get("mask"), mask_identity):
-        log.info("the mask of %s changed since it was measured: measuring again", path)
-        return "new"
-    recorded = previous.get("calibration")
-    if recorded is not None and recorded != calibration:
-        log.info("the calibration of %s changed since it was measured: measuring again", path)
-        return "new"
-    old = dict(previous.get("measure") or {})
-    if no_probability and "min_confidence" in old:
-        old["min_confidence"] = None
-    if old != settings.to_dict():
-        new = settings.to_dict()
+    outdated = None
+    if info and not _same_mask(previous.get("mask"), mask_identity):
+        outdated = "the mask changed since it was measured"
+    elif info and previous.get("calibration") not in (None, calibration):
+        outdated = "the calibration changed since it was measured"
+    if outdated is not None and not overwrite:
+        log.info("%s: %s; measuring again", path, outdated)
+
+    def recorded(record: dict[str, Any]) -> dict[str, Any]:
+        old = dict((record.get("settings") or {}).get("measure") or {})
+        if no_probability and "min_confidence" in old:
+            old["min_confidence"] = None
+        return old
+
+    def refusal(record: dict[str, Any]) -> str:
+        old, new = recorded(record), settings.to_dict()
         changed = sorted(k for k in new if old.get(k) != new[k])
-        raise StageStateError(
+        return (
             f"run '{path}' was measured with other settings ({', '.join(changed)}); "
             "pass --overwrite to replace the results"
         )
-    if info.get("status") == "finished":
-        root = zarr.open_group(str(path), mode="r", use_consolidated=False)
-        if PSD_GROUP in root and PARTICLES_GROUP in root:
-            return "finished"
-        return "new"
-    return "resume"
+
+    root = zarr.open_group(str(path), mode="r", use_consolidated=False)
+    present = PSD_GROUP in root and (PARTICLES_GROUP in root or info.get("status") != "finished")
+    return plan_stage(
+        path,
+        STAGE,
+        settings={"measure": settings.to_dict(), "mask": mask_identity, "calibration": calibration},
+        overwrite=overwrite,
+        outputs_present=present,
+        matches=lambda record: recorded(record) == settings.to_dict(),
+        refusal=refusal,
+        outdated=outdated,
+    )
 
 
 # --------------------------------------------------------------------------- schedulers
@@ -916,42 +897,24 @@ def _run_distributed(
     total: int,
     progress: MeasureProgress | None,
 ) -> None:
-    if not jobs:
-        return
-    from distributed import Client, as_completed
-
-    own = isinstance(client, str)
-    if own:
-        client = Client(client)
-    tag = uuid.uuid4().hex[:8]
-    try:
-        futures = [
-            client.submit(
-                _measure_chunk, job, key=f"crystalseg-measure-{tag}-{job.start}", pure=False
-            )
-            for job in jobs
-        ]
-        try:
-            for fut in as_completed(futures):
-                done += fut.result()
-                if progress is not None:
-                    progress(STAGE, done, total)
-        except BaseException:
-            client.cancel(futures)
-            raise
-    finally:
-        if own:
-            client.close()
+    tasks = [(job, (job,)) for job in jobs]
+    for _, frames in run_on_cluster(client, _measure_chunk, tasks, name=STAGE):
+        done += frames
+        if progress is not None:
+            progress(STAGE, done, total)
 
 
 __all__ = [
+    "MeasureOptions",
     "MeasureProgress",
     "label_mask_frame",
     "mask_provenance",
+    "measure_as_segmented",
     "measure_mask_frame",
     "measure_run",
     "measured_mask_changed",
     "measurement_outdated",
     "needs_segmentation",
+    "open_psd",
     "read_mask_codes",
 ]

@@ -21,10 +21,10 @@ import logging
 import os
 import queue
 import threading
-import uuid
 from collections import deque
 from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import asdict, replace
 from pathlib import Path
 from types import TracebackType
@@ -36,7 +36,7 @@ import xarray as xr
 import zarr
 
 from crystalseg.dims import FRAME_DIMS, IMAGE, MASK, PROBABILITY
-from crystalseg.errors import ConfigError, RunFormatError, StageStateError
+from crystalseg.errors import ConfigError, RunFormatError
 from crystalseg.models import read_checkpoint_meta
 from crystalseg.models.checkpoint import default_checkpoint_path, resolve_checkpoint_dir
 from crystalseg.segment.engine import (
@@ -51,7 +51,17 @@ from crystalseg.segment.engine import (
     load_segmenter,
     select_device,
 )
-from crystalseg.store import StageProgress, begin_stage, create_array, open_run, stage_info
+from crystalseg.store import (
+    StagePlan,
+    StageProgress,
+    begin_stage,
+    create_array,
+    open_run,
+    plan_stage,
+    stage_info,
+    writing,
+)
+from crystalseg.store.cluster import cluster_client, run_on_cluster
 
 log = logging.getLogger(__name__)
 
@@ -196,9 +206,13 @@ def _array(path: Path, name: str, mode: Literal["r", "r+"] = "r") -> zarr.Array:
     return node
 
 
-def _open_arrays(path: Path, save_probability: bool) -> tuple[zarr.Array, zarr.Array | None]:
-    mask = _array(path, MASK, "r+")
-    return mask, _array(path, PROBABILITY, "r+") if save_probability else None
+def _open_arrays(
+    path: Path, stage: StageProgress, save_probability: bool
+) -> tuple[zarr.Array, zarr.Array | None]:
+    """The mask and probability arrays this run of the stage writes (beside the old ones
+    when it replaces a finished mask)."""
+    mask = _array(path, stage.output(MASK), "r+")
+    return mask, _array(path, stage.output(PROBABILITY), "r+") if save_probability else None
 
 
 def _read_frames(path: Path, start: int, stop: int) -> np.ndarray:
@@ -217,7 +231,7 @@ def _segment_chunk(
 ) -> int:
     """Segment frames start:stop of the store on this process; returns frames done."""
     seg = load_segmenter(checkpoint, checksum, _worker_settings(settings))
-    mask_arr, prob_arr = _open_arrays(path, save_probability)
+    mask_arr, prob_arr = _open_arrays(path, progress, save_probability)
     _write_result(seg, _read_frames(path, start, stop), start, stop, mask_arr, prob_arr)
     progress.mark_done(start, stop)
     return stop - start
@@ -402,25 +416,54 @@ def stream_segment_run(
         As :func:`segment_run`, from the call (before anything is iterated).
     """
     path = Path(run).resolve()
+    lock = ExitStack()
+    lock.enter_context(writing(path, STAGE))
+    try:
+        return _begin_segment(
+            path,
+            model,
+            EngineSettings(
+                device=device,
+                backend=backend,
+                batch_size=batch_size,
+                tile_size=tile_size,
+                tile_overlap=tile_overlap,
+                precision=precision,
+                compile=compile,
+                threads=threads,
+                tta=tta,
+                resize=resize,
+            ),
+            overwrite=overwrite,
+            save_probability=save_probability,
+            client=client,
+            progress=progress,
+            lock=lock,
+        )
+    except BaseException:
+        lock.close()
+        raise
+
+
+def _begin_segment(
+    path: Path,
+    model: str | os.PathLike[str] | Segmenter | None,
+    settings: EngineSettings,
+    *,
+    overwrite: bool,
+    save_probability: bool | None,
+    client: Any,
+    progress: ProgressCallback | None,
+    lock: ExitStack,
+) -> Generator[tuple[int, int], None, None]:
+    """The body of :func:`stream_segment_run`, with the store's lock held by ``lock``
+    (released when the returned generator ends or is closed)."""
     ds = open_run(path)
     n, ny, nx = (int(v) for v in ds[IMAGE].shape)
     fpc = int(_array(path, IMAGE).chunks[0])
 
     if isinstance(model, Segmenter):
         settings = model.settings
-    else:
-        settings = EngineSettings(
-            device=device,
-            backend=backend,
-            batch_size=batch_size,
-            tile_size=tile_size,
-            tile_overlap=tile_overlap,
-            precision=precision,
-            compile=compile,
-            threads=threads,
-            tta=tta,
-            resize=resize,
-        )
     checkpoint, checksum, meta = _model_identity(model)
     if client is not None and checkpoint is None:
         raise ConfigError(
@@ -461,11 +504,12 @@ def stream_segment_run(
         # storing it, rather than refusing to resume over an extra output.
         save_probability = True
         stage_settings["save_probability"] = True
-    resume = _check_existing(path, stage_settings, overwrite=overwrite, shape=(n, ny, nx))
-    if resume == "finished":
+    plan = _check_existing(path, stage_settings, overwrite=overwrite, shape=(n, ny, nx))
+    if plan.action == "finished":
         log.info("%s is already segmented by model %s; nothing to do", path, checksum[:12])
         if progress is not None:
             progress(n, n)
+        lock.close()
         return (chunk for chunk in all_chunks)
 
     if client is None and seg is None:  # load (and check) the model before touching the store
@@ -480,10 +524,12 @@ def stream_segment_run(
         settings=stage_settings,
         n_frames=n,
         frames_per_chunk=fpc,
-        restart=resume != "resume",
+        restart=plan.action != "resume",
+        replace=plan.replace,
+        outputs=(MASK, PROBABILITY),
     )
-    if resume != "resume":
-        _create_outputs(path, (n, ny, nx), fpc, codes, checksum, checkpoint, meta, save_probability)
+    if plan.action != "resume":
+        _create_outputs(stage, (n, ny, nx), codes, checksum, checkpoint, meta, save_probability)
 
     pending = stage.pending_chunks()
     done = n - sum(stop - start for start, stop in pending)
@@ -511,7 +557,7 @@ def stream_segment_run(
             progress,
         )
         engine = None
-    return _stream(written, work, stage, engine, model_info)
+    return _stream(written, work, stage, engine, model_info, lock)
 
 
 def _stream(
@@ -520,11 +566,14 @@ def _stream(
     stage: StageProgress,
     engine: dict[str, Any] | None,
     model_info: dict[str, Any],
+    lock: ExitStack,
 ) -> Generator[tuple[int, int], None, None]:
-    """Yield the chunks already written, then the new ones; finish the stage at the end."""
-    yield from written
-    resolved = yield from work
-    stage.finish(engine=engine if engine is not None else resolved, model=model_info)
+    """Yield the chunks already written, then the new ones; finish the stage at the end
+    (a replacement swaps its mask in then) and release the store's lock."""
+    with lock:
+        yield from written
+        resolved = yield from work
+        stage.finish(engine=engine if engine is not None else resolved, model=model_info)
 
 
 def inference_device(
@@ -606,71 +655,89 @@ def _recorded_resize(path: Path, checksum: str) -> float | None:
 
 def _check_existing(
     path: Path, settings: dict[str, Any], *, overwrite: bool, shape: tuple[int, int, int]
-) -> Literal["new", "resume", "finished"]:
+) -> StagePlan:
     """Decide from the store's state: start anew, resume, or nothing to do; or refuse."""
     group = zarr.open_group(str(path), mode="r", use_consolidated=False)
-    info = stage_info(path).get(STAGE)
-    if MASK not in group:
-        return "new"
-    if overwrite:
-        return "new"
-    previous = (info or {}).get("settings") or {}
-    status = (info or {}).get("status")
+    has_mask = MASK in group
+    has_probability = PROBABILITY in group
 
     def core(values: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in values.items() if k != "save_probability"}
 
-    if core(previous) == core(settings) and tuple(_array(path, MASK).shape) == shape:
-        had_probability = bool(previous.get("save_probability")) and PROBABILITY in group
-        if status == "finished" and (had_probability or not settings["save_probability"]):
-            return "finished"
-        if status == "running" and previous == settings:
-            return "resume"
-    old = dict(group[MASK].attrs)
-    old_model = str(old.get("model_sha256") or "unknown")[:12]
-    where = f" ({old['model_path']})" if old.get("model_path") else ""
-    if old.get("model_sha256") != settings["model_sha256"]:
-        why = f"a mask from model {old_model}{where}"
-    else:
-        # A stored probability that is not asked for is no difference.
-        changed = sorted(
-            k
-            for k in {*settings, *previous}
-            if previous.get(k) != settings.get(k)
-            and (k != "save_probability" or settings["save_probability"])
-        )
-        why = f"a mask from the same model made with other settings ({', '.join(changed)})"
-    raise StageStateError(f"run '{path}' already has {why}; pass --overwrite to replace it")
+    def matches(record: dict[str, Any]) -> bool:
+        previous = record.get("settings") or {}
+        if core(previous) != core(settings) or tuple(_array(path, MASK).shape) != shape:
+            return False
+        if record.get("status") == "finished":
+            had_probability = bool(previous.get("save_probability")) and has_probability
+            return had_probability or not settings["save_probability"]
+        return bool(previous == settings)
+
+    def refusal(record: dict[str, Any]) -> str:
+        previous = record.get("settings") or {}
+        old = dict(group[MASK].attrs)
+        old_model = str(old.get("model_sha256") or "unknown")[:12]
+        where = f" ({old['model_path']})" if old.get("model_path") else ""
+        if old.get("model_sha256") != settings["model_sha256"]:
+            why = f"a mask from model {old_model}{where}"
+        else:
+            # A stored probability that is not asked for is no difference.
+            changed = sorted(
+                k
+                for k in {*settings, *previous}
+                if previous.get(k) != settings.get(k)
+                and (k != "save_probability" or settings["save_probability"])
+            )
+            why = f"a mask from the same model made with other settings ({', '.join(changed)})"
+        return f"run '{path}' already has {why}; pass --overwrite to replace it"
+
+    return plan_stage(
+        path,
+        STAGE,
+        settings=settings,
+        overwrite=overwrite,
+        outputs_present=has_mask,
+        matches=matches,
+        refusal=refusal,
+    )
 
 
 def _create_outputs(
-    path: Path,
+    stage: StageProgress,
     shape: tuple[int, int, int],
-    fpc: int,
     codes: tuple[str, ...],
     checksum: str,
     checkpoint: Path | None,
     meta: dict[str, Any],
     save_probability: bool,
 ) -> None:
-    chunks = (fpc, shape[1], shape[2])
+    """Create the mask (and probability) this run writes: in place, or beside the
+    finished ones that it replaces when complete."""
+    path = stage.path
+    chunks = (stage.frames_per_chunk, shape[1], shape[2])
     attrs = mask_attrs(codes, checksum=checksum, checkpoint=checkpoint, meta=meta)
     create_array(
-        path, MASK, dims=FRAME_DIMS, shape=shape, dtype="uint8", chunks=chunks, attrs=attrs
+        path,
+        stage.output(MASK),
+        dims=FRAME_DIMS,
+        shape=shape,
+        dtype="uint8",
+        chunks=chunks,
+        attrs=attrs,
     )
     group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
     if save_probability:
         create_array(
             path,
-            PROBABILITY,
+            stage.output(PROBABILITY),
             dims=FRAME_DIMS,
             shape=shape,
             dtype="uint8",
             chunks=chunks,
             attrs=PROBABILITY_ATTRS,
         )
-    elif PROBABILITY in group:
-        del group[PROBABILITY]  # made by another model: stale
+    elif PROBABILITY in group and not stage.replacing:
+        del group[PROBABILITY]  # made by another model: stale (a replacement drops it at the swap)
 
 
 def _iter_local(
@@ -687,7 +754,7 @@ def _iter_local(
 
     Yields each chunk once it is written and marked done (a chunk behind the model).
     """
-    mask_arr, prob_arr = _open_arrays(path, save_probability)
+    mask_arr, prob_arr = _open_arrays(path, stage, save_probability)
     image = _array(path, IMAGE)
 
     def read(start: int, stop: int) -> np.ndarray:
@@ -725,14 +792,6 @@ def _iter_local(
         yield from settle(keep=0)
 
 
-def _get_client(client: Any) -> tuple[Any, bool]:
-    if isinstance(client, str):
-        from distributed import Client
-
-        return Client(client), True
-    return client, False
-
-
 def _iter_distributed(
     path: Path,
     client: Any,
@@ -747,40 +806,21 @@ def _iter_distributed(
     progress: ProgressCallback | None,
 ) -> Generator[tuple[int, int], None, dict[str, Any]]:
     """Chunks on the cluster's workers; yields each as it completes, returns the engine."""
-    from distributed import as_completed
-
-    client, own = _get_client(client)
+    client, own = cluster_client(client)
     ckpt = None if checkpoint is None else str(checkpoint)
     try:
         # Resolve "auto" once, on a worker, so every worker runs the same backend and
         # precision and the mask does not depend on which worker took which chunk.
         resolved = client.submit(_resolve_settings, ckpt, checksum, settings, pure=False).result()
-        tag = uuid.uuid4().hex[:8]
-        futures = {
-            client.submit(
-                _segment_chunk,
-                path,
-                start,
-                stop,
-                ckpt,
-                checksum,
-                resolved,
-                save_probability,
-                stage,
-                key=f"crystalseg-segment-{tag}-{start}",
-                pure=False,
-            ): (start, stop)
+        jobs = [
+            ((start, stop), (path, start, stop, ckpt, checksum, resolved, save_probability, stage))
             for start, stop in pending
-        }
-        try:
-            for fut in as_completed(futures):
-                done += fut.result()
-                if progress is not None:
-                    progress(done, total)
-                yield futures[fut]
-        except BaseException:  # also GeneratorExit: the caller stopped iterating
-            client.cancel(list(futures))
-            raise
+        ]
+        for chunk, frames in run_on_cluster(client, _segment_chunk, jobs, name=STAGE):
+            done += frames
+            if progress is not None:
+                progress(done, total)
+            yield chunk
     finally:
         if own:
             client.close()

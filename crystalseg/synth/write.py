@@ -23,7 +23,7 @@ from PIL import Image
 from crystalseg.classes import class_mask_from_labels
 from crystalseg.dims import DEFAULT_CODES, FRAME_DIMS, PARTICLE
 from crystalseg.errors import ConfigError, StageStateError
-from crystalseg.store import RunWriter, create_run, write_table
+from crystalseg.store import RunWriter, create_run, creating, write_table
 from crystalseg.synth.render import (
     CRYSTAL_UNITS,
     DISTRACTOR_UNITS,
@@ -94,98 +94,101 @@ def synthesize_run(
     c = config
     pairs = _prepare_pairs(pairs_dir, fresh=overwrite or not path.exists(), overwrite=overwrite)
     settings = run.settings()
-    writer = create_run(
-        path,
-        shape=(c.frames, c.height, c.width),
-        dtype=c.dtype,
-        time_s=run.time_s,
-        pixel_size_um=run.pixel_size_um,
-        source={"synthetic": True, "scenario": run.scenario.name, "seed": c.seed},
-        stage=STAGE,
-        settings=settings,
-        frames_per_chunk=frames_per_chunk,
-        overwrite=overwrite,
-        time_attrs={"source": "synthetic, fixed interval"},
-    )
-    fpc = writer.frames_per_chunk
-    chunks = (fpc, c.height, c.width)
-    shape = (c.frames, c.height, c.width)
-    done = writer.progress.done()
-    labels_arr = _truth_array(
-        writer,
-        TRUTH_LABELS,
-        shape,
-        "int32",
-        chunks,
-        resume=bool(done.any()),
-        attrs={"long_name": "crystal id per pixel (0 background), stable across frames"},
-    )
-    mask_arr = _truth_array(
-        writer,
-        TRUTH_MASK,
-        shape,
-        "uint8",
-        chunks,
-        resume=bool(done.any()),
-        attrs={"long_name": "true class per pixel", "codes": list(DEFAULT_CODES)},
-    )
+    with creating(path, STAGE):
+        writer = create_run(
+            path,
+            shape=(c.frames, c.height, c.width),
+            dtype=c.dtype,
+            time_s=run.time_s,
+            pixel_size_um=run.pixel_size_um,
+            source={"synthetic": True, "scenario": run.scenario.name, "seed": c.seed},
+            stage=STAGE,
+            settings=settings,
+            frames_per_chunk=frames_per_chunk,
+            overwrite=overwrite,
+            time_attrs={"source": "synthetic, fixed interval"},
+        )
+        fpc = writer.frames_per_chunk
+        chunks = (fpc, c.height, c.width)
+        shape = (c.frames, c.height, c.width)
+        done = writer.progress.done()
+        labels_arr = _truth_array(
+            writer,
+            TRUTH_LABELS,
+            shape,
+            "int32",
+            chunks,
+            resume=bool(done.any()),
+            attrs={"long_name": "crystal id per pixel (0 background), stable across frames"},
+        )
+        mask_arr = _truth_array(
+            writer,
+            TRUTH_MASK,
+            shape,
+            "uint8",
+            chunks,
+            resume=bool(done.any()),
+            attrs={"long_name": "true class per pixel", "codes": list(DEFAULT_CODES)},
+        )
 
-    crystals: list[pd.DataFrame] = []
-    distractors: list[pd.DataFrame] = []
-    n_done = 0
-    for start in range(0, c.frames, fpc):
-        stop = min(start + fpc, c.frames)
-        if done[start:stop].all():
-            for t in range(start, stop):
-                frame = run.render_truth(t)
-                crystals.append(frame.crystals)
-                distractors.append(frame.distractors)
-                if pairs is not None and not (
-                    (pairs / f"{t}.png").exists() and (pairs / f"{t}_mask.png").exists()
-                ):
-                    _write_pair(pairs, run.render(t), pairs_codes)
-        else:
-            frames = [run.render(t) for t in range(start, stop)]
-            writer.write_frames(start, np.stack([f.image for f in frames]))
-            labels_arr[start:stop] = np.stack([f.labels for f in frames])
-            mask_arr[start:stop] = np.stack([f.class_mask for f in frames])
-            writer.mark_done(start, stop)
-            for frame in frames:
-                crystals.append(frame.crystals)
-                distractors.append(frame.distractors)
-                if pairs is not None:
-                    _write_pair(pairs, frame, pairs_codes)
-        n_done += stop - start
-        if progress is not None:
-            progress(n_done)
+        crystals: list[pd.DataFrame] = []
+        distractors: list[pd.DataFrame] = []
+        n_done = 0
+        for start in range(0, c.frames, fpc):
+            stop = min(start + fpc, c.frames)
+            if done[start:stop].all():
+                for t in range(start, stop):
+                    frame = run.render_truth(t)
+                    crystals.append(frame.crystals)
+                    distractors.append(frame.distractors)
+                    if pairs is not None and not (
+                        (pairs / f"{t}.png").exists() and (pairs / f"{t}_mask.png").exists()
+                    ):
+                        _write_pair(pairs, run.render(t), pairs_codes)
+            else:
+                frames = [run.render(t) for t in range(start, stop)]
+                writer.write_frames(start, np.stack([f.image for f in frames]))
+                labels_arr[start:stop] = np.stack([f.labels for f in frames])
+                mask_arr[start:stop] = np.stack([f.class_mask for f in frames])
+                writer.mark_done(start, stop)
+                for frame in frames:
+                    crystals.append(frame.crystals)
+                    distractors.append(frame.distractors)
+                    if pairs is not None:
+                        _write_pair(pairs, frame, pairs_codes)
+            n_done += stop - start
+            if progress is not None:
+                progress(n_done)
 
-    unit_attrs = _units(CRYSTAL_UNITS, run.pixel_size_um is not None)
-    table_attrs: dict[str, Any] = {
-        "pixel_size_um": run.pixel_size_um,
-        "ground_truth": True,
-        "edge_treatment": "all crystals listed; touches_edge marks those cut by the frame",
-    }
-    write_table(
-        path,
-        TRUTH_CRYSTALS,
-        _concat(crystals),
-        attrs=table_attrs,
-        dim=PARTICLE,
-        column_attrs={k: {"units": v} for k, v in unit_attrs.items()},
-    )
-    d_units = dict(DISTRACTOR_UNITS)
-    if run.pixel_size_um is not None:
-        d_units["radius_um"] = "um"
-    write_table(
-        path,
-        TRUTH_DISTRACTORS,
-        _concat(distractors),
-        attrs=table_attrs,
-        dim="distractor",
-        column_attrs={k: {"units": v} for k, v in d_units.items()},
-    )
-    write_table(path, TRUTH_POPULATION, run.population_table(), attrs=table_attrs, dim="crystal")
-    writer.finish()
+        unit_attrs = _units(CRYSTAL_UNITS, run.pixel_size_um is not None)
+        table_attrs: dict[str, Any] = {
+            "pixel_size_um": run.pixel_size_um,
+            "ground_truth": True,
+            "edge_treatment": "all crystals listed; touches_edge marks those cut by the frame",
+        }
+        write_table(
+            writer.path,
+            TRUTH_CRYSTALS,
+            _concat(crystals),
+            attrs=table_attrs,
+            dim=PARTICLE,
+            column_attrs={k: {"units": v} for k, v in unit_attrs.items()},
+        )
+        d_units = dict(DISTRACTOR_UNITS)
+        if run.pixel_size_um is not None:
+            d_units["radius_um"] = "um"
+        write_table(
+            writer.path,
+            TRUTH_DISTRACTORS,
+            _concat(distractors),
+            attrs=table_attrs,
+            dim="distractor",
+            column_attrs={k: {"units": v} for k, v in d_units.items()},
+        )
+        write_table(
+            writer.path, TRUTH_POPULATION, run.population_table(), attrs=table_attrs, dim="crystal"
+        )
+        writer.finish()
     log.info("synthetic run written to %s (%d frames)", path, c.frames)
     return path
 

@@ -218,6 +218,8 @@ def find_warnings(
     settings = ReportSettings() if settings is None else settings
     out: list[ReportWarning] = []
     for name, info in (stages or {}).items():
+        if name.endswith(".next"):  # an interrupted replacement: the results shown are whole
+            continue
         if info.get("status") != "finished":
             done, total = info.get("frames_done"), info.get("frames_total")
             extent = f" ({done} of {total} frames)" if done is not None else ""

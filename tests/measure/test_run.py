@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import sys
-import types
 from dataclasses import replace
 from pathlib import Path
 
@@ -238,42 +236,20 @@ def test_same_settings_do_nothing_other_settings_need_overwrite(mixed_run: Path)
     assert int(psd["count_edge"].sum()) > 0
 
 
-def test_segments_first_when_there_is_no_mask(
-    mixed_template: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, store_mask
+def test_a_run_without_a_finished_mask_is_refused_with_the_way_on(
+    mixed_template: Path, tmp_path: Path
 ) -> None:
+    """measure_run only measures; segment_and_measure (tests/measure/test_stream.py)
+    segments first."""
     path = tmp_path / "run.zarr"
     shutil.copytree(mixed_template, path)
     root = zarr.open_group(str(path), mode="r+")
     del root["mask"]
-    seen: dict = {}
-
-    def fake_segment_run(run, model=None, *, client=None, progress=None, save_probability=False):  # type: ignore[no-untyped-def]
-        seen.update(run=Path(run), model=model, client=client, save_probability=save_probability)
-        store_mask(Path(run), truth_mask(Path(run)))
-        progress(FRAMES, FRAMES)
-
-    fake = types.ModuleType("crystalseg.segment")
-    fake.segment_run = fake_segment_run  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "crystalseg.segment", fake)
-    calls: list[tuple] = []
     # A leftover unfinished segment stage must not be taken for a finished mask.
     begin_stage(path, "segment", settings={"x": 1}, n_frames=FRAMES, frames_per_chunk=FPC)
-    measure_run(
-        path,
-        model="my-model",
-        scheduler="synchronous",
-        stream=False,  # the fake segmenter has no streaming path (a GPU would pick it)
-        progress=lambda *a: calls.append(a),
-    )
-    # The probability is kept for the confidence of every particle.
-    assert seen == {
-        "run": path.resolve(),
-        "model": "my-model",
-        "client": None,
-        "save_probability": True,
-    }
-    assert calls[0] == ("segment", FRAMES, FRAMES)
-    assert calls[-1] == ("measure", FRAMES, FRAMES)
+    with pytest.raises(StageStateError, match=r"no finished mask.*'crystalseg segment "):
+        measure_run(path, scheduler="synchronous")
+    assert "measure" not in stage_info(path)
 
 
 def test_empty_frames(mixed_run: Path, store_mask) -> None:

@@ -1,4 +1,4 @@
-"""measure_run on a run with no mask: segmentation streamed into measurement.
+"""segment_and_measure on a run with no mask: segmentation streamed into measurement.
 
 Every streamed result is compared with the two-pass path (segment the whole run,
 then measure it) on a copy of the same run: the mask, ``psd`` and the particle
@@ -20,9 +20,11 @@ import xarray as xr
 import zarr
 
 import crystalseg.measure.run as measure_mod
+import crystalseg.pipeline as pipeline
 import crystalseg.segment.run as segment_mod
 from crystalseg.errors import ConfigError
-from crystalseg.measure import measure_run
+from crystalseg.measure import MeasureOptions
+from crystalseg.pipeline import segment_and_measure
 from crystalseg.segment import EngineSettings, Segmenter, segment_run
 from crystalseg.store import read_table, stage_info
 from crystalseg.synth import SynthConfig, synthesize_run
@@ -36,6 +38,16 @@ ENGINE = EngineSettings(device="cpu", backend="torch", threads=1)
 
 class Stop(Exception):
     pass
+
+
+def segment_measure(run: Path, *, model: object = None, stream: object = "auto", **options):
+    """The main job as ``crystalseg measure`` runs it, with MeasureOptions as keywords."""
+    return segment_and_measure(
+        run,
+        model=model,  # type: ignore[arg-type]
+        stream=stream,  # type: ignore[arg-type]
+        options=MeasureOptions(**options),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +71,7 @@ def two_pass(template: Path, model: Segmenter, tmp_path_factory: pytest.TempPath
     path = tmp_path_factory.mktemp("two_pass") / "run.zarr"
     shutil.copytree(template, path)
     calls: list[tuple[str, int, int]] = []
-    psd = measure_run(
+    psd = segment_measure(
         path, model=model, stream=False, scheduler="synchronous", progress=_record(calls)
     )
     stages = [stage for stage, _, _ in calls]
@@ -92,7 +104,7 @@ def _stream_until(run: Path, model: Segmenter, stop_stage: str, *, at_end: bool)
             raise Stop
 
     with pytest.raises(Stop):
-        measure_run(run, model=model, stream=True, scheduler="synchronous", progress=stop)
+        segment_measure(run, model=model, stream=True, scheduler="synchronous", progress=stop)
 
 
 def assert_same_as_two_pass(path: Path, reference: dict) -> None:
@@ -140,7 +152,7 @@ def _count_predicted(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 def test_streamed_equals_two_pass_and_overlaps(run: Path, model: Segmenter, two_pass: dict) -> None:
     calls: list[tuple[str, int, int]] = []
-    measure_run(run, model=model, stream=True, scheduler="synchronous", progress=_record(calls))
+    segment_measure(run, model=model, stream=True, scheduler="synchronous", progress=_record(calls))
     assert_same_as_two_pass(run, two_pass)
     # Chunks were measured before the segmentation reached the last frame.
     first_measured = calls.index(("measure", FPC, FRAMES))
@@ -155,7 +167,7 @@ def test_streamed_on_worker_processes_equals_two_pass(
     run: Path, model: Segmenter, two_pass: dict
 ) -> None:
     calls: list[tuple[str, int, int]] = []
-    measure_run(
+    segment_measure(
         run, model=model, stream=True, scheduler="processes", num_workers=2, progress=_record(calls)
     )
     assert_same_as_two_pass(run, two_pass)
@@ -167,7 +179,7 @@ def test_measurement_chunks_other_than_the_mask_chunks(
     run: Path, model: Segmenter, two_pass: dict
 ) -> None:
     """A chunk of 3 frames is measured once both mask chunks it overlaps are stored."""
-    measure_run(run, model=model, stream=True, scheduler="threads", frames_per_chunk=3)
+    segment_measure(run, model=model, stream=True, scheduler="threads", frames_per_chunk=3)
     assert zarr.open_group(str(run), mode="r")["psd/q0"].chunks[0] == 3
     assert_same_as_two_pass(run, two_pass)
 
@@ -187,7 +199,7 @@ def test_resume_after_interruption_while_both_run(
 
     predicted = _count_predicted(monkeypatch)
     calls: list[tuple[str, int, int]] = []
-    measure_run(run, model=model, stream=True, scheduler="threads", progress=_record(calls))
+    segment_measure(run, model=model, stream=True, scheduler="threads", progress=_record(calls))
     assert sum(predicted) == FRAMES - segmented  # stored chunks are not segmented again
     assert calls[0] in (("segment", segmented, FRAMES), ("measure", FPC, FRAMES))
     assert ("measure", FPC, FRAMES) in calls  # ... nor measured again
@@ -204,7 +216,7 @@ def test_resume_two_pass_after_the_mask_was_finished_elsewhere(
     segment_run(run, model)
     assert stage_info(run)["segment"]["status"] == "finished"
     calls: list[tuple[str, int, int]] = []
-    measure_run(run, model=model, scheduler="synchronous", progress=_record(calls))
+    segment_measure(run, model=model, scheduler="synchronous", progress=_record(calls))
     assert calls[0] == ("measure", FPC, FRAMES)  # the chunk measured while streaming is kept
     assert_same_as_two_pass(run, two_pass)
 
@@ -219,7 +231,7 @@ def test_resume_after_the_last_chunk_before_the_stages_finish(
     assert stages["segment"]["status"] == "running"
     assert stages["segment"]["frames_done"] == FRAMES
     calls: list[tuple[str, int, int]] = []
-    measure_run(run, model=model, stream=True, scheduler="synchronous", progress=_record(calls))
+    segment_measure(run, model=model, stream=True, scheduler="synchronous", progress=_record(calls))
     assert calls[0] == ("segment", FRAMES, FRAMES)
     assert_same_as_two_pass(run, two_pass)
 
@@ -236,12 +248,12 @@ def test_failing_chunk_leaves_a_resumable_store(
 
     monkeypatch.setattr(measure_mod, "_measure_chunk", flaky)
     with pytest.raises(Stop):
-        measure_run(run, model=model, stream=True, scheduler="threads", num_workers=2)
+        segment_measure(run, model=model, stream=True, scheduler="threads", num_workers=2)
     stages = stage_info(run)
     assert stages["measure"]["status"] == "running"
     assert 0 < stages["measure"]["frames_done"] < FRAMES
     monkeypatch.setattr(measure_mod, "_measure_chunk", real)
-    measure_run(run, model=model, stream=True, scheduler="threads", num_workers=2)
+    segment_measure(run, model=model, stream=True, scheduler="threads", num_workers=2)
     assert_same_as_two_pass(run, two_pass)
 
 
@@ -255,15 +267,15 @@ def test_auto_streams_only_when_the_model_is_on_a_gpu(
     two_pass: dict,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    assert measure_mod._wants_stream("auto", model) is False  # the model is on the CPU
-    assert measure_mod._wants_stream(True, model) is True
+    assert pipeline._wants_stream("auto", model) is False  # the model is on the CPU
+    assert pipeline._wants_stream(True, model) is True
     monkeypatch.setattr(segment_mod, "inference_device", lambda model=None, **kw: "cuda")
-    assert measure_mod._wants_stream("auto", model) is True
-    assert measure_mod._wants_stream(False, model) is False
+    assert pipeline._wants_stream("auto", model) is True
+    assert pipeline._wants_stream(False, model) is False
     path = tmp_path / "gpu.zarr"
     shutil.copytree(template, path)
     calls: list[tuple[str, int, int]] = []
-    measure_run(path, model=model, scheduler="synchronous", progress=_record(calls))
+    segment_measure(path, model=model, scheduler="synchronous", progress=_record(calls))
     stages = [stage for stage, _, _ in calls]
     assert stages != sorted(stages, key=["segment", "measure"].index)  # interleaved
     assert_same_as_two_pass(path, two_pass)
@@ -278,7 +290,7 @@ def test_auto_streams_on_the_gpu_and_equals_two_pass(template: Path, tmp_path: P
         paths[mode] = tmp_path / f"{mode}.zarr"
         shutil.copytree(template, paths[mode])
         calls: list[tuple[str, int, int]] = []
-        measure_run(
+        segment_measure(
             paths[mode],
             model=gpu,
             stream=False if mode == "two_pass" else "auto",
@@ -298,5 +310,5 @@ def test_auto_streams_on_the_gpu_and_equals_two_pass(template: Path, tmp_path: P
 
 def test_stream_option_is_checked(run: Path) -> None:
     with pytest.raises(ConfigError, match="stream"):
-        measure_run(run, stream="yes")  # type: ignore[arg-type]
+        segment_measure(run, stream="yes")  # type: ignore[arg-type]
     assert "mask" not in zarr.open_group(str(run), mode="r")

@@ -116,7 +116,7 @@ def test_existing_complete_store_needs_overwrite(tmp_path: Path) -> None:
     _write(path, data)
     with pytest.raises(StageStateError, match=r"already exists.*--overwrite"):
         _write(path, data)
-    store.create_run(
+    writer = store.create_run(
         path,
         shape=(1, 2, 2),
         dtype="uint8",
@@ -125,7 +125,14 @@ def test_existing_complete_store_needs_overwrite(tmp_path: Path) -> None:
         source={},
         overwrite=True,
     )
+    # the complete store is replaced only once the new one is complete
+    assert store.describe_run(path)["frames"] == 2
+    writer.write_frames(0, np.full((1, 2, 2), 7, np.uint8))
+    writer.mark_done(0, 1)
+    writer.finish()
     assert store.describe_run(path)["frames"] == 1
+    assert store.open_run(path)["image"].values.max() == 7
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.zarr"]  # nothing left beside
 
 
 def test_refuses_to_overwrite_a_folder_that_is_not_a_store(tmp_path: Path) -> None:
