@@ -139,6 +139,15 @@ def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
     type=click.IntRange(min=1),
     help="Frames per store chunk (default: ~4 MiB a chunk).",
 )
+@click.option(
+    "--planar-rgb",
+    type=click.Choice(["auto", "frames", "rgb"]),
+    default="auto",
+    show_default=True,
+    help="A TIFF of 3 or 4 pages stored as planar RGB(A): its planes as frames, or one colour "
+    "image turned grey. auto: frames when tifffile wrote it (its imwrite stores any 3- or "
+    "4-frame stack so), else colour; a warning says which.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing run store.")
 @click.pass_context
 def import_cmd(
@@ -150,6 +159,7 @@ def import_cmd(
     channel: int | None,
     series: int | None,
     frames_per_chunk: int | None,
+    planar_rgb: str,
     overwrite: bool,
 ) -> None:
     """Import SOURCE (TIFF/OME-TIFF stack, image folder or glob, zarr, OME-Zarr, .npy,
@@ -166,7 +176,7 @@ def import_cmd(
     check_calibration(pixel_size_um=pixel_size_um, what="--pixel-size: ")
     check_calibration(interval_s=interval_s, what="--interval: ")
     refuse_source_inside(source, run)
-    with open_source(source, channel=channel, series=series) as src:
+    with open_source(source, channel=channel, series=series, planar_rgb=planar_rgb) as src:  # type: ignore[arg-type]
         total = src.shape[0]
     with _progress(total, "import", ctx.obj["quiet"]) as update:
         import_run(
@@ -179,6 +189,7 @@ def import_cmd(
             frames_per_chunk=frames_per_chunk,
             overwrite=overwrite,
             progress=update,
+            planar_rgb=planar_rgb,  # type: ignore[arg-type]
         )
     _echo_info(run)
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from crystalseg.errors import ConfigError, CrystalsegError, CrystalsegWarning, UnsupportedInputError
-from crystalseg.io import FrameSource, open_source
+from crystalseg.io import FrameSource, PlanarRGB, open_source
 from crystalseg.store import RunWriter, check_calibration, create_run, creating
 
 log = logging.getLogger(__name__)
@@ -145,6 +145,7 @@ def import_run(
     frames_per_chunk: int | None = None,
     overwrite: bool = False,
     progress: Callable[[int], None] | None = None,
+    planar_rgb: PlanarRGB = "auto",
 ) -> Path:
     """Copy a recording into a new run store, frame chunk by frame chunk.
 
@@ -160,19 +161,18 @@ def import_run(
     frames_per_chunk : frames per store chunk (default: about 4 MiB a chunk)
     overwrite : replace an existing store at ``dest``
     progress : called with the number of frames written after each chunk
+    planar_rgb : how a TIFF of 3 or 4 planar RGB(A) pages is read: "frames", "rgb" (one
+        colour frame turned grey) or "auto" (see :func:`~crystalseg.io.open_source`)
 
     Returns
     -------
     Path of the run store.
     """
     dest = Path(dest)
-    if pixel_size_um is not None and not pixel_size_um > 0:
-        raise ConfigError(
-            f"--pixel-size must be a positive number of micrometres, got {pixel_size_um}"
-        )
+    check_calibration(pixel_size_um=pixel_size_um, interval_s=interval_s)
     refuse_source_inside(source, dest)
     existed = dest.exists()
-    with open_source(source, channel=channel, series=series) as src:
+    with open_source(source, channel=channel, series=series, planar_rgb=planar_rgb) as src:
         if interval_s is None and src.time_s is not None and src.time_doubt:
             warnings.warn(src.time_doubt, CrystalsegWarning, stacklevel=2)
         time_s, time_source = frame_times(
@@ -185,6 +185,7 @@ def import_run(
             "interval_s": interval_s,
             "channel": channel,
             **({"series": series} if series is not None else {}),
+            **({"planar_rgb": planar_rgb} if planar_rgb != "auto" else {}),
         }
         provenance = {
             "description": src.description,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -33,7 +34,7 @@ def one_error_line(code: int, output: str, pattern: str) -> str:
     assert "Traceback" not in output, output
     lines = [ln for ln in output.strip().splitlines() if ln and not ln.startswith("Warning:")]
     assert len(lines) == 1 and lines[0].startswith("Error: "), output
-    assert __import__("re").search(pattern, lines[0]), lines[0]
+    assert re.search(pattern, lines[0]), lines[0]
     return lines[0]
 
 
@@ -179,7 +180,7 @@ def _edit_attrs(run: Path, **attrs: object) -> None:
         (
             lambda r: _edit_attrs(r, pixel_size_um="0.65 um"),
             ["info", "segment", "measure", "overlay"],
-            r"'pixel_size_um' = '0.65 um'; expected micrometres per pixel.*calibrate",
+            r"'pixel_size_um' = '0.65 um'; expected micrometres per pixel.*zarr.json",
         ),
         (
             lambda r: _edit_attrs(r, pixel_size_um=1e-300),
@@ -249,6 +250,28 @@ def test_out_of_range_settings_are_refused_before_work(
     before = digest(run_copy)
     code, out = run(*[a.format(run=run_copy, src=tmp / "src.tif", tmp=tmp) for a in args])
     assert code != 0 and "Traceback" not in out, out
-    assert __import__("re").search(pattern, out), out
+    assert re.search(pattern, out), out
     assert digest(run_copy) == before
     assert not (tmp / "n.zarr").exists()
+
+
+@pytest.mark.filterwarnings("default::crystalseg.errors.CrystalsegWarning")  # the CLI prints it
+def test_import_of_a_planar_rgb_stack_says_how_it_was_read_and_lets_the_user_choose(
+    tmp_path: Path,
+) -> None:
+    """Data-loss case 7 at the command line: 3 frames, not one grey frame, by default."""
+    frames = np.stack([np.full((16, 16), v, np.uint8) for v in (10, 20, 30)])
+    src = tmp_path / "s.tif"
+    tifffile.imwrite(src, frames, photometric="rgb", planarconfig="separate")  # imwrite's default
+    code, out = run("import", str(src), str(tmp_path / "a.zarr"), "--interval", "1")
+    assert code == 0, out
+    assert re.search(r"Warning: .*planar RGB\(A\) TIFF \(tifffile shape \(3, 16, 16\), "
+                     r"photometric RGB, planarconfig SEPARATE.*3 planes read as 3 grey frames.*"
+                     r"--planar-rgb rgb", out)  # fmt: skip
+    np.testing.assert_array_equal(open_run(tmp_path / "a.zarr")["image"].values, frames)
+    code, out = run("import", str(src), str(tmp_path / "b.zarr"), "--planar-rgb", "rgb")
+    assert code == 0 and "Warning: TIFF" not in out, out
+    grey = open_run(tmp_path / "b.zarr")["image"].values
+    assert grey.shape == (1, 16, 16) and int(grey[0, 0, 0]) == round(
+        0.2125 * 10 + 0.7154 * 20 + 0.0721 * 30
+    )

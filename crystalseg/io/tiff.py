@@ -436,13 +436,13 @@ def _planar_rgb(
     )
     if frames:
         read = f"its {n} planes read as {n} grey frames"
-        other = "if it is one colour image, import it with planar_rgb='rgb' (--planar-rgb rgb)"
+        other = "if it is one colour image, import it with --planar-rgb rgb (planar_rgb='rgb')"
         axes = axes.replace("S", "I")
     else:
         read = f"read as one {'RGBA' if n == 4 else 'RGB'} image turned grey"
         other = (
-            f"if its planes are {n} frames, import it with planar_rgb='frames' "
-            "(--planar-rgb frames)"
+            f"if its planes are {n} frames, import it with --planar-rgb frames "
+            "(planar_rgb='frames')"
         )
     if choice == "auto":
         warnings.warn(f"{what} is a planar RGB(A) TIFF ({how}): {read}; {other}",
