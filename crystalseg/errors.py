@@ -165,8 +165,8 @@ def explain_failure(
         isinstance(exc, (RuntimeError, ValueError)) and any(w in text for w in _CODEC_WORDS)
     )
     if codec:
-        store = next((p for p in given if p.rstrip("/").endswith(".zarr")), None)
-        where = f"run store '{store}'" if store else f"'{given[0]}'" if given else "a zarr store"
+        zarrs = [p for p in given if p.rstrip("/").endswith(".zarr")]
+        where = f"run store '{zarrs[0]}'" if zarrs else f"'{given[0]}'" if given else "a store"
         return DamagedRunError(
             f"a chunk of {where} cannot be decoded ({exc}); the store is damaged (a copy cut "
             "short or a failing disk). Re-import the recording into a new store, or restore "
