@@ -71,9 +71,9 @@ def run_copy(tmp_path: Path, measured: Path) -> Path:
     [
         pytest.param(["calibrate", "{run}", "--pixel-size", "0.5"], id="calibrate"),
         pytest.param(["report", "{run}"], id="report"),
-        pytest.param(["plot", "{run}"], id="plot"),
-        pytest.param(["overlay", "{run}", "--montage", "0"], id="overlay"),
-        pytest.param(["measure", "{run}", "--export", "csv"], id="export"),
+        pytest.param(["plot", "{run}"], id="plot", marks=pytest.mark.slow),
+        pytest.param(["overlay", "{run}", "--montage", "0"], id="overlay", marks=pytest.mark.slow),
+        pytest.param(["measure", "{run}", "--export", "csv"], id="export", marks=pytest.mark.slow),
         pytest.param(["import", "{src}", "{dir}/new.zarr", "--interval", "1"], id="import"),
     ],
 )
@@ -113,8 +113,12 @@ def test_import_onto_a_full_disk_fails_in_one_line_and_resumes_once_space_is_fre
     "args",
     [
         pytest.param(["report", "{run}", "-o", "{disk}/report.html"], id="report"),
-        pytest.param(["plot", "{run}", "-o", "{disk}/plots"], id="plot"),
-        pytest.param(["overlay", "{run}", "-o", "{disk}/overlays", "--frames", "0"], id="overlay"),
+        pytest.param(["plot", "{run}", "-o", "{disk}/plots"], id="plot", marks=pytest.mark.slow),
+        pytest.param(
+            ["overlay", "{run}", "-o", "{disk}/overlays", "--frames", "0"],
+            id="overlay",
+            marks=pytest.mark.slow,
+        ),
     ],
 )
 def test_outputs_on_a_full_disk_leave_no_half_written_file(
