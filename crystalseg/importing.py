@@ -170,6 +170,10 @@ def import_run(
     """
     dest = Path(dest)
     check_calibration(pixel_size_um=pixel_size_um, interval_s=interval_s)
+    if frames_per_chunk is not None and (
+        isinstance(frames_per_chunk, bool) or not 1 <= int(frames_per_chunk)
+    ):
+        raise ConfigError(f"frames_per_chunk must be an integer >= 1, got {frames_per_chunk!r}")
     refuse_source_inside(source, dest)
     existed = dest.exists()
     with open_source(source, channel=channel, series=series, planar_rgb=planar_rgb) as src:

@@ -178,3 +178,15 @@ def test_an_interval_outside_physical_limits_is_refused(interval: float) -> None
 
     with pytest.raises(ConfigError, match=r"--interval: frame interval .* is outside the physical"):
         frame_times(3, interval_s=interval, found_s=None, found_from="none")
+
+
+@pytest.mark.parametrize("fpc", [0, -2])
+def test_frames_per_chunk_below_one_is_refused_before_a_store_is_made(
+    tmp_path: Path, fpc: int
+) -> None:
+    from crystalseg.errors import ConfigError
+
+    np.save(tmp_path / "s.npy", np.zeros((3, 8, 8), np.uint8))
+    with pytest.raises(ConfigError, match=rf"frames_per_chunk must be an integer >= 1, got {fpc}"):
+        import_run(tmp_path / "s.npy", tmp_path / "r.zarr", interval_s=1.0, frames_per_chunk=fpc)
+    assert not (tmp_path / "r.zarr").exists()
