@@ -601,8 +601,11 @@ def judge(case: Case) -> dict[str, Any]:
     text = done.stdout + done.stderr
     after = digest(case.protect)
     lost = sorted(k for k in before if after.get(k) != before[k])
-    partial = [str(p) for p in Path(case.argv[-1]).parent.glob(".*.partial")] if case.argv else []
-    left = [str(p) for p in case.absent if p.exists()] + partial
+    folders = {Path(a).parent for a in case.argv if os.sep in a} | {p.parent for p in case.protect}
+    stray = [  # temporary files and lock files of a command that has ended
+        str(p) for f in folders for p in f.glob(".*") if p.name.endswith((".partial", "-lock"))
+    ]
+    left = [str(p) for p in case.absent if p.exists()] + sorted(set(stray))
     errors = [ln for ln in done.stderr.splitlines() if ln.startswith("Error:")]
     traceback = "Traceback (most recent call last)" in text
     result: dict[str, Any] = {

@@ -149,10 +149,14 @@ def explain_failure(
         if exc.errno == errno.EISDIR and exc.filename2 is not None:  # os.replace onto a folder
             name = exc.filename2
         name = re.sub(r"\.([^/]+)\.\d+\.partial$", r"\1", os.fsdecode(name))  # the target
-        stores = [p for p in given if p.rstrip("/").endswith(".zarr")]
-        for store in stores:  # a chunk or zarr's temporary file: name the store the user gave
-            if os.path.abspath(name).startswith(os.path.abspath(store) + os.sep):
-                name = store
+        for store in (p for p in given if p.rstrip("/").endswith(".zarr")):
+            full, root = os.path.abspath(name), os.path.abspath(store)
+            inside = full.startswith(root + os.sep)  # a chunk, zarr's temporary file
+            beside = os.path.dirname(full) == os.path.dirname(root) and os.path.basename(
+                full
+            ).startswith(f".{os.path.basename(root)}.")  # the store's lock file
+            if inside or beside:
+                name = store  # the path the user gave
                 break
         what, fix = _OS_FAULTS.get(
             exc.errno, (exc.strerror or str(exc), "Check the path and run the command again")

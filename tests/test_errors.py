@@ -82,3 +82,14 @@ def test_anything_else_is_left_alone(exc: BaseException) -> None:
 def test_a_crystalseg_error_passes_as_it_is() -> None:
     error = ConfigError("bad")
     assert explain_failure(error) is error
+
+
+def test_a_store_s_inner_or_lock_file_is_named_as_the_store_given(tmp_path: Path) -> None:
+    run = tmp_path / "r.zarr"
+    for inner in (run / "image" / "c" / "0" / "0" / "0", tmp_path / ".r.zarr.crystalseg-lock"):
+        error = explain_failure(OSError(errno.EROFS, "Read-only file system", str(inner)),
+                                paths=[run])  # fmt: skip
+        assert str(error).startswith(f"'{run}': read-only file system."), error
+    partial = tmp_path / ".r_report.html.123.partial"
+    error = explain_failure(OSError(errno.ENOSPC, "No space", str(partial)), paths=[run])
+    assert str(error).startswith(f"'{tmp_path / 'r_report.html'}': no space left")
