@@ -592,8 +592,15 @@ def digest(paths: list[Path]) -> dict[str, str]:
     return out
 
 
+def _stray(case: Case) -> set[str]:
+    """Temporary and lock files beside the case's paths (a command that ended leaves none)."""
+    folders = {Path(a).parent for a in case.argv if os.sep in a} | {p.parent for p in case.protect}
+    return {str(p) for f in folders for p in f.glob(".*") if p.name.endswith((".partial", "-lock"))}
+
+
 def judge(case: Case) -> dict[str, Any]:
     before = digest(case.protect)
+    stray_before = _stray(case)
     started = time.perf_counter()
     done = subprocess.run(
         [*CLI, "-q", *case.argv], capture_output=True, text=True, timeout=TIMEOUT_S, check=False
@@ -601,11 +608,7 @@ def judge(case: Case) -> dict[str, Any]:
     text = done.stdout + done.stderr
     after = digest(case.protect)
     lost = sorted(k for k in before if after.get(k) != before[k])
-    folders = {Path(a).parent for a in case.argv if os.sep in a} | {p.parent for p in case.protect}
-    stray = [  # temporary files and lock files of a command that has ended
-        str(p) for f in folders for p in f.glob(".*") if p.name.endswith((".partial", "-lock"))
-    ]
-    left = [str(p) for p in case.absent if p.exists()] + sorted(set(stray))
+    left = [str(p) for p in case.absent if p.exists()] + sorted(_stray(case) - stray_before)
     errors = [ln for ln in done.stderr.splitlines() if ln.startswith("Error:")]
     traceback = "Traceback (most recent call last)" in text
     result: dict[str, Any] = {
