@@ -100,14 +100,14 @@ def main() -> None:
     t_ours = _time(ours, args.repeat)
     t_ref = _time(reference, max(1, args.repeat // 2))
 
-    geo = features._FrameGeometry(labels)
+    geo = features.FrameGeometry(labels)
 
     def _fresh_perimeter() -> object:
         geo._border_cache = None  # include finding the boundary pixels
         return geo.perimeter()
 
     parts = {
-        "runs_and_boundary": _time(lambda: features._FrameGeometry(labels), args.repeat),
+        "runs_and_boundary": _time(lambda: features.FrameGeometry(labels), args.repeat),
         "moments_bbox": _time(geo.moment_features, args.repeat),
         "perimeter": _time(
             lambda: (setattr(geo, "_border_cache", None), geo.perimeter()), args.repeat

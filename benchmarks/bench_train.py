@@ -119,7 +119,7 @@ def bench_validation(rounds: int, device: str | None) -> dict:
 
     from crystalseg.segment.engine import available_cores
     from crystalseg.synth import SynthConfig, synthesize_run
-    from crystalseg.train.learner import _instance_counts, matching_threads, normalise
+    from crystalseg.train.learner import _instance_counts, matching_threads
 
     workers = max(1, matching_threads())  # as validate() beside a GPU, at least one
     threads = min(4, available_cores())
@@ -134,10 +134,10 @@ def bench_validation(rounds: int, device: str | None) -> dict:
         times: dict[str, list[float]] = {"threads": [], "in_line": [], "match_1": [], "match_n": []}
         records = {}
         jobs = []
-        with torch.no_grad():
-            for item, x, _ in data.valid_samples(learner.spec):
-                pred = learner.predict_logits(normalise(x, learner.spec)).argmax(1)
-                jobs.append((pred[0].to(torch.uint8).cpu().numpy(), data.instance_truth(item)))
+        engine = learner.segmenter()
+        for item in data.valid_items:
+            pred = engine.predict(data.load(item)[0][None])[0]
+            jobs.append((pred, data.instance_truth(item)))
         for _ in range(rounds):
             for name, n in (("threads", workers), ("in_line", 0)):
                 start = time.perf_counter()

@@ -35,7 +35,9 @@ _LAZY = {
     "measure_run": "crystalseg.measure",
     "MeasureOptions": "crystalseg.measure",
     "segment_and_measure": "crystalseg.pipeline",
-    "export_particles": "crystalseg.measure",
+    "export_particles": "crystalseg.export",
+    "export_run": "crystalseg.export",
+    "ExportSettings": "crystalseg.export",
     "MeasureSettings": "crystalseg.measure",
     "evaluate_model": "crystalseg.evaluate",
 }

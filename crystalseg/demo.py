@@ -171,7 +171,8 @@ def run_demo(
     ConfigError
         Too few frames or too small a frame.
     """
-    from crystalseg.measure import MeasureOptions, export_particles
+    from crystalseg.export import export_particles
+    from crystalseg.measure import MeasureOptions
     from crystalseg.pipeline import segment_and_measure
     from crystalseg.synth import synthesize_run
     from crystalseg.viz.overlay import write_overlays

@@ -44,7 +44,7 @@ import pandas as pd
 from crystalseg.classes import boundary_class
 from crystalseg.errors import ConfigError, CrystalsegWarning, MaskValueError, RunFormatError
 from crystalseg.measure.instances import (
-    _filter_and_renumber,
+    filter_and_renumber,
     instance_scores,
     outline_offsets,
     truth_pieces,
@@ -242,7 +242,7 @@ def score_frame(
     scores = instance_scores(counted, pieces, truth_ids=ids)
 
     # The annotation through the same filters and distributions as the measurement.
-    truth = _filter_and_renumber(true_labels.astype(np.int64), settings.min_area_px)
+    truth = filter_and_renumber(true_labels.astype(np.int64), settings.min_area_px)
     true_table, true_dist = measure_mask_frame(
         (truth > 0).astype(np.uint8),
         image,
@@ -372,7 +372,7 @@ def evaluate_model(
     """
     from crystalseg.segment import EngineSettings, load_segmenter
     from crystalseg.segment.run import AUTO_RESIZE_FRAMES
-    from crystalseg.train.data import _to_channels, discover_pairs
+    from crystalseg.train.data import discover_pairs, to_channels
     from crystalseg.train.masks import MaskRule
 
     settings = settings or MeasureSettings()
@@ -417,7 +417,7 @@ def evaluate_model(
         row = score_frame(
             mask,
             true_labels,
-            image=_to_channels(image, 1),
+            image=to_channels(image, 1),
             probability=prob,
             codes=model_codes,
             settings=settings,
@@ -458,7 +458,7 @@ def _warn_if_trained_on(items: Sequence[Any], checkpoint: Path, rule: Any, insta
     """Warn when ``items`` are the very data the checkpoint was trained on (the same
     data fingerprint): its scores there say little about frames it never saw."""
     from crystalseg.models.checkpoint import read_checkpoint_meta
-    from crystalseg.train.data import _fingerprint
+    from crystalseg.train.data import data_fingerprint
     from crystalseg.train.masks import MaskRule
 
     meta = read_checkpoint_meta(checkpoint)
@@ -467,7 +467,7 @@ def _warn_if_trained_on(items: Sequence[Any], checkpoint: Path, rule: Any, insta
         return
     if rule is None:  # instances: the fingerprint names the training codes
         rule = MaskRule.from_user(tuple(meta["spec"]["codes"]), None)
-    if _fingerprint(items, rule, instances) == recorded:
+    if data_fingerprint(items, rule, instances) == recorded:
         warnings.warn(
             f"the model '{checkpoint}' was trained on these very frames (same data "
             "fingerprint), so its scores here are optimistic; score it on annotated "

@@ -104,36 +104,13 @@ def format_run_info(info: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def format_epoch(record: dict[str, Any], epochs: int | None = None) -> str:
-    """One line of an epoch's record: losses, validation IoU (and Dice) per class,
-    particle F1, seconds; logged as training goes and printed again at its end."""
-    head = f"epoch {record['epoch']}/{epochs}" if epochs else f"epoch {record['epoch']:>3}"
-    parts = [head, f"train loss {record['train_loss']:.4f}"]
-    if "valid_loss" in record:
-        parts.append(f"valid loss {record['valid_loss']:.4f}")
-        if record.get("foreground_iou") is not None:
-            parts.append(f"foreground IoU {record['foreground_iou']:.3f}")
-        dice = record.get("dice", {})
-        for code, iou in record.get("iou", {}).items():
-            if code != "background" and iou is not None:
-                text = f"{code} IoU {iou:.3f}"
-                if dice.get(code) is not None:
-                    text += f" Dice {dice[code]:.3f}"
-                parts.append(text)
-        if "instance_f1" in record:
-            parts.append(f"particle F1 {record['instance_f1']:.3f}")
-    if "seconds" in record:
-        parts.append(f"{record['seconds']:.0f} s")
-    return "  ".join(parts)
-
-
 def format_training(result: Any) -> str:
     """Text printed after ``crystalseg train``: per-epoch validation and where the model is."""
+    from crystalseg.train.learner import epoch_score, format_epoch
+
     lines = [format_epoch(record) for record in result.history]
     best = result.best_score
     if best is not None and result.history:
-        from crystalseg.train.learner import epoch_score
-
         # name the score of the epoch that was kept, by the rule that kept it
         what = next(
             (n for v, n in map(epoch_score, result.history) if v == best), "validation score"

@@ -424,7 +424,7 @@ def test_training_summary_names_the_score_that_picked_the_best_epoch() -> None:
 
 
 def test_epoch_line_is_the_same_in_the_log_and_the_summary() -> None:
-    from crystalseg.summary import format_epoch
+    from crystalseg.train.learner import format_epoch
 
     record = {
         "epoch": 2,

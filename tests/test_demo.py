@@ -37,8 +37,8 @@ def _check_outputs(result, frames: int) -> None:  # type: ignore[no-untyped-def]
         assert f"<section id='{sid}'>" in html
     with xr.open_zarr(result.run, group="psd") as psd:
         assert psd.sizes["time"] == frames
-    header = result.particles_csv.read_text(encoding="utf-8").splitlines()[0]
-    assert header.startswith("frame,time_s,")
+    header = result.particles_csv.read_text(encoding="utf-8-sig").splitlines()[0]
+    assert header.startswith("frame,time_s,label,area_um2,ecd_um,")
     assert result.seconds > 0
 
 

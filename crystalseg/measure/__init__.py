@@ -36,7 +36,6 @@ from crystalseg.measure.instances import (
 from crystalseg.measure.results import (
     EXCLUDED_REASONS,
     PARTICLE_COLUMNS,
-    export_particles,
     iter_particles,
     summarize_measurement,
 )
@@ -63,7 +62,6 @@ __all__ = [
     "SplitMethod",
     "boundary_class",
     "crystal_classes",
-    "export_particles",
     "feature_units",
     "frame_distributions",
     "instance_scores",

@@ -225,7 +225,7 @@ def measure_frame(
     probability = _check_frame(probability, labels, "probability")
     scale = _check_pixel_size(pixel_size_um)
 
-    geo = _FrameGeometry(labels)
+    geo = FrameGeometry(labels)
     n = geo.n_labels
     if n == 0:
         return _empty_table(pixel_size_um)
@@ -398,7 +398,7 @@ def _empty_table(pixel_size_um: float | None) -> pd.DataFrame:
 # --------------------------------------------------------------------------- geometry
 
 
-class _FrameGeometry:
+class FrameGeometry:
     """Runs and boundary pixels of one labelled frame, and the features built on them.
 
     Runs are maximal horizontal segments of one label in one row: ``run_y``,

@@ -91,7 +91,7 @@ from skimage.segmentation import watershed
 
 from crystalseg.classes import BOUNDARY_CODES, boundary_class, boundary_kind
 from crystalseg.errors import ConfigError, MaskValueError
-from crystalseg.measure.features import _FrameGeometry
+from crystalseg.measure.features import FrameGeometry
 
 log = logging.getLogger(__name__)
 
@@ -303,7 +303,7 @@ def label_instances(
         labels, _ = ndi.label(crystal, structure=_STRUCTURE_8)
     if join_occluded:
         labels = _join_occluded(labels)
-    return _filter_and_renumber(labels, min_area_px)
+    return filter_and_renumber(labels, min_area_px)
 
 
 def _check_split_settings(
@@ -629,7 +629,7 @@ def _axes(labels: np.ndarray, n: int) -> tuple[np.ndarray, ...]:
     variance widened by 1/12 px², the spread of a pixel's own area, so that a line one
     pixel wide has a width.
     """
-    geo = _FrameGeometry(labels)
+    geo = FrameGeometry(labels)
     m = geo.moment_features()
     area, cy, cx, angle, half_len, half_wid = (np.zeros(n + 1) for _ in range(6))
     ids = geo.ids
@@ -731,8 +731,23 @@ def _gap_is_occluded(
 # --------------------------------------------------------------------------- finishing
 
 
-def _filter_and_renumber(labels: np.ndarray, min_area_px: int) -> np.ndarray:
-    """Drop labels under ``min_area_px`` pixels and renumber 1..n in raster order."""
+def filter_and_renumber(labels: np.ndarray, min_area_px: int) -> np.ndarray:
+    """Drop labels under ``min_area_px`` pixels and renumber the rest 1..n in raster order.
+
+    The last step of :func:`label_instances`; ``crystalseg evaluate`` passes the
+    annotation through it too, so true and measured particles meet the same filter.
+
+    Parameters
+    ----------
+    labels : ndarray, shape (y, x), non-negative integer dtype
+        Instance labels, 0 background.
+    min_area_px : int
+        Smallest area in pixels that a label keeps.
+
+    Returns
+    -------
+    ndarray, shape (y, x), int32
+    """
     flat = labels.ravel()
     if flat.size == 0 or not flat.any():
         return np.zeros(labels.shape, dtype=np.int32)

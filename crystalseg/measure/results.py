@@ -12,7 +12,8 @@
   1-D array per column along ``particle``), assembled from the staging groups
   when every chunk is done, streaming, so memory stays flat in the run length.
   :func:`crystalseg.store.read_table` and ``xarray.open_zarr(path,
-  group="particles")`` read it; :func:`export_particles` writes Parquet or CSV.
+  group="particles")`` read it; :mod:`crystalseg.export` writes it as CSV, xlsx or
+  Parquet.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import dask.array as da
 import numpy as np
@@ -33,17 +34,11 @@ import xarray as xr
 import zarr
 
 from crystalseg.dims import LENGTH_BIN, PARTICLE, SIZE_BIN, TIME, WIDTH_BIN
-from crystalseg.errors import ConfigError, RunFormatError, StageStateError
+from crystalseg.errors import RunFormatError, StageStateError
 from crystalseg.measure.distributions import frame_distributions
 from crystalseg.measure.features import FEATURE_COLUMNS, feature_units, measure_frame
 from crystalseg.measure.settings import MeasureSettings
-from crystalseg.store import (
-    crystalseg_version,
-    default_compressor,
-    file_written_whole,
-    read_run_attrs,
-    stage_info,
-)
+from crystalseg.store import crystalseg_version, default_compressor, stage_info
 
 log = logging.getLogger(__name__)
 
@@ -497,80 +492,6 @@ def iter_particles(run: str | os.PathLike[str], *, rows: int = 1 << 18) -> Itera
         yield pd.DataFrame(block)
 
 
-def export_particles(
-    run: str | os.PathLike[str],
-    path: str | os.PathLike[str],
-    *,
-    format: Literal["parquet", "csv"] | None = None,
-) -> Path:
-    """Write the particle table of a measured run to Parquet or CSV, streaming.
-
-    Parameters
-    ----------
-    run : path of the measured run store
-    path : output file
-    format : {"parquet", "csv"}, optional
-        Default from the suffix of ``path`` (``.parquet``/``.pq`` or ``.csv``).
-        Parquet keeps the dtypes and stores each column's units in its field
-        metadata; CSV (for spreadsheets) writes a header of column names.
-
-    Returns
-    -------
-    Path of the written file.
-
-    Raises
-    ------
-    ConfigError
-        Unknown format, or none given and the suffix says nothing.
-    StageStateError
-        The run has no finished measurement.
-    """
-    out = Path(path)
-    fmt = format
-    if fmt is None:
-        suffix = out.suffix.lower()
-        fmt = "parquet" if suffix in (".parquet", ".pq") else "csv" if suffix == ".csv" else None
-        if fmt is None:
-            raise ConfigError(
-                f"cannot tell the format of '{out}' from its suffix; name it *.parquet or "
-                "*.csv, or pass format='parquet' or 'csv'"
-            )
-    if fmt not in ("parquet", "csv"):
-        raise ConfigError(f"export format {fmt!r} is unknown; use 'parquet' or 'csv'")
-    pixel = read_run_attrs(Path(run)).get("pixel_size_um")
-    blocks = iter_particles(run)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if fmt == "csv":
-        with file_written_whole(out) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
-            for i, block in enumerate(blocks):
-                block.to_csv(fh, index=False, header=i == 0)
-        return out
-
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    attrs = particle_column_attrs(pixel)
-    writer = None
-    with file_written_whole(out) as tmp:
-        try:
-            for block in blocks:
-                table = pa.Table.from_pandas(block, preserve_index=False)
-                if writer is None:
-                    schema = pa.schema(
-                        [
-                            field.with_metadata({k: str(v) for k, v in attrs[field.name].items()})
-                            for field in table.schema
-                        ],
-                        metadata={"pixel_size_um": json.dumps(pixel), "source": str(run)},
-                    )
-                    writer = pq.ParquetWriter(str(tmp), schema)
-                writer.write_table(table.cast(writer.schema))
-        finally:
-            if writer is not None:
-                writer.close()
-    return out
-
-
 def summarize_measurement(run: str | os.PathLike[str]) -> dict[str, Any]:
     """What the CLI prints after ``crystalseg measure``: counts, D50 at start and end, where.
 
@@ -639,7 +560,6 @@ def _segment_resize(path: Path) -> float:
 __all__ = [
     "EXCLUDED_REASONS",
     "PARTICLE_COLUMNS",
-    "export_particles",
     "iter_particles",
     "summarize_measurement",
 ]

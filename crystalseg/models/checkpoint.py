@@ -26,7 +26,6 @@ import os
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,6 +34,7 @@ import torch
 from torch import nn
 
 from crystalseg.errors import CheckpointError, ConfigError
+from crystalseg.store import crystalseg_version
 
 log = logging.getLogger(__name__)
 
@@ -59,14 +59,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin", ".tar")
 
 _DEFAULT_DIR = Path(__file__).resolve().parent / "default"
-
-
-def crystalseg_version() -> str:
-    """The installed crystalseg version, or ``"unknown"`` when run from a bare source tree."""
-    try:
-        return version("crystalseg")
-    except PackageNotFoundError:  # pragma: no cover - only without an install
-        return "unknown"
 
 
 # --------------------------------------------------------------------------------------
@@ -367,7 +359,7 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     return {str(k): v for k, v in obj.items()}
 
 
-def _adapt_first_conv(
+def adapt_first_conv(
     src: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor]
 ) -> dict[str, torch.Tensor]:
     """Fit 3-channel input convolutions to a 1-channel model (and back), as smp does.
@@ -420,7 +412,7 @@ def load_encoder_weights(
     if spec.encoder.startswith("tu-") and not any(k in target for k in state):
         # timm's own checkpoints name the backbone without smp's "model." prefix
         state = {f"model.{k}": v for k, v in state.items()}
-    state = _adapt_first_conv(state, target)
+    state = adapt_first_conv(state, target)
     usable = {k: v for k, v in state.items() if k in target and target[k].shape == v.shape}
     missing = [k for k in target if k not in usable]
     if not usable or len(missing) > 0.05 * len(target):
@@ -540,12 +532,10 @@ def jsonable(value: Any) -> Any:
         return [jsonable(v) for v in value]
     if isinstance(value, os.PathLike):
         return os.fspath(value)
-    if isinstance(value, np.generic):
-        return value.item()
     if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        return value.item()
+        return jsonable(value.tolist())
+    if isinstance(value, np.generic) or (isinstance(value, torch.Tensor) and value.numel() == 1):
+        value = value.item()  # then checked as the Python number it is (a NaN too)
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if value is None or isinstance(value, (str, int, float, bool)):
@@ -571,7 +561,13 @@ def shared_file_mode() -> int:
     return 0o666 & ~mask
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename.
+
+    A reader sees the old file or the new one, never half of one: a crash while
+    writing leaves the old file (and no temporary) behind. The file gets the mode
+    of :func:`shared_file_mode`.
+    """
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -617,7 +613,7 @@ def save_checkpoint(
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     blob = save(state, metadata={"format": "pt", "crystalseg_format": str(FORMAT_VERSION)})
     weights = out / WEIGHTS_FILE
-    _atomic_write_bytes(weights, blob)
+    atomic_write_bytes(weights, blob)
     meta = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
@@ -630,7 +626,7 @@ def save_checkpoint(
         "data_fingerprint": str(data_fingerprint),
     }
     text = json.dumps(meta, indent=2, allow_nan=False) + "\n"
-    _atomic_write_bytes(out / META_FILE, text.encode())
+    atomic_write_bytes(out / META_FILE, text.encode())
     return out
 
 

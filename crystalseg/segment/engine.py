@@ -488,6 +488,35 @@ class Segmenter:
             "torch_version": torch.__version__,
         }
 
+    @property
+    def network(self) -> nn.Module:
+        """The engine's own copy of the network: float32, eval mode, on its device
+        (what :func:`~crystalseg.segment.onnx_backend.model_fingerprint` hashes when the
+        engine has no checkpoint checksum)."""
+        return self._model
+
+    def load_weights(self, model: nn.Module) -> None:
+        """Copy the weights of ``model`` (a network of this engine's spec) into the engine.
+
+        Training validates every epoch through the engine that ``crystalseg segment``
+        runs (:meth:`crystalseg.train.Learner.segmenter`); this refreshes the engine's
+        copy of the network without building the engine again. The torch backend
+        only: an ONNX engine runs the graph exported from the weights it was built with.
+
+        Raises
+        ------
+        ConfigError
+            The engine runs on ONNX Runtime.
+        """
+        if self._onnx is not None:
+            raise ConfigError(
+                "this engine runs an ONNX export of the weights it was built with; build a "
+                "new Segmenter (or one with backend='torch') for other weights"
+            )
+        with self._lock, torch.no_grad():
+            self._model.load_state_dict(model.state_dict())
+        self.checksum = None  # other weights: the checkpoint's checksum no longer names them
+
     def with_resize(self, factor: float | Literal["auto"]) -> Segmenter:
         """This engine at another ``resize`` factor; it shares the loaded network."""
         factor = factor if factor == "auto" else checked_resize(factor)

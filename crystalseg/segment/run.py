@@ -19,15 +19,12 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
-import threading
 from collections import deque
 from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import asdict, replace
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Literal
 
 import dask.array as da
@@ -39,6 +36,7 @@ from crystalseg.dims import FRAME_DIMS, IMAGE, MASK, PROBABILITY
 from crystalseg.errors import ConfigError, RunFormatError
 from crystalseg.models import read_checkpoint_meta
 from crystalseg.models.checkpoint import default_checkpoint_path, resolve_checkpoint_dir
+from crystalseg.prefetch import ChunkPrefetcher
 from crystalseg.segment.engine import (
     DEFAULT_TILE_SIZE,
     Backend,
@@ -85,7 +83,7 @@ def _model_identity(
             return model.checkpoint, checkpoint_checksum(meta), meta
         from crystalseg.segment.onnx_backend import model_fingerprint
 
-        checksum = model.checksum or model_fingerprint(model._model)
+        checksum = model.checksum or model_fingerprint(model.network)
         return None, checksum, {"spec": model.spec.to_dict()}
     directory = default_checkpoint_path() if model is None else resolve_checkpoint_dir(model)
     meta = read_checkpoint_meta(directory)
@@ -121,78 +119,6 @@ PROBABILITY_ATTRS = {
     "add_offset": 0.0,
     "quantisation": "stored as round(255 * p) in uint8",
 }
-
-
-# --------------------------------------------------------------------------------------
-# Reading ahead
-
-
-_END = object()
-
-
-class ChunkPrefetcher:
-    """Iterate ``(start, stop, frames)`` while a thread reads the next chunks ahead.
-
-    Parameters
-    ----------
-    read : callable (start, stop) -> ndarray
-    chunks : (start, stop) pairs in the order to deliver them
-    depth : chunks read ahead (each costs one chunk of memory)
-    """
-
-    def __init__(
-        self,
-        read: Callable[[int, int], np.ndarray],
-        chunks: list[tuple[int, int]],
-        *,
-        depth: int = 2,
-    ) -> None:
-        self._read = read
-        self._chunks = list(chunks)
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=max(1, depth))
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._work, name="crystalseg-prefetch", daemon=True)
-
-    def _put(self, item: Any) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.05)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _work(self) -> None:
-        try:
-            for start, stop in self._chunks:
-                if self._stop.is_set() or not self._put((start, stop, self._read(start, stop))):
-                    return
-        except BaseException as exc:
-            self._put(exc)
-            return
-        self._put(_END)
-
-    def __enter__(self) -> ChunkPrefetcher:
-        self._thread.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def __iter__(self) -> Iterator[tuple[int, int, np.ndarray]]:
-        while True:
-            item = self._queue.get()
-            if item is _END:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
 
 
 # --------------------------------------------------------------------------------------

@@ -129,15 +129,39 @@ def _describe(run: Path, holder: dict[str, Any]) -> str:
 
 
 def _try_create(path: Path, record: dict[str, Any]) -> bool:
+    """Create the lock file holding ``record``; False when it exists.
+
+    The record is written to a file of this process first and hard-linked to the lock's
+    name (atomic, and exclusive like ``O_EXCL``, also on NFS): the lock never exists
+    without its holder, so a process killed while taking it leaves no lock that nobody
+    can tell from a damaged one (at most its own temporary file). Where the file system
+    has no hard links, the lock file is created with ``O_EXCL`` and then written.
+    """
+    own = path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
+    own.unlink(missing_ok=True)  # left by a killed process that had this id before
     try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        _write_new(own, record)
+        os.link(own, path)
     except FileExistsError:
         return False
+    except OSError as exc:
+        log.debug("no hard link for the lock %s (%s): creating it with O_EXCL", path, exc)
+        try:
+            _write_new(path, record)
+        except FileExistsError:
+            return False
+    finally:
+        own.unlink(missing_ok=True)
+    return True
+
+
+def _write_new(path: Path, record: dict[str, Any]) -> None:
+    """Create ``path`` (an error if it exists) holding ``record`` as JSON, on disk."""
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(json.dumps(record))
         f.flush()
         os.fsync(f.fileno())
-    return True
 
 
 def _acquire(run: Path, stage: str) -> Path:

@@ -585,14 +585,13 @@ def create_run(
         else:  # an interrupted creation: nothing complete to lose
             shutil.rmtree(path)
 
-    _write_new_store(target, (n, ny, nx), dtype, fpc, time_s, time_attrs, pixel_size_um)
-    group = _open_group(target, "r+")
-    group.attrs[PROVENANCE_KEY] = {
+    provenance = {
         "created": _now(),
         "crystalseg_version": crystalseg_version(),
         "source": source_json,
         "stages": {},
     }
+    _write_new_store(target, (n, ny, nx), dtype, fpc, time_s, time_attrs, pixel_size_um, provenance)
     progress = begin_stage(target, stage, settings=stage_settings, n_frames=n, frames_per_chunk=fpc)
     return RunWriter(target, progress, replaces=replaces)
 
@@ -605,11 +604,23 @@ def _write_new_store(
     time_s: np.ndarray,
     time_attrs: Mapping[str, Any] | None,
     pixel_size_um: float | None,
+    provenance: dict[str, Any],
 ) -> None:
     """The image and time arrays and the root attributes of a new store in ``path``
-    (missing, or an empty folder)."""
+    (missing, or an empty folder).
+
+    The root attributes (format version, provenance with no stage recorded yet) are
+    written with the group itself, in one file: a process killed a moment later leaves
+    a store that the next writer recognises as its own unfinished creation and makes
+    anew, not a zarr group that is no run store, which it must refuse to touch.
+    """
     n, ny, nx = shape
-    group = zarr.open_group(str(path), mode="w", zarr_format=3)
+    attributes = {
+        FORMAT_KEY: FORMAT_VERSION,
+        "pixel_size_um": None if pixel_size_um is None else _tidy(pixel_size_um),
+        PROVENANCE_KEY: provenance,
+    }
+    group = zarr.open_group(str(path), mode="w", zarr_format=3, attributes=attributes)
     image = group.create_array(
         IMAGE,
         shape=(n, ny, nx),
@@ -632,12 +643,6 @@ def _write_new_store(
     time[:] = time_s
     time.attrs.update(
         {"long_name": "time since first frame", "units": "s", **_jsonable(dict(time_attrs or {}))}
-    )
-    group.attrs.update(
-        {
-            FORMAT_KEY: FORMAT_VERSION,
-            "pixel_size_um": None if pixel_size_um is None else _tidy(pixel_size_um),
-        }
     )
 
 
@@ -752,7 +757,8 @@ def _resume_run(
     dtype: np.dtype,
     fpc: int,
 ) -> RunWriter | None:
-    """The writer of an interrupted creation of the same run, or an error, or None (empty)."""
+    """The writer of an interrupted creation of the same run, or an error, or None (empty,
+    or killed before it recorded its stage: to be made anew)."""
     if not (path / "zarr.json").exists():
         if path.is_dir() and not _holds_something(path):
             return None
@@ -761,6 +767,8 @@ def _resume_run(
             "Choose another output path"
         )
     attrs = read_run_attrs(path)
+    if attrs.get(PROVENANCE_KEY, {}).get("stages") == {}:
+        return None  # killed while creating it, before it recorded its stage: nothing to keep
     info = attrs.get(PROVENANCE_KEY, {}).get("stages", {}).get(stage, {})
     image = get_array(_open_group(path), IMAGE, path)
     same = (

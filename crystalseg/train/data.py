@@ -126,8 +126,21 @@ def _image_bounds(image: np.ndarray, spec: ModelSpec) -> tuple[float, float]:
     return float(lo[0]), float(hi[0])
 
 
-def _to_channels(image: np.ndarray, channels: int) -> np.ndarray:
-    """Grey (H, W) for one channel, (H, W, 3) for three; the rule of crystalseg import."""
+def to_channels(image: np.ndarray, channels: int) -> np.ndarray:
+    """An image with the channels a model takes: grey for one, RGB for three.
+
+    Parameters
+    ----------
+    image : ndarray, shape (y, x) or (y, x, c)
+        A frame as read from a file; colour frames become grey by the rule of
+        ``crystalseg import`` (:func:`crystalseg.io.base.to_grey`).
+    channels : int
+        1 or 3, the model's input channels.
+
+    Returns
+    -------
+    ndarray, shape (y, x) for one channel, (y, x, 3) for three
+    """
     if image.ndim == 3:
         if channels == 3:
             return np.ascontiguousarray(image[..., :3])
@@ -357,8 +370,14 @@ def discover_pairs(
 # Fingerprint and split
 
 
-def _fingerprint(items: Sequence[PairItem], rule: MaskRule, instances: bool = False) -> str:
-    """sha256 of the files' content (pairs) or of the stores' file names and sizes (runs)."""
+def data_fingerprint(items: Sequence[PairItem], rule: MaskRule, instances: bool = False) -> str:
+    """What identifies a training set: 16 hex digits of a sha256.
+
+    Hashes the files' content (pairs) or the stores' file names and sizes (runs),
+    with the class codes and mask rule. A checkpoint records it
+    (``data_fingerprint`` in ``model.json``); ``crystalseg evaluate`` compares it to
+    warn when a model is scored on the frames it was trained on.
+    """
     h = hashlib.sha256()
     h.update(repr((rule.codes, "instances" if instances else rule.to_json())).encode())
     seen_runs: set[Path] = set()
@@ -489,7 +508,7 @@ class SegmentationData:
         self.valid_items = tuple(val)
         self._valid_keys = {self._index[id(it)] for it in self.valid_items}
         self._check_files()
-        self.fingerprint = _fingerprint(self.items, rule, self.instances)
+        self.fingerprint = data_fingerprint(self.items, rule, self.instances)
         self.crops_per_image = crops_per_image or self._auto_crops_per_image()
 
     # ---- loading
@@ -600,7 +619,7 @@ class SegmentationData:
         check_pair_shapes(item, image, raw_mask)
         name = item.mask.name if item.mask is not None else item.name
         mask = self.rule.apply(raw_mask, name=name)
-        return _to_channels(image, self.channels), mask
+        return to_channels(image, self.channels), mask
 
     def load(self, item: PairItem) -> tuple[np.ndarray, np.ndarray]:
         """Image (H, W[, 3]) as stored and class mask (H, W) uint8 of ``item`` (cached)."""
@@ -755,19 +774,6 @@ class SegmentationData:
             )
             yield x, torch.from_numpy(np.stack(masks).astype(np.int64))
 
-    def _unit(self, image: np.ndarray, item: PairItem, spec: ModelSpec) -> torch.Tensor:
-        lo, hi = self.bounds(item, spec)
-        t = torch.from_numpy(_torchable(image))[None]
-        return to_unit(t, spec, lo=torch.tensor([lo]), hi=torch.tensor([hi]))
-
-    def valid_samples(
-        self, spec: ModelSpec
-    ) -> Iterator[tuple[PairItem, torch.Tensor, torch.Tensor]]:
-        """Whole validation images: (item, x (1, C, H, W) on 0..1, y (H, W) int64)."""
-        for item in self.valid_items:
-            image, mask = self.load(item)
-            yield item, self._unit(image, item, spec), torch.from_numpy(mask.astype(np.int64))
-
     def instance_truth(self, item: PairItem) -> np.ndarray | None:
         """True instance labels (H, W) of a synthetic run's frame or of an instance mask
         file (``instances``), else None (cached; a validation frame read through its
@@ -817,7 +823,11 @@ class SegmentationData:
 
 
 def _torchable(image: np.ndarray) -> np.ndarray:
-    """A copy torch can wrap: uint16 becomes int32 (torch has few uint16 kernels)."""
+    """``image`` as an array ``torch.from_numpy`` can wrap and the caller may change.
+
+    uint16 becomes int32 (torch has few uint16 kernels); uint8 and float32 stay, made
+    contiguous and writeable; any other dtype becomes float32.
+    """
     if image.dtype == np.uint16:
         return image.astype(np.int32)
     if image.dtype == np.uint8 or image.dtype == np.float32:

@@ -21,7 +21,7 @@ import math
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from crystalseg.classes import boundary_class
@@ -40,7 +39,7 @@ from crystalseg.models.checkpoint import (
     IMAGENET_STD,
     META_FILE,
     ModelSpec,
-    _adapt_first_conv,
+    adapt_first_conv,
     build_model,
     default_checkpoint_path,
     default_decoder_channels,
@@ -51,12 +50,11 @@ from crystalseg.models.checkpoint import (
     normalise,
     read_checkpoint_meta,
     save_checkpoint,
-    to_unit,
 )
-from crystalseg.segment.engine import available_cores, tile_starts
-from crystalseg.summary import format_epoch
+from crystalseg.prefetch import prefetch
+from crystalseg.segment.engine import EngineSettings, Segmenter, available_cores
 from crystalseg.train.augment import AugmentPreset, AugmentSettings, make_augmenter
-from crystalseg.train.data import SegmentationData, _to_channels, _torchable, read_image
+from crystalseg.train.data import SegmentationData, read_image, to_channels
 from crystalseg.train.losses import LOSS_NAMES, LossName, make_loss
 
 if TYPE_CHECKING:
@@ -71,10 +69,6 @@ STATE_TENSORS = "training_state.safetensors"
 STATE_META = "training_state.json"
 LAST_DIR = "last"
 STATE_FORMAT_VERSION = 1
-
-#: Largest side run in one piece by ``predict``; larger images are tiled with overlap.
-TILE_SIZE = 1024
-TILE_OVERLAP = 64
 
 
 def default_device() -> torch.device:
@@ -165,7 +159,7 @@ def _save_training_state(
 ) -> None:
     from safetensors.torch import save
 
-    from crystalseg.models.checkpoint import _atomic_write_bytes
+    from crystalseg.models.checkpoint import atomic_write_bytes
 
     osd = optimizer.state_dict()
     tensors: dict[str, torch.Tensor] = {}
@@ -183,8 +177,8 @@ def _save_training_state(
         "scheduler": jsonable(scheduler.state_dict()),
         "scaler": jsonable(scaler.state_dict()) if scaler is not None else None,
     }
-    _atomic_write_bytes(out / STATE_TENSORS, save(tensors))
-    _atomic_write_bytes(out / STATE_META, (json.dumps(meta, indent=1) + "\n").encode())
+    atomic_write_bytes(out / STATE_TENSORS, save(tensors))
+    atomic_write_bytes(out / STATE_META, (json.dumps(meta, indent=1) + "\n").encode())
 
 
 def _load_training_state(state_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -302,6 +296,10 @@ class Learner:
         #: mean validation IoU of the best epoch, which breaks ties of its particle F1
         self.best_tiebreak: float | None = None
         self._schedule: dict[str, Any] = {}
+        #: how :meth:`segmenter` runs the network; None: the engine's defaults on the
+        #: learner's device, backend torch, the current torch threads
+        self.engine_settings: EngineSettings | None = None
+        self._engine: Segmenter | None = None
 
     # ---- helpers
 
@@ -329,7 +327,7 @@ class Learner:
         batches = self.data.train_batches(self.spec, rng, batch_size=self.batch_size)
         if self.device.type == "cuda":
             # crops are cut on the CPU while the GPU trains on the previous batch
-            batches = prefetch((x.pin_memory(), y.pin_memory()) for x, y in batches)
+            batches = prefetch(((x.pin_memory(), y.pin_memory()) for x, y in batches), depth=3)
         for x, y in batches:
             x = x.to(self.device, non_blocking=True)
             y = y.to(self.device, non_blocking=True)
@@ -589,49 +587,29 @@ class Learner:
 
     # ---- validation and prediction
 
-    def _forward_padded(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits of (B, C, h, w) normalised input, padded to the encoder stride."""
-        s = self.spec.stride
-        h, w = x.shape[-2:]
-        ph, pw = (-h) % s, (-w) % s
-        if ph or pw:
-            mode = "reflect" if ph < h and pw < w else "replicate"
-            x = F.pad(x, (0, pw, 0, ph), mode=mode)
-        with self._autocast():
-            out = self.model(x.contiguous(memory_format=torch.channels_last))
-        return out[..., :h, :w].float()
+    def segmenter(self) -> Segmenter:
+        """The inference engine of ``crystalseg segment`` on the learner's current weights.
 
-    @torch.no_grad()
-    def predict_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Class logits (1, K, H, W) of one normalised image (1, C, H, W), tiled if large.
-
-        Tiles of ``TILE_SIZE`` overlap by ``2 * TILE_OVERLAP`` pixels; only the centre of each
-        tile is kept, so tiles never contribute their borders.
+        Validation and :meth:`predict` run through it, so training scores the inference
+        users run: intensity bounds of the whole frame, padding to the encoder stride,
+        tiles blended over the engine's overlap, its precision (bf16 on CUDA). Built
+        once and refreshed with the current weights at each call; it runs as
+        :attr:`engine_settings` says (default: the learner's device, backend torch, as
+        an ONNX export every epoch would cost more than the validation).
         """
-        self.model.eval()
-        x = x.to(self.device)
-        h, w = x.shape[-2:]
-        if h <= TILE_SIZE and w <= TILE_SIZE:
-            return self._forward_padded(x)
-        out = torch.empty((1, self.spec.n_classes, h, w), device=self.device)
-        ys = tile_starts(h, TILE_SIZE, 2 * TILE_OVERLAP)
-        xs = tile_starts(w, TILE_SIZE, 2 * TILE_OVERLAP)
-        for y0 in ys:
-            for x0 in xs:
-                tile = self._forward_padded(x[..., y0 : y0 + TILE_SIZE, x0 : x0 + TILE_SIZE])
-                th, tw = tile.shape[-2:]
-                top = 0 if y0 == 0 else TILE_OVERLAP
-                left = 0 if x0 == 0 else TILE_OVERLAP
-                bottom = th if y0 + th >= h else th - TILE_OVERLAP
-                right = tw if x0 + tw >= w else tw - TILE_OVERLAP
-                out[..., y0 + top : y0 + bottom, x0 + left : x0 + right] = tile[
-                    ..., top:bottom, left:right
-                ]
-        return out
+        settings = self.engine_settings or EngineSettings(
+            device=str(self.device), backend="torch", threads=torch.get_num_threads()
+        )
+        if self._engine is None or self._engine.requested_settings != settings:
+            self._engine = Segmenter(self.model, self.spec, settings=settings)
+        else:
+            self._engine.load_weights(self.model)
+        return self._engine
 
     @torch.no_grad()
     def validate(self, *, workers: int | None = None) -> dict[str, Any]:
-        """Loss and IoU/Dice per class on the whole validation images (empty if none).
+        """Loss and IoU/Dice per class on the whole validation images (empty if none),
+        segmented by :meth:`segmenter` as ``crystalseg segment`` would segment them.
 
         Where the validation frames have true instances (synthetic runs), also the
         instance F1 of the particles that the measurement would count
@@ -654,10 +632,12 @@ class Learner:
         has_truth = False
         pending: deque[Any] = deque()  # frames being matched, at most 2 per thread
         pool = ThreadPoolExecutor(workers, "crystalseg-valid") if workers > 0 else None
+        engine = self.segmenter()
         try:
-            for item, x, y in self.data.valid_samples(self.spec):
-                logits = self.predict_logits(normalise(x, self.spec))
-                yd = y.to(self.device)[None]
+            for item in self.data.valid_items:
+                image, mask = self.data.load(item)
+                logits = torch.from_numpy(engine.predict_logits(image[None])).to(self.device)
+                yd = torch.from_numpy(mask.astype(np.int64)).to(self.device)[None]
                 losses.append(float(self.loss_fn(logits, yd)))
                 pred = logits.argmax(1)
                 confusion += (
@@ -689,16 +669,14 @@ class Learner:
     def predict(self, image: np.ndarray | PathLike) -> np.ndarray:
         """Class map (H, W) uint8 of one image (array (H, W[, 3]) or an image file).
 
-        The image is scaled and normalised exactly as in training (by the model's spec),
-        padded to the encoder stride, and tiled with overlap when larger than
-        ``TILE_SIZE``.
+        Grey or RGB as the model takes it (the rule of training), then segmented by
+        :meth:`segmenter`, the engine of ``crystalseg segment``.
         """
         arr = read_image(image) if isinstance(image, (str, os.PathLike)) else np.asarray(image)
         if arr.ndim not in (2, 3):
             raise ConfigError(f"image of shape {arr.shape}; expected (H, W) or (H, W, 3)")
-        arr = _to_channels(arr, self.spec.in_channels)
-        x = normalise(to_unit(torch.from_numpy(_torchable(arr))[None], self.spec), self.spec)
-        return self.predict_logits(x).argmax(1)[0].to(torch.uint8).cpu().numpy()
+        arr = to_channels(arr, self.spec.in_channels)
+        return self.segmenter().predict(arr[None])[0]
 
     def lr_find(
         self,
@@ -844,52 +822,6 @@ def _instance_counts(
     return int(scores["matched"]), int(scores["n_true"]), int(scores["n_pred"])
 
 
-def prefetch(items: Iterator[Any], depth: int = 3) -> Iterator[Any]:
-    """The items of ``items``, in order, produced ``depth`` ahead in a thread.
-
-    Exceptions of the producer reach the consumer; a consumer that stops early stops
-    the producer too.
-    """
-    import queue
-    import threading
-
-    q: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def put(entry: tuple[str, Any]) -> bool:
-        while not stop.is_set():
-            try:
-                q.put(entry, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for item in items:
-                if not put(("item", item)):
-                    return
-        except BaseException as exc:  # handed to the consumer
-            put(("error", exc))
-            return
-        put(("done", None))
-
-    thread = threading.Thread(target=produce, name="crystalseg-prefetch", daemon=True)
-    thread.start()
-    try:
-        while True:
-            kind, value = q.get()
-            if kind == "done":
-                return
-            if kind == "error":
-                raise value
-            yield value
-    finally:
-        stop.set()
-        thread.join(timeout=5)
-
-
 def _suggest_lr(lrs: Sequence[float], losses: Sequence[float]) -> float:
     """lr at the steepest descent of the loss before its minimum (finite, positive)."""
     lr = np.asarray(lrs, dtype=np.float64)
@@ -940,6 +872,29 @@ def epoch_score(record: Mapping[str, Any]) -> tuple[float, str]:
     return -record["train_loss"], "training loss"
 
 
+def format_epoch(record: dict[str, Any], epochs: int | None = None) -> str:
+    """One line of an epoch's record: losses, validation IoU (and Dice) per class,
+    particle F1, seconds; logged as training goes and printed again at its end."""
+    head = f"epoch {record['epoch']}/{epochs}" if epochs else f"epoch {record['epoch']:>3}"
+    parts = [head, f"train loss {record['train_loss']:.4f}"]
+    if "valid_loss" in record:
+        parts.append(f"valid loss {record['valid_loss']:.4f}")
+        if record.get("foreground_iou") is not None:
+            parts.append(f"foreground IoU {record['foreground_iou']:.3f}")
+        dice = record.get("dice", {})
+        for code, iou in record.get("iou", {}).items():
+            if code != "background" and iou is not None:
+                text = f"{code} IoU {iou:.3f}"
+                if dice.get(code) is not None:
+                    text += f" Dice {dice[code]:.3f}"
+                parts.append(text)
+        if "instance_f1" in record:
+            parts.append(f"particle F1 {record['instance_f1']:.3f}")
+    if "seconds" in record:
+        parts.append(f"{record['seconds']:.0f} s")
+    return "  ".join(parts)
+
+
 # --------------------------------------------------------------------------------------
 # Building a learner
 
@@ -982,7 +937,7 @@ def _head_rows(codes: Sequence[str], src_codes: Sequence[str]) -> list[int] | No
 def _load_finetune(model: nn.Module, spec: ModelSpec, src: nn.Module, src_spec: ModelSpec) -> str:
     """Copy ``src`` weights into ``model``; the class head is mapped by code name."""
     target = model.state_dict()
-    state = _adapt_first_conv(src.state_dict(), target)
+    state = adapt_first_conv(src.state_dict(), target)
     head_note = "kept"
     if spec.codes != src_spec.codes:
         head = [k for k in state if k.startswith("segmentation_head.")]

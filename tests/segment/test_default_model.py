@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -26,7 +28,9 @@ def test_bundled_model_ships_with_its_recipe_and_scores() -> None:
     assert spec.codes == ("background", "crystal", "boundary")
     assert spec.scaling == "percentile"
     assert meta["weights"]["stored_dtype"] == "torch.float16"
-    assert all("crystalseg.models.recipe" in c for c in meta["recipe_commands"])
+    # the commands as they ran: the recipe lived in crystalseg.models until issue 28
+    ran = re.compile(r"python -m crystalseg\.(models|train)\.recipe ")
+    assert all(ran.match(c) for c in meta["recipe_commands"])
     assert meta["metrics"][-1]["iou"]["crystal"] > 0.7
     assert next(model.parameters()).dtype.is_floating_point
 
@@ -51,7 +55,7 @@ def test_bundled_model_handles_uint16_like_uint8(segmenter: Segmenter) -> None:
 
 
 def test_recipe_keeps_evaluation_seeds_out_of_training(tmp_path) -> None:
-    from crystalseg.models import recipe
+    from crystalseg.train import recipe
 
     with pytest.raises(ValueError, match="lower seeds are for evaluation"):
         recipe.make_training_runs(tmp_path, runs_per_scenario=1, first_seed=recipe.FIRST_SEED - 1)
@@ -62,7 +66,7 @@ def test_recipe_keeps_evaluation_seeds_out_of_training(tmp_path) -> None:
 
 def _planned_scenarios(tmp_path, monkeypatch, **kw) -> list:
     """The scenarios of 40 clear training runs that the recipe would render with ``kw``."""
-    from crystalseg.models import recipe
+    from crystalseg.train import recipe
 
     made = []
     monkeypatch.setattr(recipe, "_render", made.append)
@@ -72,7 +76,7 @@ def _planned_scenarios(tmp_path, monkeypatch, **kw) -> list:
 
 
 def test_recipe_faint_runs_are_drawn_fainter(tmp_path, monkeypatch) -> None:
-    from crystalseg.models import recipe
+    from crystalseg.train import recipe
 
     planned = _planned_scenarios(tmp_path, monkeypatch, faint=0.5)
     faint = [p.contrast == recipe.FAINT_CONTRAST for p in planned]
@@ -84,7 +88,7 @@ def test_recipe_faint_runs_are_drawn_fainter(tmp_path, monkeypatch) -> None:
 
 
 def test_recipe_rim_inside_runs_draw_their_rims_inside(tmp_path, monkeypatch) -> None:
-    from crystalseg.models import recipe
+    from crystalseg.train import recipe
 
     planned = _planned_scenarios(tmp_path, monkeypatch, rim_inside=0.5)
     inside = [p.rim_outside == recipe.RIM_INSIDE_OUTSIDE for p in planned]
@@ -97,7 +101,7 @@ def test_recipe_rim_inside_runs_draw_their_rims_inside(tmp_path, monkeypatch) ->
 def test_recipe_depth_spread_is_parsed_and_checked() -> None:
     import argparse
 
-    from crystalseg.models import recipe
+    from crystalseg.train import recipe
 
     assert recipe._spread_range("0.4,0.9") == (0.4, 0.9)
     for bad in ("0.9,0.4", "-1,0.5", "0.4", "a,b"):
@@ -108,9 +112,8 @@ def test_recipe_depth_spread_is_parsed_and_checked() -> None:
 def _tiny_runs_settings(tmp_path, **kw):
     """Three tiny synthetic runs in ``tmp_path/runs`` and CPU training settings on them
     (a test encoder, the recipe's classes, a third of the runs held out)."""
-    from crystalseg.models import recipe
     from crystalseg.synth import SynthConfig, synthesize_run
-    from crystalseg.train import TrainSettings
+    from crystalseg.train import TrainSettings, recipe
 
     for k in range(3):
         config = SynthConfig(frames=4, height=64, width=64, seed=1000 + k, scenario="clear")
@@ -133,7 +136,7 @@ def _tiny_runs_settings(tmp_path, **kw):
 
 
 def test_recipe_epochs_auto_fit_the_time_budget(tmp_path) -> None:
-    from crystalseg.models import recipe
+    from crystalseg.train import recipe
 
     settings = _tiny_runs_settings(tmp_path)
     # a budget the probe alone spends: one epoch; two minutes of tiny steps: many
@@ -179,7 +182,8 @@ def test_recipe_average_is_the_mean_of_its_checkpoints(tmp_path) -> None:
     import torch
     from safetensors.torch import load_file
 
-    from crystalseg.models import ModelSpec, build_model, recipe, save_checkpoint
+    from crystalseg.models import ModelSpec, build_model, save_checkpoint
+    from crystalseg.train import recipe
 
     c0, c1 = _tiny_checkpoints(tmp_path, recipe.CODES)
     out = recipe.average_checkpoints([c0, c1], tmp_path / "avg")
@@ -218,11 +222,11 @@ def test_recipe_average_is_the_mean_of_its_checkpoints(tmp_path) -> None:
 
 
 def test_recipe_average_is_validated_on_the_held_out_runs_and_ships(tmp_path) -> None:
-    from crystalseg.models import recipe
+    from crystalseg.train import recipe
     from crystalseg.train.settings import settings_data, settings_learner
 
     settings = _tiny_runs_settings(
-        tmp_path, command="python -m crystalseg.models.recipe avg --average c0 c1"
+        tmp_path, command="python -m crystalseg.train.recipe avg --average c0 c1"
     )
     c0, c1 = _tiny_checkpoints(tmp_path, recipe.CODES)
     out = recipe.average_checkpoints([c0, c1], tmp_path / "avg", settings)

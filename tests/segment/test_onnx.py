@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from crystalseg.errors import ConfigError
 from crystalseg.models import load_checkpoint
 from crystalseg.segment import EngineSettings, Segmenter
 from crystalseg.segment import onnx_backend as ob
@@ -156,3 +157,7 @@ def test_onnx_engine_matches_torch_engine(checkpoint, frames_factory):
         onnx_seg.predict_logits(frames), torch_seg.predict_logits(frames), atol=2e-3, rtol=1e-3
     )
     assert (onnx_seg.predict(frames) == torch_seg.predict(frames)).mean() > 0.999
+    # the export holds the weights it was made from: new weights need a new engine
+    model, _, _ = load_checkpoint(checkpoint)
+    with pytest.raises(ConfigError, match="ONNX export of the weights it was built with"):
+        onnx_seg.load_weights(model)

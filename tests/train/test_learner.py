@@ -182,9 +182,17 @@ def synthetic_runs_data(folder: Path, frames: int):
     return pairs(folder, codes=SYNTH_CODES, crop_size=64, valid_fraction=0.5)
 
 
-def class_logits(classes: torch.Tensor) -> torch.Tensor:
+def class_logits(classes: np.ndarray) -> np.ndarray:
     """Logits (1, K, H, W) whose argmax is the class map ``classes`` (H, W)."""
-    return torch.nn.functional.one_hot(classes, len(SYNTH_CODES)).permute(2, 0, 1)[None].float()
+    return np.eye(len(SYNTH_CODES), dtype=np.float32)[classes].transpose(2, 0, 1)[None]
+
+
+class FixedEngine:
+    """Stands in for the learner's engine where a test needs set predictions: its
+    logits are those of ``predict(frames)`` (the first frame's class map)."""
+
+    def __init__(self, predict) -> None:
+        self.predict_logits = lambda frames: class_logits(predict(frames[0]))
 
 
 def test_validation_scores_the_particles_of_synthetic_runs(tmp_path: Path, monkeypatch) -> None:
@@ -197,12 +205,8 @@ def test_validation_scores_the_particles_of_synthetic_runs(tmp_path: Path, monke
         stored = xr.open_zarr(item.run, group="truth")["labels"][item.frame].values
         assert np.array_equal(data.instance_truth(item), stored)
     # a model that returns the true class mask finds every particle
-    masks = iter([y for _, _, y in data.valid_samples(learner.spec)])
-
-    def truth_logits(x: torch.Tensor) -> torch.Tensor:
-        return class_logits(next(masks))
-
-    monkeypatch.setattr(learner, "predict_logits", truth_logits)
+    masks = iter([data.load(item)[1] for item in data.valid_items])
+    monkeypatch.setattr(learner, "segmenter", lambda: FixedEngine(lambda frame: next(masks)))
     perfect = learner.validate()
     assert perfect["instance_f1"] > 0.95 and perfect["iou"]["crystal"] == 1.0
 
@@ -218,45 +222,22 @@ def test_particle_f1_stays_the_score_on_frames_without_crystals(
     learner = tiny(data)
     monkeypatch.setattr(data, "instance_truth", lambda item: np.zeros((96, 96), np.int32))
 
-    def logits_of(blob: bool):
-        def predict(x: torch.Tensor) -> torch.Tensor:
-            classes = torch.zeros(x.shape[-2:], dtype=torch.int64)
+    def engine(blob: bool) -> FixedEngine:
+        def predict(frame: np.ndarray) -> np.ndarray:
+            classes = np.zeros(frame.shape[:2], dtype=np.int64)
             if blob:
                 classes[30:50, 30:50] = 1
-            return class_logits(classes)
+            return classes
 
-        return predict
+        return FixedEngine(predict)
 
-    monkeypatch.setattr(learner, "predict_logits", logits_of(False))
+    monkeypatch.setattr(learner, "segmenter", lambda: engine(False))
     empty = learner.validate()
-    monkeypatch.setattr(learner, "predict_logits", logits_of(True))
+    monkeypatch.setattr(learner, "segmenter", lambda: engine(True))
     false_particle = learner.validate()
     assert empty["instance_f1"] == 1.0 and false_particle["instance_f1"] == 0.0
     assert epoch_score({**empty, "train_loss": 0.1})[1] == "validation particle F1"
     assert epoch_score({**false_particle, "train_loss": 0.1})[1] == "validation particle F1"
-
-
-def test_prefetch_keeps_order_passes_errors_and_stops_with_its_consumer() -> None:
-    import itertools
-    import threading
-
-    from crystalseg.train.learner import prefetch
-
-    assert list(prefetch(iter(range(50)), depth=2)) == list(range(50))
-
-    def failing():
-        yield from range(3)
-        raise ValueError("bad frame 3")
-
-    got = []
-    with pytest.raises(ValueError, match="bad frame 3"):
-        for v in prefetch(failing()):
-            got.append(v)
-    assert got == [0, 1, 2]
-    endless = prefetch(itertools.count(), depth=2)
-    assert [next(endless), next(endless)] == [0, 1]
-    endless.close()
-    assert not any(t.name == "crystalseg-prefetch" for t in threading.enumerate())
 
 
 def test_max_minutes_stops_after_the_epoch_that_spends_it(data) -> None:
@@ -281,15 +262,52 @@ class PixelModel(nn.Module):
         return self.conv(x)
 
 
-def test_predict_tiles_large_images_exactly(monkeypatch, data) -> None:
+def test_predict_tiles_large_images_exactly(data) -> None:
+    """predict runs the engine of ``crystalseg segment``, as the learner's
+    engine_settings say: tiles of 64 with an overlap of 8 reproduce a pixel model."""
+    from crystalseg.segment import EngineSettings
+
     spec = ModelSpec(TINY, tuple(CODES), decoder_channels=TINY_DEC)
     learner = Learner(data, PixelModel(), spec, device=torch.device("cpu"), batch_size=2)
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (150, 203), dtype=np.uint8)
     expected = (image > 127).astype(np.uint8)  # (x/255 - .5)/.25 > 0
-    monkeypatch.setattr(learner_mod, "TILE_SIZE", 64)
-    monkeypatch.setattr(learner_mod, "TILE_OVERLAP", 8)
+    learner.engine_settings = EngineSettings(
+        device="cpu", backend="torch", tile_size=64, tile_overlap=8, threads=1
+    )
     np.testing.assert_array_equal(learner.predict(image), expected)
+    assert learner.segmenter().settings.tile_size == 64
+
+
+def test_validation_scores_the_masks_that_segment_writes(tmp_path: Path, data) -> None:
+    """Validation runs the engine of ``crystalseg segment`` on the weights of the epoch:
+    its IoU is the IoU of the masks that the saved checkpoint segments, and the engine
+    built in epoch 1 holds the weights of epoch 2 once epoch 2 validates."""
+    from crystalseg.segment import EngineSettings, Segmenter
+
+    learner = tiny(data, augment="none")
+    learner.fit_one_cycle(2, 1e-2)
+    record = learner.validate()
+    assert record["valid_loss"] == pytest.approx(learner.history[-1]["valid_loss"])
+    learner.save(tmp_path / "model")
+    settings = EngineSettings(device="cpu", backend="torch", threads=1)
+    saved = Segmenter.from_checkpoint(tmp_path / "model", settings=settings)
+    k = len(CODES)
+    confusion = np.zeros(k * k, np.int64)
+    for item in data.valid_items:
+        image, truth = data.load(item)
+        np.testing.assert_allclose(
+            learner.segmenter().predict_logits(image[None]),
+            saved.predict_logits(image[None]),
+            rtol=1e-5,
+            atol=1e-5,
+        )
+        pred = saved.predict(image[None])[0]
+        confusion += np.bincount(truth.astype(np.int64).ravel() * k + pred.ravel(), minlength=k * k)
+    assert confusion_metrics(confusion.reshape(k, k), CODES)["iou"] == record["iou"]
+    engine_weights = learner.segmenter().network.state_dict()
+    for name, value in learner.model.state_dict().items():
+        assert torch.equal(engine_weights[name], value), name
 
 
 def test_predict_odd_sizes_and_files(data) -> None:
@@ -517,7 +535,9 @@ def test_cuda_mixed_precision_training_round_trips_to_cpu(tmp_path: Path, data) 
     assert agree > 0.99  # bf16/fp16 on the GPU against fp32 on the CPU
 
 
-def test_instance_mask_files_train_with_boundaries_and_particle_f1(tmp_path: Path) -> None:
+def test_instance_mask_files_train_with_boundaries_and_particle_f1(
+    tmp_path: Path, monkeypatch
+) -> None:
     """Cellpose-style files (X.png + X_masks.png holding one id per crystal): the
     class mask, boundary class included, comes from the labels; two touching crystals
     stay apart by their boundary; validation scores particle F1 against the labels,
@@ -544,8 +564,8 @@ def test_instance_mask_files_train_with_boundaries_and_particle_f1(tmp_path: Pat
     assert (mask[10:30, 29:31] == 2).all()  # the contact of 1 and 2 is boundary
     assert data.summary()["mask_values"] == "instances"
     learner = tiny(data)
-    masks = iter([y for _, _, y in data.valid_samples(learner.spec)])
-    learner.predict_logits = lambda x: class_logits(next(masks))  # type: ignore[method-assign]
+    masks = iter([data.load(item)[1] for item in data.valid_items])
+    monkeypatch.setattr(learner, "segmenter", lambda: FixedEngine(lambda frame: next(masks)))
     assert learner.validate()["instance_f1"] > 0.95
     with pytest.raises(ConfigError, match="drop mask_values"):
         pairs(tmp_path, codes=SYNTH_CODES, instances=True, mask_values=(0, 1, 2))

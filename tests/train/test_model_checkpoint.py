@@ -269,3 +269,27 @@ def test_checkpoint_files_get_the_umask_mode_not_private_temp_ones(tmp_path: Pat
         os.umask(old)
     for name in (ckpt.WEIGHTS_FILE, ckpt.META_FILE):
         assert stat.S_IMODE((out / name).stat().st_mode) == 0o644, name
+
+
+def test_metrics_that_are_not_numbers_are_written_as_null(tmp_path: Path) -> None:
+    """model.json is strict JSON (no NaN): a NaN metric, also a numpy or torch scalar
+    one (a class absent from the validation frames), becomes null."""
+    import json
+
+    import numpy as np
+
+    from crystalseg.models.checkpoint import META_FILE
+
+    metrics = [
+        {"iou": {"a": float("nan"), "b": np.float32("nan"), "c": torch.tensor(float("inf"))}},
+        {"iou": {"a": np.float64(0.5), "b": torch.tensor(0.25)}, "n": np.array([1, 2])},
+    ]
+    model = build_model(tiny_spec())
+    out = save_checkpoint(
+        tmp_path / "m", model, tiny_spec(), training={}, metrics=metrics, data_fingerprint="x"
+    )
+    written = json.loads((out / META_FILE).read_text())["metrics"]
+    assert written == [
+        {"iou": {"a": None, "b": None, "c": None}},
+        {"iou": {"a": 0.5, "b": 0.25}, "n": [1, 2]},
+    ]

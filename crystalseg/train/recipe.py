@@ -3,8 +3,8 @@
 Reproduce it with two stages (a from-scratch cycle, then a second cycle on more runs
 that starts from the first)::
 
-    python -m crystalseg.models.recipe stage1 --workdir data1 --epochs 18 --lr 2e-3
-    python -m crystalseg.models.recipe crystalseg/models/default --workdir data2 \
+    python -m crystalseg.train.recipe stage1 --workdir data1 --epochs 18 --lr 2e-3
+    python -m crystalseg.train.recipe crystalseg/models/default --workdir data2 \
         --init stage1 --runs-per-scenario 12 --epochs 20 --lr 1e-3
 
 (the exact commands of the shipped model are in its ``model.json``, key
@@ -38,8 +38,8 @@ import torch
 from crystalseg.models.checkpoint import DEFAULT_ENCODER
 from crystalseg.synth import SCENARIO_NAMES, SynthConfig, get_scenario, synthesize_run
 from crystalseg.synth.population import stream
-from crystalseg.train import TrainSettings, train_model
 from crystalseg.train.losses import LOSS_NAMES
+from crystalseg.train.settings import TrainSettings, train_model
 
 log = logging.getLogger(__name__)
 
@@ -355,7 +355,7 @@ def ship_model(src: Path, dest: Path) -> Path:
     meta = json.loads((src / META_FILE).read_text())
     meta["recipe_commands"] = [
         *_lineage(src),
-        f"python -m crystalseg.models.recipe {src} --ship {dest} --ship-only",
+        f"python -m crystalseg.train.recipe {src} --ship {dest} --ship-only",
     ]
     digest = hashlib.sha256((dest / WEIGHTS_FILE).read_bytes()).hexdigest()
     meta["weights"] = {**meta["weights"], "sha256": digest, "stored_dtype": str(torch.float16)}
@@ -492,7 +492,7 @@ def main(argv: list[str] | None = None) -> None:
         device=args.device,
         seed=0,
         command=shlex.join(
-            ["python", "-m", "crystalseg.models.recipe", *(sys.argv[1:] if argv is None else argv)]
+            ["python", "-m", "crystalseg.train.recipe", *(sys.argv[1:] if argv is None else argv)]
         ),
         encoder=args.encoder or DEFAULT_ENCODER,
         decoder_channels=tuple(int(c) for c in decoder.split(",")) if decoder else None,
