@@ -285,6 +285,7 @@ def output_path(w: Path, b: Bases) -> Iterator[Case]:
         ("report -o RUN/r.html", ["report", str(run), "-o", str(run / "r.html")], "inside"),
         ("plot -o RUN/plots", ["plot", str(run), "-o", str(run / "plots")], "inside"),
         ("overlay -o RUN/psd/x", ["overlay", str(run), "-o", str(run / "psd" / "x")], "inside"),
+        ("export -o RUN/tables", ["export", str(run), "-o", str(run / "tables")], "inside"),
         ("report -o FOLDER", ["report", str(run), "-o", str(w / "folder")], "is a folder"),
         (
             "report -o FILE/r.html",
@@ -469,6 +470,7 @@ def read_only(w: Path, b: Bases) -> Iterator[Case]:
         ("plot beside a store in it", ["plot", str(run)]),
         ("report beside a store in it", ["report", str(run)]),
         ("export beside a store in it", ["measure", str(run), "--export", "csv"]),
+        ("export command beside a store in it", ["export", str(run), "--format", "xlsx"]),
         ("overlay beside a store in it", ["overlay", str(run), "--frames", "0"]),
         (
             "train into it",
@@ -525,6 +527,7 @@ def disk_full(w: Path, b: Bases) -> Iterator[Case]:
         ("plot onto it", ["plot", str(run)]),
         ("report onto it", ["report", str(run)]),
         ("export onto it", ["measure", str(run), "--export", "csv"]),
+        ("export command onto it", ["export", str(run), "--format", "parquet"]),
         ("overlay onto it", ["overlay", str(run), "--frames", "0"]),
         (
             "train onto it",

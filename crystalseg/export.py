@@ -54,7 +54,13 @@ from crystalseg.measure.results import (
     particle_column_attrs,
 )
 from crystalseg.measure.run import measurement_outdated
-from crystalseg.store import crystalseg_version, file_written_whole, read_run_attrs, stage_info
+from crystalseg.store import (
+    check_output_outside_run,
+    crystalseg_version,
+    file_written_whole,
+    read_run_attrs,
+    stage_info,
+)
 
 log = logging.getLogger(__name__)
 
@@ -789,6 +795,7 @@ def export_run(
         metadata.append(("export", "psd_not_exported", ", ".join(left_out)))
     if settings.format == "xlsx":
         _check_excel_rows(tables, path)
+    check_output_outside_run(workbook or folder)
     folder.mkdir(parents=True, exist_ok=True)
     files: list[Path] = []
     if settings.format == "xlsx":
