@@ -16,14 +16,44 @@ from typing import Any, Literal
 
 import click
 
-from crystalseg.errors import CrystalsegError
+from crystalseg.errors import CrystalsegError, explain_failure
 
 log = logging.getLogger("crystalseg")
+
+
+def _given_paths(params: dict[str, Any]) -> list[Path]:
+    """The paths among a command's parameters, run stores first (error messages name them)."""
+    paths: list[Path] = []
+    for value in params.values():
+        for item in value if isinstance(value, tuple) else (value,):
+            if isinstance(item, Path):
+                paths.append(item)
+    return sorted(paths, key=lambda p: p.suffix != ".zarr")
+
+
+class _Command(click.Command):
+    """A command whose failures of the file system (full disk, read-only folder, no
+    permission) and of damaged stores (a chunk no codec decodes) become one
+    :class:`CrystalsegError` by :func:`~crystalseg.errors.explain_failure`; anything
+    else keeps its traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (CrystalsegError, click.exceptions.Exit, click.ClickException):
+            raise
+        except Exception as exc:
+            error = explain_failure(exc, paths=_given_paths(ctx.params))
+            if error is None:
+                raise
+            raise error from exc
 
 
 class _Group(click.Group):
     """Turns a :class:`CrystalsegError` into one line on stderr and exit status 1, and
     Ctrl-C into a line saying the work can be resumed and exit status 130."""
+
+    command_class = _Command
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -105,7 +135,18 @@ def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
     help="Image series of a TIFF to import (e.g. one stage position of an OME-TIFF).",
 )
 @click.option(
-    "--frames-per-chunk", type=int, help="Frames per store chunk (default: ~4 MiB a chunk)."
+    "--frames-per-chunk",
+    type=click.IntRange(min=1),
+    help="Frames per store chunk (default: ~4 MiB a chunk).",
+)
+@click.option(
+    "--planar-rgb",
+    type=click.Choice(["auto", "frames", "rgb"]),
+    default="auto",
+    show_default=True,
+    help="A TIFF of 3 or 4 pages stored as planar RGB(A): its planes as frames, or one colour "
+    "image turned grey. auto: frames when tifffile wrote it (its imwrite stores any 3- or "
+    "4-frame stack so), else colour; a warning says which.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing run store.")
 @click.pass_context
@@ -118,6 +159,7 @@ def import_cmd(
     channel: int | None,
     series: int | None,
     frames_per_chunk: int | None,
+    planar_rgb: str,
     overwrite: bool,
 ) -> None:
     """Import SOURCE (TIFF/OME-TIFF stack, image folder or glob, zarr, OME-Zarr, .npy,
@@ -129,9 +171,12 @@ def import_cmd(
     """
     from crystalseg.importing import import_run, refuse_source_inside
     from crystalseg.io import open_source
+    from crystalseg.store import check_calibration
 
+    check_calibration(pixel_size_um=pixel_size_um, what="--pixel-size: ")
+    check_calibration(interval_s=interval_s, what="--interval: ")
     refuse_source_inside(source, run)
-    with open_source(source, channel=channel, series=series) as src:
+    with open_source(source, channel=channel, series=series, planar_rgb=planar_rgb) as src:  # type: ignore[arg-type]
         total = src.shape[0]
     with _progress(total, "import", ctx.obj["quiet"]) as update:
         import_run(
@@ -144,6 +189,7 @@ def import_cmd(
             frames_per_chunk=frames_per_chunk,
             overwrite=overwrite,
             progress=update,
+            planar_rgb=planar_rgb,  # type: ignore[arg-type]
         )
     _echo_info(run)
 
@@ -162,19 +208,24 @@ def calibrate(run: Path, pixel_size_um: float | None, interval_s: float | None) 
     Example:
       crystalseg calibrate run.zarr --pixel-size 0.65 --interval 30
     """
-    from crystalseg.store import set_calibration
+    from crystalseg.store import check_calibration, set_calibration
 
+    check_calibration(pixel_size_um=pixel_size_um, what="--pixel-size: ")
+    check_calibration(interval_s=interval_s, what="--interval: ")
     set_calibration(run, pixel_size_um=pixel_size_um, interval_s=interval_s)
     _echo_info(run)  # a measurement made before shows OUT OF DATE with the command
 
 
 def _check_bins(value: tuple[float, float, int] | None) -> tuple[float, float, int] | None:
-    """--bins MIN MAX N: 0 < MIN < MAX and N >= 1, said in the option's own words."""
+    """--bins MIN MAX N: 0 < MIN < MAX and 1 <= N <= MAX_BINS, said in the option's words."""
+    from crystalseg.measure.settings import MAX_BINS
+
     if value is not None:
         lo, hi, n = value
-        if not (0 < lo < hi and math.isfinite(hi)) or n < 1:
+        if not (0 < lo < hi and math.isfinite(hi)) or not 1 <= n <= MAX_BINS:
             raise click.BadParameter(
-                f"{lo:g} {hi:g} {n} is not MIN MAX N with 0 < MIN < MAX and N >= 1 bins; "
+                f"{lo:g} {hi:g} {n} is not MIN MAX N with 0 < MIN < MAX and 1 <= N <= "
+                f"{MAX_BINS} bins (finer bins hold noise, and each frame stores N x N values); "
                 "e.g. --bins 1 1000 60 for 1 um to 1 mm in 60 log bins",
                 param_hint="'--bins'",
             )
@@ -902,6 +953,14 @@ def evaluate(
 
     if output is not None and output.suffix.lower() not in SCORE_SUFFIXES:  # before the work
         raise click.BadParameter("use a .json or .csv file", param_hint="--output")
+    if output is not None:
+        from crystalseg.store import check_output_folder
+
+        if output.is_dir():
+            raise click.BadParameter(
+                f"'{output}' is a folder; give a file name", param_hint="--output"
+            )
+        check_output_folder(output.parent)
     factors = _resize_factors(resize)
     settings = _measure_settings(filters)
     rule = parse_mask_values(mask_values) if mask_values else None

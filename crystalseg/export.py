@@ -35,7 +35,6 @@ import logging
 import os
 import re
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -55,7 +54,13 @@ from crystalseg.measure.results import (
     particle_column_attrs,
 )
 from crystalseg.measure.run import measurement_outdated
-from crystalseg.store import crystalseg_version, read_run_attrs, stage_info
+from crystalseg.store import (
+    check_output_outside_run,
+    crystalseg_version,
+    file_written_whole,
+    read_run_attrs,
+    stage_info,
+)
 
 log = logging.getLogger(__name__)
 
@@ -559,22 +564,6 @@ def _metadata_rows(
 # --------------------------------------------------------------------------- writers
 
 
-@contextmanager
-def _written_whole(path: Path) -> Iterator[Path]:
-    """A temporary path beside ``path``; it replaces ``path`` only when the block ends
-    without an error, so a failed or interrupted export never leaves half a file in
-    place of a previous one."""
-    if path.is_dir():
-        raise ConfigError(f"output '{path}' is a folder; expected a file name")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _for_spreadsheet(block: pd.DataFrame) -> pd.DataFrame:
     """Booleans as 1/0 (see :class:`ExportSettings`)."""
     bools = [c for c in block.columns if block[c].dtype == bool]
@@ -603,7 +592,7 @@ def round_significant(values: np.ndarray, digits: int) -> np.ndarray:
 
 def _write_csv(table: _Table, out: Path, settings: ExportSettings) -> None:
     encoding = "utf-8-sig" if settings.bom else "utf-8"
-    with _written_whole(out) as tmp, open(tmp, "w", newline="", encoding=encoding) as fh:
+    with file_written_whole(out) as tmp, open(tmp, "w", newline="", encoding=encoding) as fh:
         for i, block in enumerate(table.blocks()):
             _for_spreadsheet(block).to_csv(
                 fh,
@@ -621,7 +610,7 @@ def _write_metadata_csv(
 ) -> None:
     frame = pd.DataFrame(rows, columns=["section", "key", "value"]).astype(str)
     encoding = "utf-8-sig" if settings.bom else "utf-8"
-    with _written_whole(out) as tmp:
+    with file_written_whole(out) as tmp:
         frame.to_csv(tmp, sep=settings.sep, index=False, encoding=encoding, lineterminator="\r\n")
 
 
@@ -632,7 +621,7 @@ def _write_parquet(table: _Table, out: Path, metadata: dict[str, str]) -> None:
     import pyarrow.parquet as pq
 
     described = {c.header: c for c in table.columns}
-    with _written_whole(out) as tmp:
+    with file_written_whole(out) as tmp:
         writer = None
         try:
             for block in table.blocks():
@@ -691,7 +680,7 @@ def _write_xlsx(
 ) -> None:
     import xlsxwriter
 
-    with _written_whole(out) as tmp:
+    with file_written_whole(out) as tmp:
         # constant_memory: rows go to disk as they are written (flat memory for big
         # tables); strings never become formulas or links (a value like "=1+1" or a
         # path stays text).
@@ -806,6 +795,7 @@ def export_run(
         metadata.append(("export", "psd_not_exported", ", ".join(left_out)))
     if settings.format == "xlsx":
         _check_excel_rows(tables, path)
+    check_output_outside_run(workbook or folder)
     folder.mkdir(parents=True, exist_ok=True)
     files: list[Path] = []
     if settings.format == "xlsx":

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from crystalseg.errors import ConfigError, CrystalsegError, CrystalsegWarning
-from crystalseg.io import FrameSource, open_source
-from crystalseg.store import RunWriter, create_run, creating
+from crystalseg.errors import ConfigError, CrystalsegError, CrystalsegWarning, UnsupportedInputError
+from crystalseg.io import FrameSource, PlanarRGB, open_source
+from crystalseg.store import RunWriter, check_calibration, create_run, creating
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +33,42 @@ def frame_times(
 
     A given interval wins over metadata; metadata wins over nothing. With neither,
     frames are taken to be 1 s apart and a :class:`CrystalsegWarning` says how to fix it.
+
+    Raises
+    ------
+    ConfigError
+        ``interval_s`` is outside :data:`~crystalseg.store.INTERVAL_S_LIMITS`.
+    UnsupportedInputError
+        The times the recording holds are not finite or do not increase from frame to
+        frame (a NaN in the metadata, a clock set back): a time axis every rate and
+        kinetic fit would divide by. The message names the first bad frame and says to
+        give the interval instead.
     """
     if interval_s is not None:
-        if not interval_s > 0:
-            raise ConfigError(f"--interval must be a positive number of seconds, got {interval_s}")
+        check_calibration(interval_s=interval_s, what="--interval: ")
         return np.arange(n_frames, dtype="float64") * float(interval_s), "given interval"
     if found_s is not None:
         found_s = np.asarray(found_s, dtype="float64")
+        if found_s.shape != (n_frames,):
+            raise UnsupportedInputError(
+                f"the recording holds {found_s.size} frame times ({found_from}) for {n_frames} "
+                "frames; pass --interval SECONDS (interval_s=) for a regular time axis"
+            )
+        bad = np.flatnonzero(~np.isfinite(found_s))
+        steps = np.diff(found_s)
+        back = np.flatnonzero(~(steps > 0))
+        if bad.size or back.size:
+            i = int(bad[0]) if bad.size else int(back[0]) + 1
+            what = (
+                f"frame {i} has time {found_s[i]}"
+                if bad.size
+                else f"frame {i} is at {found_s[i]:g} s, not after frame {i - 1} at "
+                f"{found_s[i - 1]:g} s"
+            )
+            raise UnsupportedInputError(
+                f"the recording's frame times ({found_from}) are not finite and increasing: "
+                f"{what}; pass --interval SECONDS (interval_s=) for a regular time axis"
+            )
         return found_s - found_s[0], found_from
     warnings.warn(
         "the recording holds no frame times; assuming 1 s between frames. "
@@ -116,6 +145,7 @@ def import_run(
     frames_per_chunk: int | None = None,
     overwrite: bool = False,
     progress: Callable[[int], None] | None = None,
+    planar_rgb: PlanarRGB = "auto",
 ) -> Path:
     """Copy a recording into a new run store, frame chunk by frame chunk.
 
@@ -131,19 +161,22 @@ def import_run(
     frames_per_chunk : frames per store chunk (default: about 4 MiB a chunk)
     overwrite : replace an existing store at ``dest``
     progress : called with the number of frames written after each chunk
+    planar_rgb : how a TIFF of 3 or 4 planar RGB(A) pages is read: "frames", "rgb" (one
+        colour frame turned grey) or "auto" (see :func:`~crystalseg.io.open_source`)
 
     Returns
     -------
     Path of the run store.
     """
     dest = Path(dest)
-    if pixel_size_um is not None and not pixel_size_um > 0:
-        raise ConfigError(
-            f"--pixel-size must be a positive number of micrometres, got {pixel_size_um}"
-        )
+    check_calibration(pixel_size_um=pixel_size_um, interval_s=interval_s)
+    if frames_per_chunk is not None and (
+        isinstance(frames_per_chunk, bool) or not 1 <= int(frames_per_chunk)
+    ):
+        raise ConfigError(f"frames_per_chunk must be an integer >= 1, got {frames_per_chunk!r}")
     refuse_source_inside(source, dest)
     existed = dest.exists()
-    with open_source(source, channel=channel, series=series) as src:
+    with open_source(source, channel=channel, series=series, planar_rgb=planar_rgb) as src:
         if interval_s is None and src.time_s is not None and src.time_doubt:
             warnings.warn(src.time_doubt, CrystalsegWarning, stacklevel=2)
         time_s, time_source = frame_times(
@@ -156,6 +189,7 @@ def import_run(
             "interval_s": interval_s,
             "channel": channel,
             **({"series": series} if series is not None else {}),
+            **({"planar_rgb": planar_rgb} if planar_rgb != "auto" else {}),
         }
         provenance = {
             "description": src.description,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -58,3 +58,95 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def _mount_tmpfs(where: Path, size: str) -> str | None:
+    """Mount a tmpfs of ``size`` on ``where``; the reason it cannot, or None."""
+    import subprocess
+
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return done.stderr.strip() or f"mount exited {done.returncode}" if done.returncode else None
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 2 MiB file system (tmpfs) to fill up: writes there fail with ENOSPC.
+
+    Needs the right to mount (root, or CAP_SYS_ADMIN in a container); skipped otherwise.
+    """
+    import subprocess
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    why = _mount_tmpfs(disk, "2m")
+    if why:
+        pytest.skip(f"cannot mount a small tmpfs to fill ({why}); needs root or CAP_SYS_ADMIN")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def _fill_disk(disk: Path, *, leave: int = 0) -> Path:
+    """Fill ``disk`` with one file until fewer than ``leave`` bytes are free; its path."""
+    import os
+
+    filler = disk / "filler.bin"
+    stat = os.statvfs(disk)
+    with open(filler, "wb", buffering=0) as fh:
+        try:
+            fh.write(b"\0" * max(0, stat.f_bavail * stat.f_frsize - leave))
+            while leave == 0:
+                fh.write(b"\0" * 4096)
+        except OSError:
+            pass
+    return filler
+
+
+@pytest.fixture(scope="session")
+def fill_disk() -> Callable[..., Path]:
+    """``fill_disk(disk, *, leave=0)``: fill ``disk`` with one file until fewer than
+    ``leave`` bytes are free; returns the file (delete it to free the space)."""
+    return _fill_disk
+
+
+@pytest.fixture
+def read_only_copy(tmp_path: Path) -> Iterator[Callable[..., Path]]:
+    """``read_only_copy(*paths)``: a folder holding copies of ``paths`` that no one may
+    write to, by a real mechanism: a tmpfs remounted read-only (EROFS) where mounting is
+    allowed, else (not root) the folder's write permission removed (EACCES). Root with no
+    right to mount is skipped: chmod does not stop root."""
+    import os
+    import shutil
+    import stat
+    import subprocess
+
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    mounted = _mount_tmpfs(folder, "64m") is None
+    if not mounted and os.geteuid() == 0:
+        pytest.skip("root ignores chmod and may not mount a read-only tmpfs here")
+
+    def copy(*paths: Path) -> Path:
+        for path in paths:
+            target = folder / path.name
+            if path.is_dir():
+                shutil.copytree(path, target)
+            else:
+                shutil.copy2(path, target)
+        if mounted:
+            subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
+        else:
+            for p in [folder, *folder.rglob("*")]:
+                p.chmod(p.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+        return folder
+
+    yield copy
+    if mounted:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+    else:
+        for p in [folder, *folder.rglob("*")]:
+            p.chmod(p.stat().st_mode | stat.S_IWUSR)

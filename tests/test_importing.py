@@ -149,3 +149,44 @@ def test_failure_mid_stream_leaves_no_new_store(tmp_path: Path, rng) -> None:
     with pytest.raises(UnsupportedInputError):
         import_run(folder, tmp_path / "r.zarr", interval_s=1.0, frames_per_chunk=1)
     assert not (tmp_path / "r.zarr").exists()
+
+
+@pytest.mark.parametrize(
+    ("found", "match"),
+    [
+        ([0.0, float("nan"), 2.0], r"not finite and increasing: frame 1 has time nan"),
+        ([0.0, 5.0, 3.0], r"frame 2 is at 3 s, not after frame 1 at 5 s"),
+        ([0.0, 5.0, 5.0], r"frame 2 is at 5 s, not after frame 1 at 5 s"),
+        ([0.0, 1.0], r"holds 2 frame times .* for 3 frames"),
+    ],
+)
+def test_frame_times_from_the_recording_must_be_finite_and_increasing(found, match) -> None:
+    from crystalseg.errors import UnsupportedInputError
+    from crystalseg.importing import frame_times
+
+    with pytest.raises(UnsupportedInputError, match=match + r".*pass --interval SECONDS"):
+        frame_times(3, interval_s=None, found_s=np.array(found), found_from="OME Plane DeltaT")
+    times, source = frame_times(3, interval_s=2.5, found_s=np.array(found), found_from="x")
+    np.testing.assert_array_equal(times, [0.0, 2.5, 5.0])  # a given interval wins
+    assert source == "given interval"
+
+
+@pytest.mark.parametrize("interval", [0.0, -1.0, 1e-300, float("nan"), float("inf")])
+def test_an_interval_outside_physical_limits_is_refused(interval: float) -> None:
+    from crystalseg.errors import ConfigError
+    from crystalseg.importing import frame_times
+
+    with pytest.raises(ConfigError, match=r"--interval: frame interval .* is outside the physical"):
+        frame_times(3, interval_s=interval, found_s=None, found_from="none")
+
+
+@pytest.mark.parametrize("fpc", [0, -2])
+def test_frames_per_chunk_below_one_is_refused_before_a_store_is_made(
+    tmp_path: Path, fpc: int
+) -> None:
+    from crystalseg.errors import ConfigError
+
+    np.save(tmp_path / "s.npy", np.zeros((3, 8, 8), np.uint8))
+    with pytest.raises(ConfigError, match=rf"frames_per_chunk must be an integer >= 1, got {fpc}"):
+        import_run(tmp_path / "s.npy", tmp_path / "r.zarr", interval_s=1.0, frames_per_chunk=fpc)
+    assert not (tmp_path / "r.zarr").exists()

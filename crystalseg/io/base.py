@@ -36,6 +36,12 @@ TimeSource = Literal[
     "none",
 ]
 
+#: Most pixels one frame may have: 2**28 (16384 x 16384; 256 MiB as uint8, 512 MiB as
+#: uint16). The largest scientific sensors have ~150 megapixels; a header that declares
+#: more (a 60000 x 60000 TIFF is 3.6 GB a frame) is refused before anything is allocated,
+#: as every stage holds a few frames in memory at once.
+MAX_FRAME_PIXELS = 2**28
+
 #: ITU-R BT.709 luma weights in units of 1/10000 (as ``skimage.color.rgb2gray``).
 _LUMA_WEIGHTS = (2125, 7154, 721)
 
@@ -122,6 +128,41 @@ class FrameSource(abc.ABC):
         return (
             f"<{type(self).__name__} {self.description}: shape={self.shape} dtype={self.dtype} "
             f"pixel_size_um={self.pixel_size_um} time={self.time_source}>"
+        )
+
+
+def check_frame_shape(shape: tuple[int, ...], *, what: str) -> None:
+    """Refuse a recording of 0 frames, an empty frame, or frames over :data:`MAX_FRAME_PIXELS`.
+
+    Called by every reader on the shape its header declares, before a pixel is read.
+
+    Parameters
+    ----------
+    shape : (time, y, x) as the header declares it
+    what : the source, as named in messages
+
+    Raises
+    ------
+    UnsupportedInputError
+        One of the three.
+    """
+    n, ny, nx = (int(v) for v in shape)
+    if n == 0:
+        raise UnsupportedInputError(
+            f"{what} holds 0 frames (shape {tuple(shape)}); expected at least one frame. "
+            "Check that the recording was saved completely, or export it again."
+        )
+    if ny == 0 or nx == 0:
+        raise UnsupportedInputError(
+            f"{what} has empty frames of {ny} x {nx} pixels; expected frames of at least 1 x 1. "
+            "Export the recording again."
+        )
+    if ny * nx > MAX_FRAME_PIXELS:
+        raise UnsupportedInputError(
+            f"{what} declares frames of {ny} x {nx} pixels ({ny * nx / 1e6:.0f} megapixels); "
+            f"crystalseg reads frames of up to {MAX_FRAME_PIXELS / 2**20:.0f} megapixels "
+            "(16384 x 16384). Check that the file is not damaged, or crop or bin the frames "
+            "before import."
         )
 
 
@@ -556,7 +597,14 @@ class ArrayFrameSource(FrameSource):
     ) -> None:
         self._array = array
         self._what = what
+        if 0 in tuple(array.shape):
+            raise UnsupportedInputError(
+                f"{what} holds no pixels ({_shape_text(tuple(array.shape), axes)}); expected "
+                "at least one frame. Check that the recording was saved completely, or export "
+                "it again."
+            )
         self._plan = plan_axes(tuple(array.shape), axes, channel=channel, what=what, **plan_kw)
+        check_frame_shape((self._plan.n_frames, *self._plan.frame_shape), what=what)
         self.dtype = output_dtype(np.dtype(array.dtype), lambda: self._raw(0, 1), what=what)
         self.shape = (self._plan.n_frames, *self._plan.frame_shape)
 

@@ -33,6 +33,7 @@ from crystalseg.errors import (
 from crystalseg.io.base import (
     FrameSource,
     cap_files,
+    check_frame_shape,
     finish_frames,
     output_dtype,
     plan_axes,
@@ -243,7 +244,7 @@ def _probe(path: Path) -> _Header:
         with Image.open(path) as im:
             mode, (width, height) = im.mode, im.size
             n = getattr(im, "n_frames", 1)
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
         raise _not_an_image(path, str(exc).split("\n")[0]) from exc
     if n > 1:
         raise UnsupportedInputError(
@@ -389,6 +390,7 @@ class FolderSource(FrameSource):
         shape = (len(files), first.height, first.width) + ((samples,) if samples > 1 else ())
         axes = "TYXS" if samples > 1 else "TYX"
         self._plan = plan_axes(shape, axes, channel=channel, what=self._what)
+        check_frame_shape(shape[:3], what=self._what)
         self.dtype = output_dtype(
             np.dtype(first.dtype), lambda: _load(files[0], first)[np.newaxis], what=self._what
         )

@@ -16,19 +16,23 @@ importing one series and dropping the rest.
 from __future__ import annotations
 
 import logging
+import re
+import warnings
 import xml.etree.ElementTree as ET
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import tifffile
 import zarr
 
-from crystalseg.errors import UnsupportedInputError
+from crystalseg.errors import CrystalsegWarning, UnsupportedInputError
 from crystalseg.io.base import (
     ArrayFrameSource,
     TimeSource,
+    check_frame_shape,
     length_to_um,
     regular_times,
     relative_times,
@@ -47,6 +51,65 @@ _PREVIEW_NAMES = frozenset({"thumbnail", "preview", "label", "macro", "overview"
 _FRAME_AXES = frozenset("YXSC")
 #: Runs of series listed in an error message before the rest is counted.
 _MAX_LISTED = 6
+#: Words of tifffile's log warnings that mean the file is cut short or damaged: tifffile
+#: then reads fewer pages than the file declares, and would import them without a word.
+_DAMAGE_WORDS = ("invalid page offset", "corrupted", "failed to reshape", "truncated")
+
+#: How a planar RGB(A) TIFF of 3 or 4 pages is read: ``frames`` (each plane a grey frame),
+#: ``rgb`` (one colour frame, turned grey) or ``auto`` (frames when tifffile wrote it).
+PlanarRGB = Literal["auto", "frames", "rgb"]
+
+
+@contextmanager
+def _tifffile_damage(path: Path) -> Iterator[list[str]]:
+    """Collect tifffile's warnings that say the file is damaged (see :data:`_DAMAGE_WORDS`)."""
+    found: list[str] = []
+
+    class _Catch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            text = record.getMessage()
+            if any(word in text.lower() for word in _DAMAGE_WORDS):
+                found.append(re.sub(r"^<[^>]*>\s*", "", text.split("\n")[0]))
+
+    tiff_log = logging.getLogger("tifffile")
+    handler = _Catch(logging.WARNING)
+    tiff_log.addHandler(handler)
+    try:
+        yield found
+    finally:
+        tiff_log.removeHandler(handler)
+
+
+def _damaged(path: Path, why: str) -> UnsupportedInputError:
+    return UnsupportedInputError(
+        f"'{path}' is damaged or cut short ({why}); importing it would drop frames. Copy "
+        "the file again from where it was recorded (compare its size), or export it again."
+    )
+
+
+def check_complete(tif: tifffile.TiffFile, items: Sequence[Any], path: Path) -> None:
+    """Raise if the pixel data of ``items`` (series or pages) reach past the end of the file.
+
+    tifffile reads a stack that it wrote (shaped, contiguous) from the first page's
+    header alone, so a copy cut short opens as if whole and fails only at the missing
+    frames, after a run store was made. This compares where the data end with the
+    file's size, reading no pixels.
+    """
+    size = int(tif.filehandle.size)
+    end = 0
+    for item in items:
+        offset = item.dataoffset if isinstance(item, tifffile.TiffPageSeries) else None
+        if offset is not None:  # a contiguous series
+            end = max(end, int(offset) + int(item.nbytes))
+            continue
+        pages = item.pages if isinstance(item, tifffile.TiffPageSeries) else [item]
+        for page in pages:
+            if page is None:
+                continue
+            for start, count in zip(page.dataoffsets, page.databytecounts, strict=False):
+                end = max(end, int(start) + int(count))
+    if end > size:
+        raise _damaged(path, f"its pixel data need {end} bytes, the file holds {size}")
 
 
 class TiffSource(ArrayFrameSource):
@@ -65,23 +128,34 @@ class TiffSource(ArrayFrameSource):
     """
 
     def __init__(
-        self, path: Path, *, channel: int | None = None, series: int | None = None
+        self,
+        path: Path,
+        *,
+        channel: int | None = None,
+        series: int | None = None,
+        planar_rgb: PlanarRGB = "auto",
     ) -> None:
         path = Path(path)
-        try:
-            self._tif = tifffile.TiffFile(path)
-        except (tifffile.TiffFileError, ValueError, OSError) as exc:
-            raise UnsupportedInputError(
-                f"'{path}' is not a readable TIFF ({exc}); expected a TIFF stack. Check that "
-                "the file was written completely, or export it again."
-            ) from exc
-        try:
-            self._open(path, channel, series)
-        except BaseException:
-            self._tif.close()
-            raise
+        with _tifffile_damage(path) as damage:
+            try:
+                self._tif = tifffile.TiffFile(path)
+            except (tifffile.TiffFileError, ValueError, OSError) as exc:
+                raise UnsupportedInputError(
+                    f"'{path}' is not a readable TIFF ({exc}); expected a TIFF stack. Check "
+                    "that the file was written completely, or export it again."
+                ) from exc
+            try:
+                _ = self._tif.series  # tifffile reads the page list here
+                if damage:
+                    raise _damaged(path, f"tifffile: {damage[0]}")
+                self._open(path, channel, series, planar_rgb)
+            except BaseException:
+                self._tif.close()
+                raise
 
-    def _open(self, path: Path, channel: int | None, series: int | None) -> None:
+    def _open(
+        self, path: Path, channel: int | None, series: int | None, planar_rgb: PlanarRGB
+    ) -> None:
         tif = self._tif
         if not tif.series:
             raise UnsupportedInputError(
@@ -98,6 +172,13 @@ class TiffSource(ArrayFrameSource):
         ij = tif.imagej_metadata or {}
         self.description = f"{label} {path}"
         array, axes, assembly = select_frames(tif, what=what, series=series)
+        items = array.items if isinstance(array, TiffFrameList) else [tif.series[series or 0]]
+        page = tif.series[series or 0].keyframe
+        check_frame_shape((1, int(page.imagelength), int(page.imagewidth)), what=what)
+        check_complete(tif, items, path)
+        axes, planar = _planar_rgb(tif, axes, tuple(array.shape), planar_rgb, channel, what)
+        if planar:
+            assembly["planar_rgb"] = planar
         self._setup(
             array,
             axes,
@@ -157,7 +238,7 @@ class TiffFrameList:
     """
 
     def __init__(self, items: Sequence[Any], frame_shape: tuple[int, ...], dtype: np.dtype) -> None:
-        self._items = list(items)
+        self.items = self._items = list(items)
         self._frame_shape = tuple(frame_shape)
         self.shape = (len(self._items), *self._frame_shape)
         self.dtype = np.dtype(dtype)
@@ -314,6 +395,59 @@ def select_frames(
         "will not drop series. Import one series at a time with --series N (a run store "
         "each), or export each series as its own TIFF stack."
     )
+
+
+# ---------------------------------------------------------------------------
+# Planar RGB: three or four pages that may be colour planes or frames
+
+
+def _planar_rgb(
+    tif: tifffile.TiffFile,
+    axes: str,
+    shape: tuple[int, ...],
+    choice: PlanarRGB,
+    channel: int | None,
+    what: str,
+) -> tuple[str, str | None]:
+    """Axes to read a planar RGB(A) TIFF by, and how it was read (None: not planar RGB).
+
+    ``tifffile.imwrite(f, frames)`` stores a stack of 3 or 4 grey frames as one planar
+    RGB(A) image (photometric RGB, planarconfig SEPARATE), the shape alone deciding; read
+    as colour it would become one grey frame, losing the others. ``auto`` therefore reads
+    the planes of a file tifffile wrote as frames, and those of other software (which
+    write planar RGB on purpose) as colour, unless ``channel`` is given (a colour plane
+    asked for); either way a :class:`CrystalsegWarning` says how it was read.
+    """
+    page = tif.series[0].keyframe
+    planar = (
+        "S" in axes
+        and shape[axes.index("S")] in (3, 4)
+        and page.photometric == tifffile.PHOTOMETRIC.RGB
+        and page.planarconfig == tifffile.PLANARCONFIG.SEPARATE
+    )
+    if not planar:
+        return axes, None
+    n = shape[axes.index("S")]
+    by_tifffile = "tifffile" in str(page.software or "") or tif.is_shaped
+    frames = choice == "frames" or (choice == "auto" and by_tifffile and channel is None)
+    how = (
+        f"tifffile shape {tuple(shape)}, photometric RGB, planarconfig SEPARATE"
+        f"{', written by tifffile' if by_tifffile else ''}"
+    )
+    if frames:
+        read = f"its {n} planes read as {n} grey frames"
+        other = "if it is one colour image, import it with --planar-rgb rgb (planar_rgb='rgb')"
+        axes = axes.replace("S", "I")
+    else:
+        read = f"read as one {'RGBA' if n == 4 else 'RGB'} image turned grey"
+        other = (
+            f"if its planes are {n} frames, import it with --planar-rgb frames "
+            "(planar_rgb='frames')"
+        )
+    if choice == "auto":
+        warnings.warn(f"{what} is a planar RGB(A) TIFF ({how}): {read}; {other}",
+                      CrystalsegWarning, stacklevel=5)  # fmt: skip
+    return axes, f"{read} ({how})"
 
 
 # ---------------------------------------------------------------------------

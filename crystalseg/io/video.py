@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from crystalseg.errors import UnsupportedInputError
-from crystalseg.io.base import FrameSource, to_grey
+from crystalseg.io.base import FrameSource, check_frame_shape, to_grey
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +82,11 @@ class VideoSource(FrameSource):
         rate = float(stream.average_rate) if stream.average_rate else None
         self.description = f"video {self.path} ({stream.codec_context.name})"
         self.shape = (len(self._pts), height, width)
+        try:
+            check_frame_shape(self.shape, what=f"'{self.path}'")
+        except UnsupportedInputError:
+            self._container.close()
+            raise
         self.dtype = np.dtype(np.uint8)
         self.pixel_size_um = None
         if base > 0:

@@ -28,8 +28,11 @@ import datetime as _dt
 import hashlib
 import json
 import logging
+import math
+import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -41,7 +44,7 @@ import zarr
 from zarr.codecs import ZstdCodec
 
 from crystalseg.dims import FRAME_DIMS, IMAGE, PARTICLE, TIME
-from crystalseg.errors import InputNotFoundError, RunFormatError
+from crystalseg.errors import ConfigError, DamagedRunError, InputNotFoundError, RunFormatError
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +67,127 @@ PROBABILITY_ATTRS: dict[str, Any] = {
 #: Bytes of raw pixels per image chunk: a few frames of 1-4 megapixels.
 TARGET_CHUNK_BYTES = 4 * 2**20
 MAX_FRAMES_PER_CHUNK = 32
+
+
+#: Pixel sizes (micrometres) a run may carry. 0.1 nm is below the pixel of any image of a
+#: crystal (light microscopes reach ~30 nm, SEM ~1 nm); 1 cm a pixel would make a
+#: 1000-pixel frame 10 m wide. Inside these bounds every area and volume of a
+#: measurement stays a normal float64 (1e-300 um, accepted before, made frame areas 0).
+PIXEL_SIZE_UM_LIMITS = (1e-4, 1e4)
+#: Frame intervals (seconds) a run may carry: from a 1 MHz high-speed camera to one frame
+#: every 116 days. Rates per second computed from them stay finite.
+INTERVAL_S_LIMITS = (1e-6, 1e7)
+
+
+def check_calibration(
+    *, pixel_size_um: float | None = None, interval_s: float | None = None, what: str = ""
+) -> None:
+    """Refuse a pixel size or frame interval outside :data:`PIXEL_SIZE_UM_LIMITS` /
+    :data:`INTERVAL_S_LIMITS` (None passes: not given).
+
+    Called wherever a calibration enters: import options, :func:`set_calibration`,
+    and the attributes of a store being read.
+
+    Parameters
+    ----------
+    pixel_size_um, interval_s : the values to check
+    what : where they come from, prefixed to the message (e.g. a run store's name)
+
+    Raises
+    ------
+    ConfigError
+        Not a finite number within the limits.
+    """
+    for name, value, (lo, hi), unit in (
+        ("pixel size", pixel_size_um, PIXEL_SIZE_UM_LIMITS, "um"),
+        ("frame interval", interval_s, INTERVAL_S_LIMITS, "s"),
+    ):
+        if value is None:
+            continue
+        number = isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
+        if not (number and math.isfinite(value) and lo <= value <= hi):
+            raise ConfigError(
+                f"{what}{name} {value!r} {unit} is outside the physical range {lo:g} to "
+                f"{hi:g} {unit}; give the {name} in {'micrometres' if unit == 'um' else 'seconds'}"
+                f"{' per pixel' if unit == 'um' else ' between frames'}, e.g. "
+                f"{'0.65' if unit == 'um' else '30'}"
+            )
+
+
+def check_output_outside_run(path: str | Path) -> None:
+    """Refuse an output path that is a zarr store or lies inside one.
+
+    Figures, reports and exports written into a run store are files zarr does not
+    know: ``xarray.open_zarr`` may trip over them, and they vanish with the store
+    when a stage replaces it. Reports, plots and overlays call this before any work.
+
+    Raises
+    ------
+    ConfigError
+        ``path`` or one of its parent folders is a zarr store.
+    """
+    path = Path(path)
+    for folder in (path.absolute(), *path.absolute().parents):
+        if (folder / "zarr.json").is_file() or (folder / ".zgroup").is_file():
+            where = "is" if folder == path.absolute() else "lies inside"
+            raise ConfigError(
+                f"output '{path}' {where} the zarr store '{folder}'; files written there are "
+                f"not part of the store and would be lost with it. Choose a path outside it, "
+                f"e.g. in '{folder.parent}'"
+            )
+
+
+def check_output_folder(path: str | Path) -> None:
+    """Make the output folder ``path`` and write (then remove) a probe file in it, so a
+    long job (training, scoring) learns of a read-only folder, a missing permission, a
+    file in the way or a full disk before its work, not after it.
+
+    Raises
+    ------
+    ConfigError
+        ``path`` lies inside a zarr store (:func:`check_output_outside_run`).
+    OSError
+        The folder cannot be made or written (the CLI explains it in one line).
+    """
+    path = Path(path)
+    check_output_outside_run(path)
+    path.mkdir(parents=True, exist_ok=True)
+    probe = path / f".crystalseg-write-test-{os.getpid()}"
+    try:
+        probe.write_bytes(b"\0" * 4096)
+    finally:
+        probe.unlink(missing_ok=True)
+
+
+@contextmanager
+def file_written_whole(path: str | Path) -> Iterator[Path]:
+    """A temporary path beside ``path`` to write to; it replaces ``path`` only when the
+    block ends without an error, and is removed when it does not.
+
+    A figure or report cut short by a full disk or an interrupt therefore never
+    replaces the previous one, nor stays behind half-written::
+
+        with file_written_whole(out) as tmp:
+            tmp.write_text(html)
+
+    Raises
+    ------
+    ConfigError
+        ``path`` is an existing folder (the write would fail only at the end).
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(
+            f"output '{path}' is a folder; expected a file name. Give a file path, e.g. "
+            f"'{path / ('output' + (path.suffix or '.html'))}'"
+        )
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def crystalseg_version() -> str:
@@ -169,6 +293,11 @@ def get_array(group: zarr.Group, name: str, path: str | Path = "") -> zarr.Array
         raise RunFormatError(f"run store '{path}' has no array '{name}'") from exc
     if not isinstance(node, zarr.Array):
         raise RunFormatError(f"'{name}' in run store '{path}' is a group, not an array")
+    if name in (IMAGE, TIME) and (node.ndim == 0 or node.shape[0] == 0):
+        raise DamagedRunError(
+            f"run store '{path}' holds 0 frames ('{name}' has shape {tuple(node.shape)}); a run "
+            "needs at least one. Re-import the recording into a new store"
+        )
     return node
 
 
@@ -190,13 +319,50 @@ def read_run_attrs(path: str | Path) -> dict[str, Any]:
             f"'{path}' is a zarr group but not a crystalseg run store (no '{FORMAT_KEY}' "
             "attribute); import the recording with 'crystalseg import SRC RUN.zarr'"
         )
-    if not isinstance(found, int) or found > FORMAT_VERSION:
+    if isinstance(found, bool) or not isinstance(found, int) or found < 1:
+        raise DamagedRunError(
+            f"run store '{path}' has format version {found!r}; expected a whole number "
+            f"1..{FORMAT_VERSION}. The store's zarr.json was edited or damaged: restore it "
+            "from a backup or re-import the recording"
+        )
+    if found > FORMAT_VERSION:
         raise RunFormatError(
             f"'{path}' was written in run-store format {found} by a newer crystalseg; this "
             f"crystalseg ({crystalseg_version()}) reads up to format {FORMAT_VERSION}. "
             "Upgrade with 'pip install -U crystalseg'"
         )
+    _check_attrs(path, attrs)
     return attrs
+
+
+def _check_attrs(path: str | Path, attrs: Mapping[str, Any]) -> None:
+    """Raise :class:`DamagedRunError` for root attributes of the wrong kind (edited by
+    hand or by another tool), so no stage reads a text pixel size or a list provenance."""
+    fix = "restore the store's zarr.json from a backup or re-import the recording"
+    provenance = attrs.get(PROVENANCE_KEY, {})
+    parts = {"provenance": provenance}
+    if isinstance(provenance, dict):
+        parts.update({f"provenance.{k}": provenance.get(k, {}) for k in ("source", "stages")})
+        stages = provenance.get("stages", {})
+        if isinstance(stages, dict):
+            parts.update({f"provenance.stages.{k}": v for k, v in stages.items()})
+    for name, value in parts.items():
+        if not isinstance(value, dict):
+            raise DamagedRunError(
+                f"run store '{path}' has attribute '{name}' of type {type(value).__name__}; "
+                f"expected a mapping. The attribute was edited or damaged: {fix}"
+            )
+    pixel = attrs.get("pixel_size_um")
+    if pixel is not None:
+        try:
+            check_calibration(pixel_size_um=pixel)
+        except ConfigError as exc:
+            raise DamagedRunError(
+                f"run store '{path}' has attribute 'pixel_size_um' = {pixel!r}; expected "
+                f"micrometres per pixel, {PIXEL_SIZE_UM_LIMITS[0]:g} to "
+                f"{PIXEL_SIZE_UM_LIMITS[1]:g}, or null. Put a number of micrometres (or null) "
+                f"back into '{Path(path) / 'zarr.json'}', or restore the store from a backup"
+            ) from exc
 
 
 def stage_info(path: str | Path) -> dict[str, dict[str, Any]]:
@@ -294,6 +460,8 @@ def open_run(path: str | Path, *, require_complete: bool = True) -> xr.Dataset:
                 f"run store '{path}' is incomplete: stage '{name}' stopped after {done} of "
                 f"{total} frames; run the same 'crystalseg {name}' command again to resume"
             )
+    # the arrays themselves, not the consolidated list of them (which outlives a deletion)
+    get_array(_open_group(path), IMAGE, path)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=RuntimeWarning, message="Failed to open Zarr")
         ds = xr.open_zarr(str(path), consolidated=None)
@@ -301,6 +469,13 @@ def open_run(path: str | Path, *, require_complete: bool = True) -> xr.Dataset:
         raise RunFormatError(
             f"run store '{path}' has no '{IMAGE}' array with dims {FRAME_DIMS}; "
             "re-import the recording"
+        )
+    time = np.asarray(ds[TIME].values)
+    if time.dtype.kind == "f" and (not np.all(np.isfinite(time)) or np.any(np.diff(time) < 0)):
+        raise DamagedRunError(
+            f"run store '{path}' has a time axis that is not finite and increasing "
+            f"({np.count_nonzero(~np.isfinite(time))} of {time.size} values not finite); set a "
+            f"regular one with 'crystalseg calibrate {path} --interval SECONDS'"
         )
     ds.attrs.update({k: v for k, v in attrs.items() if k not in ds.attrs})
     return ds

@@ -61,6 +61,7 @@ from crystalseg.store.core import (
     _provenance,
     _tidy,
     calibration_fingerprint,
+    check_calibration,
     consolidate,
     create_array,
     crystalseg_version,
@@ -850,9 +851,7 @@ def set_calibration(
     """
     if pixel_size_um is None and interval_s is None:
         raise ConfigError("nothing to set: give a pixel size (--pixel-size) or --interval")
-    for name, value in (("--pixel-size", pixel_size_um), ("--interval", interval_s)):
-        if value is not None and not (math.isfinite(value) and value > 0):
-            raise ConfigError(f"{name} must be a positive number, got {value}")
+    check_calibration(pixel_size_um=pixel_size_um, interval_s=interval_s)
     with writing(path, "calibrate"):
         return _set_calibration(path, pixel_size_um, interval_s)
 

@@ -23,6 +23,7 @@ import hashlib
 import logging
 import math
 import os
+import warnings
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ import torch
 from crystalseg.classes import boundary_class, class_mask_from_labels
 from crystalseg.errors import (
     ConfigError,
+    CrystalsegWarning,
     FrameMismatchError,
     InputNotFoundError,
     RunFormatError,
@@ -512,10 +514,24 @@ class SegmentationData:
     # ---- loading
 
     def _check_files(self) -> None:
-        """Read every file pair once: sizes must match and every mask value map to a class."""
+        """Read every file pair once: sizes must match and every mask value map to a class;
+        warn when no mask holds a pixel of any class but background: a model learns from
+        them only to draw nothing (the loss falls to 0.0000). Some empty masks among
+        others are fine (frames before nucleation)."""
+        empty = []
         for item in self.items:
-            if item.image is not None:
-                self.load(item)
+            if item.image is not None and not self.load(item)[1].any():
+                empty.append(item.mask.name if item.mask is not None else item.name)
+        n_files = sum(item.image is not None for item in self.items)
+        if empty and len(empty) == n_files:
+            warnings.warn(
+                f"none of the {n_files} training masks holds a pixel of "
+                f"{', '.join(repr(c) for c in self.codes[1:])} (e.g. '{empty[0]}'); the model "
+                "would learn to draw nothing. Check that the masks mark the crystals and that "
+                "the mask values map to the classes (mask_values, e.g. 0,255)",
+                CrystalsegWarning,
+                stacklevel=3,
+            )
 
     def _open_run(self, run: Path) -> Any:
         if run not in self._runs:

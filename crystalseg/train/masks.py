@@ -235,9 +235,13 @@ def read_mask(path: str | os.PathLike[str]) -> np.ndarray:
         if not (
             np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])
         ):
+            colours = np.unique(rgb.reshape(-1, 3), axis=0)
+            shown = ", ".join(str(tuple(int(v) for v in c)) for c in colours[:4])
+            more = f" and {len(colours) - 4} more" if len(colours) > 4 else ""
             raise UnsupportedInputError(
-                f"mask '{p.name}' is a colour image; save it as a palette (indexed) or grey "
-                "image with one value per class"
+                f"mask '{p.name}' is a colour image (RGB colours {shown}{more}); expected one "
+                "value per class. Save it as a grey or palette (indexed) image, e.g. "
+                "PIL: Image.open(f).convert('L').save(f), ImageJ: Image > Type > 8-bit"
             )
         arr = rgb[..., 0]
     if arr.ndim != 2:

@@ -19,6 +19,7 @@ from typing import Any
 from crystalseg.classes import BOUNDARY_CODES
 from crystalseg.errors import CheckpointError, ConfigError, StageStateError
 from crystalseg.models.checkpoint import DEFAULT_ENCODER, META_FILE, jsonable, read_checkpoint_meta
+from crystalseg.store import check_output_folder
 from crystalseg.train.augment import AUGMENT_PRESETS
 from crystalseg.train.data import PathLike, SegmentationData
 from crystalseg.train.learner import (
@@ -295,6 +296,8 @@ def train_model(settings: TrainSettings) -> TrainResult:
             f"'{out}' already holds a model; add --resume to continue "
             "its training, --overwrite to replace it, or choose another -o"
         )
+    if out is not None:
+        check_output_folder(out)  # a read-only or full disk fails now, not after training
     data = settings_data(s)
     log.info("%r", data)
     init: str | Path = s.init

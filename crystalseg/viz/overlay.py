@@ -75,7 +75,13 @@ from crystalseg.measure.instances import crystal_classes
 from crystalseg.measure.results import PARTICLES_GROUP, STAGE, size_units
 from crystalseg.measure.run import label_mask_frame, measured_mask_changed, read_mask_codes
 from crystalseg.measure.settings import MeasureSettings
-from crystalseg.store import get_array, read_run_attrs, stage_info
+from crystalseg.store import (
+    check_output_outside_run,
+    file_written_whole,
+    get_array,
+    read_run_attrs,
+    stage_info,
+)
 from crystalseg.viz.plots import frame_index
 
 log = logging.getLogger(__name__)
@@ -997,22 +1003,25 @@ def write_overlays(
     _check_color_by(color_by)
     if isinstance(montage_n, bool) or not isinstance(montage_n, int) or montage_n < 0:
         raise ConfigError(f"montage_n must be an integer >= 0 (0: no montage), got {montage_n!r}")
+    out = Path(out_dir)
+    check_output_outside_run(out)
     measured = _measured(run)
     n = measured.n_frames
     chosen = resolve_frames([0, n // 2, n - 1] if frames is None else frames, n)
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for index in chosen:
         fig = _overlay_figure(measured, index, color_by=color_by)
         path = out / f"frame_{index:05d}.png"
-        fig.savefig(path, dpi=fig.dpi)
+        with file_written_whole(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=fig.dpi)
         written.append(path)
         log.info("wrote %s", path)
     if montage_n:
         path = out / "montage.png"
         fig = _montage(measured, n=montage_n, frames=None, color_by=color_by)
-        fig.savefig(path, dpi=fig.dpi)
+        with file_written_whole(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=fig.dpi)
         written.append(path)
         log.info("wrote %s", path)
     return written

@@ -45,7 +45,12 @@ from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormat
 from crystalseg.dims import SIZE_BIN, TIME
 from crystalseg.errors import ConfigError, CrystalsegWarning, RunFormatError, StageStateError
 from crystalseg.measure.distributions import require_columns
-from crystalseg.store import crystalseg_version, stage_info
+from crystalseg.store import (
+    check_output_outside_run,
+    crystalseg_version,
+    file_written_whole,
+    stage_info,
+)
 
 log = logging.getLogger(__name__)
 
@@ -825,6 +830,7 @@ def plot_run(
         "shape": lambda: plot_shape(particles, psd, frame=shape_frame),
     }
     out = Path(out_dir)
+    check_output_outside_run(out)
     out.mkdir(parents=True, exist_ok=True)
     name = _run_name(path)
     written: list[Path] = []
@@ -867,6 +873,7 @@ def plot_runs(
     names = run_names(paths)
     psds = [_load_small(open_results(p, columns=())[0]) for p in paths]
     out = Path(out_dir)
+    check_output_outside_run(out)
     out.mkdir(parents=True, exist_ok=True)
     written = _save(
         plot_compare(list(zip(names, psds, strict=True)), basis=basis), out / COMPARE_FIGURE, fmts
@@ -969,7 +976,8 @@ def _save(fig: Figure, stem: Path, formats: Sequence[str]) -> list[Path]:
     }
     for fmt in formats:
         target = stem.with_name(f"{stem.name}.{fmt}")
-        fig.savefig(target, format=fmt, dpi=_DPI, metadata=metadata[fmt])
+        with file_written_whole(target) as tmp:
+            fig.savefig(tmp, format=fmt, dpi=_DPI, metadata=metadata[fmt])
         paths.append(target)
     return paths
 

@@ -36,7 +36,12 @@ import numpy as np
 
 from crystalseg.dims import TIME
 from crystalseg.errors import ConfigError, CrystalsegError
-from crystalseg.store import crystalseg_version, describe_run
+from crystalseg.store import (
+    check_output_outside_run,
+    crystalseg_version,
+    describe_run,
+    file_written_whole,
+)
 from crystalseg.summary import counted, format_duration
 
 if TYPE_CHECKING:
@@ -1115,11 +1120,16 @@ def write_report(
     """
     run = Path(run)
     out = Path(output) if output is not None else run.with_name(f"{run.stem}_report.html")
+    check_output_outside_run(out)
+    if out.is_dir():
+        raise ConfigError(
+            f"report output '{out}' is a folder; expected an HTML file name, e.g. "
+            f"'{out / (run.stem + '_report.html')}'"
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)  # a file in the way fails before the work
     text, problems = render_report(run, settings=settings)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".partial")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(out)
+    with file_written_whole(out) as tmp:
+        tmp.write_text(text, encoding="utf-8")
     log.info("report of %s written to %s (%s)", run, out, counted(len(problems), "warning"))
     return out, problems
 

@@ -12,9 +12,11 @@ from PIL import Image
 
 from crystalseg.errors import (
     ConfigError,
+    CrystalsegWarning,
     FrameMismatchError,
     InputNotFoundError,
     MaskValueError,
+    UnsupportedInputError,
 )
 from crystalseg.models import ModelSpec
 from crystalseg.train.data import discover_pairs, pairs, split_items
@@ -276,9 +278,12 @@ def test_rgb_images_become_grey_by_the_import_rule(tmp_path: Path) -> None:
     rgb = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
     Image.fromarray(rgb).save(tmp_path / "0.png")
     Image.fromarray(np.zeros((32, 32), np.uint8)).save(tmp_path / "0_mask.png")
-    grey = pairs(tmp_path, codes=CODES, valid_fraction=0, crop_size=32)
+    empty = "none of the 1 training masks holds a pixel of 'crystal'"
+    with pytest.warns(CrystalsegWarning, match=empty):
+        grey = pairs(tmp_path, codes=CODES, valid_fraction=0, crop_size=32)
     np.testing.assert_array_equal(grey.load(grey.items[0])[0], to_grey(rgb))
-    colour = pairs(tmp_path, codes=CODES, valid_fraction=0, crop_size=32, channels=3)
+    with pytest.warns(CrystalsegWarning, match=empty):
+        colour = pairs(tmp_path, codes=CODES, valid_fraction=0, crop_size=32, channels=3)
     np.testing.assert_array_equal(colour.load(colour.items[0])[0], rgb)
 
 
@@ -330,3 +335,21 @@ def test_read_image_follows_the_import_reader(tmp_path: Path) -> None:
         read_image(tmp_path / "stack.tif")
     with pytest.raises(InputNotFoundError, match="does not exist"):
         read_image(tmp_path / "missing.png")
+
+
+def test_masks_without_any_crystal_are_warned_of_and_colour_masks_refused(tmp_path: Path) -> None:
+    write_flat(tmp_path / "some", 2)
+    Image.fromarray(np.zeros((48, 40), np.uint8)).save(tmp_path / "some" / "1_mask.bmp")
+    pairs(tmp_path / "some", codes=CODES, crop_size=32)  # one empty of two: no warning
+    folder = tmp_path / "none"
+    write_flat(folder, 2)
+    for i in range(2):
+        Image.fromarray(np.zeros((48, 40), np.uint8)).save(folder / f"{i}_mask.bmp")
+    with pytest.warns(CrystalsegWarning, match=r"none of the 2 training masks holds a pixel of"):
+        pairs(folder, codes=CODES, crop_size=32)
+    colour = np.zeros((48, 40, 3), np.uint8)
+    colour[5:9, 5:9] = (255, 0, 0)
+    Image.fromarray(colour).save(folder / "0_mask.bmp")
+    with pytest.raises(UnsupportedInputError, match=r"colour image \(RGB colours \(0, 0, 0\), "
+                       r"\(255, 0, 0\)\).*convert\('L'\)"):  # fmt: skip
+        pairs(folder, codes=CODES, crop_size=32)
