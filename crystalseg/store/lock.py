@@ -37,6 +37,7 @@ What it guarantees, and what it does not:
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import json
 import logging
 import os
@@ -140,28 +141,47 @@ def _try_create(path: Path, record: dict[str, Any]) -> bool:
     own = path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
     own.unlink(missing_ok=True)  # left by a killed process that had this id before
     try:
-        _write_new(own, record)
-        os.link(own, path)
-    except FileExistsError:
-        return False
-    except OSError as exc:
-        log.debug("no hard link for the lock %s (%s): creating it with O_EXCL", path, exc)
+        _write_new(own, record)  # a full disk or no permission ends here, leaving nothing
         try:
-            _write_new(path, record)
+            os.link(own, path)
         except FileExistsError:
             return False
+        except OSError as exc:
+            if exc.errno not in _NO_HARD_LINKS:
+                raise
+            log.debug("no hard link for the lock %s (%s): creating it with O_EXCL", path, exc)
+            try:
+                _write_new(path, record)
+            except FileExistsError:
+                return False
     finally:
         own.unlink(missing_ok=True)
     return True
 
 
+#: errno of a file system without hard links (FAT, some SMB and FUSE mounts)
+_NO_HARD_LINKS = {
+    errno.EPERM,
+    errno.EXDEV,
+    errno.EMLINK,
+    errno.ENOSYS,
+    getattr(errno, "ENOTSUP", errno.EPERM),
+    getattr(errno, "EOPNOTSUPP", errno.EPERM),
+}
+
+
 def _write_new(path: Path, record: dict[str, Any]) -> None:
-    """Create ``path`` (an error if it exists) holding ``record`` as JSON, on disk."""
+    """Create ``path`` (an error if it exists) holding ``record`` as JSON, on disk; a
+    failed write (a full disk) removes the file again."""
     fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(json.dumps(record))
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(json.dumps(record))
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
 
 
 def _acquire(run: Path, stage: str) -> Path:
