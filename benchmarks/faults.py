@@ -24,7 +24,8 @@ points and resume, and two writers at once.
 
 Run::
 
-    python benchmarks/faults.py            # all categories, ~3-5 min on 2 cores
+    python benchmarks/faults.py            # all categories; kill -9 trials take ~30 min
+    python benchmarks/faults.py --only kill_resume --kill-trials 2
     python benchmarks/faults.py --only damaged_store,output_path --keep
 """
 
@@ -573,6 +574,43 @@ CATEGORIES: dict[str, Callable[[Path, Bases], Iterator[Case]]] = {
 #: :func:`is_lock_refusal` recognises (``RunLockedError``).
 STAGE_RUNNER_CATEGORIES: dict[str, Callable[[Path, Bases], dict[str, Any]]] = {}
 
+#: Trials of the stage-runner categories (set from the command line).
+KILL_TRIALS = {"kill": 8, "concurrent": 8}
+
+
+def _kill_resume() -> Any:
+    """benchmarks/kill_resume.py, loaded beside this script."""
+    import importlib.util
+
+    name = "kill_resume"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # its dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def kill_and_resume(work: Path, bases: Bases) -> dict[str, Any]:
+    """kill -9 at seeded points of every stage, then the same command again: identical?"""
+    work.mkdir(parents=True, exist_ok=True)
+    result: dict[str, Any] = _kill_resume().kill_trials(KILL_TRIALS["kill"], workdir=work)
+    return result
+
+
+def concurrent_writers(work: Path, bases: Bases) -> dict[str, Any]:
+    """Two measurements of one run started together: refused or serialised, never broken."""
+    work.mkdir(parents=True, exist_ok=True)
+    result: dict[str, Any] = _kill_resume().concurrent_trials(
+        KILL_TRIALS["concurrent"], workdir=work
+    )
+    return result
+
+
+STAGE_RUNNER_CATEGORIES.update({"kill_resume": kill_and_resume, "concurrent": concurrent_writers})
+
 
 def is_lock_refusal(stderr: str) -> bool:
     """Whether a command was refused because another writer holds the store's lock."""
@@ -654,7 +692,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", default="", help="Comma-separated categories to run.")
     parser.add_argument("--keep", action="store_true", help="Keep the workspace (printed).")
+    parser.add_argument(
+        "--kill-trials", type=int, default=8, help="kill -9 trials per stage (7 stages)."
+    )
+    parser.add_argument("--concurrent", type=int, default=8, help="Trials of two writers at once.")
     args = parser.parse_args()
+    KILL_TRIALS.update(kill=args.kill_trials, concurrent=args.concurrent)
     only = [c for c in args.only.split(",") if c]
     with _workspace(args.keep) as root:
         bases = make_bases(root)
