@@ -46,6 +46,7 @@ import zarr
 
 from crystalseg.dims import MASK, SIZE_BIN, TIME
 from crystalseg.errors import ConfigError, RunFormatError, StageStateError
+from crystalseg.measure.distributions import SIZE_STATISTICS
 from crystalseg.measure.results import (
     PARTICLES_GROUP,
     PSD_GROUP,
@@ -122,16 +123,7 @@ _STATISTICS_ORDER: tuple[str, ...] = (
     "count_kept",
     "number",
     "number_density",
-    "d10_number",
-    "d50_number",
-    "d90_number",
-    "d10_volume",
-    "d50_volume",
-    "d90_volume",
-    "d_1_0",
-    "d_3_2",
-    "d_4_3",
-    "span_volume",
+    *SIZE_STATISTICS,
     "aspect_ratio_mean",
     "circularity_mean",
     "projected_area_fraction",
