@@ -275,7 +275,13 @@ def _restart_if_killed_in_first_save(s: TrainSettings) -> TrainSettings:
             "its first epoch; starting it over",
             s.resume,
         )
-        return replace(s, resume=None, overwrite=True)
+        # from where the interrupted run started (``--resume`` does not say it again)
+        try:
+            recorded = read_checkpoint_meta(s.resume).get("training", {}).get("settings", {})
+        except CheckpointError:
+            recorded = {}
+        init = recorded.get("init", s.init)
+        return replace(s, resume=None, overwrite=True, init=init)
     return s
 
 

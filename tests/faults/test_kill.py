@@ -191,13 +191,6 @@ def test_train_killed_between_the_last_weights_and_their_state_resumes_identical
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=False,
-    reason="after the atomic last/ (no more epoch-e weights with epoch-(e-1) state), the "
-    "training started over ends 0.236 (max |weight difference|) from the uninterrupted "
-    "one when killed in its first save: resume is not bit-exact there yet (see the "
-    "closing note of issue 29)",
-)
 def test_train_killed_in_its_first_save_goes_on_when_run_again(stage_runner) -> None:
     point = kr.KillIn("crystalseg.train.learner:_save_training_state", "before", nth=1)
     trial = stage_runner.trial(kr.SCENARIOS["train"], point)
