@@ -216,11 +216,12 @@ def default_frames_per_chunk(frame_shape: tuple[int, int], itemsize: int) -> int
     return int(min(MAX_FRAMES_PER_CHUNK, max(1, TARGET_CHUNK_BYTES // frame_bytes)))
 
 
-def _now() -> str:
+def utc_now() -> str:
+    """The current UTC time as ISO 8601 to the second (stage records)."""
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     """Convert settings to plain JSON types (numpy scalars, paths, tuples, dataclasses)."""
     return json.loads(json.dumps(value, default=_json_default))
 
@@ -248,13 +249,15 @@ def consolidate(path: str | Path) -> None:
         zarr.consolidate_metadata(str(path))
 
 
-def _tidy(value: float) -> float:
+def tidy_number(value: float) -> float:
     """``value`` to 12 significant digits: a pixel size computed as 1 / resolution
     (0.6499999999999999) is stored as the 0.65 the microscope meant."""
     return float(f"{float(value):.12g}")
 
 
-def _open_group(path: str | Path, mode: str = "r") -> zarr.Group:
+def open_group(path: str | Path, mode: str = "r") -> zarr.Group:
+    """The root group of run store ``path``, or an error that says what the path is
+    instead (missing, a recording file, not a zarr group)."""
     path = Path(path)
     if not path.exists():
         raise InputNotFoundError(
@@ -275,13 +278,14 @@ def _open_group(path: str | Path, mode: str = "r") -> zarr.Group:
         ) from exc
 
 
-def _attrs(node: zarr.Group | zarr.Array) -> dict[str, Any]:
+def node_attrs(node: zarr.Group | zarr.Array) -> dict[str, Any]:
     """Attributes of a zarr node as a plain dict (zarr types them as JSON unions)."""
     return dict(node.attrs.asdict())
 
 
-def _provenance(node: zarr.Group) -> dict[str, Any]:
-    value: Any = _attrs(node).get(PROVENANCE_KEY) or {}
+def read_provenance(node: zarr.Group) -> dict[str, Any]:
+    """The ``provenance`` root attribute of a store's group as a plain dict."""
+    value: Any = node_attrs(node).get(PROVENANCE_KEY) or {}
     return dict(value)
 
 
@@ -311,8 +315,8 @@ def read_run_attrs(path: str | Path) -> dict[str, Any]:
     RunFormatError
         Not a zarr group, not written by crystalseg, or by a newer format version.
     """
-    group = _open_group(path)
-    attrs = _attrs(group)
+    group = open_group(path)
+    attrs = node_attrs(group)
     found = attrs.get(FORMAT_KEY)
     if found is None:
         raise RunFormatError(
@@ -369,10 +373,10 @@ def stage_info(path: str | Path) -> dict[str, dict[str, Any]]:
     """Provenance of every stage run on the store, with frames done for unfinished ones."""
     attrs = read_run_attrs(path)
     stages: dict[str, dict[str, Any]] = dict(attrs.get(PROVENANCE_KEY, {}).get("stages", {}))
-    group = _open_group(path)
+    group = open_group(path)
     for name, info in stages.items():
         if info.get("status") != "finished":
-            done = _progress_array(group, name)
+            done = progress_array(group, name)
             if done is not None:
                 info = dict(info)
                 info["frames_done"] = int(np.count_nonzero(done[:]))
@@ -381,7 +385,8 @@ def stage_info(path: str | Path) -> dict[str, dict[str, Any]]:
     return stages
 
 
-def _progress_array(group: zarr.Group, stage: str) -> zarr.Array | None:
+def progress_array(group: zarr.Group, stage: str) -> zarr.Array | None:
+    """Progress array ``_progress/<stage>`` of a store's group, or None."""
     try:
         node = group[f"{PROGRESS_GROUP}/{stage}"]
     except KeyError:
@@ -401,7 +406,7 @@ def create_array(
     fill_value: Any = 0,
 ) -> zarr.Array:
     """Create or replace array ``name`` (may include a group path) in an existing store."""
-    group = _open_group(path, "r+")
+    group = open_group(path, "r+")
     parent = name.rpartition("/")[0]
     if parent:
         group.require_group(parent)
@@ -416,7 +421,7 @@ def create_array(
         overwrite=True,
     )
     if attrs:
-        arr.attrs.update(_jsonable(dict(attrs)))
+        arr.attrs.update(jsonable(dict(attrs)))
     return arr
 
 
@@ -424,7 +429,7 @@ def calibration_fingerprint(path: str | Path) -> dict[str, Any]:
     """What a measurement depends on besides its mask and settings: the pixel size and
     a checksum of the time axis (the measurement records it, and is out of date when it
     differs)."""
-    group = _open_group(path)
+    group = open_group(path)
     time = np.ascontiguousarray(get_array(group, TIME, path)[:], dtype="float64")
     return {
         "pixel_size_um": read_run_attrs(path).get("pixel_size_um"),
@@ -461,7 +466,7 @@ def open_run(path: str | Path, *, require_complete: bool = True) -> xr.Dataset:
                 f"{total} frames; run the same 'crystalseg {name}' command again to resume"
             )
     # the arrays themselves, not the consolidated list of them (which outlives a deletion)
-    get_array(_open_group(path), IMAGE, path)
+    get_array(open_group(path), IMAGE, path)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=RuntimeWarning, message="Failed to open Zarr")
         ds = xr.open_zarr(str(path), consolidated=None)
@@ -496,11 +501,11 @@ def write_table(
     :func:`read_table` as a DataFrame. Strings become fixed-width unicode, booleans stay
     booleans. An existing group of that name is replaced.
     """
-    root = _open_group(path, "r+")
+    root = open_group(path, "r+")
     if group in root:
         del root[group]
     out = root.create_group(group)
-    out.attrs.update({**_jsonable(dict(attrs or {})), "columns": [str(c) for c in table.columns]})
+    out.attrs.update({**jsonable(dict(attrs or {})), "columns": [str(c) for c in table.columns]})
     n = len(table)
     for name in table.columns:
         values = table[name].to_numpy()
@@ -517,20 +522,20 @@ def write_table(
         if n:
             arr[:] = values.astype(str) if text else values
         if column_attrs and name in column_attrs:
-            arr.attrs.update(_jsonable(dict(column_attrs[name])))
+            arr.attrs.update(jsonable(dict(column_attrs[name])))
     consolidate(path)
 
 
 def read_table(path: str | Path, group: str) -> pd.DataFrame:
     """Read a table written by :func:`write_table` back into a DataFrame (column order kept)."""
-    root = _open_group(path)
+    root = open_group(path)
     try:
         node = root[group]
     except KeyError as exc:
         raise RunFormatError(f"run store '{path}' has no table '{group}'") from exc
     if not isinstance(node, zarr.Group):
         raise RunFormatError(f"'{group}' in '{path}' is an array, not a table")
-    order = _attrs(node).get("columns")
+    order = node_attrs(node).get("columns")
     columns = {name: _column(arr) for name, arr in node.arrays()}
     if order:
         columns = {name: columns[name] for name in order if name in columns}
@@ -550,7 +555,7 @@ def describe_run(path: str | Path) -> dict[str, Any]:
     Reads metadata only (and the small time array), never the frames.
     """
     attrs = read_run_attrs(path)
-    group = _open_group(path)
+    group = open_group(path)
     image = get_array(group, IMAGE, path)
     time_arr = get_array(group, TIME, path)
     time = np.asarray(time_arr[:])
@@ -570,7 +575,7 @@ def describe_run(path: str | Path) -> dict[str, Any]:
         "time_start_s": float(time[0]) if n else None,
         "time_end_s": float(time[-1]) if n else None,
         "median_interval_s": float(np.median(intervals)) if len(intervals) else None,
-        "time_source": _attrs(time_arr).get("source", "unknown"),
+        "time_source": node_attrs(time_arr).get("source", "unknown"),
         "pixel_size_um": pixel,
         "field_um": None if pixel is None else (ny * pixel, nx * pixel),
         "source": provenance.get("source", {}),

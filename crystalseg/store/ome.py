@@ -36,24 +36,22 @@ from __future__ import annotations
 import hashlib
 import logging
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import zarr
 
 from crystalseg.dims import FRAME_DIMS, IMAGE, MASK, TIME, X, Y
-from crystalseg.store.core import consolidate, default_compressor, get_array, read_run_attrs
+from crystalseg.store.core import (
+    consolidate,
+    default_compressor,
+    get_array,
+    node_attrs,
+    open_group,
+    read_run_attrs,
+)
 
 log = logging.getLogger(__name__)
-
-
-def _group(path: Path, mode: Literal["r", "r+"]) -> zarr.Group:
-    """The store's root group (after :func:`read_run_attrs` said it is a run store)."""
-    return zarr.open_group(str(path), mode=mode, use_consolidated=False)
-
-
-def _attrs(node: zarr.Group | zarr.Array) -> dict[str, Any]:
-    return dict(node.attrs.asdict())
 
 
 OME_VERSION = "0.5"
@@ -85,7 +83,7 @@ def frame_scale(path: str | Path) -> dict[str, Any]:
         (t, y, x) scale of the OME-Zarr coordinate transformation.
     """
     attrs = read_run_attrs(path)
-    time = np.asarray(get_array(_group(Path(path), "r"), TIME, path)[:], dtype="float64")
+    time = np.asarray(get_array(open_group(Path(path), "r"), TIME, path)[:], dtype="float64")
     steps = np.diff(time)
     interval = float(np.median(steps)) if len(steps) else 0.0
     interval = interval if np.isfinite(interval) and interval > 0 else 1.0
@@ -142,7 +140,7 @@ def write_ome_metadata(path: str | Path) -> dict[str, Any]:
     """
     path = Path(path)
     read_run_attrs(path)
-    group = _group(path, "r+")
+    group = open_group(path, "r+")
     image = get_array(group, IMAGE, path)
     cal = frame_scale(path)
     calibrated = cal["pixel_size_um"] is not None
@@ -154,7 +152,7 @@ def write_ome_metadata(path: str | Path) -> dict[str, Any]:
     _write_coordinates(group, image, cal["pixel_size_um"])
     if MASK in group:
         mask = get_array(group, MASK, path)
-        codes = [str(c) for c in _attrs(mask).get("codes") or ["background", "crystal"]]
+        codes = [str(c) for c in node_attrs(mask).get("codes") or ["background", "crystal"]]
         labels = group.require_group(LABELS_GROUP)
         labels.attrs["ome"] = {"version": OME_VERSION, "labels": [MASK]}
         label = labels.require_group(MASK)
@@ -175,7 +173,7 @@ def _copy_mask(path: Path, mask: zarr.Array, label: zarr.Group) -> None:
     """Copy ``mask`` into the label image, unless the copy there is of the same mask
     (same files: names, sizes and modification times of the mask's chunks)."""
     source = _files_fingerprint(path / MASK)
-    if LABEL_LEVEL in label and _attrs(label).get("crystalseg_copy_of") == source:
+    if LABEL_LEVEL in label and node_attrs(label).get("crystalseg_copy_of") == source:
         return
     copy = label.create_array(
         LABEL_LEVEL,
@@ -214,7 +212,7 @@ def _write_coordinates(group: zarr.Group, image: zarr.Array, pixel_size_um: Any)
         for name in (Y_UM, X_UM):
             if name in group:
                 del group[name]
-        if _attrs(image).get("coordinates") == names:
+        if node_attrs(image).get("coordinates") == names:
             del image.attrs["coordinates"]
         return
     for name, dim, size in ((Y_UM, Y, image.shape[1]), (X_UM, X, image.shape[2])):

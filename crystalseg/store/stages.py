@@ -53,13 +53,6 @@ from crystalseg.store.core import (
     FORMAT_VERSION,
     PROGRESS_GROUP,
     PROVENANCE_KEY,
-    _attrs,
-    _jsonable,
-    _now,
-    _open_group,
-    _progress_array,
-    _provenance,
-    _tidy,
     calibration_fingerprint,
     check_calibration,
     consolidate,
@@ -68,8 +61,15 @@ from crystalseg.store.core import (
     default_compressor,
     default_frames_per_chunk,
     get_array,
+    jsonable,
+    node_attrs,
+    open_group,
+    progress_array,
+    read_provenance,
     read_run_attrs,
     stage_info,
+    tidy_number,
+    utc_now,
 )
 from crystalseg.store.lock import holds_lock, lock_owner, process_alive, read_lock, run_lock
 from crystalseg.store.ome import write_ome_metadata
@@ -140,7 +140,7 @@ class StageProgress:
         return f"{NEXT_GROUP}/{self.stage}/{name}" if self.replacing else name
 
     def _array(self, mode: str = "r+") -> zarr.Array:
-        arr = _progress_array(_open_group(self.path, mode), self.record)
+        arr = progress_array(open_group(self.path, mode), self.record)
         if arr is None:  # pragma: no cover - begin_stage always creates it
             raise RunFormatError(f"'{self.path}' lost its progress record of stage {self.stage}")
         return arr
@@ -180,16 +180,16 @@ class StageProgress:
             _update_stage(self.path, self.record, status="swapping", **extra)
             _complete_swap(self.path, self.stage)
         else:
-            _update_stage(self.path, self.stage, status="finished", finished=_now(), **extra)
+            _update_stage(self.path, self.stage, status="finished", finished=utc_now(), **extra)
         write_ome_metadata(self.path)  # consolidates
 
 
 def _update_stage(path: Path, stage: str, **fields: Any) -> None:
-    group = _open_group(path, "r+")
-    provenance = _provenance(group)
+    group = open_group(path, "r+")
+    provenance = read_provenance(group)
     stages = dict(provenance.get("stages", {}))
     info = dict(stages.get(stage, {}))
-    info.update(_jsonable(fields))
+    info.update(jsonable(fields))
     stages[stage] = info
     provenance["stages"] = stages
     group.attrs[PROVENANCE_KEY] = provenance
@@ -203,8 +203,8 @@ def _rename(source: Path, target: Path) -> None:
 def _complete_swap(path: Path, stage: str) -> None:
     """Swap the outputs of a finished replacement into place (idempotent: an interrupted
     swap is completed by calling it again), then its record and progress."""
-    group = _open_group(path, "r+")
-    provenance = _provenance(group)
+    group = open_group(path, "r+")
+    provenance = read_provenance(group)
     stages = dict(provenance.get("stages", {}))
     key = f"{stage}{NEXT_SUFFIX}"
     record = dict(stages.get(key) or {})
@@ -221,10 +221,10 @@ def _complete_swap(path: Path, stage: str) -> None:
             # not made by the new run (e.g. no probability stored): the old one is stale
             _rename(final, old)
     record.pop("outputs", None)
-    stages[stage] = {**record, "status": "finished", "finished": _now()}
+    stages[stage] = {**record, "status": "finished", "finished": utc_now()}
     stages.pop(key, None)
     provenance["stages"] = stages
-    group.attrs[PROVENANCE_KEY] = _jsonable(provenance)
+    group.attrs[PROVENANCE_KEY] = jsonable(provenance)
     progress = path / PROGRESS_GROUP
     if (progress / key).exists():
         if (progress / stage).exists():
@@ -308,7 +308,7 @@ def plan_stage(
     stages = stage_info(path)
     record = stages.get(stage)
     pending = stages.get(f"{stage}{NEXT_SUFFIX}")
-    settings = _jsonable(dict(settings))
+    settings = jsonable(dict(settings))
     finished = record is not None and record.get("status") == "finished" and outputs_present
     if pending is not None:
         if (
@@ -341,8 +341,8 @@ def _discard_replacement(path: Path, stage: str) -> None:
         if leftover.exists():
             shutil.rmtree(leftover)
     _remove_empty_groups(path)
-    group = _open_group(path, "r+")
-    provenance = _provenance(group)
+    group = open_group(path, "r+")
+    provenance = read_provenance(group)
     stages = dict(provenance.get("stages", {}))
     if stages.pop(key, None) is not None:
         provenance["stages"] = stages
@@ -381,11 +381,11 @@ def begin_stage(
         in by a replacement; one the replacement does not write is removed then
     """
     path = Path(path)
-    group = _open_group(path, "r+")
-    settings = _jsonable(dict(settings))
+    group = open_group(path, "r+")
+    settings = jsonable(dict(settings))
     key = f"{stage}{NEXT_SUFFIX}" if replace else stage
-    previous = _provenance(group).get("stages", {}).get(key)
-    arr = _progress_array(group, key)
+    previous = read_provenance(group).get("stages", {}).get(key)
+    arr = progress_array(group, key)
     resumable = (
         not restart
         and previous is not None
@@ -415,7 +415,7 @@ def begin_stage(
             path,
             key,
             status="running",
-            started=_now(),
+            started=utc_now(),
             finished=None,
             settings=settings,
             crystalseg_version=crystalseg_version(),
@@ -472,7 +472,7 @@ class RunWriter:
         self.progress = progress
         self.replaces = replaces
         self.frames_per_chunk = progress.frames_per_chunk
-        self._group = _open_group(path, "r+")
+        self._group = open_group(path, "r+")
         self._image = get_array(self._group, IMAGE, path)
         self.shape: tuple[int, int, int] = tuple(self._image.shape)  # type: ignore[assignment]
 
@@ -593,7 +593,7 @@ def create_run(
     fpc = int(frames_per_chunk or default_frames_per_chunk((ny, nx), dtype.itemsize))
     fpc = max(1, min(fpc, n))
     stage_settings: dict[str, Any] = dict(settings or {})
-    source_json: dict[str, Any] = _jsonable(dict(source))
+    source_json: dict[str, Any] = jsonable(dict(source))
     resume = (stage, stage_settings, source_json, (n, ny, nx), dtype, fpc)
 
     if _holds_something(path) and not overwrite:
@@ -618,7 +618,7 @@ def create_run(
             shutil.rmtree(path)
 
     provenance = {
-        "created": _now(),
+        "created": utc_now(),
         "crystalseg_version": crystalseg_version(),
         "source": source_json,
         "stages": {},
@@ -649,7 +649,7 @@ def _write_new_store(
     n, ny, nx = shape
     attributes: dict[str, Any] = {
         FORMAT_KEY: FORMAT_VERSION,
-        "pixel_size_um": None if pixel_size_um is None else _tidy(pixel_size_um),
+        "pixel_size_um": None if pixel_size_um is None else tidy_number(pixel_size_um),
         PROVENANCE_KEY: provenance,
     }
     group = zarr.open_group(str(path), mode="w", zarr_format=3, attributes=attributes)
@@ -674,7 +674,7 @@ def _write_new_store(
     )
     time[:] = time_s
     time.attrs.update(
-        {"long_name": "time since first frame", "units": "s", **_jsonable(dict(time_attrs or {}))}
+        {"long_name": "time since first frame", "units": "s", **jsonable(dict(time_attrs or {}))}
     )
 
 
@@ -802,10 +802,10 @@ def _resume_run(
     if attrs.get(PROVENANCE_KEY, {}).get("stages") == {}:
         return None  # killed while creating it, before it recorded its stage: nothing to keep
     info = attrs.get(PROVENANCE_KEY, {}).get("stages", {}).get(stage, {})
-    image = get_array(_open_group(path), IMAGE, path)
+    image = get_array(open_group(path), IMAGE, path)
     same = (
         info.get("status") == "running"
-        and info.get("settings") == _jsonable(settings)
+        and info.get("settings") == jsonable(settings)
         and attrs.get(PROVENANCE_KEY, {}).get("source") == source
         and tuple(image.shape) == shape
         and np.dtype(image.dtype) == dtype
@@ -861,18 +861,18 @@ def _set_calibration(
 ) -> dict[str, Any]:
     attrs = read_run_attrs(path)
     before = calibration_fingerprint(path)
-    group = _open_group(path, mode="r+")
-    record: dict[str, Any] = {"when": _now()}
+    group = open_group(path, mode="r+")
+    record: dict[str, Any] = {"when": utc_now()}
     if pixel_size_um is not None:
-        record["pixel_size_um"] = [attrs.get("pixel_size_um"), _tidy(pixel_size_um)]
-        group.attrs["pixel_size_um"] = _tidy(pixel_size_um)
+        record["pixel_size_um"] = [attrs.get("pixel_size_um"), tidy_number(pixel_size_um)]
+        group.attrs["pixel_size_um"] = tidy_number(pixel_size_um)
     if interval_s is not None:
         time = get_array(group, TIME, path)
         steps = np.diff(np.asarray(time[:], dtype="float64"))
         old = float(np.median(steps)) if len(steps) else None
         time[:] = np.arange(time.shape[0], dtype="float64") * float(interval_s)
         record["interval_s"] = [old, float(interval_s)]
-        record["time_source"] = [_attrs(time).get("source", "unknown"), "given interval"]
+        record["time_source"] = [node_attrs(time).get("source", "unknown"), "given interval"]
         time.attrs["source"] = "given interval"
     provenance = dict(attrs.get(PROVENANCE_KEY, {}))
     provenance["calibration"] = [*provenance.get("calibration", []), record]
@@ -883,6 +883,6 @@ def _set_calibration(
         settings = {**(measured.get("settings") or {}), "calibration": before}
         stages["measure"] = {**measured, "settings": settings}
         provenance["stages"] = stages
-    group.attrs[PROVENANCE_KEY] = _jsonable(provenance)
+    group.attrs[PROVENANCE_KEY] = jsonable(provenance)
     write_ome_metadata(path)  # consolidates
     return {"pixel_size_um": pixel_size_um, "interval_s": interval_s}
