@@ -176,6 +176,10 @@ def format_measurement(summary: dict[str, Any], exported: Any = None) -> str:
     if below:
         window = summary.get("suggested_window")
         advice = f"; pool frames with --window {window}" if window else ""
+        if summary.get("windows"):  # pooled already: say where, and whether wider helps
+            advice = "; the pooled windows below hold them" + (
+                f" (or pool wider: --window {window})" if window else ""
+            )
         lines.append(
             f"  warning      {below} of {summary.get('frames_with_particles')} frames with "
             f"particles hold fewer than {summary.get('min_count')} counted: no D-values "
