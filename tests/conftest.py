@@ -150,3 +150,19 @@ def read_only_copy(tmp_path: Path) -> Iterator[Callable[..., Path]]:
     else:
         for p in [folder, *folder.rglob("*")]:
             p.chmod(p.stat().st_mode | stat.S_IWUSR)
+
+
+@pytest.fixture(scope="session")
+def measured_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 4-frame synthetic run (96 x 128 px) whose true mask stands as its
+    segmentation, measured: no model needed. Copy it before writing into it."""
+    import zarr
+
+    from crystalseg.measure import measure_run
+    from crystalseg.synth import SynthConfig, synthesize_run
+
+    path = tmp_path_factory.mktemp("measured") / "template.zarr"
+    synthesize_run(path, SynthConfig(frames=4, height=96, width=128, seed=5), frames_per_chunk=2)
+    _store_mask(path, np.asarray(zarr.open_group(str(path), mode="r")["truth/mask"][:]))
+    measure_run(path, scheduler="synchronous")
+    return path

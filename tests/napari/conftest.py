@@ -6,11 +6,7 @@ import os
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
-import zarr
-
-from crystalseg.synth import SynthConfig, synthesize_run
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # before Qt is imported
 
@@ -21,22 +17,6 @@ try:
     import torch._dynamo  # noqa: F401
 except ImportError:  # pragma: no cover - torch is a dependency
     pass
-
-FRAMES = 4
-
-
-@pytest.fixture(scope="session")
-def measured_template(tmp_path_factory: pytest.TempPathFactory, store_mask) -> Path:
-    """A 4-frame synthetic run whose true mask stands as its segmentation, measured."""
-    from crystalseg.measure import measure_run
-
-    path = tmp_path_factory.mktemp("napari") / "run.zarr"
-    synthesize_run(
-        path, SynthConfig(frames=FRAMES, height=96, width=128, seed=5), frames_per_chunk=2
-    )
-    store_mask(path, np.asarray(zarr.open_group(str(path), mode="r")["truth/mask"][:]))
-    measure_run(path, scheduler="synchronous")
-    return path
 
 
 @pytest.fixture
