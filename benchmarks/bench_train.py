@@ -119,7 +119,7 @@ def bench_validation(rounds: int, device: str | None) -> dict:
 
     from crystalseg.segment.engine import available_cores
     from crystalseg.synth import SynthConfig, synthesize_run
-    from crystalseg.train.learner import _instance_counts, matching_threads
+    from crystalseg.train.learner import frame_particle_scores, matching_threads
 
     workers = max(1, matching_threads())  # as validate() beside a GPU, at least one
     threads = min(4, available_cores())
@@ -147,7 +147,7 @@ def bench_validation(rounds: int, device: str | None) -> dict:
             for name, n in (("match_1", 1), ("match_n", threads)):
                 start = time.perf_counter()
                 with ThreadPoolExecutor(n) as pool:
-                    list(pool.map(lambda job: _instance_counts(*job, data.codes), jobs))
+                    list(pool.map(lambda job: frame_particle_scores(*job, data.codes), jobs))
                 times[name].append((time.perf_counter() - start) / frames)
     best = {k: min(v) for k, v in times.items()}
     return {

@@ -43,14 +43,8 @@ import pandas as pd
 
 from crystalseg.classes import boundary_class
 from crystalseg.errors import ConfigError, CrystalsegWarning, MaskValueError, RunFormatError
-from crystalseg.measure.instances import (
-    filter_and_renumber,
-    instance_scores,
-    outline_offsets,
-    truth_pieces,
-)
-from crystalseg.measure.results import EXCLUDED_REASONS
-from crystalseg.measure.run import label_mask_frame, measure_mask_frame
+from crystalseg.measure.run import label_mask_frame
+from crystalseg.measure.scoring import score_frame
 from crystalseg.measure.settings import MeasureSettings
 from crystalseg.store import crystalseg_version
 
@@ -175,108 +169,6 @@ def _json_value(v: Any) -> Any:
     if isinstance(v, float) and not math.isfinite(v):
         return None
     return v
-
-
-def score_frame(
-    mask: np.ndarray,
-    true_labels: np.ndarray,
-    *,
-    image: np.ndarray | None = None,
-    probability: np.ndarray | None = None,
-    codes: tuple[str, ...],
-    settings: MeasureSettings,
-    pixel_size_um: float | None = None,
-) -> dict[str, float | int]:
-    """Compare one frame's measurement with its true instances.
-
-    Parameters
-    ----------
-    mask : ndarray, shape (y, x), integer dtype
-        The model's class mask (classes ``codes``).
-    true_labels : ndarray, shape (y, x), integer dtype
-        True instance ids, 0 background (a crystal may be in several pieces).
-    image : ndarray, shape (y, x), optional
-        The frame (for the sharpness filter).
-    probability : ndarray, shape (y, x), uint8, optional
-        The model's foreground probability (for the confidence filter).
-    codes : tuple of str
-        Class names of ``mask``.
-    settings : MeasureSettings
-        The measurement, applied to the model's mask and, for the count and D50, to the
-        true instances alike (least area, frame edge, sharpness; the confidence filter
-        only to the model's particles).
-    pixel_size_um : float, optional
-        D50 in µm with it, px without.
-
-    Returns
-    -------
-    dict
-        The keys of :data:`FRAME_COLUMNS` but ``name`` and ``pixel_size_um``, and for
-        pooling over frames (:func:`summarize_scores`) ``_inter`` and ``_union``
-        (foreground pixels) and ``_offset_sum`` (sum of the outline offsets).
-    """
-    true_labels = np.asarray(true_labels)
-    if true_labels.shape != mask.shape:
-        raise MaskValueError(
-            f"annotation {true_labels.shape} and mask {mask.shape} differ in shape."
-        )
-    # Every frame gets its D50 compared, however few crystals it holds: the minimum
-    # count guards a run's published D-values, not this per-frame comparison.
-    settings = replace(settings, min_count=1)
-    fg_true, fg_pred = true_labels > 0, mask > 0
-    inter, union = np.count_nonzero(fg_true & fg_pred), np.count_nonzero(fg_true | fg_pred)
-    fg_iou = inter / union if union else math.nan
-
-    labels = label_mask_frame(mask, settings=settings, codes=codes)
-    table, dist = measure_mask_frame(
-        mask,
-        image,
-        probability=probability,
-        settings=settings,
-        codes=codes,
-        pixel_size_um=pixel_size_um,
-        labels=labels,
-    )
-    # Particles dropped for low confidence or under the least area are not detections.
-    dropped = [EXCLUDED_REASONS.index(r) for r in ("low_confidence", "too_small")]
-    doubtful = table.loc[table["excluded_code"].isin(dropped), "label"].to_numpy()
-    counted = np.where(np.isin(labels, doubtful), 0, labels)
-    pieces, ids = truth_pieces(true_labels, settings.min_area_px)
-    scores = instance_scores(counted, pieces, truth_ids=ids)
-
-    # The annotation through the same filters and distributions as the measurement.
-    truth = filter_and_renumber(true_labels.astype(np.int64), settings.min_area_px)
-    true_table, true_dist = measure_mask_frame(
-        (truth > 0).astype(np.uint8),
-        image,
-        settings=settings,
-        codes=("background", "crystal"),
-        pixel_size_um=pixel_size_um,
-        labels=truth,
-    )
-    countable = true_table.loc[true_table["kept"], "label"].to_numpy()
-    offsets = outline_offsets(truth, counted, countable)
-    n_true, n_meas = float(true_dist["count_kept"][1]), float(dist["count_kept"][1])
-    d50_true, d50_meas = float(true_dist["d50_number"][1]), float(dist["d50_number"][1])
-    return {
-        "fg_iou": fg_iou,
-        "n_true": n_true,
-        "n_measured": n_meas,
-        "count_error": (n_meas - n_true) / n_true if n_true else math.nan,
-        "d50_true": d50_true,
-        "d50_measured": d50_meas,
-        "d50_error": (d50_meas - d50_true) / d50_true if n_true and n_meas else math.nan,
-        "precision": scores["precision"],
-        "recall": scores["recall"],
-        "f1": scores["f1"],
-        "over_split_rate": scores["over_split_rate"],
-        "merged_rate": scores["merged_rate"],
-        "outline_offset_px": float(offsets.mean()) if len(offsets) else math.nan,
-        "matched": len(offsets),
-        "_inter": int(inter),
-        "_union": int(union),
-        "_offset_sum": float(offsets.sum()),
-    }
 
 
 def summarize_scores(

@@ -34,6 +34,7 @@ from torch import nn
 
 from crystalseg.classes import boundary_class
 from crystalseg.errors import CheckpointError, ConfigError
+from crystalseg.measure.scoring import pool_particle_scores, score_frame
 from crystalseg.models.checkpoint import (
     DEFAULT_ENCODER,
     IMAGENET_MEAN,
@@ -390,8 +391,9 @@ class Learner:
         ``pct_start`` of the steps and anneals (cosine) to ``lr_max/25e4``. After each epoch
         the whole validation images are segmented and IoU/Dice per class logged; with an
         ``output_dir`` the best epoch is saved there and the last one, with optimizer and
-        schedule, in ``output_dir/last``. Best means the highest particle F1 where the
-        validation frames have true instances (synthetic runs), else the highest mean IoU
+        schedule, in ``output_dir/last``. Best means the highest particle score (matched F1
+        - |count error| - |D50 error|, :func:`epoch_score`) where the validation frames
+        have true instances (synthetic runs, instance masks), else the highest mean IoU
         of the crystal classes, else (no validation) the lowest training loss.
 
         Parameters
@@ -630,15 +632,19 @@ class Learner:
         """Loss and IoU/Dice per class on the whole validation images (empty if none),
         segmented by :meth:`segmenter` as ``crystalseg segment`` would segment them.
 
-        Where the validation frames have true instances (synthetic runs), also the
-        instance F1 of the particles that the measurement would count
-        (``instance_f1``, pooled over frames; IoU 0.5 matching; 1.0 when the frames
-        hold no crystal and the model finds none), which then picks the best epoch:
-        pixel IoU can stay flat while crystals are lost or merged. Labelling and
-        matching the particles is CPU work (about 50 ms a 512² frame): it runs in
-        ``workers`` threads while the model goes on to the next frames (default: up
-        to 4, one fewer than the cores, when the model runs on a GPU; in line, 0,
-        on the CPU, where the model already uses every core).
+        Where the validation frames have true instances (synthetic runs, instance masks),
+        also the figures users read, of the particles that the measurement would count
+        (default settings; no confidence filter, whose probabilities are calibrated only
+        after training): ``instance_f1`` (pooled over frames; IoU 0.5 matching; 1.0 when
+        the frames hold no crystal and the model finds none), ``count_error`` and
+        ``d50_error`` (mean absolute relative errors of the count and the number-weighted
+        D50 per frame) and ``particle_score`` (F1 - |count error| - |D50 error|,
+        :func:`~crystalseg.measure.scoring.particle_score`), which then picks the best
+        epoch: pixel IoU can rise while crystals are merged and sizes drift. Labelling,
+        measuring and matching the particles is CPU work (about 50-100 ms a 512² frame):
+        it runs in ``workers`` threads while the model goes on to the next frames
+        (default: up to 4, one fewer than the cores, when the model runs on a GPU; in
+        line, 0, on the CPU, where the model already uses every core).
         """
         if not self.data.valid_items:
             return {}
@@ -647,7 +653,7 @@ class Learner:
         k = self.spec.n_classes
         confusion = torch.zeros((k, k), dtype=torch.int64)
         losses = []
-        counts = np.zeros(3, np.int64)  # matched, true, predicted
+        rows: list[dict[str, Any]] = []  # particle scores of the frames with true instances
         has_truth = False
         pending: deque[Any] = deque()  # frames being matched, at most 2 per thread
         pool = ThreadPoolExecutor(workers, "crystalseg-valid") if workers > 0 else None
@@ -667,21 +673,20 @@ class Learner:
                     has_truth = True
                     args = (pred[0].to(torch.uint8).cpu().numpy(), truth, self.data.codes)
                     if pool is None:
-                        counts += _instance_counts(*args)
+                        rows.append(frame_particle_scores(*args))
                         continue
-                    pending.append(pool.submit(_instance_counts, *args))
+                    pending.append(pool.submit(frame_particle_scores, *args))
                     while len(pending) > 2 * workers:
-                        counts += pending.popleft().result()
+                        rows.append(pending.popleft().result())
             while pending:
-                counts += pending.popleft().result()
+                rows.append(pending.popleft().result())
         finally:
             if pool is not None:
                 pool.shutdown(cancel_futures=True)
         out = {"valid_loss": float(np.mean(losses))}
         out.update(confusion_metrics(confusion.numpy(), self.data.codes))
-        if has_truth:  # every epoch then ranks by F1, also where nothing is to be found
-            found = counts[1] + counts[2]
-            out["instance_f1"] = float(2 * counts[0] / found) if found else 1.0
+        if has_truth:  # every epoch then ranks by it, also where nothing is to be found
+            out.update(pool_particle_scores(rows))
         return out
 
     @torch.no_grad()
@@ -825,20 +830,16 @@ def matching_threads() -> int:
     return min(4, available_cores() - 1)
 
 
-def _instance_counts(
+def frame_particle_scores(
     pred: np.ndarray, truth: np.ndarray, codes: Sequence[str]
-) -> tuple[int, int, int]:
-    """(matched, true, predicted) particles of one frame, counted as the measurement
-    would count them (default settings, no confidence filter)."""
+) -> dict[str, float | int]:
+    """:func:`~crystalseg.measure.scoring.score_frame` of one validation frame: the
+    particles counted as the measurement would count them (default settings, no
+    confidence filter) against the true instances."""
     from crystalseg.measure import MeasureSettings
-    from crystalseg.measure.instances import instance_scores, truth_pieces
-    from crystalseg.measure.run import label_mask_frame
 
-    settings = MeasureSettings()
-    labels = label_mask_frame(pred, settings=settings, codes=tuple(codes), keep_small=False)
-    pieces, ids = truth_pieces(truth, settings.min_area_px)
-    scores = instance_scores(labels, pieces, truth_ids=ids)
-    return int(scores["matched"]), int(scores["n_true"]), int(scores["n_pred"])
+    settings = MeasureSettings(min_confidence=None)
+    return score_frame(pred, truth, codes=tuple(codes), settings=settings)
 
 
 def _suggest_lr(lrs: Sequence[float], losses: Sequence[float]) -> float:
@@ -879,11 +880,16 @@ def _say(line: str, progress: bool) -> None:
 def epoch_score(record: Mapping[str, Any]) -> tuple[float, str]:
     """The score that ranks an epoch (higher is better) and what it is.
 
-    The validation particle F1 where the validation frames hold true instances, else
-    the mean validation IoU of the crystal classes, else (no validation frames) minus
-    the training loss. Epochs of equal particle F1 (on a few annotated frames it is
-    soon 1.0) are ranked by their mean IoU (:meth:`Learner.fit_one_cycle`).
+    The validation particle score (matched F1 - |count error| - |D50 error|,
+    :func:`~crystalseg.measure.scoring.particle_score`) where the validation frames hold
+    true instances, else the mean validation IoU of the crystal classes, else (no
+    validation frames) minus the training loss. Epochs of equal particle score (on a few
+    annotated frames it is soon 1.0) are ranked by their mean IoU
+    (:meth:`Learner.fit_one_cycle`). Records of earlier versions, with a particle F1
+    but no particle score, rank by the F1.
     """
+    if "particle_score" in record:
+        return record["particle_score"], "validation particle score (F1 - |count| - |D50| error)"
     if "instance_f1" in record:
         return record["instance_f1"], "validation particle F1"
     if record.get("mean_iou") is not None:
@@ -909,6 +915,10 @@ def format_epoch(record: dict[str, Any], epochs: int | None = None) -> str:
                 parts.append(text)
         if "instance_f1" in record:
             parts.append(f"particle F1 {record['instance_f1']:.3f}")
+        if "particle_score" in record:
+            parts.append(f"count error {100 * record['count_error']:.1f} %")
+            parts.append(f"D50 error {100 * record['d50_error']:.1f} %")
+            parts.append(f"particle score {record['particle_score']:.3f}")
     if "seconds" in record:
         parts.append(f"{record['seconds']:.0f} s")
     return "  ".join(parts)

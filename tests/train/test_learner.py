@@ -236,8 +236,12 @@ def test_particle_f1_stays_the_score_on_frames_without_crystals(
     monkeypatch.setattr(learner, "segmenter", lambda: engine(True))
     false_particle = learner.validate()
     assert empty["instance_f1"] == 1.0 and false_particle["instance_f1"] == 0.0
-    assert epoch_score({**empty, "train_loss": 0.1})[1] == "validation particle F1"
-    assert epoch_score({**false_particle, "train_loss": 0.1})[1] == "validation particle F1"
+    # no true particle: no count or size to get wrong, the score is the F1
+    assert empty["particle_score"] == 1.0 and false_particle["particle_score"] == 0.0
+    for record in (empty, false_particle):
+        assert epoch_score({**record, "train_loss": 0.1})[1].startswith(
+            "validation particle score"
+        )
 
 
 def test_max_minutes_stops_after_the_epoch_that_spends_it(data) -> None:
