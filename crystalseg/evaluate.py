@@ -34,7 +34,7 @@ import math
 import os
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 
 from crystalseg.classes import boundary_class
-from crystalseg.errors import ConfigError, CrystalsegWarning, MaskValueError, RunFormatError
+from crystalseg.errors import ConfigError, CrystalsegWarning, RunFormatError
 from crystalseg.measure.run import label_mask_frame
 from crystalseg.measure.scoring import score_frame
 from crystalseg.measure.settings import MeasureSettings

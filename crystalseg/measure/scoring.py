@@ -236,6 +236,9 @@ def worse_sizes(
         worse = (b - a) if higher_better else (abs(a) - abs(b))
         if worse <= WORSE_MARGIN:
             continue
-        shown = f"{a:.3f} vs {b:.3f}" if higher_better else f"{100 * abs(a):.1f} % vs {100 * abs(b):.1f} %"
+        if higher_better:
+            shown = f"{a:.3f} vs {b:.3f}"
+        else:
+            shown = f"{100 * abs(a):.1f} % vs {100 * abs(b):.1f} %"
         out.append(f"{new_name} measures {reading} worse than {old_name} {where} ({shown})")
     return out

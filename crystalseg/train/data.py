@@ -26,7 +26,7 @@ import os
 import warnings
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -56,6 +56,14 @@ log = logging.getLogger(__name__)
 
 MASK_TAG = MASK_TAGS[0]
 
+#: Least fraction of a single annotated frame held out for validation (a band along its
+#: longer side): a quarter of the frame, enough crystals to score a few epochs by.
+HELD_OUT_BAND = 0.25
+
+#: Most crops drawn from one training image per epoch when the crops follow the area
+#: (:meth:`SegmentationData.crop_counts`), so one huge frame does not crowd out the rest.
+MAX_CROPS_PER_IMAGE = 8
+
 PathLike = str | os.PathLike[str]
 
 
@@ -77,6 +85,10 @@ class PairItem:
         ``"truth"`` for a synthetic run's ground truth, ``""`` for the root ``mask``.
     group : str
         Unit of the validation split: frames of one run stay together.
+    part : (float, float) or None
+        Only this band of the frame, as fractions (start, stop) along its longer side:
+        a single annotated frame is split into a training and a held-out band
+        (:func:`split_items`). None: the whole frame.
     """
 
     name: str
@@ -86,6 +98,16 @@ class PairItem:
     frame: int | None = None
     mask_group: str | None = None
     group: str = ""
+    part: tuple[float, float] | None = None
+
+    def cut(self, array: np.ndarray) -> np.ndarray:
+        """``array`` (y, x[, c]) of the whole frame cut to :attr:`part` (itself if None)."""
+        if self.part is None:
+            return array
+        axis = 0 if array.shape[0] >= array.shape[1] else 1
+        n = array.shape[axis]
+        lo, hi = (round(f * n) for f in self.part)
+        return array[lo:hi] if axis == 0 else array[:, lo:hi]
 
     def matches(self, key: str) -> bool:
         """True if ``key`` names this item (file name, stem, path or run)."""
@@ -407,6 +429,11 @@ def split_items(
 ) -> tuple[list[PairItem], list[PairItem]]:
     """Train and validation items, fixed by ``seed``; whole runs go to one side.
 
+    Several runs or files: whole ones are held out; one run: its last frames; one frame
+    (one image/mask pair, a one-frame run): a band of it, the last ``valid_fraction``
+    (at least :data:`HELD_OUT_BAND`, at most half) of its longer side, and the training
+    item is the rest of that frame (:attr:`PairItem.part`).
+
     Raises
     ------
     ConfigError
@@ -436,8 +463,18 @@ def split_items(
             val = list(items[-n:])
             log.info("one run only: validating on its last %d frames", n)
         else:
-            log.warning("only one sample: training without validation")
-            val = []
+            # one frame: hold out a band of it (the far end of its longer side), so that
+            # the schedule is still judged on pixels it never trained on
+            item = items[0]
+            cut = 1.0 - min(0.5, max(HELD_OUT_BAND, valid_fraction))
+            train_part = replace(item, name=f"{item.name}[0-{cut:.0%}]", part=(0.0, cut))
+            val = [replace(item, name=f"{item.name}[{cut:.0%}-100%]", part=(cut, 1.0))]
+            log.info(
+                "one annotated frame: validating on a held-out band of it (the last %.0f %% "
+                "of its longer side), training on the rest",
+                100 * (1.0 - cut),
+            )
+            return [train_part], val
     val_ids = {id(i) for i in val}
     train = [i for i in items if id(i) not in val_ids]
     if not train:
@@ -497,18 +534,23 @@ class SegmentationData:
         self._fg: dict[int, np.ndarray] = {}
         self._instances: dict[int, np.ndarray | None] = {}
         self._runs: dict[Path, Any] = {}
-        self.items = tuple(items)
+        train, val = split_items(items, valid_fraction=valid_fraction, valid=valid, seed=seed)
+        self.train_items = tuple(train)
+        self.valid_items = tuple(val)
+        # a single frame split into bands gives new items; otherwise the order given
+        kept = {id(it) for it in (*train, *val)}
+        self.items = tuple(items) if all(id(it) in kept for it in items) else (*train, *val)
         self._index = {id(it): k for k, it in enumerate(self.items)}
         self._run_items: dict[Path, list[PairItem]] = {}
         for it in self.items:
             if it.run is not None:
                 self._run_items.setdefault(it.run, []).append(it)
-        train, val = split_items(self.items, valid_fraction=valid_fraction, valid=valid, seed=seed)
-        self.train_items = tuple(train)
-        self.valid_items = tuple(val)
         self._valid_keys = {self._index[id(it)] for it in self.valid_items}
         self._check_files()
-        self.fingerprint = data_fingerprint(self.items, rule, self.instances)
+        self.fingerprint = data_fingerprint(items, rule, self.instances)
+        #: crops per training image per epoch as given; None: by area (:meth:`crop_counts`)
+        self.crops_per_image_given = crops_per_image
+        self._crop_counts: np.ndarray | None = None
         self.crops_per_image = crops_per_image or self._auto_crops_per_image()
 
     # ---- loading
@@ -556,6 +598,9 @@ class SegmentationData:
     def _read(self, item: PairItem) -> tuple[np.ndarray, np.ndarray]:
         assert item.image is not None and item.mask is not None
         image, raw = read_image(item.image), read_mask(item.mask)
+        if item.part is not None:  # a band of the frame: the whole must match first
+            check_pair_shapes(item, image, raw)
+            image, raw = item.cut(image), item.cut(raw)
         if self.instances:  # one id per crystal: classes (and boundary) from the labels
             labels = instance_labels(raw, item.mask.name)
             key = self._index[id(item)]
@@ -572,10 +617,12 @@ class SegmentationData:
         """
         ds, truth = self._open_run(items[0].run)  # type: ignore[arg-type]
         frames = [int(it.frame) for it in items]  # type: ignore[arg-type]
-        images = np.asarray(ds["image"][frames].values)
+        images = [it.cut(im) for it, im in zip(items, ds["image"][frames].values, strict=True)]
         if items[0].mask_group == "truth" and boundary_class(self.codes) is not None:
             # synthetic truth holds instance labels: derive the boundary class from them
-            labels = np.asarray(truth["labels"][frames].values)
+            labels = [
+                it.cut(lab) for it, lab in zip(items, truth["labels"][frames].values, strict=True)
+            ]
             raw_masks = [class_mask_from_labels(lab, self.codes) for lab in labels]
             for it, lab in zip(items, labels, strict=True):
                 key = self._index[id(it)]
@@ -583,7 +630,7 @@ class SegmentationData:
                     self._instances[key] = lab
         else:
             src = truth if items[0].mask_group == "truth" else ds
-            raw_masks = list(np.asarray(src["mask"][frames].values))
+            raw_masks = [it.cut(m) for it, m in zip(items, src["mask"][frames].values, strict=True)]
         return [self._checked(*args) for args in zip(items, images, raw_masks, strict=True)]
 
     def _time_chunk(self, item: PairItem) -> int:
@@ -649,10 +696,57 @@ class SegmentationData:
                 self._cache_bytes -= old[0].nbytes + old[1].nbytes
 
     def _auto_crops_per_image(self) -> int:
-        """About one crop per crop-sized area of an image, 1..8."""
-        sample = self.train_items[: min(4, len(self.train_items))]
-        areas = [self.load(i)[1].size for i in sample]
-        return int(min(8, max(1, math.ceil(float(np.mean(areas)) / self.crop_size**2))))
+        """Mean of :meth:`crop_counts` (what :meth:`summary` records), at least 1."""
+        return max(1, round(float(np.mean(self.crop_counts()))))
+
+    def item_area(self, item: PairItem) -> int:
+        """Annotated pixels of ``item``: its frame (or band of it), every pixel of which
+        its mask labels, background included."""
+        if item.run is not None:
+            h, w = self._open_run(item.run)[0]["image"].shape[-2:]
+            return int(item.cut(np.empty((h, w), dtype=bool)).size)
+        return int(self.load(item)[1].size)
+
+    def annotated_area(self) -> int:
+        """Annotated pixels of the training items (frames or bands of them)."""
+        return int(sum(self.item_area(item) for item in self.train_items))
+
+    def pixel_size_um(self) -> float | None:
+        """The pixel size of the training frames where all of them are run frames that
+        record one (µm); else None."""
+        sizes = set()
+        for item in self.train_items:
+            if item.run is None:
+                return None
+            value = self._open_run(item.run)[0].attrs.get("pixel_size_um")
+            if not value:
+                return None
+            sizes.add(float(value))
+        return sizes.pop() if len(sizes) == 1 else None
+
+    def crop_counts(self) -> np.ndarray:
+        """Crops drawn from each training item per epoch (before any floor on the steps).
+
+        ``crops_per_image`` when given; else in proportion to the item's annotated area:
+        one crop per crop-sized area, at least 1 and at most
+        :data:`MAX_CROPS_PER_IMAGE`. The learner raises the total to its floor of
+        optimizer steps (:attr:`~crystalseg.train.Learner.min_steps_per_epoch`) in the
+        same proportions, so a single annotated frame still trains.
+        """
+        if self._crop_counts is None:
+            if self.crops_per_image_given:
+                counts = np.full(len(self.train_items), int(self.crops_per_image_given))
+            else:
+                per = self.crop_size**2
+                counts = np.array(
+                    [
+                        min(MAX_CROPS_PER_IMAGE, max(1, math.ceil(self.item_area(i) / per)))
+                        for i in self.train_items
+                    ],
+                    dtype=np.int64,
+                )
+            self._crop_counts = counts.astype(np.int64)
+        return self._crop_counts
 
     def bounds(self, item: PairItem, spec: ModelSpec) -> tuple[float, float]:
         """Raw intensities mapping to 0 and 1 for ``item`` under ``spec`` (whole image)."""
@@ -745,16 +839,29 @@ class SegmentationData:
             x0 = int(rng.integers(0, w - s + 1))
         return image[y0 : y0 + s, x0 : x0 + s], mask[y0 : y0 + s, x0 : x0 + s]
 
+    def epoch_crops(self, min_crops: int = 0) -> int:
+        """Crops in one epoch: those of :meth:`crop_counts`, at least ``min_crops``."""
+        return max(int(self.crop_counts().sum()), int(min_crops))
+
     def train_batches(
-        self, spec: ModelSpec, rng: np.random.Generator, *, batch_size: int | None = None
+        self,
+        spec: ModelSpec,
+        rng: np.random.Generator,
+        *,
+        batch_size: int | None = None,
+        min_crops: int = 0,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """One epoch of random crops: (x (B, C, S, S) float32 on 0..1, y (B, S, S) int64).
 
-        Every training image gives ``crops_per_image`` crops, in random order.
+        Every training image gives its :meth:`crop_counts` crops, in random order; when
+        they are fewer than ``min_crops``, whole rounds of them are repeated and the
+        epoch cut at ``min_crops``, so the images keep their shares.
         """
         bs = batch_size or self.batch_size or 8
-        order = np.repeat(np.arange(len(self.train_items)), self.crops_per_image)
-        order = order[rng.permutation(order.size)]
+        base = np.repeat(np.arange(len(self.train_items)), self.crop_counts())
+        n = self.epoch_crops(min_crops)
+        rounds = math.ceil(n / base.size)
+        order = np.concatenate([base[rng.permutation(base.size)] for _ in range(rounds)])[:n]
         for start in range(0, order.size, bs):
             crops, masks, los, his = [], [], [], []
             for j in order[start : start + bs]:
@@ -789,7 +896,7 @@ class SegmentationData:
             _, truth = self._open_run(item.run)
             labels = None
             if truth is not None and "labels" in truth:
-                labels = np.asarray(truth["labels"][int(item.frame or 0)].values)
+                labels = item.cut(np.asarray(truth["labels"][int(item.frame or 0)].values))
             self._instances[key] = labels
         return self._instances[key]
 
@@ -810,6 +917,8 @@ class SegmentationData:
             "valid_items": [i.name for i in self.valid_items][:200],
             "crop_size": self.crop_size,
             "crops_per_image": self.crops_per_image,
+            "crops_per_epoch": int(self.crop_counts().sum()),
+            "annotated_area_px": self.annotated_area(),
             "channels": self.channels,
             "seed": self.seed,
             "fingerprint": self.fingerprint,
@@ -879,7 +988,9 @@ def pairs(
     batch_size : int, optional
         Crops per batch; None lets the learner choose (8 on a CPU, 32 on a GPU).
     crops_per_image : int, optional
-        Crops drawn from each training image per epoch; None: about its area / crop area.
+        Crops drawn from each training image per epoch; None: in proportion to its
+        annotated area, one per crop area, 1 to :data:`MAX_CROPS_PER_IMAGE` (the learner
+        raises the epoch to its floor of optimizer steps in the same proportions).
     foreground_bias : float
         Probability that a crop is centred near a foreground pixel.
     channels : 1 or 3

@@ -85,6 +85,16 @@ def default_batch_size(device: torch.device) -> int:
     return 32 if device.type == "cuda" else 8
 
 
+#: Least optimizer steps in one epoch, whatever the annotated area: half of one
+#: annotated 1024² frame is 8 crops of 256², a single step at batch 8, and 3 epochs of
+#: that (3 steps) learned nothing of a new look (issue 23: F1 0.00; 40 steps: 0.11).
+MIN_STEPS_PER_EPOCH = 32
+
+#: Fewer optimizer steps than this in a whole schedule are warned about as too short
+#: to learn a new look from.
+SHORT_SCHEDULE_STEPS = 60
+
+
 # --------------------------------------------------------------------------------------
 # Results
 
@@ -269,7 +279,11 @@ class Learner:
         progress: bool = True,
         init_info: Mapping[str, Any] | None = None,
         freeze_bn: bool = False,
+        min_steps_per_epoch: int = MIN_STEPS_PER_EPOCH,
     ) -> None:
+        if min_steps_per_epoch < 1:
+            raise ConfigError(f"min_steps_per_epoch must be at least 1, got {min_steps_per_epoch}")
+        self.min_steps_per_epoch = int(min_steps_per_epoch)
         self.data = data
         self.spec = spec
         self.device = device
@@ -330,7 +344,9 @@ class Learner:
         return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp)
 
     def _batches(self, rng: np.random.Generator) -> Any:
-        batches = self.data.train_batches(self.spec, rng, batch_size=self.batch_size)
+        batches = self.data.train_batches(
+            self.spec, rng, batch_size=self.batch_size, min_crops=self._min_crops()
+        )
         if self.device.type == "cuda":
             # crops are cut on the CPU while the GPU trains on the previous batch
             batches = prefetch(((x.pin_memory(), y.pin_memory()) for x, y in batches), depth=3)
@@ -362,10 +378,49 @@ class Learner:
             optimizer.step()
         return float(loss.detach())
 
+    def _min_crops(self) -> int:
+        return self.min_steps_per_epoch * self.batch_size
+
     def steps_per_epoch(self) -> int:
-        """Optimizer steps in one epoch."""
-        n = len(self.data.train_items) * self.data.crops_per_image
+        """Optimizer steps in one epoch: the crops of the annotated area
+        (:meth:`~crystalseg.train.data.SegmentationData.crop_counts`) in batches, at
+        least :attr:`min_steps_per_epoch`."""
+        n = self.data.epoch_crops(self._min_crops())
         return max(1, math.ceil(n / self.batch_size))
+
+    def describe_schedule(self, epochs: int) -> tuple[str, bool]:
+        """The line that states what a schedule of ``epochs`` will do, and whether it is
+        too short to learn from (fewer than :data:`SHORT_SCHEDULE_STEPS` steps).
+
+        It names the optimizer steps, the annotated area (px, and µm² where the frames
+        record a pixel size), how many crops the area gave and whether the floor raised
+        them, and how training is validated.
+        """
+        steps = self.steps_per_epoch()
+        area = self.data.annotated_area()
+        pixel = self.data.pixel_size_um()
+        natural = int(self.data.crop_counts().sum())
+        n_train = len(self.data.train_items)
+        text = (
+            f"{epochs} epochs x {steps} optimizer steps of {self.batch_size} crops "
+            f"({self.data.crop_size} px) = {epochs * steps} steps, on {n_train} annotated "
+            f"frame{'s' if n_train != 1 else ''} of {area:,} px"
+        )
+        if pixel is not None:
+            text += f" ({area * pixel**2:,.0f} µm²)"
+        if natural < self._min_crops():
+            text += (
+                f"; the area gives {natural} crops an epoch, raised to the floor of "
+                f"{self.min_steps_per_epoch} steps"
+            )
+        valid = self.data.valid_items
+        if not valid:
+            text += "; no validation (the best epoch is the one of least training loss)"
+        elif any(item.part is not None for item in valid):
+            text += f"; validated on a held-out band of the same frame ({valid[0].name})"
+        else:
+            text += f"; validated on {len(valid)} held-out frame{'s' if len(valid) != 1 else ''}"
+        return text, epochs * steps < SHORT_SCHEDULE_STEPS
 
     def _epoch_seed(self, epoch: int) -> None:
         # crops and augmentations of an epoch depend on (seed, epoch) only, so a resumed run
@@ -458,6 +513,16 @@ class Learner:
             if start >= epochs:
                 log.info("training in '%s' already finished all %d epochs", resume, epochs)
                 return self.history
+        schedule, short = self.describe_schedule(epochs)
+        self._schedule["plan"] = schedule
+        log.info("training: %s", schedule)
+        if short:
+            log.warning(
+                "this schedule is too short to learn a new look: %s. Give more epochs "
+                "(at least %d steps in all) or annotate more frames",
+                schedule,
+                SHORT_SCHEDULE_STEPS,
+            )
         stale = 0
         t_read = time.perf_counter()
         if n_read := self.data.preload(self.spec):
@@ -1001,6 +1066,7 @@ def unet_learner(
     amp: bool = True,
     progress: bool = True,
     freeze_bn: bool | None = None,
+    min_steps_per_epoch: int = MIN_STEPS_PER_EPOCH,
 ) -> Learner:
     """A U-Net learner for ``data``.
 
@@ -1036,6 +1102,9 @@ def unet_learner(
         never saw reached validation foreground IoU 0.886, 0.951 and 0.976 with them
         kept, 0.868, 0.931 and 0.961 without (``benchmarks/finetune.py``). From random
         weights they must be learned: never freeze them there.
+    min_steps_per_epoch : least optimizer steps in an epoch (:data:`MIN_STEPS_PER_EPOCH`):
+        an epoch draws crops in proportion to the annotated area, and one or two
+        annotated frames would otherwise give a step or two
 
     Raises
     ------
@@ -1163,4 +1232,5 @@ def unet_learner(
         progress=progress,
         init_info=init_info,
         freeze_bn=freeze_bn,
+        min_steps_per_epoch=min_steps_per_epoch,
     )

@@ -24,6 +24,7 @@ from crystalseg.train.augment import AUGMENT_PRESETS
 from crystalseg.train.data import PathLike, SegmentationData
 from crystalseg.train.learner import (
     LAST_DIR,
+    MIN_STEPS_PER_EPOCH,
     STATE_META,
     Learner,
     LRFindResult,
@@ -72,7 +73,8 @@ class TrainSettings:
     early_stop : stop after this many epochs without a better validation score
     max_minutes : stop after the first epoch that ends past this wall-clock budget
     overwrite : replace a checkpoint already in ``output_dir``
-    device, seed, weight_decay, progress, freeze_bn : see :func:`unet_learner`
+    device, seed, weight_decay, progress, freeze_bn, min_steps_per_epoch : see
+        :func:`unet_learner`
     command : the command line that asked for this training, recorded in model.json
     """
 
@@ -107,6 +109,7 @@ class TrainSettings:
     weight_decay: float = 1e-2
     progress: bool = True
     freeze_bn: bool | None = None
+    min_steps_per_epoch: int = MIN_STEPS_PER_EPOCH
     command: str | None = None
 
     def __post_init__(self) -> None:
@@ -170,6 +173,10 @@ class TrainSettings:
                 "--freeze-bn keeps the batch-norm statistics of the starting model, but "
                 "--init none starts from random weights; drop --freeze-bn or fine-tune a "
                 "model (--init default or a checkpoint)"
+            )
+        if not isinstance(self.min_steps_per_epoch, int) or self.min_steps_per_epoch < 1:
+            raise ConfigError(
+                f"--min-steps must be a positive integer, got {self.min_steps_per_epoch!r}"
             )
         if self.decoder_channels is not None:
             set_(self, "decoder_channels", tuple(int(c) for c in self.decoder_channels))
@@ -257,6 +264,7 @@ def settings_learner(
         seed=s.seed,
         progress=s.progress if progress is None else progress,
         freeze_bn=s.freeze_bn,
+        min_steps_per_epoch=s.min_steps_per_epoch,
     )
 
 
