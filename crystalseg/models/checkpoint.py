@@ -606,6 +606,7 @@ def save_checkpoint(
     training: Mapping[str, Any],
     metrics: Sequence[Mapping[str, Any]],
     data_fingerprint: str,
+    calibration: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write ``model.safetensors`` and ``model.json`` into directory ``path_dir``.
 
@@ -620,6 +621,8 @@ def save_checkpoint(
     training : settings used (epochs, lr, loss, batch and crop size, init, ...)
     metrics : one dict per epoch (losses, IoU and Dice per class, ...)
     data_fingerprint : hash identifying the training data
+    calibration : the temperature that calibrates the probabilities and how it was
+        fitted (:class:`crystalseg.train.calibrate.Calibration`); None: T = 1
 
     Returns
     -------
@@ -644,6 +647,38 @@ def save_checkpoint(
         "metrics": jsonable(list(metrics)),
         "data_fingerprint": str(data_fingerprint),
     }
+    if calibration is not None:
+        meta["calibration"] = jsonable(dict(calibration))
+    text = json.dumps(meta, indent=2, allow_nan=False) + "\n"
+    atomic_write_bytes(out / META_FILE, text.encode())
+    return out
+
+
+#: Keys of ``model.json`` that :func:`update_checkpoint_meta` never replaces: they
+#: describe the weights, and only :func:`save_checkpoint` writes them with the weights.
+WEIGHT_KEYS = ("format", "format_version", "spec", "weights")
+
+
+def update_checkpoint_meta(path_dir: str | os.PathLike[str], entries: Mapping[str, Any]) -> Path:
+    """Add or replace top-level ``entries`` of a checkpoint's ``model.json`` (e.g.
+    ``calibration``, fitted after the weights were saved).
+
+    The weights are untouched; the JSON is replaced atomically, so a crash leaves the
+    old one.
+
+    Raises
+    ------
+    CheckpointError
+        No checkpoint there, or an entry that describes the weights.
+    """
+    out = resolve_checkpoint_dir(path_dir)
+    bad = sorted(set(entries) & set(WEIGHT_KEYS))
+    if bad:
+        raise CheckpointError(
+            f"cannot change {bad} of '{out}' without its weights; save the checkpoint again"
+        )
+    meta = read_checkpoint_meta(out)
+    meta.update(jsonable(dict(entries)))
     text = json.dumps(meta, indent=2, allow_nan=False) + "\n"
     atomic_write_bytes(out / META_FILE, text.encode())
     return out

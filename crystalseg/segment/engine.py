@@ -338,7 +338,13 @@ def blend_window(length: int, overlap: int, *, ramp_start: bool, ramp_end: bool)
     return w
 
 
-def class_map(logits: torch.Tensor, mask: torch.Tensor, prob: torch.Tensor | None = None) -> None:
+def class_map(
+    logits: torch.Tensor,
+    mask: torch.Tensor,
+    prob: torch.Tensor | None = None,
+    *,
+    temperature: float = 1.0,
+) -> None:
     """Write argmax over classes into ``mask`` and the foreground probability into ``prob``.
 
     Parameters
@@ -346,17 +352,22 @@ def class_map(logits: torch.Tensor, mask: torch.Tensor, prob: torch.Tensor | Non
     logits : Tensor (b, K, h, w) float
     mask : Tensor (b, h, w) uint8, written in place
     prob : Tensor (b, h, w) uint8 or None, written in place with ``round(255 * (1 - p0))``
+    temperature : float
+        The probability is that of ``logits / temperature`` (the checkpoint's
+        calibration, :mod:`crystalseg.train.calibrate`); the class map is the argmax of
+        ``logits`` itself, which a positive temperature would not change.
 
     ``argmax(1)`` over a handful of classes is a strided reduction that ran 30x slower on
     the CPU than the model's own output layer; comparing class planes one by one
     is elementwise and gives the same answer (ties go to the lower class, as argmax).
     """
     k = logits.shape[1]
+    inverse_t = 1.0 / float(temperature)
     if k == 2:
         diff = logits[:, 1] - logits[:, 0]
         mask.copy_(diff > 0)
         if prob is not None:
-            prob.copy_(torch.sigmoid(diff).mul_(255.0).round_())
+            prob.copy_(torch.sigmoid(diff * inverse_t).mul_(255.0).round_())
         return
     background = logits[:, 0]
     best = background.clone()
@@ -370,7 +381,10 @@ def class_map(logits: torch.Tensor, mask: torch.Tensor, prob: torch.Tensor | Non
         # softmax, and an overflow to inf gives exactly 1
         rest = torch.zeros_like(best)
         for c in range(1, k):
-            rest += torch.sub(logits[:, c], background).exp_()
+            diff = torch.sub(logits[:, c], background)
+            if inverse_t != 1.0:
+                diff.mul_(inverse_t)
+            rest += diff.exp_()
         prob.copy_(rest.add_(1.0).reciprocal_().neg_().add_(1.0).mul_(255.0).round_())
 
 
@@ -395,6 +409,10 @@ class Segmenter:
     checkpoint : path, optional
         Checkpoint directory the model came from; lets the engine be pickled (a worker
         loads the checkpoint again) and places the ONNX cache next to it.
+    temperature : float
+        The logits are divided by it where probabilities are computed (the
+        checkpoint's ``calibration``; 1: as the network makes them). Class maps and
+        :meth:`predict_logits` do not depend on it.
 
     Examples
     --------
@@ -410,7 +428,11 @@ class Segmenter:
         settings: EngineSettings | None = None,
         checksum: str | None = None,
         checkpoint: str | os.PathLike[str] | None = None,
+        temperature: float = 1.0,
     ) -> None:
+        if not (math.isfinite(temperature) and temperature > 0):
+            raise ConfigError(f"temperature must be a positive number, got {temperature!r}")
+        self.temperature = float(temperature)
         settings = settings or EngineSettings()
         self.requested_settings = settings
         self.spec = spec
@@ -517,6 +539,7 @@ class Segmenter:
             settings=settings,
             checksum=checkpoint_checksum(meta),
             checkpoint=directory,
+            temperature=checkpoint_temperature(meta),
         )
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -550,6 +573,7 @@ class Segmenter:
                 else {}
             ),
             "threads": self.threads,
+            "temperature": self.temperature,
             "torch_version": torch.__version__,
         }
 
@@ -704,7 +728,12 @@ class Segmenter:
         i = 0
         for group in self._groups(x):
             j = i + group.shape[0]
-            class_map(self._logits(group), mask[i:j], None if prob is None else prob[i:j])
+            class_map(
+                self._logits(group),
+                mask[i:j],
+                None if prob is None else prob[i:j],
+                temperature=self.temperature,
+            )
             i = j
         return self._download(mask, "mask"), (
             None if prob is None else self._download(prob, "prob")
@@ -880,6 +909,19 @@ def _device_name(device: torch.device) -> str:
 def _writable(array: np.ndarray) -> np.ndarray:
     """``array``, copied if read-only (zarr and synthetic frames may be; torch warns)."""
     return array if array.flags.writeable else array.copy()
+
+
+def checkpoint_temperature(meta: dict[str, Any]) -> float:
+    """The calibration temperature a checkpoint's ``model.json`` records (1.0 if none:
+    checkpoints made before calibration, or trained without validation frames)."""
+    calibration = meta.get("calibration") or {}
+    value = calibration.get("temperature", 1.0)
+    if not isinstance(value, int | float) or not (math.isfinite(value) and value > 0):
+        raise CheckpointError(
+            f"model.json records calibration temperature {value!r}; expected a positive "
+            "number. Remove its 'calibration' entry or calibrate the model again"
+        )
+    return float(value)
 
 
 def checkpoint_checksum(meta: dict[str, Any]) -> str:

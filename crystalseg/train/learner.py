@@ -34,7 +34,7 @@ from torch import nn
 
 from crystalseg.classes import boundary_class
 from crystalseg.errors import CheckpointError, ConfigError
-from crystalseg.measure.scoring import pool_particle_scores, score_frame
+from crystalseg.measure.scoring import pool_particle_scores, score_frame, worse_sizes
 from crystalseg.models.checkpoint import (
     DEFAULT_ENCODER,
     IMAGENET_MEAN,
@@ -52,10 +52,12 @@ from crystalseg.models.checkpoint import (
     normalise,
     read_checkpoint_meta,
     save_checkpoint,
+    update_checkpoint_meta,
 )
 from crystalseg.prefetch import prefetch
 from crystalseg.segment.engine import EngineSettings, Segmenter, available_cores
 from crystalseg.train.augment import AugmentPreset, AugmentSettings, make_augmenter
+from crystalseg.train.calibrate import Calibration, calibrate_frames
 from crystalseg.train.data import SegmentationData, read_image, to_channels
 from crystalseg.train.losses import LOSS_NAMES, LossName, make_loss
 
@@ -312,6 +314,12 @@ class Learner:
         self.lrs: list[float] = []
         #: extra provenance written into model.json under ``training["settings"]``
         self.settings: dict[str, Any] = {}
+        #: the probability calibration of :meth:`calibrate` (recorded by :meth:`save`)
+        self.calibration: Calibration | None = None
+        #: validation of the starting weights (fine-tuning with particle truth), "epoch 0"
+        self.start_validation: dict[str, Any] | None = None
+        #: readings the best epoch measures worse than the starting model (sentences)
+        self.worse_than_start: list[str] = []
         self.best_score: float | None = None
         #: mean validation IoU of the best epoch, which breaks ties of its particle F1
         self.best_tiebreak: float | None = None
@@ -527,6 +535,8 @@ class Learner:
         t_read = time.perf_counter()
         if n_read := self.data.preload(self.spec):
             log.info("read %d frames ahead in %.1f s", n_read, time.perf_counter() - t_read)
+        if start == 0 and self.init_info.get("kind") in ("default", "checkpoint"):
+            self._validate_start()
         for epoch in range(start, epochs):
             t0 = time.perf_counter()
             self._epoch_seed(epoch)
@@ -589,7 +599,98 @@ class Learner:
                     "stopped after epoch %d: the %g-minute limit is spent", epoch + 1, max_minutes
                 )
                 break
+        self._finish()
         return self.history
+
+    def _validate_start(self) -> None:
+        """Validate the starting weights (fine-tuning) where the validation frames hold
+        true instances, so that the end of training can say whether the sizes got worse
+        than those of the model it started from."""
+        if not self.data.valid_items:
+            return
+        record = {"epoch": 0, **self.validate()}
+        if "particle_score" not in record:
+            return
+        self.start_validation = record
+        _say("starting model, " + format_epoch(record), self.progress)
+
+    def best_record(self) -> dict[str, Any] | None:
+        """The history record of the best epoch, ranked as :meth:`fit_one_cycle` ranks
+        them (the first of equals); None before any epoch."""
+        if not self.history:
+            return None
+
+        def rank(record: dict[str, Any]) -> tuple[float, float]:
+            tiebreak = record.get("mean_iou")
+            return epoch_score(record)[0], -math.inf if tiebreak is None else tiebreak
+
+        return max(self.history, key=rank)
+
+    def _finish(self) -> None:
+        """After the last epoch: compare the best epoch with the starting model, then
+        calibrate the probabilities of the best weights on the validation frames and
+        record both in the best checkpoint."""
+        best = self.best_record()
+        if best is not None and self.start_validation is not None:
+            self.worse_than_start = compare_with_start(best, self.start_validation)
+            for sentence in self.worse_than_start:
+                log.warning("%s", sentence)
+        if not self.data.valid_items:
+            log.info("no validation frames: the probabilities are not calibrated (T = 1)")
+            return
+        saved = self.output_dir is not None and (self.output_dir / META_FILE).is_file()
+        engine: Any = None
+        if saved:
+            assert self.output_dir is not None
+            settings = EngineSettings(
+                device=str(self.device), backend="torch", threads=torch.get_num_threads()
+            )
+            engine = Segmenter.from_checkpoint(self.output_dir, settings=settings)
+        self.calibration = self.calibrate(engine)
+        log.info("calibrated the probabilities: %s", self.calibration.describe())
+        if saved:
+            assert self.output_dir is not None
+            update_checkpoint_meta(
+                self.output_dir,
+                {
+                    "calibration": self.calibration.to_dict(),
+                    "start_comparison": self.start_comparison(),
+                },
+            )
+
+    def start_comparison(self) -> dict[str, Any] | None:
+        """The starting model's validation beside the best epoch's, and the readings
+        that got worse (None when the start was not validated)."""
+        if self.start_validation is None:
+            return None
+        best = self.best_record() or {}
+        keys = ("foreground_iou", "instance_f1", "count_error", "d50_error", "particle_score")
+        return {
+            "start": {k: self.start_validation.get(k) for k in keys},
+            "best": {k: best.get(k) for k in keys},
+            "best_epoch": best.get("epoch"),
+            "worse": list(self.worse_than_start),
+        }
+
+    @torch.no_grad()
+    def calibrate(self, engine: Any = None) -> Calibration:
+        """Fit the temperature of the probabilities on the validation frames
+        (:func:`~crystalseg.train.calibrate.calibrate_frames`).
+
+        Parameters
+        ----------
+        engine : Segmenter, optional
+            Whose network to calibrate (the best checkpoint's); default the learner's
+            current weights through :meth:`segmenter`.
+
+        Raises
+        ------
+        ConfigError
+            No validation frames.
+        """
+        engine = engine or self.segmenter()
+        frames = (self.data.load(item) for item in self.data.valid_items)
+        return calibrate_frames(engine, frames, seed=self.seed)
 
     def _save_last(
         self,
@@ -836,6 +937,7 @@ class Learner:
             "epochs_done": len(self.history),
             "data": self.data.summary(),
             "settings": self.settings,
+            "start_validation": self.start_validation,
         }
 
     def save(self, path: PathLike) -> Path:
@@ -847,6 +949,7 @@ class Learner:
             training=self.training_info(),
             metrics=self.history,
             data_fingerprint=self.data.fingerprint,
+            calibration=None if self.calibration is None else self.calibration.to_dict(),
         )
 
     def show_results(self, n: int = 3) -> Figure:
@@ -962,11 +1065,31 @@ def epoch_score(record: Mapping[str, Any]) -> tuple[float, str]:
     return -record["train_loss"], "training loss"
 
 
+def compare_with_start(best: Mapping[str, Any], start: Mapping[str, Any]) -> list[str]:
+    """Sentences for the readings that the best epoch measures worse than the starting
+    model on the validation frames (:func:`~crystalseg.measure.scoring.worse_sizes`)."""
+
+    def readings(record: Mapping[str, Any]) -> dict[str, float | None]:
+        return {
+            "d50_error": record.get("d50_error"),
+            "count_error": record.get("count_error"),
+            "f1": record.get("instance_f1"),
+        }
+
+    return worse_sizes(
+        readings(best),
+        readings(start),
+        where=f"on the validation frames (epoch {best.get('epoch')} against epoch 0)",
+    )
+
+
 def format_epoch(record: dict[str, Any], epochs: int | None = None) -> str:
     """One line of an epoch's record: losses, validation IoU (and Dice) per class,
     particle F1, seconds; logged as training goes and printed again at its end."""
     head = f"epoch {record['epoch']}/{epochs}" if epochs else f"epoch {record['epoch']:>3}"
-    parts = [head, f"train loss {record['train_loss']:.4f}"]
+    parts = [head]
+    if "train_loss" in record:
+        parts.append(f"train loss {record['train_loss']:.4f}")
     if "valid_loss" in record:
         parts.append(f"valid loss {record['valid_loss']:.4f}")
         if record.get("foreground_iou") is not None:
