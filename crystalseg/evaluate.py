@@ -30,11 +30,12 @@ Cellpose, napari or QuPath export them, and touching crystals stay apart.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -42,17 +43,29 @@ import numpy as np
 import pandas as pd
 
 from crystalseg.classes import boundary_class
-from crystalseg.errors import ConfigError, CrystalsegWarning, RunFormatError
+from crystalseg.errors import CheckpointError, ConfigError, CrystalsegWarning, RunFormatError
 from crystalseg.measure.run import label_mask_frame
-from crystalseg.measure.scoring import score_frame
+from crystalseg.measure.scoring import score_frame, worse_sizes
 from crystalseg.measure.settings import MeasureSettings
 from crystalseg.store import crystalseg_version
 
 PathLike = str | os.PathLike[str]
 
+log = logging.getLogger(__name__)
+
 #: Per-frame PSD bars of the clear synthetic scenes (issue 5): |count error| and |D50
 #: error|; ``frames_within_bars`` reports the share of frames within both.
 COUNT_BAR, D50_BAR = 0.10, 0.05
+
+#: Summary figures of :meth:`Evaluation.comparison`, the model beside its baseline.
+COMPARED_COLUMNS: tuple[str, ...] = (
+    "f1_pooled",
+    "count_error_median_abs",
+    "d50_error_median_abs",
+    "fg_iou_pooled",
+    "precision_pooled",
+    "recall_pooled",
+)
 
 #: Columns of :attr:`Evaluation.frames`, in order.
 FRAME_COLUMNS: tuple[str, ...] = (
@@ -96,15 +109,34 @@ class Evaluation:
     frames: pd.DataFrame
     summary: dict[str, Any]
     settings: dict[str, Any] = field(default_factory=dict)
+    baseline: Evaluation | None = None
+    verdicts: tuple[str, ...] = ()
+
+    def comparison(self) -> pd.DataFrame | None:
+        """The model and its :attr:`baseline` side by side on the same frames: one row
+        each (``model``, ``baseline``), columns :data:`COMPARED_COLUMNS`; None without a
+        baseline."""
+        if self.baseline is None:
+            return None
+        rows = {
+            name: {c: self_or_base.summary.get(c) for c in COMPARED_COLUMNS}
+            for name, self_or_base in (("model", self), ("baseline", self.baseline))
+        }
+        return pd.DataFrame.from_dict(rows, orient="index")
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: ``summary``, ``settings`` and ``frames`` (a list of rows)."""
+        """JSON-ready: ``summary``, ``settings`` and ``frames`` (a list of rows); with a
+        baseline also ``baseline`` (its ``to_dict``) and ``verdicts``."""
         rows = [
             {k: _json_value(v) for k, v in row.items()}
             for row in self.frames.to_dict(orient="records")
         ]
         summary = {k: _json_value(v) for k, v in self.summary.items()}
-        return {"summary": summary, "settings": self.settings, "frames": rows}
+        out: dict[str, Any] = {"summary": summary, "settings": self.settings, "frames": rows}
+        if self.baseline is not None:
+            out["baseline"] = self.baseline.to_dict()
+            out["verdicts"] = list(self.verdicts)
+        return out
 
     def save(self, path: PathLike) -> Path:
         """Write the scores: ``.json`` (all of :meth:`to_dict`) or ``.csv`` (the frames).
@@ -172,9 +204,19 @@ def _json_value(v: Any) -> Any:
 
 
 def summarize_scores(
-    frames: pd.DataFrame, *, pooled: tuple[int, int] | None = None
+    frames: pd.DataFrame,
+    *,
+    pooled: tuple[int, int] | None = None,
+    particles: tuple[int, int, int] | None = None,
 ) -> dict[str, Any]:
-    """Summary of per-frame scores (see :class:`Evaluation`)."""
+    """Summary of per-frame scores (see :class:`Evaluation`).
+
+    ``pooled`` is (intersection, union) of the foreground over all frames;
+    ``particles`` (matched, true, counted) particles over all frames, for the pooled
+    matched F1, precision and recall (``f1_pooled``, ``precision_pooled``,
+    ``recall_pooled``): a frame of 300 crystals weighs 300 times one of one, as when
+    all the frames' particles are matched together.
+    """
 
     def finite(col: str) -> np.ndarray:
         v = frames[col].to_numpy(dtype=float) if len(frames) else np.zeros(0)
@@ -206,6 +248,11 @@ def summarize_scores(
             out["frames_within_bars"] = float(ok[scored].mean())
     if out["matched_crystals"]:
         out["outline_offset_px"] = float(frames["_offset_sum"].sum() / out["matched_crystals"])
+    if particles is not None:
+        matched, n_true, n_pred = particles
+        out["f1_pooled"] = 2 * matched / (n_true + n_pred) if n_true + n_pred else None
+        out["precision_pooled"] = matched / n_pred if n_pred else None
+        out["recall_pooled"] = matched / n_true if n_true else None
     return out
 
 
@@ -223,8 +270,16 @@ def evaluate_model(
     device: str = "auto",
     frame_step: int = 1,
     progress: Callable[[int, int], None] | None = None,
+    baseline: Any = "auto",
 ) -> Evaluation:
     """Segment and measure annotated frames and compare with the annotation.
+
+    With a baseline (by default the model a fine-tuned checkpoint started from, when
+    its ``model.json`` records one that is still there with the same weights), the
+    baseline is scored on the same frames with the same settings, and every reading the
+    model measures worse than it is said plainly in :attr:`Evaluation.verdicts` and the
+    log: fine-tuning can raise pixel IoU while merging crystals, and so make the sizes
+    worse.
 
     Parameters
     ----------
@@ -254,6 +309,10 @@ def evaluate_model(
     frame_step : int
         Every n-th frame of run stores.
     progress : callable (done, total), optional
+    baseline : "auto", path, Segmenter or None
+        The model to score beside ``model``: ``"auto"`` the checkpoint's starting model
+        (``training.init`` in its ``model.json``; the bundled model for a fine-tuning
+        of it) where it is recorded and unchanged, None no baseline.
 
     Returns
     -------
@@ -295,6 +354,7 @@ def evaluate_model(
     model_codes = tuple(seg.spec.codes)
     rows: list[dict[str, Any]] = []
     inter = union = 0
+    particles = np.zeros(3, np.int64)  # matched, true, counted
     runs: dict[Path, Any] = {}
     auto = getattr(seg, "settings", None) is not None and seg.settings.resize == "auto"
     sample: dict[int, tuple[np.ndarray, np.ndarray, float | None]] = {}
@@ -320,13 +380,18 @@ def evaluate_model(
         )
         inter += int(row.pop("_inter"))
         union += int(row.pop("_union"))
+        particles += [int(row.pop(k)) for k in ("_matched", "_true", "_pred")]
         rows.append(
             {"name": item.name, **row, "pixel_size_um": math.nan if pixel is None else pixel}
         )
         if progress is not None:
             progress(k + 1, len(items))
     frames = pd.DataFrame(rows, columns=[*FRAME_COLUMNS, "_offset_sum"])
-    summary = summarize_scores(frames, pooled=(inter, union))
+    summary = summarize_scores(
+        frames,
+        pooled=(inter, union),
+        particles=(int(particles[0]), int(particles[1]), int(particles[2])),
+    )
     pixels = frames["pixel_size_um"].unique()
     if len(pixels) == 1 and np.isfinite(pixels[0]) and summary["outline_offset_px"] is not None:
         summary["outline_offset_um"] = summary["outline_offset_px"] * float(pixels[0])
@@ -346,7 +411,73 @@ def evaluate_model(
         "resize": seg.settings.resize if hasattr(seg, "settings") else resize,
         **({"resize_chosen_by": "auto"} if auto else {}),
     }
-    return Evaluation(frames.drop(columns="_offset_sum"), summary, recorded)
+    evaluation = Evaluation(frames.drop(columns="_offset_sum"), summary, recorded)
+    if baseline is None:
+        return evaluation
+    base, started_from = _baseline_model(baseline, checkpoint)
+    if base is None:
+        return evaluation
+    recorded["baseline"] = str(base) if not hasattr(base, "predict") else "a loaded segmenter"
+    scored = evaluate_model(
+        data,
+        model=base,
+        codes=codes,
+        mask_values=mask_values,
+        instances=instances,
+        settings=settings,
+        pixel_size_um=pixel_size_um,
+        tta=tta,
+        resize=resize,
+        device=device,
+        frame_step=frame_step,
+        baseline=None,
+    )
+    verdicts = worse_sizes(
+        _readings(summary),
+        _readings(scored.summary),
+        new_name="the fine-tuned model" if started_from else "the model",
+        old_name="its starting model" if started_from else "the baseline model",
+    )
+    for sentence in verdicts:
+        log.warning("%s", sentence)
+    return replace(evaluation, baseline=scored, verdicts=tuple(verdicts))
+
+
+def _readings(summary: Mapping[str, Any]) -> dict[str, float | None]:
+    """The readings :func:`~crystalseg.measure.scoring.worse_sizes` compares."""
+    return {
+        "d50_error": summary.get("d50_error_median_abs"),
+        "count_error": summary.get("count_error_median_abs"),
+        "f1": summary.get("f1_pooled"),
+    }
+
+
+def _baseline_model(baseline: Any, checkpoint: Path | None) -> tuple[Any, bool]:
+    """The baseline to score and whether it is the model's own start (``"auto"``)."""
+    if baseline != "auto":
+        return baseline, False
+    if checkpoint is None:
+        return None, False
+    from crystalseg.models.checkpoint import default_checkpoint_path, read_checkpoint_meta
+
+    init = read_checkpoint_meta(checkpoint).get("training", {}).get("init") or {}
+    if init.get("kind") == "default":
+        start = default_checkpoint_path()
+    elif init.get("kind") == "checkpoint" and init.get("checkpoint"):
+        start = Path(init["checkpoint"])
+    else:
+        return None, False  # trained from scratch, ImageNet, or an average
+    try:
+        sha = read_checkpoint_meta(start)["weights"]["sha256"]
+    except CheckpointError:
+        log.info("the starting model '%s' of '%s' is gone: not compared", start, checkpoint)
+        return None, False
+    if sha != init.get("sha256"):
+        log.info(
+            "the starting model '%s' of '%s' has other weights now: not compared", start, checkpoint
+        )
+        return None, False
+    return start, True
 
 
 def _warn_if_trained_on(items: Sequence[Any], checkpoint: Path, rule: Any, instances: bool) -> None:
@@ -416,6 +547,7 @@ def _class_instances(classes: np.ndarray, codes: tuple[str, ...]) -> np.ndarray:
 
 
 __all__ = [
+    "COMPARED_COLUMNS",
     "COUNT_BAR",
     "D50_BAR",
     "FRAME_COLUMNS",
