@@ -532,6 +532,7 @@ class SegmentationData:
         self._cache_limit = int(cache_mb * 2**20)
         self._bounds: dict[tuple[int, tuple[Any, ...]], tuple[float, float]] = {}
         self._fg: dict[int, np.ndarray] = {}
+        self._areas: dict[int, int] = {}
         self._instances: dict[int, np.ndarray | None] = {}
         self._runs: dict[Path, Any] = {}
         train, val = split_items(items, valid_fraction=valid_fraction, valid=valid, seed=seed)
@@ -702,10 +703,14 @@ class SegmentationData:
     def item_area(self, item: PairItem) -> int:
         """Annotated pixels of ``item``: its frame (or band of it), every pixel of which
         its mask labels, background included."""
-        if item.run is not None:
-            h, w = self._open_run(item.run)[0]["image"].shape[-2:]
-            return int(item.cut(np.empty((h, w), dtype=bool)).size)
-        return int(self.load(item)[1].size)
+        key = self._index[id(item)]
+        if key not in self._areas:
+            if item.run is not None:
+                h, w = self._open_run(item.run)[0]["image"].shape[-2:]
+                self._areas[key] = int(item.cut(np.empty((h, w), dtype=bool)).size)
+            else:
+                self._areas[key] = int(self.load(item)[1].size)
+        return self._areas[key]
 
     def annotated_area(self) -> int:
         """Annotated pixels of the training items (frames or bands of them)."""

@@ -494,6 +494,7 @@ class Learner:
         if max_minutes is not None and not max_minutes > 0:
             raise ConfigError(f"max_minutes must be positive, got {max_minutes}")
         started = time.perf_counter()
+        self.calibration = None  # fitted again for the weights this training ends with
         steps = self.steps_per_epoch()
         total = max(2, epochs * steps)
         # very short schedules: keep at least one step in each phase (torch needs it)
