@@ -126,6 +126,11 @@ def format_training(result: Any) -> str:
             lines.append(f"best training loss {-best:.4f} (no validation frames)")
         else:
             lines.append(f"best {what} {best:.4f}")
+    learner = getattr(result, "learner", None)
+    for sentence in getattr(learner, "worse_than_start", None) or ():
+        lines.append(f"WARNING: {sentence}")
+    if getattr(learner, "calibration", None) is not None:
+        lines.append(f"probabilities calibrated: {learner.calibration.describe()}")
     if result.best_checkpoint is not None:
         lines.append(
             f"model written to {result.best_checkpoint} (last epoch: {result.last_checkpoint})"
@@ -250,8 +255,33 @@ def format_evaluation(result: Any, written: Any = None) -> str:
             f"  worst D50        {row['name']}: {100 * row['d50_error']:+.1f} % "
             f"({row['n_measured']:g} counted, {row['n_true']:g} annotated)"
         )
+    if result.baseline is not None:
+        lines.append(_format_baseline(result))
     if written is not None:
         lines.append(f"  scores           {written}")
+    return "\n".join(lines)
+
+
+def _format_baseline(result: Any) -> str:
+    """The model beside its baseline on the same frames, and what it measures worse."""
+    table = result.comparison()
+    base = result.settings.get("baseline", "baseline")
+    lines = [
+        f"  beside {base} on the same frames:",
+        "    model     F1 (pooled)  count |e|  D50 |e|  IoU",
+    ]
+
+    def num(v: Any) -> str:
+        return "-" if v is None or v != v else f"{v:.3f}"
+
+    for name in ("model", "baseline"):
+        row = table.loc[name]
+        lines.append(
+            f"    {name:<9} {num(row['f1_pooled']):>11}  {_pct(row['count_error_median_abs']):>9}"
+            f"  {_pct(row['d50_error_median_abs']):>7}  {num(row['fg_iou_pooled'])}"
+        )
+    for sentence in result.verdicts:
+        lines.append(f"  WARNING: {sentence}")
     return "\n".join(lines)
 
 

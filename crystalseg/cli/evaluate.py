@@ -57,6 +57,14 @@ from crystalseg.cli.options import (
     "picks one for all the frames); several, e.g. 1,0.5,0.25, score each and name the best.",
 )
 @click.option(
+    "--baseline",
+    default="auto",
+    show_default=True,
+    help="Also score this model on the same frames and say which readings MODEL measures "
+    "worse: a checkpoint, 'auto' (the model a fine-tuned checkpoint started from, as its "
+    "model.json records) or 'none'.",
+)
+@click.option(
     "-o",
     "--output",
     type=click.Path(path_type=Path),
@@ -76,6 +84,7 @@ def evaluate(
     device: str,
     tta: bool,
     resize: str,
+    baseline: str,
     output: Path | None,
     **filters: Any,
 ) -> None:
@@ -123,6 +132,8 @@ def evaluate(
                 device=device,
                 frame_step=frame_step,
                 progress=functools.partial(update, stage),
+                # beside a baseline at one factor only: a comparison of factors is one model
+                baseline=_baseline(baseline) if len(factors) == 1 else None,
             )
     if len(factors) == 1:
         result = results[factors[0]]
@@ -133,6 +144,13 @@ def evaluate(
     if output is not None:
         save_comparison(results, output)
     click.echo(format_resize_comparison(results, output))
+
+
+def _baseline(text: str) -> Any:
+    """``--baseline``: "auto", None for "none", else a checkpoint path."""
+    if text.strip().lower() == "none":
+        return None
+    return "auto" if text.strip() == "auto" else Path(text)
 
 
 def _resize_factors(text: str) -> list[Any]:

@@ -86,6 +86,14 @@ from crystalseg.cli.options import (
     help="Keep the starting model's batch-norm statistics [default: when fine-tuning a "
     "crystal model (--init default or a checkpoint)].",
 )
+@click.option(
+    "--min-steps",
+    "min_steps_per_epoch",
+    default=32,
+    show_default=True,
+    help="Least optimizer steps an epoch takes, however small the annotated area (crops "
+    "are drawn in proportion to it).",
+)
 @click.option("--early-stop", type=int, default=None, help="Stop after N epochs without gain.")
 @click.option(
     "--max-minutes",

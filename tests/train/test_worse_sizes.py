@@ -14,10 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
 from PIL import Image
 from skimage.segmentation import expand_labels
 
+from crystalseg.cli import cli
 from crystalseg.evaluate import evaluate_model
+from crystalseg.summary import format_training
 from crystalseg.train import TrainSettings, train_model
 
 TINY = "tu-test_resnet"
@@ -117,6 +120,7 @@ def test_train_and_evaluate_say_that_fine_tuning_made_the_sizes_worse(
     assert "starting model, epoch   0" in caplog.text
     meta = json.loads((tmp_path / "tuned" / "model.json").read_text())
     assert said[0] in meta["start_comparison"]["worse"]
+    assert f"WARNING: {said[0]}" in format_training(tuned)  # what train prints at its end
 
     ev = evaluate_model(tmp_path / "test", model=tmp_path / "tuned", instances=True)
     table = ev.comparison()
@@ -124,7 +128,16 @@ def test_train_and_evaluate_say_that_fine_tuning_made_the_sizes_worse(
     assert ev.settings["baseline"] == str(tmp_path / "start")
     assert table["fg_iou_pooled"]["model"] > table["fg_iou_pooled"]["baseline"]
     d50 = table["d50_error_median_abs"]
-    assert (
+    sentence = (
         "the fine-tuned model measures D50 worse than its starting model on these frames "
         f"({100 * d50['model']:.1f} % vs {100 * d50['baseline']:.1f} %)"
-    ) in ev.verdicts
+    )
+    assert sentence in ev.verdicts
+    # the command prints both models side by side and the sentence
+    args = ["evaluate", str(tmp_path / "test"), "--model", str(tmp_path / "tuned")]
+    result = CliRunner().invoke(cli, [*args, "--instances"])
+    assert result.exit_code == 0, result.output
+    assert f"beside {tmp_path / 'start'} on the same frames" in result.output
+    assert f"WARNING: {sentence}" in result.output
+    result = CliRunner().invoke(cli, [*args, "--instances", "--baseline", "none"])
+    assert result.exit_code == 0 and "WARNING" not in result.output
