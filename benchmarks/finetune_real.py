@@ -86,10 +86,10 @@ def finetune(data: Path, out: Path, epochs: int) -> dict:
 
 
 def confidence_check(data: Path, model: Path) -> dict:
-    """Pooled precision/recall on test/ at the default threshold, calibrated or not."""
+    """Pooled precision/recall on test/ at the default threshold without calibration
+    (T = 1) and with the filter off; the calibrated figures are those of ``test``."""
     out = {}
     for name, temperature, settings in (
-        ("calibrated_filter_0.8", None, MeasureSettings()),
         ("uncalibrated_filter_0.8", 1.0, MeasureSettings()),
         ("no_filter", 1.0, replace(MeasureSettings(), min_confidence=None)),
     ):
@@ -143,23 +143,31 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=default)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--one-frame", default=None, help="NAME of a train/ image (no suffix)")
+    ap.add_argument("--work", type=Path, default=None, help="keep the models here")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     report: dict = {"data": str(args.data), "epochs": args.epochs}
+
+    def stage(key: str, value: dict) -> None:  # each stage as soon as it is done
+        report[key] = value
+        print(json.dumps({key: value}), flush=True)
+
     with tempfile.TemporaryDirectory() as tmp:
+        work = args.work or Path(tmp)
         if args.one_frame:
-            report["one_frame"] = one_frame(args.data, args.one_frame, Path(tmp), args.epochs)
-            print(json.dumps(report, indent=1))
+            stage("one_frame", one_frame(args.data, args.one_frame, work, args.epochs))
             return
-        report["fine_tune"] = finetune(args.data, Path(tmp) / "ft", args.epochs)
-        ev = evaluate_model(args.data / "test", model=Path(tmp) / "ft", instances=True)
-        report["test"] = {
-            "zero_shot": figures(ev.baseline) if ev.baseline is not None else None,
-            "fine_tuned": figures(ev),
-            "verdicts": list(ev.verdicts),
-        }
-        report["confidence"] = confidence_check(args.data, Path(tmp) / "ft")
-    print(json.dumps(report, indent=1))
+        stage("fine_tune", finetune(args.data, work / "ft", args.epochs))
+        ev = evaluate_model(args.data / "test", model=work / "ft", instances=True)
+        stage(
+            "test",
+            {
+                "zero_shot": figures(ev.baseline) if ev.baseline is not None else None,
+                "fine_tuned": figures(ev),
+                "verdicts": list(ev.verdicts),
+            },
+        )
+        stage("confidence", confidence_check(args.data, work / "ft"))
 
 
 if __name__ == "__main__":
