@@ -208,6 +208,8 @@ def test_train_on_bmp_pairs_with_0_255_masks(tmp_path: Path) -> None:
         "4",
         "--init",
         "none",
+        "--min-steps",
+        "2",
         "-o",
         str(tmp_path / "model"),
     )
@@ -254,7 +256,7 @@ def test_train_resume_takes_the_interrupted_runs_options(tmp_path: Path) -> None
     code, out = run(
         "train", str(tmp_path / "pairs"), "--codes", "background,crystal", "--mask-values",
         "0,255", "--epochs", "3", "--max-minutes", "0.0001", "--crop-size", "64",
-        "--batch-size", "4", "--init", "none", "-o", str(model),
+        "--batch-size", "4", "--init", "none", "--min-steps", "2", "-o", str(model),
     )  # fmt: skip
     assert code == 0, out
     last = json.loads((model / "last" / "model.json").read_text())["training"]
@@ -265,6 +267,7 @@ def test_train_resume_takes_the_interrupted_runs_options(tmp_path: Path) -> None
     assert code == 0, out
     last = json.loads((model / "last" / "model.json").read_text())["training"]
     assert last["epochs_done"] == 3 and last["settings"]["crop_size"] == 64
+    assert last["settings"]["min_steps_per_epoch"] == 2  # taken from the interrupted run
     assert last["settings"]["codes"] == ["background", "crystal"]
 
 
@@ -278,7 +281,7 @@ def test_evaluating_a_model_on_its_own_training_frames_is_warned(tmp_path: Path)
     code, out = run(
         "train", str(tmp_path / "pairs"), "--codes", "background,crystal", "--mask-values",
         "0,255", "--epochs", "1", "--crop-size", "64", "--batch-size", "2", "--init", "none",
-        "-o", str(model),
+        "--min-steps", "2", "-o", str(model),
     )  # fmt: skip
     assert code == 0, out
     with pytest.warns(CrystalsegWarning, match="trained on these very frames"):
@@ -306,7 +309,7 @@ def test_train_on_instance_labels_keeps_the_rim_class_by_default(tmp_path: Path)
     out_dir = tmp_path / "my model"
     code, out = run(
         "train", str(folder), "--instances", "--epochs", "1", "--crop-size", "64",
-        "--batch-size", "2", "--init", "none", "-o", str(out_dir),
+        "--batch-size", "2", "--init", "none", "--min-steps", "2", "-o", str(out_dir),
     )  # fmt: skip
     assert code == 0, out
     meta = json.loads((out_dir / "model.json").read_text())

@@ -151,7 +151,7 @@ def train(ctx: click.Context, data: tuple[Path, ...], **opts: Any) -> None:
 #: train options that --resume takes from the interrupted run unless given again
 _RESUMED_OPTIONS = (
     "epochs", "crop_size", "batch_size", "valid_fraction", "loss", "augment", "frame_step",
-    "seed", "early_stop", "max_minutes", "instances",
+    "seed", "early_stop", "max_minutes", "instances", "min_steps_per_epoch",
 )  # fmt: skip
 
 
