@@ -388,7 +388,9 @@ def test_fine_tuning_keeps_the_batch_norm_statistics_unless_told_not_to(
     before = _bn_stats(start)
     assert before, "the test encoder has batch-norm layers"
     for freeze, out in ((None, "kept"), (False, "learned")):
-        learner = unet_learner(data, init=tmp_path / "c", progress=False, freeze_bn=freeze)
+        learner = unet_learner(
+            data, init=tmp_path / "c", progress=False, freeze_bn=freeze, min_steps_per_epoch=1
+        )
         assert learner.freeze_bn is (freeze is None)  # the default when fine-tuning
         weights = [p.detach().clone() for p in learner.model.parameters()]
         learner.output_dir = tmp_path / out
@@ -439,6 +441,7 @@ def test_train_model_end_to_end(tmp_path: Path) -> None:
         crop_size=64,
         batch_size=4,
         progress=False,
+        min_steps_per_epoch=1,
     )
     result = train_model(settings)
     assert result.best_checkpoint == tmp_path / "out"
@@ -492,6 +495,7 @@ def test_train_model_resumes_an_interrupted_run(tmp_path: Path, data) -> None:
         batch_size=4,
         seed=1,
         progress=False,
+        min_steps_per_epoch=1,  # as the interrupted run (tiny)
     )
     result = train_model(settings)
     assert result.lr == 5e-3
