@@ -129,8 +129,9 @@ def format_training(result: Any) -> str:
     learner = getattr(result, "learner", None)
     for sentence in getattr(learner, "worse_than_start", None) or ():
         lines.append(f"WARNING: {sentence}")
-    if getattr(learner, "calibration", None) is not None:
-        lines.append(f"probabilities calibrated: {learner.calibration.describe()}")
+    calibration = getattr(learner, "calibration", None)
+    if calibration is not None:
+        lines.append(f"probabilities calibrated: {calibration.describe()}")
     if result.best_checkpoint is not None:
         lines.append(
             f"model written to {result.best_checkpoint} (last epoch: {result.last_checkpoint})"
