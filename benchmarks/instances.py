@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import logging
 import tempfile
 import time
 from collections import defaultdict
@@ -54,13 +55,14 @@ from crystalseg.measure.instances import (
     truth_pieces,
 )
 
+log = logging.getLogger("benchmarks.instances")
 DSB = Path(__file__).resolve().parents[2] / "shared" / "data" / "dsb2018"
 CODES = ("background", "crystal", "boundary")
 MIN_AREA = 10
 #: The grid of the distance split studied with ``--grid``.
 GRID = {
-    "rim_weight": (0.0, 0.5, 1.0),
-    "min_depth_px": (0.5, 1.0, 2.0),
+    "rim_weight": (0.5, 1.0),
+    "min_depth_px": (1.0, 2.0),
     "neck_ratio": (0.7, 1.0),
     "smooth_px": (1.0,),
 }
@@ -134,7 +136,9 @@ def group_of(name: str) -> str:
 
 def methods(grid: bool) -> dict[str, dict]:
     """Method name -> keyword arguments of ``label_instances``."""
-    out: dict[str, dict] = {"hybrid": {"split": "hybrid"}, "boundary": {"split": "boundary"}}
+    out: dict[str, dict] = {"hybrid": {"split": "hybrid"}}
+    if grid:
+        out["boundary"] = {"split": "boundary"}
     combos = itertools.product(*GRID.values()) if grid else [None]
     for combo in combos:
         ds = (
@@ -210,16 +214,21 @@ def summarize(rows: list[dict], truths: list[tuple[float, float]], min_true: int
     }
 
 
-def score(dirs: list[Path], grid: bool, select: list[str], min_true: int) -> dict:
+def score(
+    dirs: list[Path], grid: bool, select: list[str], min_true: int, groups: list[str]
+) -> dict:
     settings = MeasureSettings(min_count=1)
     chosen = methods(grid)
     result: dict = {"min_true_synth": min_true, "selection_groups": select, "sets": {}}
     for folder in dirs:
         frames_by_group: dict[str, list[Path]] = defaultdict(list)
         for f in sorted(folder.glob("*.npz")):
-            frames_by_group[group_of(f.stem)].append(f)
+            group = group_of(f.stem)
+            if not groups or group in groups:
+                frames_by_group[group].append(f)
         out: dict = {}
         for group, files in sorted(frames_by_group.items()):
+            log.info("%s: %d frames", group, len(files))
             frames = [dict(np.load(f)) for f in files]
             truths = [truth_stats(fr["truth"], settings) for fr in frames]
             # Real images: every image; synthetic frames: those with enough crystals.
@@ -249,11 +258,17 @@ def main() -> None:
     s.add_argument("--grid", action="store_true")
     s.add_argument("--select", nargs="*", default=[])
     s.add_argument("--min-true", type=int, default=30)
+    s.add_argument("--groups", nargs="*", default=[], help="only these groups (default all)")
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.step == "predict":
         predict(args.out, args.model, args.sources, args.dsb)
     else:
-        print(json.dumps(score(args.dirs, args.grid, args.select, args.min_true), indent=1))
+        print(
+            json.dumps(
+                score(args.dirs, args.grid, args.select, args.min_true, args.groups), indent=1
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -106,9 +106,9 @@ DEFAULT_NECK_RATIO = 0.7
 DEFAULT_SMOOTH_PX = 1.0
 #: Defaults of the distance split (:class:`DistanceSplit`), chosen on selection data
 #: (see ``benchmarks/instances.py`` and docs/validation.md).
-DEFAULT_RIM_WEIGHT = 0.5
+DEFAULT_RIM_WEIGHT = 1.0
 DEFAULT_DISTANCE_DEPTH_PX = 1.0
-DEFAULT_DISTANCE_NECK_RATIO = 0.7
+DEFAULT_DISTANCE_NECK_RATIO = 1.0
 DEFAULT_DISTANCE_SMOOTH_PX = 1.0
 #: Boundary split: interior components smaller than this seed no particle.
 MIN_MARKER_PX = 3
