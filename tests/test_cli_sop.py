@@ -9,6 +9,7 @@ import math
 import shutil
 from pathlib import Path
 
+import click
 import numpy as np
 import pandas as pd
 import pytest
@@ -253,3 +254,16 @@ def test_a_request_is_kept_until_the_stage_starts_again(
     assert "request" not in stage_info(path)["segment"]  # it described the old mask
     with pytest.raises(StageStateError, match=r"stage 'segment' .* has not finished"):
         record_request(path, "segment", {"sop": {}})
+
+
+@pytest.mark.parametrize("command", ["segment", "measure", "report", "export"])
+def test_the_example_sop_sets_only_options_of_each_command(command: str) -> None:
+    """examples/sop.toml (the one docs/guide.md shows) holds valid keys and values."""
+    from crystalseg.cli.sop import read_sop
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "sop.toml"
+    sop = read_sop(example, cli.commands[command], set(cli.commands))
+    assert sop["values"] and sop["record"]["section"] == command
+    options = {o.name: o for o in cli.commands[command].params}
+    for name, value in sop["values"].items():
+        options[name].type_cast_value(click.Context(cli.commands[command]), value)
