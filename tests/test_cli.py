@@ -127,7 +127,7 @@ def test_synth_writes_run_with_truth_and_pairs(tmp_path: Path) -> None:
     code, out = run(
         "synth",
         str(tmp_path / "s.zarr"),
-        "--frames",
+        "--n-frames",
         "3",
         "--size",
         "96",
@@ -152,7 +152,7 @@ def test_synth_writes_run_with_truth_and_pairs(tmp_path: Path) -> None:
     code, out = run(
         "synth",
         str(tmp_path / "b.zarr"),
-        "--frames",
+        "--n-frames",
         "1",
         "--size",
         "96",

@@ -141,8 +141,11 @@ def _apply_sop(ctx: click.Context, param: click.Parameter, value: Path | None) -
     sop = read_sop(value, ctx.command, commands or {ctx.command.name or ""})
     options = {o.name: o for o in ctx.command.params if o.name}
     for name, given in sop["values"].items():
+        option = options[name]
         try:
-            options[name].type_cast_value(ctx, given)
+            converted = option.type_cast_value(ctx, given)
+            if option.callback is not None:  # e.g. --bins' own check
+                option.callback(ctx, option, converted)
         except click.BadParameter as exc:
             raise ConfigError(
                 f"SOP file '{value}': {sop['keys'][name]} = {given!r}: {exc.message}"
