@@ -236,7 +236,7 @@ _MEASURE_FILTER_OPTIONS: tuple[Callable[..., Any], ...] = (
     click.option(
         "--min-area",
         type=MinArea(),
-        default="10",
+        default="10px",
         show_default=True,
         help="Least particle area: pixels ('12' or '12px'), or um2 on a calibrated run "
         "('20um2', converted with the run's pixel size; the conversion is printed and "
