@@ -56,7 +56,7 @@ from scipy import ndimage as ndi
 from skimage.measure import find_contours
 from skimage.segmentation import find_boundaries
 
-from crystalseg.errors import ConfigError, StageStateError
+from crystalseg.errors import ConfigError
 from crystalseg.measure.reader import MeasuredFrame, MeasuredRun, frame_position
 from crystalseg.store import check_output_outside_run, file_written_whole
 from crystalseg.viz.layout import (
