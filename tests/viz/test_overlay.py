@@ -196,6 +196,25 @@ def test_write_overlays_files(drawn_run: Path, tmp_path: Path) -> None:
         write_overlays(drawn_run, tmp_path / "bad", frames=[3])
 
 
+def scale_bars(ax: Axes) -> list:
+    return [a for a in ax.artists if a.get_gid() == "scale-bar"]
+
+
+def test_overlays_have_a_scale_bar_of_the_calibrated_length(drawn_run: Path) -> None:
+    """2 um per pixel, 100 px wide: a fifth is 40 um, so a 20 um bar, 10 frame pixels long,
+    drawn 50 pixels long at the figure's zoom of 5."""
+    fig = overlay_frame(drawn_run, 0, color_by="status")
+    fig.canvas.draw()
+    (bar,) = scale_bars(fig.axes[0])
+    assert bar.txt_label.get_text() == "20 µm"
+    (rect,) = bar.size_bar.get_children()
+    assert rect.get_width() == pytest.approx(10.0)  # frame pixels (data units)
+    zoom = round(fig.axes[0].bbox.width / W)
+    assert zoom == 5 and rect.get_window_extent().width == pytest.approx(50, abs=0.5)
+    grid = montage(drawn_run, n=3)
+    assert [len(scale_bars(ax)) for ax in grid.axes] == [1, 1, 1]
+
+
 def test_changed_mask_is_refused(drawn_run: Path, tmp_path: Path) -> None:
     path = tmp_path / "changed.zarr"
     shutil.copytree(drawn_run, path)
@@ -244,6 +263,9 @@ def test_classes_left_out_are_drawn_as_excluded(tmp_path: Path, store_mask) -> N
     assert texts == ["kept: 1", "excluded: 1 (1 class not measured)"]
     fig = overlay_frame(path, 0, color_by="size")
     assert fig.axes[1].get_ylabel() == "ECD (px), kept particles"
+    (bar,) = scale_bars(fig.axes[0])  # no pixel size: the bar is in px, a fifth of 100
+    assert bar.txt_label.get_text() == "20 px"
+    assert bar.size_bar.get_children()[0].get_width() == pytest.approx(20.0)
 
 
 # --------------------------------------------------------------------------- a boundary class
