@@ -53,6 +53,6 @@ def test_bar_is_its_length_in_frame_pixels_on_the_canvas() -> None:
     (rect,) = artist.size_bar.get_children()
     box = rect.get_window_extent()
     assert box.width == pytest.approx(40 * 3, abs=0.5)
-    row = dark[rgba.shape[0] - int(round((box.y0 + box.y1) / 2))]
+    row = dark[rgba.shape[0] - round((box.y0 + box.y1) / 2)]
     runs = np.diff(np.flatnonzero(np.diff(np.r_[0, row.astype(int), 0])))[::2]
     assert abs(runs.max() - 120) <= 1
