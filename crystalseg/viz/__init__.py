@@ -9,7 +9,6 @@ work headless and in threads.
 """
 
 from crystalseg.viz.overlay import montage, overlay_frame, overlay_image, write_overlays
-from crystalseg.viz.scalebar import add_scale_bar, scale_bar_length
 from crystalseg.viz.plots import (
     open_results,
     plot_compare,
@@ -21,6 +20,7 @@ from crystalseg.viz.plots import (
     plot_shape,
     plot_statistics,
 )
+from crystalseg.viz.scalebar import add_scale_bar, scale_bar_length
 
 __all__ = [
     "add_scale_bar",
