@@ -14,7 +14,7 @@ gives what the figures, overlays, exports, the napari plugin and a notebook read
   :meth:`~MeasuredRun.exclusions`);
 * the instance labels of a frame exactly as measured, with the table's verdict on
   each label and the pieces the measurement dropped before measuring
-  (:meth:`~MeasuredRun.frame`, :class:`MeasuredFrame`);
+  (:meth:`~MeasuredRun.frame`, :class:`~crystalseg.measure.frame_labels.MeasuredFrame`);
 * the measurement settings and provenance, and the label and unit of the size a
   distribution is over (:data:`SIZE_NAMES`, :func:`size_label`), declared here once.
 
@@ -43,11 +43,11 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 import zarr
-from scipy import ndimage as ndi
 
 from crystalseg.classes import boundary_class
 from crystalseg.dims import IMAGE, MASK, TIME
 from crystalseg.errors import ConfigError, RunFormatError, StageStateError
+from crystalseg.measure.frame_labels import DROPPED_REASONS, MeasuredFrame, dropped_pieces
 from crystalseg.measure.instances import crystal_classes
 from crystalseg.measure.results import (
     EXCLUDED_REASONS,
@@ -83,12 +83,7 @@ SIZE_NAMES: dict[str, str] = {
 #: Unit symbols as printed (CF ``units`` -> text).
 UNIT_TEXT: dict[str, str] = {"um": "µm", "µm": "µm", "micrometre": "µm", "px": "px"}
 
-#: Why the measurement dropped a piece of foreground before measuring it (beside
-#: the reasons of the table, :data:`~crystalseg.measure.results.EXCLUDED_REASONS`).
-DROPPED_REASONS: tuple[str, ...] = ("too_small", "other_class")
 
-#: 8-connectivity of dropped pieces, as the measurement's labelling uses.
-_STRUCTURE_8 = np.ones((3, 3), dtype=bool)
 _BLOCK = 1 << 20
 
 
@@ -139,59 +134,6 @@ class Calibration:
     @property
     def n_frames(self) -> int:
         return len(self.time_s)
-
-
-@dataclass(frozen=True)
-class MeasuredFrame:
-    """One frame with its instance labels exactly as measured, and the table's verdict.
-
-    Attributes
-    ----------
-    index : int
-        Frame index.
-    time_s : float
-        Seconds since the first frame.
-    image : ndarray, shape (y, x)
-        The raw frame.
-    labels : ndarray of int32, shape (y, x)
-        0 background; 1..n the measured particles, equal to the ``label`` column of
-        the particle table; n+1..n+m the pieces the measurement dropped before
-        measuring (below ``min_area_px``, or of a class left out by ``classes``).
-    n_particles : int
-        ``n``: the rows of this frame in the particle table.
-    kept : ndarray of bool, shape (n + m + 1,)
-        Whether each label is counted in the distributions (index 0 and dropped
-        pieces are not).
-    size : ndarray of float64, shape (n + m + 1,)
-        Each particle's size (the measurement's ``size_column``); NaN for index 0
-        and dropped pieces.
-    reason : ndarray of str, shape (n + m + 1,)
-        Why each label is not counted (``""`` when it is): the table's
-        ``excluded_reason`` for particles, one of :data:`DROPPED_REASONS` for pieces.
-    """
-
-    index: int
-    time_s: float
-    image: np.ndarray
-    labels: np.ndarray
-    n_particles: int
-    kept: np.ndarray
-    size: np.ndarray
-    reason: np.ndarray
-
-    @property
-    def reasons(self) -> dict[str, int]:
-        """Labels not counted, by reason (dropped pieces included)."""
-        return dict(Counter(str(r) for r in self.reason[1:] if str(r)))
-
-    @property
-    def n_kept(self) -> int:
-        return int(np.count_nonzero(self.kept))
-
-    @property
-    def n_excluded(self) -> int:
-        """Labels not counted: excluded particles plus dropped pieces."""
-        return len(self.kept) - 1 - self.n_kept
 
 
 class MeasuredRun:
@@ -523,7 +465,8 @@ class MeasuredRun:
         ``{"counted": ..., "edge": ..., "too_small": ...}`` (reasons that occur)."""
         counts: Counter[str] = Counter()
         for block in self.iter_particles(columns=["excluded_reason"], rows=_BLOCK):
-            counts.update(str(r) or "counted" for r in block["excluded_reason"])
+            for reason, n in block["excluded_reason"].astype(str).value_counts().items():
+                counts[str(reason) or "counted"] += int(n)
         order = ["counted", *EXCLUDED_REASONS[1:]]
         known = [r for r in order if r in counts]
         return {r: counts[r] for r in [*known, *sorted(set(counts) - set(known))]}
@@ -664,74 +607,6 @@ def frame_position(frame: int, n_frames: int) -> int:
             f"are 0..{n_frames - 1} (or -{n_frames}..-1 counting from the end)"
         )
     return int(frame) % n_frames
-
-
-def dropped_pieces(
-    mask: np.ndarray,
-    labels: np.ndarray,
-    *,
-    measured: Sequence[int],
-    boundary: int | None,
-    min_area_px: int,
-) -> tuple[np.ndarray, list[str]]:
-    """The particles the measurement dropped before measuring, and why.
-
-    Parameters
-    ----------
-    mask : ndarray, shape (y, x), integer dtype
-        Class index per pixel.
-    labels : ndarray, shape (y, x), integer dtype
-        The measurement's instance labels of ``mask``
-        (:func:`~crystalseg.measure.run.label_mask_frame`).
-    measured : sequence of int
-        The classes the measurement labelled (``crystal_classes(codes, classes=...)``).
-    boundary : int or None
-        The boundary class of the codes (:func:`crystalseg.classes.boundary_class`).
-    min_area_px : int
-        The measurement's ``min_area_px``.
-
-    Returns
-    -------
-    pieces : ndarray of int32, shape (y, x)
-        0 where nothing was dropped, 1..m one id per dropped particle.
-    reasons : list of str
-        Reason of each piece 1..m: ``"too_small"`` or ``"other_class"``.
-
-    Notes
-    -----
-    Each 8-connected piece of foreground without a label is a candidate. One that
-    holds a pixel of a measured class was a particle dropped under ``min_area_px``
-    (the labelling labels every measured pixel, then drops small particles); one
-    that holds a crystal class left out by ``classes`` is a crystal not measured.
-    A piece of the boundary class alone that touches a particle is that particle's
-    rim, not a particle: the outer band that ``trim_boundary`` takes off, or, with
-    ``split`` "watershed" or "none", the rim that labelling never looks at. The
-    boundary split grows every particle over all the foreground connected to it, so
-    boundary alone touches a particle only where it was trimmed. Boundary alone
-    that touches no particle is a crystal drawn all rim: below ``min_area_px`` it
-    was dropped as too small, otherwise the split did not measure the boundary class.
-    """
-    pieces, m = ndi.label((mask > 0) & (labels == 0), structure=_STRUCTURE_8)
-    if not m:
-        return pieces.astype(np.int32), []
-
-    def holds(where: np.ndarray) -> np.ndarray:
-        """Per piece 1..m: whether any of its pixels is in ``where``."""
-        return np.bincount(pieces[where], minlength=m + 1)[1:] > 0
-
-    too_small = holds(np.isin(mask, measured))
-    rim_only = np.zeros(m, dtype=bool)
-    if boundary is not None:
-        rim_only = ~holds(mask != boundary)
-    rim = np.zeros(m, dtype=bool)
-    if rim_only.any():
-        rim = rim_only & holds(ndi.binary_dilation(labels > 0, structure=_STRUCTURE_8))
-        area = np.bincount(pieces.ravel(), minlength=m + 1)[1:]
-        too_small |= rim_only & ~rim & (area < min_area_px)
-    lut = np.zeros(m + 1, dtype=np.int32)
-    lut[1:][~rim] = np.arange(1, np.count_nonzero(~rim) + 1, dtype=np.int32)
-    reasons = ["too_small" if f else "other_class" for f in too_small[~rim]]
-    return lut[pieces], reasons
 
 
 def read_settings_json(ds: xr.Dataset) -> dict[str, Any]:
