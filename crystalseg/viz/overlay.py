@@ -353,6 +353,8 @@ def overlay_image(
         outline pixels, the inner boundary of every particle
         (``find_boundaries(labels, mode="inner")``: particle pixels with a
         4-neighbour of another label or the background), in the particle's colour.
+        No scale bar is burnt in (every other pixel is the frame's own);
+        :func:`overlay_frame`, :func:`montage` and :func:`write_overlays` draw one.
 
     Raises
     ------
