@@ -17,7 +17,7 @@ from matplotlib.ticker import MaxNLocator
 
 from crystalseg.dims import TIME
 from crystalseg.measure.distributions import require_columns
-from crystalseg.measure.reader import frame_position
+from crystalseg.measure.reader import frame_position, size_label
 from crystalseg.viz.style import (
     OKABE_ITO,
     SQUARE_FIGSIZE,
@@ -79,8 +79,8 @@ def plot_shape(
     scale, unit = time_scale(time_s)
     units = size_units_text(psd)
     when = f"frame {index}, t = {time_s[index] / scale:.4g} {unit}"
-    ax.set_xlabel(f"length, max Feret diameter ({units})")
-    ax.set_ylabel(f"width, min Feret diameter ({units})")
+    ax.set_xlabel(size_label("feret_diameter_max", units))
+    ax.set_ylabel(size_label("feret_diameter_min", units))
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_box_aspect(1.0)
