@@ -159,3 +159,14 @@ def test_an_unmeasured_run_is_one_line_error(tmp_path: Path) -> None:
 def test_psd_is_the_group(run: MeasuredRun) -> None:
     with xr.open_zarr(run.path, group="psd") as psd:
         xr.testing.assert_identical(run.psd.load(), psd.load())
+
+
+def test_a_run_measured_by_the_previous_release_reads() -> None:
+    """The store kept from the previous release (tests/data) opens and its labels match."""
+    path = Path(__file__).resolve().parents[1] / "data" / "previous_release" / "measured.zarr"
+    run = MeasuredRun(path)
+    assert run.outdated is None
+    np.testing.assert_array_equal(run.particle_counts(), run.psd["count_detected"].values)
+    assert sum(run.exclusions().values()) == run.n_particles
+    for index in range(run.n_frames):
+        assert run.frame(index).n_particles == run.particle_counts()[index]
