@@ -51,6 +51,7 @@ def round_significant(values: np.ndarray, digits: int) -> np.ndarray:
 
 
 def write_csv(table: Table, out: Path, settings: ExportSettings) -> None:
+    """Stream ``table`` into a CSV file for spreadsheets, as ``settings`` says."""
     encoding = "utf-8-sig" if settings.bom else "utf-8"
     with file_written_whole(out) as tmp, open(tmp, "w", newline="", encoding=encoding) as fh:
         for i, block in enumerate(table.blocks()):
@@ -68,6 +69,7 @@ def write_csv(table: Table, out: Path, settings: ExportSettings) -> None:
 def write_metadata_csv(
     rows: list[tuple[str, str, Any]], out: Path, settings: ExportSettings
 ) -> None:
+    """The metadata rows (section, key, value) as a CSV file."""
     frame = pd.DataFrame(rows, columns=["section", "key", "value"]).astype(str)
     encoding = "utf-8-sig" if settings.bom else "utf-8"
     with file_written_whole(out) as tmp:
@@ -121,6 +123,7 @@ def _cell_rows(block: pd.DataFrame, digits: int) -> list[list[Any]]:
 
 
 def check_excel_rows(tables: Sequence[Table], path: Path) -> None:
+    """Refuse, before anything is written, a table longer than an Excel sheet."""
     for table in tables:
         if table.rows + 1 > EXCEL_MAX_ROWS:
             others = tuple(t.name for t in tables if t.rows + 1 <= EXCEL_MAX_ROWS)
@@ -138,6 +141,7 @@ def write_xlsx(
     out: Path,
     settings: ExportSettings,
 ) -> None:
+    """One workbook: a sheet per table and a ``metadata`` sheet, rows streamed to disk."""
     import xlsxwriter
 
     with file_written_whole(out) as tmp:

@@ -69,6 +69,7 @@ class MeasuredFrame:
 
     @property
     def n_kept(self) -> int:
+        """Particles counted in the distributions."""
         return int(np.count_nonzero(self.kept))
 
     @property

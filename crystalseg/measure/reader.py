@@ -133,6 +133,7 @@ class Calibration:
 
     @property
     def n_frames(self) -> int:
+        """Frames of the run."""
         return len(self.time_s)
 
 
@@ -238,6 +239,7 @@ class MeasuredRun:
 
     @property
     def n_frames(self) -> int:
+        """Frames of the run (of ``psd``)."""
         return self.calibration.n_frames
 
     @property
@@ -247,6 +249,7 @@ class MeasuredRun:
 
     @property
     def size_units(self) -> str:
+        """``"um"`` or ``"px"``: the units of every size of the results."""
         return self.calibration.size_units
 
     @property
@@ -267,6 +270,7 @@ class MeasuredRun:
 
     @property
     def has_particles(self) -> bool:
+        """Whether the store holds the particle table (group ``particles``)."""
         return isinstance(self._root.get(PARTICLES_GROUP), zarr.Group)
 
     # ----------------------------------------------------------------- the particle table

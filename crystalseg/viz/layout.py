@@ -103,6 +103,7 @@ def frame_zoom(height: int, width: int) -> int:
 
 
 def frame_dpi(longer_side_px: int) -> int:
+    """Dpi of a single-frame figure whose displayed frame is ``longer_side_px`` long."""
     lo, hi = FRAME_DPI
     return int(min(hi, max(lo, round(longer_side_px / FRAME_WIDTH_IN))))
 

@@ -66,6 +66,7 @@ def new_figure(figsize: tuple[float, float] = FIGSIZE) -> Figure:
 
 
 def figure_axes(ax: Axes | None, figsize: tuple[float, float] = FIGSIZE) -> tuple[Figure, Axes]:
+    """``(figure, ax)``: a new figure and axes if ``ax`` is None, else ``ax`` and its figure."""
     if ax is None:
         fig = new_figure(figsize)
         return fig, fig.add_subplot()
@@ -89,12 +90,14 @@ def settle_layout(fig: Figure) -> Figure:
 
 
 def density_variable(basis: str) -> str:
+    """The psd variable of a basis: ``"q0"`` (number) or ``"q3"`` (volume)."""
     if basis not in DENSITY_VARIABLES:
         raise ConfigError(f"basis {basis!r} is unknown; use 'number' or 'volume'")
     return DENSITY_VARIABLES[basis]
 
 
 def require_psd(psd: Any, names: Sequence[str], *, name: str | None = None) -> None:
+    """Refuse anything but a psd Dataset holding the variables ``names``."""
     if not isinstance(psd, xr.Dataset):
         raise ConfigError(
             f"expected the psd Dataset of a measured run, got {type(psd).__name__}; "
@@ -197,6 +200,7 @@ def time_spans(t: np.ndarray, flags: np.ndarray) -> list[tuple[float, float]]:
 
 
 def counted_per_frame(psd: xr.Dataset) -> np.ndarray:
+    """Particles counted per frame (``count_kept``, else ``number``), shape (time,)."""
     name = "count_kept" if "count_kept" in psd.variables else "number"
     if name not in psd.variables:
         return np.full(psd.sizes[TIME], np.nan)
@@ -255,6 +259,7 @@ def psd_settings(psd: xr.Dataset) -> dict[str, Any]:
 
 
 def sequence_colours(n: int) -> list[tuple[float, float, float, float]]:
+    """``n`` viridis colours from dark (early) to light (late), short of its palest yellow."""
     cmap = colormaps["viridis"]
     return [cmap(v) for v in (np.linspace(0.0, 0.8, n) if n > 1 else [0.0])]
 
@@ -282,6 +287,7 @@ def plain_log_ticks(ax: Axes) -> None:
 
 
 def say_empty(ax: Axes, text: str) -> None:
+    """A note in the middle of ``ax`` saying why it shows nothing."""
     ax.text(
         0.5,
         0.5,
@@ -297,5 +303,6 @@ def say_empty(ax: Axes, text: str) -> None:
 
 
 def run_name(path: Path) -> str:
+    """The name of a run store for titles and folders: ``a.zarr`` -> ``a``."""
     name = path.resolve().name
     return name[: -len(".zarr")] if name.endswith(".zarr") and len(name) > 5 else name
