@@ -68,6 +68,10 @@ class ReportSettings:
     dpi : int
         Resolution of the embedded plots and montage. Single-frame overlays keep
         their own, which shows the frame at (at least) its native resolution.
+    sop : mapping, optional
+        The standard operating procedure file the report was made from (``file``,
+        ``sha256``, ``content``, as ``crystalseg report --config`` records it); shown
+        with the settings.
     """
 
     basis: Basis = "number"
@@ -79,6 +83,7 @@ class ReportSettings:
     outside_bins_warning: float = 0.01
     min_count_warning: float = 0.2
     dpi: int = 100
+    sop: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.basis not in ("number", "volume"):
@@ -107,6 +112,10 @@ class ReportSettings:
                 raise ConfigError(f"{name} must be a fraction in 0..1, got {value!r}")
         if isinstance(self.dpi, bool) or not isinstance(self.dpi, int) or not 30 <= self.dpi <= 600:
             raise ConfigError(f"dpi must be an integer in 30..600, got {self.dpi!r}")
+        if self.sop is not None and not isinstance(self.sop, Mapping):
+            raise ConfigError(
+                f"sop must be a mapping (file, sha256, content), got {type(self.sop).__name__}"
+            )
 
 
 @dataclass(frozen=True)

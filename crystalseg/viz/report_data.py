@@ -295,6 +295,7 @@ class ReportContent:
     plots: tuple[ReportFigure, ...]
     overlays: tuple[ReportFigure, ...]
     stages: tuple[StageRecord, ...]
+    sop: tuple[tuple[str, str], ...] = ()
 
     @property
     def summary_heads(self) -> list[tuple[str, str]]:
@@ -418,6 +419,17 @@ def _stage_highlights(
     return rows
 
 
+def sop_rows(sop: Mapping[str, Any] | None) -> tuple[tuple[str, str], ...]:
+    """The SOP file a report was made from, as (key, text) rows: file, sha256, every value."""
+    if not sop:
+        return ()
+    return (
+        ("file", str(sop.get("file", "?"))),
+        ("sha256", str(sop.get("sha256", "?"))),
+        *((k, value_text(v)) for k, v in _flatten(sop.get("content") or {})),
+    )
+
+
 def stage_records(
     stages: Mapping[str, Mapping[str, Any]],
     mask_attrs: Mapping[str, Any],
@@ -531,6 +543,7 @@ def gather_report(
         plots=plots,
         overlays=overlays,
         stages=stage_records(stages, mask_attrs, model),
+        sop=sop_rows(settings.sop),
     )
 
 
@@ -546,6 +559,7 @@ __all__ = [
     "interval_text",
     "number_text",
     "run_rows",
+    "sop_rows",
     "stage_records",
     "summary_frames",
     "summary_table",

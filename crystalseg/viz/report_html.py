@@ -261,9 +261,15 @@ def _kinetics_section(content: ReportContent) -> str:
 
 def _settings_section(content: ReportContent) -> str:
     """Every recorded setting of every stage, open: a printed report shows them all."""
-    if not content.stages:
-        return _section("settings", "<p>No stage has recorded its settings.</p>")
     parts = []
+    if content.sop:
+        rows = [(f"<code>{_e(k)}</code>", _e(v)) for k, v in content.sop]
+        parts.append(
+            "<div class='stage'><h3 id='stage-report-sop'>report: standard operating "
+            f"procedure</h3>{_table(rows)}</div>"
+        )
+    if not content.stages:
+        parts.append("<p>No stage has recorded its settings.</p>")
     for stage in content.stages:
         ok = "ok" if stage.status == "finished" else "bad"
         head = (

@@ -283,9 +283,11 @@ def _kinetics(doc: _Pdf, content: ReportContent) -> None:
 
 
 def _settings(doc: _Pdf, content: ReportContent) -> None:
+    if content.sop:
+        doc.heading("report: standard operating procedure", 3)
+        doc.table([("SOP file", "value"), *content.sop], size=7, widths=(70, 110))
     if not content.stages:
         doc.text("No stage has recorded its settings.")
-        return
     for stage in content.stages:
         doc.heading(f"{stage.name}: {stage.status}", 3)
         doc.text(f"{stage.when}; crystalseg {stage.crystalseg_version}", size=_SMALL_PT, grey=70)

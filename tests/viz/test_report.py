@@ -120,11 +120,16 @@ META = {
 }
 
 
+#: The SOP file record of the module's report (as ``report --config`` passes it).
+SOP = {"file": "sop-7.toml", "sha256": "ab" * 32, "content": {"report": {"basis": "number"}}}
+
+
 @pytest.fixture(scope="module")
 def written(measured: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list]:
     """The module's report written once, as HTML and PDF, with batch-record fields."""
     out = tmp_path_factory.mktemp("written") / "discs_report.html"
-    return write_report(measured, out, meta=META, pdf=True)
+    settings = ReportSettings(sop=SOP)
+    return write_report(measured, out, settings=settings, meta=META, pdf=True)
 
 
 @pytest.fixture(scope="module")
@@ -698,6 +703,9 @@ def test_pdf_beside_the_html_holds_the_tables_and_fields(
     positions = [text.index(title) for title in SECTION_TITLES.values()]
     assert positions == sorted(positions)
     assert reader.metadata is not None and "crystalseg report" in str(reader.metadata.title)
+    assert "report.basis number" in text and SOP["sha256"] in text  # the SOP file, as in HTML
+    settings = _section_of(report[0], "settings")
+    assert "<code>report.basis</code></th><td>number</td>" in settings
 
 
 def test_each_file_has_its_sha256_beside_it(written: tuple[Path, list]) -> None:
