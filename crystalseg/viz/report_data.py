@@ -14,6 +14,7 @@ import datetime as _dt
 import json
 import logging
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -464,7 +465,7 @@ def stage_records(
 
 
 def gather_report(
-    run: str | Path,
+    run: str | os.PathLike[str],
     *,
     settings: ReportSettings | None = None,
     meta: Mapping[str, Any] | None = None,

@@ -92,13 +92,18 @@ def draw_scale_bar(ax: Axes, *, width_px: int, height_px: int, pixel_size_um: fl
     margin = 0.04 * min(width_px, height_px)
     thick = max(2.0, 0.012 * height_px)
     x0, y0 = width_px - 0.5 - margin - bar_px, height_px - 0.5 - margin - thick
-    outline = [patheffects.withStroke(linewidth=2.5, foreground="black")]
     ax.add_patch(Rectangle((x0, y0), bar_px, thick, facecolor="white", edgecolor="black", lw=0.8))
     label = f"{length:g} {'µm' if pixel_size_um is not None else 'px'}"
-    text = ax.text(x0 + bar_px / 2, y0 - thick * 0.6, label, color="white", ha="center")
-    text.set_va("bottom")
-    text.set_fontsize("small")
-    text.set_path_effects(outline)
+    ax.text(
+        x0 + bar_px / 2,
+        y0 - thick * 0.6,
+        label,
+        color="white",
+        ha="center",
+        va="bottom",
+        fontsize="small",
+        path_effects=[patheffects.withStroke(linewidth=2.5, foreground="black")],
+    )
 
 
 _FRAME_TITLE = re.compile(r"frame (\d+) · t = [^·:]*$")

@@ -1,10 +1,10 @@
 """Make docs/img/report-pdf-page1.png: the first page of a PDF report, rendered headless.
 
-A synthetic run is segmented and measured by the bundled model (as ``crystalseg
-measure`` does), its report written as HTML and PDF with batch-record fields (as
-``crystalseg report RUN --pdf --meta ...`` does), and the PDF's first page
-rendered to PNG by PDFium (pypdfium2, in the ``docs`` extra: a wheel from PyPI,
-no system library, no screen).
+A synthetic run (the demo's scene) is segmented and measured by the bundled model
+(as ``crystalseg measure`` does) and its kinetics computed; its report is written
+as HTML and PDF with batch-record fields (as ``crystalseg report RUN --pdf --meta
+...`` does), and the PDF's first page rendered to PNG by PDFium (pypdfium2, in the
+``docs`` extra: a wheel from PyPI, no system library, no screen).
 
     python docs/_scripts/report_pdf_page.py [--out docs/img/report-pdf-page1.png]
 """
@@ -29,7 +29,7 @@ META = {
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "img" / "report-pdf-page1.png")
-    parser.add_argument("--frames", type=int, default=16)
+    parser.add_argument("--frames", type=int, default=20)
     parser.add_argument("--scale", type=float, default=1.4, help="pixels per PDF point")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -41,12 +41,19 @@ def main() -> None:
 
 
 def _make_run(run: Path, frames: int) -> None:
-    from crystalseg.measure import MeasureSettings, measure_run
+    from crystalseg.demo import DEMO_SCENARIO
+    from crystalseg.kinetics import kinetics_run
+    from crystalseg.measure import MeasureOptions, MeasureSettings
+    from crystalseg.pipeline import segment_and_measure
     from crystalseg.synth import SynthConfig, synthesize_run
 
-    synthesize_run(run, SynthConfig(frames=frames, height=256, width=256, seed=7))
-    # segments with the bundled model first; a low minimum count so the small run has D-values
-    measure_run(run, settings=MeasureSettings(min_count=5), scheduler="threads")
+    config = SynthConfig(frames=frames, height=320, width=320, seed=7, scenario=DEMO_SCENARIO)
+    synthesize_run(run, config)
+    # segmented by the bundled model, then measured; a low minimum count so that the
+    # small field has D-values in most frames
+    options = MeasureOptions(MeasureSettings(min_count=5), scheduler="threads")
+    segment_and_measure(run, options=options)
+    kinetics_run(run)
 
 
 def _write_report(run: Path, html: Path) -> Path:
