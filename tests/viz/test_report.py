@@ -714,3 +714,34 @@ def test_each_file_has_its_sha256_beside_it(written: tuple[Path, list]) -> None:
         line = path.with_name(path.name + ".sha256").read_text(encoding="utf-8")
         assert line == f"{hashlib.sha256(path.read_bytes()).hexdigest()}  {path.name}\n"
         assert report_sha256(path) == line.split()[0]
+
+
+def test_cli_report_pdf_meta_and_checksums(measured: Path, tmp_path: Path) -> None:
+    out = tmp_path / "r.html"
+    args = ["-q", "report", str(measured), "-o", str(out), "--montage", "0", "--pdf"]
+    args += ["--meta", "sample=API-7\\, lot 3,batch=B-2291", "--meta", "operator=QA 1"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    pdf = out.with_suffix(".pdf")
+    lines = result.output.splitlines()
+    assert lines[:4] == [
+        f"report written to {out} (2 warnings)",
+        f"PDF written to {pdf}",
+        f"sha256 {hashlib.sha256(out.read_bytes()).hexdigest()}  {out}",
+        f"sha256 {hashlib.sha256(pdf.read_bytes()).hexdigest()}  {pdf}",
+    ]
+    header = out.read_text(encoding="utf-8").split("</header>")[0]
+    assert "<td>API-7, lot 3</td>" in header and "<td>QA 1</td>" in header
+
+
+@pytest.mark.parametrize(
+    ("meta", "message"),
+    [
+        ("sample", "--meta item 'sample' has no '='; give key=value, e.g. batch=B-2291"),
+        ("batch=B1,batch=B2", "--meta 'batch' is given twice; give each field once"),
+    ],
+)
+def test_cli_report_refuses_bad_meta(measured: Path, meta: str, message: str) -> None:
+    result = CliRunner().invoke(cli, ["-q", "report", str(measured), "--meta", meta])
+    assert result.exit_code == 1
+    assert result.output == f"Error: {message}\n"
