@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: ``gid`` of a scale bar's artist: an axes that has one gets no second bar.
+SCALE_BAR_GID = "scale-bar"
+
 
 @dataclass(frozen=True)
 class ReportFigure:
@@ -82,6 +85,7 @@ def draw_scale_bar(ax: Axes, *, width_px: int, height_px: int, pixel_size_um: fl
 
     About a fifth of the frame wide, on the 1-2-5 series, in µm (px when the run has no
     pixel size); white with a dark edge, so it reads on bright and dark frames alike.
+    Its artist's ``gid`` is :data:`SCALE_BAR_GID`.
     """
     from matplotlib import patheffects
     from matplotlib.patches import Rectangle
@@ -92,7 +96,9 @@ def draw_scale_bar(ax: Axes, *, width_px: int, height_px: int, pixel_size_um: fl
     margin = 0.04 * min(width_px, height_px)
     thick = max(2.0, 0.012 * height_px)
     x0, y0 = width_px - 0.5 - margin - bar_px, height_px - 0.5 - margin - thick
-    ax.add_patch(Rectangle((x0, y0), bar_px, thick, facecolor="white", edgecolor="black", lw=0.8))
+    bar = Rectangle((x0, y0), bar_px, thick, facecolor="white", edgecolor="black", lw=0.8)
+    bar.set_gid(SCALE_BAR_GID)
+    ax.add_patch(bar)
     label = f"{length:g} {'µm' if pixel_size_um is not None else 'px'}"
     ax.text(
         x0 + bar_px / 2,
@@ -118,6 +124,23 @@ def retime_titles(fig: Figure, times: np.ndarray, unit: TimeUnit) -> None:
             index = int(found.group(1))
             new = f"frame {index} · t = {format_time_in(times[index], unit)}"
             ax.set_title(title[: found.start()] + new, fontsize="medium")
+
+
+def finish_overlay(
+    fig: Figure, times: np.ndarray, unit: TimeUnit, *, pixel_size_um: float | None
+) -> None:
+    """An overlay or montage as the report shows it: frame titles in the report's time
+    unit, and a scale bar on every frame that has none yet (an overlay may draw its own,
+    an artist with ``gid`` :data:`SCALE_BAR_GID`)."""
+    retime_titles(fig, times, unit)
+    for ax in _frame_axes(fig):
+        if any(a.get_gid() == SCALE_BAR_GID for a in ax.get_children()):
+            continue
+        image = ax.get_images()[0].get_array()
+        if image is None:
+            continue
+        h, w = image.shape[:2]
+        draw_scale_bar(ax, width_px=w, height_px=h, pixel_size_um=pixel_size_um)
 
 
 def _frame_axes(fig: Figure) -> list[Axes]:
@@ -232,14 +255,7 @@ def overlay_figures(
     pixel = psd.attrs.get("pixel_size_um")
 
     def finished(fig: Figure) -> Figure:
-        """One time unit in the frame titles, and a scale bar on every frame."""
-        retime_titles(fig, times, unit)
-        for ax in _frame_axes(fig):
-            image = ax.get_images()[0].get_array()
-            if image is None:
-                continue
-            h, w = image.shape[:2]
-            draw_scale_bar(ax, width_px=w, height_px=h, pixel_size_um=pixel)
+        finish_overlay(fig, times, unit, pixel_size_um=pixel)
         return fig
 
     frames = settings.overlay_frames if settings.overlay_frames is not None else (-1,)
@@ -297,8 +313,10 @@ def kinetics_content(run: Path, dpi: int) -> tuple[str | None, ReportFigure | No
 
 
 __all__ = [
+    "SCALE_BAR_GID",
     "ReportFigure",
     "draw_scale_bar",
+    "finish_overlay",
     "kinetics_content",
     "nice_bar_length",
     "overlay_figures",

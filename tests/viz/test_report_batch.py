@@ -14,7 +14,13 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from crystalseg.errors import ConfigError
-from crystalseg.viz.report_figures import draw_scale_bar, nice_bar_length, retime_titles
+from crystalseg.viz.report_figures import (
+    SCALE_BAR_GID,
+    draw_scale_bar,
+    finish_overlay,
+    nice_bar_length,
+    retime_titles,
+)
 from crystalseg.viz.report_meta import (
     check_meta,
     format_time_in,
@@ -155,6 +161,28 @@ def test_scale_bar_is_as_long_as_it_says(pixel: float | None, label: str, bar_px
     assert bar.get_x() + bar.get_width() < 95.5  # inside the frame, lower right
     assert bar.get_y() > 48
     assert [t.get_text() for t in ax.texts] == [label]
+
+
+def test_every_montage_panel_gets_one_bar_and_the_report_unit(measured_template: Path) -> None:
+    """The real montage of a measured run: a bar on each frame (none added twice), and
+    its titles in minutes when the report counts in minutes."""
+    import xarray as xr
+
+    from crystalseg.viz.overlay import montage
+
+    with xr.open_zarr(measured_template, group="psd") as psd:
+        pixel = psd.attrs["pixel_size_um"]
+        times = np.asarray(psd["time"].values, dtype=float)
+    fig = montage(measured_template, n=4)
+    for _ in range(2):  # a second pass adds nothing
+        finish_overlay(fig, times, "min", pixel_size_um=pixel)
+    panels = [ax for ax in fig.axes if ax.get_images()]
+    assert len(panels) == 4
+    for ax, t in zip(panels, times, strict=True):
+        bars = [a for a in ax.get_children() if a.get_gid() == SCALE_BAR_GID]
+        assert len(bars) == 1
+        assert ax.get_title().endswith(f"t = {format_time_in(t, 'min')}")
+        assert " s" not in ax.get_title()
 
 
 # --------------------------------------------------------------------------- model
