@@ -34,6 +34,7 @@ from crystalseg.viz.report_checks import (
 from crystalseg.viz.report_figures import (
     ReportFigure,
     kinetics_content,
+    open_windows,
     overlay_figures,
     plot_figures,
 )
@@ -238,11 +239,14 @@ def dvalue_table(psd: xr.Dataset, *, basis: str, unit: TimeUnit) -> list[list[st
     Columns: frame, time (in ``unit``), particles counted, then D10, D50, D90 on
     ``basis`` each as ``value`` and, where the run has intervals, ``lower to upper``
     in a column of its own. Cells are text exactly as both renderers print them.
+    Given group ``psd_window`` (pooled windows), one row per window: its frames
+    (``first-last``), its middle time and the particles pooled in it.
     """
     sizes = [f"d{q}_{basis}" for q in (10, 50, 90)]
     units = unit_text(psd.attrs.get("size_units", "px"))
     with_bounds = [f"{n}_lower" in psd and f"{n}_upper" in psd for n in sizes]
-    header = ["frame", f"t ({unit})", "n counted"]
+    windows = "frame_start" in psd.coords and "frame_stop" in psd.coords
+    header = ["frames" if windows else "frame", f"t ({unit})", "n counted"]
     for name, bounded in zip(sizes, with_bounds, strict=True):
         header.append(f"{name[:3].upper()} ({units})")
         if bounded:
@@ -250,14 +254,19 @@ def dvalue_table(psd: xr.Dataset, *, basis: str, unit: TimeUnit) -> list[list[st
     times = times_s(psd)
     kept = psd_values(psd, "count_kept")
     rows = [header]
-    for frame in dvalue_frames(int(psd.sizes.get(TIME, 0))):
-        t = format_time_in(times[frame], unit).rsplit(" ", 1)[0]
-        row = [str(frame), t, "–" if kept is None else number_text(int(kept[frame]))]
+    for index in dvalue_frames(int(psd.sizes.get(TIME, 0))):
+        label = str(index)
+        if windows:
+            first = int(psd["frame_start"].values[index])
+            last = int(psd["frame_stop"].values[index]) - 1
+            label = f"{first}-{last}" if last > first else str(first)
+        t = format_time_in(times[index], unit).rsplit(" ", 1)[0]
+        row = [label, t, "–" if kept is None else number_text(kept[index].item())]
         for name, bounded in zip(sizes, with_bounds, strict=True):
-            value = psd[name].values[frame].item() if name in psd else None
+            value = psd[name].values[index].item() if name in psd else None
             row.append(number_text(value))
             if bounded:
-                row.append(interval_text(_bounds(psd, name, frame)) or "–")
+                row.append(interval_text(_bounds(psd, name, index)) or "–")
         rows.append(row)
     return rows
 
@@ -287,6 +296,8 @@ class ReportContent:
     warnings: tuple[ReportWarning, ...]
     summary: pd.DataFrame
     dvalues: tuple[tuple[str, ...], ...]
+    window_dvalues: tuple[tuple[str, ...], ...]
+    window: str
     basis: str
     min_count: Any
     counts: pd.DataFrame | None
@@ -523,6 +534,11 @@ def gather_report(
     plots = plot_figures(path, psd, particles, settings, problems)
     overlays = overlay_figures(path, psd, settings, problems, unit)
     kinetics_html, kinetics_figure = kinetics_content(path, settings.dpi)
+    windows = open_windows(path)
+    window_rows: tuple[tuple[str, ...], ...] = ()
+    if windows is not None:
+        table = dvalue_table(windows, basis=settings.basis, unit=unit)
+        window_rows = tuple(tuple(r) for r in table)
     kept = psd_values(psd, "count_kept")
     has_counts = "count_detected" in psd and "count_kept" in psd
     return ReportContent(
@@ -535,6 +551,8 @@ def gather_report(
         warnings=tuple(problems),
         summary=summary_table(psd),
         dvalues=tuple(tuple(r) for r in dvalue_table(psd, basis=settings.basis, unit=unit)),
+        window_dvalues=window_rows,
+        window=str(windows.attrs.get("window", "")) if windows is not None else "",
         basis=settings.basis,
         min_count=psd.attrs.get("min_count", 1),
         counts=frame_counts(psd, particles) if has_counts else None,

@@ -172,7 +172,7 @@ def _figures(
     return tuple(out)
 
 
-def _open_windows(run: Path) -> xr.Dataset | None:
+def open_windows(run: Path) -> xr.Dataset | None:
     """Group ``psd_window`` of the run in memory, or None when it has none."""
     import xarray as xr
 
@@ -220,7 +220,7 @@ def plot_figures(
             lambda: plots.plot_cumulative(psd),
         ),
     ]
-    windows = _open_windows(run)
+    windows = open_windows(run)
     if windows is not None:
         jobs.append(
             (
@@ -319,6 +319,7 @@ __all__ = [
     "finish_overlay",
     "kinetics_content",
     "nice_bar_length",
+    "open_windows",
     "overlay_figures",
     "plot_figures",
     "png_bytes",

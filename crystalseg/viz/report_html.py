@@ -192,17 +192,23 @@ def _summary_section(content: ReportContent) -> str:
 
 
 def _dvalues_html(content: ReportContent) -> str:
-    """D10/D50/D90 over time, with intervals where the run has them."""
-    header, *rows = content.dvalues
-    head = "".join(f"<th scope='col'>{_e(h)}</th>" for h in header)
-    body = "".join(
-        "<tr>" + "".join(f"<td class='num'>{_e(v)}</td>" for v in row) + "</tr>" for row in rows
-    )
-    return (
-        f"<h3 id='dvalues'>D-values over time ({_e(content.basis)} basis)</h3>"
-        f"<table class='summary dvalues'><thead><tr>{head}</tr></thead><tbody>{body}</tbody>"
-        "</table>"
-    )
+    """D10/D50/D90 over time (and of pooled windows), with intervals where the run has them."""
+    out = ""
+    tables = [("dvalues", "", content.dvalues)]
+    if content.window_dvalues:
+        what = f", pooled windows of {content.window}"
+        tables.append(("window-dvalues", what, content.window_dvalues))
+    for table_id, what, (header, *rows) in tables:
+        head = "".join(f"<th scope='col'>{_e(h)}</th>" for h in header)
+        body = "".join(
+            "<tr>" + "".join(f"<td class='num'>{_e(v)}</td>" for v in row) + "</tr>" for row in rows
+        )
+        out += (
+            f"<h3 id='{table_id}'>D-values over time ({_e(content.basis)} basis{_e(what)})</h3>"
+            f"<table class='summary {table_id}'><thead><tr>{head}</tr></thead>"
+            f"<tbody>{body}</tbody></table>"
+        )
+    return out
 
 
 def count_label(column: str) -> str:

@@ -244,6 +244,11 @@ def _summary(doc: _Pdf, content: ReportContent) -> None:
         doc.text(SUMMARY_NOTE.format(min_count=content.min_count), size=_SMALL_PT, grey=70)
     doc.heading(f"D-values over time ({content.basis} basis)", 3)
     doc.table(content.dvalues, size=8, numeric_from=0)
+    if content.window_dvalues:
+        doc.heading(
+            f"D-values over time ({content.basis} basis, pooled windows of {content.window})", 3
+        )
+        doc.table(content.window_dvalues, size=8, numeric_from=0)
     counts = content.counts
     if counts is not None:
         doc.heading("Particles counted and excluded", 3)

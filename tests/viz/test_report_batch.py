@@ -142,6 +142,45 @@ def test_frame_titles_take_the_report_unit() -> None:
     assert c.get_title() == "a colour bar"
 
 
+def test_dvalue_table_of_pooled_windows() -> None:
+    """One row per window: its frames, middle time in the report's unit, pooled count,
+    D-values and their intervals as the report prints them."""
+    import xarray as xr
+
+    from crystalseg.dims import TIME
+    from crystalseg.viz.report_data import dvalue_table
+
+    d50 = np.array([12.345, np.nan])
+    windows = xr.Dataset(
+        {
+            "d10_number": ((TIME,), [8.0, np.nan]),
+            "d50_number": ((TIME,), d50),
+            "d50_number_lower": ((TIME,), [11.0, np.nan]),
+            "d50_number_upper": ((TIME,), [13.56, np.nan]),
+            "d90_number": ((TIME,), [20.0, np.nan]),
+            "count_kept": ((TIME,), [42, 3]),
+        },
+        coords={
+            TIME: [45.0, 105.0],
+            "frame_start": ((TIME,), [0, 4]),
+            "frame_stop": ((TIME,), [4, 5]),
+        },
+        attrs={"size_units": "um"},
+    )
+    header, first, second = dvalue_table(windows, basis="number", unit="min")
+    assert header == [
+        "frames",
+        "t (min)",
+        "n counted",
+        "D10 (µm)",
+        "D50 (µm)",
+        "D50 95 %",
+        "D90 (µm)",
+    ]
+    assert first == ["0-3", "0.75", "42", "8", "12.3", "11 to 13.6", "20"]
+    assert second == ["4", "1.75", "3", "–", "–", "–", "–"]
+
+
 # --------------------------------------------------------------------------- scale bar
 
 
