@@ -121,10 +121,15 @@ def pdf_path(html_path: str | os.PathLike[str]) -> Path:
 
 
 def _write_with_checksum(path: Path, data: bytes) -> None:
-    """The file, then its ``.sha256`` beside it (both replaced whole, never half-written)."""
+    """The file, then its ``.sha256`` beside it (both replaced whole, never half-written).
+
+    The old checksum goes first: a write cut short leaves a report without a checksum,
+    never one whose checksum vouches for other bytes.
+    """
+    checksum = path.with_name(path.name + CHECKSUM_SUFFIX)
+    checksum.unlink(missing_ok=True)
     with file_written_whole(path) as tmp:
         tmp.write_bytes(data)
-    checksum = path.with_name(path.name + CHECKSUM_SUFFIX)
     with file_written_whole(checksum) as tmp:
         tmp.write_text(sha256_line(data, path.name), encoding="utf-8")
 
