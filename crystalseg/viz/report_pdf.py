@@ -46,6 +46,8 @@ _MONO = "dejavumono"
 _MARGIN_MM = 15.0
 _BODY_PT = 9.0
 _SMALL_PT = 7.5
+#: Tallest figure (mm) of each figure section: two plots a page, one overlay.
+_FIGURE_MAX_MM = {"plots": 110.0, "overlays": 200.0}
 
 
 def check_pdf_renderer() -> None:
@@ -141,9 +143,10 @@ class _Pdf:
         pdf.multi_cell(self.width, size * 0.45, text, new_x="LMARGIN", new_y="NEXT", align="L")
         pdf.ln(1)
 
-    def heading(self, text: str, level: int = 2) -> None:
+    def heading(self, text: str, level: int = 2, *, keep_mm: float = 25.0) -> None:
+        """A heading, on a new page unless ``keep_mm`` of what follows fits below it."""
         pdf = self.pdf
-        if pdf.y > pdf.h - 40:  # no heading alone at the foot of a page
+        if pdf.y + 12 + keep_mm > pdf.h - pdf.b_margin:  # no heading alone at a page's foot
             pdf.add_page()
         pdf.ln(2 if level == 2 else 1)
         size = 13.0 if level == 2 else 10.5
@@ -186,10 +189,11 @@ class _Pdf:
                     row.cell(str(value))
         pdf.ln(2)
 
-    def figure(self, figure: ReportFigure, *, max_height: float = 150.0) -> None:
+    def figure_size(self, figure: ReportFigure, max_height: float) -> tuple[float, float]:
+        """Width and height (mm) of a figure on the page: the text width, at most
+        ``max_height`` high, its aspect kept."""
         from PIL import Image
 
-        pdf = self.pdf
         with Image.open(io.BytesIO(figure.png)) as im:
             px_w, px_h = im.size
         width = self.width
@@ -197,6 +201,11 @@ class _Pdf:
         if height > max_height:
             height = max_height
             width = height * px_w / px_h
+        return width, height
+
+    def figure(self, figure: ReportFigure, *, max_height: float = 150.0) -> None:
+        pdf = self.pdf
+        width, height = self.figure_size(figure, max_height)
         if pdf.y + height + 10 > pdf.h - pdf.b_margin:
             pdf.add_page()
         pdf.image(
@@ -314,7 +323,9 @@ def render_pdf(content: ReportContent) -> bytes:
     doc = _Pdf(content)
     _header(doc, content)
     for section in SECTION_IDS:
-        doc.heading(SECTION_TITLES[section])
+        first = {"plots": content.plots[:1], "overlays": content.overlays[:1]}.get(section)
+        keep = doc.figure_size(first[0], _FIGURE_MAX_MM[section])[1] + 10 if first else 25.0
+        doc.heading(SECTION_TITLES[section], keep_mm=keep)
         if section == "run":
             doc.table(content.run_rows, heading=False, widths=(35, 145))
         elif section == "warnings":
@@ -328,7 +339,7 @@ def render_pdf(content: ReportContent) -> bytes:
             _kinetics(doc, content)
         elif section == "plots":
             for figure in content.plots:
-                doc.figure(figure, max_height=110)
+                doc.figure(figure, max_height=_FIGURE_MAX_MM["plots"])
         elif section == "overlays":
             doc.text(
                 "Particle outlines drawn on the raw frames: check that the segmentation "
@@ -337,8 +348,8 @@ def render_pdf(content: ReportContent) -> bytes:
                 size=_SMALL_PT,
                 grey=70,
             )
-            for figure in content.overlays or ():
-                doc.figure(figure, max_height=200)
+            for figure in content.overlays:
+                doc.figure(figure, max_height=_FIGURE_MAX_MM["overlays"])
             if not content.overlays:
                 doc.text("No overlays.")
         elif section == "settings":
