@@ -493,17 +493,27 @@ def test_unmeasured_run_is_an_error(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- CLI
 
 
-def test_cli_report_writes_the_file_and_lists_warnings(measured: Path, tmp_path: Path) -> None:
+def test_cli_report_writes_the_files_and_lists_warnings(measured: Path, tmp_path: Path) -> None:
+    """HTML and PDF with the batch-record fields, the sha256 of each printed."""
     out = tmp_path / "sub" / "r.html"
-    result = CliRunner().invoke(
-        cli, ["-q", "report", str(measured), "-o", str(out), "--frames", "2,-1", "--montage", "0"]
-    )
+    args = ["-q", "report", str(measured), "-o", str(out), "--frames", "2,-1", "--montage", "0"]
+    args += ["--pdf", "--meta", "sample=API-7\\, lot 3,batch=B-2291", "--meta", "operator=QA 1"]
+    result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
-    assert result.output.splitlines()[0] == f"report written to {out} (2 warnings)"
+    pdf = out.with_suffix(".pdf")
+    assert result.output.splitlines()[:4] == [
+        f"report written to {out} (2 warnings)",
+        f"PDF written to {pdf}",
+        f"sha256 {hashlib.sha256(out.read_bytes()).hexdigest()}  {out}",
+        f"sha256 {hashlib.sha256(pdf.read_bytes()).hexdigest()}  {pdf}",
+    ]
     assert "warning: 2 of 6 frames have no particles" in result.output
-    parsed = _parse(out.read_text(encoding="utf-8"))
+    text = out.read_text(encoding="utf-8")
+    parsed = _parse(text)
     assert {"fig-overlay-2", "fig-overlay-5"} <= set(parsed.ids)
     assert "fig-montage" not in parsed.ids
+    header = text.split("</header>")[0]
+    assert "<td>API-7, lot 3</td>" in header and "<td>QA 1</td>" in header
 
 
 def test_cli_report_errors_are_one_line(measured: Path, tmp_path: Path) -> None:
@@ -714,24 +724,6 @@ def test_each_file_has_its_sha256_beside_it(written: tuple[Path, list]) -> None:
         line = path.with_name(path.name + ".sha256").read_text(encoding="utf-8")
         assert line == f"{hashlib.sha256(path.read_bytes()).hexdigest()}  {path.name}\n"
         assert report_sha256(path) == line.split()[0]
-
-
-def test_cli_report_pdf_meta_and_checksums(measured: Path, tmp_path: Path) -> None:
-    out = tmp_path / "r.html"
-    args = ["-q", "report", str(measured), "-o", str(out), "--montage", "0", "--pdf"]
-    args += ["--meta", "sample=API-7\\, lot 3,batch=B-2291", "--meta", "operator=QA 1"]
-    result = CliRunner().invoke(cli, args)
-    assert result.exit_code == 0, result.output
-    pdf = out.with_suffix(".pdf")
-    lines = result.output.splitlines()
-    assert lines[:4] == [
-        f"report written to {out} (2 warnings)",
-        f"PDF written to {pdf}",
-        f"sha256 {hashlib.sha256(out.read_bytes()).hexdigest()}  {out}",
-        f"sha256 {hashlib.sha256(pdf.read_bytes()).hexdigest()}  {pdf}",
-    ]
-    header = out.read_text(encoding="utf-8").split("</header>")[0]
-    assert "<td>API-7, lot 3</td>" in header and "<td>QA 1</td>" in header
 
 
 @pytest.mark.parametrize(
