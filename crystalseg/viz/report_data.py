@@ -432,12 +432,14 @@ def _stage_highlights(
 
 
 def sop_rows(sop: Mapping[str, Any] | None) -> tuple[tuple[str, str], ...]:
-    """The SOP file a report was made from, as (key, text) rows: file, sha256, every value."""
+    """The SOP file a report was made from, as (key, text) rows: file, sha256, the options
+    the command line overrode, every value it set."""
     if not sop:
         return ()
     return (
         ("file", str(sop.get("file", "?"))),
         ("sha256", str(sop.get("sha256", "?"))),
+        ("overridden by flags", ", ".join(sop.get("overridden") or ()) or "none"),
         *((k, value_text(v)) for k, v in _flatten(sop.get("content") or {})),
     )
 
