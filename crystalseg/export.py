@@ -34,7 +34,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -159,6 +159,10 @@ class ExportSettings:
     digits : int
         Significant digits of decimal numbers in CSV and xlsx (1-17); see
         :data:`DEFAULT_DIGITS`. Integers and Parquet are written exactly.
+    sop : mapping, optional
+        The standard operating procedure file the export was made from (``file``,
+        ``sha256``, ``content``, as ``crystalseg export --config`` records it): rows of
+        section ``sop`` in the metadata.
 
     Notes
     -----
@@ -175,6 +179,7 @@ class ExportSettings:
     decimal: DecimalMark = "."
     bom: bool = True
     digits: int = DEFAULT_DIGITS
+    sop: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.what is not None:
@@ -493,6 +498,18 @@ def _exclusions(path: Path) -> dict[str, int]:
     return counts
 
 
+def _sop_rows(sop: Mapping[str, Any] | None) -> list[tuple[str, str, Any]]:
+    """Metadata rows of the SOP file an export was made from: file, sha256, content."""
+    if not sop:
+        return []
+    return [
+        ("sop", "file", str(sop.get("file", ""))),
+        ("sop", "sha256", str(sop.get("sha256", ""))),
+        ("sop", "content", json.dumps(sop.get("content") or {}, default=str)),
+        ("sop", "overridden_by_flags", ", ".join(sop.get("overridden") or ())),
+    ]
+
+
 def _metadata_rows(
     path: Path,
     psd: xr.Dataset,
@@ -513,6 +530,7 @@ def _metadata_rows(
         ("export", "exported_utc", dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")),
         ("export", "crystalseg_version", crystalseg_version()),
         ("export", "settings", json.dumps(settings.to_dict())),
+        *_sop_rows(settings.sop),
         *(("export", f"rows_{t.name}", t.rows) for t in tables),
         *(("export", "note", note) for note in notes),
         ("calibration", "pixel_size_um", pixel if pixel is not None else "none (sizes in px)"),

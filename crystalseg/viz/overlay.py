@@ -42,6 +42,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import textwrap
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -404,22 +405,37 @@ def _check_color_by(color_by: str) -> None:
 
 
 def parse_frames(text: str) -> tuple[int, ...]:
-    """Frame indices from a comma-separated list such as ``"0,50,-1"`` (as the CLI takes them).
+    """Frame indices from a comma-separated list such as ``"0,50,-1"`` or ``"0-9,-1"``.
+
+    An entry is an index (negative counts from the end, ``-1`` the last frame) or an
+    inclusive range ``first-last`` of two indices of the same sign (``10-19``,
+    ``-5--1``), written as the report writes frame ranges.
 
     Raises
     ------
     ConfigError
-        An entry is not an integer, or the list is empty.
+        An entry is neither, a range runs backwards, or the list is empty.
     """
-    try:
-        frames = tuple(int(f) for f in text.split(",") if f.strip())
-    except ValueError:
-        frames = ()
+    frames: list[int] = []
+    for entry in (e.strip() for e in text.split(",")):
+        if not entry:
+            continue
+        match = _FRAME_ENTRY.fullmatch(entry)
+        first = int(match["first"]) if match else 0
+        last = int(match["last"]) if match and match["last"] is not None else first
+        if match is None or last < first or (first < 0) != (last < 0):
+            frames = []
+            break
+        frames.extend(range(first, last + 1))
     if not frames:
         raise ConfigError(
-            f"frames {text!r} is not a comma-separated list of frame indices; e.g. 0,50,-1"
+            f"frames {text!r} is not a comma-separated list of frame indices or ranges; "
+            "e.g. 0,50,-1 or 0-9,-1"
         )
-    return frames
+    return tuple(frames)
+
+
+_FRAME_ENTRY = re.compile(r"(?P<first>-?\d+)(?:\s*-\s*(?P<last>-?\d+))?")
 
 
 def resolve_frames(frames: Sequence[int], n_frames: int) -> list[int]:

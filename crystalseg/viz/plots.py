@@ -898,16 +898,17 @@ def last_counted_frame(psd: xr.Dataset) -> int:
 def default_plot_dir(runs: Sequence[str | os.PathLike[str]]) -> Path:
     """Where ``crystalseg plot`` writes without ``-o``.
 
-    One run: ``<run>-plots`` next to the run (``runs/a.zarr`` → ``runs/a-plots``).
-    Several: ``compare-plots`` next to the first run.
+    One run: ``<run>_plots`` next to the run (``runs/a.zarr`` → ``runs/a_plots``).
+    Several: ``compare_plots`` next to the first run. The same style as the other
+    outputs beside a run: ``<run>_overlays/``, ``<run>_report.html``.
     """
     paths = [Path(r) for r in runs]
     if not paths:
         raise ConfigError("no runs given; pass at least one run store")
     first = paths[0].resolve()
     if len(paths) == 1:
-        return first.parent / f"{_run_name(first)}-plots"
-    return first.parent / "compare-plots"
+        return first.parent / f"{_run_name(first)}_plots"
+    return first.parent / "compare_plots"
 
 
 def run_names(runs: Sequence[str | os.PathLike[str]]) -> list[str]:
