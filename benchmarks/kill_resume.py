@@ -586,7 +586,8 @@ def prepare_workspace(root: Path, stages: Sequence[str] = tuple(SCENARIOS)) -> P
         shutil.copytree(root / "truth.zarr", root / "measured.zarr")
         measure_run(root / "measured.zarr", scheduler="synchronous")
     if "pairs" in needs and not (root / "pairs").exists():
-        config = SynthConfig(frames=6, height=64, width=64, seed=5)
+        # 'clear': crystals in every frame (the default 'mixed' run has none yet)
+        config = SynthConfig(frames=6, height=64, width=64, seed=5, scenario="clear")
         synthesize_run(root / "pairs.zarr", config, pairs_dir=root / "pairs")
     return root
 
