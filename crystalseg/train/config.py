@@ -315,4 +315,4 @@ def mask_values_from_json(values: Any) -> MaskValues:
         return {int(k): v for k, v in values.items()}
     if isinstance(values, list):
         return tuple(int(v) for v in values)
-    return values  # type: ignore[no-any-return]
+    return values

@@ -234,7 +234,7 @@ def settings_data(
 ) -> SegmentationData:
     """The training data of ``s`` (or of ``items`` read the same way; with another
     ``valid_fraction``, the split is by that fraction instead of ``s.data.valid``)."""
-    data = s.data if items is None else replace(s.data, paths=tuple(items))
+    data = s.data if items is None else replace(s.data, paths=tuple(map(Path, items)))
     if valid_fraction is not None:
         data = replace(data, valid_fraction=valid_fraction, valid=None)
     return pairs(data, batch_size=s.schedule.batch_size, seed=s.schedule.seed)

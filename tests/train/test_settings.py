@@ -80,12 +80,14 @@ def test_groups_refuse_bad_values(group, kw, match) -> None:
 
 
 def test_groups_normalise_what_arrives() -> None:
-    data = DataSettings("frames", codes="background, crystal", valid=["a.png"])
+    """What a notebook passes (a string, lists) is stored as the typed fields say."""
+    data = DataSettings("frames", codes="background, crystal", valid=["a.png"])  # type: ignore[arg-type]
     assert data.paths == (Path("frames"),) and data.codes == ("background", "crystal")
     assert data.valid == ("a.png",)
-    pair = DataSettings([("0.png", "0_mask.png"), "more"])
+    pair = DataSettings([("0.png", "0_mask.png"), "more"])  # type: ignore[arg-type]
     assert pair.paths == ((Path("0.png"), Path("0_mask.png")), Path("more"))
-    assert LearnerSettings(decoder_channels=[16, 8]).decoder_channels == (16, 8)
+    widths = [16, 8]
+    assert LearnerSettings(decoder_channels=widths).decoder_channels == (16, 8)  # type: ignore[arg-type]
     assert LearnerSettings(init=Path(".")).init == Path(".")
     with pytest.raises(ConfigError, match=r"must be a DataSettings.*from_flat"):
         TrainSettings(("frames",))  # type: ignore[arg-type]
