@@ -458,6 +458,7 @@ class SegmentationData:
 
     Attributes
     ----------
+    settings : DataSettings, what it was read with
     codes : tuple of str
     rule : MaskRule
     train_items, valid_items : tuple of PairItem
