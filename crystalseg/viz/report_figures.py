@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import logging
-import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from crystalseg.dims import TIME
 from crystalseg.errors import CrystalsegError
 from crystalseg.viz.report_checks import ReportSettings, ReportWarning
 from crystalseg.viz.report_meta import TimeUnit, format_time_in, times_s
+from crystalseg.viz.scalebar import SCALE_BAR_GID, add_scale_bar
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -32,9 +32,6 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 log = logging.getLogger(__name__)
-
-#: ``gid`` of a scale bar's artist: an axes that has one gets no second bar.
-SCALE_BAR_GID = "scale-bar"
 
 
 @dataclass(frozen=True)
@@ -71,47 +68,6 @@ def png_bytes(fig: Figure, *, dpi: float, tight: bool) -> bytes:
     return buffer.getvalue()
 
 
-def nice_bar_length(span: float) -> float:
-    """The 1-2-5 length closest below ``span`` (``span`` > 0): 37 -> 20, 180 -> 100."""
-    exponent = math.floor(math.log10(span))
-    for step in (5.0, 2.0, 1.0):
-        if step * 10**exponent <= span:
-            return step * 10**exponent
-    return 10.0 ** (exponent - 1) * 5
-
-
-def draw_scale_bar(ax: Axes, *, width_px: int, height_px: int, pixel_size_um: float | None) -> None:
-    """A scale bar in the lower right of an axes that shows a frame in pixel coordinates.
-
-    About a fifth of the frame wide, on the 1-2-5 series, in µm (px when the run has no
-    pixel size); white with a dark edge, so it reads on bright and dark frames alike.
-    Its artist's ``gid`` is :data:`SCALE_BAR_GID`.
-    """
-    from matplotlib import patheffects
-    from matplotlib.patches import Rectangle
-
-    per_px = 1.0 if pixel_size_um is None else float(pixel_size_um)
-    length = nice_bar_length(0.2 * width_px * per_px)
-    bar_px = length / per_px
-    margin = 0.04 * min(width_px, height_px)
-    thick = max(2.0, 0.012 * height_px)
-    x0, y0 = width_px - 0.5 - margin - bar_px, height_px - 0.5 - margin - thick
-    bar = Rectangle((x0, y0), bar_px, thick, facecolor="white", edgecolor="black", lw=0.8)
-    bar.set_gid(SCALE_BAR_GID)
-    ax.add_patch(bar)
-    label = f"{length:g} {'µm' if pixel_size_um is not None else 'px'}"
-    ax.text(
-        x0 + bar_px / 2,
-        y0 - thick * 0.6,
-        label,
-        color="white",
-        ha="center",
-        va="bottom",
-        fontsize="small",
-        path_effects=[patheffects.withStroke(linewidth=2.5, foreground="black")],
-    )
-
-
 _FRAME_TITLE = re.compile(r"frame (\d+) · t = [^·:]*$")
 
 
@@ -139,8 +95,7 @@ def finish_overlay(
         image = ax.get_images()[0].get_array()
         if image is None:
             continue
-        h, w = image.shape[:2]
-        draw_scale_bar(ax, width_px=w, height_px=h, pixel_size_um=pixel_size_um)
+        add_scale_bar(ax, pixel_size_um=pixel_size_um, width_px=image.shape[1])
 
 
 def _frame_axes(fig: Figure) -> list[Axes]:
@@ -315,10 +270,8 @@ def kinetics_content(run: Path, dpi: int) -> tuple[str | None, ReportFigure | No
 __all__ = [
     "SCALE_BAR_GID",
     "ReportFigure",
-    "draw_scale_bar",
     "finish_overlay",
     "kinetics_content",
-    "nice_bar_length",
     "open_windows",
     "overlay_figures",
     "plot_figures",

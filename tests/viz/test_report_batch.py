@@ -11,16 +11,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from matplotlib.figure import Figure
-from matplotlib.patches import Rectangle
 
 from crystalseg.errors import ConfigError
-from crystalseg.viz.report_figures import (
-    SCALE_BAR_GID,
-    draw_scale_bar,
-    finish_overlay,
-    nice_bar_length,
-    retime_titles,
-)
+from crystalseg.viz.report_figures import finish_overlay, retime_titles
 from crystalseg.viz.report_meta import (
     check_meta,
     format_time_in,
@@ -28,6 +21,7 @@ from crystalseg.viz.report_meta import (
     parse_meta,
     time_unit_for,
 )
+from crystalseg.viz.scalebar import SCALE_BAR_GID
 
 BUNDLED = Path(__file__).resolve().parents[2] / "crystalseg" / "models" / "default"
 
@@ -184,22 +178,15 @@ def test_dvalue_table_of_pooled_windows() -> None:
 # --------------------------------------------------------------------------- scale bar
 
 
-@pytest.mark.parametrize(("span", "bar"), [(38.4, 20), (180, 100), (5.1, 5), (1, 1), (0.7, 0.5)])
-def test_nice_bar_length(span: float, bar: float) -> None:
-    assert nice_bar_length(span) == pytest.approx(bar)
-
-
-@pytest.mark.parametrize(("pixel", "label", "bar_px"), [(2.0, "20 µm", 10.0), (None, "10 px", 10)])
-def test_scale_bar_is_as_long_as_it_says(pixel: float | None, label: str, bar_px: float) -> None:
+def test_a_figure_without_a_bar_gets_one_from_the_report() -> None:
+    """Drawn by the one scale-bar function, crystalseg.viz.scalebar.add_scale_bar."""
     fig = Figure()
     ax = fig.subplots()
     ax.imshow(np.zeros((96, 96)))
-    draw_scale_bar(ax, width_px=96, height_px=96, pixel_size_um=pixel)
-    (bar,) = [p for p in ax.patches if isinstance(p, Rectangle)]
-    assert bar.get_width() == pytest.approx(bar_px)
-    assert bar.get_x() + bar.get_width() < 95.5  # inside the frame, lower right
-    assert bar.get_y() > 48
-    assert [t.get_text() for t in ax.texts] == [label]
+    ax.set_title("frame 0 · t = 0 s")
+    finish_overlay(fig, np.zeros(1), "s", pixel_size_um=2.0)
+    bars = [a for a in ax.get_children() if a.get_gid() == SCALE_BAR_GID]
+    assert len(bars) == 1
 
 
 def test_every_montage_panel_gets_one_bar_and_the_report_unit(measured_template: Path) -> None:
