@@ -42,6 +42,7 @@ from crystalseg.measure.results import (
     PARTICLES_GROUP,
     PSD_GROUP,
     PSD_RENAMES,
+    WINDOW_GROUP,
     iter_particles,
     psd_variable_attrs,
     size_units,
@@ -50,8 +51,6 @@ from crystalseg.measure.settings import MeasureSettings, parse_window
 from crystalseg.store import default_compressor
 
 log = logging.getLogger(__name__)
-
-WINDOW_GROUP = "psd_window"
 
 _WINDOW_META: dict[str, tuple[str, str]] = {
     "count_per_frame": ("mean counted particles per frame of the window", "1"),

@@ -82,6 +82,9 @@ NEXT_GROUP = "_next"
 OLD_GROUP = "_old"
 #: Suffix of the provenance record (and progress array) of a replacement under way.
 NEXT_SUFFIX = ".next"
+#: Key of a stage record that holds how the caller asked for the stage beyond its
+#: settings (the SOP file it came from, an area given in um2): :func:`record_request`.
+REQUEST_KEY = "request"
 
 
 @dataclass
@@ -184,12 +187,16 @@ class StageProgress:
         write_ome_metadata(self.path)  # consolidates
 
 
-def _update_stage(path: Path, stage: str, **fields: Any) -> None:
+def _update_stage(path: Path, stage: str, *, drop: Sequence[str] = (), **fields: Any) -> None:
     group = open_group(path, "r+")
     provenance = read_provenance(group)
     stages = dict(provenance.get("stages", {}))
     info = dict(stages.get(stage, {}))
+    if not fields and not any(k in info for k in drop):
+        return
     info.update(jsonable(fields))
+    for name in drop:
+        info.pop(name, None)
     stages[stage] = info
     provenance["stages"] = stages
     group.attrs[PROVENANCE_KEY] = provenance
@@ -421,6 +428,7 @@ def begin_stage(
             crystalseg_version=crystalseg_version(),
             **({"outputs": list(outputs)} if replace else {}),
         )
+        _update_stage(path, key, drop=(REQUEST_KEY,))  # it described the run before
     owner = lock_owner() if holds_lock(path) else None
     progress = StageProgress(
         path, stage, n_frames, frames_per_chunk, replace, tuple(outputs), owner
@@ -443,6 +451,40 @@ def begin_stage(
             path,
         )
     return progress
+
+
+def record_request(path: str | Path, stage: str, request: Mapping[str, Any]) -> None:
+    """Record how the caller asked for a finished stage, beside its settings.
+
+    The settings say what the stage did, and decide whether a later call resumes it or
+    finds it finished; ``request`` says how it was asked for, e.g. the standard
+    operating procedure (SOP) file it came from (its path, sha256 and content) or an
+    area given in um2 and the pixels it came to. It is kept under
+    :data:`REQUEST_KEY` of the stage's record, merged with what is there, and dropped
+    when the stage is run again from the start, so it never describes other results.
+
+    Parameters
+    ----------
+    path : path of the run store
+    stage : a stage the store records as finished, e.g. ``"measure"``
+    request : JSON-serialisable mapping
+
+    Raises
+    ------
+    StageStateError
+        The stage has not finished on this store.
+    """
+    path = Path(path)
+    with writing(path, stage):
+        info = stage_info(path).get(stage) or {}
+        if info.get("status") != "finished":
+            raise StageStateError(
+                f"stage '{stage}' of '{path}' has not finished (status "
+                f"{info.get('status', 'none')!r}); record the request once it has"
+            )
+        merged = {**(info.get(REQUEST_KEY) or {}), **jsonable(dict(request))}
+        _update_stage(path, stage, request=merged)  # REQUEST_KEY
+        consolidate(path)
 
 
 @contextmanager
@@ -852,19 +894,40 @@ def set_calibration(
     if pixel_size_um is None and interval_s is None:
         raise ConfigError("nothing to set: give a pixel size (--pixel-size) or --interval")
     check_calibration(pixel_size_um=pixel_size_um, interval_s=interval_s)
-    with writing(path, "calibrate"):
-        return _set_calibration(path, pixel_size_um, interval_s)
+    with run_lock(path, "calibrate"):
+        damaged = _drop_damaged_pixel_size(path) if pixel_size_um is not None else None
+        recover_stages(path)
+        return _set_calibration(path, pixel_size_um, interval_s, damaged=damaged)
+
+
+def _drop_damaged_pixel_size(path: str | Path) -> Any:
+    """Remove a pixel size that is not a number in the physical range (edited by hand
+    or by another tool) so that the new one can replace it; returns the removed value
+    (None: it was fine). Only :func:`set_calibration` with a new pixel size calls this:
+    every other reader refuses such a store."""
+    group = open_group(path, mode="r+")
+    value = node_attrs(group).get("pixel_size_um")
+    try:
+        check_calibration(pixel_size_um=value)
+    except ConfigError:
+        group.attrs["pixel_size_um"] = None
+        log.warning("replacing the damaged pixel size %r of %s", value, path)
+        return value
+    return None
 
 
 def _set_calibration(
-    path: str | Path, pixel_size_um: float | None, interval_s: float | None
+    path: str | Path, pixel_size_um: float | None, interval_s: float | None, *, damaged: Any
 ) -> dict[str, Any]:
     attrs = read_run_attrs(path)
     before = calibration_fingerprint(path)
     group = open_group(path, mode="r+")
     record: dict[str, Any] = {"when": utc_now()}
     if pixel_size_um is not None:
-        record["pixel_size_um"] = [attrs.get("pixel_size_um"), tidy_number(pixel_size_um)]
+        old = attrs.get("pixel_size_um") if damaged is None else jsonable(damaged)
+        record["pixel_size_um"] = [old, tidy_number(pixel_size_um)]
+        if damaged is not None:
+            record["repaired"] = "the pixel size before was not a number of micrometres"
         group.attrs["pixel_size_um"] = tidy_number(pixel_size_um)
     if interval_s is not None:
         time = get_array(group, TIME, path)
