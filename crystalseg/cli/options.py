@@ -244,11 +244,12 @@ _MEASURE_FILTER_OPTIONS: tuple[Callable[..., Any], ...] = (
     ),
     click.option(
         "--split",
-        type=click.Choice(["auto", "watershed", "boundary", "hybrid", "none"]),
+        type=click.Choice(["auto", "watershed", "boundary", "hybrid", "distance", "none"]),
         default="auto",
         show_default=True,
         help="How touching crystals are split (auto: hybrid, i.e. the boundary class and "
-        "necks, if the model has a boundary class, else the watershed).",
+        "necks, if the model has a boundary class, else the watershed; distance: "
+        "watershed of the distance to background and boundary class).",
     ),
     click.option(
         "--trim-boundary/--no-trim-boundary",
