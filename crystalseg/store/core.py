@@ -45,6 +45,7 @@ from zarr.codecs import ZstdCodec
 
 from crystalseg.dims import FRAME_DIMS, IMAGE, PARTICLE, TIME
 from crystalseg.errors import ConfigError, DamagedRunError, InputNotFoundError, RunFormatError
+from crystalseg.store.location import RunPath, is_remote, list_files, run_path, storage_options
 
 log = logging.getLogger(__name__)
 
@@ -114,22 +115,25 @@ def check_calibration(
             )
 
 
-def check_output_outside_run(path: str | Path) -> None:
+def check_output_outside_run(path: str | os.PathLike[str] | RunPath) -> None:
     """Refuse an output path that is a zarr store or lies inside one.
 
     Figures, reports and exports written into a run store are files zarr does not
     know: ``xarray.open_zarr`` may trip over them, and they vanish with the store
     when a stage replaces it. Reports, plots and overlays call this before any work.
+    A URL (``s3://bucket/out``) is checked the same way on its file system.
 
     Raises
     ------
     ConfigError
-        ``path`` or one of its parent folders is a zarr store.
+        ``path`` or one of its parent folders is a zarr store, or ``path`` is a URL
+        no installed file system reads (:func:`~crystalseg.store.location.run_path`).
     """
-    path = Path(path)
-    for folder in (path.absolute(), *path.absolute().parents):
+    path = run_path(path)
+    full = path.absolute() if isinstance(path, Path) else path
+    for folder in (full, *full.parents):
         if (folder / "zarr.json").is_file() or (folder / ".zgroup").is_file():
-            where = "is" if folder == path.absolute() else "lies inside"
+            where = "is" if folder == full else "lies inside"
             raise ConfigError(
                 f"output '{path}' {where} the zarr store '{folder}'; files written there are "
                 f"not part of the store and would be lost with it. Choose a path outside it, "
@@ -149,6 +153,11 @@ def check_output_folder(path: str | Path) -> None:
     OSError
         The folder cannot be made or written (the CLI explains it in one line).
     """
+    if is_remote(run_path(path)):
+        raise ConfigError(
+            f"'{path}' is a URL; this output (a model, a score) is written to a folder on "
+            "this machine. Give a local folder and copy it to object storage afterwards"
+        )
     path = Path(path)
     check_output_outside_run(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -160,7 +169,7 @@ def check_output_folder(path: str | Path) -> None:
 
 
 @contextmanager
-def file_written_whole(path: str | Path) -> Iterator[Path]:
+def file_written_whole(path: str | os.PathLike[str] | RunPath) -> Iterator[Path]:
     """A temporary path beside ``path`` to write to; it replaces ``path`` only when the
     block ends without an error, and is removed when it does not.
 
@@ -170,12 +179,21 @@ def file_written_whole(path: str | Path) -> Iterator[Path]:
         with file_written_whole(out) as tmp:
             tmp.write_text(html)
 
+    For a URL (``s3://bucket/report.html``) the temporary file is local and is
+    uploaded in one ``PUT`` when the block ends: object storage shows the whole new
+    object or the old one, never a part.
+
     Raises
     ------
     ConfigError
-        ``path`` is an existing folder (the write would fail only at the end).
+        ``path`` is an existing folder (the write would fail only at the end), or a
+        URL no installed file system reads.
     """
-    path = Path(path)
+    target = run_path(path)
+    if not isinstance(target, Path):
+        yield from _uploaded_whole(target)
+        return
+    path = target
     if path.is_dir():
         raise ConfigError(
             f"output '{path}' is a folder; expected a file name. Give a file path, e.g. "
@@ -188,6 +206,27 @@ def file_written_whole(path: str | Path) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _uploaded_whole(target: RunPath) -> Iterator[Path]:
+    """:func:`file_written_whole` for a URL: a local temporary file, uploaded at the end."""
+    import tempfile
+
+    if target.is_dir():
+        raise ConfigError(
+            f"output '{target}' is a folder; expected a file name. Give a file path, e.g. "
+            f"'{target / 'output.html'}'"
+        )
+    with tempfile.TemporaryDirectory(prefix="crystalseg-upload-") as folder:
+        tmp = Path(folder) / target.name
+        yield tmp
+        target.fs.put_file(str(tmp), target.path)
+
+
+def make_folder(path: RunPath) -> None:
+    """Make the output folder ``path`` (and its parents); object storage needs none."""
+    if isinstance(path, Path):
+        path.mkdir(parents=True, exist_ok=True)
 
 
 def crystalseg_version() -> str:
@@ -255,27 +294,45 @@ def tidy_number(value: float) -> float:
     return float(f"{float(value):.12g}")
 
 
-def open_group(path: str | Path, mode: str = "r") -> zarr.Group:
-    """The root group of run store ``path``, or an error that says what the path is
-    instead (missing, a recording file, not a zarr group)."""
-    path = Path(path)
+def open_group(path: str | os.PathLike[str] | RunPath, mode: str = "r") -> zarr.Group:
+    """The root group of run store ``path`` (a local path or a URL), or an error that
+    says what the path is instead (missing, a recording file, not a zarr group, a URL
+    no installed file system reads)."""
+    path = run_path(path)
     if not path.exists():
         raise InputNotFoundError(
             f"run store '{path}' does not exist; create it with 'crystalseg import SRC {path}' "
             f"or 'crystalseg synth {path}'"
         )
     if path.is_file():  # a recording given where its run store was expected
+        if is_remote(path):
+            raise RunFormatError(
+                f"'{path}' is a file, not a run store; a run store on object storage is a "
+                "prefix holding zarr.json. Give the URL of the run store"
+            )
+        path = Path(path)
         raise RunFormatError(
             f"'{path}' is a file, not a run store; import it first: 'crystalseg import "
             f"{path} {path.with_suffix('.zarr')}', then use {path.with_suffix('.zarr')}"
         )
     try:
-        return zarr.open_group(str(path), mode=mode, use_consolidated=False)  # type: ignore[arg-type]
+        return zarr.open_group(
+            str(path),
+            mode=mode,  # type: ignore[arg-type]
+            use_consolidated=False,
+            **_zarr_options(path),
+        )
     except (FileNotFoundError, zarr.errors.GroupNotFoundError, ValueError, KeyError) as exc:
         raise RunFormatError(
             f"'{path}' is not a crystalseg run store (no zarr group in it); "
             "create one with 'crystalseg import SRC RUN.zarr'"
         ) from exc
+
+
+def _zarr_options(path: RunPath) -> dict[str, Any]:
+    """Keyword arguments of zarr/xarray that reach ``path``'s file system as
+    :func:`~crystalseg.store.location.run_path` set it up (none for a local path)."""
+    return {"storage_options": storage_options(path)} if is_remote(path) else {}
 
 
 def node_attrs(node: zarr.Group | zarr.Array) -> dict[str, Any]:
@@ -365,7 +422,7 @@ def _check_attrs(path: str | Path, attrs: Mapping[str, Any]) -> None:
                 f"run store '{path}' has attribute 'pixel_size_um' = {pixel!r}; expected "
                 f"micrometres per pixel, {PIXEL_SIZE_UM_LIMITS[0]:g} to "
                 f"{PIXEL_SIZE_UM_LIMITS[1]:g}, or null. Put a number of micrometres (or null) "
-                f"back into '{Path(path) / 'zarr.json'}', or restore the store from a backup"
+                f"back into '{run_path(path) / 'zarr.json'}', or restore the store from a backup"
             ) from exc
 
 
@@ -469,7 +526,7 @@ def open_run(path: str | Path, *, require_complete: bool = True) -> xr.Dataset:
     get_array(open_group(path), IMAGE, path)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=RuntimeWarning, message="Failed to open Zarr")
-        ds = xr.open_zarr(str(path), consolidated=None)
+        ds = xr.open_zarr(str(path), consolidated=None, **_zarr_options(run_path(path)))
     if IMAGE not in ds or ds[IMAGE].dims != FRAME_DIMS:
         raise RunFormatError(
             f"run store '{path}' has no '{IMAGE}' array with dims {FRAME_DIMS}; "
@@ -562,7 +619,7 @@ def describe_run(path: str | Path) -> dict[str, Any]:
     n, ny, nx = (int(v) for v in image.shape)
     pixel = attrs.get("pixel_size_um")
     provenance = attrs.get(PROVENANCE_KEY, {})
-    stored = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+    stored = sum(size for _, size, _ in list_files(run_path(path)))
     raw = n * ny * nx * np.dtype(image.dtype).itemsize
     intervals = np.diff(time)
     return {
