@@ -59,9 +59,11 @@ from crystalseg.store import (
     check_output_outside_run,
     crystalseg_version,
     file_written_whole,
+    make_folder,
     read_run_attrs,
     stage_info,
 )
+from crystalseg.store.location import RunPath, run_path
 
 log = logging.getLogger(__name__)
 
@@ -236,7 +238,7 @@ class ExportResult:
         What was left out and why (e.g. a run without tracks).
     """
 
-    files: tuple[Path, ...]
+    files: tuple[RunPath, ...]
     rows: dict[str, int] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
 
@@ -294,7 +296,7 @@ def column_header(name: str, units: str | None) -> str:
 # --------------------------------------------------------------------------- tables
 
 
-def _measured(path: Path) -> float | None:
+def _measured(path: RunPath) -> float | None:
     """The pixel size the run was measured with (None: sizes in px), after checking
     that it was measured. The measurement's own, not the run's: a calibration set
     after measuring changes no number in the results until they are measured again."""
@@ -311,7 +313,7 @@ def _measured(path: Path) -> float | None:
     return None if pixel is None else float(pixel)  # type: ignore[arg-type]
 
 
-def _tracks_state(path: Path) -> str | None:
+def _tracks_state(path: RunPath) -> str | None:
     """None when the run holds finished tracks, else why not (for the note)."""
     root = zarr.open_group(str(path), mode="r", use_consolidated=False)
     info = stage_info(path).get(TRACKS_STAGE)
@@ -396,7 +398,7 @@ def _psd_table(psd: xr.Dataset) -> _Table:
     return _Table("psd", tuple(columns), len(frame), lambda: iter([frame]))
 
 
-def _particles_table(path: Path, pixel_size_um: float | None) -> _Table:
+def _particles_table(path: RunPath, pixel_size_um: float | None) -> _Table:
     attrs = particle_column_attrs(pixel_size_um)
     columns = tuple(
         _Column(column_header(name, a["units"]), name, a["units"], a["long_name"])
@@ -423,7 +425,7 @@ def _particles_table(path: Path, pixel_size_um: float | None) -> _Table:
     return _Table("particles", columns, rows, blocks)
 
 
-def _tracks_table(path: Path) -> _Table:
+def _tracks_table(path: RunPath) -> _Table:
     """The tracks as stored (one 1-D array per column, CF attributes on each)."""
     group = zarr.open_group(str(path / TRACKS_GROUP), mode="r", use_consolidated=False)
     order = list(group.attrs.asdict().get("columns") or [])  # type: ignore[arg-type]
@@ -446,7 +448,7 @@ def _tracks_table(path: Path) -> _Table:
 
 
 def _resolve_tables(
-    path: Path, what: tuple[TableName, ...] | None
+    path: RunPath, what: tuple[TableName, ...] | None
 ) -> tuple[list[TableName], list[str]]:
     """(tables to write, notes) for the request ``what`` (None: all the run holds)."""
     notes = []
@@ -477,7 +479,7 @@ def _model_name(mask_attrs: dict[str, Any]) -> str | None:
     return None
 
 
-def _exclusions(path: Path) -> dict[str, int]:
+def _exclusions(path: RunPath) -> dict[str, int]:
     """Particles by why they are not counted (``counted`` for the kept ones)."""
     root = zarr.open_group(str(path / PARTICLES_GROUP), mode="r", use_consolidated=False)
     node = root["excluded_reason"]
@@ -494,7 +496,7 @@ def _exclusions(path: Path) -> dict[str, int]:
 
 
 def _metadata_rows(
-    path: Path,
+    path: RunPath,
     psd: xr.Dataset,
     tables: Sequence[_Table],
     settings: ExportSettings,
@@ -582,7 +584,7 @@ def round_significant(values: np.ndarray, digits: int) -> np.ndarray:
     return out
 
 
-def _write_csv(table: _Table, out: Path, settings: ExportSettings) -> None:
+def _write_csv(table: _Table, out: RunPath, settings: ExportSettings) -> None:
     encoding = "utf-8-sig" if settings.bom else "utf-8"
     with file_written_whole(out) as tmp, open(tmp, "w", newline="", encoding=encoding) as fh:
         for i, block in enumerate(table.blocks()):
@@ -598,7 +600,7 @@ def _write_csv(table: _Table, out: Path, settings: ExportSettings) -> None:
 
 
 def _write_metadata_csv(
-    rows: list[tuple[str, str, Any]], out: Path, settings: ExportSettings
+    rows: list[tuple[str, str, Any]], out: RunPath, settings: ExportSettings
 ) -> None:
     frame = pd.DataFrame(rows, columns=["section", "key", "value"]).astype(str)
     encoding = "utf-8-sig" if settings.bom else "utf-8"
@@ -606,7 +608,7 @@ def _write_metadata_csv(
         frame.to_csv(tmp, sep=settings.sep, index=False, encoding=encoding, lineterminator="\r\n")
 
 
-def _write_parquet(table: _Table, out: Path, metadata: dict[str, str]) -> None:
+def _write_parquet(table: _Table, out: RunPath, metadata: dict[str, str]) -> None:
     """Stream the table's blocks into one Parquet file; each field's metadata holds
     its ``units`` and ``long_name`` (and ``source``: the name in the store)."""
     import pyarrow as pa
@@ -652,7 +654,7 @@ def _cell_rows(block: pd.DataFrame, digits: int) -> list[list[Any]]:
     return np.column_stack(columns).tolist() if len(block) else []
 
 
-def _check_excel_rows(tables: Sequence[_Table], path: Path) -> None:
+def _check_excel_rows(tables: Sequence[_Table], path: RunPath) -> None:
     for table in tables:
         if table.rows + 1 > EXCEL_MAX_ROWS:
             others = tuple(t.name for t in tables if t.rows + 1 <= EXCEL_MAX_ROWS)
@@ -667,7 +669,7 @@ def _check_excel_rows(tables: Sequence[_Table], path: Path) -> None:
 def _write_xlsx(
     tables: Sequence[_Table],
     metadata: list[tuple[str, str, Any]],
-    out: Path,
+    out: RunPath,
     settings: ExportSettings,
 ) -> None:
     import xlsxwriter
@@ -753,7 +755,7 @@ def export_run(
         ``out`` is a file (or names one) where a folder is expected.
     """
     settings = settings or ExportSettings()
-    path = Path(run)
+    path = run_path(run)
     pixel = _measured(path)
     names, notes = _resolve_tables(path, settings.what)
     stale = measurement_outdated(path)
@@ -764,7 +766,7 @@ def export_run(
             "measured: measure the run again to update them",
         )
         log.warning("%s: %s", path, notes[0])
-    folder, workbook = _output(Path(out), settings.format)
+    folder, workbook = _output(run_path(out), settings.format)
     stem = path.name.removesuffix(".zarr") if path.name.endswith(".zarr") else path.stem
     with xr.open_zarr(str(path), group=PSD_GROUP, consolidated=None) as psd:
         tables: list[_Table] = []
@@ -788,8 +790,8 @@ def export_run(
     if settings.format == "xlsx":
         _check_excel_rows(tables, path)
     check_output_outside_run(workbook or folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    files: list[Path] = []
+    make_folder(folder)
+    files: list[RunPath] = []
     if settings.format == "xlsx":
         target = workbook or folder / f"{stem}.xlsx"
         _write_xlsx(tables, metadata, target, settings)
@@ -814,7 +816,7 @@ def export_run(
     return ExportResult(tuple(files), {t.name: t.rows for t in tables}, tuple(notes))
 
 
-def _output(out: Path, fmt: ExportFormat) -> tuple[Path, Path | None]:
+def _output(out: RunPath, fmt: ExportFormat) -> tuple[RunPath, RunPath | None]:
     """(folder, workbook file or None) for ``out``: a folder, or for xlsx a ``.xlsx`` file."""
     if fmt == "xlsx" and out.suffix.lower() == ".xlsx":
         return out.parent, out
@@ -829,7 +831,7 @@ def _output(out: Path, fmt: ExportFormat) -> tuple[Path, Path | None]:
 
 
 def _parquet_metadata(
-    rows: list[tuple[str, str, Any]], run: Path, pixel_size_um: float | None
+    rows: list[tuple[str, str, Any]], run: RunPath, pixel_size_um: float | None
 ) -> dict[str, str]:
     """Schema metadata of the Parquet files: the metadata rows as JSON under
     ``crystalseg``, and ``pixel_size_um`` and ``source`` as before."""
@@ -852,7 +854,7 @@ def export_particles(
     *,
     format: Literal["parquet", "csv"] | None = None,
     settings: ExportSettings | None = None,
-) -> Path:
+) -> RunPath:
     """Write the particle table of a measured run to one Parquet or CSV file, streaming.
 
     The columns are those of :func:`export_run`'s ``particles`` table (units in the
@@ -878,7 +880,7 @@ def export_particles(
     StageStateError
         The run has no finished measurement.
     """
-    out = Path(path)
+    out = run_path(path)
     fmt = format
     if fmt is None:
         suffix = out.suffix.lower()
@@ -891,10 +893,10 @@ def export_particles(
     if fmt not in ("parquet", "csv"):
         raise ConfigError(f"export format {fmt!r} is unknown; use 'parquet' or 'csv'")
     settings = settings or ExportSettings()
-    run_path = Path(run)
-    pixel = _measured(run_path)
-    table = _particles_table(run_path, pixel)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    store = run_path(run)
+    pixel = _measured(store)
+    table = _particles_table(store, pixel)
+    make_folder(out.parent)
     if fmt == "csv":
         _write_csv(table, out, settings)
     else:

@@ -299,17 +299,14 @@ def open_group(path: str | os.PathLike[str] | RunPath, mode: str = "r") -> zarr.
     says what the path is instead (missing, a recording file, not a zarr group, a URL
     no installed file system reads)."""
     path = run_path(path)
+    if is_remote(path):
+        return _open_remote_group(path, mode)
     if not path.exists():
         raise InputNotFoundError(
             f"run store '{path}' does not exist; create it with 'crystalseg import SRC {path}' "
             f"or 'crystalseg synth {path}'"
         )
     if path.is_file():  # a recording given where its run store was expected
-        if is_remote(path):
-            raise RunFormatError(
-                f"'{path}' is a file, not a run store; a run store on object storage is a "
-                "prefix holding zarr.json. Give the URL of the run store"
-            )
         path = Path(path)
         raise RunFormatError(
             f"'{path}' is a file, not a run store; import it first: 'crystalseg import "
@@ -323,6 +320,34 @@ def open_group(path: str | os.PathLike[str] | RunPath, mode: str = "r") -> zarr.
             **_zarr_options(path),
         )
     except (FileNotFoundError, zarr.errors.GroupNotFoundError, ValueError, KeyError) as exc:
+        raise RunFormatError(
+            f"'{path}' is not a crystalseg run store (no zarr group in it); "
+            "create one with 'crystalseg import SRC RUN.zarr'"
+        ) from exc
+
+
+def _open_remote_group(path: RunPath, mode: str) -> zarr.Group:
+    """:func:`open_group` on object storage: opened first (one request), and only when
+    that fails is the prefix examined to say why (a request per check is slow there)."""
+    try:
+        return zarr.open_group(
+            str(path),
+            mode=mode,  # type: ignore[arg-type]
+            use_consolidated=False,
+            zarr_format=3,
+            **_zarr_options(path),
+        )
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError, ValueError, KeyError) as exc:
+        if not path.exists():
+            raise InputNotFoundError(
+                f"run store '{path}' does not exist; create it with 'crystalseg import SRC "
+                f"{path}' or 'crystalseg synth {path}'"
+            ) from exc
+        if path.is_file():
+            raise RunFormatError(
+                f"'{path}' is a file, not a run store; a run store on object storage is a "
+                "prefix holding zarr.json. Give the URL of the run store"
+            ) from exc
         raise RunFormatError(
             f"'{path}' is not a crystalseg run store (no zarr group in it); "
             "create one with 'crystalseg import SRC RUN.zarr'"

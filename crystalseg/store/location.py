@@ -47,13 +47,14 @@ _MANGLED = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]+):/(?!/)")
 _LOCAL = {"file", "local"}
 
 
-def run_path(path: str | os.PathLike[str] | UPath) -> RunPath:
+def run_path(path: str | os.PathLike[str] | UPath, *, resolve: bool = False) -> RunPath:
     """The location of a run store (or of an output) given as a path or a URL.
 
     Parameters
     ----------
     path : a local path (``run.zarr``, ``~/runs/a.zarr``), a ``file://`` URL, or a URL
         of a file system fsspec knows (``s3://bucket/runs/a.zarr``)
+    resolve : make a local path absolute (symbolic links resolved); a URL is kept
 
     Returns
     -------
@@ -70,9 +71,12 @@ def run_path(path: str | os.PathLike[str] | UPath) -> RunPath:
     """
     if isinstance(path, UPath) and not isinstance(path, Path):
         return path
-    if isinstance(path, Path):
-        return path
-    text = os.fspath(path)
+    found = _parse(os.fspath(path))  # a Path too: Path("s3://b/r") is the mangled "s3:/b/r"
+    return found.resolve() if resolve and isinstance(found, Path) else found
+
+
+def _parse(text: str) -> RunPath:
+    """:func:`run_path` of a string."""
     match = _URL.match(text)
     if match is None:
         mangled = _MANGLED.match(text)

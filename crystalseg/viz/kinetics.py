@@ -13,7 +13,6 @@ from __future__ import annotations
 import html
 import math
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,11 +21,12 @@ from matplotlib.figure import Figure
 from crystalseg.kinetics.cld import CLD_CLASS_NAMES
 from crystalseg.kinetics.run import open_cld, read_kinetics
 from crystalseg.store import read_table, stage_info
+from crystalseg.store.location import run_path
 
 
 def has_kinetics(run: str | os.PathLike[str]) -> bool:
     """Whether the run has finished kinetics."""
-    return (stage_info(Path(run)).get("kinetics") or {}).get("status") == "finished"
+    return (stage_info(run_path(run)).get("kinetics") or {}).get("status") == "finished"
 
 
 def _errorbar(ax: Any, x: np.ndarray, table: Any, key: str, **kw: Any) -> None:
@@ -50,7 +50,7 @@ def plot_kinetics(run: str | os.PathLike[str]) -> Figure:
     Figure
     """
     summary = read_kinetics(run)
-    run = Path(run)
+    run = run_path(run)
     unit = summary.get("growth_units", "um/min").replace("um", "µm")
     by_size = read_table(run, "kinetics/growth_by_size")
     over_time = read_table(run, "kinetics/growth_over_time")

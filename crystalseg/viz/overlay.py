@@ -47,7 +47,6 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -79,9 +78,11 @@ from crystalseg.store import (
     check_output_outside_run,
     file_written_whole,
     get_array,
+    make_folder,
     read_run_attrs,
     stage_info,
 )
+from crystalseg.store.location import RunPath, run_path
 from crystalseg.viz.plots import frame_index
 
 log = logging.getLogger(__name__)
@@ -148,7 +149,7 @@ class _MeasuredRun:
     """What the overlays need of a measured run, read once: settings, codes, row offsets."""
 
     def __init__(self, run: str | os.PathLike[str]) -> None:
-        path = Path(run)
+        path = run_path(run)
         read_run_attrs(path)  # exists, is a run store
         self.path = path
         self.name = path.name
@@ -969,7 +970,7 @@ def write_overlays(
     frames: Sequence[int] | None = None,
     color_by: ColorBy = "status",
     montage_n: int = 9,
-) -> list[Path]:
+) -> list[RunPath]:
     """Write a PNG overlay per frame and a montage of the run into a folder.
 
     Parameters
@@ -1003,12 +1004,12 @@ def write_overlays(
     _check_color_by(color_by)
     if isinstance(montage_n, bool) or not isinstance(montage_n, int) or montage_n < 0:
         raise ConfigError(f"montage_n must be an integer >= 0 (0: no montage), got {montage_n!r}")
-    out = Path(out_dir)
+    out = run_path(out_dir)
     check_output_outside_run(out)
     measured = _measured(run)
     n = measured.n_frames
     chosen = resolve_frames([0, n // 2, n - 1] if frames is None else frames, n)
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
     written = []
     for index in chosen:
         fig = _overlay_figure(measured, index, color_by=color_by)

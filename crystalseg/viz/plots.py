@@ -49,8 +49,10 @@ from crystalseg.store import (
     check_output_outside_run,
     crystalseg_version,
     file_written_whole,
+    make_folder,
     stage_info,
 )
+from crystalseg.store.location import RunPath, run_path
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +139,7 @@ def open_results(
     StageStateError
         The run has not been measured, or its measurement is unfinished.
     """
-    path = Path(run)
+    path = run_path(run)
     info = stage_info(path).get(_MEASURE_STAGE)
     if info is None:
         raise StageStateError(
@@ -177,7 +179,7 @@ def open_results(
 
 def _read_particles(
     group: zarr.Group,
-    path: Path,
+    path: RunPath,
     columns: Sequence[str] | None,
     frame: int | None,
     n_frames: int,
@@ -210,7 +212,7 @@ def _read_particles(
     return pd.DataFrame(data)
 
 
-def _column(group: zarr.Group, name: str, path: Path) -> zarr.Array:
+def _column(group: zarr.Group, name: str, path: RunPath) -> zarr.Array:
     node = group.get(name)
     if not isinstance(node, zarr.Array):
         raise RunFormatError(f"the particle table of '{path}' has no array '{name}'")
@@ -814,7 +816,7 @@ def plot_run(
     """
     fmts = _check_formats(formats)
     _density_name(basis)
-    path = Path(run)
+    path = run_path(run)
     psd, _ = open_results(path, columns=())
     psd = _load_small(psd)
     time_s = _time_s(psd)
@@ -829,11 +831,11 @@ def plot_run(
         "cumulative": lambda: plot_cumulative(psd, time=None if at is None else at[-1]),
         "shape": lambda: plot_shape(particles, psd, frame=shape_frame),
     }
-    out = Path(out_dir)
+    out = run_path(out_dir)
     check_output_outside_run(out)
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
     name = _run_name(path)
-    written: list[Path] = []
+    written: list[RunPath] = []
     for stem in RUN_FIGURES:
         fig = figures[stem]()
         fig.suptitle(name, fontsize="small", color="0.35", x=0.01, ha="left")
@@ -867,14 +869,14 @@ def plot_runs(
     """
     fmts = _check_formats(formats)
     _density_name(basis)
-    paths = [Path(r) for r in runs]
+    paths = [run_path(r) for r in runs]
     if not paths:
         raise ConfigError("no runs to compare; pass at least one run store")
     names = run_names(paths)
     psds = [_load_small(open_results(p, columns=())[0]) for p in paths]
-    out = Path(out_dir)
+    out = run_path(out_dir)
     check_output_outside_run(out)
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
     written = _save(
         plot_compare(list(zip(names, psds, strict=True)), basis=basis), out / COMPARE_FIGURE, fmts
     )
@@ -895,16 +897,16 @@ def last_counted_frame(psd: xr.Dataset) -> int:
     return int(nonempty[-1]) if nonempty.size else int(psd.sizes[TIME]) - 1
 
 
-def default_plot_dir(runs: Sequence[str | os.PathLike[str]]) -> Path:
+def default_plot_dir(runs: Sequence[str | os.PathLike[str]]) -> RunPath:
     """Where ``crystalseg plot`` writes without ``-o``.
 
     One run: ``<run>-plots`` next to the run (``runs/a.zarr`` → ``runs/a-plots``).
     Several: ``compare-plots`` next to the first run.
     """
-    paths = [Path(r) for r in runs]
+    paths = [run_path(r, resolve=True) for r in runs]
     if not paths:
         raise ConfigError("no runs given; pass at least one run store")
-    first = paths[0].resolve()
+    first = paths[0]
     if len(paths) == 1:
         return first.parent / f"{_run_name(first)}-plots"
     return first.parent / "compare-plots"
@@ -916,7 +918,7 @@ def run_names(runs: Sequence[str | os.PathLike[str]]) -> list[str]:
     Runs of the same name in different folders get their folder's name in front
     (``day1-run``, ``day2-run``), and a number if that is still not enough.
     """
-    paths = [Path(r).resolve() for r in runs]
+    paths = [run_path(r, resolve=True) for r in runs]
     names = [_run_name(p) for p in paths]
     if len(set(names)) < len(names):
         names = [
@@ -964,7 +966,7 @@ def _settle_layout(fig: Figure) -> Figure:
     return fig
 
 
-def _save(fig: Figure, stem: Path, formats: Sequence[str]) -> list[Path]:
+def _save(fig: Figure, stem: RunPath, formats: Sequence[str]) -> list[RunPath]:
     """Save ``fig`` as ``stem.<format>`` for each format; reproducible metadata."""
     _settle_layout(fig)
     paths = []
@@ -1272,7 +1274,7 @@ def _say_empty(ax: Axes, text: str) -> None:
     )
 
 
-def _run_name(path: Path) -> str:
+def _run_name(path: RunPath) -> str:
     name = path.resolve().name
     return name[: -len(".zarr")] if name.endswith(".zarr") and len(name) > 5 else name
 

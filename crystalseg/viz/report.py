@@ -29,7 +29,6 @@ import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -41,7 +40,9 @@ from crystalseg.store import (
     crystalseg_version,
     describe_run,
     file_written_whole,
+    make_folder,
 )
+from crystalseg.store.location import RunPath, run_path
 from crystalseg.summary import counted, format_duration
 
 if TYPE_CHECKING:
@@ -870,7 +871,7 @@ section{page-break-inside:avoid}details{display:none}}
 
 
 def _plot_figures(
-    run: Path,
+    run: RunPath,
     psd: xr.Dataset,
     particles: pd.DataFrame | None,
     settings: ReportSettings,
@@ -930,7 +931,7 @@ def _plot_figures(
     return f"<div class='figures'>{''.join(_figure_jobs(jobs, settings, problems))}</div>"
 
 
-def _open_windows(run: Path) -> xr.Dataset | None:
+def _open_windows(run: RunPath) -> xr.Dataset | None:
     """Group ``psd_window`` of the run in memory, or None when it has none."""
     import xarray as xr
 
@@ -941,7 +942,7 @@ def _open_windows(run: Path) -> xr.Dataset | None:
 
 
 def _overlay_figures(
-    run: Path, psd: xr.Dataset, settings: ReportSettings, problems: list[ReportWarning]
+    run: RunPath, psd: xr.Dataset, settings: ReportSettings, problems: list[ReportWarning]
 ) -> str:
     from crystalseg.viz import overlay
 
@@ -1029,7 +1030,7 @@ def render_report(
     settings = ReportSettings() if settings is None else settings
     if not isinstance(settings, ReportSettings):
         raise ConfigError(f"settings must be a ReportSettings, got {type(settings).__name__}")
-    path = Path(run)
+    path = run_path(run)
     info = describe_run(path)
     stages = stage_info(path)
     psd, particles = open_results(path, columns=REPORT_COLUMNS)
@@ -1103,7 +1104,7 @@ def write_report(
     output: str | os.PathLike[str] | None = None,
     *,
     settings: ReportSettings | None = None,
-) -> tuple[Path, list[ReportWarning]]:
+) -> tuple[RunPath, list[ReportWarning]]:
     """Write the self-contained HTML report of a measured run.
 
     Parameters
@@ -1118,15 +1119,15 @@ def write_report(
     path : Path of the written report
     warnings : list of ReportWarning listed in it
     """
-    run = Path(run)
-    out = Path(output) if output is not None else run.with_name(f"{run.stem}_report.html")
+    run = run_path(run)
+    out = run_path(output) if output is not None else run.with_name(f"{run.stem}_report.html")
     check_output_outside_run(out)
     if out.is_dir():
         raise ConfigError(
             f"report output '{out}' is a folder; expected an HTML file name, e.g. "
             f"'{out / (run.stem + '_report.html')}'"
         )
-    out.parent.mkdir(parents=True, exist_ok=True)  # a file in the way fails before the work
+    make_folder(out.parent)  # a file in the way fails before the work
     text, problems = render_report(run, settings=settings)
     with file_written_whole(out) as tmp:
         tmp.write_text(text, encoding="utf-8")
