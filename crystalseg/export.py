@@ -32,7 +32,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import os
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -63,7 +62,7 @@ from crystalseg.store import (
     read_run_attrs,
     stage_info,
 )
-from crystalseg.store.location import RunPath, run_path
+from crystalseg.store.location import RunLike, RunPath, run_path
 
 log = logging.getLogger(__name__)
 
@@ -721,8 +720,8 @@ def _write_xlsx(
 
 
 def export_run(
-    run: str | os.PathLike[str],
-    out: str | os.PathLike[str],
+    run: RunLike,
+    out: RunLike,
     *,
     settings: ExportSettings | None = None,
 ) -> ExportResult:
@@ -849,8 +848,8 @@ def _parquet_metadata(
 
 
 def export_particles(
-    run: str | os.PathLike[str],
-    path: str | os.PathLike[str],
+    run: RunLike,
+    path: RunLike,
     *,
     format: Literal["parquet", "csv"] | None = None,
     settings: ExportSettings | None = None,

@@ -22,7 +22,7 @@ import numpy as np
 from crystalseg.errors import ConfigError, CrystalsegError, CrystalsegWarning, UnsupportedInputError
 from crystalseg.io import FrameSource, PlanarRGB, open_source
 from crystalseg.store import RunWriter, check_calibration, create_run, creating
-from crystalseg.store.location import RunPath, is_remote, remove_tree, run_path
+from crystalseg.store.location import RunLike, RunPath, remove_tree, run_path
 
 log = logging.getLogger(__name__)
 
@@ -120,16 +120,17 @@ def _copy_chunks(
             raise
 
 
-def refuse_source_inside(source: str | Path, dest: str | Path | RunPath) -> None:
+def refuse_source_inside(source: str | Path, dest: RunLike) -> None:
     """Refuse to import a recording into a store that holds it (or into itself): the new
     store would overwrite what it reads, and the reading would see zeros."""
-    if is_remote(run_path(dest)):
+    where = run_path(dest)
+    if not isinstance(where, Path):
         return  # recordings are read from this machine's files
     text = str(source)
     if any(ch in text for ch in "*?[") and not Path(text).exists():
         text = text[: min(text.find(ch) for ch in "*?[" if ch in text)]
     src = Path(text).resolve()
-    target = Path(os.fspath(dest)).resolve()
+    target = where.resolve()
     if src == target or target in src.parents:
         raise ConfigError(
             f"the recording '{source}' lies inside the destination '{dest}'; importing would "
@@ -139,7 +140,7 @@ def refuse_source_inside(source: str | Path, dest: str | Path | RunPath) -> None
 
 def import_run(
     source: str | Path,
-    dest: str | Path | RunPath,
+    dest: RunLike,
     *,
     pixel_size_um: float | None = None,
     interval_s: float | None = None,

@@ -38,13 +38,13 @@ from crystalseg.measure.run import (
 )
 from crystalseg.segment import Segmenter, segment_run, stream_segment_run
 from crystalseg.store import open_run, writing
-from crystalseg.store.location import run_path
+from crystalseg.store.location import RunLike, run_path
 
 log = logging.getLogger(__name__)
 
 
 def segment_and_measure(
-    run: str | os.PathLike[str],
+    run: RunLike,
     *,
     model: str | os.PathLike[str] | Segmenter | None = None,
     options: MeasureOptions | None = None,

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -85,7 +84,7 @@ from crystalseg.store import (
     write_table,
     writing,
 )
-from crystalseg.store.location import RunPath, run_path
+from crystalseg.store.location import RunLike, RunPath, run_path
 from crystalseg.store.stages import StageProgress
 
 log = logging.getLogger(__name__)
@@ -132,7 +131,7 @@ class KineticsSettings:
 
 
 def kinetics_run(
-    run: str | os.PathLike[str],
+    run: RunLike,
     *,
     settings: KineticsSettings | None = None,
     overwrite: bool = False,
@@ -177,7 +176,7 @@ def kinetics_run(
     return read_kinetics(path)
 
 
-def read_kinetics(run: str | os.PathLike[str]) -> dict[str, Any]:
+def read_kinetics(run: RunLike) -> dict[str, Any]:
     """The headline numbers of a run's kinetics (attributes of group ``kinetics``):
     growth rates and intervals, nucleation onset and rate, track counts, units.
 
@@ -607,14 +606,14 @@ def _write_tables(
     return summary
 
 
-def read_tracks(run: str | os.PathLike[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+def read_tracks(run: RunLike) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The track points (one row per particle per frame) and the track table of a run."""
     read_kinetics(run)
     path = run_path(run)
     return read_table(path, TRACKS_GROUP), read_table(path, f"{TRACKS_GROUP}/summary")
 
 
-def open_cld(run: str | os.PathLike[str]) -> xr.Dataset:
+def open_cld(run: RunLike) -> xr.Dataset:
     """Group ``cld`` of a run with kinetics, opened lazily."""
     read_kinetics(run)
     return xr.open_zarr(str(run), group=CLD_GROUP, consolidated=None)

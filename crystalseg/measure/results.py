@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -38,7 +37,7 @@ from crystalseg.measure.features import FEATURE_COLUMNS, feature_units, measure_
 from crystalseg.measure.intervals import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, CONFIDENCE
 from crystalseg.measure.settings import MeasureSettings
 from crystalseg.store import crystalseg_version, default_compressor, stage_info
-from crystalseg.store.location import RunPath, remove_tree, run_path
+from crystalseg.store.location import RunLike, RunPath, remove_tree, run_path
 
 log = logging.getLogger(__name__)
 
@@ -537,7 +536,7 @@ def _particles_group(path: RunPath, *, table: str | None = None) -> zarr.Group:
 
 
 def iter_particles(
-    run: str | os.PathLike[str], *, rows: int = 1 << 18, table: str | None = None
+    run: RunLike, *, rows: int = 1 << 18, table: str | None = None
 ) -> Iterator[pd.DataFrame]:
     """The particle table of a measured run, in blocks of at most ``rows`` rows.
 
@@ -572,7 +571,7 @@ def iter_particles(
         yield pd.DataFrame(block)
 
 
-def summarize_measurement(run: str | os.PathLike[str]) -> dict[str, Any]:
+def summarize_measurement(run: RunLike) -> dict[str, Any]:
     """What the CLI prints after ``crystalseg measure``: counts, D50 at start and end, where.
 
     Returns

@@ -84,7 +84,7 @@ from crystalseg.store import (
     writing,
 )
 from crystalseg.store.cluster import run_on_cluster
-from crystalseg.store.location import RunPath, run_path
+from crystalseg.store.location import RunLike, RunPath, run_path
 from crystalseg.store.stages import NEXT_SUFFIX
 
 log = logging.getLogger(__name__)
@@ -324,7 +324,7 @@ def _measure_chunk(job: _ChunkJob) -> int:
 
 
 def measure_run(
-    run: str | os.PathLike[str],
+    run: RunLike,
     *,
     settings: MeasureSettings | None = None,
     client: Any = None,
@@ -405,7 +405,7 @@ def measure_run(
 
 
 def measure_as_segmented(
-    run: str | os.PathLike[str], chunks: Iterator[tuple[int, int]], options: MeasureOptions
+    run: RunLike, chunks: Iterator[tuple[int, int]], options: MeasureOptions
 ) -> None:
     """Measure the chunks of a mask as they land: each ``(start, stop)`` that ``chunks``
     yields is a time chunk of the mask now on disk (as
@@ -650,7 +650,7 @@ def _finish_measure(plan: _Plan) -> None:
     log.info("measured %d frames of %s: %d particles", n, path, rows)
 
 
-def open_psd(path: str | os.PathLike[str]) -> xr.Dataset:
+def open_psd(path: RunLike) -> xr.Dataset:
     """Group ``psd`` of a measured run, opened lazily."""
     return xr.open_zarr(str(path), group=PSD_GROUP, consolidated=None)
 
@@ -661,7 +661,7 @@ def _outputs_exist(path: RunPath, stage: StageProgress) -> bool:
     return psd.exists() and (path / STAGING_GROUP).exists()
 
 
-def needs_segmentation(path: str | os.PathLike[str]) -> bool:
+def needs_segmentation(path: RunLike) -> bool:
     """Whether :func:`measure_run` would segment the run first: it has no finished mask.
 
     A mask written outside ``crystalseg segment`` (no segment stage recorded) counts
@@ -764,7 +764,7 @@ def mask_provenance(path: RunPath, mask: zarr.Array) -> dict[str, Any]:
     }
 
 
-def measured_mask_changed(path: str | os.PathLike[str]) -> bool:
+def measured_mask_changed(path: RunLike) -> bool:
     """Whether the run's mask was made again (``segment --overwrite``) after the run was
     measured, so that its ``psd`` and ``particles`` describe a mask it no longer has.
 
@@ -784,7 +784,7 @@ def _mask_changed_since(path: RunPath, info: dict[str, Any] | None) -> bool:
     return not _same_mask(recorded, mask_provenance(path, get_array(group, MASK, path)))
 
 
-def measurement_outdated(path: str | os.PathLike[str]) -> str | None:
+def measurement_outdated(path: RunLike) -> str | None:
     """Why the run's finished measurement no longer describes the run, or None.
 
     Out of date when the mask was made again after it (:func:`measured_mask_changed`)

@@ -24,7 +24,6 @@ Windows are computed from the ``particles`` table once every chunk is measured
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -46,7 +45,7 @@ from crystalseg.measure.results import (
 )
 from crystalseg.measure.settings import MeasureSettings, parse_window
 from crystalseg.store import default_compressor
-from crystalseg.store.location import remove_tree, run_path
+from crystalseg.store.location import RunLike, remove_tree, run_path
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +215,7 @@ def _to_dataset(
 
 
 def write_psd_windows(
-    run: str | os.PathLike[str],
+    run: RunLike,
     settings: MeasureSettings,
     *,
     rows: int = 1 << 18,

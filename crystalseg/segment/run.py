@@ -61,7 +61,7 @@ from crystalseg.store import (
     writing,
 )
 from crystalseg.store.cluster import cluster_client, run_on_cluster
-from crystalseg.store.location import RunPath, run_path
+from crystalseg.store.location import RunLike, RunPath, run_path
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +202,7 @@ def _write_result(
 
 
 def segment_run(
-    run: str | os.PathLike[str],
+    run: RunLike,
     model: str | os.PathLike[str] | Segmenter | None = None,
     *,
     device: str = "auto",
@@ -288,7 +288,7 @@ def segment_run(
 
 
 def stream_segment_run(
-    run: str | os.PathLike[str],
+    run: RunLike,
     model: str | os.PathLike[str] | Segmenter | None = None,
     *,
     device: str = "auto",
@@ -539,7 +539,7 @@ AUTO_RESIZE_FRAMES = 6
 
 
 def auto_resize(
-    run: str | os.PathLike[str], segmenter: Segmenter, *, frames: int = AUTO_RESIZE_FRAMES
+    run: RunLike, segmenter: Segmenter, *, frames: int = AUTO_RESIZE_FRAMES
 ) -> ResizeChoice:
     """The ``resize`` factor for a whole run: :func:`~crystalseg.segment.engine.choose_resize`
     on ``frames`` frames spread over the later half of the run, where the crystals are

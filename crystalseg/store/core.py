@@ -41,11 +41,19 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 import zarr
+from upath import UPath
 from zarr.codecs import ZstdCodec
 
 from crystalseg.dims import FRAME_DIMS, IMAGE, PARTICLE, TIME
 from crystalseg.errors import ConfigError, DamagedRunError, InputNotFoundError, RunFormatError
-from crystalseg.store.location import RunPath, is_remote, list_files, run_path, storage_options
+from crystalseg.store.location import (
+    RunLike,
+    RunPath,
+    is_remote,
+    list_files,
+    run_path,
+    storage_options,
+)
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +123,7 @@ def check_calibration(
             )
 
 
-def check_output_outside_run(path: str | os.PathLike[str] | RunPath) -> None:
+def check_output_outside_run(path: RunLike) -> None:
     """Refuse an output path that is a zarr store or lies inside one.
 
     Figures, reports and exports written into a run store are files zarr does not
@@ -141,7 +149,7 @@ def check_output_outside_run(path: str | os.PathLike[str] | RunPath) -> None:
             )
 
 
-def check_output_folder(path: str | Path) -> None:
+def check_output_folder(path: RunLike) -> None:
     """Make the output folder ``path`` and write (then remove) a probe file in it, so a
     long job (training, scoring) learns of a read-only folder, a missing permission, a
     file in the way or a full disk before its work, not after it.
@@ -153,12 +161,13 @@ def check_output_folder(path: str | Path) -> None:
     OSError
         The folder cannot be made or written (the CLI explains it in one line).
     """
-    if is_remote(run_path(path)):
+    local = run_path(path)
+    if not isinstance(local, Path):
         raise ConfigError(
             f"'{path}' is a URL; this output (a model, a score) is written to a folder on "
             "this machine. Give a local folder and copy it to object storage afterwards"
         )
-    path = Path(path)
+    path = local
     check_output_outside_run(path)
     path.mkdir(parents=True, exist_ok=True)
     probe = path / f".crystalseg-write-test-{os.getpid()}"
@@ -169,7 +178,7 @@ def check_output_folder(path: str | Path) -> None:
 
 
 @contextmanager
-def file_written_whole(path: str | os.PathLike[str] | RunPath) -> Iterator[Path]:
+def file_written_whole(path: RunLike) -> Iterator[Path]:
     """A temporary path beside ``path`` to write to; it replaces ``path`` only when the
     block ends without an error, and is removed when it does not.
 
@@ -208,7 +217,7 @@ def file_written_whole(path: str | os.PathLike[str] | RunPath) -> Iterator[Path]
         raise
 
 
-def _uploaded_whole(target: RunPath) -> Iterator[Path]:
+def _uploaded_whole(target: UPath) -> Iterator[Path]:
     """:func:`file_written_whole` for a URL: a local temporary file, uploaded at the end."""
     import tempfile
 
@@ -277,7 +286,7 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
-def consolidate(path: str | Path) -> None:
+def consolidate(path: RunLike) -> None:
     """Write consolidated metadata so that ``xarray.open_zarr`` opens the store quietly.
 
     Any later change of metadata (attributes, a new array) drops it again, so every
@@ -294,12 +303,12 @@ def tidy_number(value: float) -> float:
     return float(f"{float(value):.12g}")
 
 
-def open_group(path: str | os.PathLike[str] | RunPath, mode: str = "r") -> zarr.Group:
+def open_group(path: RunLike, mode: str = "r") -> zarr.Group:
     """The root group of run store ``path`` (a local path or a URL), or an error that
     says what the path is instead (missing, a recording file, not a zarr group, a URL
     no installed file system reads)."""
     path = run_path(path)
-    if is_remote(path):
+    if not isinstance(path, Path):
         return _open_remote_group(path, mode)
     if not path.exists():
         raise InputNotFoundError(
@@ -307,7 +316,6 @@ def open_group(path: str | os.PathLike[str] | RunPath, mode: str = "r") -> zarr.
             f"or 'crystalseg synth {path}'"
         )
     if path.is_file():  # a recording given where its run store was expected
-        path = Path(path)
         raise RunFormatError(
             f"'{path}' is a file, not a run store; import it first: 'crystalseg import "
             f"{path} {path.with_suffix('.zarr')}', then use {path.with_suffix('.zarr')}"
@@ -371,7 +379,7 @@ def read_provenance(node: zarr.Group) -> dict[str, Any]:
     return dict(value)
 
 
-def get_array(group: zarr.Group, name: str, path: str | Path = "") -> zarr.Array:
+def get_array(group: zarr.Group, name: str, path: RunLike = "") -> zarr.Array:
     """Array ``name`` of a store's group, or a :class:`RunFormatError` saying it is missing."""
     try:
         node = group[name]
@@ -387,7 +395,7 @@ def get_array(group: zarr.Group, name: str, path: str | Path = "") -> zarr.Array
     return node
 
 
-def read_run_attrs(path: str | Path) -> dict[str, Any]:
+def read_run_attrs(path: RunLike) -> dict[str, Any]:
     """Root attributes of a run store, after checking that this crystalseg can read it.
 
     Raises
@@ -421,7 +429,7 @@ def read_run_attrs(path: str | Path) -> dict[str, Any]:
     return attrs
 
 
-def _check_attrs(path: str | Path, attrs: Mapping[str, Any]) -> None:
+def _check_attrs(path: RunLike, attrs: Mapping[str, Any]) -> None:
     """Raise :class:`DamagedRunError` for root attributes of the wrong kind (edited by
     hand or by another tool), so no stage reads a text pixel size or a list provenance."""
     fix = "restore the store's zarr.json from a backup or re-import the recording"
@@ -451,7 +459,7 @@ def _check_attrs(path: str | Path, attrs: Mapping[str, Any]) -> None:
             ) from exc
 
 
-def stage_info(path: str | Path) -> dict[str, dict[str, Any]]:
+def stage_info(path: RunLike) -> dict[str, dict[str, Any]]:
     """Provenance of every stage run on the store, with frames done for unfinished ones."""
     attrs = read_run_attrs(path)
     stages: dict[str, dict[str, Any]] = dict(attrs.get(PROVENANCE_KEY, {}).get("stages", {}))
@@ -477,7 +485,7 @@ def progress_array(group: zarr.Group, stage: str) -> zarr.Array | None:
 
 
 def create_array(
-    path: str | Path,
+    path: RunLike,
     name: str,
     *,
     dims: Sequence[str],
@@ -507,7 +515,7 @@ def create_array(
     return arr
 
 
-def calibration_fingerprint(path: str | Path) -> dict[str, Any]:
+def calibration_fingerprint(path: RunLike) -> dict[str, Any]:
     """What a measurement depends on besides its mask and settings: the pixel size and
     a checksum of the time axis (the measurement records it, and is out of date when it
     differs)."""
@@ -519,7 +527,7 @@ def calibration_fingerprint(path: str | Path) -> dict[str, Any]:
     }
 
 
-def open_run(path: str | Path, *, require_complete: bool = True) -> xr.Dataset:
+def open_run(path: RunLike, *, require_complete: bool = True) -> xr.Dataset:
     """Open a run store lazily as an xarray Dataset backed by dask.
 
     Parameters
@@ -569,7 +577,7 @@ def open_run(path: str | Path, *, require_complete: bool = True) -> xr.Dataset:
 
 
 def write_table(
-    path: str | Path,
+    path: RunLike,
     group: str,
     table: pd.DataFrame,
     *,
@@ -608,7 +616,7 @@ def write_table(
     consolidate(path)
 
 
-def read_table(path: str | Path, group: str) -> pd.DataFrame:
+def read_table(path: RunLike, group: str) -> pd.DataFrame:
     """Read a table written by :func:`write_table` back into a DataFrame (column order kept)."""
     root = open_group(path)
     try:
@@ -631,7 +639,7 @@ def _column(arr: zarr.Array) -> np.ndarray:
     return values
 
 
-def describe_run(path: str | Path) -> dict[str, Any]:
+def describe_run(path: RunLike) -> dict[str, Any]:
     """What ``crystalseg info`` prints: frames, size, dtype, time span, calibration, stages.
 
     Reads metadata only (and the small time array), never the frames.

@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 
 #: A run store's location: a local folder, or a folder-like prefix on an fsspec file system.
 RunPath: TypeAlias = "Path | UPath"
+#: What a public function accepts as a run path: a path, a URL string, or a RunPath.
+RunLike: TypeAlias = "str | os.PathLike[str] | UPath"
 
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]+)://")
 _MANGLED = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]+):/(?!/)")
@@ -47,7 +49,7 @@ _MANGLED = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]+):/(?!/)")
 _LOCAL = {"file", "local"}
 
 
-def run_path(path: str | os.PathLike[str] | UPath, *, resolve: bool = False) -> RunPath:
+def run_path(path: RunLike, *, resolve: bool = False) -> RunPath:
     """The location of a run store (or of an output) given as a path or a URL.
 
     Parameters
@@ -196,10 +198,11 @@ def make_parent(path: RunPath) -> None:
 def create_exclusive(path: RunPath, data: bytes) -> bool:
     """Create the object ``path`` holding ``data`` unless it exists; False when it does.
 
-    On S3 (AWS, MinIO, Ceph, moto) this is one conditional ``PUT`` (``If-None-Match:
-    *``), which the server refuses when the object exists: atomic, like ``O_EXCL``. A
-    file system whose fsspec driver has no conditional write checks first and writes
-    after (not atomic). Only for remote paths: the lock has its own local way.
+    On S3 (AWS, and servers that implement it, e.g. moto) this is one conditional
+    ``PUT`` (``If-None-Match: *``), which the server refuses when the object exists:
+    atomic, like ``O_EXCL``. A file system whose fsspec driver has no conditional
+    write checks first and writes after (not atomic). Only for remote paths: the
+    lock has its own local way.
     """
     if isinstance(path, Path):
         raise TypeError("create_exclusive is for remote paths; the lock creates local files")
@@ -235,6 +238,7 @@ def list_files(folder: RunPath) -> list[tuple[str, int, str]]:
 
 
 __all__ = [
+    "RunLike",
     "RunPath",
     "copy_tree",
     "create_exclusive",

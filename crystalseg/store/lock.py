@@ -32,8 +32,9 @@ What it guarantees, and what it does not:
   ``s3://bucket/.run.zarr.crystalseg-lock``, created with one conditional ``PUT``
   (``If-None-Match: *``) that the server refuses when the object exists: exclusive
   like ``O_EXCL`` on AWS S3 and on S3-compatible servers that implement conditional
-  writes (MinIO, Ceph, moto). On a server that ignores the condition, or a file system
-  whose fsspec driver has none, the lock is advisory only (checked, then written).
+  writes (moto, which the tests run against, does). On a server that ignores the
+  condition, or a file system whose fsspec driver has none, the lock is advisory
+  only (checked, then written).
   Its holder is recognised as dead only from the host that took it, as above.
 - Within one process the lock is re-entrant for the thread that holds it (a
   measurement that segments first holds it once); another thread of the same
@@ -59,7 +60,7 @@ from pathlib import Path
 from typing import Any
 
 from crystalseg.errors import RunLockedError
-from crystalseg.store.location import RunPath, create_exclusive, location_key, run_path
+from crystalseg.store.location import RunLike, RunPath, create_exclusive, location_key, run_path
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ _held: dict[str, tuple[int, int]] = {}  # lock path -> (thread id, depth)
 _held_guard = threading.Lock()
 
 
-def lock_path(run: str | os.PathLike[str] | RunPath) -> RunPath:
+def lock_path(run: RunLike) -> RunPath:
     """Path of the lock file of run store ``run``: a hidden file (object) beside it."""
     where = run_path(run)
     if isinstance(where, Path):
@@ -114,7 +115,7 @@ def process_alive(pid: int, started: int | None = None) -> bool:
     return started is None or now is None or now == started
 
 
-def read_lock(run: str | os.PathLike[str] | RunPath) -> dict[str, Any] | None:
+def read_lock(run: RunLike) -> dict[str, Any] | None:
     """Who holds the lock of ``run`` (the recorded fields), or None when nobody does."""
     try:
         text = lock_path(run).read_text(encoding="utf-8")
@@ -247,7 +248,7 @@ def _acquire(run: RunPath, stage: str) -> RunPath:
 
 
 @contextmanager
-def run_lock(run: str | os.PathLike[str] | RunPath, stage: str) -> Iterator[None]:
+def run_lock(run: RunLike, stage: str) -> Iterator[None]:
     """Hold the lock of run store ``run`` (existing or about to be made) for ``stage``.
 
     Re-entrant in the thread that holds it. Raises :class:`RunLockedError` when
@@ -305,7 +306,7 @@ def lock_owner() -> dict[str, Any]:
     }
 
 
-def holds_lock(run: str | os.PathLike[str] | RunPath) -> bool:
+def holds_lock(run: RunLike) -> bool:
     """Whether this thread holds the lock of ``run``."""
     owner = _held.get(location_key(lock_path(run)))
     return owner is not None and owner[0] == threading.get_ident()

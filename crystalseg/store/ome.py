@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -50,7 +49,7 @@ from crystalseg.store.core import (
     open_group,
     read_run_attrs,
 )
-from crystalseg.store.location import RunPath, list_files, run_path
+from crystalseg.store.location import RunLike, RunPath, list_files, run_path
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +72,7 @@ CLASS_COLOURS = (
 )
 
 
-def frame_scale(path: str | Path) -> dict[str, Any]:
+def frame_scale(path: RunLike) -> dict[str, Any]:
     """The calibration of the frames as OME-Zarr sees it: seconds per frame (the median
     interval; 1 with a single frame) and micrometres per pixel (1 when unknown).
 
@@ -121,7 +120,7 @@ def _image_label(codes: list[str]) -> dict[str, Any]:
     }
 
 
-def write_ome_metadata(path: str | Path) -> dict[str, Any]:
+def write_ome_metadata(path: RunLike) -> dict[str, Any]:
     """Describe the store's ``image`` (and ``mask``) as an OME-Zarr 0.5 image (and its
     label image), and give xarray the frames' coordinates in micrometres.
 

@@ -41,12 +41,10 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import socket
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -78,6 +76,7 @@ from crystalseg.store.core import (
     utc_now,
 )
 from crystalseg.store.location import (
+    RunLike,
     RunPath,
     copy_tree,
     is_remote,
@@ -284,7 +283,7 @@ def _remove_empty_groups(path: RunPath) -> None:
             remove_tree(parent)
 
 
-def recover_stages(path: str | Path) -> None:
+def recover_stages(path: RunLike) -> None:
     """Complete any swap of results that was interrupted (call with the lock held)."""
     path = run_path(path)
     for key, info in stage_info(path).items():
@@ -313,7 +312,7 @@ class StagePlan:
 
 
 def plan_stage(
-    path: str | Path,
+    path: RunLike,
     stage: str,
     *,
     settings: Mapping[str, Any],
@@ -391,7 +390,7 @@ def _discard_replacement(path: RunPath, stage: str) -> None:
 
 
 def begin_stage(
-    path: str | Path,
+    path: RunLike,
     stage: str,
     *,
     settings: Mapping[str, Any],
@@ -483,7 +482,7 @@ def begin_stage(
 
 
 @contextmanager
-def writing(path: str | Path, stage: str) -> Iterator[None]:
+def writing(path: RunLike, stage: str) -> Iterator[None]:
     """Hold the lock of an existing run store for ``stage`` and complete any swap that
     an earlier writer was interrupted in; for every stage's public entry point."""
     with run_lock(path, stage):
@@ -570,7 +569,7 @@ class RunWriter:
 
 
 def create_run(
-    path: str | Path,
+    path: RunLike,
     *,
     shape: tuple[int, int, int],
     dtype: Any,
@@ -803,7 +802,7 @@ def _copy_store_into_place(new: RunPath, path: RunPath) -> None:
     marker.unlink()
 
 
-def recover_replaced_store(path: str | os.PathLike[str] | RunPath) -> None:
+def recover_replaced_store(path: RunLike) -> None:
     """Finish a swap of whole stores that was interrupted (between its two renames, or
     on object storage during its copy)."""
     path = run_path(path)
@@ -828,7 +827,7 @@ def recover_replaced_store(path: str | os.PathLike[str] | RunPath) -> None:
 
 
 @contextmanager
-def creating(path: str | Path, stage: str) -> Iterator[None]:
+def creating(path: RunLike, stage: str) -> Iterator[None]:
     """Hold the lock of the run store that ``stage`` creates at ``path``; an interrupted
     swap of an earlier replacement of it is completed first.
 
@@ -890,7 +889,7 @@ def _resume_run(
 
 
 def set_calibration(
-    path: str | Path, *, pixel_size_um: float | None = None, interval_s: float | None = None
+    path: RunLike, *, pixel_size_um: float | None = None, interval_s: float | None = None
 ) -> dict[str, Any]:
     """Set the pixel size and/or the frame interval of an existing run store.
 
@@ -925,7 +924,7 @@ def set_calibration(
 
 
 def _set_calibration(
-    path: str | Path, pixel_size_um: float | None, interval_s: float | None
+    path: RunLike, pixel_size_um: float | None, interval_s: float | None
 ) -> dict[str, Any]:
     attrs = read_run_attrs(path)
     before = calibration_fingerprint(path)

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import textwrap
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -82,7 +81,7 @@ from crystalseg.store import (
     read_run_attrs,
     stage_info,
 )
-from crystalseg.store.location import RunPath, run_path
+from crystalseg.store.location import RunLike, RunPath, run_path
 from crystalseg.viz.plots import frame_index
 
 log = logging.getLogger(__name__)
@@ -148,7 +147,7 @@ _SIZE_NAMES = {
 class _MeasuredRun:
     """What the overlays need of a measured run, read once: settings, codes, row offsets."""
 
-    def __init__(self, run: str | os.PathLike[str]) -> None:
+    def __init__(self, run: RunLike) -> None:
         path = run_path(run)
         read_run_attrs(path)  # exists, is a run store
         self.path = path
@@ -392,7 +391,7 @@ class _Frame:
         return len(self.kept) - 1 - self.n_kept
 
 
-def _measured(run: str | os.PathLike[str] | _MeasuredRun) -> _MeasuredRun:
+def _measured(run: RunLike | _MeasuredRun) -> _MeasuredRun:
     return run if isinstance(run, _MeasuredRun) else _MeasuredRun(run)
 
 
@@ -722,9 +721,7 @@ def _layout_frame_figure(
 # --------------------------------------------------------------------------- public API
 
 
-def overlay_image(
-    run: str | os.PathLike[str], frame: int, *, color_by: ColorBy = "status"
-) -> np.ndarray:
+def overlay_image(run: RunLike, frame: int, *, color_by: ColorBy = "status") -> np.ndarray:
     """One frame with its particle outlines burnt in, at full resolution.
 
     Parameters
@@ -767,7 +764,7 @@ def overlay_image(
 
 
 def overlay_frame(
-    run: str | os.PathLike[str],
+    run: RunLike,
     frame: int,
     *,
     color_by: ColorBy = "size",
@@ -870,7 +867,7 @@ def _overlay_figure(
 
 
 def montage(
-    run: str | os.PathLike[str],
+    run: RunLike,
     *,
     n: int = 9,
     frames: Sequence[int] | None = None,
@@ -964,8 +961,8 @@ def _montage(
 
 
 def write_overlays(
-    run: str | os.PathLike[str],
-    out_dir: str | os.PathLike[str],
+    run: RunLike,
+    out_dir: RunLike,
     *,
     frames: Sequence[int] | None = None,
     color_by: ColorBy = "status",

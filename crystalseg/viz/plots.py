@@ -24,10 +24,8 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -52,7 +50,7 @@ from crystalseg.store import (
     make_folder,
     stage_info,
 )
-from crystalseg.store.location import RunPath, run_path
+from crystalseg.store.location import RunLike, RunPath, run_path
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +103,7 @@ _SCATTER_MAX = 3000  # above this many particles, plot_shape draws a 2-D histogr
 
 
 def open_results(
-    run: str | os.PathLike[str],
+    run: RunLike,
     *,
     columns: Sequence[str] | None = None,
     frame: int | None = None,
@@ -787,13 +785,13 @@ def plot_compare(runs: Sequence[tuple[str, xr.Dataset]], *, basis: Basis = "numb
 
 
 def plot_run(
-    run: str | os.PathLike[str],
-    out_dir: str | os.PathLike[str],
+    run: RunLike,
+    out_dir: RunLike,
     *,
     formats: Sequence[str] = ("png",),
     basis: Basis = "number",
     times: Sequence[float] | None = None,
-) -> list[Path]:
+) -> list[RunPath]:
     """Write every single-run figure of a measured run, in each format.
 
     Parameters
@@ -807,7 +805,7 @@ def plot_run(
 
     Returns
     -------
-    list of Path
+    list of Path (or UPath for a URL)
         ``out_dir/<figure>.<format>`` for each figure of :data:`RUN_FIGURES`
         (psd_heatmap, statistics, psd_curves, cumulative, shape) and each format,
         in that order; the cumulative figure shows the last of ``times`` (default
@@ -845,14 +843,14 @@ def plot_run(
 
 
 def plot_runs(
-    runs: Sequence[str | os.PathLike[str]],
-    out_dir: str | os.PathLike[str],
+    runs: Sequence[RunLike],
+    out_dir: RunLike,
     *,
     formats: Sequence[str] = ("png",),
     basis: Basis = "number",
     times: Sequence[float] | None = None,
     each: bool = True,
-) -> list[Path]:
+) -> list[RunPath]:
     """Compare several measured runs in one figure, and write each run's own figures.
 
     Parameters
@@ -864,7 +862,7 @@ def plot_runs(
 
     Returns
     -------
-    list of Path
+    list of Path (or UPath for a URL)
         ``out_dir/compare.<format>`` for each format, then each run's figures.
     """
     fmts = _check_formats(formats)
@@ -897,7 +895,7 @@ def last_counted_frame(psd: xr.Dataset) -> int:
     return int(nonempty[-1]) if nonempty.size else int(psd.sizes[TIME]) - 1
 
 
-def default_plot_dir(runs: Sequence[str | os.PathLike[str]]) -> RunPath:
+def default_plot_dir(runs: Sequence[RunLike]) -> RunPath:
     """Where ``crystalseg plot`` writes without ``-o``.
 
     One run: ``<run>-plots`` next to the run (``runs/a.zarr`` → ``runs/a-plots``).
@@ -912,7 +910,7 @@ def default_plot_dir(runs: Sequence[str | os.PathLike[str]]) -> RunPath:
     return first.parent / "compare-plots"
 
 
-def run_names(runs: Sequence[str | os.PathLike[str]]) -> list[str]:
+def run_names(runs: Sequence[RunLike]) -> list[str]:
     """Short, distinct names of run stores for legends and folders (``a.zarr`` → ``a``).
 
     Runs of the same name in different folders get their folder's name in front

@@ -26,7 +26,6 @@ import io
 import json
 import logging
 import math
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -42,7 +41,7 @@ from crystalseg.store import (
     file_written_whole,
     make_folder,
 )
-from crystalseg.store.location import RunPath, run_path
+from crystalseg.store.location import RunLike, RunPath, run_path
 from crystalseg.summary import counted, format_duration
 
 if TYPE_CHECKING:
@@ -999,7 +998,7 @@ def _figure_jobs(
 
 
 def render_report(
-    run: str | os.PathLike[str], *, settings: ReportSettings | None = None
+    run: RunLike, *, settings: ReportSettings | None = None
 ) -> tuple[str, list[ReportWarning]]:
     """The HTML text of the report of a measured run, and its warnings.
 
@@ -1100,8 +1099,8 @@ def render_report(
 
 
 def write_report(
-    run: str | os.PathLike[str],
-    output: str | os.PathLike[str] | None = None,
+    run: RunLike,
+    output: RunLike | None = None,
     *,
     settings: ReportSettings | None = None,
 ) -> tuple[RunPath, list[ReportWarning]]:
