@@ -12,6 +12,7 @@ from crystalseg.cli.base import (
 )
 from crystalseg.cli.options import (
     run_argument,
+    run_location,
 )
 
 
@@ -21,7 +22,7 @@ from crystalseg.cli.options import (
     "-o",
     "--output",
     "out_dir",
-    type=click.Path(path_type=Path),
+    type=run_location,
     default=None,
     help="Folder of the files (default: beside RUN), named RUN_<table>.csv, RUN.xlsx or "
     "RUN_<table>.parquet; with --format xlsx also a workbook file name (results.xlsx).",

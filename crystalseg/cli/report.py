@@ -14,6 +14,7 @@ from crystalseg.cli.options import (
     color_by_option,
     montage_option,
     run_argument,
+    run_location,
 )
 
 
@@ -22,7 +23,7 @@ from crystalseg.cli.options import (
 @click.option(
     "-o",
     "--output",
-    type=click.Path(path_type=Path),
+    type=run_location,
     default=None,
     help="HTML file to write (default: RUN_report.html beside RUN; replaced if it exists).",
 )

@@ -200,6 +200,7 @@ def test_run_lock_on_s3_names_the_holder_and_is_released(bucket, recording) -> N
 # --------------------------------------------------------------------------- stages on S3
 
 
+@pytest.mark.slow
 def test_s3_import_equals_local(bucket, recording, tmp_path) -> None:
     """A recording imported to S3 reads back (through crystalseg and through plain
     xarray) as the same frames, times and calibration as the one imported to disk."""
@@ -399,3 +400,29 @@ def test_stage_on_s3_refuses_a_second_settings_without_overwrite(
     measure_run(url, scheduler="synchronous")
     with pytest.raises(StageStateError, match="other settings"):
         measure_run(url, settings=MeasureSettings(min_area_px=30), scheduler="synchronous")
+
+
+# --------------------------------------------------------------------------- the CLI
+
+
+def test_cli_import_and_info_on_s3_and_a_bad_url(bucket, recording, tmp_path, monkeypatch) -> None:
+    """``crystalseg import X s3://...`` writes to the bucket (not a local folder ``s3:``);
+    a URL of an unknown protocol is one ``Error:`` line and a non-zero exit."""
+    from click.testing import CliRunner
+
+    from crystalseg.cli import cli as main
+
+    monkeypatch.chdir(tmp_path)
+    url = f"{bucket}/cli.zarr"
+    runner = CliRunner()
+    done = runner.invoke(main, ["import", str(recording[0]), url, "--pixel-size", "0.5"])
+    assert done.exit_code == 0, done.output
+    assert not (tmp_path / "s3:").exists()
+    assert open_run(url).sizes["time"] == 6
+    info = runner.invoke(main, ["info", url])
+    assert info.exit_code == 0 and "6" in info.output, info.output
+    bad = runner.invoke(main, ["import", str(recording[0]), "xyz://b/run.zarr"])
+    assert bad.exit_code != 0
+    lines = [line for line in bad.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error:"), bad.output
+    assert "protocol 'xyz://'" in lines[0]
