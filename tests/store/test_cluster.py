@@ -134,19 +134,18 @@ def test_worker_killed_mid_measurement_results_identical(template, tmp_path, clu
     local = _copy(template, tmp_path / "local.zarr")
     measure_run(local, scheduler="synchronous")
     target = _copy(template, tmp_path / "dist.zarr")
-    killed: list[int] = []
+    killed: list[tuple[int, bool]] = []
     watcher = distributed.Client(address, timeout=60)
+    pids = watcher.run(os.getpid)  # worker address -> process id
+    assert sorted(pids.values()) == sorted(p.pid for p in workers)
 
     def progress(stage: str, done: int, total: int) -> None:
         if killed or done < 2:
             return
-        busy = {a for a, keys in watcher.processing().items() if keys}
-        for addr, worker in watcher.scheduler_info()["workers"].items():
-            proc = next((p for p in workers if p.pid == worker.get("pid")), None)
-            if proc is not None and addr in busy:
-                os.kill(proc.pid, signal.SIGKILL)
-                killed.append(done)
-                return
+        busy = [a for a, keys in watcher.processing().items() if keys and a in pids]
+        victim = busy[0] if busy else next(iter(pids))  # busy: it dies inside a chunk
+        os.kill(pids[victim], signal.SIGKILL)
+        killed.append((done, bool(busy)))
 
     try:
         try:
@@ -155,7 +154,8 @@ def test_worker_killed_mid_measurement_results_identical(template, tmp_path, clu
             pass
         except Exception as exc:  # the scheduler gave up on a chunk (KilledWorker)
             assert type(exc).__name__ == "KilledWorker", exc
-        assert killed and killed[0] < 12, "no worker was killed while chunks were running"
+        assert killed and killed[0][0] < 12, "no worker was killed while chunks were running"
+        assert killed[0][1], "the killed worker held no chunk"
         assert sum(p.poll() is not None for p in workers) == 1
         if stage_info(target)["measure"]["status"] != "finished":
             measure_run(target, client=address)  # the same command again resumes

@@ -415,13 +415,15 @@ def test_cli_import_and_info_on_s3_and_a_bad_url(bucket, recording, tmp_path, mo
     monkeypatch.chdir(tmp_path)
     url = f"{bucket}/cli.zarr"
     runner = CliRunner()
-    done = runner.invoke(main, ["import", str(recording[0]), url, "--pixel-size", "0.5"])
+    done = runner.invoke(
+        main, ["import", str(recording[0]), url, "--pixel-size", "0.5", "--interval", "10"]
+    )
     assert done.exit_code == 0, done.output
     assert not (tmp_path / "s3:").exists()
     assert open_run(url).sizes["time"] == 6
     info = runner.invoke(main, ["info", url])
     assert info.exit_code == 0 and "6" in info.output, info.output
-    bad = runner.invoke(main, ["import", str(recording[0]), "xyz://b/run.zarr"])
+    bad = runner.invoke(main, ["import", str(recording[0]), "xyz://b/run.zarr", "--interval", "1"])
     assert bad.exit_code != 0
     lines = [line for line in bad.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("Error:"), bad.output
