@@ -335,6 +335,38 @@ def test_s3_interrupted_measure_and_replacement_resume_identical(
     _same_measurement(url, local)
 
 
+@pytest.mark.slow
+def test_s3_import_overwrite_swaps_whole_store_and_recovers(bucket, recording, monkeypatch) -> None:
+    """import --overwrite of a finished store on S3: the new store is written beside it
+    and copied into place under a marker; killed inside that copy, the next writer
+    completes it from the marker."""
+    import crystalseg.store.stages as stages
+    from crystalseg.store import creating
+
+    url = f"{bucket}/run.zarr"
+    _import(recording, url)  # 10 s between frames
+    real_copy = stages.copy_tree
+
+    def copy_then_fail(source, target) -> None:
+        real_copy(source, target)
+        raise Interrupt("killed during the copy")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(stages, "copy_tree", copy_then_fail)
+        with pytest.raises(Interrupt, match="during the copy"):
+            import_run(recording[0], url, interval_s=20.0, frames_per_chunk=2, overwrite=True)
+    marker = run_path(f"{bucket}/.run.zarr.crystalseg-swap")
+    assert marker.read_text() == "copying"
+    with creating(url, "import"):  # what the next command on this run does first
+        pass
+    assert not marker.exists()
+    assert not run_path(f"{url}.crystalseg-new").exists()
+    ds = open_run(url)
+    np.testing.assert_array_equal(ds["time"].values, np.arange(6) * 20.0)
+    np.testing.assert_array_equal(ds["image"].values, np.load(recording[0]))
+    assert ds.attrs["pixel_size_um"] is None  # the new import's: none given this time
+
+
 def _wait_for(condition, timeout: float) -> bool:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
