@@ -27,8 +27,8 @@ from crystalseg.cli.options import (
     "out_dir",
     type=run_location,
     default=None,
-    help="Folder of the figures (default: <run>-plots next to the run; "
-    "compare-plots next to the first of several).",
+    help="Folder of the figures (default: RUN_plots beside RUN; compare_plots beside "
+    "the first of several).",
 )
 @click.option(
     "--format", "formats", default="png", show_default=True, help="Comma-separated: png,svg,pdf."
@@ -87,7 +87,8 @@ def plot(
     "--frames",
     type=FrameList(),
     default=None,
-    help="Frames to draw, e.g. 0,50,-1 (negative: from the end). Default: first, middle, last.",
+    help="Frames to draw, e.g. 0,50,-1 or 0-9 (negative: from the end) [default: first, "
+    "middle, last].",
 )
 @color_by_option
 @montage_option(9)

@@ -41,10 +41,15 @@ from crystalseg.store.location import RunLike, RunPath, remove_tree, run_path
 
 log = logging.getLogger(__name__)
 
+#: Names in the run store of what the measurement writes, declared once for writers
+#: and readers (:class:`crystalseg.measure.reader.MeasuredRun`).
 PSD_GROUP = "psd"
+WINDOW_GROUP = "psd_window"
 PARTICLES_GROUP = "particles"
 STAGING_GROUP = "_measure"
 STAGE = "measure"
+#: The groups a finished measurement leaves in the store (``psd_window`` only with ``window``).
+MEASURE_GROUPS: tuple[str, ...] = (PSD_GROUP, WINDOW_GROUP, PARTICLES_GROUP)
 
 #: Why a particle is not counted in the distributions, by the code stored in staging.
 EXCLUDED_REASONS: tuple[str, ...] = (
@@ -741,10 +746,10 @@ def suggest_window(psd: xr.Dataset, min_count: int | None = None) -> str | None:
 
 def _window_count(path: RunPath) -> int:
     """Windows in group ``psd_window`` (0 when the run has none)."""
-    where = path / "psd_window"
+    where = path / WINDOW_GROUP
     if not (where / "zarr.json").exists():
         return 0
-    with xr.open_zarr(str(path), group="psd_window", consolidated=False) as ds:
+    with xr.open_zarr(str(path), group=WINDOW_GROUP, consolidated=False) as ds:
         return int(ds.sizes.get(TIME, 0))
 
 
@@ -756,7 +761,12 @@ def _segment_resize(path: RunPath) -> float:
 
 __all__ = [
     "EXCLUDED_REASONS",
+    "MEASURE_GROUPS",
+    "PARTICLES_GROUP",
     "PARTICLE_COLUMNS",
+    "PSD_GROUP",
+    "STAGE",
+    "WINDOW_GROUP",
     "frame_counts",
     "iter_particles",
     "suggest_window",

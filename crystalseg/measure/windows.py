@@ -39,6 +39,7 @@ from crystalseg.measure.results import (
     PARTICLES_GROUP,
     PSD_GROUP,
     PSD_RENAMES,
+    WINDOW_GROUP,
     iter_particles,
     psd_variable_attrs,
     size_units,
@@ -48,8 +49,6 @@ from crystalseg.store import default_compressor
 from crystalseg.store.location import RunLike, remove_tree, run_path
 
 log = logging.getLogger(__name__)
-
-WINDOW_GROUP = "psd_window"
 
 _WINDOW_META: dict[str, tuple[str, str]] = {
     "count_per_frame": ("mean counted particles per frame of the window", "1"),

@@ -96,6 +96,9 @@ NEXT_GROUP = "_next"
 OLD_GROUP = "_old"
 #: Suffix of the provenance record (and progress array) of a replacement under way.
 NEXT_SUFFIX = ".next"
+#: Key of a stage record that holds how the caller asked for the stage beyond its
+#: settings (the SOP file it came from, an area given in um2): :func:`record_request`.
+REQUEST_KEY = "request"
 
 
 @dataclass
@@ -198,12 +201,16 @@ class StageProgress:
         write_ome_metadata(self.path)  # consolidates
 
 
-def _update_stage(path: RunPath, stage: str, **fields: Any) -> None:
+def _update_stage(path: RunPath, stage: str, *, drop: Sequence[str] = (), **fields: Any) -> None:
     group = open_group(path, "r+")
     provenance = read_provenance(group)
     stages = dict(provenance.get("stages", {}))
     info = dict(stages.get(stage, {}))
+    if not fields and not any(k in info for k in drop):
+        return
     info.update(jsonable(fields))
+    for name in drop:
+        info.pop(name, None)
     stages[stage] = info
     provenance["stages"] = stages
     group.attrs[PROVENANCE_KEY] = provenance
@@ -457,6 +464,7 @@ def begin_stage(
             crystalseg_version=crystalseg_version(),
             **({"outputs": list(outputs)} if replace else {}),
         )
+        _update_stage(path, key, drop=(REQUEST_KEY,))  # it described the run before
     owner = lock_owner() if holds_lock(path) else None
     progress = StageProgress(
         path, stage, n_frames, frames_per_chunk, replace, tuple(outputs), owner
@@ -479,6 +487,40 @@ def begin_stage(
             path,
         )
     return progress
+
+
+def record_request(path: RunLike, stage: str, request: Mapping[str, Any]) -> None:
+    """Record how the caller asked for a finished stage, beside its settings.
+
+    The settings say what the stage did, and decide whether a later call resumes it or
+    finds it finished; ``request`` says how it was asked for, e.g. the standard
+    operating procedure (SOP) file it came from (its path, sha256 and content) or an
+    area given in um2 and the pixels it came to. It is kept under
+    :data:`REQUEST_KEY` of the stage's record, merged with what is there, and dropped
+    when the stage is run again from the start, so it never describes other results.
+
+    Parameters
+    ----------
+    path : path of the run store
+    stage : a stage the store records as finished, e.g. ``"measure"``
+    request : JSON-serialisable mapping
+
+    Raises
+    ------
+    StageStateError
+        The stage has not finished on this store.
+    """
+    path = run_path(path)
+    with writing(path, stage):
+        info = stage_info(path).get(stage) or {}
+        if info.get("status") != "finished":
+            raise StageStateError(
+                f"stage '{stage}' of '{path}' has not finished (status "
+                f"{info.get('status', 'none')!r}); record the request once it has"
+            )
+        merged = {**(info.get(REQUEST_KEY) or {}), **jsonable(dict(request))}
+        _update_stage(path, stage, request=merged)  # REQUEST_KEY
+        consolidate(path)
 
 
 @contextmanager

@@ -123,6 +123,10 @@ class ReportSettings:
     dpi : int
         Resolution of the embedded plots and montage. Single-frame overlays keep
         their own, which shows the frame at (at least) its native resolution.
+    sop : mapping, optional
+        The standard operating procedure file the report was made from (``file``,
+        ``sha256``, ``content``, as ``crystalseg report --config`` records it); shown
+        with the settings.
     """
 
     basis: Basis = "number"
@@ -134,6 +138,7 @@ class ReportSettings:
     outside_bins_warning: float = 0.01
     min_count_warning: float = 0.2
     dpi: int = 100
+    sop: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.basis not in ("number", "volume"):
@@ -805,12 +810,33 @@ def _stage_highlights(
     return rows
 
 
+def _sop_block(sop: Mapping[str, Any] | None) -> str:
+    """The SOP file this report was made from: file, sha256 and every value it set."""
+    if not sop:
+        return ""
+    rows = [
+        ("file", _e(str(sop.get("file", "?")))),
+        ("sha256", f"<code>{_e(str(sop.get('sha256', '?')))}</code>"),
+        ("overridden by flags", _e(", ".join(sop.get("overridden") or ()) or "none")),
+        *(
+            (f"<code>{_e(k)}</code>", _e(_value_text(v)))
+            for k, v in _flatten(sop.get("content") or {})
+        ),
+    ]
+    return (
+        "<div class='stage'><h3 id='stage-report-sop'>report: standard operating "
+        f"procedure</h3>{_table(rows)}</div>"
+    )
+
+
 def _settings_section(
-    stages: Mapping[str, Mapping[str, Any]], mask_attrs: Mapping[str, Any]
+    stages: Mapping[str, Mapping[str, Any]],
+    mask_attrs: Mapping[str, Any],
+    sop: Mapping[str, Any] | None = None,
 ) -> str:
     if not stages:
-        return _section("settings", "<p>No stage has recorded its settings.</p>")
-    parts = []
+        return _section("settings", "<p>No stage has recorded its settings.</p>" + _sop_block(sop))
+    parts = [_sop_block(sop)]
     for name, info in stages.items():
         status = str(info.get("status", "?"))
         finished = _when(info["finished"]) if info.get("finished") else "not finished"
@@ -1082,7 +1108,7 @@ def render_report(
             "<p class='note'>Particle outlines drawn on the raw frames: check that the "
             "segmentation follows the crystals.</p>" + overlays_html,
         ),
-        _settings_section(stages, mask_attrs),
+        _settings_section(stages, mask_attrs, settings.sop),
     ]
     nav = "".join(f"<a href='#{sid}'>{_e(_TITLES[sid])}</a>" for sid in SECTION_IDS)
     n_warn = len(problems)

@@ -484,8 +484,8 @@ def test_cli_report_errors_are_one_line(measured: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["-q", "report", str(measured), "--frames", "0,last"])
     assert result.exit_code == 1
     assert result.output.strip().splitlines() == [
-        "Error: --frames '0,last' is not a comma-separated list of frame indices; "
-        "e.g. --frames 0,50,-1"
+        "Error: --frames '0,last' is not a comma-separated list of frame indices or ranges; "
+        "e.g. --frames 0,50,-1 or --frames 0-9,-1"
     ]
     result = CliRunner().invoke(cli, ["-q", "report", str(measured), "--frames", "0,6"])
     assert result.exit_code == 1
