@@ -267,3 +267,20 @@ def test_the_example_sop_sets_only_options_of_each_command(command: str) -> None
     options = {o.name: o for o in cli.commands[command].params}
     for name, value in sop["values"].items():
         options[name].type_cast_value(click.Context(cli.commands[command]), value)
+
+
+def test_report_meta_from_the_sop_and_the_command_line_add_up(
+    measured_template: Path, tmp_path: Path
+) -> None:
+    sop = tmp_path / "sop.toml"
+    sop.write_text('[report]\nmontage = 0\nmeta = ["instrument=probe 2"]\n', encoding="utf-8")
+    out = tmp_path / "r.html"
+    args = ["report", str(measured_template), "--config", str(sop), "-o", str(out), "--json"]
+    code, stdout, err = invoke(*args, "--meta", "batch=B-7")
+    assert code == 0, err
+    doc = json.loads(stdout)
+    assert doc["pdf"] is None and set(doc["sha256"]) == {str(out)}
+    header = out.read_text(encoding="utf-8").split("</header>")[0]
+    assert "<td>B-7</td>" in header and "<td>probe 2</td>" in header
+    code, _, err = invoke(*args, "--meta", "instrument=probe 3")
+    assert code != 0 and "--meta 'instrument' is given twice" in err

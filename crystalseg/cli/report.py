@@ -1,10 +1,11 @@
-"""``report``: a self-contained HTML report of a measured run."""
+"""``report``: a self-contained HTML report of a measured run, and its PDF."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from crystalseg.cli.base import Command, echo_json
 from crystalseg.cli.options import (
@@ -45,6 +46,15 @@ from crystalseg.cli.sop import config_option, sop_request
 )
 @montage_option(6)
 @color_by_option
+@click.option(
+    "--meta",
+    multiple=True,
+    metavar="KEY=VALUE,...",
+    help="Batch-record fields for the report's header, e.g. "
+    "'sample=API-7,batch=B-2291,operator=J. Doe,instrument=probe 2' (repeatable; "
+    "a comma inside a value is written \\,).",
+)
+@click.option("--pdf", is_flag=True, help="Also write the report as PDF beside the HTML.")
 @json_option
 @config_option
 @click.pass_context
@@ -56,21 +66,42 @@ def report(
     overlay_frames: tuple[int, ...],
     montage_n: int,
     color_by: str,
+    meta: tuple[str, ...],
+    pdf: bool,
     as_json: bool,
 ) -> None:
-    """Write a self-contained HTML report of a measured RUN.
+    """Write a self-contained HTML report of a measured RUN (and its PDF with --pdf).
 
-    Run metadata and calibration, warnings, a D10/D50/D90 summary, the PSD figures,
-    segmentation overlays and the settings of every stage, in one file that opens
-    offline in any browser.
+    Batch-record fields (--meta), run metadata, calibration and model, warnings, a
+    D10/D50/D90 summary and D-values over time, the PSD figures, segmentation
+    overlays and the settings of every stage, in one file that opens offline in any
+    browser. Each file gets a NAME.sha256 beside it; the digests are printed.
 
     \b
     Example:
       crystalseg report run.zarr -o run_report.html --frames 0,50,-1
+      crystalseg report run.zarr --pdf --meta 'sample=API-7,batch=B-2291'
       crystalseg report run.zarr --config sop.toml --json
     """
-    from crystalseg.viz.report import ReportSettings, write_report
+    from crystalseg.errors import ConfigError
+    from crystalseg.viz.report import (
+        ReportSettings,
+        parse_meta,
+        pdf_path,
+        report_sha256,
+        write_report,
+    )
 
+    # An SOP file's meta and --meta add up (an SOP keeps the instrument, the command
+    # line names the sample and batch); a field in both is refused, never replaced.
+    given = list(meta)
+    if ctx.get_parameter_source("meta") == ParameterSource.COMMANDLINE:
+        from_file = (ctx.default_map or {}).get("meta") or ()
+        given = [*([from_file] if isinstance(from_file, str) else from_file), *meta]
+    try:
+        fields = parse_meta(given)
+    except ConfigError as exc:  # the messages start with "meta"
+        raise ConfigError(f"--{exc}") from None
     settings = ReportSettings(
         basis=basis,  # type: ignore[arg-type]
         overlay_frames=overlay_frames,
@@ -78,11 +109,15 @@ def report(
         color_by=color_by,  # type: ignore[arg-type]
         sop=sop_request(ctx),
     )
-    path, problems = write_report(run, output, settings=settings)
+    path, problems = write_report(run, output, settings=settings, meta=fields, pdf=pdf)
+    written = [path, pdf_path(path)] if pdf else [path]
+    digests = {str(file): report_sha256(file) for file in written}
     if as_json:
         echo_json(
             {
                 "report": path,
+                "pdf": written[1] if pdf else None,
+                "sha256": digests,
                 "warnings": [
                     {"code": p.code, "message": p.message, "frames": list(p.frames)}
                     for p in problems
@@ -93,5 +128,9 @@ def report(
     from crystalseg.summary import counted
 
     click.echo(f"report written to {path} ({counted(len(problems), 'warning')})")
+    if pdf:
+        click.echo(f"PDF written to {written[1]}")
+    for file, digest in digests.items():
+        click.echo(f"sha256 {digest}  {file}")
     for problem in problems:
         click.echo(f"  warning: {problem.message}")

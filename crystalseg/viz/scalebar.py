@@ -25,6 +25,9 @@ from crystalseg.errors import ConfigError
 
 #: The bar spans at most this fraction of the frame's width.
 SCALE_BAR_FRACTION = 0.2
+
+#: ``gid`` of a scale bar's artist: an axes that has one gets no second bar.
+SCALE_BAR_GID = "scale-bar"
 #: Colours of the bar and its label, and of the box behind them (readable on
 #: bright-field frames, which are mostly light, and on dark ones).
 SCALE_BAR_COLOR = "black"
@@ -159,13 +162,14 @@ def add_scale_bar(
     artist.patch.set_facecolor(SCALE_BAR_BOX)
     artist.patch.set_alpha(0.75)
     artist.patch.set_edgecolor("none")
-    artist.set_gid("scale-bar")
+    artist.set_gid(SCALE_BAR_GID)
     ax.add_artist(artist)
     return artist
 
 
 __all__ = [
     "SCALE_BAR_FRACTION",
+    "SCALE_BAR_GID",
     "ScaleBar",
     "add_scale_bar",
     "scale_bar_length",
