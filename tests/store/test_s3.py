@@ -237,8 +237,8 @@ def test_s3_run_measures_like_local(bucket, recording, tmp_path, store_mask) -> 
 def test_s3_pipeline_import_segment_measure_export_equals_local(
     bucket, recording, tmp_path
 ) -> None:
-    """The whole chain with the bundled model, on S3 and on disk; the export written
-    both to a local folder and to S3."""
+    """The whole chain with the bundled model, on S3 and on disk; the report written
+    beside the run on S3, the export both to a local folder and to S3."""
     import fsspec
 
     from crystalseg.export import export_run
@@ -253,6 +253,11 @@ def test_s3_pipeline_import_segment_measure_export_equals_local(
     np.testing.assert_array_equal(masks[0], masks[1])
     assert masks[0].any()
     _same_measurement(url, local)
+    from crystalseg.viz.report import write_report
+
+    html, _ = write_report(url)  # beside the run, on S3
+    assert str(html) == f"{bucket}/run_report.html"
+    assert html.read_text(encoding="utf-8").lstrip().lower().startswith("<!doctype html")
     remote_out = export_run(url, f"{bucket}/exports")
     local_out = export_run(local, tmp_path / "exports")
     fs = fsspec.filesystem("s3")
