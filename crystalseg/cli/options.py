@@ -13,7 +13,25 @@ from typing import Any, Literal
 
 import click
 
-run_argument = click.argument("run", type=click.Path(path_type=Path))
+
+class RunLocation(click.ParamType):
+    """A run store (or an output) given as a local path or as a URL on object storage
+    (``s3://bucket/run.zarr``): a ``Path``, or a ``UPath`` for a URL
+    (:func:`crystalseg.store.run_path`). ``click.Path`` would turn ``s3://b/r`` into the
+    local ``s3:/b/r``; a URL no installed file system reads is one ``Error:`` line."""
+
+    name = "PATH|URL"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        from crystalseg.store import run_path
+
+        return run_path(value)
+
+
+#: The type of every run argument and of outputs that may go to object storage.
+run_location = RunLocation()
+
+run_argument = click.argument("run", type=run_location)
 
 
 class FrameList(click.ParamType):
