@@ -33,7 +33,7 @@ figures separate the model's errors from those of splitting and measuring.
 
 Prints one JSON document. Usage::
 
-    python benchmarks/accuracy.py [--model DIR] [--seeds 1 2] [--frames 12] [--size 512] [--tta]
+    python benchmarks/accuracy.py [--model DIR] [--seeds 1 2] [--n-frames 12] [--size 512] [--tta]
         [--resize F]
         [--split auto|hybrid|...] [--no-trim-boundary] [--min-confidence P (negative: off)]
         [--min-area PX]
@@ -377,7 +377,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="checkpoint directory (default: bundled)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--frames", type=int, default=12)
+    parser.add_argument("--n-frames", dest="frames", type=int, default=12)
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--min-count", type=int, default=5)
     parser.add_argument("--tta", action="store_true", help="test-time augmentation (8 views)")

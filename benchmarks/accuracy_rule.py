@@ -31,7 +31,7 @@ splitting and measuring.
 
 Prints one JSON document. Usage::
 
-    python benchmarks/accuracy_rule.py [--model DIR] [--frames 10] [--size 512]
+    python benchmarks/accuracy_rule.py [--model DIR] [--n-frames 10] [--size 512]
         [--seeds 501] [--window 5] [--scenarios clear ...] [--looks bright-field ...]
 """
 
@@ -175,7 +175,7 @@ def run_pair(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="checkpoint DIR (default: bundled)")
-    parser.add_argument("--frames", type=int, default=10)
+    parser.add_argument("--n-frames", dest="frames", type=int, default=10)
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--seeds", type=int, nargs="+", default=[501])
     parser.add_argument("--window", default="5", help="frames (or seconds, '60s') per window")

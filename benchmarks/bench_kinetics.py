@@ -4,7 +4,7 @@ Prints one JSON document. Parts (choose with ``--parts``):
 
 * ``scale``: tracking + growth + nucleation on a streamed particle table of
   ``--crystals`` crystals per frame (``simulate_frames``: no images, the table of
-  a long run made frame by frame), at 200 and at ``--frames`` frames, each in its
+  a long run made frame by frame), at 200 and at ``--n-frames`` frames, each in its
   own process: frames/s, and peak memory (max RSS) beside the baseline of the
   same process that only makes the frames. The chord lengths, which need the
   masks, are timed per frame on a mask of the same crowding (``cld_s_per_frame``).
@@ -18,7 +18,7 @@ Prints one JSON document. Parts (choose with ``--parts``):
   crystals, nucleation onset against the first true nucleation, birth rate
   against the true births seen in the field.
 
-Example: ``python benchmarks/bench_kinetics.py --parts scale --frames 2000``.
+Example: ``python benchmarks/bench_kinetics.py --parts scale --n-frames 2000``.
 """
 
 from __future__ import annotations
@@ -409,7 +409,9 @@ def bench_linkers(frames: int, size: int, seed: int, scenario: str) -> dict[str,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--parts", default="scale,linkers,accuracy")
-    parser.add_argument("--frames", type=int, default=2000, help="frames of the scale run")
+    parser.add_argument(
+        "--n-frames", dest="frames", type=int, default=2000, help="frames of the scale run"
+    )
     parser.add_argument("--crystals", type=int, default=300)
     parser.add_argument("--run-frames", type=int, default=40, help="frames of the synth runs")
     parser.add_argument("--run-size", type=int, default=384)

@@ -23,7 +23,7 @@ at IoU 0.5 against the visible pieces of the crystals, over-split and merge
 rates, count error, and the error of the number-based D50 and of the count
 against the truth table (edge crystals excluded, same size limit).
 
-    python benchmarks/bench_measure.py [--frames 200] [--workers N]
+    python benchmarks/bench_measure.py [--n-frames 200] [--workers N]
     python benchmarks/bench_measure.py --accuracy [--seeds 100-104]
 """
 
@@ -291,7 +291,7 @@ def evaluate_accuracy(seeds: list[int], frames_at: tuple[int, ...], size: int) -
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--frames", type=int, default=200)
+    parser.add_argument("--n-frames", dest="frames", type=int, default=200)
     parser.add_argument("--memory-frames", type=int, nargs="+", default=[200, 2000])
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--repeat", type=int, default=5)

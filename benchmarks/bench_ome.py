@@ -11,7 +11,7 @@ document with, on the same store:
 - ``later_call_s``: a call with the mask unchanged (metadata only);
 - ``label_bytes`` against ``mask_bytes`` on disk.
 
-Usage: ``python benchmarks/bench_ome.py [--frames 64] [--size 1024]``
+Usage: ``python benchmarks/bench_ome.py [--n-frames 64] [--size 1024]``
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def _bytes(folder: Path) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--frames", type=int, default=64)
+    parser.add_argument("--n-frames", dest="frames", type=int, default=64)
     parser.add_argument("--size", type=int, default=1024)
     args = parser.parse_args()
     from crystalseg import store

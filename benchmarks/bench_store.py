@@ -13,7 +13,7 @@ run:
 - ``memory_flat``: peak RSS of importing 50 vs 200 frames (should be about equal;
   the ~180 MB floor is the interpreter with numpy, zarr, dask and xarray loaded).
 
-Usage: ``python benchmarks/bench_store.py [--frames 200] [--size 1024]``
+Usage: ``python benchmarks/bench_store.py [--n-frames 200] [--size 1024]``
 """
 
 from __future__ import annotations
@@ -129,7 +129,7 @@ def child(mode: str, src: Path, dest: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--frames", type=int, default=200)
+    parser.add_argument("--n-frames", dest="frames", type=int, default=200)
     parser.add_argument("--size", type=int, default=1024)
     args = parser.parse_args()
 

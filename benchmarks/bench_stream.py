@@ -17,7 +17,7 @@ fork). ``speedup`` is two-pass wall time over streaming wall
 time, both measured in this run; ``bound_s`` is what perfect overlap would give
 (the longer of the two stages of the two-pass run).
 
-    python benchmarks/bench_stream.py [--frames 48] [--size 512] [--device cpu]
+    python benchmarks/bench_stream.py [--n-frames 48] [--size 512] [--device cpu]
         [--frames-per-chunk 4] [--scheduler processes] [--workers N] [--repeat 1]
 """
 
@@ -164,7 +164,7 @@ def run_mode(args: argparse.Namespace, template: Path, mode: str, tmp: Path) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--frames", type=int, default=48)
+    parser.add_argument("--n-frames", dest="frames", type=int, default=48)
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--frames-per-chunk", type=int, default=4)
     parser.add_argument("--scenario", default="mixed")

@@ -57,7 +57,7 @@ class Timed:
 
     def __init__(self, data, encoder: str, *, batch_size: int, device: str | None) -> None:
         self.learner = unet_learner(
-            data, encoder, init="none", batch_size=batch_size, device=device, progress=False
+            data, encoder=encoder, init="none", batch_size=batch_size, device=device, progress=False
         )
         self.encoder = encoder
         self.batch_size = batch_size

@@ -12,7 +12,7 @@ Two studies, one JSON document:
    them, ECD in px, with the ties that whole pixels make); its median is the truth.
    A frame of n crystals is n of them drawn at random (with replacement), exactly
    a random sample of that population, as a frame is of the crystals in a vessel.
-   Reported: for each n, the share of ``--frames`` frames whose stated interval of
+   Reported: for each n, the share of ``--n-frames`` frames whose stated interval of
    the number-based D50 contains the truth (the issue asks for 93-97 % from n = 5
    to 500), with its binomial standard error, and the coverage of every other
    interval (bootstrap ones on fewer frames).
@@ -28,7 +28,7 @@ frame of 64 crystals from its mask.
 
 Usage::
 
-    python benchmarks/coverage.py [--pool 20000] [--frames 1000] [--boot-frames 200]
+    python benchmarks/coverage.py [--pool 20000] [--n-frames 1000] [--boot-frames 200]
         [--resamples 400] [--seed 0]
 """
 
@@ -168,7 +168,9 @@ def interval_cost(pool: np.ndarray, seed: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pool", type=int, default=20000, help="crystals in the population")
-    parser.add_argument("--frames", type=int, default=1000, help="frames per n for D50")
+    parser.add_argument(
+        "--n-frames", dest="frames", type=int, default=1000, help="frames per n for D50"
+    )
     parser.add_argument("--boot-frames", type=int, default=200, help="frames per n, bootstrap")
     parser.add_argument("--resamples", type=int, default=400, help="bootstrap resamples")
     parser.add_argument("--seed", type=int, default=0)

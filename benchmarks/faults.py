@@ -464,7 +464,7 @@ def read_only(w: Path, b: Bases) -> Iterator[Case]:
     run, raw = ro / "run.zarr", ro / "raw.zarr"
     for name, argv in (
         ("import into it", ["import", str(ro / "src.tif"), str(ro / "new.zarr")]),
-        ("synth into it", ["synth", str(ro / "s.zarr"), "--frames", "2", "--size", "64", "64"]),
+        ("synth into it", ["synth", str(ro / "s.zarr"), "--n-frames", "2", "--size", "64", "64"]),
         ("segment a store in it", ["segment", str(raw)]),
         ("measure a store in it", ["measure", str(raw)]),
         ("calibrate a store in it", ["calibrate", str(run), "--pixel-size", "0.5"]),
@@ -522,7 +522,7 @@ def disk_full(w: Path, b: Bases) -> Iterator[Case]:
     run, raw = disk / "run.zarr", disk / "raw.zarr"
     for name, argv in (
         ("import onto it", ["import", str(src), str(disk / "new.zarr"), "--interval", "1"]),
-        ("synth onto it", ["synth", str(disk / "s.zarr"), "--frames", "2", "--size", "64", "64"]),
+        ("synth onto it", ["synth", str(disk / "s.zarr"), "--n-frames", "2", "--size", "64", "64"]),
         ("segment a store on it", ["segment", str(raw)]),
         ("calibrate a store on it", ["calibrate", str(run), "--pixel-size", "0.5"]),
         ("plot onto it", ["plot", str(run)]),

@@ -86,7 +86,7 @@ def main() -> None:
         for init in ("default", "none"):
             t0 = time.perf_counter()
             out = train_model(
-                TrainSettings(
+                TrainSettings.from_flat(
                     data=(pairs,),
                     codes=("background", "crystal"),
                     output_dir=Path(tmp) / f"model-{init}",

@@ -46,7 +46,7 @@ def figures(ev: Evaluation) -> dict:
 def finetune(data: Path, out: Path, epochs: int) -> dict:
     t0 = time.perf_counter()
     result = train_model(
-        TrainSettings(
+        TrainSettings.from_flat(
             data=(data / "train",),
             codes=CODES,
             instances=True,
@@ -114,7 +114,7 @@ def one_frame(data: Path, name: str, work: Path, epochs: int) -> dict:
     zero = evaluate_model(work / "bottom", instances=True, baseline=None)
     t0 = time.perf_counter()
     result = train_model(
-        TrainSettings(
+        TrainSettings.from_flat(
             data=(work / "top",),
             codes=CODES,
             instances=True,

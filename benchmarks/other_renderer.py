@@ -35,7 +35,7 @@ a JPEG of quality Q (the 8x8 block artefacts of recordings exported lossy).
 
 Prints one JSON document. Usage::
 
-    python benchmarks/other_renderer.py [--models default DIR ...] [--frames 12]
+    python benchmarks/other_renderer.py [--models default DIR ...] [--n-frames 12]
         [--first-seed 1000] [--looks ...] [--no-trim-boundary]
         [--magnification 4 --resize 0.5] [--motion-blur 9] [--jpeg 50]
         [--min-confidence 0.8]
@@ -161,7 +161,7 @@ def _scores(frames, masks, codes, settings: MeasureSettings, probabilities=None)
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["default"], help="'default' or DIRs")
-    parser.add_argument("--frames", type=int, default=12, help="frames per look")
+    parser.add_argument("--n-frames", dest="frames", type=int, default=12, help="frames per look")
     parser.add_argument(
         "--first-seed",
         type=int,

@@ -39,6 +39,7 @@ _LAZY = {
     "export_run": "crystalseg.export",
     "ExportSettings": "crystalseg.export",
     "MeasureSettings": "crystalseg.measure",
+    "MeasuredRun": "crystalseg.measure",
     "evaluate_model": "crystalseg.evaluate",
 }
 

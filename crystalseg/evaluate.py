@@ -195,6 +195,14 @@ def save_comparison(results: Mapping[float, Evaluation], path: PathLike) -> Path
     return _write_scores(path, document, table)
 
 
+def best_resize_factor(results: Mapping[float, Evaluation]) -> float | None:
+    """The resize factor of the highest mean particle F1 among ``results`` (factor ->
+    :class:`Evaluation`), or None when no factor has one (no crystals to match)."""
+    scored = {k: r.summary["f1_mean"] for k, r in results.items()}
+    scored = {k: v for k, v in scored.items() if v is not None}
+    return max(scored, key=lambda k: scored[k]) if scored else None
+
+
 def _json_value(v: Any) -> Any:
     if isinstance(v, np.generic):
         v = v.item()
@@ -553,6 +561,7 @@ __all__ = [
     "FRAME_COLUMNS",
     "SCORE_SUFFIXES",
     "Evaluation",
+    "best_resize_factor",
     "evaluate_model",
     "score_frame",
     "summarize_scores",

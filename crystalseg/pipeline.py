@@ -21,7 +21,6 @@ import logging
 import os
 from collections.abc import Callable
 from contextlib import closing
-from pathlib import Path
 from typing import Any, Literal
 
 import xarray as xr
@@ -39,12 +38,13 @@ from crystalseg.measure.run import (
 )
 from crystalseg.segment import Segmenter, segment_run, stream_segment_run
 from crystalseg.store import open_run, writing
+from crystalseg.store.location import RunLike, run_path
 
 log = logging.getLogger(__name__)
 
 
 def segment_and_measure(
-    run: str | os.PathLike[str],
+    run: RunLike,
     *,
     model: str | os.PathLike[str] | Segmenter | None = None,
     options: MeasureOptions | None = None,
@@ -78,7 +78,7 @@ def segment_and_measure(
     options = MeasureOptions() if options is None else options
     if stream not in (True, False, "auto"):
         raise ConfigError(f"stream must be True, False or 'auto', got {stream!r}")
-    path = Path(run).resolve()
+    path = run_path(run, resolve=True)
     open_run(path)  # checks the store is a complete run
     with writing(path, STAGE):  # held once for both stages
         if needs_segmentation(path):

@@ -304,11 +304,10 @@ def format_resize_comparison(results: Any, written: Any = None) -> str:
             f"  {factor:<6g}  {iou:<6}  {f1:<11}  {_pct(s['count_error_median_abs']):<9}  "
             f"{_pct(s['d50_error_median_abs']):<7}  {off}"
         )
-    scored = {
-        k: r.summary["f1_mean"] for k, r in results.items() if r.summary["f1_mean"] is not None
-    }
-    if scored:
-        best = max(scored, key=lambda k: scored[k])
+    from crystalseg.evaluate import best_resize_factor
+
+    best = best_resize_factor(results)
+    if best is not None:
         lines.append(f"  best particle F1 at --resize {best:g}")
     if written is not None:
         lines.append(f"  scores           {written}")

@@ -127,7 +127,7 @@ def test_synth_writes_run_with_truth_and_pairs(tmp_path: Path) -> None:
     code, out = run(
         "synth",
         str(tmp_path / "s.zarr"),
-        "--frames",
+        "--n-frames",
         "3",
         "--size",
         "96",
@@ -152,7 +152,7 @@ def test_synth_writes_run_with_truth_and_pairs(tmp_path: Path) -> None:
     code, out = run(
         "synth",
         str(tmp_path / "b.zarr"),
-        "--frames",
+        "--n-frames",
         "1",
         "--size",
         "96",
@@ -322,7 +322,7 @@ def test_measure_stream_flag_gives_the_same_results(tmp_path: Path) -> None:
     results = []
     for flag in ("--stream", "--no-stream"):
         path = tmp_path / f"run{flag}.zarr"
-        code, out = run("synth", str(path), "--frames", "4", "--size", "96", "96", "--seed", "3")
+        code, out = run("synth", str(path), "--n-frames", "4", "--size", "96", "96", "--seed", "3")
         assert code == 0, out
         code, out = run("measure", str(path), flag)
         assert code == 0, out
@@ -337,7 +337,7 @@ def test_measure_tta_segments_with_test_time_augmentation(tmp_path: Path) -> Non
     from crystalseg.store import stage_info
 
     path = tmp_path / "run.zarr"
-    code, out = run("synth", str(path), "--frames", "2", "--size", "64", "64", "--seed", "4")
+    code, out = run("synth", str(path), "--n-frames", "2", "--size", "64", "64", "--seed", "4")
     assert code == 0, out
     code, out = run("measure", str(path), "--tta", "--no-stream")
     assert code == 0, out
@@ -352,7 +352,7 @@ def test_measure_resize_segments_at_that_factor(tmp_path: Path) -> None:
     from crystalseg.store import stage_info
 
     path = tmp_path / "run.zarr"
-    code, out = run("synth", str(path), "--frames", "2", "--size", "64", "64", "--seed", "4")
+    code, out = run("synth", str(path), "--n-frames", "2", "--size", "64", "64", "--seed", "4")
     assert code == 0, out
     code, out = run("measure", str(path), "--resize", "0.5", "--no-stream")
     assert code == 0, out
@@ -369,7 +369,7 @@ def test_resize_takes_a_factor_or_auto(tmp_path: Path) -> None:
     from crystalseg.store import stage_info
 
     path = tmp_path / "run.zarr"
-    code, out = run("synth", str(path), "--frames", "3", "--size", "160", "160", "--seed", "21")
+    code, out = run("synth", str(path), "--n-frames", "3", "--size", "160", "160", "--seed", "21")
     assert code == 0, out
     code, out = run("segment", str(path), "--resize", "auto")
     assert code == 0 and "shrunk" not in out, out
@@ -388,7 +388,7 @@ def test_measure_engine_options_load_no_model_when_the_run_has_a_mask(
     import crystalseg.segment
 
     path = tmp_path / "run.zarr"
-    code, out = run("synth", str(path), "--frames", "2", "--size", "64", "64", "--seed", "4")
+    code, out = run("synth", str(path), "--n-frames", "2", "--size", "64", "64", "--seed", "4")
     assert code == 0, out
     store_mask(path, np.asarray(xr.open_zarr(path, group="truth")["labels"].values > 0, np.uint8))
 
@@ -455,7 +455,7 @@ def test_measure_counts_a_needle_behind_another_once_unless_told_not_to(
     from crystalseg.store import read_table, stage_info
 
     path = tmp_path / "run.zarr"
-    code, out = run("synth", str(path), "--frames", "2", "--size", "160", "160", "--seed", "5")
+    code, out = run("synth", str(path), "--n-frames", "2", "--size", "160", "160", "--seed", "5")
     assert code == 0, out
     codes = ("background", "crystal", "boundary")
     truth = np.zeros((160, 160), np.int32)
@@ -481,7 +481,7 @@ def test_measure_window_and_min_count(tmp_path: Path, store_mask) -> None:
     """--window pools frames into group psd_window; --min-count sets the D-value floor; a
     window that is no length is one Error line."""
     path = tmp_path / "run.zarr"
-    assert run("synth", str(path), "--frames", "3", "--size", "96", "96", "--seed", "5")[0] == 0
+    assert run("synth", str(path), "--n-frames", "3", "--size", "96", "96", "--seed", "5")[0] == 0
     truth = np.zeros((96, 96), np.int32)
     truth[20:30, 20:30], truth[50:60, 40:52] = 1, 2
     store_mask(path, np.stack([truth > 0] * 3).astype(np.uint8))
@@ -507,7 +507,7 @@ def test_measure_trims_a_rim_drawn_two_pixels_wide_unless_told_not_to(
     from crystalseg.store import read_table, stage_info
 
     path = tmp_path / "run.zarr"
-    code, out = run("synth", str(path), "--frames", "2", "--size", "160", "160", "--seed", "5")
+    code, out = run("synth", str(path), "--n-frames", "2", "--size", "160", "160", "--seed", "5")
     assert code == 0, out
     codes = ("background", "crystal", "boundary")
     labels = xr.open_zarr(path, group="truth")["labels"].values
@@ -582,7 +582,7 @@ def test_measure_and_segment_option_errors_name_the_options(tmp_path: Path) -> N
     """Bad --bins, --min-area and --tile-size are usage errors (exit 2) in the options'
     own words, before any work."""
     path = tmp_path / "r.zarr"
-    assert run("synth", str(path), "--frames", "1", "--size", "64", "64")[0] == 0
+    assert run("synth", str(path), "--n-frames", "1", "--size", "64", "64")[0] == 0
     for args, needle in (
         (["measure", str(path), "--bins", "0", "100", "10"], "--bins 1 1000 60"),
         (["measure", str(path), "--bins", "1", "1000", "0"], "'--bins'"),

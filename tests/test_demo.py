@@ -80,7 +80,18 @@ def test_cli_demo_overwrites_only_its_files_and_prints_where(tmp_path: Path) -> 
     folder = tmp_path / "lab"
     folder.mkdir()
     (folder / "notes.txt").write_text("keep me")
-    args = ["-q", "demo", str(folder), "--frames", "3", "--size", "96", "96", "--scenario", "clear"]
+    args = [
+        "-q",
+        "demo",
+        str(folder),
+        "--n-frames",
+        "3",
+        "--size",
+        "96",
+        "96",
+        "--scenario",
+        "clear",
+    ]
     refused = CliRunner().invoke(cli, args)
     assert refused.exit_code == 1
     assert refused.output.startswith("Error: ") and "--overwrite" in refused.output

@@ -264,10 +264,15 @@ def test_cli_writes_scores_and_prints_a_summary(
             "0.5",
             "-o",
             str(scores),
+            "--json",
         ],
     )
     assert half.exit_code == 0, half.output
-    assert json.loads(scores.read_text())["settings"]["resize"] == 0.5
+    written = json.loads(scores.read_text())
+    assert written["settings"]["resize"] == 0.5
+    printed = json.loads(half.stdout)  # --json: the summary as one document on stdout
+    assert printed["summary"] == written["summary"] and printed["output"] == str(scores)
+    assert printed["settings"] == written["settings"] and printed["min_area"] is None
     # the default, auto, chooses one factor for the frames: 1 at the model's own scale
     auto = tmp_path / "auto.json"
     args = ["-q", "evaluate", str(pairs), "--mask-values", "0,255", "-o", str(auto)]
@@ -300,6 +305,13 @@ def test_cli_compares_resize_factors(tmp_path: Path, annotated: tuple[Path, Path
     at_one = table[table["resize"] == 1.0].reset_index(drop=True)
     np.testing.assert_allclose(at_one["fg_iou"], plain["fg_iou"], atol=1e-9)
     doc = tmp_path / "cmp.json"
-    assert CliRunner().invoke(cli, [*args, "--resize", "1,0.5", "-o", str(doc)]).exit_code == 0
+    printed = CliRunner().invoke(cli, [*args, "--resize", "1,0.5", "-o", str(doc), "--json"])
+    assert printed.exit_code == 0, printed.output
     scores = json.loads(doc.read_text())["resize"]
     assert set(scores) == {"1", "0.5"} and scores["0.5"]["settings"]["resize"] == 0.5
+    summary = json.loads(printed.stdout)
+    assert {k: v["summary"] for k, v in summary["resize"].items()} == {
+        k: v["summary"] for k, v in scores.items()
+    }
+    best = result.output.split("best particle F1 at --resize ")[1].split()[0]
+    assert summary["best_resize"] == float(best)

@@ -13,7 +13,6 @@ import xarray as xr
 import zarr
 from click.testing import CliRunner
 
-from crystalseg import export as export_module
 from crystalseg.cli import cli
 from crystalseg.dims import DEFAULT_CODES
 from crystalseg.errors import ConfigError, StageStateError
@@ -25,6 +24,7 @@ from crystalseg.export import (
     export_run,
     round_significant,
 )
+from crystalseg.export import writers as export_writers
 from crystalseg.measure import MeasureSettings, measure_run
 from crystalseg.measure.results import particle_column_attrs
 from crystalseg.store import read_run_attrs, read_table, set_calibration, write_table
@@ -319,7 +319,7 @@ def test_xlsx_refuses_tables_longer_than_a_sheet(
     run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The psd table has 4 x 60 rows; pretend a sheet holds 100, as Excel holds 1,048,576.
-    monkeypatch.setattr(export_module, "EXCEL_MAX_ROWS", 100)
+    monkeypatch.setattr(export_writers, "EXCEL_MAX_ROWS", 100)
     with pytest.raises(ConfigError, match=r"psd table .* 240 rows, more than the 99"):
         export_run(run, tmp_path / "out", settings=ExportSettings(format="xlsx"))
     assert not (tmp_path / "out").exists()  # refused before anything is written
@@ -428,7 +428,7 @@ def test_cli_errors_are_one_line(run: Path, tmp_path: Path) -> None:
     res = runner.invoke(cli, ["export", str(bare)])
     assert res.exit_code == 1
     assert len(res.output.strip().splitlines()) == 1
-    assert "has no finished measurement to export" in res.output
+    assert "has not been measured" in res.output
     assert list(tmp_path.glob("bare_*")) == []
 
 

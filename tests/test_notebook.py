@@ -71,7 +71,7 @@ def test_notebook_is_stored_without_outputs() -> None:
     tagged = [c for c in code if "parameters" in c.get("metadata", {}).get("tags", [])]
     assert len(tagged) == 1
     text = "\n".join(_source(c) for c in code)
-    for needle in ("synthesize_run", "segment_and_measure", 'xr.open_zarr(run_path, group="psd")'):
+    for needle in ("synthesize_run", "segment_and_measure", "MeasuredRun(run_path)"):
         assert needle in text
     assert "plot_psd_heatmap" in text and "d50_number" in text
 

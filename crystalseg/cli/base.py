@@ -5,10 +5,12 @@ callbacks, and the run summary that import, calibrate, synth and info print."""
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import sys
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -137,10 +139,30 @@ def run_info(run: Path) -> dict[str, Any]:
 
 
 def echo_info(run: Path) -> None:
+    """Print the run summary of :func:`run_info` in words."""
     from crystalseg.summary import format_run_info
 
     click.echo(format_run_info(run_info(run)))
 
 
+def echo_json(document: Mapping[str, Any]) -> None:
+    """Print ``document`` as one JSON document on stdout (``--json``): numpy values as
+    numbers, paths as text, NaN and infinity as null (strict JSON, which every parser
+    reads). Logs, warnings and progress bars stay on stderr."""
+    from crystalseg.store.core import jsonable
+
+    def finite(value: Any) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: finite(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [finite(v) for v in value]
+        return value
+
+    click.echo(json.dumps(finite(jsonable(dict(document))), indent=2, allow_nan=False))
+
+
 def comma_list(text: str) -> tuple[str, ...]:
+    """``"a, b,,c"`` -> ``("a", "b", "c")``."""
     return tuple(c.strip() for c in text.split(",") if c.strip())

@@ -8,13 +8,10 @@ from typing import Any
 
 import click
 
-from crystalseg.cli.base import (
-    Command,
-    comma_list,
-    stage_bars,
-)
+from crystalseg.cli.base import Command, comma_list, echo_json, stage_bars
 from crystalseg.cli.options import (
     instances_option,
+    json_option,
     measure_filter_options,
     measure_settings,
     model_option,
@@ -71,6 +68,7 @@ from crystalseg.cli.options import (
     default=None,
     help="Write the scores: .json (summary and frames) or .csv (one row per frame).",
 )
+@json_option
 @click.pass_context
 def evaluate(
     ctx: click.Context,
@@ -86,6 +84,7 @@ def evaluate(
     resize: str,
     baseline: str,
     output: Path | None,
+    as_json: bool,
     **filters: Any,
 ) -> None:
     """Score a model's measurement on annotated DATA: IoU, F1, count, D50, outlines.
@@ -98,7 +97,12 @@ def evaluate(
     Example:
       crystalseg evaluate annotated/ --mask-values 0,255 -o scores.csv
     """
-    from crystalseg.evaluate import SCORE_SUFFIXES, evaluate_model, save_comparison
+    from crystalseg.evaluate import (
+        SCORE_SUFFIXES,
+        best_resize_factor,
+        evaluate_model,
+        save_comparison,
+    )
     from crystalseg.summary import format_evaluation, format_resize_comparison
     from crystalseg.train.masks import parse_mask_values
 
@@ -113,7 +117,9 @@ def evaluate(
             )
         check_output_folder(output.parent)
     factors = _resize_factors(resize)
-    settings = measure_settings(filters)
+    settings, min_area = measure_settings(
+        filters, pixel_size_um=pixel_size_um, calibrate="pass --pixel-size UM of the images"
+    )
     rule = parse_mask_values(mask_values) if mask_values else None
     results = {}
     with stage_bars(ctx.obj["quiet"]) as update:
@@ -139,11 +145,28 @@ def evaluate(
         result = results[factors[0]]
         if output is not None:
             result.save(output)
-        click.echo(format_evaluation(result, output))
+        if as_json:
+            scores = result.to_dict()
+            echo_json({"summary": scores["summary"], "settings": scores["settings"],
+                       "min_area": min_area, "output": output})  # fmt: skip
+        else:
+            click.echo(format_evaluation(result, output))
         return
     if output is not None:
         save_comparison(results, output)
-    click.echo(format_resize_comparison(results, output))
+    if as_json:
+        by_factor = {f"{k:g}": r.to_dict() for k, r in results.items()}
+        echo_json(
+            {
+                "resize": {k: {"summary": d["summary"], "settings": d["settings"]}
+                           for k, d in by_factor.items()},
+                "best_resize": best_resize_factor(results),
+                "min_area": min_area,
+                "output": output,
+            }
+        )  # fmt: skip
+    else:
+        click.echo(format_resize_comparison(results, output))
 
 
 def _baseline(text: str) -> Any:

@@ -6,13 +6,9 @@ from pathlib import Path
 
 import click
 
-from crystalseg.cli.base import (
-    Command,
-    comma_list,
-)
-from crystalseg.cli.options import (
-    run_argument,
-)
+from crystalseg.cli.base import Command
+from crystalseg.cli.options import CommaList, run_argument, run_location
+from crystalseg.cli.sop import config_option, sop_request
 
 
 @click.command("export", cls=Command)
@@ -21,15 +17,15 @@ from crystalseg.cli.options import (
     "-o",
     "--output",
     "out_dir",
-    type=click.Path(path_type=Path),
+    type=run_location,
     default=None,
     help="Folder of the files (default: beside RUN), named RUN_<table>.csv, RUN.xlsx or "
     "RUN_<table>.parquet; with --format xlsx also a workbook file name (results.xlsx).",
 )
 @click.option(
     "--what",
+    type=CommaList(),
     default=None,
-    metavar="LIST",
     help="Tables, comma-separated: statistics (one row per frame), psd (per frame and size "
     "bin), particles, tracks [default: every table RUN holds].",
 )
@@ -67,10 +63,13 @@ from crystalseg.cli.options import (
     show_default=True,
     help="Significant digits of decimals in CSV and xlsx (Parquet keeps all).",
 )
+@config_option
+@click.pass_context
 def export_cmd(
+    ctx: click.Context,
     run: Path,
     out_dir: Path | None,
-    what: str | None,
+    what: tuple[str, ...] | None,
     fmt: str,
     sep: str,
     decimal: str,
@@ -87,16 +86,18 @@ def export_cmd(
     Example:
       crystalseg export run.zarr --format xlsx
       crystalseg export run.zarr --what statistics,psd --sep ';' --decimal ','
+      crystalseg export run.zarr --config sop.toml
     """
     from crystalseg.export import ExportSettings, export_run
 
     settings = ExportSettings(
-        what=comma_list(what) if what is not None else None,  # type: ignore[arg-type]
+        what=what,  # type: ignore[arg-type]
         format=fmt,  # type: ignore[arg-type]
         sep="\t" if sep in ("tab", "\\t") else sep,  # type: ignore[arg-type]
         decimal=decimal,  # type: ignore[arg-type]
         bom=bom,
         digits=digits,
+        sop=sop_request(ctx),
     )
     result = export_run(run, out_dir if out_dir is not None else run.parent, settings=settings)
     for note in result.notes:

@@ -7,12 +7,10 @@ from typing import Any, Literal
 
 import click
 
-from crystalseg.cli.base import (
-    Command,
-    stage_bars,
-)
+from crystalseg.cli.base import Command, echo_json, stage_bars
 from crystalseg.cli.options import (
     check_bins,
+    json_option,
     measure_filter_options,
     measure_settings,
     model_option,
@@ -22,6 +20,7 @@ from crystalseg.cli.options import (
     scheduler_option,
     tta_option,
 )
+from crystalseg.cli.sop import config_option, record_requests, sop_request
 
 
 @click.command(cls=Command)
@@ -68,6 +67,8 @@ from crystalseg.cli.options import (
 @tta_option
 @resize_option
 @scheduler_option
+@json_option
+@config_option
 @click.pass_context
 def measure(
     ctx: click.Context,
@@ -83,6 +84,7 @@ def measure(
     tta: bool,
     resize: float | Literal["auto"],
     scheduler: str | None,
+    as_json: bool,
     **filters: Any,
 ) -> None:
     """Measure every particle in every frame of RUN; PSD over time into the store.
@@ -95,17 +97,21 @@ def measure(
     \b
     Example:
       crystalseg measure run.zarr --export csv
-      crystalseg measure run.zarr --window 60s
+      crystalseg measure run.zarr --window 60s --min-area 20um2
+      crystalseg measure run.zarr --config sop.toml --json
     """
     from crystalseg.export import ExportSettings, export_run
     from crystalseg.measure import MeasureSettings
     from crystalseg.measure.results import summarize_measurement
     from crystalseg.measure.run import MeasureOptions, needs_segmentation
     from crystalseg.pipeline import segment_and_measure
+    from crystalseg.store import read_run_attrs
     from crystalseg.summary import format_measurement
 
-    settings = measure_settings(
+    calibrated = filters["min_area"].unit == "um2"
+    settings, min_area = measure_settings(
         filters,
+        pixel_size_um=read_run_attrs(run).get("pixel_size_um") if calibrated else None,
         bins=bins or MeasureSettings.bins,
         min_count=MeasureSettings.min_count if min_count is None else min_count,
         window=window,
@@ -137,6 +143,7 @@ def measure(
             precision=precision,  # type: ignore[arg-type]
         )
         engine = load_segmenter(model, None, engine_settings)
+    segments = sop_request(ctx) is not None and needs_segmentation(run)
     with stage_bars(ctx.obj["quiet"]) as update:
         segment_and_measure(
             run,
@@ -145,8 +152,15 @@ def measure(
             client=scheduler,
             stream="auto" if stream is None else stream,
         )
+    if segments:
+        record_requests(ctx, run, ("segment",))
+    record_requests(ctx, run, ("measure",), min_area=min_area)
     exported = None
     if export_format:
         fmt = ExportSettings(what=("particles",), format=export_format)  # type: ignore[arg-type]
         exported = export_run(run, run.parent, settings=fmt).files[0]
-    click.echo(format_measurement(summarize_measurement(run), exported))
+    summary = summarize_measurement(run)
+    if as_json:
+        echo_json({**summary, "exported": exported, "min_area": min_area})
+    else:
+        click.echo(format_measurement(summary, exported))

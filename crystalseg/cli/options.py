@@ -5,17 +5,38 @@ the model / device options of segmenting and the particle filters of measuring."
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import click
 
-run_argument = click.argument("run", type=click.Path(path_type=Path))
+
+class RunLocation(click.ParamType):
+    """A run store (or an output) given as a local path or as a URL on object storage
+    (``s3://bucket/run.zarr``): a ``Path``, or a ``UPath`` for a URL
+    (:func:`crystalseg.store.run_path`). ``click.Path`` would turn ``s3://b/r`` into the
+    local ``s3:/b/r``; a URL no installed file system reads is one ``Error:`` line."""
+
+    name = "PATH|URL"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        from crystalseg.store import run_path
+
+        return run_path(value)
+
+
+#: The type of every run argument and of outputs that may go to object storage.
+run_location = RunLocation()
+
+run_argument = click.argument("run", type=run_location)
 
 
 class FrameList(click.ParamType):
-    """Frame indices such as ``0,50,-1`` (negative: from the end), as a tuple of int.
+    """Frame indices and inclusive ranges such as ``0,50,-1`` or ``0-9,-1`` (negative:
+    from the end), as a tuple of int (:func:`crystalseg.viz.overlay.parse_frames`).
 
     One type for every ``--frames`` option, so that each reads and refuses a list the
     same way; a list that is not one becomes one ``Error:`` line naming the option.
@@ -25,19 +46,65 @@ class FrameList(click.ParamType):
 
     def convert(self, value: Any, param: Any, ctx: Any) -> tuple[int, ...]:
         from crystalseg.errors import ConfigError
+        from crystalseg.viz.overlay import parse_frames
 
-        if isinstance(value, tuple):
-            return value
+        if isinstance(value, list | tuple):  # from an SOP file: [0, 50, -1] or ["0-9"]
+            value = ",".join(str(v) for v in value)
         try:
-            frames = tuple(int(f) for f in str(value).split(",") if f.strip())
-        except ValueError:
-            frames = ()
-        if not frames:
+            return parse_frames(str(value))
+        except ConfigError:
             raise ConfigError(
-                f"--frames {value!r} is not a comma-separated list of frame indices; "
-                "e.g. --frames 0,50,-1"
+                f"--frames {value!r} is not a comma-separated list of frame indices or "
+                "ranges; e.g. --frames 0,50,-1 or --frames 0-9,-1"
+            ) from None
+
+
+json_option = click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the summary as one JSON document on stdout (logs and progress: stderr).",
+)
+
+
+class CommaList(click.ParamType):
+    """Names separated by commas (``statistics,psd``), or a TOML list of them from an
+    SOP file, as a tuple of str."""
+
+    name = "LIST"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> tuple[str, ...]:
+        items = value if isinstance(value, list | tuple) else str(value).split(",")
+        return tuple(s for s in (str(v).strip() for v in items) if s)
+
+
+def n_frames_option(help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--n-frames N``, the number of frames a command makes (synth, demo); the
+    ``--frames N`` it replaces fails with a line naming the new flag (``--frames`` is
+    a list of frame indices everywhere else)."""
+
+    def refuse_old(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+        from crystalseg.errors import ConfigError
+
+        if value is not None:
+            raise ConfigError(
+                f"--frames is a list of frame indices in crystalseg; the number of frames "
+                f"to make is --n-frames (e.g. --n-frames {value})"
             )
-        return frames
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        func = click.option(
+            "--frames", hidden=True, expose_value=False, callback=refuse_old, default=None
+        )(func)
+        return click.option(
+            "--n-frames",
+            type=int,
+            default=40,
+            show_default=True,
+            help=help,
+        )(func)
+
+    return decorate
 
 
 def check_bins(value: tuple[float, float, int] | None) -> tuple[float, float, int] | None:
@@ -140,6 +207,42 @@ resize_option = click.option(
 )
 
 
+@dataclass(frozen=True)
+class Area:
+    """An area as given to ``--min-area``: ``value`` in ``unit``, and the text."""
+
+    value: float
+    unit: Literal["px", "um2"]
+    text: str
+
+
+class MinArea(click.ParamType):
+    """``--min-area``: ``12`` or ``12px`` (pixels, whole), ``20um2`` (also ``20µm²``,
+    ``20 um^2``): an :class:`Area`. Plain numbers are pixels, as before units were
+    accepted: a run without a pixel size has no other area, and the stored settings
+    (``min_area_px``) are pixels either way."""
+
+    name = "AREA"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Area:
+        if isinstance(value, Area):
+            return value
+        text = str(value).strip()
+        match = _AREA.fullmatch(text.lower().replace("µ", "u").replace("²", "2"))
+        number = float(match["number"]) if match else math.nan
+        unit = "px" if match is None or match["unit"] in (None, "px") else "um2"
+        if not (math.isfinite(number) and number > 0) or (unit == "px" and number % 1):
+            self.fail(
+                f"{value!r} is not an area: give whole pixels (12 or 12px) or um2 (20um2)",
+                param,
+                ctx,
+            )
+        return Area(number, unit, text)  # type: ignore[arg-type]
+
+
+_AREA = re.compile(r"(?P<number>[0-9.eE+-]+)\s*(?P<unit>px|um2|um\^2|um\*\*2)?")
+
+
 _MEASURE_FILTER_OPTIONS: tuple[Callable[..., Any], ...] = (
     click.option(
         "--edge",
@@ -150,19 +253,21 @@ _MEASURE_FILTER_OPTIONS: tuple[Callable[..., Any], ...] = (
     ),
     click.option(
         "--min-area",
-        "min_area_px",
-        type=click.IntRange(min=1),
-        default=10,
+        type=MinArea(),
+        default="10px",
         show_default=True,
-        help="Pixels.",
+        help="Least particle area: pixels ('12' or '12px'), or um2 on a calibrated run "
+        "('20um2', converted with the run's pixel size; the conversion is printed and "
+        "recorded). Smaller particles are dropped before measuring.",
     ),
     click.option(
         "--split",
-        type=click.Choice(["auto", "watershed", "boundary", "hybrid", "none"]),
+        type=click.Choice(["auto", "watershed", "boundary", "hybrid", "distance", "none"]),
         default="auto",
         show_default=True,
         help="How touching crystals are split (auto: hybrid, i.e. the boundary class and "
-        "necks, if the model has a boundary class, else the watershed).",
+        "necks, if the model has a boundary class, else the watershed; distance: "
+        "watershed of the distance to background and boundary class).",
     ),
     click.option(
         "--trim-boundary/--no-trim-boundary",
@@ -198,14 +303,53 @@ def measure_filter_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
-def measure_settings(opts: dict[str, Any], **extra: Any) -> Any:
-    """MeasureSettings from the options of :func:`measure_filter_options` (popped)."""
-    from crystalseg.measure import MeasureSettings
+def measure_settings(
+    opts: dict[str, Any],
+    *,
+    pixel_size_um: float | None,
+    calibrate: str = "crystalseg calibrate RUN --pixel-size UM",
+    **extra: Any,
+) -> tuple[Any, dict[str, Any] | None]:
+    """MeasureSettings from the options of :func:`measure_filter_options` (popped), and
+    the conversion of a ``--min-area`` given in um2 (None for pixels), said on stderr;
+    ``calibrate`` is how the caller sets the pixel size it lacks.
 
+    Raises
+    ------
+    ConfigError
+        ``--min-area`` in um2 without a pixel size.
+    """
+    from crystalseg.errors import ConfigError
+    from crystalseg.measure import MeasureSettings
+    from crystalseg.measure.settings import min_area_px_from_um2
+
+    area: Area = opts.pop("min_area")
+    conversion = None
+    if area.unit == "px":
+        min_area_px = int(area.value)
+    elif pixel_size_um is None:
+        raise ConfigError(
+            f"--min-area {area.text} is an area in um2, but there is no pixel size to "
+            f"convert it with; give it in pixels (e.g. --min-area 12px) or set the pixel "
+            f"size ({calibrate})"
+        )
+    else:
+        min_area_px = min_area_px_from_um2(area.value, pixel_size_um)
+        conversion = {
+            "given": area.text,
+            "um2": area.value,
+            "pixel_size_um": pixel_size_um,
+            "px": min_area_px,
+        }
+        click.echo(
+            f"note: --min-area {area.value:g} um2 is {area.value / pixel_size_um**2:.4g} px "
+            f"at {pixel_size_um:g} um/px: particles under {min_area_px} px are dropped",
+            err=True,
+        )
     min_confidence = opts.pop("min_confidence")
-    return MeasureSettings(
+    settings = MeasureSettings(
         edge=opts.pop("edge"),
-        min_area_px=opts.pop("min_area_px"),
+        min_area_px=min_area_px,
         split=opts.pop("split"),
         trim_boundary=opts.pop("trim_boundary"),
         join_occluded=opts.pop("join_occluded"),
@@ -213,6 +357,7 @@ def measure_settings(opts: dict[str, Any], **extra: Any) -> Any:
         min_confidence=MeasureSettings.min_confidence if min_confidence is None else min_confidence,
         **extra,
     )
+    return settings, conversion
 
 
 color_by_option = click.option(

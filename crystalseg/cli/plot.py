@@ -15,19 +15,20 @@ from crystalseg.cli.options import (
     color_by_option,
     montage_option,
     run_argument,
+    run_location,
 )
 
 
 @click.command(cls=Command)
-@click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("runs", nargs=-1, required=True, type=run_location)
 @click.option(
     "-o",
     "--output",
     "out_dir",
-    type=click.Path(path_type=Path),
+    type=run_location,
     default=None,
-    help="Folder of the figures (default: <run>-plots next to the run; "
-    "compare-plots next to the first of several).",
+    help="Folder of the figures (default: RUN_plots beside RUN; compare_plots beside "
+    "the first of several).",
 )
 @click.option(
     "--format", "formats", default="png", show_default=True, help="Comma-separated: png,svg,pdf."
@@ -86,7 +87,8 @@ def plot(
     "--frames",
     type=FrameList(),
     default=None,
-    help="Frames to draw, e.g. 0,50,-1 (negative: from the end). Default: first, middle, last.",
+    help="Frames to draw, e.g. 0,50,-1 or 0-9 (negative: from the end) [default: first, "
+    "middle, last].",
 )
 @color_by_option
 @montage_option(9)
@@ -94,7 +96,7 @@ def plot(
     "-o",
     "--output",
     "output_dir",
-    type=click.Path(path_type=Path),
+    type=run_location,
     default=None,
     help="Folder of the PNGs (default: RUN_overlays beside RUN).",
 )

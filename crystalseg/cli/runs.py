@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
@@ -10,10 +9,12 @@ import click
 from crystalseg.cli.base import (
     Command,
     echo_info,
+    echo_json,
     progress_bar,
     run_info,
 )
 from crystalseg.cli.options import (
+    json_option,
     run_argument,
 )
 
@@ -117,11 +118,11 @@ def calibrate(run: Path, pixel_size_um: float | None, interval_s: float | None) 
 
 @click.command(cls=Command)
 @run_argument
-@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@json_option
 def info(run: Path, as_json: bool) -> None:
     """Print frames, frame size, dtype, time span, calibration and the stages run on RUN."""
     if as_json:
-        click.echo(json.dumps(run_info(run), indent=2))
+        echo_json(run_info(run))
     else:
         echo_info(run)
 

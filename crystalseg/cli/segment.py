@@ -19,6 +19,7 @@ from crystalseg.cli.options import (
     scheduler_option,
     tta_option,
 )
+from crystalseg.cli.sop import config_option, record_requests
 
 
 @click.command(cls=Command)
@@ -51,6 +52,7 @@ from crystalseg.cli.options import (
 )
 @click.option("--overwrite", is_flag=True, help="Replace a mask made by another model.")
 @scheduler_option
+@config_option
 @click.pass_context
 def segment(
     ctx: click.Context,
@@ -76,6 +78,7 @@ def segment(
     \b
     Example:
       crystalseg segment run.zarr --model model/
+      crystalseg segment run.zarr --config sop.toml
     """
     from crystalseg.segment import segment_run
     from crystalseg.segment.engine import DEFAULT_TILE_SIZE
@@ -97,6 +100,7 @@ def segment(
             progress=lambda done, total: update("segment", done, total),
             tile_size=tile_size or DEFAULT_TILE_SIZE,
         )
+    record_requests(ctx, run, ("segment",))
     from crystalseg.store import stage_info
     from crystalseg.summary import resize_note
 

@@ -14,6 +14,7 @@ from crystalseg.cli.base import (
     stage_bars,
 )
 from crystalseg.cli.options import (
+    n_frames_option,
     run_argument,
     size_option,
 )
@@ -21,7 +22,7 @@ from crystalseg.cli.options import (
 
 @click.command(cls=Command)
 @run_argument
-@click.option("--frames", default=40, show_default=True, help="Number of frames.")
+@n_frames_option("Number of frames.")
 @size_option
 @click.option("--seed", default=0, show_default=True, help="Random seed (same seed, same run).")
 @click.option("--scenario", default="mixed", show_default=True, help="Scene type, see below.")
@@ -53,7 +54,7 @@ from crystalseg.cli.options import (
 def synth(
     ctx: click.Context,
     run: Path,
-    frames: int,
+    n_frames: int,
     size: tuple[int, int],
     seed: int,
     scenario: str,
@@ -73,12 +74,12 @@ def synth(
 
     \b
     Example:
-      crystalseg synth run.zarr --frames 60 --size 512 512 --seed 1 --scenario crowded
+      crystalseg synth run.zarr --n-frames 60 --size 512 512 --seed 1 --scenario crowded
     """
     from crystalseg.synth import SynthConfig, synthesize_run
 
     config = SynthConfig(
-        frames=frames,
+        frames=n_frames,
         height=size[0],
         width=size[1],
         seed=seed,
@@ -87,7 +88,7 @@ def synth(
         pixel_size_um=pixel_size_um,
         dtype=dtype,  # type: ignore[arg-type]
     )
-    with progress_bar(frames, "synth", ctx.obj["quiet"]) as update:
+    with progress_bar(n_frames, "synth", ctx.obj["quiet"]) as update:
         shown = [0]
 
         def frames_done(done: int) -> None:  # synthesize_run reports a running total
@@ -109,7 +110,7 @@ def synth(
 @click.argument(
     "directory", type=click.Path(path_type=Path), default=Path("crystalseg-demo"), required=False
 )
-@click.option("--frames", default=40, show_default=True, help="Frames of the synthetic run.")
+@n_frames_option("Frames of the synthetic run.")
 @size_option
 @click.option("--seed", default=0, show_default=True, help="Random seed of the synthetic run.")
 @click.option(
@@ -124,7 +125,7 @@ def synth(
 def demo(
     ctx: click.Context,
     directory: Path,
-    frames: int,
+    n_frames: int,
     size: tuple[int, int],
     seed: int,
     scenario: str,
@@ -144,7 +145,7 @@ def demo(
     with stage_bars(ctx.obj["quiet"]) as update:
         result = run_demo(
             directory,
-            frames=frames,
+            frames=n_frames,
             size=size,
             seed=seed,
             scenario=scenario,  # type: ignore[arg-type]

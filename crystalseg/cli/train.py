@@ -119,30 +119,57 @@ def train(ctx: click.Context, data: tuple[Path, ...], **opts: Any) -> None:
       crystalseg train pairs/ --codes background,crystal --epochs 3 --lr 1e-3 -o model/
     """
     from crystalseg.summary import format_training
-    from crystalseg.train import TrainSettings, train_model
+    from crystalseg.train import (
+        DataSettings,
+        LearnerSettings,
+        ScheduleSettings,
+        TrainSettings,
+        train_model,
+    )
     from crystalseg.train.masks import parse_mask_values
 
     if opts["resume"]:
         _resumed_options(ctx, opts)
-    init = opts.pop("encoder_weights") or opts["init"]
-    mask_values = opts.pop("mask_values")
-    valid = opts.pop("valid")
-    encoder = opts.pop("encoder")
-    codes = opts.pop("codes") or (
+    codes = opts["codes"] or (
         "background,crystal,boundary" if opts["instances"] else "background,crystal"
     )
+    mask_values, valid, encoder = opts["mask_values"], opts["valid"], opts["encoder"]
     settings = TrainSettings(
-        data=data,
-        codes=comma_list(codes),
-        init=init,
-        mask_values=parse_mask_values(mask_values) if mask_values else None,
-        valid=tuple(v.strip() for v in valid.split(",")) if valid else None,
-        channels=int(opts.pop("channels")),
-        resume=opts["output_dir"] if opts.pop("resume") else None,
+        DataSettings(
+            data,
+            codes=comma_list(codes),
+            mask_values=parse_mask_values(mask_values) if mask_values else None,
+            instances=opts["instances"],
+            valid_fraction=opts["valid_fraction"],
+            valid=tuple(v.strip() for v in valid.split(",")) if valid else None,
+            crop_size=opts["crop_size"],
+            channels=int(opts["channels"]),  # type: ignore[arg-type]
+            frame_step=opts["frame_step"],
+        ),
+        LearnerSettings(
+            **({"encoder": encoder} if encoder else {}),
+            init=opts["encoder_weights"] or opts["init"],
+            loss=opts["loss"],
+            scaling=opts["scaling"],
+            augment=opts["augment"],
+            freeze_bn=opts["freeze_bn"],
+        ),
+        ScheduleSettings(
+            epochs=opts["epochs"],
+            lr=opts["lr"],
+            find_lr=opts["find_lr"],
+            batch_size=opts["batch_size"],
+            early_stop=opts["early_stop"],
+            max_minutes=opts["max_minutes"],
+            seed=opts["seed"],
+            device=opts["device"],
+            min_steps_per_epoch=opts["min_steps_per_epoch"],
+        ),
+        output_dir=opts["output_dir"],
+        resume=opts["output_dir"] if opts["resume"] else None,
+        overwrite=opts["overwrite"],
         progress=not ctx.obj["quiet"],
         command=shlex.join(["crystalseg", *sys.argv[1:]]),
-        **({"encoder": encoder} if encoder else {}),
-        **{k: v for k, v in opts.items() if k != "init"},
     )
     result = train_model(settings)
     click.echo(format_training(result))

@@ -4,7 +4,8 @@ The per-frame functions (:func:`label_instances`, :func:`measure_frame`,
 :func:`frame_distributions`) are pure NumPy/SciPy; :func:`measure_run` wires them
 over a run store with dask and writes the ``particles`` and ``psd`` groups.
 Nothing here imports torch: a run without a mask is segmented and measured by
-:func:`crystalseg.pipeline.segment_and_measure`.
+:func:`crystalseg.pipeline.segment_and_measure`. :class:`MeasuredRun` reads a
+measured run back: calibration, PSD, particles, labels of a frame as measured.
 """
 
 from __future__ import annotations
@@ -33,9 +34,20 @@ from crystalseg.measure.instances import (
     instance_scores,
     label_instances,
 )
+from crystalseg.measure.reader import (
+    SIZE_NAMES,
+    Calibration,
+    MeasuredFrame,
+    MeasuredRun,
+    size_label,
+)
 from crystalseg.measure.results import (
     EXCLUDED_REASONS,
+    MEASURE_GROUPS,
     PARTICLE_COLUMNS,
+    PARTICLES_GROUP,
+    PSD_GROUP,
+    WINDOW_GROUP,
     iter_particles,
     summarize_measurement,
 )
@@ -53,12 +65,20 @@ __all__ = [
     "FEATURE_COLUMNS",
     "FEATURE_UNITS",
     "LENGTH_BIN",
+    "MEASURE_GROUPS",
+    "PARTICLES_GROUP",
     "PARTICLE_COLUMNS",
+    "PSD_GROUP",
     "SIZE_COLUMNS",
+    "SIZE_NAMES",
     "WIDTH_BIN",
+    "WINDOW_GROUP",
+    "Calibration",
     "MeasureOptions",
     "MeasureProgress",
     "MeasureSettings",
+    "MeasuredFrame",
+    "MeasuredRun",
     "SplitMethod",
     "boundary_class",
     "crystal_classes",
@@ -74,6 +94,7 @@ __all__ = [
     "miles_lantuejoul_weights",
     "moment_mean",
     "size_distribution",
+    "size_label",
     "summarize_measurement",
     "weighted_quantile",
 ]

@@ -59,7 +59,7 @@ class MeasureSettings:
     min_area_px : int
         Particles with fewer pixels are dropped before measuring (a detection
         limit; the ground truth of synthetic runs is compared with the same limit).
-    split : {"auto", "watershed", "boundary", "hybrid", "none"}
+    split : {"auto", "watershed", "boundary", "hybrid", "distance", "none"}
         How touching crystals are separated
         (:func:`~crystalseg.measure.instances.label_instances`): "boundary" cuts
         along the mask's boundary class, "hybrid" splits the pieces it leaves at
@@ -285,6 +285,30 @@ def format_window(window: tuple[float, WindowUnit]) -> str:
     return f"{value:g}s" if unit == "s" else str(int(value))
 
 
+def min_area_px_from_um2(area_um2: float, pixel_size_um: float) -> int:
+    """The ``min_area_px`` that keeps exactly the particles of at least ``area_um2``.
+
+    A particle of ``n`` pixels covers ``n * pixel_size_um**2`` um2, so it is kept when
+    ``n >= area_um2 / pixel_size_um**2``: the pixel count is that quotient rounded up
+    (at least 1). A quotient within 1e-9 of a whole number counts as that number, so
+    that 20 um2 at 0.5 um/px is 80 px, not 81 by rounding error.
+
+    Raises
+    ------
+    ConfigError
+        An area or pixel size that is not a positive number.
+    """
+    if not (_number(area_um2) and area_um2 > 0):
+        raise ConfigError(f"a least area must be a number > 0 um2, got {area_um2!r}.")
+    if not (_number(pixel_size_um) and pixel_size_um > 0):
+        raise ConfigError(f"the pixel size must be a number > 0 um, got {pixel_size_um!r}.")
+    quotient = float(area_um2) / float(pixel_size_um) ** 2
+    nearest = round(quotient)
+    if abs(quotient - nearest) <= 1e-9 * max(1.0, quotient):
+        return max(1, int(nearest))
+    return max(1, math.ceil(quotient))
+
+
 def _number(value: Any) -> bool:
     return (
         isinstance(value, int | float | np.integer | np.floating)
@@ -299,5 +323,6 @@ __all__ = [
     "SIZE_COLUMNS",
     "MeasureSettings",
     "format_window",
+    "min_area_px_from_um2",
     "parse_window",
 ]

@@ -24,10 +24,7 @@ Windows are computed from the ``particles`` table once every chunk is measured
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -42,16 +39,16 @@ from crystalseg.measure.results import (
     PARTICLES_GROUP,
     PSD_GROUP,
     PSD_RENAMES,
+    WINDOW_GROUP,
     iter_particles,
     psd_variable_attrs,
     size_units,
 )
 from crystalseg.measure.settings import MeasureSettings, parse_window
 from crystalseg.store import default_compressor
+from crystalseg.store.location import RunLike, remove_tree, run_path
 
 log = logging.getLogger(__name__)
-
-WINDOW_GROUP = "psd_window"
 
 _WINDOW_META: dict[str, tuple[str, str]] = {
     "count_per_frame": ("mean counted particles per frame of the window", "1"),
@@ -217,7 +214,7 @@ def _to_dataset(
 
 
 def write_psd_windows(
-    run: str | os.PathLike[str],
+    run: RunLike,
     settings: MeasureSettings,
     *,
     rows: int = 1 << 18,
@@ -246,10 +243,9 @@ def write_psd_windows(
     int
         Windows written (0 without a window).
     """
-    path = Path(run)
+    path = run_path(run)
     target = path / output(WINDOW_GROUP)
-    if target.exists():
-        shutil.rmtree(target)
+    remove_tree(target)
     if settings.window is None:
         return 0
     column = settings.size_column

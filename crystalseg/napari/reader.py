@@ -18,15 +18,17 @@ import numpy as np
 import pandas as pd
 
 from crystalseg.dims import IMAGE, MASK
-from crystalseg.errors import CrystalsegError
-from crystalseg.store import open_run, read_run_attrs, read_table, stage_info
+from crystalseg.errors import CrystalsegError, RunFormatError, StageStateError
+from crystalseg.measure.reader import MeasuredRun
+from crystalseg.measure.results import PARTICLES_GROUP
+from crystalseg.store import open_run, read_run_attrs
 
 log = logging.getLogger(__name__)
 
 LayerData = tuple[Any, dict[str, Any], str]
 #: Key of the layers' metadata naming the run store they show.
 RUN_KEY = "crystalseg_run"
-PARTICLES = "particles"
+PARTICLES = PARTICLES_GROUP
 #: The particle column that colours and sizes the points.
 SIZE_COLUMN = "ecd"
 
@@ -101,6 +103,10 @@ def _contrast(image: Any) -> tuple[float, float]:
 def particle_points(path: str | os.PathLike[str]) -> tuple[np.ndarray, dict[str, Any]] | None:
     """The measured particles as napari points, or None when the run is not measured.
 
+    The particles are read by :class:`crystalseg.measure.MeasuredRun`; sizes are in
+    the unit the run was measured in (µm when calibrated), so the ring's size in
+    pixels is the ECD over the pixel size it was measured with.
+
     Returns
     -------
     data : ndarray (particle, 3)
@@ -110,15 +116,14 @@ def particle_points(path: str | os.PathLike[str]) -> tuple[np.ndarray, dict[str,
         pixels): a ring as wide as the particle, coloured by its ECD on the viridis
         colormap (the ring leaves the crystal itself visible).
     """
-    path = Path(path)
-    info = stage_info(path).get("measure")
-    if info is None or info.get("status") != "finished":
-        return None
     try:
-        table = read_table(path, PARTICLES)
-    except CrystalsegError:
+        measured = MeasuredRun(path)
+    except (StageStateError, RunFormatError):  # not (or not fully) measured
         return None
-    pixel = read_run_attrs(path).get("pixel_size_um")
+    if not measured.has_particles:
+        return None
+    table = measured.particles()
+    pixel = measured.calibration.pixel_size_um
     data = table[["frame", "centroid_y", "centroid_x"]].to_numpy(dtype=np.float64)
     size_px = table[SIZE_COLUMN].to_numpy(dtype=np.float64) / (pixel or 1.0)
     features = pd.DataFrame(table).reset_index(drop=True)

@@ -1,8 +1,10 @@
-"""Training U-Nets on annotated frames: data, augmentation, the learner, ``train_model``."""
+"""Training U-Nets on annotated frames: data, augmentation, the learner, ``train_model``,
+and their settings (:mod:`crystalseg.train.config`)."""
 
 from __future__ import annotations
 
 from crystalseg.train.augment import Augmenter, AugmentSettings, make_augmenter
+from crystalseg.train.config import DataSettings, LearnerSettings, ScheduleSettings
 from crystalseg.train.data import PairItem, SegmentationData, discover_pairs, pairs, read_image
 from crystalseg.train.learner import Learner, LRFindResult, unet_learner
 from crystalseg.train.losses import LOSS_NAMES, make_loss
@@ -13,10 +15,13 @@ __all__ = [
     "LOSS_NAMES",
     "AugmentSettings",
     "Augmenter",
+    "DataSettings",
     "LRFindResult",
     "Learner",
+    "LearnerSettings",
     "MaskRule",
     "PairItem",
+    "ScheduleSettings",
     "SegmentationData",
     "TrainResult",
     "TrainSettings",

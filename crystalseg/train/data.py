@@ -28,7 +28,7 @@ from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,10 +44,10 @@ from crystalseg.errors import (
 )
 from crystalseg.io.folder import IMAGE_SUFFIXES, MASK_TAGS, is_mask_file, read_image_file
 from crystalseg.models.checkpoint import ModelSpec, intensity_bounds, to_unit
+from crystalseg.train.config import DataSettings
 from crystalseg.train.masks import (
     MASK_SUFFIXES,
     MaskRule,
-    MaskValues,
     instance_labels,
     read_mask,
 )
@@ -495,6 +495,7 @@ class SegmentationData:
 
     Attributes
     ----------
+    settings : DataSettings, what it was read with
     codes : tuple of str
     rule : MaskRule
     train_items, valid_items : tuple of PairItem
@@ -506,27 +507,22 @@ class SegmentationData:
     def __init__(
         self,
         items: Sequence[PairItem],
+        settings: DataSettings,
         *,
-        rule: MaskRule,
-        valid_fraction: float,
-        valid: Sequence[PathLike] | None,
-        crop_size: int,
-        batch_size: int | None,
-        crops_per_image: int | None,
-        foreground_bias: float,
-        channels: Literal[1, 3],
-        seed: int,
-        cache_mb: float,
-        instances: bool = False,
+        batch_size: int | None = None,
+        seed: int = 0,
+        cache_mb: float = 2048,
     ) -> None:
+        rule = MaskRule.from_user(settings.codes, settings.mask_values)
+        self.settings = settings
         self.codes = rule.codes
         self.rule = rule
-        self.instances = bool(instances)
-        self.crop_size = int(crop_size)
+        self.instances = bool(settings.instances)
+        self.crop_size = int(settings.crop_size)
         self.batch_size = batch_size
-        self.channels = channels
+        self.channels = settings.channels
         self.seed = int(seed)
-        self.foreground_bias = float(foreground_bias)
+        self.foreground_bias = float(settings.foreground_bias)
         self._cache: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self._cache_bytes = 0
         self._cache_limit = int(cache_mb * 2**20)
@@ -535,7 +531,9 @@ class SegmentationData:
         self._areas: dict[int, int] = {}
         self._instances: dict[int, np.ndarray | None] = {}
         self._runs: dict[Path, Any] = {}
-        train, val = split_items(items, valid_fraction=valid_fraction, valid=valid, seed=seed)
+        train, val = split_items(
+            items, valid_fraction=settings.valid_fraction, valid=settings.valid, seed=seed
+        )
         self.train_items = tuple(train)
         self.valid_items = tuple(val)
         # a single frame split into bands gives new items; otherwise the order given
@@ -550,9 +548,9 @@ class SegmentationData:
         self._check_files()
         self.fingerprint = data_fingerprint(items, rule, self.instances)
         #: crops per training image per epoch as given; None: by area (:meth:`crop_counts`)
-        self.crops_per_image_given = crops_per_image
+        self.crops_per_image_given = settings.crops_per_image
         self._crop_counts: np.ndarray | None = None
-        self.crops_per_image = crops_per_image or self._auto_crops_per_image()
+        self.crops_per_image = settings.crops_per_image or self._auto_crops_per_image()
 
     # ---- loading
 
@@ -951,61 +949,34 @@ def _torchable(image: np.ndarray) -> np.ndarray:
 
 
 def pairs(
-    items_or_folder: PathLike | Sequence[PathLike | tuple[PathLike, PathLike]],
+    data: DataSettings | PathLike | Sequence[PathLike | tuple[PathLike, PathLike]],
     *,
-    codes: Sequence[str],
-    mask_values: MaskValues = None,
-    instances: bool = False,
-    valid_fraction: float = 0.2,
-    valid: Sequence[PathLike] | None = None,
-    crop_size: int = 256,
     batch_size: int | None = None,
-    crops_per_image: int | None = None,
-    foreground_bias: float = 0.25,
-    channels: Literal[1, 3] = 1,
-    frame_step: int = 1,
     seed: int = 0,
     cache_mb: float = 2048,
+    **settings: Any,
 ) -> SegmentationData:
     """Training data from image/mask pairs, folders or run stores.
 
     Parameters
     ----------
-    items_or_folder : path or sequence
-        ``[(image, mask), ...]``, a folder of ``X.ext``/``X_mask.ext`` pairs, a folder with
-        ``images/`` and ``masks/``, a run store, a folder of run stores, or a list mixing them.
-    codes : sequence of str
-        Class names, background first, e.g. ``["background", "crystal"]``.
-    mask_values : None, sequence or mapping
-        How stored mask values become classes (see :mod:`crystalseg.train.masks`); None:
-        class indices as stored, or 0/255 for two classes.
-    instances : bool
-        Mask files hold one integer id per crystal (0 background), as Cellpose, napari
-        or QuPath label images do: the classes (a ``boundary`` class included) are drawn
-        from the labels, and validation scores particle F1 against them. Not with
-        ``mask_values``.
-    valid_fraction : float
-        Fraction held out for validation (whole runs for run stores), fixed by ``seed``.
-    valid : sequence of names, optional
-        Explicit validation samples (file names, stems or run paths); overrides the fraction.
-    crop_size : int
-        Side of the square training crops, a multiple of 32.
+    data : DataSettings, path or sequence
+        The :class:`~crystalseg.train.config.DataSettings` to read, or its ``paths``:
+        ``[(image, mask), ...]``, a folder of ``X.ext``/``X_mask.ext`` pairs, a folder
+        with ``images/`` and ``masks/``, a run store, a folder of run stores, or a list
+        mixing them.
     batch_size : int, optional
         Crops per batch; None lets the learner choose (8 on a CPU, 32 on a GPU).
-    crops_per_image : int, optional
-        Crops drawn from each training image per epoch; None: in proportion to its
-        annotated area, one per crop area, 1 to :data:`MAX_CROPS_PER_IMAGE` (the learner
-        raises the epoch to its floor of optimizer steps in the same proportions).
-    foreground_bias : float
-        Probability that a crop is centred near a foreground pixel.
-    channels : 1 or 3
-        Channels fed to the model; colour images become grey by crystalseg's import rule.
-    frame_step : int
-        Use every n-th frame of run stores (consecutive frames are nearly identical).
     seed : int
         Fixes the split and, through the learner, the crops.
     cache_mb : float
         Memory for decoded images; file pairs beyond it are read again when needed.
+    **settings
+        Fields of :class:`~crystalseg.train.config.DataSettings` (``codes``,
+        ``mask_values``, ``instances``, ``valid_fraction``, ``valid``, ``crop_size``,
+        ``crops_per_image``, ``foreground_bias``, ``channels``, ``frame_step``), given
+        one by one: ``pairs("frames/", codes=["background", "crystal"], crop_size=128)``;
+        with a ``DataSettings``, they replace its fields.
 
     Returns
     -------
@@ -1015,37 +986,11 @@ def pairs(
     ------
     ConfigError, InputNotFoundError, UnsupportedInputError, MaskValueError, FrameMismatchError
     """
-    if not isinstance(crop_size, int) or crop_size < 32 or crop_size % 32:
-        raise ConfigError(f"crop_size must be a multiple of 32, at least 32; got {crop_size}")
-    if batch_size is not None and batch_size < 1:
-        raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
-    if not 0.0 <= valid_fraction < 1.0:
-        raise ConfigError(f"valid_fraction must be in [0, 1), got {valid_fraction}")
-    if not 0.0 <= foreground_bias <= 1.0:
-        raise ConfigError(f"foreground_bias must be in [0, 1], got {foreground_bias}")
-    if channels not in (1, 3):
-        raise ConfigError(f"channels must be 1 or 3, got {channels}")
-    if frame_step < 1:
-        raise ConfigError(f"frame_step must be at least 1, got {frame_step}")
-    if crops_per_image is not None and crops_per_image < 1:
-        raise ConfigError(f"crops_per_image must be at least 1, got {crops_per_image}")
-    if instances and mask_values is not None:
-        raise ConfigError(
-            "instance masks hold crystal ids, not classes: drop mask_values (--mask-values)"
-        )
-    rule = MaskRule.from_user(codes, mask_values)
-    found = discover_pairs(items_or_folder, frame_step=frame_step)
-    return SegmentationData(
-        found,
-        rule=rule,
-        valid_fraction=valid_fraction,
-        valid=valid,
-        crop_size=crop_size,
-        batch_size=batch_size,
-        crops_per_image=crops_per_image,
-        foreground_bias=foreground_bias,
-        channels=channels,
-        seed=seed,
-        cache_mb=cache_mb,
-        instances=instances,
-    )
+    if isinstance(data, DataSettings):
+        chosen = replace(data, **settings) if settings else data
+    else:
+        chosen = DataSettings(data, **settings)  # type: ignore[arg-type]
+    if batch_size is not None and (isinstance(batch_size, bool) or batch_size < 1):
+        raise ConfigError(f"batch_size (--batch-size) must be >= 1, got {batch_size}")
+    found = discover_pairs(list(chosen.paths), frame_step=chosen.frame_step)
+    return SegmentationData(found, chosen, batch_size=batch_size, seed=seed, cache_mb=cache_mb)

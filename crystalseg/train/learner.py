@@ -24,9 +24,9 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -56,10 +56,11 @@ from crystalseg.models.checkpoint import (
 )
 from crystalseg.prefetch import prefetch
 from crystalseg.segment.engine import EngineSettings, Segmenter, available_cores
-from crystalseg.train.augment import AugmentPreset, AugmentSettings, make_augmenter
+from crystalseg.train.augment import AugmentSettings, make_augmenter
 from crystalseg.train.calibrate import Calibration, calibrate_frames
+from crystalseg.train.config import LearnerSettings, ScheduleSettings
 from crystalseg.train.data import SegmentationData, read_image, to_channels
-from crystalseg.train.losses import LOSS_NAMES, LossName, make_loss
+from crystalseg.train.losses import make_loss
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -67,7 +68,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PathLike = str | os.PathLike[str]
-InitName = Literal["default", "imagenet", "none"]
 
 STATE_TENSORS = "training_state.safetensors"
 STATE_META = "training_state.json"
@@ -82,15 +82,24 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def resolve_device(name: str | torch.device | None) -> torch.device:
+    """``name`` as a torch device; None: :func:`default_device`.
+
+    Raises
+    ------
+    ConfigError
+        CUDA asked for where there is none.
+    """
+    dev = torch.device(name) if name is not None else default_device()
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' requested but no CUDA GPU is available; use --device cpu")
+    return dev
+
+
 def default_batch_size(device: torch.device) -> int:
     """8 crops fit a 2-core laptop; a GPU takes 32 of 256x256."""
     return 32 if device.type == "cuda" else 8
 
-
-#: Least optimizer steps in one epoch, whatever the annotated area: half of one
-#: annotated 1024² frame is 8 crops of 256², a single step at batch 8, and 3 epochs of
-#: that (3 steps) learned nothing of a new look (issue 23: F1 0.00; 40 steps: 0.11).
-MIN_STEPS_PER_EPOCH = 32
 
 #: Fewer optimizer steps than this in a whole schedule are warned about as too short
 #: to learn a new look from.
@@ -262,6 +271,15 @@ class Learner:
     history : list of dict, one per finished epoch (losses, IoU/Dice per class, lr, time)
     lrs : list of float, the learning rate of every optimizer step taken
     output_dir : Path or None; best checkpoint there, last one (with state) in ``last/``
+
+    Parameters
+    ----------
+    settings : LearnerSettings, optional
+        Its ``loss``, ``augment`` and ``freeze_bn`` (None: False) are used here; the
+        encoder and start weights are already in ``model`` (see :func:`unet_learner`).
+    schedule : ScheduleSettings, optional
+        Its ``device``, ``batch_size`` (None: the data's, else by device),
+        ``weight_decay``, ``seed`` and ``amp``; default: the defaults with the data's seed.
     """
 
     def __init__(
@@ -269,47 +287,43 @@ class Learner:
         data: SegmentationData,
         model: nn.Module,
         spec: ModelSpec,
+        settings: LearnerSettings | None = None,
+        schedule: ScheduleSettings | None = None,
         *,
-        loss: LossName = "dice+ce",
-        augment: AugmentSettings | AugmentPreset | None = "default",
-        device: torch.device,
-        batch_size: int,
-        weight_decay: float = 1e-2,
         output_dir: PathLike | None = None,
-        seed: int = 0,
-        amp: bool = True,
         progress: bool = True,
         init_info: Mapping[str, Any] | None = None,
-        freeze_bn: bool = False,
-        min_steps_per_epoch: int = MIN_STEPS_PER_EPOCH,
     ) -> None:
-        if min_steps_per_epoch < 1:
-            raise ConfigError(f"min_steps_per_epoch must be at least 1, got {min_steps_per_epoch}")
-        self.min_steps_per_epoch = int(min_steps_per_epoch)
+        settings = settings or LearnerSettings()
+        schedule = schedule or ScheduleSettings(seed=data.seed)
+        device = resolve_device(schedule.device)
         self.data = data
         self.spec = spec
         self.device = device
         # channels-last: 3-5x faster training steps on the CPU (measured), faster on GPUs
         self.model = model.to(device).to(memory_format=torch.channels_last)
-        self.loss_name = loss
-        self.loss_fn = make_loss(loss).to(device)
+        self.loss_name = settings.loss
+        self.loss_fn = make_loss(settings.loss).to(device)
+        augment = settings.augment
         self.augment_settings = (
             AugmentSettings.preset(augment) if isinstance(augment, str) else augment
         )
         self.augmenter = make_augmenter(self.augment_settings)
         if self.augmenter is not None:
             self.augmenter = self.augmenter.to(device)
-        self.batch_size = int(batch_size)
-        self.weight_decay = float(weight_decay)
+        self.batch_size = int(schedule.batch_size or data.batch_size or default_batch_size(device))
+        self.weight_decay = float(schedule.weight_decay)
         self.output_dir = Path(output_dir) if output_dir is not None else None
-        self.seed = int(seed)
-        self.amp = bool(amp) and device.type == "cuda"
+        self.seed = int(schedule.seed)
+        #: least optimizer steps in an epoch (:data:`MIN_STEPS_PER_EPOCH`)
+        self.min_steps_per_epoch = int(schedule.min_steps_per_epoch)
+        self.amp = bool(schedule.amp) and device.type == "cuda"
         self.amp_dtype = (
             torch.bfloat16 if self.amp and torch.cuda.is_bf16_supported() else torch.float16
         )
         self.progress = progress
         self.init_info = dict(init_info or {})
-        self.freeze_bn = bool(freeze_bn)
+        self.freeze_bn = bool(settings.freeze_bn)
         self.history: list[dict[str, Any]] = []
         self.lrs: list[float] = []
         #: extra provenance written into model.json under ``training["settings"]``
@@ -324,6 +338,7 @@ class Learner:
         #: mean validation IoU of the best epoch, which breaks ties of its particle F1
         self.best_tiebreak: float | None = None
         self._schedule: dict[str, Any] = {}
+        self._stale = 0
         #: how :meth:`segmenter` runs the network; None: the engine's defaults on the
         #: learner's device, backend torch, the current torch threads
         self.engine_settings: EngineSettings | None = None
@@ -517,10 +532,15 @@ class Learner:
             "batch_size": self.batch_size,
         }
         start = 0
+        #: epochs since the best one, saved with the state: early stopping counts on
+        self._stale = 0
         if resume is not None:
             start = self._resume(Path(resume), optimizer, scheduler, scaler)
             if start >= epochs:
                 log.info("training in '%s' already finished all %d epochs", resume, epochs)
+                return self.history
+            if early_stop is not None and self._stale >= early_stop:
+                log.info("training in '%s' already stopped early", resume)
                 return self.history
         schedule, short = self.describe_schedule(epochs)
         self._schedule["plan"] = schedule
@@ -532,7 +552,6 @@ class Learner:
                 schedule,
                 SHORT_SCHEDULE_STEPS,
             )
-        stale = 0
         t_read = time.perf_counter()
         if n_read := self.data.preload(self.spec):
             log.info("read %d frames ahead in %.1f s", n_read, time.perf_counter() - t_read)
@@ -581,9 +600,9 @@ class Learner:
             )
             if improved:
                 self.best_score, self.best_tiebreak = score, tiebreak
-                stale = 0
+                self._stale = 0
             else:
-                stale += 1
+                self._stale += 1
             _say(format_epoch(record, epochs), self.progress)
             if self.output_dir is not None:
                 if improved:
@@ -592,8 +611,8 @@ class Learner:
             if on_epoch_end is not None and on_epoch_end(record):
                 log.info("stopped after epoch %d on request", epoch + 1)
                 break
-            if early_stop is not None and stale >= early_stop:
-                log.info("early stop: no better validation score for %d epochs", stale)
+            if early_stop is not None and self._stale >= early_stop:
+                log.info("early stop: no better validation score for %d epochs", self._stale)
                 break
             if max_minutes is not None and time.perf_counter() - started > 60 * max_minutes:
                 log.info(
@@ -716,6 +735,7 @@ class Learner:
             "lrs": self.lrs,
             "best_score": self.best_score,
             "best_tiebreak": self.best_tiebreak,
+            "stale": self._stale,
             "seed": self.seed,
         }
         _save_training_state(partial, optimizer, scheduler, scaler, info)
@@ -744,7 +764,8 @@ class Learner:
                 f"{list(self.spec.codes)}. Resume with the same settings"
             )
         opt_state, meta = _load_training_state(state_dir)
-        trained_on = read_checkpoint_meta(state_dir).get("data_fingerprint")
+        recorded = read_checkpoint_meta(state_dir)
+        trained_on = recorded.get("data_fingerprint")
         if trained_on != self.data.fingerprint:
             log.warning(
                 "the interrupted run in '%s' was trained on other data (fingerprint %s, now "
@@ -759,6 +780,15 @@ class Learner:
                     f"cannot resume: the interrupted run had {key}={meta.get(key)}, this one "
                     f"{self._schedule[key]}; resume with the same epochs, lr, batch size and data"
                 )
+        # the batch-norm rule goes on as it was: a learner built on last/ would freeze
+        # the statistics by default (it fine-tunes a checkpoint), which a run from random
+        # weights never did (measured: resumed weights 0.0023 from the uninterrupted run)
+        recorded_bn = (recorded.get("training") or {}).get("freeze_bn")
+        if recorded_bn is not None and bool(recorded_bn) != self.freeze_bn:
+            log.info(
+                "resuming with freeze_bn=%s, as the interrupted run trained", bool(recorded_bn)
+            )
+            self.freeze_bn = bool(recorded_bn)
         self.model.load_state_dict(model.state_dict())
         optimizer.load_state_dict(opt_state)
         scheduler.load_state_dict(meta["scheduler"])
@@ -768,6 +798,7 @@ class Learner:
         self.lrs = list(meta.get("lrs", []))
         self.best_score = meta.get("best_score")
         self.best_tiebreak = meta.get("best_tiebreak")
+        self._stale = int(meta.get("stale", 0))
         self.seed = int(meta.get("seed", self.seed))
         done = int(meta["epochs_done"])
         log.info("resuming from '%s' after epoch %d of %d", state_dir, done, meta["epochs"])
@@ -1173,76 +1204,99 @@ def _load_finetune(model: nn.Module, spec: ModelSpec, src: nn.Module, src_spec: 
     return head_note
 
 
+#: The keywords of :func:`unet_learner` that are fields of each settings group.
+_LEARNER_FIELDS = frozenset(LearnerSettings.__dataclass_fields__)
+_SCHEDULE_FIELDS = frozenset(ScheduleSettings.__dataclass_fields__)
+
+
 def unet_learner(
     data: SegmentationData,
-    encoder: str = DEFAULT_ENCODER,
+    settings: LearnerSettings | None = None,
+    schedule: ScheduleSettings | None = None,
     *,
-    init: InitName | PathLike = "default",
-    loss: LossName = "dice+ce",
-    decoder_channels: Sequence[int] | None = None,
-    scaling: Literal["dtype", "percentile"] | None = None,
-    augment: AugmentSettings | AugmentPreset | None = "default",
-    device: str | torch.device | None = None,
-    batch_size: int | None = None,
-    weight_decay: float = 1e-2,
     output_dir: PathLike | None = None,
-    seed: int | None = None,
-    amp: bool = True,
     progress: bool = True,
-    freeze_bn: bool | None = None,
-    min_steps_per_epoch: int = MIN_STEPS_PER_EPOCH,
+    **fields: Any,
 ) -> Learner:
     """A U-Net learner for ``data``.
 
     Parameters
     ----------
     data : from :func:`~crystalseg.train.data.pairs`
-    encoder : smp encoder name; the default is the architecture of the bundled model, so
-        that training fine-tunes it
-    init : where the weights start
-        ``"default"``: the bundled crystal model; when this build ships none or ``encoder``
-        differs from it, a logged warning and local ImageNet weights if there are any, else
-        ``"none"``. ``"imagenet"``: ImageNet encoder weights found locally (never
-        downloaded; an error if absent); ``"none"``: random; a checkpoint
-        directory: fine-tune it (its architecture is used; classes are matched by name);
-        a ``.safetensors``/``.pth`` state-dict file: encoder weights.
-    loss : one of ``LOSS_NAMES``
-    decoder_channels : decoder widths; default slim for the default encoder, smp's otherwise
-    scaling : intensity rule of the model (``"dtype"`` or ``"percentile"``); default the
-        checkpoint's, else ``"dtype"``
-    augment : ``"default"``, ``"strong"``, ``"none"`` or :class:`AugmentSettings`
-    device : default CUDA when present, else CPU
-    batch_size : default ``data.batch_size``, else 8 on a CPU and 32 on a GPU
-    weight_decay : AdamW weight decay
+    settings : LearnerSettings, optional
+        The network and how it learns: ``encoder``, ``init``, ``loss``,
+        ``decoder_channels``, ``scaling``, ``augment``, ``freeze_bn`` (below).
+    schedule : ScheduleSettings, optional
+        Where and with what it learns: ``device`` (default CUDA when present, else the
+        CPU), ``batch_size`` (default ``data.batch_size``, else 8 on a CPU and 32 on a
+        GPU), ``weight_decay``, ``seed`` (default ``data.seed``; fixes initialisation,
+        crops and augmentation) and ``amp`` (mixed precision on CUDA, bf16 where
+        supported, else fp16; ignored on a CPU). Its epochs and lr are
+        :meth:`Learner.fit_one_cycle`'s to take.
     output_dir : where :meth:`Learner.fit_one_cycle` writes best and last checkpoints
-    seed : default ``data.seed``; fixes initialisation, crops and augmentation
-    amp : mixed precision on CUDA (bf16 where supported, else fp16); ignored on a CPU
     progress : show tqdm progress bars
-    freeze_bn : keep the batch-norm statistics of the starting weights while training
-        (the layers' scale and shift still learn). Default: when fine-tuning a crystal
-        model (``init`` ``"default"`` or a checkpoint), whose statistics fit microscopy
-        frames already and which small batches of a few frames would only make noisy:
-        fine-tuning the bundled model for 3 epochs on 20, 40 and 80 frames of a look it
-        never saw reached validation foreground IoU 0.886, 0.951 and 0.976 with them
-        kept, 0.868, 0.931 and 0.961 without (``benchmarks/finetune.py``). From random
-        weights they must be learned: never freeze them there.
-    min_steps_per_epoch : least optimizer steps in an epoch (:data:`MIN_STEPS_PER_EPOCH`):
-        an epoch draws crops in proportion to the annotated area, and one or two
-        annotated frames would otherwise give a step or two
+    **fields
+        Fields of either group given one by one, for the notebook:
+        ``unet_learner(data, encoder="resnet34", init="none", device="cpu")``; with a
+        group given, they replace its fields.
+
+    Notes
+    -----
+    The fields of :class:`LearnerSettings`:
+
+    - ``encoder``: smp encoder name; the default is the architecture of the bundled
+      model, so that training fine-tunes it.
+    - ``init``: where the weights start. ``"default"``: the bundled crystal model; when
+      this build ships none or ``encoder`` differs from it, a logged warning and local
+      ImageNet weights if there are any, else ``"none"``. ``"imagenet"``: ImageNet
+      encoder weights found locally (never downloaded; an error if absent); ``"none"``:
+      random; a checkpoint directory: fine-tune it (its architecture is used; classes
+      are matched by name); a ``.safetensors``/``.pth`` state-dict file: encoder weights.
+    - ``loss``: one of ``LOSS_NAMES``.
+    - ``decoder_channels``: decoder widths; default slim for the default encoder, smp's
+      otherwise.
+    - ``scaling``: intensity rule of the model (``"dtype"`` or ``"percentile"``);
+      default the checkpoint's, else ``"dtype"``.
+    - ``augment``: ``"default"``, ``"strong"``, ... ``"none"`` or :class:`AugmentSettings`.
+    - ``freeze_bn``: keep the batch-norm statistics of the starting weights while
+      training (the layers' scale and shift still learn). Default: when fine-tuning a
+      crystal model (``init`` ``"default"`` or a checkpoint), whose statistics fit
+      microscopy frames already and which small batches of a few frames would only make
+      noisy: fine-tuning the bundled model for 3 epochs on 20, 40 and 80 frames of a
+      look it never saw reached validation foreground IoU 0.886, 0.951 and 0.976 with
+      them kept, 0.868, 0.931 and 0.961 without (``benchmarks/finetune.py``). From random
+      weights they must be learned: never freeze them there.
+    - ``min_steps_per_epoch`` (:class:`ScheduleSettings`): least optimizer steps in
+      an epoch (:data:`MIN_STEPS_PER_EPOCH`).
 
     Raises
     ------
     ConfigError, CheckpointError
     """
-    if loss not in LOSS_NAMES:
-        raise ConfigError(f"unknown loss '{loss}'; choose one of {', '.join(LOSS_NAMES)}")
-    if weight_decay < 0:
-        raise ConfigError(f"weight_decay must be >= 0, got {weight_decay}")
-    dev = torch.device(device) if device is not None else default_device()
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' requested but no CUDA GPU is available; use --device cpu")
-    bs = batch_size or data.batch_size or default_batch_size(dev)
-    seed = data.seed if seed is None else int(seed)
+    unknown = sorted(set(fields) - _LEARNER_FIELDS - _SCHEDULE_FIELDS)
+    if unknown:
+        raise ConfigError(
+            f"unet_learner got unknown setting(s) {', '.join(unknown)}; known: "
+            f"{', '.join(sorted(_LEARNER_FIELDS | _SCHEDULE_FIELDS))}"
+        )
+    own = {k: v for k, v in fields.items() if k in _LEARNER_FIELDS}
+    timing = {k: v for k, v in fields.items() if k in _SCHEDULE_FIELDS}
+    if settings is None:
+        settings = LearnerSettings(**own)
+    elif own:
+        settings = replace(settings, **own)
+    if schedule is None:
+        schedule = ScheduleSettings(**{"seed": data.seed, **timing})
+    elif timing:
+        schedule = replace(schedule, **timing)
+    encoder, init, decoder_channels, scaling = (
+        settings.encoder,
+        settings.init,
+        settings.decoder_channels,
+        settings.scaling,
+    )
+    resolve_device(schedule.device)  # no CUDA where there is none: said before the work
+    seed = schedule.seed
     torch.manual_seed(seed)
     init_info: dict[str, Any]
     src_ckpt: Path | None = None
@@ -1333,9 +1387,9 @@ def unet_learner(
         init_info = {"kind": kind}
         if encoder_file is not None:
             init_info["file"] = os.fspath(encoder_file)
-    if freeze_bn is None:
-        freeze_bn = src_ckpt is not None
-    elif freeze_bn and kind == "none":
+    if settings.freeze_bn is None:
+        settings = replace(settings, freeze_bn=src_ckpt is not None)
+    elif settings.freeze_bn and kind == "none":
         raise ConfigError(
             "freeze_bn (--freeze-bn) keeps the batch-norm statistics of the starting weights, "
             "but they are random here (init 'none'); drop it or fine-tune a model (init "
@@ -1345,16 +1399,9 @@ def unet_learner(
         data,
         model,
         spec,
-        loss=loss,
-        augment=augment,
-        device=dev,
-        batch_size=bs,
-        weight_decay=weight_decay,
+        settings,
+        schedule,
         output_dir=output_dir,
-        seed=seed,
-        amp=amp,
         progress=progress,
         init_info=init_info,
-        freeze_bn=freeze_bn,
-        min_steps_per_epoch=min_steps_per_epoch,
     )

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import torch
 
+from crystalseg.errors import ConfigError
 from crystalseg.models.checkpoint import DEFAULT_ENCODER
 from crystalseg.synth import SCENARIO_NAMES, SynthConfig, get_scenario, synthesize_run
 from crystalseg.synth.population import stream
@@ -170,7 +171,10 @@ def epochs_for_budget(
     from crystalseg.train.settings import settings_data, settings_learner
 
     started = time.perf_counter()
-    runs = sorted(Path(settings.data[0]).glob("*.zarr"))
+    folder = settings.data.paths[0]
+    if not isinstance(folder, Path):
+        raise ConfigError(f"epochs_for_budget needs a folder of run stores, not the pair {folder}")
+    runs = sorted(folder.glob("*.zarr"))
     subset = runs[:: max(1, len(runs) // probe_runs)][:probe_runs]
     data = settings_data(settings, subset, valid_fraction=0.3)
     learner = settings_learner(settings, data, progress=False)
@@ -178,7 +182,7 @@ def epochs_for_budget(
     data.preload(learner.spec)
     read_s = (time.perf_counter() - t0) / len(data.items)
     optimizer, scaler = learner._optimizer(1e-6), learner._scaler()
-    rng = np.random.default_rng(settings.seed)
+    rng = np.random.default_rng(settings.schedule.seed)
     learner.model.train()
     steps, t_start = 0, time.perf_counter()
     while steps < probe_steps + 3:
@@ -199,7 +203,7 @@ def epochs_for_budget(
     learner.validate()
     valid_s = (time.perf_counter() - t0) / max(1, len(data.valid_items))
     per_run = len(data.items) / len(subset)
-    n_valid = round(settings.valid_fraction * len(runs)) * per_run
+    n_valid = round(settings.data.valid_fraction * len(runs)) * per_run
     n_train = len(runs) * per_run - n_valid
     epoch_s = math.ceil(n_train * data.crops_per_image / learner.batch_size) * step_s
     epoch_s += n_valid * valid_s
@@ -472,7 +476,7 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as exc:  # --first-seed below the evaluation seeds
         parser.error(str(exc))
     decoder = args.decoder_channels
-    settings = TrainSettings(
+    settings = TrainSettings.from_flat(
         data=(runs,),
         codes=CODES_CONTACT if args.boundary == "contact" else CODES,
         output_dir=args.output,
@@ -516,9 +520,8 @@ def main(argv: list[str] | None = None) -> None:
         left = args.max_minutes - (time.perf_counter() - t0) / 60  # the probe's share
         words = shlex.split(settings.command or "")
         words[words.index("auto")] = str(epochs)  # the record says what ran
-        settings = dataclasses.replace(
-            settings, epochs=epochs, max_minutes=max(left, 0.1), command=shlex.join(words)
-        )
+        schedule = dataclasses.replace(settings.schedule, epochs=epochs, max_minutes=max(left, 0.1))
+        settings = dataclasses.replace(settings, schedule=schedule, command=shlex.join(words))
     result = train_model(settings)
     log.info(
         "best validation particle F1 %.4f; checkpoint %s", result.best_score, result.best_checkpoint

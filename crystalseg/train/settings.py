@@ -1,6 +1,8 @@
 """The library entry point of ``crystalseg train``: validated settings in, a trained model out.
 
-The CLI parses its options into a :class:`TrainSettings` and calls :func:`train_model`;
+The CLI parses its options into a :class:`TrainSettings` (the groups of
+:mod:`crystalseg.train.config`, built from flat options by
+:meth:`TrainSettings.from_flat`) and calls :func:`train_model`;
 notebooks can do the same, or use :func:`~crystalseg.train.learner.unet_learner`
 directly for the fastai-like workflow.
 """
@@ -9,183 +11,194 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from crystalseg.classes import BOUNDARY_CODES
 from crystalseg.errors import CheckpointError, ConfigError, StageStateError
-from crystalseg.models.checkpoint import DEFAULT_ENCODER, META_FILE, jsonable, read_checkpoint_meta
+from crystalseg.models.checkpoint import META_FILE, jsonable, read_checkpoint_meta
 from crystalseg.store import check_output_folder
-from crystalseg.train.augment import AUGMENT_PRESETS
-from crystalseg.train.data import PathLike, SegmentationData
+from crystalseg.train.augment import AugmentSettings
+from crystalseg.train.config import (
+    INIT_NAMES,
+    DataSettings,
+    LearnerSettings,
+    ScheduleSettings,
+    mask_values_from_json,
+)
+from crystalseg.train.data import PathLike, SegmentationData, pairs
 from crystalseg.train.learner import (
     LAST_DIR,
-    MIN_STEPS_PER_EPOCH,
     STATE_META,
     Learner,
     LRFindResult,
     find_resume_dir,
     unet_learner,
 )
-from crystalseg.train.losses import LOSS_NAMES
 
 log = logging.getLogger(__name__)
 
 
-#: Class names read as the background, and names of classes that are surely not it.
-_BACKGROUND_NAMES = ("background", "bg", "back")
-_FOREGROUND_NAMES = ("crystal", "crystals", "particle", "particles", *BOUNDARY_CODES)
-
-
-def _check_background_first(codes: tuple[str, ...]) -> None:
-    """Refuse codes whose first class is surely not the background: mask value 0 is
-    the first class, so a crystal class there trains the background as crystal."""
-    names = [c.strip().lower() for c in codes]
-    misplaced = [c for c, n in zip(codes[1:], names[1:], strict=True) if n in _BACKGROUND_NAMES]
-    if misplaced or names[0] in _FOREGROUND_NAMES:
-        rest = ",".join(c for c, n in zip(codes, names, strict=True) if n not in _BACKGROUND_NAMES)
-        raise ConfigError(
-            f"--codes {','.join(codes)}: the first class must be the background (mask "
-            f"value 0), e.g. --codes background,{rest}"
-        )
+#: The fields of a flat settings dict (``crystalseg train``'s options, and what
+#: ``model.json`` records under ``training.settings``) and the group each belongs to.
+FLAT_FIELDS: dict[str, str] = {
+    "data": "data",
+    "codes": "data",
+    "output_dir": "",
+    "encoder": "learner",
+    "init": "learner",
+    "epochs": "schedule",
+    "lr": "schedule",
+    "loss": "learner",
+    "crop_size": "data",
+    "batch_size": "schedule",
+    "min_steps_per_epoch": "schedule",
+    "valid_fraction": "data",
+    "valid": "data",
+    "mask_values": "data",
+    "instances": "data",
+    "crops_per_image": "data",
+    "foreground_bias": "data",
+    "channels": "data",
+    "frame_step": "data",
+    "decoder_channels": "learner",
+    "scaling": "learner",
+    "augment": "learner",
+    "find_lr": "schedule",
+    "resume": "",
+    "early_stop": "schedule",
+    "max_minutes": "schedule",
+    "overwrite": "",
+    "device": "schedule",
+    "seed": "schedule",
+    "weight_decay": "schedule",
+    "progress": "",
+    "freeze_bn": "learner",
+    "command": "",
+    "amp": "schedule",
+}
 
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """Everything ``crystalseg train`` needs; validated on construction.
+    """Everything ``crystalseg train`` needs, grouped; validated on construction.
+
+    Build it from the groups, or from flat keywords with :meth:`from_flat`::
+
+        TrainSettings(DataSettings(("frames/",)), schedule=ScheduleSettings(epochs=5))
+        TrainSettings.from_flat(data=("frames/",), epochs=5, init="none")
 
     Attributes
     ----------
-    data : tuple of paths (folders, run stores); see :func:`~crystalseg.train.data.pairs`
-    codes : class names, background first
-    output_dir : where best (``DIR``) and last (``DIR/last``) checkpoints go; None: nowhere
-    encoder, init, loss, decoder_channels, scaling, augment : see :func:`unet_learner`
-    epochs : length of the one-cycle schedule (0 with ``find_lr``: only find the lr)
-    lr : peak learning rate; None: 1e-3, or the finder's suggestion with ``find_lr``
-    crop_size, batch_size, valid_fraction, valid, mask_values, instances, crops_per_image,
-    foreground_bias, channels, frame_step : see :func:`~crystalseg.train.data.pairs`
-    find_lr : run the learning-rate finder first
-    resume : continue an interrupted run from its output directory
-    early_stop : stop after this many epochs without a better validation score
-    max_minutes : stop after the first epoch that ends past this wall-clock budget
-    overwrite : replace a checkpoint already in ``output_dir``
-    device, seed, weight_decay, progress, freeze_bn, min_steps_per_epoch : see
-        :func:`unet_learner`
-    command : the command line that asked for this training, recorded in model.json
+    data : DataSettings
+        Which pairs, their classes, the validation split and the crops.
+    learner : LearnerSettings
+        Encoder, start weights, loss, augmentation, scaling, batch-norm rule.
+    schedule : ScheduleSettings
+        Epochs, learning rate, batch size, early stop, time budget, seed, device.
+    output_dir : Path or None
+        Where best (``DIR``) and last (``DIR/last``) checkpoints go; None: nowhere
+        (with ``resume``: the resumed folder).
+    resume : Path or None
+        Continue the interrupted training in this output directory.
+    overwrite : bool
+        Replace a checkpoint already in ``output_dir``.
+    progress : bool
+        Show progress bars.
+    command : str or None
+        The command line that asked for this training, recorded in model.json.
     """
 
-    data: tuple[Path, ...]
-    codes: tuple[str, ...] = ("background", "crystal")
+    data: DataSettings
+    learner: LearnerSettings = field(default_factory=LearnerSettings)
+    schedule: ScheduleSettings = field(default_factory=ScheduleSettings)
     output_dir: Path | None = None
-    encoder: str = DEFAULT_ENCODER
-    init: str = "default"
-    epochs: int = 3
-    lr: float | None = None
-    loss: str = "dice+ce"
-    crop_size: int = 256
-    batch_size: int | None = None
-    valid_fraction: float = 0.2
-    valid: tuple[str, ...] | None = None
-    mask_values: tuple[int, ...] | Mapping[int, int | str] | None = None
-    instances: bool = False
-    crops_per_image: int | None = None
-    foreground_bias: float = 0.25
-    channels: int = 1
-    frame_step: int = 1
-    decoder_channels: tuple[int, ...] | None = None
-    scaling: str | None = None
-    augment: str = "default"
-    find_lr: bool = False
     resume: Path | None = None
-    early_stop: int | None = None
-    max_minutes: float | None = None
     overwrite: bool = False
-    device: str | None = None
-    seed: int = 0
-    weight_decay: float = 1e-2
     progress: bool = True
-    freeze_bn: bool | None = None
-    min_steps_per_epoch: int = MIN_STEPS_PER_EPOCH
     command: str | None = None
 
     def __post_init__(self) -> None:
-        set_ = object.__setattr__
-        data = (self.data,) if isinstance(self.data, (str, os.PathLike)) else self.data
-        set_(self, "data", tuple(Path(p) for p in data))
-        if not self.data:
-            raise ConfigError("no training data given; pass a folder, pairs or run stores")
-        codes = self.codes.split(",") if isinstance(self.codes, str) else self.codes
-        set_(self, "codes", tuple(c.strip() for c in codes if c.strip()))
-        if len(self.codes) < 2 or len(set(self.codes)) != len(self.codes):
-            raise ConfigError(
-                f"--codes {','.join(self.codes)} must name at least two distinct classes, "
-                "background first, e.g. background,crystal"
-            )
-        _check_background_first(self.codes)
+        for name, kind in (
+            ("data", DataSettings),
+            ("learner", LearnerSettings),
+            ("schedule", ScheduleSettings),
+        ):
+            if not isinstance(getattr(self, name), kind):
+                raise ConfigError(
+                    f"TrainSettings.{name} must be a {kind.__name__}, got "
+                    f"{type(getattr(self, name)).__name__}; flat keywords go through "
+                    "TrainSettings.from_flat"
+                )
         for name in ("output_dir", "resume"):
             value = getattr(self, name)
             if value is not None:
-                set_(self, name, Path(value))
+                object.__setattr__(self, name, Path(value))
         if self.resume is not None and self.output_dir is None:
-            set_(self, "output_dir", self.resume)
-        if not isinstance(self.epochs, int) or self.epochs < 0:
-            raise ConfigError(f"--epochs must be a non-negative integer, got {self.epochs}")
-        if self.epochs == 0 and not self.find_lr:
-            raise ConfigError("--epochs 0 trains nothing; give epochs or --find-lr")
-        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
-            raise ConfigError(f"--lr must be a positive number, got {self.lr}")
-        if self.loss not in LOSS_NAMES:
-            raise ConfigError(f"--loss must be one of {', '.join(LOSS_NAMES)}, got {self.loss}")
-        if self.crop_size < 32 or self.crop_size % 32:
-            raise ConfigError(f"--crop-size must be a multiple of 32, got {self.crop_size}")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
-        if not 0.0 <= self.valid_fraction < 1.0:
-            raise ConfigError(f"--valid-fraction must be in [0, 1), got {self.valid_fraction}")
-        if self.channels not in (1, 3):
-            raise ConfigError(f"--channels must be 1 or 3, got {self.channels}")
-        if self.crops_per_image is not None and self.crops_per_image < 1:
-            raise ConfigError(f"--crops-per-image must be >= 1, got {self.crops_per_image}")
-        if not 0.0 <= self.foreground_bias <= 1.0:
-            raise ConfigError(f"--foreground-bias must be in [0, 1], got {self.foreground_bias}")
-        if self.augment not in AUGMENT_PRESETS:
+            object.__setattr__(self, "output_dir", self.resume)
+
+    @classmethod
+    def from_flat(cls, **values: Any) -> TrainSettings:
+        """Settings from flat keywords, the names of ``crystalseg train``'s options
+        (``data`` the paths, ``codes``, ``epochs``, ``init``...; see :data:`FLAT_FIELDS`).
+
+        Raises
+        ------
+        ConfigError
+            An unknown name (the known ones listed) or a bad value.
+        """
+        unknown = sorted(set(values) - set(FLAT_FIELDS))
+        if unknown:
             raise ConfigError(
-                f"--augment must be one of {', '.join(AUGMENT_PRESETS)}, got {self.augment}"
+                f"unknown training setting(s) {', '.join(unknown)}; known: {', '.join(FLAT_FIELDS)}"
             )
-        if self.scaling not in (None, "dtype", "percentile"):
-            raise ConfigError(f"--scaling must be dtype or percentile, got {self.scaling}")
-        if self.early_stop is not None and self.early_stop < 1:
-            raise ConfigError(f"--early-stop must be at least 1, got {self.early_stop}")
-        if self.max_minutes is not None and not self.max_minutes > 0:
-            raise ConfigError(f"--max-minutes must be positive, got {self.max_minutes}")
-        if self.weight_decay < 0:
-            raise ConfigError(f"--weight-decay must be >= 0, got {self.weight_decay}")
-        if self.freeze_bn not in (None, True, False):
-            raise ConfigError(
-                f"freeze_bn must be True, False or None (auto), got {self.freeze_bn!r}"
-            )
-        if self.freeze_bn and self.init == "none":
-            raise ConfigError(
-                "--freeze-bn keeps the batch-norm statistics of the starting model, but "
-                "--init none starts from random weights; drop --freeze-bn or fine-tune a "
-                "model (--init default or a checkpoint)"
-            )
-        if not isinstance(self.min_steps_per_epoch, int) or self.min_steps_per_epoch < 1:
-            raise ConfigError(
-                f"--min-steps must be a positive integer, got {self.min_steps_per_epoch!r}"
-            )
-        if self.decoder_channels is not None:
-            set_(self, "decoder_channels", tuple(int(c) for c in self.decoder_channels))
-        if self.valid is not None:
-            set_(self, "valid", tuple(str(v) for v in self.valid))
+        groups: dict[str, dict[str, Any]] = {"data": {}, "learner": {}, "schedule": {}, "": {}}
+        for name, value in values.items():
+            groups[FLAT_FIELDS[name]]["paths" if name == "data" else name] = value
+        if "paths" not in groups["data"]:
+            raise ConfigError("no training data given; pass a folder, pairs or run stores")
+        return cls(
+            DataSettings(**groups["data"]),
+            LearnerSettings(**groups["learner"]),
+            ScheduleSettings(**groups["schedule"]),
+            **groups[""],
+        )
+
+    @classmethod
+    def from_dict(cls, recorded: Mapping[str, Any]) -> TrainSettings:
+        """The settings a ``model.json`` recorded (``training.settings``, flat as
+        :meth:`to_dict` writes it, by this and earlier versions): names this version
+        does not know are left out, JSON forms read back (mask value keys, an
+        ``init`` path that need not exist here).
+
+        Raises
+        ------
+        ConfigError
+            A recorded value this version refuses.
+        """
+        values = {k: v for k, v in recorded.items() if k in FLAT_FIELDS}
+        dropped = sorted(set(recorded) - set(values))
+        if dropped:
+            log.info("recorded training settings not used here: %s", ", ".join(dropped))
+        if values.get("mask_values") is not None:
+            values["mask_values"] = mask_values_from_json(values["mask_values"])
+        init = values.get("init")
+        if isinstance(init, str) and init not in INIT_NAMES:
+            values["init"] = Path(init)
+        if isinstance(values.get("augment"), Mapping):
+            values["augment"] = AugmentSettings(**values["augment"])
+        return cls.from_flat(**values)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready settings, recorded next to the model."""
-        return {k: jsonable(getattr(self, k)) for k in self.__dataclass_fields__}
+        """JSON-ready settings, recorded next to the model: one flat mapping, the form
+        earlier versions wrote and read (``crystalseg train --resume`` reads it)."""
+        out: dict[str, Any] = {}
+        for name, group in FLAT_FIELDS.items():
+            owner = getattr(self, group) if group else self
+            value = getattr(owner, "paths" if name == "data" else name)
+            out[name] = value.to_dict() if isinstance(value, AugmentSettings) else jsonable(value)
+        return out
 
 
 @dataclass(frozen=True)
@@ -221,24 +234,11 @@ def settings_data(
     valid_fraction: float | None = None,
 ) -> SegmentationData:
     """The training data of ``s`` (or of ``items`` read the same way; with another
-    ``valid_fraction``, the split is by that fraction instead of ``s.valid``)."""
-    from crystalseg.train.data import pairs
-
-    return pairs(
-        list(s.data if items is None else items),
-        codes=s.codes,
-        mask_values=s.mask_values,
-        instances=s.instances,
-        valid_fraction=s.valid_fraction if valid_fraction is None else valid_fraction,
-        valid=s.valid if valid_fraction is None else None,
-        crop_size=s.crop_size,
-        batch_size=s.batch_size,
-        crops_per_image=s.crops_per_image,
-        foreground_bias=s.foreground_bias,
-        channels=s.channels,  # type: ignore[arg-type]
-        frame_step=s.frame_step,
-        seed=s.seed,
-    )
+    ``valid_fraction``, the split is by that fraction instead of ``s.data.valid``)."""
+    data = s.data if items is None else replace(s.data, paths=tuple(map(Path, items)))
+    if valid_fraction is not None:
+        data = replace(data, valid_fraction=valid_fraction, valid=None)
+    return pairs(data, batch_size=s.schedule.batch_size, seed=s.schedule.seed)
 
 
 def settings_learner(
@@ -250,21 +250,13 @@ def settings_learner(
     progress: bool | None = None,
 ) -> Learner:
     """The learner of ``s`` on ``data`` (``init`` and ``progress`` default to the settings')."""
+    learner = s.learner if init is None else replace(s.learner, init=init)  # type: ignore[arg-type]
     return unet_learner(
         data,
-        s.encoder,
-        init=s.init if init is None else init,
-        loss=s.loss,  # type: ignore[arg-type]
-        decoder_channels=s.decoder_channels,
-        scaling=s.scaling,  # type: ignore[arg-type]
-        augment=s.augment,  # type: ignore[arg-type]
-        device=s.device,
-        weight_decay=s.weight_decay,
+        learner,
+        s.schedule,
         output_dir=output_dir,
-        seed=s.seed,
         progress=s.progress if progress is None else progress,
-        freeze_bn=s.freeze_bn,
-        min_steps_per_epoch=s.min_steps_per_epoch,
     )
 
 
@@ -288,8 +280,11 @@ def _restart_if_killed_in_first_save(s: TrainSettings) -> TrainSettings:
             recorded = read_checkpoint_meta(s.resume).get("training", {}).get("settings", {})
         except CheckpointError:
             recorded = {}
-        init = recorded.get("init", s.init)
-        return replace(s, resume=None, overwrite=True, init=init)
+        init = recorded.get("init", s.learner.init)
+        if isinstance(init, str) and init not in INIT_NAMES:
+            init = Path(init)
+        learner = replace(s.learner, init=init)
+        return replace(s, resume=None, overwrite=True, learner=learner)
     return s
 
 
@@ -314,7 +309,7 @@ def train_model(settings: TrainSettings) -> TrainResult:
         check_output_folder(out)  # a read-only or full disk fails now, not after training
     data = settings_data(s)
     log.info("%r", data)
-    init: str | Path = s.init
+    init: str | Path = s.learner.init
     if s.resume is not None:
         init = find_resume_dir(s.resume)
     learner = settings_learner(s, data, init=init, output_dir=out)
@@ -324,8 +319,9 @@ def train_model(settings: TrainSettings) -> TrainResult:
         learner.init_info = dict(first or learner.init_info)
     learner.settings = s.to_dict()
     found = None
-    lr = s.lr
-    if s.find_lr:
+    sched = s.schedule
+    lr = sched.lr
+    if sched.find_lr:
         found = learner.lr_find()
         log.info("lr finder suggests %.2e", found.suggestion)
         if lr is not None:
@@ -335,16 +331,20 @@ def train_model(settings: TrainSettings) -> TrainResult:
                 found.suggestion,
             )
         lr = lr or found.suggestion
-    if s.epochs > 0:
+    if sched.epochs > 0:
         lr = lr or 1e-3
         if s.resume is not None:
             prev = json.loads((find_resume_dir(s.resume) / STATE_META).read_text())
-            lr = s.lr or float(prev["lr_max"])
+            lr = sched.lr or float(prev["lr_max"])
         learner.fit_one_cycle(
-            s.epochs, lr, resume=s.resume, early_stop=s.early_stop, max_minutes=s.max_minutes
+            sched.epochs,
+            lr,
+            resume=s.resume,
+            early_stop=sched.early_stop,
+            max_minutes=sched.max_minutes,
         )
     best = last = None
-    if out is not None and s.epochs > 0:
+    if out is not None and sched.epochs > 0:
         best = out if (out / META_FILE).exists() else None
         last = out / LAST_DIR if (out / LAST_DIR / META_FILE).exists() else None
     return TrainResult(
@@ -352,7 +352,7 @@ def train_model(settings: TrainSettings) -> TrainResult:
         best_checkpoint=best,
         last_checkpoint=last,
         history=tuple(learner.history),
-        lr=lr if s.epochs > 0 else None,
+        lr=lr if sched.epochs > 0 else None,
         lr_find=found,
         best_score=learner.best_score,
         learner=learner,

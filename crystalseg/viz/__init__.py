@@ -1,8 +1,9 @@
 """Figures, QC overlays and the HTML report, drawn from what ``measure`` wrote.
 
-Nothing here recomputes a measurement: the figures read the run's ``psd`` and
-``particles`` groups, and the overlays rebuild the instance labels from the stored
-mask with the measurement's recorded settings, matched to the particle table by label.
+Nothing here recomputes a measurement or reads the store by hand: the figures and the
+overlays read the run through :class:`crystalseg.measure.MeasuredRun` (``psd``,
+``particles``, the labels of a frame exactly as measured) and only draw. Overlays
+carry a scale bar (:func:`~crystalseg.viz.scalebar.add_scale_bar`).
 All figures are :class:`matplotlib.figure.Figure` objects made without pyplot, so they
 work headless and in threads.
 """
@@ -19,8 +20,10 @@ from crystalseg.viz.plots import (
     plot_shape,
     plot_statistics,
 )
+from crystalseg.viz.scalebar import add_scale_bar, scale_bar_length
 
 __all__ = [
+    "add_scale_bar",
     "montage",
     "open_results",
     "overlay_frame",
@@ -33,5 +36,6 @@ __all__ = [
     "plot_runs",
     "plot_shape",
     "plot_statistics",
+    "scale_bar_length",
     "write_overlays",
 ]

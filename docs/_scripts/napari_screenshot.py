@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "img" / "napari.png")
-    parser.add_argument("--frames", type=int, default=12)
+    parser.add_argument("--n-frames", dest="frames", type=int, default=12)
     args = parser.parse_args()
     display = None
     if not os.environ.get("DISPLAY"):

@@ -118,7 +118,7 @@ def _tiny_runs_settings(tmp_path, **kw):
     for k in range(3):
         config = SynthConfig(frames=4, height=64, width=64, seed=1000 + k, scenario="clear")
         synthesize_run(tmp_path / "runs" / f"clear-{k}.zarr", config)
-    return TrainSettings(
+    return TrainSettings.from_flat(
         data=(tmp_path / "runs",),
         codes=recipe.CODES,
         encoder="tu-test_resnet",

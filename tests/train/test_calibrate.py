@@ -129,7 +129,7 @@ def test_training_calibrates_the_best_checkpoint_and_an_over_confident_copy(
     )
     learner = unet_learner(
         data,
-        TINY,
+        encoder=TINY,
         init="none",
         decoder_channels=TINY_DEC,
         progress=False,

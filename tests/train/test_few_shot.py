@@ -65,7 +65,7 @@ def test_one_half_frame_trains_enough_steps_and_validates_on_a_held_out_band(
 
     learner = unet_learner(
         data,
-        TINY,
+        encoder=TINY,
         init="none",
         decoder_channels=TINY_DEC,
         batch_size=2,
@@ -107,7 +107,9 @@ def test_crops_follow_the_area_of_each_frame(tmp_path: Path) -> None:
     # a floor of 27 crops repeats whole rounds of 9: each frame keeps its share
     batches = list(
         data.train_batches(
-            unet_learner(data, TINY, init="none", decoder_channels=TINY_DEC, progress=False).spec,
+            unet_learner(
+                data, encoder=TINY, init="none", decoder_channels=TINY_DEC, progress=False
+            ).spec,
             np.random.default_rng(0),
             batch_size=9,
             min_crops=27,

@@ -18,6 +18,7 @@ from crystalseg.errors import CheckpointError, ConfigError, StageStateError
 from crystalseg.models import ModelSpec, build_model, load_checkpoint, save_checkpoint
 from crystalseg.train import (
     Learner,
+    ScheduleSettings,
     TrainSettings,
     pairs,
     train_model,
@@ -61,7 +62,7 @@ def data(tmp_path: Path):
 def tiny(data, **kw) -> Learner:
     kw.setdefault("progress", False)
     kw.setdefault("min_steps_per_epoch", 1)  # the tiny sets' own crops, fast
-    return unet_learner(data, TINY, init="none", decoder_channels=TINY_DEC, **kw)
+    return unet_learner(data, encoder=TINY, init="none", decoder_channels=TINY_DEC, **kw)
 
 
 def test_steps_reduce_the_loss_on_a_fixed_batch(data) -> None:
@@ -123,6 +124,37 @@ def test_resume_continues_the_schedule(tmp_path: Path, data) -> None:
         resumed.model.state_dict().values(), full.model.state_dict().values(), strict=True
     ):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_resume_from_the_last_checkpoint_trains_on_as_the_run_did(tmp_path: Path, data) -> None:
+    """``train --resume`` builds its learner on ``last/``, a checkpoint, which by
+    default freezes the batch-norm statistics; a run from random weights never did,
+    and the resumed weights ended 0.0023 from the uninterrupted run's."""
+    full = tiny(data)
+    full.fit_one_cycle(2, 5e-3)
+    part = tiny(data, output_dir=tmp_path / "run")
+    part.fit_one_cycle(2, 5e-3, on_epoch_end=lambda rec: True)
+    last = learner_mod.find_resume_dir(tmp_path / "run")
+    resumed = unet_learner(data, encoder=TINY, init=last, progress=False)
+    assert resumed.freeze_bn  # what the checkpoint alone would say
+    resumed.fit_one_cycle(2, 5e-3, resume=tmp_path / "run")
+    assert not resumed.freeze_bn
+    for (name, a), b in zip(
+        resumed.model.state_dict().items(), full.model.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), name
+
+
+def test_resume_counts_on_towards_the_early_stop(tmp_path: Path, data) -> None:
+    part = tiny(data, output_dir=tmp_path / "run")
+    part.best_score = 2.0  # nothing can beat an IoU of 2: every epoch is stale
+    part.fit_one_cycle(4, 1e-3, early_stop=2, on_epoch_end=lambda rec: rec["epoch"] == 1)
+    resumed = tiny(data, output_dir=tmp_path / "run")
+    resumed.fit_one_cycle(4, 1e-3, early_stop=2, resume=tmp_path / "run")
+    assert [h["epoch"] for h in resumed.history] == [1, 2]  # stopped as the whole run would
+    again = tiny(data, output_dir=tmp_path / "run")
+    again.fit_one_cycle(4, 1e-3, early_stop=2, resume=tmp_path / "run")
+    assert len(again.history) == 2  # a run that stopped early is finished
 
 
 def test_resume_with_another_schedule_is_refused(tmp_path: Path, data) -> None:
@@ -271,7 +303,9 @@ def test_predict_tiles_large_images_exactly(data) -> None:
     from crystalseg.segment import EngineSettings
 
     spec = ModelSpec(TINY, tuple(CODES), decoder_channels=TINY_DEC)
-    learner = Learner(data, PixelModel(), spec, device=torch.device("cpu"), batch_size=2)
+    learner = Learner(
+        data, PixelModel(), spec, schedule=ScheduleSettings(device="cpu", batch_size=2)
+    )
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (150, 203), dtype=np.uint8)
     expected = (image > 127).astype(np.uint8)  # (x/255 - .5)/.25 > 0
@@ -349,7 +383,7 @@ def test_default_init_falls_back_with_a_warning(data, caplog, tmp_path, monkeypa
 
     monkeypatch.setattr(ckpt, "_DEFAULT_DIR", tmp_path / "no-model")  # a build without one
     with caplog.at_level(logging.WARNING):
-        learner = unet_learner(data, TINY, decoder_channels=TINY_DEC, progress=False)
+        learner = unet_learner(data, encoder=TINY, decoder_channels=TINY_DEC, progress=False)
     assert learner.init_info["kind"] == "none"
     assert "no default model ships" in caplog.text
 
@@ -366,7 +400,7 @@ def test_finetune_maps_the_class_head_by_name(tmp_path: Path, data) -> None:
         learner.model.state_dict()[head_w], model3.state_dict()[head_w][[0, 2]]
     )
     with pytest.raises(ConfigError, match="resnet34"):
-        unet_learner(data, "resnet34", init=tmp_path / "c3")
+        unet_learner(data, encoder="resnet34", init=tmp_path / "c3")
 
 
 def _bn_stats(model: nn.Module) -> list[torch.Tensor]:
@@ -429,7 +463,7 @@ def test_finetune_maps_a_rim_head_to_a_contact_head_by_role() -> None:
 
 def test_train_model_end_to_end(tmp_path: Path) -> None:
     folder = write_pairs(tmp_path / "d", n=4)
-    settings = TrainSettings(
+    settings = TrainSettings.from_flat(
         data=(folder,),
         codes="background,crystal",  # type: ignore[arg-type]
         output_dir=tmp_path / "out",
@@ -469,7 +503,7 @@ def test_train_model_end_to_end(tmp_path: Path) -> None:
 )
 def test_train_settings_validation(tmp_path: Path, kw: dict) -> None:
     with pytest.raises(ConfigError):
-        TrainSettings(**{"data": (tmp_path,), **kw})
+        TrainSettings.from_flat(**{"data": (tmp_path,), **kw})
 
 
 @pytest.mark.parametrize("codes", ["crystal,background", "boundary,crystal", "crystal,bg"])
@@ -477,14 +511,16 @@ def test_codes_must_start_with_the_background(tmp_path: Path, codes: str) -> Non
     """Mask value 0 is the first class: codes that put a crystal class first would
     train the background pixels as crystal (an inverted model)."""
     with pytest.raises(ConfigError, match=r"first class must be the background.*--codes back"):
-        TrainSettings(data=(tmp_path,), codes=codes)
-    TrainSettings(data=(tmp_path,), codes="medium,crystal")  # any other name may come first
+        TrainSettings.from_flat(data=(tmp_path,), codes=codes)
+    TrainSettings.from_flat(
+        data=(tmp_path,), codes="medium,crystal"
+    )  # any other name may come first
 
 
 def test_train_model_resumes_an_interrupted_run(tmp_path: Path, data) -> None:
     part = tiny(data, output_dir=tmp_path / "run")
     part.fit_one_cycle(2, 5e-3, on_epoch_end=lambda rec: True)
-    settings = TrainSettings(
+    settings = TrainSettings.from_flat(
         data=(data.items[0].image.parent,),
         resume=tmp_path / "run",
         encoder=TINY,
@@ -524,7 +560,7 @@ def test_default_init_falls_back_to_local_imagenet_weights(tmp_path: Path, data,
     save_file({k: v.contiguous() for k, v in weights.items()}, tmp_path / "in1k.safetensors")
     monkeypatch.setattr(ckpt, "find_imagenet_weights", lambda enc: tmp_path / "in1k.safetensors")
     monkeypatch.setattr(learner_mod, "find_imagenet_weights", ckpt.find_imagenet_weights)
-    learner = unet_learner(data, TINY, decoder_channels=TINY_DEC, progress=False)
+    learner = unet_learner(data, encoder=TINY, decoder_channels=TINY_DEC, progress=False)
     assert learner.init_info["kind"] == "imagenet"
     assert learner.spec.mean == (pytest.approx(0.449, abs=1e-3),)
     key = list(weights)[-1]

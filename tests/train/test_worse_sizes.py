@@ -63,7 +63,7 @@ def save(folder: Path, name: str, image: np.ndarray, labels: np.ndarray) -> None
 
 
 def settings(data: Path, out: Path, **kw) -> TrainSettings:
-    return TrainSettings(
+    return TrainSettings.from_flat(
         data=(data,),
         codes=CODES,
         instances=True,

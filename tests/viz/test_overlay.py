@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 from pathlib import Path
 
@@ -195,6 +196,25 @@ def test_write_overlays_files(drawn_run: Path, tmp_path: Path) -> None:
         write_overlays(drawn_run, tmp_path / "bad", frames=[3])
 
 
+def scale_bars(ax: Axes) -> list:
+    return [a for a in ax.artists if a.get_gid() == "scale-bar"]
+
+
+def test_overlays_have_a_scale_bar_of_the_calibrated_length(drawn_run: Path) -> None:
+    """2 um per pixel, 100 px wide: a fifth is 40 um, so a 20 um bar, 10 frame pixels long,
+    drawn 50 pixels long at the figure's zoom of 5."""
+    fig = overlay_frame(drawn_run, 0, color_by="status")
+    fig.canvas.draw()
+    (bar,) = scale_bars(fig.axes[0])
+    assert bar.txt_label.get_text() == "20 µm"
+    (rect,) = bar.size_bar.get_children()
+    assert rect.get_width() == pytest.approx(10.0)  # frame pixels (data units)
+    zoom = round(fig.axes[0].bbox.width / W)
+    assert zoom == 5 and rect.get_window_extent().width == pytest.approx(50, abs=0.5)
+    grid = montage(drawn_run, n=3)
+    assert [len(scale_bars(ax)) for ax in grid.axes] == [1, 1, 1]
+
+
 def test_changed_mask_is_refused(drawn_run: Path, tmp_path: Path) -> None:
     path = tmp_path / "changed.zarr"
     shutil.copytree(drawn_run, path)
@@ -243,6 +263,9 @@ def test_classes_left_out_are_drawn_as_excluded(tmp_path: Path, store_mask) -> N
     assert texts == ["kept: 1", "excluded: 1 (1 class not measured)"]
     fig = overlay_frame(path, 0, color_by="size")
     assert fig.axes[1].get_ylabel() == "ECD (px), kept particles"
+    (bar,) = scale_bars(fig.axes[0])  # no pixel size: the bar is in px, a fifth of 100
+    assert bar.txt_label.get_text() == "20 px"
+    assert bar.size_bar.get_children()[0].get_width() == pytest.approx(20.0)
 
 
 # --------------------------------------------------------------------------- a boundary class
@@ -411,10 +434,10 @@ def test_unmeasured_and_unsegmented_runs_are_refused(tmp_path: Path, store_mask)
     writer.write_frames(0, np.zeros((2, 16, 16), np.uint8))
     writer.mark_done(0, 2)
     writer.finish()
-    with pytest.raises(StageStateError, match=r"no mask.*crystalseg measure"):
+    with pytest.raises(StageStateError, match=r"not been measured.*crystalseg measure.*segments"):
         overlay_image(path, 0)
     store_mask(path, np.zeros((2, 16, 16), np.uint8))
-    with pytest.raises(StageStateError, match=r"not measured.*crystalseg measure"):
+    with pytest.raises(StageStateError, match=r"not been measured; run 'crystalseg measure"):
         montage(path)
     with pytest.raises(ConfigError, match="color_by"):
         overlay_frame(path, 0, color_by="area")  # type: ignore[arg-type]
@@ -537,8 +560,15 @@ def test_frame_figure_pixels_are_the_frame_pixels(tmp_path: Path, store_mask) ->
     inner = (slice(2, -2), slice(2, -2))  # the axes frame is drawn over the outermost pixels
     # Equal up to the grey colour map's rounding (one level); a shift by one pixel of noise
     # or any smoothing would differ by tens of levels.
-    diff = np.abs(crop[inner].astype(int) - expected[inner].astype(int))
-    assert diff.max() <= 1
+    diff = np.abs(crop.astype(int) - expected.astype(int))
+    # The scale bar (lower right) covers the frame: compare the pixels outside its box.
+    (bar,) = [a for a in fig.axes[0].artists if a.get_gid() == "scale-bar"]
+    bar_box = bar.get_window_extent(fig.canvas.get_renderer())  # type: ignore[attr-defined]
+    rows = slice(saved.shape[0] - math.ceil(bar_box.y1) - top, None)
+    cols = slice(math.floor(bar_box.x0) - round(box.x0), None)
+    assert diff[rows, cols].max() > 1  # the bar is there
+    diff[rows, cols] = 0
+    assert diff[inner].max() <= 1
 
 
 def test_montage_legend_wraps_inside_the_figure(
@@ -556,7 +586,7 @@ def test_montage_legend_wraps_inside_the_figure(
 
 
 def test_montage_grid_follows_the_frame_shape() -> None:
-    from crystalseg.viz.overlay import _montage_columns
+    from crystalseg.viz.layout import montage_columns as _montage_columns
 
     # Square frames: ceil(sqrt(n)) columns, as before.
     assert [_montage_columns(n, 1.0) for n in range(1, 11)] == [1, 2, 2, 2, 3, 3, 3, 3, 3, 4]

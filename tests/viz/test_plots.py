@@ -395,8 +395,8 @@ def test_plot_runs_and_names(run: Path, tmp_path: Path) -> None:
     assert paths[0] == tmp_path / "cmp" / "compare.svg"
     assert len(paths) == 1 + 2 * len(RUN_FIGURES)
     assert (tmp_path / "cmp" / "b-growth" / "shape.svg").exists()
-    assert default_plot_dir([other]) == (tmp_path / "b" / "growth-plots").resolve()
-    assert default_plot_dir([run, other]) == run.parent.resolve() / "compare-plots"
+    assert default_plot_dir([other]) == (tmp_path / "b" / "growth_plots").resolve()
+    assert default_plot_dir([run, other]) == run.parent.resolve() / "compare_plots"
 
 
 def _cli(*args: str) -> tuple[int, str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import re
 import shutil
@@ -30,9 +31,11 @@ from crystalseg.viz.report import (
     find_warnings,
     frame_ranges,
     render_report,
+    report_sha256,
     summary_table,
     write_report,
 )
+from crystalseg.viz.report_html import SECTION_TITLES
 
 N_FRAMES = 6
 EMPTY_FRAMES = (0, 1)
@@ -107,9 +110,31 @@ def measured(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
 
 
+#: Batch-record fields of the module's report; markup in a value must come out as text.
+META = {
+    "operator": "J. Doe <qa> & co",
+    "sample": "API-7, lot 3",
+    "vessel": "R-12",
+    "batch": "B-2291",
+    "instrument": "EasyViewer 100",
+}
+
+
+#: The SOP file record of the module's report (as ``report --config`` passes it).
+SOP = {"file": "sop-7.toml", "sha256": "ab" * 32, "content": {"report": {"basis": "number"}}}
+
+
 @pytest.fixture(scope="module")
-def report(measured: Path) -> tuple[str, list]:
-    return render_report(measured)
+def written(measured: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list]:
+    """The module's report written once, as HTML and PDF, with batch-record fields."""
+    out = tmp_path_factory.mktemp("written") / "discs_report.html"
+    settings = ReportSettings(sop=SOP)
+    return write_report(measured, out, settings=settings, meta=META, pdf=True)
+
+
+@pytest.fixture(scope="module")
+def report(written: tuple[Path, list]) -> tuple[str, list]:
+    return written[0].read_text(encoding="utf-8"), written[1]
 
 
 class _Collector(HTMLParser):
@@ -264,7 +289,8 @@ def test_run_section_states_calibration(report: tuple[str, list]) -> None:
     )
     assert f"{SIZE} × {SIZE} px" in run
     assert f"<td>{N_FRAMES}</td>" in run
-    assert "2.5 min" in run  # 5 intervals of 30 s
+    # 5 intervals of 30 s: a run of 150 s counts in seconds, everywhere
+    assert "150 s (0 s to 150 s), one frame every 30 s" in run
 
 
 def test_settings_section_lists_each_stage(report: tuple[str, list]) -> None:
@@ -336,7 +362,7 @@ def test_run_without_pixel_size_warns_and_reports_px(tmp_path: Path) -> None:
     assert "no_pixel_size" in codes and "edge_fraction" not in codes
     text = out.read_text(encoding="utf-8")
     assert "D50, number (px)" in text
-    assert "<strong class='bad'>unknown</strong>" in text
+    assert "<strong class='bad'>unknown: sizes are in px" in text
     assert len(_parse(text).images) == 7  # no montage
 
 
@@ -467,25 +493,35 @@ def test_unmeasured_run_is_an_error(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- CLI
 
 
-def test_cli_report_writes_the_file_and_lists_warnings(measured: Path, tmp_path: Path) -> None:
+def test_cli_report_writes_the_files_and_lists_warnings(measured: Path, tmp_path: Path) -> None:
+    """HTML and PDF with the batch-record fields, the sha256 of each printed."""
     out = tmp_path / "sub" / "r.html"
-    result = CliRunner().invoke(
-        cli, ["-q", "report", str(measured), "-o", str(out), "--frames", "2,-1", "--montage", "0"]
-    )
+    args = ["-q", "report", str(measured), "-o", str(out), "--frames", "2,-1", "--montage", "0"]
+    args += ["--pdf", "--meta", "sample=API-7\\, lot 3,batch=B-2291", "--meta", "operator=QA 1"]
+    result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
-    assert result.output.splitlines()[0] == f"report written to {out} (2 warnings)"
+    pdf = out.with_suffix(".pdf")
+    assert result.output.splitlines()[:4] == [
+        f"report written to {out} (2 warnings)",
+        f"PDF written to {pdf}",
+        f"sha256 {hashlib.sha256(out.read_bytes()).hexdigest()}  {out}",
+        f"sha256 {hashlib.sha256(pdf.read_bytes()).hexdigest()}  {pdf}",
+    ]
     assert "warning: 2 of 6 frames have no particles" in result.output
-    parsed = _parse(out.read_text(encoding="utf-8"))
+    text = out.read_text(encoding="utf-8")
+    parsed = _parse(text)
     assert {"fig-overlay-2", "fig-overlay-5"} <= set(parsed.ids)
     assert "fig-montage" not in parsed.ids
+    header = text.split("</header>")[0]
+    assert "<td>API-7, lot 3</td>" in header and "<td>QA 1</td>" in header
 
 
 def test_cli_report_errors_are_one_line(measured: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["-q", "report", str(measured), "--frames", "0,last"])
     assert result.exit_code == 1
     assert result.output.strip().splitlines() == [
-        "Error: --frames '0,last' is not a comma-separated list of frame indices; "
-        "e.g. --frames 0,50,-1"
+        "Error: --frames '0,last' is not a comma-separated list of frame indices or ranges; "
+        "e.g. --frames 0,50,-1 or --frames 0-9,-1"
     ]
     result = CliRunner().invoke(cli, ["-q", "report", str(measured), "--frames", "0,6"])
     assert result.exit_code == 1
@@ -587,3 +623,117 @@ def test_report_of_frames_below_the_minimum_count(tmp_path: Path) -> None:
 def test_summary_table_shows_the_interval_of_d50(report: tuple[str, list]) -> None:
     summary = report[0][report[0].index("<section id='summary'>") :]
     assert "95 %:" in summary[: summary.index("</section>")]
+
+
+# --------------------------------------------------------------------------- batch record
+
+
+def _section_of(text: str, section: str) -> str:
+    part = text[text.index(f"<section id='{section}'>") :]
+    return part[: part.index("</section>")]
+
+
+def test_header_holds_the_batch_record_fields_escaped(report: tuple[str, list]) -> None:
+    text = report[0]
+    header = text[text.index("<header>") : text.index("</header>")]
+    rows = re.findall(r"<tr><th scope='row'>([^<]*)</th><td>([^<]*)</td></tr>", header)
+    # the four standard fields first, in their order, then the others as given
+    assert [k for k, _ in rows] == ["sample", "batch", "operator", "instrument", "vessel"]
+    assert dict(rows)["operator"] == "J. Doe &lt;qa&gt; &amp; co"
+    assert "J. Doe <qa> & co" in "".join(_parse(text).text)
+
+
+def test_settings_are_all_visible_in_print(report: tuple[str, list]) -> None:
+    """Every stage's recorded settings are laid out open, and print hides no settings."""
+    text = report[0]
+    settings = _section_of(text, "settings")
+    assert settings.count("<details") == settings.count("<details open>") >= 2
+    assert "<code>settings.min_area_px</code>" in settings or "min_area_px" in settings
+    css = text[text.index("<style>") : text.index("</style>")]
+    printed = css[css.index("@media print") :]
+    assert "details{display:none}" not in printed.replace(" ", "")
+    assert "details::details-content{content-visibility:visible;display:block}" in printed
+
+
+def test_one_time_unit_throughout(report: tuple[str, list]) -> None:
+    """A run of 150 s: every time the report prints is in s (no 'min' beside 's')."""
+    text = " ".join(_parse(report[0]).text)
+    units = set(re.findall(r"t = [0-9.]+ (s|min|h)\b", text))
+    assert units == {"s"}
+    assert "t (s)" in text and "t (min)" not in text
+
+
+def _dvalue_rows(text: str) -> list[dict[str, str]]:
+    """The D-values table of a report: one {column heading: cell} per frame shown."""
+    table = text[text.index("<table class='summary dvalues'>") :]
+    table = table[: table.index("</table>")]
+    head = re.findall(r"<th scope='col'>([^<]*)</th>", table)
+    return [
+        dict(zip(head, re.findall(r"<td class='num'>([^<]*)</td>", row), strict=True))
+        for row in table.split("<tr>")[2:]
+    ]
+
+
+def test_dvalue_table_over_time(report: tuple[str, list], measured: Path) -> None:
+    psd = xr.open_zarr(measured, group="psd").load()
+    rows = _dvalue_rows(report[0])
+    assert [r["frame"] for r in rows] == [str(f) for f in range(N_FRAMES)]
+    for frame, row in enumerate(rows):
+        d50 = float(psd["d50_number"].values[frame])
+        assert row["D50 (µm)"] == (f"{d50:.3g}" if np.isfinite(d50) else "–")
+        assert row["t (s)"] == f"{30 * frame}"
+        lower, upper = (float(psd[f"d50_number_{b}"].values[frame]) for b in ("lower", "upper"))
+        if np.isfinite(lower) and np.isfinite(upper):
+            assert row["D50 95 %"] == f"{lower:.3g} to {upper:.3g}"
+    assert rows[0]["n counted"] == "0" and rows[-1]["n counted"] == "2"
+
+
+def test_pdf_beside_the_html_holds_the_tables_and_fields(
+    written: tuple[Path, list], report: tuple[str, list]
+) -> None:
+    from pypdf import PdfReader
+
+    pdf = written[0].with_suffix(".pdf")
+    reader = PdfReader(pdf)
+    assert len(reader.pages) >= 3
+    text = "\n".join(page.extract_text() for page in reader.pages)
+    for value in META.values():
+        assert value in text
+    # the D50 values of the D-values table, as the HTML prints them
+    d50 = [row["D50 (µm)"] for row in _dvalue_rows(report[0]) if row["D50 (µm)"] != "–"]
+    assert len(d50) == len(RADII)
+    lines = [line.split() for line in text.splitlines()]
+    for frame, value in zip(RADII, d50, strict=True):
+        assert any(line[:2] == [str(frame), str(30 * frame)] and value in line for line in lines)
+    # the summary's D50 at the end, and every section title, in order
+    summary = _section_of(report[0], "summary")
+    end_d50 = re.findall(r"D50, number \(µm\)</th>(.*?)</tr>", summary)[0]
+    for cell in re.findall(r"<td class='num'>([^<]*)<", end_d50):
+        assert cell in text
+    positions = [text.index(title) for title in SECTION_TITLES.values()]
+    assert positions == sorted(positions)
+    assert reader.metadata is not None and "crystalseg report" in str(reader.metadata.title)
+    assert "report.basis number" in text and SOP["sha256"] in text  # the SOP file, as in HTML
+    settings = _section_of(report[0], "settings")
+    assert "<code>report.basis</code></th><td>number</td>" in settings
+
+
+def test_each_file_has_its_sha256_beside_it(written: tuple[Path, list]) -> None:
+    html = written[0]
+    for path in (html, html.with_suffix(".pdf")):
+        line = path.with_name(path.name + ".sha256").read_text(encoding="utf-8")
+        assert line == f"{hashlib.sha256(path.read_bytes()).hexdigest()}  {path.name}\n"
+        assert report_sha256(path) == line.split()[0]
+
+
+@pytest.mark.parametrize(
+    ("meta", "message"),
+    [
+        ("sample", "--meta item 'sample' has no '='; give key=value, e.g. batch=B-2291"),
+        ("batch=B1,batch=B2", "--meta 'batch' is given twice; give each field once"),
+    ],
+)
+def test_cli_report_refuses_bad_meta(measured: Path, meta: str, message: str) -> None:
+    result = CliRunner().invoke(cli, ["-q", "report", str(measured), "--meta", meta])
+    assert result.exit_code == 1
+    assert result.output == f"Error: {message}\n"
