@@ -135,7 +135,7 @@ def test_resume_from_the_last_checkpoint_trains_on_as_the_run_did(tmp_path: Path
     part = tiny(data, output_dir=tmp_path / "run")
     part.fit_one_cycle(2, 5e-3, on_epoch_end=lambda rec: True)
     last = learner_mod.find_resume_dir(tmp_path / "run")
-    resumed = unet_learner(data, encoder=TINY, init=last, progress=False)
+    resumed = unet_learner(data, encoder=TINY, init=last, progress=False, min_steps_per_epoch=1)
     assert resumed.freeze_bn  # what the checkpoint alone would say
     resumed.fit_one_cycle(2, 5e-3, resume=tmp_path / "run")
     assert not resumed.freeze_bn
