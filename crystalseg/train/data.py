@@ -184,7 +184,8 @@ def check_pair_shapes(item: PairItem, image: np.ndarray, raw_mask: np.ndarray) -
     """
     if image.shape[:2] != raw_mask.shape:
         raise FrameMismatchError(
-            f"image '{item.name}' is {image.shape[1]}x{image.shape[0]} px but its mask "
+            f"image '{item.image.name if item.image else item.name}' is "
+            f"{image.shape[1]}x{image.shape[0]} px but its mask "
             f"'{item.mask.name if item.mask else 'mask'}' is {raw_mask.shape[1]}x"
             f"{raw_mask.shape[0]}; masks must match their images pixel for pixel"
         )
