@@ -154,7 +154,8 @@ class RunOutcome:
         Wall time of this run (the first run that segments includes loading the model).
     summary : dict
         For a measured run :func:`~crystalseg.measure.results.summarize_measurement`
-        plus what ``finish`` returned; for a segmented run ``frames`` and ``resize``;
+        plus what ``finish`` returned; for a segmented run ``frames``, ``resize``
+        and ``classes``;
         empty for a failed run.
     error : CrystalsegError or None
         Why the run failed (its message names the fault and the fix).
@@ -307,7 +308,8 @@ def segment_runs(
     -------
     list of RunOutcome
         One per run, in order; ``status`` "segmented" or "failed"; a segmented run's
-        summary holds ``frames`` and ``resize`` (the factor its mask was made at).
+        summary holds ``frames``, ``resize`` (the factor its mask was made at) and
+        ``classes`` (the mask's class names).
     """
     shared = _SharedModel(model, engine)
 
@@ -322,7 +324,12 @@ def segment_runs(
             progress=None if progress is None else lambda d, t: progress(path, d, t),
         )
         factor = stage_info(path)["segment"]["settings"].get("resize", 1.0)
-        return "segmented", {"frames": int(mask.shape[0]), "resize": float(factor)}
+        classes = mask.attrs.get("flag_meanings", "")
+        return "segmented", {
+            "frames": int(mask.shape[0]),
+            "resize": float(factor),
+            "classes": classes,
+        }
 
     return _queue(runs, work, each)
 

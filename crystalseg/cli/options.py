@@ -16,6 +16,34 @@ import click
 run_argument = click.argument("run", type=click.Path(path_type=Path))
 
 
+def expand_run_folders(
+    ctx: click.Context, param: click.Parameter, value: tuple[Path, ...]
+) -> tuple[Path, ...]:
+    """RUN [RUN ...]: each path as given, except a folder that is not itself a run
+    store (no ``zarr.json``) but holds ``*.zarr`` folders, which stands for those,
+    sorted by name. A run store is a zarr group, so this reads one way only; a folder
+    with neither stays as given and fails as a run would (naming it)."""
+    runs: list[Path] = []
+    for path in value:
+        inner = (
+            sorted(p for p in path.glob("*.zarr") if p.is_dir())
+            if path.is_dir() and not (path / "zarr.json").exists()
+            else []
+        )
+        runs.extend(inner or [path])
+    return tuple(runs)
+
+
+runs_argument = click.argument(
+    "runs",
+    nargs=-1,
+    required=True,
+    metavar="RUN...",
+    type=click.Path(path_type=Path),
+    callback=expand_run_folders,
+)
+
+
 class FrameList(click.ParamType):
     """Frame indices and inclusive ranges such as ``0,50,-1`` or ``0-9,-1`` (negative:
     from the end), as a tuple of int (:func:`crystalseg.viz.overlay.parse_frames`).
