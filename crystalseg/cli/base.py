@@ -10,7 +10,7 @@ import logging
 import math
 import sys
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -150,7 +150,7 @@ def echo_info(run: Path) -> None:
     click.echo(format_run_info(run_info(run)))
 
 
-def echo_json(document: Mapping[str, Any] | list[Mapping[str, Any]]) -> None:
+def echo_json(document: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> None:
     """Print ``document`` (or a list of them, one a run of several) as one JSON document
     on stdout (``--json``): numpy values as numbers, paths as text, NaN and infinity as
     null (strict JSON, which every parser reads). Logs, warnings and progress bars stay
@@ -166,7 +166,7 @@ def echo_json(document: Mapping[str, Any] | list[Mapping[str, Any]]) -> None:
             return [finite(v) for v in value]
         return value
 
-    plain = [dict(d) for d in document] if isinstance(document, list) else dict(document)
+    plain = dict(document) if isinstance(document, Mapping) else [dict(d) for d in document]
     click.echo(json.dumps(finite(jsonable(plain)), indent=2, allow_nan=False))
 
 
