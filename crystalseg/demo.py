@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from crystalseg.errors import ConfigError, CrystalsegError, StageStateError
-from crystalseg.store import PROVENANCE_KEY, read_run_attrs
+from crystalseg.store import PROVENANCE_KEY, RunPath, read_run_attrs
 from crystalseg.synth import SynthConfig
 from crystalseg.synth.scenarios import SCENARIO_NAMES, Scenario, ScenarioName, get_scenario
 
@@ -98,14 +98,14 @@ class DemoResult:
 
     directory: Path
     run: Path
-    report: Path
-    figures: tuple[Path, ...]
-    overlays: tuple[Path, ...]
-    particles_csv: Path
+    report: RunPath
+    figures: tuple[RunPath, ...]
+    overlays: tuple[RunPath, ...]
+    particles_csv: RunPath
     warnings: tuple[str, ...]
     seconds: float
 
-    def files(self) -> list[Path]:
+    def files(self) -> list[RunPath]:
         """Every file the demo promises (the run store counts as one)."""
         return [self.run, self.report, self.particles_csv, *self.figures, *self.overlays]
 

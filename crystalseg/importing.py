@@ -7,9 +7,9 @@ resumes when the same command is run again.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-import shutil
 import threading
 import warnings
 from collections import deque
@@ -22,6 +22,7 @@ import numpy as np
 from crystalseg.errors import ConfigError, CrystalsegError, CrystalsegWarning, UnsupportedInputError
 from crystalseg.io import FrameSource, PlanarRGB, open_source
 from crystalseg.store import RunWriter, check_calibration, create_run, creating
+from crystalseg.store.location import RunLike, RunPath, remove_tree, run_path
 
 log = logging.getLogger(__name__)
 
@@ -119,14 +120,17 @@ def _copy_chunks(
             raise
 
 
-def refuse_source_inside(source: str | Path, dest: str | Path) -> None:
+def refuse_source_inside(source: str | Path, dest: RunLike) -> None:
     """Refuse to import a recording into a store that holds it (or into itself): the new
     store would overwrite what it reads, and the reading would see zeros."""
+    where = run_path(dest)
+    if not isinstance(where, Path):
+        return  # recordings are read from this machine's files
     text = str(source)
     if any(ch in text for ch in "*?[") and not Path(text).exists():
         text = text[: min(text.find(ch) for ch in "*?[" if ch in text)]
     src = Path(text).resolve()
-    target = Path(dest).resolve()
+    target = where.resolve()
     if src == target or target in src.parents:
         raise ConfigError(
             f"the recording '{source}' lies inside the destination '{dest}'; importing would "
@@ -136,7 +140,7 @@ def refuse_source_inside(source: str | Path, dest: str | Path) -> None:
 
 def import_run(
     source: str | Path,
-    dest: str | Path,
+    dest: RunLike,
     *,
     pixel_size_um: float | None = None,
     interval_s: float | None = None,
@@ -146,14 +150,15 @@ def import_run(
     overwrite: bool = False,
     progress: Callable[[int], None] | None = None,
     planar_rgb: PlanarRGB = "auto",
-) -> Path:
+) -> RunPath:
     """Copy a recording into a new run store, frame chunk by frame chunk.
 
     Parameters
     ----------
     source : path of a TIFF/OME-TIFF stack, an image folder or glob, a zarr array,
         an OME-Zarr image or a ``.npy`` stack
-    dest : path of the run store to create (``*.zarr``)
+    dest : path of the run store to create (``*.zarr``), or its URL on object storage
+        (``s3://bucket/run.zarr``, see :mod:`crystalseg.store.location`)
     pixel_size_um : micrometres per pixel; overrides what the file says
     interval_s : seconds between frames; overrides timestamps in the file
     channel : channel to take from a multi-channel recording
@@ -166,9 +171,9 @@ def import_run(
 
     Returns
     -------
-    Path of the run store.
+    Path (or UPath) of the run store.
     """
-    dest = Path(dest)
+    dest = run_path(dest)
     check_calibration(pixel_size_um=pixel_size_um, interval_s=interval_s)
     if frames_per_chunk is not None and (
         isinstance(frames_per_chunk, bool) or not 1 <= int(frames_per_chunk)
@@ -216,7 +221,8 @@ def import_run(
                 _copy_chunks(src, writer, progress)
             except CrystalsegError:
                 if writer.path != dest or not existed:
-                    shutil.rmtree(writer.path, ignore_errors=True)  # made by this call
+                    with contextlib.suppress(OSError):
+                        remove_tree(writer.path)  # made by this call
                 raise
             writer.finish()
     log.info("imported %d frames from %s into %s", src.shape[0], source, dest)

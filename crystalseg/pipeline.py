@@ -36,7 +36,6 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import closing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import xarray as xr
@@ -60,12 +59,13 @@ from crystalseg.segment import (
     stream_segment_run,
 )
 from crystalseg.store import open_run, stage_info, writing
+from crystalseg.store.location import RunLike, RunPath, run_path
 
 log = logging.getLogger(__name__)
 
 
 def segment_and_measure(
-    run: str | os.PathLike[str],
+    run: RunLike,
     *,
     model: str | os.PathLike[str] | Segmenter | None = None,
     options: MeasureOptions | None = None,
@@ -99,7 +99,7 @@ def segment_and_measure(
     options = MeasureOptions() if options is None else options
     if stream not in (True, False, "auto"):
         raise ConfigError(f"stream must be True, False or 'auto', got {stream!r}")
-    path = Path(run).resolve()
+    path = run_path(run, resolve=True)
     open_run(path)  # checks the store is a complete run
     with writing(path, STAGE):  # held once for both stages
         if needs_segmentation(path):
@@ -147,8 +147,8 @@ class RunOutcome:
 
     Attributes
     ----------
-    path : Path
-        The run store, resolved.
+    path : Path or UPath
+        The run store, resolved (:func:`crystalseg.store.run_path`).
     status : {"measured", "segmented", "failed"}
     seconds : float
         Wall time of this run (the first run that segments includes loading the model).
@@ -161,7 +161,7 @@ class RunOutcome:
         Why the run failed (its message names the fault and the fix).
     """
 
-    path: Path
+    path: RunPath
     status: Literal["measured", "segmented", "failed"]
     seconds: float
     summary: Mapping[str, Any] = field(default_factory=dict)
@@ -202,21 +202,21 @@ class _SharedModel:
 
 
 def _queue(
-    runs: Iterable[str | os.PathLike[str]],
-    work: Callable[[Path], tuple[Literal["measured", "segmented"], Mapping[str, Any]]],
+    runs: Iterable[RunLike],
+    work: Callable[[RunPath], tuple[Literal["measured", "segmented"], Mapping[str, Any]]],
     each: Callable[[RunOutcome], None] | None,
 ) -> list[RunOutcome]:
     """Run ``work`` on each run in turn; a user-actionable failure becomes a failed
     outcome and the queue goes on, anything else (a bug) propagates."""
     outcomes = []
     for run in runs:
-        path = Path(run).resolve()
+        path = run_path(run, resolve=True)
         start = time.perf_counter()
         try:
             status, summary = work(path)
             outcome = RunOutcome(path, status, time.perf_counter() - start, summary)
         except Exception as exc:
-            error = explain_failure(exc, paths=[path])
+            error = explain_failure(exc, paths=[str(path)])
             if error is None:
                 raise
             log.info("%s failed: %s", path, error)
@@ -228,14 +228,14 @@ def _queue(
 
 
 def measure_runs(
-    runs: Iterable[str | os.PathLike[str]],
+    runs: Iterable[RunLike],
     *,
     model: str | os.PathLike[str] | Segmenter | None = None,
     engine: EngineSettings | None = None,
-    options: MeasureOptions | Callable[[Path], MeasureOptions] | None = None,
+    options: MeasureOptions | Callable[[RunPath], MeasureOptions] | None = None,
     client: Any = None,
     stream: bool | Literal["auto"] = "auto",
-    finish: Callable[[Path], Mapping[str, Any] | None] | None = None,
+    finish: Callable[[RunPath], Mapping[str, Any] | None] | None = None,
     each: Callable[[RunOutcome], None] | None = None,
 ) -> list[RunOutcome]:
     """Segment (where needed) and measure several runs, one after the other, with one model.
@@ -270,7 +270,7 @@ def measure_runs(
     """
     shared = _SharedModel(model, engine)
 
-    def work(path: Path) -> tuple[Literal["measured"], Mapping[str, Any]]:
+    def work(path: RunPath) -> tuple[Literal["measured"], Mapping[str, Any]]:
         open_run(path)  # a damaged store fails here, before anything else is read
         opts = options(path) if callable(options) else options
         engine_here = shared.get() if needs_segmentation(path) else model
@@ -282,14 +282,14 @@ def measure_runs(
 
 
 def segment_runs(
-    runs: Iterable[str | os.PathLike[str]],
+    runs: Iterable[RunLike],
     *,
     model: str | os.PathLike[str] | Segmenter | None = None,
     engine: EngineSettings | None = None,
     overwrite: bool = False,
     save_probability: bool | None = None,
     client: Any = None,
-    progress: Callable[[Path, int, int], None] | None = None,
+    progress: Callable[[RunPath, int, int], None] | None = None,
     each: Callable[[RunOutcome], None] | None = None,
 ) -> list[RunOutcome]:
     """Segment several runs, one after the other, with one model loaded once.
@@ -313,7 +313,7 @@ def segment_runs(
     """
     shared = _SharedModel(model, engine)
 
-    def work(path: Path) -> tuple[Literal["segmented"], Mapping[str, Any]]:
+    def work(path: RunPath) -> tuple[Literal["segmented"], Mapping[str, Any]]:
         open_run(path)  # a damaged store fails here, before the model is loaded
         mask = segment_run(
             path,

@@ -184,7 +184,8 @@ def _edit_attrs(run: Path, **attrs: object) -> None:
         (
             lambda r: _edit_attrs(r, pixel_size_um="0.65 um"),
             ["info", "segment", "measure", "overlay"],
-            r"'pixel_size_um' = '0.65 um'; expected micrometres per pixel.*zarr.json",
+            r"'pixel_size_um' = '0.65 um'; expected micrometres per pixel.*crystalseg calibrate "
+            r".* --pixel-size UM",
         ),
         (
             lambda r: _edit_attrs(r, pixel_size_um=1e-300),

@@ -170,7 +170,7 @@ def echo_json(document: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> None
     click.echo(json.dumps(finite(jsonable(plain)), indent=2, allow_nan=False))
 
 
-def echo_run_error(run: Path, error: Exception) -> None:
+def echo_run_error(run: Any, error: Exception) -> None:
     """The ``Error:`` line of one failed run of several, on stderr; the run is named
     first unless the message names it already."""
     message = str(error)

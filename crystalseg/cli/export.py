@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from crystalseg.cli.base import Command
-from crystalseg.cli.options import CommaList, run_argument
+from crystalseg.cli.options import CommaList, run_argument, run_location
 from crystalseg.cli.sop import config_option, sop_request
 
 
@@ -17,7 +17,7 @@ from crystalseg.cli.sop import config_option, sop_request
     "-o",
     "--output",
     "out_dir",
-    type=click.Path(path_type=Path),
+    type=run_location,
     default=None,
     help="Folder of the files (default: beside RUN), named RUN_<table>.csv, RUN.xlsx or "
     "RUN_<table>.parquet; with --format xlsx also a workbook file name (results.xlsx).",

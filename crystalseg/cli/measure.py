@@ -128,11 +128,11 @@ def measure(
     engine = None
     if tta or resize != "auto" or precision != "auto":
         engine = EngineSettings(tta=tta, resize=resize, precision=precision)  # type: ignore[arg-type]
-    min_areas: dict[Path, Any] = {}
-    segments: dict[Path, bool] = {}
+    min_areas: dict[Any, Any] = {}
+    segments: dict[Any, bool] = {}
     bars = ExitStack()
 
-    def options(run: Path) -> MeasureOptions:
+    def options(run: Any) -> MeasureOptions:
         calibrated = filters["min_area"].unit == "um2"
         settings, min_areas[run] = measure_settings(
             dict(filters),  # taken apart: each run needs its own copy
@@ -153,7 +153,7 @@ def measure(
         update = bars.enter_context(stage_bars(ctx.obj["quiet"], run.name if many else ""))
         return MeasureOptions(settings, overwrite=overwrite, progress=update)
 
-    def finish(run: Path) -> dict[str, Any]:
+    def finish(run: Any) -> dict[str, Any]:
         bars.close()
         if segments[run] and sop_request(ctx) is not None:
             record_requests(ctx, run, ("segment",))

@@ -13,21 +13,40 @@ from typing import Any, Literal
 
 import click
 
-run_argument = click.argument("run", type=click.Path(path_type=Path))
+
+class RunLocation(click.ParamType):
+    """A run store (or an output) given as a local path or as a URL on object storage
+    (``s3://bucket/run.zarr``): a ``Path``, or a ``UPath`` for a URL
+    (:func:`crystalseg.store.run_path`). ``click.Path`` would turn ``s3://b/r`` into the
+    local ``s3:/b/r``; a URL no installed file system reads is one ``Error:`` line."""
+
+    name = "PATH|URL"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        from crystalseg.store import run_path
+
+        return run_path(value)
+
+
+#: The type of every run argument and of outputs that may go to object storage.
+run_location = RunLocation()
+
+run_argument = click.argument("run", type=run_location)
 
 
 def expand_run_folders(
-    ctx: click.Context, param: click.Parameter, value: tuple[Path, ...]
-) -> tuple[Path, ...]:
-    """RUN [RUN ...]: each path as given, except a folder that is not itself a run
+    ctx: click.Context, param: click.Parameter, value: tuple[Any, ...]
+) -> tuple[Any, ...]:
+    """RUN [RUN ...]: each run as given, except a local folder that is not itself a run
     store (no ``zarr.json``) but holds ``*.zarr`` folders, which stands for those,
     sorted by name. A run store is a zarr group, so this reads one way only; a folder
-    with neither stays as given and fails as a run would (naming it)."""
-    runs: list[Path] = []
+    with neither stays as given and fails as a run would (naming it). URLs are taken
+    as given (give each run of a bucket)."""
+    runs: list[Any] = []
     for path in value:
         inner = (
             sorted(p for p in path.glob("*.zarr") if p.is_dir())
-            if path.is_dir() and not (path / "zarr.json").exists()
+            if isinstance(path, Path) and path.is_dir() and not (path / "zarr.json").exists()
             else []
         )
         runs.extend(inner or [path])
@@ -39,7 +58,7 @@ runs_argument = click.argument(
     nargs=-1,
     required=True,
     metavar="RUN...",
-    type=click.Path(path_type=Path),
+    type=run_location,
     callback=expand_run_folders,
 )
 
@@ -272,11 +291,12 @@ _MEASURE_FILTER_OPTIONS: tuple[Callable[..., Any], ...] = (
     ),
     click.option(
         "--split",
-        type=click.Choice(["auto", "watershed", "boundary", "hybrid", "none"]),
+        type=click.Choice(["auto", "watershed", "boundary", "hybrid", "distance", "none"]),
         default="auto",
         show_default=True,
         help="How touching crystals are split (auto: hybrid, i.e. the boundary class and "
-        "necks, if the model has a boundary class, else the watershed).",
+        "necks, if the model has a boundary class, else the watershed; distance: "
+        "watershed of the distance to background and boundary class).",
     ),
     click.option(
         "--trim-boundary/--no-trim-boundary",

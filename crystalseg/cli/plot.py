@@ -15,16 +15,17 @@ from crystalseg.cli.options import (
     color_by_option,
     montage_option,
     run_argument,
+    run_location,
 )
 
 
 @click.command(cls=Command)
-@click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("runs", nargs=-1, required=True, type=run_location)
 @click.option(
     "-o",
     "--output",
     "out_dir",
-    type=click.Path(path_type=Path),
+    type=run_location,
     default=None,
     help="Folder of the figures (default: RUN_plots beside RUN; compare_plots beside "
     "the first of several).",
@@ -95,7 +96,7 @@ def plot(
     "-o",
     "--output",
     "output_dir",
-    type=click.Path(path_type=Path),
+    type=run_location,
     default=None,
     help="Folder of the PNGs (default: RUN_overlays beside RUN).",
 )

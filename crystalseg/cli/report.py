@@ -14,6 +14,7 @@ from crystalseg.cli.options import (
     json_option,
     montage_option,
     run_argument,
+    run_location,
 )
 from crystalseg.cli.sop import config_option, sop_request
 
@@ -23,7 +24,7 @@ from crystalseg.cli.sop import config_option, sop_request
 @click.option(
     "-o",
     "--output",
-    type=click.Path(path_type=Path),
+    type=run_location,
     default=None,
     help="HTML file to write (default: RUN_report.html beside RUN; replaced if it exists).",
 )

@@ -99,7 +99,7 @@ def segment(
     )
     bars = ExitStack()
 
-    def progress(run: Path, done: int, total: int) -> None:
+    def progress(run: Any, done: int, total: int) -> None:
         if run not in shown:
             bars.close()  # the bar of the run before
             shown.add(run)
@@ -112,7 +112,8 @@ def segment(
             if many:
                 echo_run_error(outcome.path, outcome.error)
             return
-        record_requests(ctx, outcome.path, ("segment",))
+        run: Any = outcome.path  # a Path, or a UPath for a URL
+        record_requests(ctx, run, ("segment",))
         classes = outcome.summary["classes"]
         frames = outcome.summary["frames"]
         click.echo(f"mask of {frames} frames written to {outcome.path} (classes: {classes})")
@@ -120,8 +121,8 @@ def segment(
             click.echo(resize_note(outcome.summary["resize"]))
 
     quiet = ctx.obj["quiet"]
-    shown: set[Path] = set()
-    updates: dict[Path, Any] = {}
+    shown: set[Any] = set()
+    updates: dict[Any, Any] = {}
     with bars:
         outcomes = segment_runs(
             runs,

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-from pathlib import Path
 from typing import Any, Literal
 
 from crystalseg.dims import SIZE_BIN, TIME
@@ -28,14 +26,15 @@ from crystalseg.export.writers import (
     write_xlsx,
 )
 from crystalseg.measure.reader import MeasuredRun
-from crystalseg.store import check_output_outside_run
+from crystalseg.store import check_output_outside_run, make_folder
+from crystalseg.store.location import RunLike, RunPath, run_path
 
 log = logging.getLogger(__name__)
 
 
 def export_run(
-    run: str | os.PathLike[str],
-    out: str | os.PathLike[str],
+    run: RunLike,
+    out: RunLike,
     *,
     settings: ExportSettings | None = None,
 ) -> ExportResult:
@@ -68,7 +67,7 @@ def export_run(
         ``out`` is a file (or names one) where a folder is expected.
     """
     settings = settings or ExportSettings()
-    path = Path(run)
+    path = run_path(run)
     measured = MeasuredRun(path)
     pixel = measured.calibration.pixel_size_um
     names, notes = resolve_tables(path, settings.what)
@@ -80,7 +79,7 @@ def export_run(
             "measured: measure the run again to update them",
         )
         log.warning("%s: %s", path, notes[0])
-    folder, workbook = _output(Path(out), settings.format)
+    folder, workbook = _output(run_path(out), settings.format)
     stem = path.name.removesuffix(".zarr") if path.name.endswith(".zarr") else path.stem
     tables: list[Table] = []
     for name in names:
@@ -105,8 +104,8 @@ def export_run(
     if settings.format == "xlsx":
         check_excel_rows(tables, path)
     check_output_outside_run(workbook or folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    files: list[Path] = []
+    make_folder(folder)
+    files: list[RunPath] = []
     if settings.format == "xlsx":
         target = workbook or folder / f"{stem}.xlsx"
         write_xlsx(tables, metadata, target, settings)
@@ -131,7 +130,7 @@ def export_run(
     return ExportResult(tuple(files), {t.name: t.rows for t in tables}, tuple(notes))
 
 
-def _output(out: Path, fmt: ExportFormat) -> tuple[Path, Path | None]:
+def _output(out: RunPath, fmt: ExportFormat) -> tuple[RunPath, RunPath | None]:
     """(folder, workbook file or None) for ``out``: a folder, or for xlsx a ``.xlsx`` file."""
     if fmt == "xlsx" and out.suffix.lower() == ".xlsx":
         return out.parent, out
@@ -146,7 +145,7 @@ def _output(out: Path, fmt: ExportFormat) -> tuple[Path, Path | None]:
 
 
 def _parquet_metadata(
-    rows: list[tuple[str, str, Any]], run: Path, pixel_size_um: float | None
+    rows: list[tuple[str, str, Any]], run: RunPath, pixel_size_um: float | None
 ) -> dict[str, str]:
     """Schema metadata of the Parquet files: the metadata rows as JSON under
     ``crystalseg``, and ``pixel_size_um`` and ``source`` as before."""
@@ -164,12 +163,12 @@ def _parquet_metadata(
 
 
 def export_particles(
-    run: str | os.PathLike[str],
-    path: str | os.PathLike[str],
+    run: RunLike,
+    path: RunLike,
     *,
     format: Literal["parquet", "csv"] | None = None,
     settings: ExportSettings | None = None,
-) -> Path:
+) -> RunPath:
     """Write the particle table of a measured run to one Parquet or CSV file, streaming.
 
     The columns are those of :func:`export_run`'s ``particles`` table (units in the
@@ -195,7 +194,7 @@ def export_particles(
     StageStateError
         The run has no finished measurement.
     """
-    out = Path(path)
+    out = run_path(path)
     fmt = format
     if fmt is None:
         suffix = out.suffix.lower()
@@ -211,7 +210,7 @@ def export_particles(
     measured = MeasuredRun(run)
     pixel = measured.calibration.pixel_size_um
     table = particles_table(measured)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(out.parent)
     if fmt == "csv":
         write_csv(table, out, settings)
     else:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal, get_args
 
 from crystalseg.errors import ConfigError
+from crystalseg.store.location import RunPath
 
 TableName = Literal["statistics", "psd", "particles", "tracks"]
 
@@ -143,7 +143,7 @@ class ExportResult:
         What was left out and why (e.g. a run without tracks).
     """
 
-    files: tuple[Path, ...]
+    files: tuple[RunPath, ...]
     rows: dict[str, int] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
 

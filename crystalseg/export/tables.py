@@ -28,6 +28,7 @@ from crystalseg.measure.distributions import SIZE_STATISTICS
 from crystalseg.measure.reader import MeasuredRun
 from crystalseg.measure.results import PARTICLE_COLUMNS, particle_column_attrs
 from crystalseg.store import crystalseg_version, stage_info
+from crystalseg.store.location import RunPath
 
 #: CF ``units`` of a stored variable -> the suffix of its header ("" for none).
 UNIT_SUFFIXES: dict[str, str] = {
@@ -131,7 +132,7 @@ def column_header(name: str, units: str | None) -> str:
     return f"{name}_{suffix}"
 
 
-def tracks_state(path: Path) -> str | None:
+def tracks_state(path: RunPath) -> str | None:
     """None when the run holds finished tracks, else why not (for the note)."""
     root = zarr.open_group(str(path), mode="r", use_consolidated=False)
     info = stage_info(path).get(TRACKS_STAGE)
@@ -237,7 +238,7 @@ def particles_table(run: MeasuredRun) -> Table:
     return Table("particles", columns, run.n_particles, blocks)
 
 
-def tracks_table(path: Path) -> Table:
+def tracks_table(path: RunPath) -> Table:
     """The tracks as stored (one 1-D array per column, CF attributes on each)."""
     group = zarr.open_group(str(path / TRACKS_GROUP), mode="r", use_consolidated=False)
     order = list(group.attrs.asdict().get("columns") or [])  # type: ignore[arg-type]
@@ -260,7 +261,7 @@ def tracks_table(path: Path) -> Table:
 
 
 def resolve_tables(
-    path: Path, what: tuple[TableName, ...] | None
+    path: RunPath, what: tuple[TableName, ...] | None
 ) -> tuple[list[TableName], list[str]]:
     """(tables to write, notes) for the request ``what`` (None: all the run holds)."""
     notes = []

@@ -9,7 +9,6 @@ field's units and description in its metadata.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,6 +18,7 @@ from crystalseg.errors import ConfigError
 from crystalseg.export.settings import ExportSettings
 from crystalseg.export.tables import Table
 from crystalseg.store import file_written_whole
+from crystalseg.store.location import RunPath
 
 #: Rows of an Excel sheet, the header included (Excel 2007 and later).
 EXCEL_MAX_ROWS = 1_048_576
@@ -50,7 +50,7 @@ def round_significant(values: np.ndarray, digits: int) -> np.ndarray:
     return out
 
 
-def write_csv(table: Table, out: Path, settings: ExportSettings) -> None:
+def write_csv(table: Table, out: RunPath, settings: ExportSettings) -> None:
     """Stream ``table`` into a CSV file for spreadsheets, as ``settings`` says."""
     encoding = "utf-8-sig" if settings.bom else "utf-8"
     with file_written_whole(out) as tmp, open(tmp, "w", newline="", encoding=encoding) as fh:
@@ -67,7 +67,7 @@ def write_csv(table: Table, out: Path, settings: ExportSettings) -> None:
 
 
 def write_metadata_csv(
-    rows: list[tuple[str, str, Any]], out: Path, settings: ExportSettings
+    rows: list[tuple[str, str, Any]], out: RunPath, settings: ExportSettings
 ) -> None:
     """The metadata rows (section, key, value) as a CSV file."""
     frame = pd.DataFrame(rows, columns=["section", "key", "value"]).astype(str)
@@ -76,7 +76,7 @@ def write_metadata_csv(
         frame.to_csv(tmp, sep=settings.sep, index=False, encoding=encoding, lineterminator="\r\n")
 
 
-def write_parquet(table: Table, out: Path, metadata: dict[str, str]) -> None:
+def write_parquet(table: Table, out: RunPath, metadata: dict[str, str]) -> None:
     """Stream the table's blocks into one Parquet file; each field's metadata holds
     its ``units`` and ``long_name`` (and ``source``: the name in the store)."""
     import pyarrow as pa
@@ -122,7 +122,7 @@ def _cell_rows(block: pd.DataFrame, digits: int) -> list[list[Any]]:
     return np.column_stack(columns).tolist() if len(block) else []
 
 
-def check_excel_rows(tables: Sequence[Table], path: Path) -> None:
+def check_excel_rows(tables: Sequence[Table], path: RunPath) -> None:
     """Refuse, before anything is written, a table longer than an Excel sheet."""
     for table in tables:
         if table.rows + 1 > EXCEL_MAX_ROWS:
@@ -138,7 +138,7 @@ def check_excel_rows(tables: Sequence[Table], path: Path) -> None:
 def write_xlsx(
     tables: Sequence[Table],
     metadata: list[tuple[str, str, Any]],
-    out: Path,
+    out: RunPath,
     settings: ExportSettings,
 ) -> None:
     """One workbook: a sheet per table and a ``metadata`` sheet, rows streamed to disk."""

@@ -36,10 +36,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -86,6 +84,7 @@ from crystalseg.store import (
     write_table,
     writing,
 )
+from crystalseg.store.location import RunLike, RunPath, run_path
 from crystalseg.store.stages import StageProgress
 
 log = logging.getLogger(__name__)
@@ -132,7 +131,7 @@ class KineticsSettings:
 
 
 def kinetics_run(
-    run: str | os.PathLike[str],
+    run: RunLike,
     *,
     settings: KineticsSettings | None = None,
     overwrite: bool = False,
@@ -170,14 +169,14 @@ def kinetics_run(
         raise ConfigError(f"settings must be a KineticsSettings, got {type(settings).__name__}")
     if frames_per_chunk is not None and int(frames_per_chunk) < 1:
         raise ConfigError(f"frames_per_chunk must be >= 1, got {frames_per_chunk!r}")
-    path = Path(run).resolve()
+    path = run_path(run, resolve=True)
     open_run(path)
     with writing(path, STAGE):
         _kinetics(path, settings, overwrite, frames_per_chunk, progress)
     return read_kinetics(path)
 
 
-def read_kinetics(run: str | os.PathLike[str]) -> dict[str, Any]:
+def read_kinetics(run: RunLike) -> dict[str, Any]:
     """The headline numbers of a run's kinetics (attributes of group ``kinetics``):
     growth rates and intervals, nucleation onset and rate, track counts, units.
 
@@ -186,7 +185,7 @@ def read_kinetics(run: str | os.PathLike[str]) -> dict[str, Any]:
     StageStateError
         The run has no finished kinetics.
     """
-    path = Path(run)
+    path = run_path(run)
     info = stage_info(path).get(STAGE)
     root = zarr.open_group(str(path), mode="r", use_consolidated=False)
     if info is None or info.get("status") != "finished" or KINETICS_GROUP not in root:
@@ -197,7 +196,7 @@ def read_kinetics(run: str | os.PathLike[str]) -> dict[str, Any]:
     return dict(json.loads(summary)) if isinstance(summary, str) else {}
 
 
-def _measurement_identity(path: Path) -> dict[str, Any]:
+def _measurement_identity(path: RunPath) -> dict[str, Any]:
     """What identifies the measurement the kinetics read (when it finished, its settings)."""
     info = stage_info(path).get("measure")
     if info is None or info.get("status") != "finished":
@@ -208,7 +207,7 @@ def _measurement_identity(path: Path) -> dict[str, Any]:
 
 
 def _kinetics(
-    path: Path,
+    path: RunPath,
     settings: KineticsSettings,
     overwrite: bool,
     frames_per_chunk: int | None,
@@ -311,7 +310,7 @@ def _kinetics(
 
 
 def _create_cld(
-    path: Path,
+    path: RunPath,
     out: str,
     chords: ChordSettings,
     n: int,
@@ -420,7 +419,7 @@ class _ChordChunks:
 
     def __init__(
         self,
-        path: Path,
+        path: RunPath,
         stage: StageProgress,
         mask: zarr.Array,
         codes: tuple[str, ...],
@@ -496,7 +495,7 @@ class _ChordChunks:
 
 
 def _write_tables(
-    path: Path,
+    path: RunPath,
     stage: StageProgress,
     rows: LinkedRows,
     settings: KineticsSettings,
@@ -607,14 +606,14 @@ def _write_tables(
     return summary
 
 
-def read_tracks(run: str | os.PathLike[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+def read_tracks(run: RunLike) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The track points (one row per particle per frame) and the track table of a run."""
     read_kinetics(run)
-    path = Path(run)
+    path = run_path(run)
     return read_table(path, TRACKS_GROUP), read_table(path, f"{TRACKS_GROUP}/summary")
 
 
-def open_cld(run: str | os.PathLike[str]) -> xr.Dataset:
+def open_cld(run: RunLike) -> xr.Dataset:
     """Group ``cld`` of a run with kinetics, opened lazily."""
     read_kinetics(run)
     return xr.open_zarr(str(run), group=CLD_GROUP, consolidated=None)

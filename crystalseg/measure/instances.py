@@ -41,6 +41,19 @@ frame in one of two ways:
   cost of splitting some needles whose predicted interior narrows; it is what
   ``split="auto"`` does for masks with a boundary class.
 
+* **distance** (any mask; an option, not the default): a marker-controlled
+  watershed of ``(1 - w) * d_fg + w * d_in``, the distance to the background of the
+  foreground blended with the distance to the background or the boundary class of
+  the interior (:class:`DistanceSplit`: ``rim_weight`` w, the depth and neck tests of
+  the watershed split on that map). Thin components are one particle each, cut
+  only at the necks of their own distance transform, as in the hybrid split. On
+  selection data (dsb2018 train images, synthetic seeds 601-602) its defaults tied
+  the hybrid split in mean instance F1 (0.662 both, zero-shot); on dsb2018 images
+  after fine-tuning it was ahead (F1 0.607 / 0.587 on train, 0.591 / 0.578 on
+  test) but its D50 errors on synthetic scenes were larger and it costs about
+  1.4 times the CPU time, so "auto" stays hybrid (``benchmarks/instances.py``,
+  docs/validation.md). Crossing needles under about 8 px wide merge.
+
 With a rim class the outline can also be **trimmed** (``trim_boundary``, on by
 default): the default model draws the crystal rim about two pixels wide, one inside
 the crystal and one outside, where the truth is the one-pixel ring inside (on
@@ -82,6 +95,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Literal, get_args
 
 import numpy as np
@@ -95,7 +109,7 @@ from crystalseg.measure.features import FrameGeometry
 
 log = logging.getLogger(__name__)
 
-SplitMethod = Literal["auto", "watershed", "boundary", "hybrid", "none"]
+SplitMethod = Literal["auto", "watershed", "boundary", "hybrid", "distance", "none"]
 SPLIT_METHODS: tuple[str, ...] = get_args(SplitMethod)
 
 #: Defaults of the watershed split, tuned on synthetic runs (seeds 0-4 of every
@@ -103,6 +117,12 @@ SPLIT_METHODS: tuple[str, ...] = get_args(SplitMethod)
 DEFAULT_MIN_DEPTH_PX = 1.0
 DEFAULT_NECK_RATIO = 0.7
 DEFAULT_SMOOTH_PX = 1.0
+#: Defaults of the distance split (:class:`DistanceSplit`), chosen on selection data
+#: (see ``benchmarks/instances.py`` and docs/validation.md).
+DEFAULT_RIM_WEIGHT = 1.0
+DEFAULT_DISTANCE_DEPTH_PX = 1.0
+DEFAULT_DISTANCE_NECK_RATIO = 1.0
+DEFAULT_DISTANCE_SMOOTH_PX = 1.0
 #: Boundary split: interior components smaller than this seed no particle.
 MIN_MARKER_PX = 3
 
@@ -142,6 +162,36 @@ JOIN_MIN_CROSSING_DEG = 20.0
 JOIN_MAX_GAP_PX = 80.0
 
 _STRUCTURE_8 = np.ones((3, 3), dtype=bool)
+
+
+@dataclass(frozen=True)
+class DistanceSplit:
+    """Settings of the distance split (``split="distance"``, see the module docstring).
+
+    Parameters
+    ----------
+    rim_weight : float
+        Weight (0..1) of the distance to the boundary class in the flooded map; 0
+        ignores the boundary class, 1 cuts wherever it is drawn.
+    min_depth_px : float
+        Least depth (px of the map) of the valley that keeps two crystals apart
+        (the h of h-maxima markers).
+    neck_ratio : float
+        Two regions stay apart only when the map at their saddle is below this
+        fraction of the lower peak (0 < neck_ratio <= 1; 1 = depth test alone).
+    smooth_px : float
+        Sigma of a Gaussian smoothing of the map before its maxima are found.
+    """
+
+    rim_weight: float = DEFAULT_RIM_WEIGHT
+    min_depth_px: float = DEFAULT_DISTANCE_DEPTH_PX
+    neck_ratio: float = DEFAULT_DISTANCE_NECK_RATIO
+    smooth_px: float = DEFAULT_DISTANCE_SMOOTH_PX
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.rim_weight <= 1):
+            raise ConfigError(f"rim_weight must lie in [0, 1], got {self.rim_weight!r}.")
+        _check_split_settings("distance", 1, self.min_depth_px, self.neck_ratio, self.smooth_px)
 
 
 def crystal_classes(
@@ -204,6 +254,7 @@ def label_instances(
     trim_boundary: bool = True,
     join_occluded: bool = True,
     keep_small: bool = False,
+    distance: DistanceSplit | None = None,
 ) -> np.ndarray:
     """Instance labels of one frame's class mask: one id per crystal.
 
@@ -215,8 +266,10 @@ def label_instances(
         Class names of the mask, background first (the mask's ``codes`` attribute).
     classes : sequence of str or int, optional
         Crystal classes to label (:func:`crystal_classes`); default all of them.
-    split : {"auto", "watershed", "boundary", "hybrid", "none"}
+    split : {"auto", "watershed", "boundary", "hybrid", "distance", "none"}
         How touching crystals are separated (see the module docstring):
+        "distance" floods the distance to the background and the boundary class
+        (:class:`DistanceSplit`);
         "boundary" cuts along the boundary class; "hybrid" also splits each
         boundary-class marker at the necks of its distance transform (as the
         watershed does); "auto" is "hybrid" when ``codes`` has a boundary class,
@@ -246,6 +299,8 @@ def label_instances(
         Keep the particles under ``min_area_px`` (they still take no part in the
         split), so that a caller can account for them instead of losing them
         (the measurement lists them as excluded, ``too_small``).
+    distance : DistanceSplit, optional
+        Settings of the distance split (default ``DistanceSplit()``).
 
     Returns
     -------
@@ -295,6 +350,18 @@ def label_instances(
         on_boundary = mask == boundary
         labels = _split_boundary(crystal, on_boundary, _isin(mask, others), necks)
         if trim_boundary and boundary_kind(codes) == "rim":
+            labels = _trim_band(labels, crystal, on_boundary)
+    elif method == "distance":
+        others = [i for i in crystal_classes(codes) if i not in selected]
+        on_boundary = mask == boundary if boundary is not None else np.zeros_like(crystal)
+        labels = _split_distance(
+            crystal,
+            on_boundary,
+            _isin(mask, others),
+            distance or DistanceSplit(),
+            int(min_area_px),
+        )
+        if trim_boundary and boundary is not None and boundary_kind(codes) == "rim":
             labels = _trim_band(labels, crystal, on_boundary)
     elif method == "watershed":
         labels = _split_watershed(
@@ -364,8 +431,13 @@ def _split_watershed(
     neck_ratio: float,
     smooth_px: float,
     min_area_px: int,
+    height: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Distance-transform watershed from all maxima, then merging across shallow or wide necks."""
+    """Distance-transform watershed from all maxima, then merging across shallow or wide necks.
+
+    ``height`` replaces the distance transform of ``crystal`` as the map that is
+    flooded (same shape as ``crystal``; the distance split passes its blend).
+    """
     if not crystal.any():
         return np.zeros(crystal.shape, dtype=np.int32)
     # Work on the bounding box of the foreground (plus a margin for the smoothing).
@@ -376,7 +448,10 @@ def _split_watershed(
     x0, x1 = max(cols[0] - pad, 0), min(cols[-1] + pad + 1, crystal.shape[1])
     fg = crystal[y0:y1, x0:x1]
 
-    dist = ndi.distance_transform_edt(fg).astype(np.float32)
+    if height is None:
+        dist = ndi.distance_transform_edt(fg).astype(np.float32)
+    else:
+        dist = np.asarray(height[y0:y1, x0:x1], dtype=np.float32)
     if smooth_px > 0:
         dist = ndi.gaussian_filter(dist, smooth_px, mode="nearest")
         dist[~fg] = 0.0
@@ -510,6 +585,60 @@ def _split_boundary(
     return _merge_thin_contacts(grown, fg)
 
 
+def _split_distance(
+    interior: np.ndarray,
+    boundary: np.ndarray,
+    other_crystals: np.ndarray,
+    distance: DistanceSplit,
+    min_area_px: int,
+) -> np.ndarray:
+    """Marker-controlled watershed of a blend of two distance transforms.
+
+    The map flooded is ``(1 - rim_weight) * d_fg + rim_weight * d_in``: ``d_fg`` the
+    distance to the background of the foreground (interior and boundary), ``d_in``
+    the distance to the background or the boundary class of the interior. Its
+    maxima seed regions that are merged across saddles not at least
+    ``min_depth_px`` deep or not narrower than ``neck_ratio`` times the lower peak
+    (:func:`_merge_regions`). Thin components (needles drawn nearly all boundary)
+    are one particle each, as in the boundary split.
+    """
+    fg = interior | boundary
+    if not fg.any():
+        return np.zeros(fg.shape, dtype=np.int32)
+    w = distance.rim_weight
+    height = ndi.distance_transform_edt(fg).astype(np.float32)
+    if boundary.any() and w > 0:
+        d_in = ndi.distance_transform_edt(interior).astype(np.float32)
+        height = (1 - w) * height + w * d_in
+    labels = _split_watershed(
+        fg,
+        min_depth_px=distance.min_depth_px,
+        neck_ratio=distance.neck_ratio,
+        smooth_px=distance.smooth_px,
+        min_area_px=min_area_px,
+        height=height,
+    )
+    near_other = (
+        ndi.binary_dilation(other_crystals, structure=_STRUCTURE_8)
+        if other_crystals.any()
+        else None
+    )
+    markers, _ = ndi.label(interior, structure=_STRUCTURE_8)
+    on_thin, _ = _thin_components(markers, fg, near_other)
+    if on_thin is not None:
+        # As in the hybrid split: a thin component is cut only at the necks of its own
+        # distance transform (where a needle crosses another), never along its length.
+        thin = _split_watershed(
+            on_thin,
+            min_depth_px=DEFAULT_MIN_DEPTH_PX,
+            neck_ratio=DEFAULT_NECK_RATIO,
+            smooth_px=DEFAULT_SMOOTH_PX,
+            min_area_px=MIN_MARKER_PX,
+        )
+        labels[on_thin] = int(labels.max()) + thin[on_thin]
+    return _merge_thin_contacts(labels, fg)
+
+
 def _whole_thin_components(
     markers: np.ndarray, n: int, fg: np.ndarray, near_other: np.ndarray | None
 ) -> tuple[np.ndarray, int]:
@@ -528,9 +657,23 @@ def _whole_thin_components(
     measured) are those crystals' rings, not crystals, and are left alone.
     Returns the markers, renumbered 1..n, and n.
     """
+    on_thin, pieces = _thin_components(markers, fg, near_other)
+    if on_thin is None:
+        return markers, n
+    out, n = ndi.label((markers > 0) & ~on_thin, structure=_STRUCTURE_8)
+    thin_ids, thin_pieces = np.unique(pieces[on_thin], return_inverse=True)
+    out[on_thin] = n + 1 + thin_pieces
+    return out.astype(np.int32), n + len(thin_ids)
+
+
+def _thin_components(
+    markers: np.ndarray, fg: np.ndarray, near_other: np.ndarray | None
+) -> tuple[np.ndarray | None, np.ndarray]:
+    """Pixels of the thin foreground components (see :func:`_whole_thin_components`),
+    or None if there are none, and the 8-connected components of ``fg``."""
     pieces, m = ndi.label(fg, structure=_STRUCTURE_8)
     if m == 0:
-        return markers, n
+        return None, pieces
     # Deeper than THIN_DEPTH_PX somewhere = something survives erosion by that disc
     # (as a distance transform would say, but several times faster).
     core = ndi.binary_erosion(fg, structure=_THIN_DISC, border_value=1)
@@ -551,12 +694,8 @@ def _whole_thin_components(
     if near_other is not None:
         thin[pieces[near_other]] = False
     if not thin.any():
-        return markers, n
-    on_thin = thin[pieces]
-    out, n = ndi.label((markers > 0) & ~on_thin, structure=_STRUCTURE_8)
-    thin_ids, thin_pieces = np.unique(pieces[on_thin], return_inverse=True)
-    out[on_thin] = n + 1 + thin_pieces
-    return out.astype(np.int32), n + len(thin_ids)
+        return None, pieces
+    return thin[pieces], pieces
 
 
 def _merge_thin_contacts(labels: np.ndarray, fg: np.ndarray) -> np.ndarray:
@@ -976,6 +1115,7 @@ __all__ = [
     "JOIN_MIN_ELONGATION",
     "SPLIT_METHODS",
     "TRIM_MAX_FRACTION",
+    "DistanceSplit",
     "SplitMethod",
     "boundary_class",
     "crystal_classes",

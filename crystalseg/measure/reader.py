@@ -30,13 +30,11 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import warnings
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -68,6 +66,7 @@ from crystalseg.measure.run import (
 from crystalseg.measure.settings import MeasureSettings
 from crystalseg.store import get_array, read_run_attrs, stage_info
 from crystalseg.store.core import node_attrs, open_group
+from crystalseg.store.location import RunLike, run_path
 
 log = logging.getLogger(__name__)
 
@@ -166,8 +165,8 @@ class MeasuredRun:
     >>> frame = run.frame(-1)  # labels as measured, kept, sizes  # doctest: +SKIP
     """
 
-    def __init__(self, run: str | os.PathLike[str]) -> None:
-        path = Path(run)
+    def __init__(self, run: RunLike) -> None:
+        path = run_path(run)
         self.path = path
         self.name = path.name
         attrs = read_run_attrs(path)  # exists, is a run store

@@ -21,10 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import shutil
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import dask.array as da
@@ -40,6 +37,7 @@ from crystalseg.measure.features import FEATURE_COLUMNS, feature_units, measure_
 from crystalseg.measure.intervals import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, CONFIDENCE
 from crystalseg.measure.settings import MeasureSettings
 from crystalseg.store import crystalseg_version, default_compressor, stage_info
+from crystalseg.store.location import RunLike, RunPath, remove_tree, run_path
 
 log = logging.getLogger(__name__)
 
@@ -291,7 +289,7 @@ def psd_attrs(
 
 
 def create_psd(
-    path: Path,
+    path: RunPath,
     settings: MeasureSettings,
     *,
     time_s: np.ndarray,
@@ -349,7 +347,7 @@ def create_psd(
 
 
 def write_psd_chunk(
-    path: Path, start: int, values: dict[str, np.ndarray], *, into: str = PSD_GROUP
+    path: RunPath, start: int, values: dict[str, np.ndarray], *, into: str = PSD_GROUP
 ) -> None:
     """Write the per-frame variables of frames ``start:start + len`` into ``psd`` (or
     ``into``)."""
@@ -367,11 +365,11 @@ def _staging_name(start: int) -> str:
     return f"chunk_{start:08d}"
 
 
-def prepare_staging(path: Path, *, fresh: bool) -> None:
+def prepare_staging(path: RunPath, *, fresh: bool) -> None:
     """Create the staging group (emptied when ``fresh``)."""
     staging = path / STAGING_GROUP
-    if fresh and staging.exists():
-        shutil.rmtree(staging)
+    if fresh:
+        remove_tree(staging)
     zarr.open_group(str(path), mode="r+", use_consolidated=False).require_group(STAGING_GROUP)
 
 
@@ -381,7 +379,7 @@ STAGED_COLUMNS: tuple[str, ...] = tuple(
 )
 
 
-def write_staged_particles(path: Path, start: int, table: pd.DataFrame) -> None:
+def write_staged_particles(path: RunPath, start: int, table: pd.DataFrame) -> None:
     """Write one chunk's particle rows into ``_measure/chunk_<start>`` (replacing it).
 
     All columns are numbers (ids and pixel positions far below 2**53, flags 0/1,
@@ -419,7 +417,7 @@ def _array(group: zarr.Group, name: str) -> zarr.Array:
     return node
 
 
-def _staged_group(path: Path, start: int) -> zarr.Group:
+def _staged_group(path: RunPath, start: int) -> zarr.Group:
     where = path / STAGING_GROUP / _staging_name(start)
     try:
         return zarr.open_group(str(where), mode="r", use_consolidated=False)
@@ -431,7 +429,7 @@ def _staged_group(path: Path, start: int) -> zarr.Group:
 
 
 def assemble_particles(
-    path: Path,
+    path: RunPath,
     chunks: list[tuple[int, int]],
     *,
     pixel_size_um: float | None,
@@ -449,8 +447,7 @@ def assemble_particles(
     groups = [_staged_group(path, start) for start, _ in chunks]
     total = sum(_rows(g) for g in groups)
 
-    if (path / into).exists():
-        shutil.rmtree(path / into)
+    remove_tree(path / into)
     root = zarr.open_group(str(path), mode="r+", use_consolidated=False)
     parent = into.rpartition("/")[0]
     if parent:
@@ -513,24 +510,22 @@ _COLUMN_DTYPES: dict[str, Any] = {
 }
 
 
-def remove_particles(path: Path) -> None:
+def remove_particles(path: RunPath) -> None:
     """Delete the ``particles`` table (when a new measurement starts)."""
     particles = path / PARTICLES_GROUP
-    if particles.exists():
-        shutil.rmtree(particles)
+    remove_tree(particles)
 
 
-def remove_staging(path: Path) -> None:
+def remove_staging(path: RunPath) -> None:
     """Delete the staging group (after the stage is marked finished)."""
     staging = path / STAGING_GROUP
-    if staging.exists():
-        shutil.rmtree(staging)
+    remove_tree(staging)
 
 
 # --------------------------------------------------------------------------- reading out
 
 
-def _particles_group(path: Path, *, table: str | None = None) -> zarr.Group:
+def _particles_group(path: RunPath, *, table: str | None = None) -> zarr.Group:
     root = zarr.open_group(str(path), mode="r", use_consolidated=False)
     if table is None:
         info = stage_info(path).get(STAGE)
@@ -546,7 +541,7 @@ def _particles_group(path: Path, *, table: str | None = None) -> zarr.Group:
 
 
 def iter_particles(
-    run: str | os.PathLike[str], *, rows: int = 1 << 18, table: str | None = None
+    run: RunLike, *, rows: int = 1 << 18, table: str | None = None
 ) -> Iterator[pd.DataFrame]:
     """The particle table of a measured run, in blocks of at most ``rows`` rows.
 
@@ -563,7 +558,7 @@ def iter_particles(
     ------
     DataFrame, columns :data:`PARTICLE_COLUMNS`
     """
-    group = _particles_group(Path(run), table=table)
+    group = _particles_group(run_path(run), table=table)
     # Tables written before a column existed (``confidence``) read it as NaN.
     arrays = {name: _array(group, name) for name in PARTICLE_COLUMNS if name in group}
     total = int(arrays["frame"].shape[0])
@@ -581,7 +576,7 @@ def iter_particles(
         yield pd.DataFrame(block)
 
 
-def summarize_measurement(run: str | os.PathLike[str]) -> dict[str, Any]:
+def summarize_measurement(run: RunLike) -> dict[str, Any]:
     """What the CLI prints after ``crystalseg measure``: counts, D50 at start and end, where.
 
     Returns
@@ -608,7 +603,7 @@ def summarize_measurement(run: str | os.PathLike[str]) -> dict[str, Any]:
     StageStateError
         The run has no finished measurement.
     """
-    path = Path(run)
+    path = run_path(run)
     group = _particles_group(path)
     kept = _array(group, "kept")
     n_rows = int(kept.shape[0])
@@ -749,7 +744,7 @@ def suggest_window(psd: xr.Dataset, min_count: int | None = None) -> str | None:
     return str(frames)
 
 
-def _window_count(path: Path) -> int:
+def _window_count(path: RunPath) -> int:
     """Windows in group ``psd_window`` (0 when the run has none)."""
     where = path / WINDOW_GROUP
     if not (where / "zarr.json").exists():
@@ -758,7 +753,7 @@ def _window_count(path: Path) -> int:
         return int(ds.sizes.get(TIME, 0))
 
 
-def _segment_resize(path: Path) -> float:
+def _segment_resize(path: RunPath) -> float:
     """The factor the run's mask was segmented at (1 for masks made elsewhere)."""
     settings = (stage_info(path).get("segment") or {}).get("settings") or {}
     return float(settings.get("resize", 1.0))

@@ -34,7 +34,6 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -85,6 +84,7 @@ from crystalseg.store import (
     writing,
 )
 from crystalseg.store.cluster import run_on_cluster
+from crystalseg.store.location import RunLike, RunPath, run_path
 from crystalseg.store.stages import NEXT_SUFFIX
 
 log = logging.getLogger(__name__)
@@ -268,7 +268,7 @@ def _pixel_area(pixel_size_um: float | None) -> float:
 class _ChunkJob:
     """Everything a worker needs to measure frames ``start:stop`` of the store."""
 
-    path: Path
+    path: RunPath
     start: int
     stop: int
     settings: MeasureSettings
@@ -324,7 +324,7 @@ def _measure_chunk(job: _ChunkJob) -> int:
 
 
 def measure_run(
-    run: str | os.PathLike[str],
+    run: RunLike,
     *,
     settings: MeasureSettings | None = None,
     client: Any = None,
@@ -384,7 +384,7 @@ def measure_run(
         num_workers,
         progress,
     )
-    path = Path(run).resolve()
+    path = run_path(run, resolve=True)
     open_run(path)  # checks the store is a complete run
     with writing(path, STAGE):
         if needs_segmentation(path):
@@ -405,7 +405,7 @@ def measure_run(
 
 
 def measure_as_segmented(
-    run: str | os.PathLike[str], chunks: Iterator[tuple[int, int]], options: MeasureOptions
+    run: RunLike, chunks: Iterator[tuple[int, int]], options: MeasureOptions
 ) -> None:
     """Measure the chunks of a mask as they land: each ``(start, stop)`` that ``chunks``
     yields is a time chunk of the mask now on disk (as
@@ -416,7 +416,7 @@ def measure_as_segmented(
     while the model makes the next chunk. All of it is measured (and the stage
     finished) once ``chunks`` is exhausted; the caller holds the store's lock.
     """
-    path = Path(run).resolve()
+    path = run_path(run, resolve=True)
     plan = _begin_measure(path, options)
     if plan is None:  # pragma: no cover - a finished result names a finished mask
         for _ in chunks:
@@ -474,7 +474,7 @@ class MeasureOptions:
 class _Plan:
     """A measurement begun (or resumed) on a store: its progress and the chunks to do."""
 
-    path: Path
+    path: RunPath
     settings: MeasureSettings
     n_frames: int
     frames_per_chunk: int
@@ -501,7 +501,7 @@ class _Plan:
 
 
 def _without_confidence_filter(
-    path: Path, settings: MeasureSettings, model_sha256: str | None
+    path: RunPath, settings: MeasureSettings, model_sha256: str | None
 ) -> MeasureSettings:
     """``settings`` without the confidence filter, for a run that stores no probability;
     the measurement records the filter as off, so it never claims a filter it skipped.
@@ -519,7 +519,7 @@ def _without_confidence_filter(
     return replace(settings, min_confidence=None)
 
 
-def _begin_measure(path: Path, options: MeasureOptions) -> _Plan | None:
+def _begin_measure(path: RunPath, options: MeasureOptions) -> _Plan | None:
     """Check the mask and earlier results; create or resume the stage and its outputs.
 
     Returns None when a finished measurement with these settings of this mask
@@ -650,24 +650,24 @@ def _finish_measure(plan: _Plan) -> None:
     log.info("measured %d frames of %s: %d particles", n, path, rows)
 
 
-def open_psd(path: str | os.PathLike[str]) -> xr.Dataset:
+def open_psd(path: RunLike) -> xr.Dataset:
     """Group ``psd`` of a measured run, opened lazily."""
     return xr.open_zarr(str(path), group=PSD_GROUP, consolidated=None)
 
 
-def _outputs_exist(path: Path, stage: StageProgress) -> bool:
+def _outputs_exist(path: RunPath, stage: StageProgress) -> bool:
     """Whether the outputs this run of the stage is writing are there to resume into."""
     psd = path / stage.output(PSD_GROUP) / "zarr.json"
     return psd.exists() and (path / STAGING_GROUP).exists()
 
 
-def needs_segmentation(path: str | os.PathLike[str]) -> bool:
+def needs_segmentation(path: RunLike) -> bool:
     """Whether :func:`measure_run` would segment the run first: it has no finished mask.
 
     A mask written outside ``crystalseg segment`` (no segment stage recorded) counts
     as finished.
     """
-    path = Path(path)
+    path = run_path(path)
     info = stage_info(path).get("segment")
     if info is not None and info.get("status") == "finished":
         return False
@@ -749,7 +749,7 @@ def read_mask_codes(mask: zarr.Array) -> tuple[str, ...]:
     return _DEFAULT_CODES
 
 
-def mask_provenance(path: Path, mask: zarr.Array) -> dict[str, Any]:
+def mask_provenance(path: RunPath, mask: zarr.Array) -> dict[str, Any]:
     """What identifies the mask being measured: its model and when it was made.
 
     Recorded with the measurement (stage settings ``mask``), so that whatever reads the
@@ -764,18 +764,18 @@ def mask_provenance(path: Path, mask: zarr.Array) -> dict[str, Any]:
     }
 
 
-def measured_mask_changed(path: str | os.PathLike[str]) -> bool:
+def measured_mask_changed(path: RunLike) -> bool:
     """Whether the run's mask was made again (``segment --overwrite``) after the run was
     measured, so that its ``psd`` and ``particles`` describe a mask it no longer has.
 
     False for a run not measured or without a mask; ``crystalseg measure`` then
     measures the new mask by itself.
     """
-    path = Path(path)
+    path = run_path(path)
     return _mask_changed_since(path, stage_info(path).get(STAGE))
 
 
-def _mask_changed_since(path: Path, info: dict[str, Any] | None) -> bool:
+def _mask_changed_since(path: RunPath, info: dict[str, Any] | None) -> bool:
     """:func:`measured_mask_changed` for the measure stage's record ``info``."""
     group = zarr.open_group(str(path), mode="r", use_consolidated=False)
     if info is None or MASK not in group:
@@ -784,14 +784,14 @@ def _mask_changed_since(path: Path, info: dict[str, Any] | None) -> bool:
     return not _same_mask(recorded, mask_provenance(path, get_array(group, MASK, path)))
 
 
-def measurement_outdated(path: str | os.PathLike[str]) -> str | None:
+def measurement_outdated(path: RunLike) -> str | None:
     """Why the run's finished measurement no longer describes the run, or None.
 
     Out of date when the mask was made again after it (:func:`measured_mask_changed`)
     or the pixel size or time axis changed (:func:`crystalseg.store.set_calibration`);
     ``crystalseg measure`` then measures again by itself.
     """
-    path = Path(path)
+    path = run_path(path)
     info = stage_info(path).get(STAGE)
     if info is None or info.get("status") != "finished":
         return None
@@ -826,7 +826,7 @@ def _same_mask(recorded: Any, current: dict[str, Any]) -> bool:
 
 
 def _check_existing(
-    path: Path,
+    path: RunPath,
     settings: MeasureSettings,
     mask_identity: dict[str, Any],
     calibration: dict[str, Any],

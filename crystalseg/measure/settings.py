@@ -59,7 +59,7 @@ class MeasureSettings:
     min_area_px : int
         Particles with fewer pixels are dropped before measuring (a detection
         limit; the ground truth of synthetic runs is compared with the same limit).
-    split : {"auto", "watershed", "boundary", "hybrid", "none"}
+    split : {"auto", "watershed", "boundary", "hybrid", "distance", "none"}
         How touching crystals are separated
         (:func:`~crystalseg.measure.instances.label_instances`): "boundary" cuts
         along the mask's boundary class, "hybrid" splits the pieces it leaves at

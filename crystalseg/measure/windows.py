@@ -24,10 +24,7 @@ Windows are computed from the ``particles`` table once every chunk is measured
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -49,6 +46,7 @@ from crystalseg.measure.results import (
 )
 from crystalseg.measure.settings import MeasureSettings, parse_window
 from crystalseg.store import default_compressor
+from crystalseg.store.location import RunLike, remove_tree, run_path
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +214,7 @@ def _to_dataset(
 
 
 def write_psd_windows(
-    run: str | os.PathLike[str],
+    run: RunLike,
     settings: MeasureSettings,
     *,
     rows: int = 1 << 18,
@@ -245,10 +243,9 @@ def write_psd_windows(
     int
         Windows written (0 without a window).
     """
-    path = Path(run)
+    path = run_path(run)
     target = path / output(WINDOW_GROUP)
-    if target.exists():
-        shutil.rmtree(target)
+    remove_tree(target)
     if settings.window is None:
         return 0
     column = settings.size_column

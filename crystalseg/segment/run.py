@@ -61,6 +61,7 @@ from crystalseg.store import (
     writing,
 )
 from crystalseg.store.cluster import cluster_client, run_on_cluster
+from crystalseg.store.location import RunLike, RunPath, run_path
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,7 @@ def mask_attrs(
 # Work on one chunk (runs locally or on a dask worker)
 
 
-def _array(path: Path, name: str, mode: Literal["r", "r+"] = "r") -> zarr.Array:
+def _array(path: RunPath, name: str, mode: Literal["r", "r+"] = "r") -> zarr.Array:
     node = zarr.open_group(str(path), mode=mode, use_consolidated=False)[name]
     if not isinstance(node, zarr.Array):
         raise RunFormatError(f"'{name}' in run store '{path}' is a group, not an array")
@@ -125,7 +126,7 @@ def _array(path: Path, name: str, mode: Literal["r", "r+"] = "r") -> zarr.Array:
 
 
 def _open_arrays(
-    path: Path, stage: StageProgress, save_probability: bool
+    path: RunPath, stage: StageProgress, save_probability: bool
 ) -> tuple[zarr.Array, zarr.Array | None]:
     """The mask and probability arrays this run of the stage writes (beside the old ones
     when it replaces a finished mask)."""
@@ -133,12 +134,12 @@ def _open_arrays(
     return mask, _array(path, stage.output(PROBABILITY), "r+") if save_probability else None
 
 
-def _read_frames(path: Path, start: int, stop: int) -> np.ndarray:
+def _read_frames(path: RunPath, start: int, stop: int) -> np.ndarray:
     return np.asarray(_array(path, IMAGE)[start:stop])
 
 
 def _segment_chunk(
-    path: Path,
+    path: RunPath,
     start: int,
     stop: int,
     checkpoint: str | None,
@@ -201,7 +202,7 @@ def _write_result(
 
 
 def segment_run(
-    run: str | os.PathLike[str],
+    run: RunLike,
     model: str | os.PathLike[str] | Segmenter | None = None,
     *,
     device: str = "auto",
@@ -283,11 +284,11 @@ def segment_run(
     )
     for _ in chunks:
         pass
-    return open_run(Path(run).resolve())[MASK]
+    return open_run(run_path(run, resolve=True))[MASK]
 
 
 def stream_segment_run(
-    run: str | os.PathLike[str],
+    run: RunLike,
     model: str | os.PathLike[str] | Segmenter | None = None,
     *,
     device: str = "auto",
@@ -333,7 +334,7 @@ def stream_segment_run(
     StageStateError, RunFormatError, CheckpointError, ConfigError
         As :func:`segment_run`, from the call (before anything is iterated).
     """
-    path = Path(run).resolve()
+    path = run_path(run, resolve=True)
     lock = ExitStack()
     lock.enter_context(writing(path, STAGE))
     try:
@@ -364,7 +365,7 @@ def stream_segment_run(
 
 
 def _begin_segment(
-    path: Path,
+    path: RunPath,
     model: str | os.PathLike[str] | Segmenter | None,
     settings: EngineSettings,
     *,
@@ -514,7 +515,7 @@ def inference_device(
     return kind  # type: ignore[return-value]
 
 
-def _made_without_probability(path: Path, checksum: str) -> bool:
+def _made_without_probability(path: RunPath, checksum: str) -> bool:
     """Whether the run has a mask (finished or begun) of this model that was made
     without storing the probability."""
     info = stage_info(path).get(STAGE) or {}
@@ -522,7 +523,7 @@ def _made_without_probability(path: Path, checksum: str) -> bool:
     return previous.get("model_sha256") == checksum and not previous.get("save_probability")
 
 
-def _saving_probability(path: Path, settings: dict[str, Any]) -> bool:
+def _saving_probability(path: RunPath, settings: dict[str, Any]) -> bool:
     """Whether an unfinished segmentation with these settings stores the probability."""
     info = stage_info(path).get(STAGE) or {}
     previous = info.get("settings") or {}
@@ -538,12 +539,12 @@ AUTO_RESIZE_FRAMES = 6
 
 
 def auto_resize(
-    run: str | os.PathLike[str], segmenter: Segmenter, *, frames: int = AUTO_RESIZE_FRAMES
+    run: RunLike, segmenter: Segmenter, *, frames: int = AUTO_RESIZE_FRAMES
 ) -> ResizeChoice:
     """The ``resize`` factor for a whole run: :func:`~crystalseg.segment.engine.choose_resize`
     on ``frames`` frames spread over the later half of the run, where the crystals are
     largest and most numerous. Logs the choice and the scores behind it."""
-    path = Path(run)
+    path = run_path(run)
     image = _array(path, IMAGE)
     sample = np.stack([np.asarray(image[t]) for t in _later_half(int(image.shape[0]), frames)])
     choice = choose_resize(segmenter, sample)
@@ -558,11 +559,11 @@ def _later_half(n: int, frames: int) -> list[int]:
     return [int(t) for t in np.unique(np.linspace(n // 2, n - 1, frames).astype(int))]
 
 
-def _has_mask(path: Path) -> bool:
+def _has_mask(path: RunPath) -> bool:
     return MASK in zarr.open_group(str(path), mode="r", use_consolidated=False)
 
 
-def _recorded_resize(path: Path, checksum: str) -> float | None:
+def _recorded_resize(path: RunPath, checksum: str) -> float | None:
     """The resize factor of the run's mask when the same model made it, else None."""
     info = stage_info(path).get(STAGE) or {}
     previous = info.get("settings") or {}
@@ -572,7 +573,7 @@ def _recorded_resize(path: Path, checksum: str) -> float | None:
 
 
 def _check_existing(
-    path: Path, settings: dict[str, Any], *, overwrite: bool, shape: tuple[int, int, int]
+    path: RunPath, settings: dict[str, Any], *, overwrite: bool, shape: tuple[int, int, int]
 ) -> StagePlan:
     """Decide from the store's state: start anew, resume, or nothing to do; or refuse."""
     group = zarr.open_group(str(path), mode="r", use_consolidated=False)
@@ -659,7 +660,7 @@ def _create_outputs(
 
 
 def _iter_local(
-    path: Path,
+    path: RunPath,
     seg: Segmenter,
     pending: list[tuple[int, int]],
     stage: StageProgress,
@@ -711,7 +712,7 @@ def _iter_local(
 
 
 def _iter_distributed(
-    path: Path,
+    path: RunPath,
     client: Any,
     pending: list[tuple[int, int]],
     checkpoint: Path | None,

@@ -3,7 +3,8 @@
 :mod:`crystalseg.store.core` reads and writes the store's arrays, tables and
 attributes; :mod:`crystalseg.store.stages` is the stage runner every stage
 writes through (decide, record, resume, replace only when complete);
-:mod:`crystalseg.store.lock` keeps one writer at a time.
+:mod:`crystalseg.store.lock` keeps one writer at a time;
+:mod:`crystalseg.store.location` says where a store lives (a folder or a URL).
 """
 
 from crystalseg.store.core import (
@@ -28,12 +29,14 @@ from crystalseg.store.core import (
     describe_run,
     file_written_whole,
     get_array,
+    make_folder,
     open_run,
     read_run_attrs,
     read_table,
     stage_info,
     write_table,
 )
+from crystalseg.store.location import RunPath, is_remote, run_path
 from crystalseg.store.lock import read_lock, run_lock
 from crystalseg.store.stages import (
     RunWriter,
@@ -59,6 +62,7 @@ __all__ = [
     "PROGRESS_GROUP",
     "PROVENANCE_KEY",
     "TARGET_CHUNK_BYTES",
+    "RunPath",
     "RunWriter",
     "StagePlan",
     "StageProgress",
@@ -77,6 +81,8 @@ __all__ = [
     "describe_run",
     "file_written_whole",
     "get_array",
+    "is_remote",
+    "make_folder",
     "open_run",
     "plan_stage",
     "read_lock",
@@ -85,6 +91,7 @@ __all__ = [
     "record_request",
     "recover_stages",
     "run_lock",
+    "run_path",
     "set_calibration",
     "stage_info",
     "write_table",

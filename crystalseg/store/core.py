@@ -41,10 +41,19 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 import zarr
+from upath import UPath
 from zarr.codecs import ZstdCodec
 
 from crystalseg.dims import FRAME_DIMS, IMAGE, PARTICLE, TIME
 from crystalseg.errors import ConfigError, DamagedRunError, InputNotFoundError, RunFormatError
+from crystalseg.store.location import (
+    RunLike,
+    RunPath,
+    is_remote,
+    list_files,
+    run_path,
+    storage_options,
+)
 
 log = logging.getLogger(__name__)
 
@@ -114,22 +123,25 @@ def check_calibration(
             )
 
 
-def check_output_outside_run(path: str | Path) -> None:
+def check_output_outside_run(path: RunLike) -> None:
     """Refuse an output path that is a zarr store or lies inside one.
 
     Figures, reports and exports written into a run store are files zarr does not
     know: ``xarray.open_zarr`` may trip over them, and they vanish with the store
     when a stage replaces it. Reports, plots and overlays call this before any work.
+    A URL (``s3://bucket/out``) is checked the same way on its file system.
 
     Raises
     ------
     ConfigError
-        ``path`` or one of its parent folders is a zarr store.
+        ``path`` or one of its parent folders is a zarr store, or ``path`` is a URL
+        no installed file system reads (:func:`~crystalseg.store.location.run_path`).
     """
-    path = Path(path)
-    for folder in (path.absolute(), *path.absolute().parents):
+    path = run_path(path)
+    full = path.absolute() if isinstance(path, Path) else path
+    for folder in (full, *full.parents):
         if (folder / "zarr.json").is_file() or (folder / ".zgroup").is_file():
-            where = "is" if folder == path.absolute() else "lies inside"
+            where = "is" if folder == full else "lies inside"
             raise ConfigError(
                 f"output '{path}' {where} the zarr store '{folder}'; files written there are "
                 f"not part of the store and would be lost with it. Choose a path outside it, "
@@ -137,7 +149,7 @@ def check_output_outside_run(path: str | Path) -> None:
             )
 
 
-def check_output_folder(path: str | Path) -> None:
+def check_output_folder(path: RunLike) -> None:
     """Make the output folder ``path`` and write (then remove) a probe file in it, so a
     long job (training, scoring) learns of a read-only folder, a missing permission, a
     file in the way or a full disk before its work, not after it.
@@ -149,7 +161,13 @@ def check_output_folder(path: str | Path) -> None:
     OSError
         The folder cannot be made or written (the CLI explains it in one line).
     """
-    path = Path(path)
+    local = run_path(path)
+    if not isinstance(local, Path):
+        raise ConfigError(
+            f"'{path}' is a URL; this output (a model, a score) is written to a folder on "
+            "this machine. Give a local folder and copy it to object storage afterwards"
+        )
+    path = local
     check_output_outside_run(path)
     path.mkdir(parents=True, exist_ok=True)
     probe = path / f".crystalseg-write-test-{os.getpid()}"
@@ -160,7 +178,7 @@ def check_output_folder(path: str | Path) -> None:
 
 
 @contextmanager
-def file_written_whole(path: str | Path) -> Iterator[Path]:
+def file_written_whole(path: RunLike) -> Iterator[Path]:
     """A temporary path beside ``path`` to write to; it replaces ``path`` only when the
     block ends without an error, and is removed when it does not.
 
@@ -170,12 +188,21 @@ def file_written_whole(path: str | Path) -> Iterator[Path]:
         with file_written_whole(out) as tmp:
             tmp.write_text(html)
 
+    For a URL (``s3://bucket/report.html``) the temporary file is local and is
+    uploaded in one ``PUT`` when the block ends: object storage shows the whole new
+    object or the old one, never a part.
+
     Raises
     ------
     ConfigError
-        ``path`` is an existing folder (the write would fail only at the end).
+        ``path`` is an existing folder (the write would fail only at the end), or a
+        URL no installed file system reads.
     """
-    path = Path(path)
+    target = run_path(path)
+    if not isinstance(target, Path):
+        yield from _uploaded_whole(target)
+        return
+    path = target
     if path.is_dir():
         raise ConfigError(
             f"output '{path}' is a folder; expected a file name. Give a file path, e.g. "
@@ -188,6 +215,27 @@ def file_written_whole(path: str | Path) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _uploaded_whole(target: UPath) -> Iterator[Path]:
+    """:func:`file_written_whole` for a URL: a local temporary file, uploaded at the end."""
+    import tempfile
+
+    if target.is_dir():
+        raise ConfigError(
+            f"output '{target}' is a folder; expected a file name. Give a file path, e.g. "
+            f"'{target / 'output.html'}'"
+        )
+    with tempfile.TemporaryDirectory(prefix="crystalseg-upload-") as folder:
+        tmp = Path(folder) / target.name
+        yield tmp
+        target.fs.put_file(str(tmp), target.path)
+
+
+def make_folder(path: RunPath) -> None:
+    """Make the output folder ``path`` (and its parents); object storage needs none."""
+    if isinstance(path, Path):
+        path.mkdir(parents=True, exist_ok=True)
 
 
 def crystalseg_version() -> str:
@@ -238,7 +286,7 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
-def consolidate(path: str | Path) -> None:
+def consolidate(path: RunLike) -> None:
     """Write consolidated metadata so that ``xarray.open_zarr`` opens the store quietly.
 
     Any later change of metadata (attributes, a new array) drops it again, so every
@@ -255,10 +303,13 @@ def tidy_number(value: float) -> float:
     return float(f"{float(value):.12g}")
 
 
-def open_group(path: str | Path, mode: str = "r") -> zarr.Group:
-    """The root group of run store ``path``, or an error that says what the path is
-    instead (missing, a recording file, not a zarr group)."""
-    path = Path(path)
+def open_group(path: RunLike, mode: str = "r") -> zarr.Group:
+    """The root group of run store ``path`` (a local path or a URL), or an error that
+    says what the path is instead (missing, a recording file, not a zarr group, a URL
+    no installed file system reads)."""
+    path = run_path(path)
+    if not isinstance(path, Path):
+        return _open_remote_group(path, mode)
     if not path.exists():
         raise InputNotFoundError(
             f"run store '{path}' does not exist; create it with 'crystalseg import SRC {path}' "
@@ -270,12 +321,51 @@ def open_group(path: str | Path, mode: str = "r") -> zarr.Group:
             f"{path} {path.with_suffix('.zarr')}', then use {path.with_suffix('.zarr')}"
         )
     try:
-        return zarr.open_group(str(path), mode=mode, use_consolidated=False)  # type: ignore[arg-type]
+        return zarr.open_group(
+            str(path),
+            mode=mode,  # type: ignore[arg-type]
+            use_consolidated=False,
+            **_zarr_options(path),
+        )
     except (FileNotFoundError, zarr.errors.GroupNotFoundError, ValueError, KeyError) as exc:
         raise RunFormatError(
             f"'{path}' is not a crystalseg run store (no zarr group in it); "
             "create one with 'crystalseg import SRC RUN.zarr'"
         ) from exc
+
+
+def _open_remote_group(path: RunPath, mode: str) -> zarr.Group:
+    """:func:`open_group` on object storage: opened first (one request), and only when
+    that fails is the prefix examined to say why (a request per check is slow there)."""
+    try:
+        return zarr.open_group(
+            str(path),
+            mode=mode,  # type: ignore[arg-type]
+            use_consolidated=False,
+            zarr_format=3,
+            **_zarr_options(path),
+        )
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError, ValueError, KeyError) as exc:
+        if not path.exists():
+            raise InputNotFoundError(
+                f"run store '{path}' does not exist; create it with 'crystalseg import SRC "
+                f"{path}' or 'crystalseg synth {path}'"
+            ) from exc
+        if path.is_file():
+            raise RunFormatError(
+                f"'{path}' is a file, not a run store; a run store on object storage is a "
+                "prefix holding zarr.json. Give the URL of the run store"
+            ) from exc
+        raise RunFormatError(
+            f"'{path}' is not a crystalseg run store (no zarr group in it); "
+            "create one with 'crystalseg import SRC RUN.zarr'"
+        ) from exc
+
+
+def _zarr_options(path: RunPath) -> dict[str, Any]:
+    """Keyword arguments of zarr/xarray that reach ``path``'s file system as
+    :func:`~crystalseg.store.location.run_path` set it up (none for a local path)."""
+    return {"storage_options": storage_options(path)} if is_remote(path) else {}
 
 
 def node_attrs(node: zarr.Group | zarr.Array) -> dict[str, Any]:
@@ -289,7 +379,7 @@ def read_provenance(node: zarr.Group) -> dict[str, Any]:
     return dict(value)
 
 
-def get_array(group: zarr.Group, name: str, path: str | Path = "") -> zarr.Array:
+def get_array(group: zarr.Group, name: str, path: RunLike = "") -> zarr.Array:
     """Array ``name`` of a store's group, or a :class:`RunFormatError` saying it is missing."""
     try:
         node = group[name]
@@ -305,7 +395,7 @@ def get_array(group: zarr.Group, name: str, path: str | Path = "") -> zarr.Array
     return node
 
 
-def read_run_attrs(path: str | Path) -> dict[str, Any]:
+def read_run_attrs(path: RunLike) -> dict[str, Any]:
     """Root attributes of a run store, after checking that this crystalseg can read it.
 
     Raises
@@ -339,7 +429,7 @@ def read_run_attrs(path: str | Path) -> dict[str, Any]:
     return attrs
 
 
-def _check_attrs(path: str | Path, attrs: Mapping[str, Any]) -> None:
+def _check_attrs(path: RunLike, attrs: Mapping[str, Any]) -> None:
     """Raise :class:`DamagedRunError` for root attributes of the wrong kind (edited by
     hand or by another tool), so no stage reads a text pixel size or a list provenance."""
     fix = "restore the store's zarr.json from a backup or re-import the recording"
@@ -369,7 +459,7 @@ def _check_attrs(path: str | Path, attrs: Mapping[str, Any]) -> None:
             ) from exc
 
 
-def stage_info(path: str | Path) -> dict[str, dict[str, Any]]:
+def stage_info(path: RunLike) -> dict[str, dict[str, Any]]:
     """Provenance of every stage run on the store, with frames done for unfinished ones."""
     attrs = read_run_attrs(path)
     stages: dict[str, dict[str, Any]] = dict(attrs.get(PROVENANCE_KEY, {}).get("stages", {}))
@@ -395,7 +485,7 @@ def progress_array(group: zarr.Group, stage: str) -> zarr.Array | None:
 
 
 def create_array(
-    path: str | Path,
+    path: RunLike,
     name: str,
     *,
     dims: Sequence[str],
@@ -425,7 +515,7 @@ def create_array(
     return arr
 
 
-def calibration_fingerprint(path: str | Path) -> dict[str, Any]:
+def calibration_fingerprint(path: RunLike) -> dict[str, Any]:
     """What a measurement depends on besides its mask and settings: the pixel size and
     a checksum of the time axis (the measurement records it, and is out of date when it
     differs)."""
@@ -437,7 +527,7 @@ def calibration_fingerprint(path: str | Path) -> dict[str, Any]:
     }
 
 
-def open_run(path: str | Path, *, require_complete: bool = True) -> xr.Dataset:
+def open_run(path: RunLike, *, require_complete: bool = True) -> xr.Dataset:
     """Open a run store lazily as an xarray Dataset backed by dask.
 
     Parameters
@@ -469,7 +559,7 @@ def open_run(path: str | Path, *, require_complete: bool = True) -> xr.Dataset:
     get_array(open_group(path), IMAGE, path)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=RuntimeWarning, message="Failed to open Zarr")
-        ds = xr.open_zarr(str(path), consolidated=None)
+        ds = xr.open_zarr(str(path), consolidated=None, **_zarr_options(run_path(path)))
     if IMAGE not in ds or ds[IMAGE].dims != FRAME_DIMS:
         raise RunFormatError(
             f"run store '{path}' has no '{IMAGE}' array with dims {FRAME_DIMS}; "
@@ -487,7 +577,7 @@ def open_run(path: str | Path, *, require_complete: bool = True) -> xr.Dataset:
 
 
 def write_table(
-    path: str | Path,
+    path: RunLike,
     group: str,
     table: pd.DataFrame,
     *,
@@ -526,7 +616,7 @@ def write_table(
     consolidate(path)
 
 
-def read_table(path: str | Path, group: str) -> pd.DataFrame:
+def read_table(path: RunLike, group: str) -> pd.DataFrame:
     """Read a table written by :func:`write_table` back into a DataFrame (column order kept)."""
     root = open_group(path)
     try:
@@ -549,7 +639,7 @@ def _column(arr: zarr.Array) -> np.ndarray:
     return values
 
 
-def describe_run(path: str | Path) -> dict[str, Any]:
+def describe_run(path: RunLike) -> dict[str, Any]:
     """What ``crystalseg info`` prints: frames, size, dtype, time span, calibration, stages.
 
     Reads metadata only (and the small time array), never the frames.
@@ -562,7 +652,7 @@ def describe_run(path: str | Path) -> dict[str, Any]:
     n, ny, nx = (int(v) for v in image.shape)
     pixel = attrs.get("pixel_size_um")
     provenance = attrs.get(PROVENANCE_KEY, {})
-    stored = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+    stored = sum(size for _, size, _ in list_files(run_path(path)))
     raw = n * ny * nx * np.dtype(image.dtype).itemsize
     intervals = np.diff(time)
     return {

@@ -28,6 +28,14 @@ What it guarantees, and what it does not:
   its new results beside the old ones and swaps them in only when complete
   (:mod:`crystalseg.store.stages`), so a reader sees the old results or the
   new ones.
+- On object storage (a store at ``s3://bucket/run.zarr``) the lock is the object
+  ``s3://bucket/.run.zarr.crystalseg-lock``, created with one conditional ``PUT``
+  (``If-None-Match: *``) that the server refuses when the object exists: exclusive
+  like ``O_EXCL`` on AWS S3 and on S3-compatible servers that implement conditional
+  writes (moto, which the tests run against, does). On a server that ignores the
+  condition, or a file system whose fsspec driver has none, the lock is advisory
+  only (checked, then written).
+  Its holder is recognised as dead only from the host that took it, as above.
 - Within one process the lock is re-entrant for the thread that holds it (a
   measurement that segments first holds it once); another thread of the same
   process is refused like another process. Worker processes of a stage (dask
@@ -52,6 +60,7 @@ from pathlib import Path
 from typing import Any
 
 from crystalseg.errors import RunLockedError
+from crystalseg.store.location import RunLike, RunPath, create_exclusive, location_key, run_path
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +81,12 @@ _held: dict[str, tuple[int, int]] = {}  # lock path -> (thread id, depth)
 _held_guard = threading.Lock()
 
 
-def lock_path(run: str | os.PathLike[str]) -> Path:
-    """Path of the lock file of run store ``run``: a hidden file beside it."""
-    run = Path(run).absolute()
-    return run.parent / f".{run.name}{LOCK_SUFFIX}"
+def lock_path(run: RunLike) -> RunPath:
+    """Path of the lock file of run store ``run``: a hidden file (object) beside it."""
+    where = run_path(run)
+    if isinstance(where, Path):
+        where = where.absolute()
+    return where.parent / f".{where.name}{LOCK_SUFFIX}"
 
 
 def _process_start(pid: int) -> int | None:
@@ -104,7 +115,7 @@ def process_alive(pid: int, started: int | None = None) -> bool:
     return started is None or now is None or now == started
 
 
-def read_lock(run: str | os.PathLike[str]) -> dict[str, Any] | None:
+def read_lock(run: RunLike) -> dict[str, Any] | None:
     """Who holds the lock of ``run`` (the recorded fields), or None when nobody does."""
     try:
         text = lock_path(run).read_text(encoding="utf-8")
@@ -119,7 +130,7 @@ def read_lock(run: str | os.PathLike[str]) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else {}
 
 
-def _describe(run: Path, holder: dict[str, Any]) -> str:
+def _describe(run: RunPath, holder: dict[str, Any]) -> str:
     doing = _DOING.get(str(holder.get("stage")), f"written ({holder.get('stage')})")
     command = holder.get("command")
     return (
@@ -129,8 +140,10 @@ def _describe(run: Path, holder: dict[str, Any]) -> str:
     )
 
 
-def _try_create(path: Path, record: dict[str, Any]) -> bool:
+def _try_create(path: RunPath, record: dict[str, Any]) -> bool:
     """Create the lock file holding ``record``; False when it exists.
+
+    On object storage: one conditional write (:func:`~crystalseg.store.location.create_exclusive`).
 
     The record is written to a file of this process first and hard-linked to the lock's
     name (atomic, and exclusive like ``O_EXCL``, also on NFS): the lock never exists
@@ -138,6 +151,8 @@ def _try_create(path: Path, record: dict[str, Any]) -> bool:
     can tell from a damaged one (at most its own temporary file). Where the file system
     has no hard links, the lock file is created with ``O_EXCL`` and then written.
     """
+    if not isinstance(path, Path):
+        return create_exclusive(path, json.dumps(record).encode())
     own = path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
     own.unlink(missing_ok=True)  # left by a killed process that had this id before
     try:
@@ -184,7 +199,7 @@ def _write_new(path: Path, record: dict[str, Any]) -> None:
         raise
 
 
-def _acquire(run: Path, stage: str) -> Path:
+def _acquire(run: RunPath, stage: str) -> RunPath:
     path = lock_path(run)
     record = {
         "pid": os.getpid(),
@@ -233,14 +248,13 @@ def _acquire(run: Path, stage: str) -> Path:
 
 
 @contextmanager
-def run_lock(run: str | os.PathLike[str], stage: str) -> Iterator[None]:
+def run_lock(run: RunLike, stage: str) -> Iterator[None]:
     """Hold the lock of run store ``run`` (existing or about to be made) for ``stage``.
 
     Re-entrant in the thread that holds it. Raises :class:`RunLockedError` when
     another process or thread holds it.
     """
-    path = lock_path(run)
-    key = str(path.resolve())
+    key = location_key(lock_path(run))
     me = threading.get_ident()
     with _held_guard:
         owner = _held.get(key)
@@ -255,7 +269,7 @@ def run_lock(run: str | os.PathLike[str], stage: str) -> Iterator[None]:
         else:
             reentered = False
     if not reentered:
-        _acquire(Path(run), stage)
+        _acquire(run_path(run), stage)
         with _held_guard:
             _held[key] = (me, 1)
     try:
@@ -270,10 +284,10 @@ def run_lock(run: str | os.PathLike[str], stage: str) -> Iterator[None]:
                 del _held[key]
                 release = True
         if release:
-            _release(Path(run))
+            _release(run_path(run))
 
 
-def _release(run: Path) -> None:
+def _release(run: RunPath) -> None:
     """Remove the lock file if it is still ours (a takeover may have replaced it)."""
     holder = read_lock(run)
     if holder and holder.get("pid") == os.getpid():
@@ -292,9 +306,9 @@ def lock_owner() -> dict[str, Any]:
     }
 
 
-def holds_lock(run: str | os.PathLike[str]) -> bool:
+def holds_lock(run: RunLike) -> bool:
     """Whether this thread holds the lock of ``run``."""
-    owner = _held.get(str(lock_path(run).resolve()))
+    owner = _held.get(location_key(lock_path(run)))
     return owner is not None and owner[0] == threading.get_ident()
 
 

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -50,6 +49,7 @@ from crystalseg.store.core import (
     open_group,
     read_run_attrs,
 )
+from crystalseg.store.location import RunLike, RunPath, list_files, run_path
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ CLASS_COLOURS = (
 )
 
 
-def frame_scale(path: str | Path) -> dict[str, Any]:
+def frame_scale(path: RunLike) -> dict[str, Any]:
     """The calibration of the frames as OME-Zarr sees it: seconds per frame (the median
     interval; 1 with a single frame) and micrometres per pixel (1 when unknown).
 
@@ -83,7 +83,7 @@ def frame_scale(path: str | Path) -> dict[str, Any]:
         (t, y, x) scale of the OME-Zarr coordinate transformation.
     """
     attrs = read_run_attrs(path)
-    time = np.asarray(get_array(open_group(Path(path), "r"), TIME, path)[:], dtype="float64")
+    time = np.asarray(get_array(open_group(path, "r"), TIME, path)[:], dtype="float64")
     steps = np.diff(time)
     interval = float(np.median(steps)) if len(steps) else 0.0
     interval = interval if np.isfinite(interval) and interval > 0 else 1.0
@@ -120,7 +120,7 @@ def _image_label(codes: list[str]) -> dict[str, Any]:
     }
 
 
-def write_ome_metadata(path: str | Path) -> dict[str, Any]:
+def write_ome_metadata(path: RunLike) -> dict[str, Any]:
     """Describe the store's ``image`` (and ``mask``) as an OME-Zarr 0.5 image (and its
     label image), and give xarray the frames' coordinates in micrometres.
 
@@ -138,7 +138,7 @@ def write_ome_metadata(path: str | Path) -> dict[str, Any]:
     dict
         The root's ``ome`` attribute as written.
     """
-    path = Path(path)
+    path = run_path(path)
     read_run_attrs(path)
     group = open_group(path, "r+")
     image = get_array(group, IMAGE, path)
@@ -169,7 +169,7 @@ def write_ome_metadata(path: str | Path) -> dict[str, Any]:
     return ome
 
 
-def _copy_mask(path: Path, mask: zarr.Array, label: zarr.Group) -> None:
+def _copy_mask(path: RunPath, mask: zarr.Array, label: zarr.Group) -> None:
     """Copy ``mask`` into the label image, unless the copy there is of the same mask
     (same files: names, sizes and modification times of the mask's chunks)."""
     source = _files_fingerprint(path / MASK)
@@ -192,16 +192,13 @@ def _copy_mask(path: Path, mask: zarr.Array, label: zarr.Group) -> None:
     log.info("copied the mask of %s into its OME-Zarr label image", path)
 
 
-def _files_fingerprint(folder: Path) -> str:
-    """A checksum of the names, sizes and modification times of the files in ``folder``:
-    changes whenever zarr writes any of them, costs one ``stat`` per chunk."""
+def _files_fingerprint(folder: RunPath) -> str:
+    """A checksum of the names, sizes and modification times (ETags on object storage)
+    of the files in ``folder``: changes whenever zarr writes any of them, costs one
+    ``stat`` per chunk (one listing on object storage)."""
     digest = hashlib.sha1()
-    for file in sorted(folder.rglob("*")):
-        if file.is_file():
-            stat = file.stat()
-            digest.update(
-                f"{file.relative_to(folder)} {stat.st_size} {stat.st_mtime_ns}\n".encode()
-            )
+    for name, size, stamp in list_files(folder):
+        digest.update(f"{name} {size} {stamp}\n".encode())
     return digest.hexdigest()
 
 

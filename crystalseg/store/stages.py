@@ -25,6 +25,13 @@ through the same few steps, written once here:
    same command again resumes it. An interruption during the swap itself (a
    few renames) is completed by the next writer (:func:`recover_stages`).
 
+On object storage (a run at ``s3://bucket/run.zarr``, see
+:mod:`crystalseg.store.location`) there is no rename: the swap deletes the old
+output and copies the new one into its place, output by output, recording each
+output copied in the stage's record before deleting its staged copy, so the next
+writer completes an interrupted swap the same way. Readers during such a swap may
+find an output missing or partly copied (docs/reliability.md says what holds where).
+
 The chunks themselves run wherever the stage sends them (a local pool, a dask
 cluster): workers write their chunk and mark it done; only the process that
 holds the lock begins and finishes a stage.
@@ -34,13 +41,10 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import shutil
 import socket
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -71,6 +75,16 @@ from crystalseg.store.core import (
     tidy_number,
     utc_now,
 )
+from crystalseg.store.location import (
+    RunLike,
+    RunPath,
+    copy_tree,
+    is_remote,
+    make_parent,
+    move_tree,
+    remove_tree,
+    run_path,
+)
 from crystalseg.store.lock import holds_lock, lock_owner, process_alive, read_lock, run_lock
 from crystalseg.store.ome import write_ome_metadata
 
@@ -100,7 +114,7 @@ class StageProgress:
     :meth:`finish` swaps them into place.
     """
 
-    path: Path
+    path: RunPath
     stage: str
     n_frames: int
     frames_per_chunk: int
@@ -187,7 +201,7 @@ class StageProgress:
         write_ome_metadata(self.path)  # consolidates
 
 
-def _update_stage(path: Path, stage: str, *, drop: Sequence[str] = (), **fields: Any) -> None:
+def _update_stage(path: RunPath, stage: str, *, drop: Sequence[str] = (), **fields: Any) -> None:
     group = open_group(path, "r+")
     provenance = read_provenance(group)
     stages = dict(provenance.get("stages", {}))
@@ -202,58 +216,83 @@ def _update_stage(path: Path, stage: str, *, drop: Sequence[str] = (), **fields:
     group.attrs[PROVENANCE_KEY] = provenance
 
 
-def _rename(source: Path, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(source, target)
-
-
-def _complete_swap(path: Path, stage: str) -> None:
+def _complete_swap(path: RunPath, stage: str) -> None:
     """Swap the outputs of a finished replacement into place (idempotent: an interrupted
     swap is completed by calling it again), then its record and progress."""
+    key = f"{stage}{NEXT_SUFFIX}"
+    next_dir, old_dir = path / NEXT_GROUP / stage, path / OLD_GROUP / stage
+    if is_remote(path):
+        _copy_outputs_into_place(path, key, next_dir)
+    else:
+        _rename_outputs_into_place(path, key, next_dir, old_dir)
     group = open_group(path, "r+")
     provenance = read_provenance(group)
     stages = dict(provenance.get("stages", {}))
-    key = f"{stage}{NEXT_SUFFIX}"
     record = dict(stages.get(key) or {})
-    next_dir, old_dir = path / NEXT_GROUP / stage, path / OLD_GROUP / stage
-    for name in record.get("outputs") or ():
-        new, final, old = next_dir / name, path / name, old_dir / name
-        if new.exists():
-            if final.exists():
-                if old.exists():
-                    shutil.rmtree(old)
-                _rename(final, old)
-            _rename(new, final)
-        elif final.exists() and not old.exists():
-            # not made by the new run (e.g. no probability stored): the old one is stale
-            _rename(final, old)
     record.pop("outputs", None)
+    record.pop("copied", None)
     stages[stage] = {**record, "status": "finished", "finished": utc_now()}
     stages.pop(key, None)
     provenance["stages"] = stages
     group.attrs[PROVENANCE_KEY] = jsonable(provenance)
     progress = path / PROGRESS_GROUP
     if (progress / key).exists():
-        if (progress / stage).exists():
-            shutil.rmtree(progress / stage)
-        _rename(progress / key, progress / stage)
+        remove_tree(progress / stage)
+        move_tree(progress / key, progress / stage)
     for leftover in (old_dir, next_dir):
-        if leftover.exists():
-            shutil.rmtree(leftover)
+        remove_tree(leftover)
     _remove_empty_groups(path)
     log.info("stage %s of %s: the new results replaced the old ones", stage, path)
 
 
-def _remove_empty_groups(path: Path) -> None:
+def _stage_record(path: RunPath, key: str) -> dict[str, Any]:
+    return dict(read_provenance(open_group(path, "r")).get("stages", {}).get(key) or {})
+
+
+def _rename_outputs_into_place(path: RunPath, key: str, next_dir: RunPath, old: RunPath) -> None:
+    """The local swap: each old output renamed aside, the new one renamed into place (a
+    reader sees the old output or the new one)."""
+    for name in _stage_record(path, key).get("outputs") or ():
+        new, final, retired = next_dir / name, path / name, old / name
+        if new.exists():
+            if final.exists():
+                remove_tree(retired)
+                move_tree(final, retired)
+            move_tree(new, final)
+        elif final.exists() and not retired.exists():
+            # not made by the new run (e.g. no probability stored): the old one is stale
+            move_tree(final, retired)
+
+
+def _copy_outputs_into_place(path: RunPath, key: str, next_dir: RunPath) -> None:
+    """The swap on object storage (no rename): per output, delete the old one, copy the
+    new one into its place, record it as ``copied`` in the stage's record, and only then
+    delete the staged copy. Run again after an interruption, it redoes the output it was
+    copying and skips those recorded."""
+    record = _stage_record(path, key)
+    copied = list(record.get("copied") or [])
+    for name in record.get("outputs") or ():
+        new, final = next_dir / name, path / name
+        if name not in copied:
+            made = new.exists()  # (absent: not made by the new run; the old one is stale)
+            remove_tree(final)
+            if made:
+                copy_tree(new, final)
+            copied.append(name)
+            _update_stage(path, key, copied=copied)
+        remove_tree(new)
+
+
+def _remove_empty_groups(path: RunPath) -> None:
     """Delete ``_next`` and ``_old`` once no stage has anything in them."""
     for parent in (path / OLD_GROUP, path / NEXT_GROUP):
         if parent.exists() and not any(p for p in parent.iterdir() if p.name != "zarr.json"):
-            shutil.rmtree(parent)
+            remove_tree(parent)
 
 
-def recover_stages(path: str | Path) -> None:
+def recover_stages(path: RunLike) -> None:
     """Complete any swap of results that was interrupted (call with the lock held)."""
-    path = Path(path)
+    path = run_path(path)
     for key, info in stage_info(path).items():
         if key.endswith(NEXT_SUFFIX) and info.get("status") == "swapping":
             log.warning("completing the interrupted replacement of %s's %s", path, key)
@@ -280,7 +319,7 @@ class StagePlan:
 
 
 def plan_stage(
-    path: str | Path,
+    path: RunLike,
     stage: str,
     *,
     settings: Mapping[str, Any],
@@ -325,7 +364,7 @@ def plan_stage(
             and not overwrite
         ):
             return StagePlan("resume", replace=True, reason="an interrupted replacement")
-        _discard_replacement(Path(path), stage)  # asked for something else now
+        _discard_replacement(run_path(path), stage)  # asked for something else now
     if record is None and outputs_present:  # made outside this stage: never ours to drop
         if overwrite:
             return StagePlan("new", replace=True, reason="asked to replace them")
@@ -341,12 +380,11 @@ def plan_stage(
     raise StageStateError(refusal(record))
 
 
-def _discard_replacement(path: Path, stage: str) -> None:
+def _discard_replacement(path: RunPath, stage: str) -> None:
     """Forget an interrupted replacement of ``stage`` that will not be resumed."""
     key = f"{stage}{NEXT_SUFFIX}"
     for leftover in (path / NEXT_GROUP / stage, path / PROGRESS_GROUP / key):
-        if leftover.exists():
-            shutil.rmtree(leftover)
+        remove_tree(leftover)
     _remove_empty_groups(path)
     group = open_group(path, "r+")
     provenance = read_provenance(group)
@@ -359,7 +397,7 @@ def _discard_replacement(path: Path, stage: str) -> None:
 
 
 def begin_stage(
-    path: str | Path,
+    path: RunLike,
     stage: str,
     *,
     settings: Mapping[str, Any],
@@ -387,7 +425,7 @@ def begin_stage(
     outputs : names of the stage's outputs in the store (arrays or groups), swapped
         in by a replacement; one the replacement does not write is removed then
     """
-    path = Path(path)
+    path = run_path(path)
     group = open_group(path, "r+")
     settings = jsonable(dict(settings))
     key = f"{stage}{NEXT_SUFFIX}" if replace else stage
@@ -414,9 +452,7 @@ def begin_stage(
             overwrite=True,
         )
         if replace:
-            staged = path / NEXT_GROUP / stage
-            if staged.exists():
-                shutil.rmtree(staged)
+            remove_tree(path / NEXT_GROUP / stage)
             group.require_group(f"{NEXT_GROUP}/{stage}")
         _update_stage(
             path,
@@ -453,7 +489,7 @@ def begin_stage(
     return progress
 
 
-def record_request(path: str | Path, stage: str, request: Mapping[str, Any]) -> None:
+def record_request(path: RunLike, stage: str, request: Mapping[str, Any]) -> None:
     """Record how the caller asked for a finished stage, beside its settings.
 
     The settings say what the stage did, and decide whether a later call resumes it or
@@ -474,7 +510,7 @@ def record_request(path: str | Path, stage: str, request: Mapping[str, Any]) -> 
     StageStateError
         The stage has not finished on this store.
     """
-    path = Path(path)
+    path = run_path(path)
     with writing(path, stage):
         info = stage_info(path).get(stage) or {}
         if info.get("status") != "finished":
@@ -488,7 +524,7 @@ def record_request(path: str | Path, stage: str, request: Mapping[str, Any]) -> 
 
 
 @contextmanager
-def writing(path: str | Path, stage: str) -> Iterator[None]:
+def writing(path: RunLike, stage: str) -> Iterator[None]:
     """Hold the lock of an existing run store for ``stage`` and complete any swap that
     an earlier writer was interrupted in; for every stage's public entry point."""
     with run_lock(path, stage):
@@ -508,7 +544,7 @@ class RunWriter:
     """
 
     def __init__(
-        self, path: Path, progress: StageProgress, *, replaces: Path | None = None
+        self, path: RunPath, progress: StageProgress, *, replaces: RunPath | None = None
     ) -> None:
         self.path = path
         self.progress = progress
@@ -575,7 +611,7 @@ class RunWriter:
 
 
 def create_run(
-    path: str | Path,
+    path: RunLike,
     *,
     shape: tuple[int, int, int],
     dtype: Any,
@@ -618,7 +654,7 @@ def create_run(
         The store exists and is complete or was made from something else; pass overwrite.
         Or ``path`` holds something that is not a run store.
     """
-    path = Path(path)
+    path = run_path(path)
     n, ny, nx = (int(v) for v in shape)
     if n < 1 or ny < 1 or nx < 1:
         raise ValueError(f"a run needs at least one frame of at least 1x1 pixels, got {shape}")
@@ -655,9 +691,9 @@ def create_run(
                 if writer is not None:
                     writer.replaces = path
                     return writer
-                shutil.rmtree(target)
+                remove_tree(target)
         else:  # an interrupted creation: nothing complete to lose
-            shutil.rmtree(path)
+            remove_tree(path)
 
     provenance = {
         "created": utc_now(),
@@ -671,7 +707,7 @@ def create_run(
 
 
 def _write_new_store(
-    path: Path,
+    path: RunPath,
     shape: tuple[int, int, int],
     dtype: np.dtype,
     fpc: int,
@@ -720,14 +756,14 @@ def _write_new_store(
     )
 
 
-def _holds_something(path: Path) -> bool:
+def _holds_something(path: RunPath) -> bool:
     """Whether ``path`` exists and is not an empty folder."""
     if not path.exists():
         return False
     return not path.is_dir() or any(path.iterdir())
 
 
-def _is_run_store(path: Path) -> bool:
+def _is_run_store(path: RunPath) -> bool:
     try:
         read_run_attrs(path)
     except (RunFormatError, OSError):
@@ -735,7 +771,7 @@ def _is_run_store(path: Path) -> bool:
     return True
 
 
-def _check_replaceable(path: Path) -> None:
+def _check_replaceable(path: RunPath) -> None:
     """Refuse to replace anything that is not a crystalseg run store."""
     if path.is_dir() and _is_run_store(path):
         return
@@ -754,55 +790,86 @@ def _check_replaceable(path: Path) -> None:
     )
 
 
-def _creation_finished(path: Path) -> bool:
+def _creation_finished(path: RunPath) -> bool:
     stages = stage_info(path)
     return any(stages.get(s, {}).get("status") == "finished" for s in ("import", "synth"))
 
 
-def _replacement_path(path: Path) -> Path:
+def _replacement_path(path: RunPath) -> RunPath:
     """Where a store that replaces ``path`` is written until it is complete."""
     return path.with_name(f"{path.name}.crystalseg-new")
 
 
-def _retired_path(path: Path) -> Path:
+def _retired_path(path: RunPath) -> RunPath:
     """Where the replaced store waits during the swap."""
     return path.with_name(f"{path.name}.crystalseg-old")
 
 
-def _swap_stores(new: Path, path: Path) -> None:
+def _swap_marker(path: RunPath) -> RunPath:
+    """On object storage: the object beside ``path`` that records a swap of whole stores
+    under way (``copying`` the new store into place, or ``copied``)."""
+    return path.with_name(f".{path.name}.crystalseg-swap")
+
+
+def _swap_stores(new: RunPath, path: RunPath) -> None:
     """Put the complete store ``new`` in the place of ``path``, then delete the old one.
 
-    The lock (beside ``path``) stays held across the swap.
+    The lock (beside ``path``) stays held across the swap. Locally two renames; on
+    object storage the old store is deleted and the new one copied into its place, with
+    a marker object that :func:`recover_replaced_store` reads to complete it.
     """
+    if is_remote(path):
+        _swap_marker(path).write_text("copying")
+        _copy_store_into_place(new, path)
+        log.info("replaced run store %s with the new one", path)
+        return
     retired = _retired_path(path)
-    if retired.exists():
-        shutil.rmtree(retired)
-    os.replace(path, retired)
-    os.replace(new, path)
-    shutil.rmtree(retired)
+    remove_tree(retired)
+    move_tree(path, retired)
+    move_tree(new, path)
+    remove_tree(retired)
     log.info("replaced run store %s with the new one", path)
 
 
-def recover_replaced_store(path: str | Path) -> None:
-    """Finish a swap of whole stores that was interrupted between its two renames."""
-    path = Path(path)
+def _copy_store_into_place(new: RunPath, path: RunPath) -> None:
+    """The object-storage swap from its marker's state on: ``copying`` (the old store
+    deleted, the complete new one copied; redone whole after an interruption), then
+    ``copied`` (the new store's objects deleted), then the marker removed."""
+    marker = _swap_marker(path)
+    if marker.read_text().strip() == "copying":
+        remove_tree(path)
+        copy_tree(new, path)
+        marker.write_text("copied")
+    remove_tree(new)
+    marker.unlink()
+
+
+def recover_replaced_store(path: RunLike) -> None:
+    """Finish a swap of whole stores that was interrupted (between its two renames, or
+    on object storage during its copy)."""
+    path = run_path(path)
     new, retired = _replacement_path(path), _retired_path(path)
+    if is_remote(path):
+        if _swap_marker(path).exists():
+            _copy_store_into_place(new, path)
+            log.warning("completed the interrupted replacement of run store %s", path)
+        return
     if not retired.exists():
         return
     if path.exists():  # the swap was done; only the old store was left
-        shutil.rmtree(retired)
+        remove_tree(retired)
         return
     if new.exists() and _is_run_store(new) and _creation_finished(new):
-        os.replace(new, path)
-        shutil.rmtree(retired)
+        move_tree(new, path)
+        remove_tree(retired)
         log.warning("completed the interrupted replacement of run store %s", path)
     else:
-        os.replace(retired, path)
+        move_tree(retired, path)
         log.warning("restored run store %s after an interrupted replacement", path)
 
 
 @contextmanager
-def creating(path: str | Path, stage: str) -> Iterator[None]:
+def creating(path: RunLike, stage: str) -> Iterator[None]:
     """Hold the lock of the run store that ``stage`` creates at ``path``; an interrupted
     swap of an earlier replacement of it is completed first.
 
@@ -811,8 +878,8 @@ def creating(path: str | Path, stage: str) -> Iterator[None]:
     StageStateError
         ``path`` is a file.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = run_path(path)
+    make_parent(path)
     with run_lock(path, stage):
         recover_replaced_store(path)
         if path.exists() and not path.is_dir():
@@ -823,7 +890,7 @@ def creating(path: str | Path, stage: str) -> Iterator[None]:
 
 
 def _resume_run(
-    path: Path,
+    path: RunPath,
     stage: str,
     settings: dict[str, Any],
     source: dict[str, Any],
@@ -864,7 +931,7 @@ def _resume_run(
 
 
 def set_calibration(
-    path: str | Path, *, pixel_size_um: float | None = None, interval_s: float | None = None
+    path: RunLike, *, pixel_size_um: float | None = None, interval_s: float | None = None
 ) -> dict[str, Any]:
     """Set the pixel size and/or the frame interval of an existing run store.
 
@@ -900,7 +967,7 @@ def set_calibration(
         return _set_calibration(path, pixel_size_um, interval_s, damaged=damaged)
 
 
-def _drop_damaged_pixel_size(path: str | Path) -> Any:
+def _drop_damaged_pixel_size(path: RunLike) -> Any:
     """Remove a pixel size that is not a number in the physical range (edited by hand
     or by another tool) so that the new one can replace it; returns the removed value
     (None: it was fine). Only :func:`set_calibration` with a new pixel size calls this:
@@ -917,7 +984,7 @@ def _drop_damaged_pixel_size(path: str | Path) -> Any:
 
 
 def _set_calibration(
-    path: str | Path, pixel_size_um: float | None, interval_s: float | None, *, damaged: Any
+    path: RunLike, pixel_size_um: float | None, interval_s: float | None, *, damaged: Any
 ) -> dict[str, Any]:
     attrs = read_run_attrs(path)
     before = calibration_fingerprint(path)

@@ -8,12 +8,12 @@ reads the same numbers as before.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import zarr
 
 from crystalseg.dims import PROBABILITY
 from crystalseg.store.core import PROBABILITY_ATTRS, read_run_attrs
+from crystalseg.store.location import RunLike, run_path
 from crystalseg.store.ome import write_ome_metadata
 from crystalseg.store.stages import writing
 
@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 _CF_SCALING = ("scale_factor", "add_offset")
 
 
-def upgrade_run(path: str | Path) -> list[str]:
+def upgrade_run(path: RunLike) -> list[str]:
     """Add what later releases write to an existing run store: the OME-Zarr image and
     label metadata (:func:`~crystalseg.store.ome.write_ome_metadata`), the frames'
     coordinates in micrometres, and a ``probability`` read as the uint8 it is stored as.
@@ -41,7 +41,7 @@ def upgrade_run(path: str | Path) -> list[str]:
     list of str
         What was changed, in words (empty when the store was up to date).
     """
-    path = Path(path)
+    path = run_path(path)
     read_run_attrs(path)  # a run store this crystalseg reads, or a clear error
     changes: list[str] = []
     with writing(path, "upgrade"):

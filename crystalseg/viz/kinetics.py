@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import html
 import math
-import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,11 +20,12 @@ from matplotlib.figure import Figure
 from crystalseg.kinetics.cld import CLD_CLASS_NAMES
 from crystalseg.kinetics.run import open_cld, read_kinetics
 from crystalseg.store import read_table, stage_info
+from crystalseg.store.location import RunLike, run_path
 
 
-def has_kinetics(run: str | os.PathLike[str]) -> bool:
+def has_kinetics(run: RunLike) -> bool:
     """Whether the run has finished kinetics."""
-    return (stage_info(Path(run)).get("kinetics") or {}).get("status") == "finished"
+    return (stage_info(run_path(run)).get("kinetics") or {}).get("status") == "finished"
 
 
 def _errorbar(ax: Any, x: np.ndarray, table: Any, key: str, **kw: Any) -> None:
@@ -38,7 +37,7 @@ def _errorbar(ax: Any, x: np.ndarray, table: Any, key: str, **kw: Any) -> None:
     ax.errorbar(x[ok], y[ok], yerr=err[:, ok], fmt="o-", capsize=3, **kw)
 
 
-def plot_kinetics(run: str | os.PathLike[str]) -> Figure:
+def plot_kinetics(run: RunLike) -> Figure:
     """Growth against size, births over time, growth over time and CLD classes.
 
     Parameters
@@ -50,7 +49,7 @@ def plot_kinetics(run: str | os.PathLike[str]) -> Figure:
     Figure
     """
     summary = read_kinetics(run)
-    run = Path(run)
+    run = run_path(run)
     unit = summary.get("growth_units", "um/min").replace("um", "µm")
     by_size = read_table(run, "kinetics/growth_by_size")
     over_time = read_table(run, "kinetics/growth_over_time")
@@ -121,7 +120,7 @@ def _with_interval(summary: dict[str, Any], key: str, unit: str, digits: int = 3
     return text
 
 
-def kinetics_section(run: str | os.PathLike[str], figure_html: Any) -> str | None:
+def kinetics_section(run: RunLike, figure_html: Any) -> str | None:
     """HTML body of the report's Kinetics section, or None without kinetics.
 
     Parameters

@@ -35,11 +35,9 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import re
 from collections import Counter
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -59,7 +57,8 @@ from skimage.segmentation import find_boundaries
 
 from crystalseg.errors import ConfigError
 from crystalseg.measure.reader import MeasuredFrame, MeasuredRun, frame_position
-from crystalseg.store import check_output_outside_run, file_written_whole
+from crystalseg.store import check_output_outside_run, file_written_whole, make_folder
+from crystalseg.store.location import RunLike, RunPath, run_path
 from crystalseg.viz.layout import (
     COLORBAR_GAP_IN,
     COLORBAR_WIDTH_IN,
@@ -111,7 +110,7 @@ _REASON_TEXT = {
 # --------------------------------------------------------------------------- the run
 
 
-def _measured(run: str | os.PathLike[str] | MeasuredRun) -> MeasuredRun:
+def _measured(run: RunLike | MeasuredRun) -> MeasuredRun:
     return run if isinstance(run, MeasuredRun) else MeasuredRun(run)
 
 
@@ -346,9 +345,7 @@ def _add_colorbar(
 # --------------------------------------------------------------------------- public API
 
 
-def overlay_image(
-    run: str | os.PathLike[str], frame: int, *, color_by: ColorBy = "status"
-) -> np.ndarray:
+def overlay_image(run: RunLike, frame: int, *, color_by: ColorBy = "status") -> np.ndarray:
     """One frame with its particle outlines burnt in, at full resolution.
 
     Parameters
@@ -393,7 +390,7 @@ def overlay_image(
 
 
 def overlay_frame(
-    run: str | os.PathLike[str],
+    run: RunLike,
     frame: int,
     *,
     color_by: ColorBy = "size",
@@ -499,7 +496,7 @@ def _overlay_figure(
 
 
 def montage(
-    run: str | os.PathLike[str],
+    run: RunLike,
     *,
     n: int = 9,
     frames: Sequence[int] | None = None,
@@ -595,13 +592,13 @@ def _montage(
 
 
 def write_overlays(
-    run: str | os.PathLike[str],
-    out_dir: str | os.PathLike[str],
+    run: RunLike,
+    out_dir: RunLike,
     *,
     frames: Sequence[int] | None = None,
     color_by: ColorBy = "status",
     montage_n: int = 9,
-) -> list[Path]:
+) -> list[RunPath]:
     """Write a PNG overlay per frame and a montage of the run into a folder.
 
     Parameters
@@ -635,12 +632,12 @@ def write_overlays(
     _check_color_by(color_by)
     if isinstance(montage_n, bool) or not isinstance(montage_n, int) or montage_n < 0:
         raise ConfigError(f"montage_n must be an integer >= 0 (0: no montage), got {montage_n!r}")
-    out = Path(out_dir)
+    out = run_path(out_dir)
     check_output_outside_run(out)
     measured = _measured(run)
     n = measured.n_frames
     chosen = resolve_frames([0, n // 2, n - 1] if frames is None else frames, n)
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
     written = []
     for index in chosen:
         fig = _overlay_figure(measured, index, color_by=color_by)

@@ -27,10 +27,8 @@ Conventions shared by the figures:
 from __future__ import annotations
 
 import logging
-import os
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, Literal
 
 import pandas as pd
@@ -39,7 +37,13 @@ from matplotlib.figure import Figure
 
 from crystalseg.errors import ConfigError, CrystalsegWarning
 from crystalseg.measure.reader import MeasuredRun, frame_position
-from crystalseg.store import check_output_outside_run, crystalseg_version, file_written_whole
+from crystalseg.store import (
+    check_output_outside_run,
+    crystalseg_version,
+    file_written_whole,
+    make_folder,
+)
+from crystalseg.store.location import RunLike, RunPath, run_path
 from crystalseg.viz.psd_plots import (
     last_counted_frame,
     plot_compare,
@@ -76,7 +80,7 @@ COMPARE_FIGURE = "compare"
 
 
 def open_results(
-    run: str | os.PathLike[str],
+    run: RunLike,
     *,
     columns: Sequence[str] | None = None,
     frame: int | None = None,
@@ -117,7 +121,7 @@ def open_results(
     return measured.psd, particles
 
 
-def measured_run(run: str | os.PathLike[str] | MeasuredRun) -> MeasuredRun:
+def measured_run(run: RunLike | MeasuredRun) -> MeasuredRun:
     """``run`` opened by :class:`~crystalseg.measure.MeasuredRun`, with a
     :class:`~crystalseg.errors.CrystalsegWarning` when its results are out of date
     (the figures still show them, as measured)."""
@@ -133,13 +137,13 @@ def measured_run(run: str | os.PathLike[str] | MeasuredRun) -> MeasuredRun:
 
 
 def plot_run(
-    run: str | os.PathLike[str],
-    out_dir: str | os.PathLike[str],
+    run: RunLike,
+    out_dir: RunLike,
     *,
     formats: Sequence[str] = ("png",),
     basis: Basis = "number",
     times: Sequence[float] | None = None,
-) -> list[Path]:
+) -> list[RunPath]:
     """Write every single-run figure of a measured run, in each format.
 
     Parameters
@@ -162,7 +166,7 @@ def plot_run(
     """
     fmts = _check_formats(formats)
     density_variable(basis)
-    path = Path(run)
+    path = run_path(run)
     measured = measured_run(path)
     psd = load_small(measured.psd)
     time_s = psd_time_s(psd)
@@ -179,11 +183,11 @@ def plot_run(
         "cumulative": lambda: plot_cumulative(psd, time=None if at is None else at[-1]),
         "shape": lambda: plot_shape(particles, psd, frame=shape_frame),
     }
-    out = Path(out_dir)
+    out = run_path(out_dir)
     check_output_outside_run(out)
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
     name = run_name(path)
-    written: list[Path] = []
+    written: list[RunPath] = []
     for stem in RUN_FIGURES:
         fig = figures[stem]()
         fig.suptitle(name, fontsize="small", color="0.35", x=0.01, ha="left")
@@ -193,14 +197,14 @@ def plot_run(
 
 
 def plot_runs(
-    runs: Sequence[str | os.PathLike[str]],
-    out_dir: str | os.PathLike[str],
+    runs: Sequence[RunLike],
+    out_dir: RunLike,
     *,
     formats: Sequence[str] = ("png",),
     basis: Basis = "number",
     times: Sequence[float] | None = None,
     each: bool = True,
-) -> list[Path]:
+) -> list[RunPath]:
     """Compare several measured runs in one figure, and write each run's own figures.
 
     Parameters
@@ -217,14 +221,14 @@ def plot_runs(
     """
     fmts = _check_formats(formats)
     density_variable(basis)
-    paths = [Path(r) for r in runs]
+    paths = [run_path(r) for r in runs]
     if not paths:
         raise ConfigError("no runs to compare; pass at least one run store")
     names = run_names(paths)
     psds = [load_small(measured_run(p).psd) for p in paths]
-    out = Path(out_dir)
+    out = run_path(out_dir)
     check_output_outside_run(out)
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
     written = _save(
         plot_compare(list(zip(names, psds, strict=True)), basis=basis), out / COMPARE_FIGURE, fmts
     )
@@ -234,29 +238,29 @@ def plot_runs(
     return written
 
 
-def default_plot_dir(runs: Sequence[str | os.PathLike[str]]) -> Path:
+def default_plot_dir(runs: Sequence[RunLike]) -> RunPath:
     """Where ``crystalseg plot`` writes without ``-o``.
 
     One run: ``<run>_plots`` next to the run (``runs/a.zarr`` → ``runs/a_plots``).
     Several: ``compare_plots`` next to the first run. The same style as the other
     outputs beside a run: ``<run>_overlays/``, ``<run>_report.html``.
     """
-    paths = [Path(r) for r in runs]
+    paths = [run_path(r, resolve=True) for r in runs]
     if not paths:
         raise ConfigError("no runs given; pass at least one run store")
-    first = paths[0].resolve()
+    first = paths[0]
     if len(paths) == 1:
         return first.parent / f"{run_name(first)}_plots"
     return first.parent / "compare_plots"
 
 
-def run_names(runs: Sequence[str | os.PathLike[str]]) -> list[str]:
+def run_names(runs: Sequence[RunLike]) -> list[str]:
     """Short, distinct names of run stores for legends and folders (``a.zarr`` → ``a``).
 
     Runs of the same name in different folders get their folder's name in front
     (``day1-run``, ``day2-run``), and a number if that is still not enough.
     """
-    paths = [Path(r).resolve() for r in runs]
+    paths = [run_path(r, resolve=True) for r in runs]
     names = [run_name(p) for p in paths]
     if len(set(names)) < len(names):
         names = [
@@ -271,7 +275,7 @@ def run_names(runs: Sequence[str | os.PathLike[str]]) -> list[str]:
     return out
 
 
-def _save(fig: Figure, stem: Path, formats: Sequence[str]) -> list[Path]:
+def _save(fig: Figure, stem: RunPath, formats: Sequence[str]) -> list[RunPath]:
     """Save ``fig`` as ``stem.<format>`` for each format; reproducible metadata."""
     settle_layout(fig)
     paths = []

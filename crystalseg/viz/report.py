@@ -28,13 +28,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
-import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from crystalseg.errors import ConfigError
-from crystalseg.store import check_output_outside_run, file_written_whole
+from crystalseg.store import check_output_outside_run, file_written_whole, make_folder
+from crystalseg.store.location import RunLike, RunPath, run_path
 from crystalseg.summary import counted
 from crystalseg.viz.report_checks import (
     ReportSettings,
@@ -69,7 +68,7 @@ def figure_to_base64(fig: Figure, *, dpi: int = 100) -> str:
 
 
 def render_report(
-    run: str | os.PathLike[str],
+    run: RunLike,
     *,
     settings: ReportSettings | None = None,
     meta: Mapping[str, Any] | None = None,
@@ -110,17 +109,17 @@ def sha256_line(data: bytes, name: str) -> str:
     return f"{hashlib.sha256(data).hexdigest()}  {name}\n"
 
 
-def report_sha256(path: str | os.PathLike[str]) -> str:
+def report_sha256(path: RunLike) -> str:
     """sha256 (hex) of a report file as it is on disk now: compare it with the one printed."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return hashlib.sha256(run_path(path).read_bytes()).hexdigest()
 
 
-def pdf_path(html_path: str | os.PathLike[str]) -> Path:
+def pdf_path(html_path: RunLike) -> RunPath:
     """Where the PDF of a report goes: beside the HTML, same name, ``.pdf``."""
-    return Path(html_path).with_suffix(".pdf")
+    return run_path(html_path).with_suffix(".pdf")
 
 
-def _write_with_checksum(path: Path, data: bytes) -> None:
+def _write_with_checksum(path: RunPath, data: bytes) -> None:
     """The file, then its ``.sha256`` beside it (both replaced whole, never half-written).
 
     The old checksum goes first: a write cut short leaves a report without a checksum,
@@ -135,13 +134,13 @@ def _write_with_checksum(path: Path, data: bytes) -> None:
 
 
 def write_report(
-    run: str | os.PathLike[str],
-    output: str | os.PathLike[str] | None = None,
+    run: RunLike,
+    output: RunLike | None = None,
     *,
     settings: ReportSettings | None = None,
     meta: Mapping[str, Any] | None = None,
     pdf: bool = False,
-) -> tuple[Path, list[ReportWarning]]:
+) -> tuple[RunPath, list[ReportWarning]]:
     """Write the self-contained HTML report of a measured run, and its PDF if asked.
 
     Parameters
@@ -168,8 +167,8 @@ def write_report(
     ConfigError
         ``output`` is a folder; bad settings or meta; ``pdf`` without fpdf2 installed.
     """
-    run = Path(run)
-    out = Path(output) if output is not None else run.with_name(f"{run.stem}_report.html")
+    run = run_path(run)
+    out = run_path(output) if output is not None else run.with_name(f"{run.stem}_report.html")
     check_output_outside_run(out)
     if out.is_dir():
         raise ConfigError(
@@ -181,7 +180,7 @@ def write_report(
         from crystalseg.viz.report_pdf import check_pdf_renderer
 
         check_pdf_renderer()  # before the work
-    out.parent.mkdir(parents=True, exist_ok=True)  # a file in the way fails before the work
+    make_folder(out.parent)  # a file in the way fails before the work
     content = gather_report(run, settings=settings, meta=meta)
     _write_with_checksum(out, render_html(content).encode("utf-8"))
     if pdf:

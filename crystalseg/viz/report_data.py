@@ -14,10 +14,8 @@ import datetime as _dt
 import json
 import logging
 import math
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -25,6 +23,7 @@ import numpy as np
 from crystalseg.dims import TIME
 from crystalseg.errors import ConfigError
 from crystalseg.store import crystalseg_version, describe_run
+from crystalseg.store.location import RunLike, run_path
 from crystalseg.viz.report_checks import (
     ReportSettings,
     ReportWarning,
@@ -478,7 +477,7 @@ def stage_records(
 
 
 def gather_report(
-    run: str | os.PathLike[str],
+    run: RunLike,
     *,
     settings: ReportSettings | None = None,
     meta: Mapping[str, Any] | None = None,
@@ -511,7 +510,7 @@ def gather_report(
     if not isinstance(settings, ReportSettings):
         raise ConfigError(f"settings must be a ReportSettings, got {type(settings).__name__}")
     fields = check_meta(meta)  # before any work
-    path = Path(run)
+    path = run_path(run)
     info = describe_run(path)
     stages = stage_info(path)
     psd, particles = open_results(path, columns=REPORT_COLUMNS)

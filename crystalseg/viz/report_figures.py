@@ -14,13 +14,13 @@ import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from crystalseg.dims import TIME
 from crystalseg.errors import CrystalsegError
+from crystalseg.store.location import RunPath
 from crystalseg.viz.report_checks import ReportSettings, ReportWarning
 from crystalseg.viz.report_meta import TimeUnit, format_time_in, times_s
 from crystalseg.viz.scalebar import SCALE_BAR_GID, add_scale_bar
@@ -127,7 +127,7 @@ def _figures(
     return tuple(out)
 
 
-def open_windows(run: Path) -> xr.Dataset | None:
+def open_windows(run: RunPath) -> xr.Dataset | None:
     """Group ``psd_window`` of the run in memory, or None when it has none."""
     import xarray as xr
 
@@ -138,7 +138,7 @@ def open_windows(run: Path) -> xr.Dataset | None:
 
 
 def plot_figures(
-    run: Path,
+    run: RunPath,
     psd: xr.Dataset,
     particles: pd.DataFrame | None,
     settings: ReportSettings,
@@ -197,7 +197,7 @@ def plot_figures(
 
 
 def overlay_figures(
-    run: Path,
+    run: RunPath,
     psd: xr.Dataset,
     settings: ReportSettings,
     problems: list[ReportWarning],
@@ -243,7 +243,7 @@ def overlay_figures(
     return _figures(jobs, settings, problems, native=native)
 
 
-def kinetics_content(run: Path, dpi: int) -> tuple[str | None, ReportFigure | None]:
+def kinetics_content(run: RunPath, dpi: int) -> tuple[str | None, ReportFigure | None]:
     """The kinetics section's table and note (HTML, from :mod:`crystalseg.viz.kinetics`)
     and its figure, apart; (None, None) without kinetics."""
     from crystalseg.viz.kinetics import kinetics_section

@@ -25,6 +25,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 from crystalseg.dims import SIZE_BIN, TIME
 from crystalseg.errors import ConfigError, CrystalsegWarning
 from crystalseg.measure.reader import read_settings_json, size_label, unit_text
+from crystalseg.store.location import RunPath
 
 Basis = Literal["number", "volume"]
 
@@ -302,7 +303,7 @@ def say_empty(ax: Axes, text: str) -> None:
     )
 
 
-def run_name(path: Path) -> str:
+def run_name(path: RunPath) -> str:
     """The name of a run store for titles and folders: ``a.zarr`` -> ``a``."""
-    name = path.resolve().name
+    name = (path.resolve() if isinstance(path, Path) else path).name
     return name[: -len(".zarr")] if name.endswith(".zarr") and len(name) > 5 else name

@@ -162,7 +162,7 @@ def test_every_stage_killed_anywhere_resumes_identically(stage_runner, name, ind
 def test_measure_replacement_killed_in_its_swap_is_completed(stage_runner) -> None:
     """Killed after the first rename of the swap (the old psd moved aside): the store
     says 'swapping', and the next command completes the swap before anything else."""
-    point = kr.KillIn("crystalseg.store.stages:_rename", "after")
+    point = kr.KillIn("crystalseg.store.stages:move_tree", "after")
     trial = stage_runner.trial(kr.SCENARIOS["measure-replace"], point)
     assert trial.after_kill == "swapping"
     assert "completing the interrupted replacement" in trial.stderr
