@@ -219,7 +219,7 @@ def _queue(
             error = explain_failure(exc, paths=[str(path)])
             if error is None:
                 raise
-            log.info("%s failed: %s", path, error)
+            log.debug("%s failed: %s", path, error)
             outcome = RunOutcome(path, "failed", time.perf_counter() - start, error=error)
         outcomes.append(outcome)
         if each is not None:
