@@ -312,3 +312,40 @@ def format_resize_comparison(results: Any, written: Any = None) -> str:
     if written is not None:
         lines.append(f"  scores           {written}")
     return "\n".join(lines)
+
+
+def format_queue(documents: list[dict[str, Any]]) -> str:
+    """The table printed after several runs (``crystalseg measure A.zarr B.zarr``): one
+    row a run (run, status, frames, particles, D50 of the last frame with one, seconds),
+    from the documents of :meth:`crystalseg.pipeline.RunOutcome.as_dict`, then a count."""
+
+    def d50(doc: dict[str, Any]) -> str:
+        value = doc.get("d50_end")
+        if value is None or value != value:
+            return "-"
+        return f"{value:.3g} {doc.get('size_units') or 'px'}"
+
+    rows = [("run", "status", "frames", "particles", "D50 end", "seconds")]
+    for doc in documents:
+        rows.append(
+            (
+                str(doc["path"]),
+                str(doc["status"]),
+                str(doc.get("frames", "-")),
+                str(doc.get("particles", "-")),
+                d50(doc),
+                f"{doc['seconds']:.1f}",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [
+        "  ".join(
+            cell.ljust(w) if i < 2 else cell.rjust(w)
+            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        ).rstrip()
+        for row in rows
+    ]
+    failed = sum(doc["status"] == "failed" for doc in documents)
+    done = len(documents) - failed
+    lines.append(f"{done} of {counted(len(documents), 'run')} done, {failed} failed")
+    return "\n".join(lines)

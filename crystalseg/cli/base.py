@@ -10,7 +10,7 @@ import logging
 import math
 import sys
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -108,8 +108,9 @@ def progress_bar(total: int, label: str, quiet: bool) -> Iterator[Callable[[int]
 
 
 @contextmanager
-def stage_bars(quiet: bool) -> Iterator[Callable[[str, int, int], None]]:
-    """Progress bars for callbacks ``(stage, frames_done, frames_total)``, one bar a stage."""
+def stage_bars(quiet: bool, label: str = "") -> Iterator[Callable[[str, int, int], None]]:
+    """Progress bars for callbacks ``(stage, frames_done, frames_total)``, one bar a stage
+    (named ``label stage`` when a label is given, e.g. the run of a queue)."""
     from tqdm import tqdm
 
     bars: dict[str, Any] = {}
@@ -118,7 +119,11 @@ def stage_bars(quiet: bool) -> Iterator[Callable[[str, int, int], None]]:
         bar = bars.get(stage)
         if bar is None:
             bar = bars[stage] = tqdm(
-                total=total, desc=stage, unit="frame", disable=quiet, file=sys.stderr
+                total=total,
+                desc=f"{label} {stage}" if label else stage,
+                unit="frame",
+                disable=quiet,
+                file=sys.stderr,
             )
         bar.update(done - bar.n)
 
@@ -145,10 +150,11 @@ def echo_info(run: Path) -> None:
     click.echo(format_run_info(run_info(run)))
 
 
-def echo_json(document: Mapping[str, Any]) -> None:
-    """Print ``document`` as one JSON document on stdout (``--json``): numpy values as
-    numbers, paths as text, NaN and infinity as null (strict JSON, which every parser
-    reads). Logs, warnings and progress bars stay on stderr."""
+def echo_json(document: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> None:
+    """Print ``document`` (or a list of them, one a run of several) as one JSON document
+    on stdout (``--json``): numpy values as numbers, paths as text, NaN and infinity as
+    null (strict JSON, which every parser reads). Logs, warnings and progress bars stay
+    on stderr."""
     from crystalseg.store.core import jsonable
 
     def finite(value: Any) -> Any:
@@ -160,7 +166,16 @@ def echo_json(document: Mapping[str, Any]) -> None:
             return [finite(v) for v in value]
         return value
 
-    click.echo(json.dumps(finite(jsonable(dict(document))), indent=2, allow_nan=False))
+    plain = dict(document) if isinstance(document, Mapping) else [dict(d) for d in document]
+    click.echo(json.dumps(finite(jsonable(plain)), indent=2, allow_nan=False))
+
+
+def echo_run_error(run: Any, error: Exception) -> None:
+    """The ``Error:`` line of one failed run of several, on stderr; the run is named
+    first unless the message names it already."""
+    message = str(error)
+    where = "" if str(run) in message else f"{run}: "
+    click.echo(f"Error: {where}{message}", err=True)
 
 
 def comma_list(text: str) -> tuple[str, ...]:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Literal
 
 import click
 
-from crystalseg.cli.base import Command, echo_json, stage_bars
+from crystalseg.cli.base import Command, echo_json, echo_run_error, stage_bars
 from crystalseg.cli.options import (
     check_bins,
     json_option,
@@ -16,7 +17,7 @@ from crystalseg.cli.options import (
     model_option,
     precision_option,
     resize_option,
-    run_argument,
+    runs_argument,
     scheduler_option,
     tta_option,
 )
@@ -24,7 +25,7 @@ from crystalseg.cli.sop import config_option, record_requests, sop_request
 
 
 @click.command(cls=Command)
-@run_argument
+@runs_argument
 @model_option
 @measure_filter_options
 @click.option(
@@ -72,7 +73,7 @@ from crystalseg.cli.sop import config_option, record_requests, sop_request
 @click.pass_context
 def measure(
     ctx: click.Context,
-    run: Path,
+    runs: tuple[Path, ...],
     model: Path | None,
     bins: tuple[float, float, int] | None,
     export_format: str | None,
@@ -94,29 +95,26 @@ def measure(
     bin: number- and volume-weighted PSD, D10/D50/D90, moment means, counts, shape,
     each with its 95 % interval); with --window also group 'psd_window'.
 
+    Several runs (or a folder of *.zarr runs) are measured one after the other with
+    the model loaded once; a run that fails is reported and the others go on, then a
+    table of all runs (exit status 1 if any failed).
+
     \b
     Example:
       crystalseg measure run.zarr --export csv
       crystalseg measure run.zarr --window 60s --min-area 20um2
       crystalseg measure run.zarr --config sop.toml --json
+      crystalseg measure runs/*.zarr
     """
     from crystalseg.export import ExportSettings, export_run
     from crystalseg.measure import MeasureSettings
-    from crystalseg.measure.results import summarize_measurement
     from crystalseg.measure.run import MeasureOptions, needs_segmentation
-    from crystalseg.pipeline import segment_and_measure
+    from crystalseg.pipeline import RunOutcome, measure_runs
+    from crystalseg.segment import EngineSettings
     from crystalseg.store import read_run_attrs
-    from crystalseg.summary import format_measurement
+    from crystalseg.summary import format_measurement, format_queue
 
-    calibrated = filters["min_area"].unit == "um2"
-    settings, min_area = measure_settings(
-        filters,
-        pixel_size_um=read_run_attrs(run).get("pixel_size_um") if calibrated else None,
-        bins=bins or MeasureSettings.bins,
-        min_count=MeasureSettings.min_count if min_count is None else min_count,
-        window=window,
-    )
-    engine: Any = model
+    many = len(runs) > 1
     asked = [
         name
         for name, on in (
@@ -127,40 +125,78 @@ def measure(
         )
         if on
     ]
-    if asked and not needs_segmentation(run):
-        click.echo(
-            f"note: {run} already has a mask, which is measured as it is; {', '.join(asked)} "
-            f"{'applies' if len(asked) == 1 else 'apply'} only to segmenting (to redo the "
-            "mask: crystalseg segment RUN ... --overwrite)",
-            err=True,
-        )
-    elif tta or resize != "auto" or precision != "auto":  # the run is segmented here
-        from crystalseg.segment import EngineSettings, load_segmenter
+    engine = None
+    if tta or resize != "auto" or precision != "auto":
+        engine = EngineSettings(tta=tta, resize=resize, precision=precision)  # type: ignore[arg-type]
+    min_areas: dict[Any, Any] = {}
+    segments: dict[Any, bool] = {}
+    bars = ExitStack()
 
-        engine_settings = EngineSettings(
-            tta=tta,
-            resize=resize,
-            precision=precision,  # type: ignore[arg-type]
+    def options(run: Any) -> MeasureOptions:
+        calibrated = filters["min_area"].unit == "um2"
+        settings, min_areas[run] = measure_settings(
+            dict(filters),  # taken apart: each run needs its own copy
+            pixel_size_um=read_run_attrs(run).get("pixel_size_um") if calibrated else None,
+            bins=bins or MeasureSettings.bins,
+            min_count=MeasureSettings.min_count if min_count is None else min_count,
+            window=window,
         )
-        engine = load_segmenter(model, None, engine_settings)
-    segments = sop_request(ctx) is not None and needs_segmentation(run)
-    with stage_bars(ctx.obj["quiet"]) as update:
-        segment_and_measure(
-            run,
-            model=engine,
-            options=MeasureOptions(settings, overwrite=overwrite, progress=update),
+        segments[run] = needs_segmentation(run)
+        if asked and not segments[run]:
+            click.echo(
+                f"note: {run} already has a mask, which is measured as it is; "
+                f"{', '.join(asked)} {'applies' if len(asked) == 1 else 'apply'} only to "
+                "segmenting (to redo the mask: crystalseg segment RUN ... --overwrite)",
+                err=True,
+            )
+        bars.close()  # the bars of the run before
+        update = bars.enter_context(stage_bars(ctx.obj["quiet"], run.name if many else ""))
+        return MeasureOptions(settings, overwrite=overwrite, progress=update)
+
+    def finish(run: Any) -> dict[str, Any]:
+        bars.close()
+        if segments[run] and sop_request(ctx) is not None:
+            record_requests(ctx, run, ("segment",))
+        record_requests(ctx, run, ("measure",), min_area=min_areas[run])
+        exported = None
+        if export_format:
+            fmt = ExportSettings(what=("particles",), format=export_format)  # type: ignore[arg-type]
+            exported = export_run(run, run.parent, settings=fmt).files[0]
+        return {"exported": exported, "min_area": min_areas[run]}
+
+    def report(outcome: RunOutcome) -> None:
+        if not many:
+            return
+        if outcome.error is not None:
+            echo_run_error(outcome.path, outcome.error)
+        elif not as_json:
+            click.echo(format_measurement(dict(outcome.summary), outcome.summary["exported"]))
+
+    with bars:
+        outcomes = measure_runs(
+            runs,
+            model=model,
+            engine=engine,
+            options=options,
             client=scheduler,
             stream="auto" if stream is None else stream,
+            finish=finish,
+            each=report,
         )
-    if segments:
-        record_requests(ctx, run, ("segment",))
-    record_requests(ctx, run, ("measure",), min_area=min_area)
-    exported = None
-    if export_format:
-        fmt = ExportSettings(what=("particles",), format=export_format)  # type: ignore[arg-type]
-        exported = export_run(run, run.parent, settings=fmt).files[0]
-    summary = summarize_measurement(run)
+    if not many:  # one run: its document, or its error as the one Error: line
+        (outcome,) = outcomes
+        if outcome.error is not None:
+            raise outcome.error
+        summary = dict(outcome.summary)
+        if as_json:
+            echo_json(summary)
+        else:
+            click.echo(format_measurement(summary, summary["exported"]))
+        return
+    documents = [outcome.as_dict() for outcome in outcomes]
     if as_json:
-        echo_json({**summary, "exported": exported, "min_area": min_area})
+        echo_json(documents)
     else:
-        click.echo(format_measurement(summary, exported))
+        click.echo(format_queue(documents))
+    if not all(outcome.ok for outcome in outcomes):
+        ctx.exit(1)

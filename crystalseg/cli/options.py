@@ -34,6 +34,35 @@ run_location = RunLocation()
 run_argument = click.argument("run", type=run_location)
 
 
+def expand_run_folders(
+    ctx: click.Context, param: click.Parameter, value: tuple[Any, ...]
+) -> tuple[Any, ...]:
+    """RUN [RUN ...]: each run as given, except a local folder that is not itself a run
+    store (no ``zarr.json``) but holds ``*.zarr`` folders, which stands for those,
+    sorted by name. A run store is a zarr group, so this reads one way only; a folder
+    with neither stays as given and fails as a run would (naming it). URLs are taken
+    as given (give each run of a bucket)."""
+    runs: list[Any] = []
+    for path in value:
+        inner = (
+            sorted(p for p in path.glob("*.zarr") if p.is_dir())
+            if isinstance(path, Path) and path.is_dir() and not (path / "zarr.json").exists()
+            else []
+        )
+        runs.extend(inner or [path])
+    return tuple(runs)
+
+
+runs_argument = click.argument(
+    "runs",
+    nargs=-1,
+    required=True,
+    metavar="RUN...",
+    type=run_location,
+    callback=expand_run_folders,
+)
+
+
 class FrameList(click.ParamType):
     """Frame indices and inclusive ranges such as ``0,50,-1`` or ``0-9,-1`` (negative:
     from the end), as a tuple of int (:func:`crystalseg.viz.overlay.parse_frames`).

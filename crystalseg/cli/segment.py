@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import click
 
-from crystalseg.cli.base import (
-    Command,
-    stage_bars,
-)
+from crystalseg.cli.base import Command, echo_run_error, stage_bars
 from crystalseg.cli.options import (
     model_option,
     precision_option,
     resize_option,
-    run_argument,
+    runs_argument,
     scheduler_option,
     tta_option,
 )
@@ -23,7 +21,7 @@ from crystalseg.cli.sop import config_option, record_requests
 
 
 @click.command(cls=Command)
-@run_argument
+@runs_argument
 @model_option
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, mps.")
 @click.option(
@@ -56,7 +54,7 @@ from crystalseg.cli.sop import config_option, record_requests
 @click.pass_context
 def segment(
     ctx: click.Context,
-    run: Path,
+    runs: tuple[Path, ...],
     model: Path | None,
     device: str,
     backend: str,
@@ -73,39 +71,73 @@ def segment(
     """Segment every frame of RUN with a U-Net and store the class mask in it.
 
     Runs on the GPU when there is one, else on all CPU cores (ONNX Runtime when it
-    is faster). An interrupted run resumes where it stopped.
+    is faster). An interrupted run resumes where it stopped. Several runs (or a folder
+    of *.zarr runs) are segmented one after the other with the model loaded once; a
+    run that fails is reported and the others go on (exit status 1 if any failed).
 
     \b
     Example:
       crystalseg segment run.zarr --model model/
       crystalseg segment run.zarr --config sop.toml
+      crystalseg segment runs/*.zarr
     """
-    from crystalseg.segment import segment_run
+    from crystalseg.pipeline import RunOutcome, segment_runs
+    from crystalseg.segment import EngineSettings
     from crystalseg.segment.engine import DEFAULT_TILE_SIZE
+    from crystalseg.summary import format_queue, resize_note
 
-    with stage_bars(ctx.obj["quiet"]) as update:
-        mask = segment_run(
-            run,
-            model,
-            device=device,
-            backend=backend,  # type: ignore[arg-type]
-            batch_size=batch_size,
-            compile=compile_,
-            precision=precision,  # type: ignore[arg-type]
-            tta=tta,
-            resize=resize,
-            save_probability=save_probability,
+    many = len(runs) > 1
+    engine = EngineSettings(
+        device=device,
+        backend=backend,  # type: ignore[arg-type]
+        batch_size=batch_size,
+        tile_size=tile_size or DEFAULT_TILE_SIZE,
+        precision=precision,  # type: ignore[arg-type]
+        compile=compile_,
+        tta=tta,
+        resize=resize,
+    )
+    bars = ExitStack()
+
+    def progress(run: Any, done: int, total: int) -> None:
+        if run not in shown:
+            bars.close()  # the bar of the run before
+            shown.add(run)
+            updates[run] = bars.enter_context(stage_bars(quiet, run.name if many else ""))
+        updates[run]("segment", done, total)
+
+    def report(outcome: RunOutcome) -> None:
+        bars.close()
+        if outcome.error is not None:
+            if many:
+                echo_run_error(outcome.path, outcome.error)
+            return
+        run: Any = outcome.path  # a Path, or a UPath for a URL
+        record_requests(ctx, run, ("segment",))
+        classes = outcome.summary["classes"]
+        frames = outcome.summary["frames"]
+        click.echo(f"mask of {frames} frames written to {outcome.path} (classes: {classes})")
+        if outcome.summary["resize"] != 1.0:
+            click.echo(resize_note(outcome.summary["resize"]))
+
+    quiet = ctx.obj["quiet"]
+    shown: set[Any] = set()
+    updates: dict[Any, Any] = {}
+    with bars:
+        outcomes = segment_runs(
+            runs,
+            model=model,
+            engine=engine,
             overwrite=overwrite,
+            save_probability=save_probability,
             client=scheduler,
-            progress=lambda done, total: update("segment", done, total),
-            tile_size=tile_size or DEFAULT_TILE_SIZE,
+            progress=progress,
+            each=report,
         )
-    record_requests(ctx, run, ("segment",))
-    from crystalseg.store import stage_info
-    from crystalseg.summary import resize_note
-
-    classes = mask.attrs.get("flag_meanings", "")
-    click.echo(f"mask of {mask.shape[0]} frames written to {run} (classes: {classes})")
-    factor = float(stage_info(run)["segment"]["settings"].get("resize", 1.0))
-    if factor != 1.0:
-        click.echo(resize_note(factor))
+    if not many:
+        if outcomes[0].error is not None:
+            raise outcomes[0].error
+        return
+    click.echo(format_queue([outcome.as_dict() for outcome in outcomes]))
+    if not all(outcome.ok for outcome in outcomes):
+        ctx.exit(1)
