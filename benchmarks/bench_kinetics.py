@@ -47,19 +47,10 @@ FRAME_SHAPE = (1024, 1024)
 
 def _scale_child(n_frames: int, crystals: int, baseline: bool) -> dict[str, Any]:
     from crystalseg.kinetics.accuracy import simulate_frames
-    from crystalseg.kinetics.growth import (
-        GrowthSettings,
-        population_growth,
-        track_growth,
-        usable_rows,
-    )
-    from crystalseg.kinetics.nucleation import NucleationSettings, nucleation_summary
-    from crystalseg.kinetics.tracking import (
-        TrackSettings,
-        area_jumps,
-        classify_tracks,
-        link_frames,
-    )
+    from crystalseg.kinetics.book import POINT_COLUMNS, TrackBook
+    from crystalseg.kinetics.growth import GrowthSettings
+    from crystalseg.kinetics.nucleation import NucleationSettings
+    from crystalseg.kinetics.tracking import TrackSettings, link_stream
 
     frames = simulate_frames(
         n_frames=n_frames,
@@ -76,24 +67,43 @@ def _scale_child(n_frames: int, crystals: int, baseline: bool) -> dict[str, Any]
         for table in frames:
             rows_seen += len(table)
     else:
+        # the points go to disk as the stage writes them: a zarr array per column
+        folder = tempfile.mkdtemp()
+        store = zarr.open_group(folder, mode="w")
+        sinks = {
+            name: store.create_array(name, shape=(0,), chunks=(1 << 16,), dtype=dtype)
+            for name, dtype in POINT_COLUMNS.items()
+        }
+
+        buffer: list[dict[str, np.ndarray]] = []
+
+        def flush() -> None:
+            for name, sink in sinks.items():
+                sink.append(np.concatenate([b[name] for b in buffer]))
+            buffer.clear()
+
+        def write(points: dict[str, np.ndarray]) -> None:
+            buffer.append(points)
+            if sum(len(b["frame"]) for b in buffer) >= 1 << 16:
+                flush()
+
         settings = TrackSettings()
-        rows = link_frames(frames, settings=settings, pixel_size_um=1.0)
-        rows_seen = len(rows)
-        suspects = area_jumps(rows, threshold=settings.area_jump)
-        tracks = classify_tracks(
-            rows, settings=settings, frame_shape=FRAME_SHAPE, n_frames=n_frames
-        )
-        per_track = track_growth(rows, usable_rows(rows, suspects), settings=GrowthSettings())
-        population_growth(per_track, settings=GrowthSettings())
-        nucleation_summary(
-            rows,
-            tracks,
-            settings=NucleationSettings(),
+        book = TrackBook(
+            tracking=settings,
+            growth=GrowthSettings(),
+            nucleation=NucleationSettings(),
             time_s=np.arange(n_frames) * 10.0,
             frame_shape=FRAME_SHAPE,
-            margin_px=settings.edge_margin_px,
             pixel_size_um=1.0,
+            on_points=write,
         )
+        for linked in link_stream(frames, settings=settings, pixel_size_um=1.0):
+            book.add(linked)
+        if buffer:
+            flush()
+        book.finish()
+        rows_seen = int(sinks["track_id"].shape[0])
+        shutil.rmtree(folder)
     seconds = time.perf_counter() - start
     return {
         "frames": n_frames,

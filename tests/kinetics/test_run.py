@@ -89,6 +89,21 @@ def test_outputs_follow_the_truth(finished: Path) -> None:
     assert summary["growth_units"] == "um/min"
 
 
+def test_particle_table_gets_the_track_ids(finished: Path) -> None:
+    points, tracks = read_tracks(finished)
+    particles = read_table(finished, "particles")
+    assert particles.columns[-1] == "track_id"
+    np.testing.assert_array_equal(particles["track_id"], points["track_id"])
+    np.testing.assert_array_equal(particles["label"], points["label"])
+    assert (particles["track_id"] >= 0).all()
+    # each track's rows are one particle per frame
+    assert not particles.duplicated(["track_id", "frame"]).any()
+    ds = xr.open_zarr(str(finished), group="particles")
+    assert ds["track_id"].dims == ("particle",)
+    assert ds["track_id"].encoding["chunks"] == ds["frame"].encoding["chunks"]
+    assert int(ds["track_id"].max()) == len(tracks) - 1
+
+
 def test_cld_is_a_labelled_dataset(finished: Path) -> None:
     cld = open_cld(finished)
     assert cld["count"].dims == ("time", "chord_bin")

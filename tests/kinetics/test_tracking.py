@@ -10,27 +10,10 @@ import pytest
 
 from crystalseg.errors import ConfigError
 from crystalseg.kinetics.accuracy import simulate_particle_table, tracking_scores
-from crystalseg.kinetics.growth import (
-    GrowthSettings,
-    growth_by_size,
-    population_growth,
-    track_growth,
-    usable_rows,
-)
-from crystalseg.kinetics.nucleation import (
-    NucleationSettings,
-    nucleation_summary,
-    onset,
-    poisson_interval,
-)
-from crystalseg.kinetics.tracking import (
-    DriftEstimator,
-    TrackSettings,
-    area_jumps,
-    classify_tracks,
-    frames_of,
-    link_frames,
-)
+from crystalseg.kinetics.book import BookResults, TrackBook
+from crystalseg.kinetics.growth import GrowthSettings, ThinnedSeries, population_growth
+from crystalseg.kinetics.nucleation import NucleationSettings, onset, poisson_interval
+from crystalseg.kinetics.tracking import DriftEstimator, TrackSettings, frames_of, link_stream
 
 SHAPE = (400, 400)
 FRAMES = 60
@@ -51,10 +34,28 @@ def table() -> pd.DataFrame:
     )
 
 
+def run_book(table: pd.DataFrame, **settings) -> tuple[BookResults, pd.DataFrame]:
+    """Link a table streamed in blocks (frames straddle them) and keep the points."""
+    blocks = [table.iloc[i : i + 500] for i in range(0, len(table), 500)]
+    points: list[dict[str, np.ndarray]] = []
+    book = TrackBook(
+        tracking=TrackSettings(),
+        growth=GrowthSettings(),
+        nucleation=NucleationSettings(**settings),
+        time_s=np.arange(FRAMES) * 10.0,
+        frame_shape=SHAPE,
+        pixel_size_um=1.0,
+        on_points=points.append,
+    )
+    for frame in link_stream(frames_of(blocks), settings=TrackSettings(), pixel_size_um=1.0):
+        book.add(frame)
+    joined = pd.DataFrame({k: np.concatenate([p[k] for p in points]) for k in points[0]})
+    return book.finish(), joined
+
+
 @pytest.fixture(scope="module")
-def linked(table: pd.DataFrame):
-    blocks = [table.iloc[i : i + 500] for i in range(0, len(table), 500)]  # frames straddle
-    return link_frames(frames_of(blocks), settings=TrackSettings(), pixel_size_um=1.0)
+def linked(table: pd.DataFrame) -> tuple[BookResults, pd.DataFrame]:
+    return run_book(table, depth_of_field_um=50.0)
 
 
 def test_frames_of_regroups_blocks_by_frame(table: pd.DataFrame) -> None:
@@ -66,10 +67,12 @@ def test_frames_of_regroups_blocks_by_frame(table: pd.DataFrame) -> None:
 
 
 def test_linking_recovers_every_identity_under_drift(table: pd.DataFrame, linked) -> None:
-    assert len(linked) == len(table)
+    _, points = linked
+    assert len(points) == len(table)
+    np.testing.assert_array_equal(points["label"], table["label"])  # the table's row order
     scores = tracking_scores(
-        linked.frame,
-        linked.track_id,
+        points["frame"].to_numpy(),
+        points["track_id"].to_numpy(),
         table["true_id"].to_numpy(),
         n_truth_detections=len(table),
         n_truth_tracks=table["true_id"].nunique(),
@@ -78,7 +81,49 @@ def test_linking_recovers_every_identity_under_drift(table: pd.DataFrame, linked
     assert scores["mota"] == 1.0
     assert scores["idf1"] == 1.0
     # the drift (2 px/frame RMS velocity) is estimated: last frame's total is linear in t
-    assert abs(linked.drift_x_px[-1]) + abs(linked.drift_y_px[-1]) > 5
+    last = points.iloc[-1]
+    assert abs(last["drift_x_px"]) + abs(last["drift_y_px"]) > 5
+
+
+def test_streamed_linking_equals_linking_the_whole_table(table: pd.DataFrame, linked) -> None:
+    """trackpy's in-memory ``link`` of the whole table, on the same coordinates, makes
+    the same tracks as the frame-by-frame stream."""
+    import trackpy
+
+    _, points = linked
+    settings = TrackSettings()
+    coords = pd.DataFrame(
+        {
+            "frame": points["frame"],
+            "x": points["x_px"].astype(np.float64) - points["drift_x_px"],
+            "y": points["y_px"].astype(np.float64) - points["drift_y_px"],
+            "s": settings.size_weight_px * np.log(np.maximum(table["ecd"].to_numpy(), 1.0)),
+        }
+    )
+    trackpy.quiet()
+    whole = trackpy.link(
+        coords,
+        search_range=settings.search_range_px,
+        memory=settings.memory,
+        pos_columns=["x", "y", "s"],
+    )
+    pairs = pd.DataFrame({"a": whole["particle"].to_numpy(), "b": points["track_id"]})
+    pairs = pairs.drop_duplicates()
+    assert pairs["a"].is_unique and pairs["b"].is_unique  # one-to-one: the same partition
+    # ids are numbered in the order the tracks first appear
+    first = points.drop_duplicates("track_id")["track_id"].to_numpy()
+    np.testing.assert_array_equal(first, np.arange(len(first)))
+
+
+def test_thinned_series_keeps_evenly_spaced_points() -> None:
+    series = ThinnedSeries(cap=10)
+    for k in range(37):
+        series.add(k, 60.0 * k, 2.0 * k, 1.0 * k, 1.5 * k)
+    kept = series.columns()
+    # stride 4 (the smallest power of two leaving <= 10 of 37): indices 0, 4, ..., 36
+    np.testing.assert_array_equal(kept[:, 0] / 60.0, np.arange(0, 37, 4))
+    assert series.seen == 37 and (series.first_frame, series.last_frame) == (0, 36)
+    assert series.sum_length / series.seen == pytest.approx(36.0)
 
 
 def test_scores_count_a_swap_as_two_switches() -> None:
@@ -103,7 +148,8 @@ def test_drift_estimate_follows_a_rigid_shift() -> None:
 
 def test_births_fates_and_growth_are_recovered(table: pd.DataFrame, linked) -> None:
     settings = TrackSettings()
-    tracks = classify_tracks(linked, settings=settings, frame_shape=SHAPE, n_frames=FRAMES)
+    results, points = linked
+    tracks = results.tracks
     first = table.loc[table.groupby("true_id")["frame"].idxmin()]
     m = settings.edge_margin_px
     inside = (
@@ -116,32 +162,20 @@ def test_births_fates_and_growth_are_recovered(table: pd.DataFrame, linked) -> N
     assert nuclei > 30
     assert (tracks["origin"] == "appeared").sum() == nuclei
     assert set(tracks["fate"]) <= {"to_end", "left_field"}
-    suspects = area_jumps(linked, threshold=settings.area_jump)
-    assert not suspects.any()
-    growth = GrowthSettings()
-    per_track = track_growth(linked, usable_rows(linked, suspects), settings=growth)
+    assert not points["segmentation_suspect"].any()
+    per_track = results.track_growth
     np.testing.assert_allclose(per_track["length_rate"], 3.0, rtol=1e-6)
-    population = population_growth(per_track, settings=growth)
+    population = results.summary
     assert population["length_rate_low"] <= 3.0 <= population["length_rate_high"] + 1e-9
     assert not population["size_dependent"]
     assert not population["dissolving"]
-    by_size = growth_by_size(per_track, settings=growth)
-    assert by_size["n_tracks"].sum() == len(per_track)
+    assert results.growth_by_size["n_tracks"].sum() == len(per_track)
+    np.testing.assert_allclose(results.growth_over_time["length_rate"], 3.0, rtol=1e-6)
 
 
 def test_nucleation_onset_and_rate(table: pd.DataFrame, linked) -> None:
-    settings = TrackSettings()
-    tracks = classify_tracks(linked, settings=settings, frame_shape=SHAPE, n_frames=FRAMES)
-    time_s = np.arange(FRAMES) * 10.0
-    summary, windows = nucleation_summary(
-        linked,
-        tracks,
-        settings=NucleationSettings(depth_of_field_um=50.0),
-        time_s=time_s,
-        frame_shape=SHAPE,
-        margin_px=settings.edge_margin_px,
-        pixel_size_um=1.0,
-    )
+    results, _ = linked
+    summary, windows = results.summary, results.births_over_time
     assert abs(summary["onset_s"] - 250.0) <= 10.0
     assert summary["onset_low_s"] <= summary["onset_s"] <= summary["onset_high_s"]
     # 1.5 births per frame of 10 s over the field, less the nuclei at the edge margin
