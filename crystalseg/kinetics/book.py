@@ -20,11 +20,16 @@ What a track's start and end are called (:data:`ORIGINS`, :data:`FATES`):
 
 * origin *present* (frame 0), *entered* (at the frame edge), *split* (inside the
   outline box of a particle of the previous frame whose own track lost more than
-  a sixth of its area), or *appeared* (anywhere else: a nucleus, or a crystal
-  coming into focus);
+  a sixth of its area, or ended there: a crystal broke, or crystals measured as
+  one came apart), *joined* (its outline box holds a particle of the previous
+  frame whose track ended there: crystals that came to touch are measured as one
+  new particle), or *appeared* (anywhere else: a nucleus, or a crystal coming
+  into focus). Only *appeared* counts as a birth;
 * fate *to_end*, *left_field* (at the edge), *merged* (inside the outline box of a
   particle of the next frame whose own track gained more than a fifth of its
-  area), *dissolved* (shrunk to under half its largest length), or *lost*.
+  area, or began there), *split* (its outline box holds a particle of the next
+  frame whose track began there), *dissolved* (shrunk to under half its largest
+  length), or *lost*.
 
 A frame of a track whose area differs by more than ``area_jump`` (relative to the
 smaller) from its previous frame is a *segmentation suspect* (an outline cut or
@@ -58,9 +63,9 @@ from crystalseg.kinetics.nucleation import NucleationSettings, nearness, nucleat
 from crystalseg.kinetics.tracking import LinkedFrame, TrackSettings
 
 #: How a track starts.
-ORIGINS: tuple[str, ...] = ("present", "entered", "split", "appeared")
+ORIGINS: tuple[str, ...] = ("present", "entered", "split", "joined", "appeared")
 #: How a track ends.
-FATES: tuple[str, ...] = ("to_end", "left_field", "merged", "dissolved", "lost")
+FATES: tuple[str, ...] = ("to_end", "left_field", "merged", "split", "dissolved", "lost")
 
 #: Columns of the points table (group ``tracks``), in order, and their dtypes.
 POINT_COLUMNS: dict[str, Any] = {
@@ -93,6 +98,7 @@ class _Track:
     first_y: float
     first_drift: tuple[float, float]
     first_edge: bool
+    first_box: np.ndarray
     growth: ThinnedSeries
     last_frame: int = -1
     last_step: int = -1
@@ -103,6 +109,7 @@ class _Track:
     last_area: float = math.nan
     last_touch: bool = False
     last_edge: bool = False
+    last_box: np.ndarray = field(default_factory=lambda: np.zeros(4))
     last_length: float = math.nan
     max_length: float = -math.inf
     n_frames: int = 0
@@ -277,6 +284,7 @@ class TrackBook:
                     first_y=y,
                     first_drift=drift,
                     first_edge=bool(at_edge[i]),
+                    first_box=rows["bbox"][i],
                     growth=ThinnedSeries(self.growth.max_fit_points),
                     origin="present" if entry.frame == 0 else "",
                 )
@@ -295,6 +303,7 @@ class TrackBook:
             track.last_frame, track.last_step, track.last_index = entry.frame, entry.step, i
             track.last_x, track.last_y, track.last_drift = x, y, drift
             track.last_area, track.last_touch, track.last_edge = area, touch, bool(at_edge[i])
+            track.last_box = rows["bbox"][i]
             track.last_length = length
             track.max_length = max(track.max_length, length)
             track.n_frames += 1
@@ -371,6 +380,8 @@ class TrackBook:
                 )
                 if j >= 0:
                     origin, parent = "split", int(before.rows["track_id"][j])
+                elif self._contained(before, track.first_box, track.first_drift, ended=True):
+                    origin = "joined"
         if origin == "appeared":
             self._judge_nearness(tid, entry, track.first_x, track.first_y)
         track.origin, track.parent = origin, parent
@@ -408,6 +419,10 @@ class TrackBook:
                 )
             if after is not None and j >= 0:
                 fate, merged_into = "merged", int(after.rows["track_id"][j])
+            elif after is not None and self._contained(
+                after, track.last_box, track.last_drift, ended=False
+            ):
+                fate = "split"
             elif track.last_length < 0.5 * track.max_length:
                 fate = "dissolved"
         self._close_window(tid, track)
@@ -467,7 +482,8 @@ class TrackBook:
     ) -> int:
         """Row of ``entry`` (not of track ``tid``) whose outline box holds the point
         (x, y), moved by the drift between the frames, and whose own track gained
-        (``grew``) or lost area across the frame; -1 if none."""
+        (``grew``) or lost area across the frame, or began (``grew``) or ended there;
+        -1 if none."""
         x = x + float(entry.drift[0]) - drift[0]
         y = y + float(entry.drift[1]) - drift[1]
         box = entry.rows["bbox"]
@@ -481,12 +497,27 @@ class TrackBook:
         neighbour = entry.prev_area if grew else entry.next_area
         area = entry.rows["area"]
         for j in np.flatnonzero(inside).tolist():
-            if not math.isfinite(neighbour[j]):
-                continue
-            ratio = float(area[j]) / max(float(neighbour[j]), 1e-12)
-            if (grew and ratio > AREA_CHANGE) or (not grew and ratio < 1 / AREA_CHANGE):
+            if not math.isfinite(neighbour[j]):  # its track began or ended across the frame
+                return j
+            # grew: its area over its track's previous one; lost: its area over the next
+            if float(area[j]) / max(float(neighbour[j]), 1e-12) > AREA_CHANGE:
                 return j
         return -1
+
+    def _contained(
+        self, entry: _Frame, box: np.ndarray, drift: tuple[float, float], *, ended: bool
+    ) -> bool:
+        """Whether the outline box ``box`` (moved by the drift between the frames)
+        holds the centroid of a particle of ``entry`` whose track ended there
+        (``ended``) or began there."""
+        dx, dy = drift[0] - float(entry.drift[0]), drift[1] - float(entry.drift[1])
+        x = entry.rows["x_px"].astype(np.float64) + dx
+        y = entry.rows["y_px"].astype(np.float64) + dy
+        inside = (
+            (box[0] - 0.5 <= y) & (y <= box[2] + 0.5) & (box[1] - 0.5 <= x) & (x <= box[3] + 0.5)
+        )
+        alone = ~np.isfinite(entry.next_area if ended else entry.prev_area)
+        return bool(np.any(inside & alone))
 
 
 _TRACK_COLUMNS = [

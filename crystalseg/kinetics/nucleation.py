@@ -9,9 +9,15 @@ and found again: that background is why the onset is a change of rate rather
 than the first birth.
 
 Onset: births per frame are modelled as Poisson with one rate before the onset
-and another after it; the onset is the frame that maximises the likelihood
+and another after it; the onset frame is the frame that maximises the likelihood
 (among those where the rate rises), and its 95 % interval holds the frames whose
 profile likelihood is within 1.92 of the maximum (a likelihood-ratio interval).
+A crystal first seen in frame k was born between frames k-1 and k, so the onset
+time is the middle of that frame interval (unbiased when births are spread
+evenly within it), and its interval runs from the start of the earliest to the
+end of the latest frame interval in the likelihood-ratio set. A nucleus is seen
+only once it is big enough to be segmented: the onset is that of crystals of a
+detectable size (see ``docs/kinetics.md``).
 ``onset_lr`` is twice the log-likelihood gain over a constant rate; below
 ``min_lr`` no onset is reported.
 
@@ -295,16 +301,27 @@ def nucleation_summary(
     }
     if found["frame"] >= 0 and found["lr"] >= settings.min_lr:
         first = found["frame"] + 1  # births[1:] starts at frame 1
+        # a crystal first seen in frame k was born during (t[k-1], t[k]]: the onset is
+        # the middle of that interval, and its interval spans the intervals it may lie in
+        low, high = found["frame_low"] + 1, found["frame_high"] + 1
         summary.update(
             {
-                "onset_s": float(time_s[first]),
-                "onset_low_s": float(time_s[found["frame_low"] + 1]),
-                "onset_high_s": float(time_s[found["frame_high"] + 1]),
+                "onset_s": float(0.5 * (time_s[first - 1] + time_s[first])),
+                "onset_low_s": float(time_s[low - 1]),
+                "onset_high_s": float(time_s[high]),
+                "onset_frame": int(first),
             }
         )
     else:
         first = 1
-        summary.update({"onset_s": math.nan, "onset_low_s": math.nan, "onset_high_s": math.nan})
+        summary.update(
+            {
+                "onset_s": math.nan,
+                "onset_low_s": math.nan,
+                "onset_high_s": math.nan,
+                "onset_frame": -1,
+            }
+        )
     after = float(births[first:].sum())
     exposure = area * (n_frames - first) * interval_min
     rate, low, high = poisson_interval(after, exposure)

@@ -218,3 +218,82 @@ def test_settings_are_checked() -> None:
         columns=["length_rate", "width_rate", "ecd_rate", "mean_length", "length_rate_high"]
     )
     assert math.isnan(population_growth(empty, settings=GrowthSettings())["length_rate"])
+
+
+def _disc_rows(frame: int, discs: list[tuple[float, float, float]]) -> pd.DataFrame:
+    """Particle rows of discs (x, y, radius) in one frame."""
+    x, y, r = (np.array(v, dtype=np.float64) for v in zip(*discs, strict=True))
+    return pd.DataFrame(
+        {
+            "frame": frame,
+            "time_s": frame * 10.0,
+            "label": np.arange(1, len(x) + 1),
+            "centroid_x": x,
+            "centroid_y": y,
+            "bbox_min_y": y - r,
+            "bbox_min_x": x - r,
+            "bbox_max_y": y + r,
+            "bbox_max_x": x + r,
+            "area": np.pi * r**2,
+            "ecd": 2 * r,
+            "feret_diameter_max": 2 * r,
+            "feret_diameter_min": 2 * r,
+            "solidity": 1.0,
+            "touches_edge": False,
+            "kept": True,
+        }
+    )
+
+
+def _book_of(frames: list[pd.DataFrame], n: int) -> BookResults:
+    settings = TrackSettings(drift=False)
+    book = TrackBook(
+        tracking=settings,
+        growth=GrowthSettings(),
+        nucleation=NucleationSettings(min_track_frames=1),
+        time_s=np.arange(n) * 10.0,
+        frame_shape=(200, 200),
+        pixel_size_um=1.0,
+    )
+    for frame in link_stream(frames, settings=settings, pixel_size_um=1.0):
+        book.add(frame)
+    return book.finish()
+
+
+FAR = [(50.0, 50.0, 4.0), (150.0, 150.0, 5.0)]  # two bystanders
+
+
+def test_crystals_that_touch_and_part_are_not_births() -> None:
+    """Two crystals measured as one particle while they touch (frames 4-7), which the
+    linker continues as one of them, then apart again: a merge and a split, no birth."""
+    pair = [(95.0, 100.0, 6.0), (107.0, 100.0, 6.0)]
+    joint = [(101.0, 100.0, 12.0)]
+    frames = [_disc_rows(t, FAR + (joint if 4 <= t <= 7 else pair)) for t in range(12)]
+    tracks = _book_of(frames, 12).tracks.set_index("track_id")
+    assert len(tracks) == 5 and not (tracks["origin"] == "appeared").any()
+    merged = tracks[tracks["fate"] == "merged"]
+    assert list(merged["last_frame"]) == [3]
+    joint_track = int(merged["merged_into"].iloc[0])
+    assert tracks.loc[joint_track, "max_length"] == 24.0  # it went on as the joint particle
+    parted = tracks[tracks["origin"] == "split"]
+    assert list(parted["first_frame"]) == [8]
+    assert list(parted["parent"]) == [joint_track]
+
+
+def test_a_joint_particle_the_linker_cannot_follow_is_joined() -> None:
+    """Crystals too far apart for the linker to continue either as the joint particle:
+    the joint particle's track is 'joined' (not a birth), theirs end 'merged' into it,
+    and the joint track ends 'split' when they part."""
+    pair = [(90.0, 100.0, 6.0), (112.0, 100.0, 6.0)]
+    joint = [(101.0, 100.0, 17.0)]
+    frames = [_disc_rows(t, FAR + (joint if 4 <= t <= 7 else pair)) for t in range(12)]
+    results = _book_of(frames, 12)
+    tracks = results.tracks
+    joined = tracks[tracks["origin"] == "joined"]
+    assert list(joined["first_frame"]) == [4] and list(joined["last_frame"]) == [7]
+    assert list(joined["fate"]) == ["split"]
+    ended = tracks[tracks["last_frame"] == 3]
+    assert list(ended["fate"]) == ["merged", "merged"]
+    assert (ended["merged_into"] == joined["track_id"].iloc[0]).all()
+    assert set(tracks.loc[tracks["first_frame"] == 8, "origin"]) == {"split"}
+    assert results.summary["births"] == 0
