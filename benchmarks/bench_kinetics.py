@@ -259,7 +259,8 @@ def bench_accuracy(
 ) -> dict[str, Any]:
     from crystalseg.kinetics.accuracy import tracking_scores
     from crystalseg.kinetics.run import kinetics_run, read_tracks
-    from crystalseg.measure.run import measure_run
+    from crystalseg.measure.run import MeasureOptions
+    from crystalseg.pipeline import segment_and_measure
 
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -275,7 +276,7 @@ def bench_accuracy(
                 shutil.rmtree(model_path / "psd")
                 _forget_stages(model_path)
                 start = time.perf_counter()
-                measure_run(model_path, scheduler="synchronous")
+                segment_and_measure(model_path, options=MeasureOptions(scheduler="synchronous"))
                 masks["model_mask"] = model_path
                 results.setdefault(scenario, {})["model_segment_measure_s"] = round(
                     time.perf_counter() - start, 1

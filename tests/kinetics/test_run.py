@@ -190,3 +190,31 @@ def test_report_has_a_kinetics_section(finished: Path) -> None:
     summary = read_kinetics(finished)
     assert f"{summary['length_rate']:.3g} µm/min (95 % " in section
     assert "Nucleation onset" in section and "id='fig-kinetics'" in section
+
+
+def test_measure_then_kinetics_in_one_call(measured: Path) -> None:
+    from crystalseg.measure.run import MeasureOptions
+    from crystalseg.pipeline import segment_and_measure
+
+    segment_and_measure(
+        measured, options=MeasureOptions(scheduler="synchronous"), kinetics=KineticsSettings()
+    )
+    summary = read_kinetics(measured)
+    points, _ = read_tracks(measured)
+    assert summary["n_tracks"] == points["track_id"].nunique() > 0
+    assert "track_id" in read_table(measured, "particles")
+
+
+def test_kinetics_figures(finished: Path, measured: Path, tmp_path: Path) -> None:
+    from crystalseg.viz.kinetics import plot_tracks, write_kinetics_figures
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "fbrm_example.csv"
+    written = write_kinetics_figures(finished, tmp_path / "figs", fbrm=example)
+    assert [p.name for p in written] == ["kinetics.png", "tracks.png", "cld.png", "fbrm.png"]
+    assert all(p.stat().st_size > 10_000 for p in written)
+    assert write_kinetics_figures(measured, tmp_path / "none") == []  # no kinetics yet
+    points, _ = read_tracks(finished)
+    fig = plot_tracks(finished, frame=FRAMES - 1, last=5)
+    shown = points.loc[points["frame"] == FRAMES - 1, "track_id"].nunique()
+    assert len(fig.axes[0].lines) == 2 * shown  # a path and a dot per track
+    assert fig.axes[0].get_title().startswith(f"Frame {FRAMES - 1}: {shown} tracks")
