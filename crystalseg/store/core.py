@@ -364,8 +364,8 @@ def _check_attrs(path: str | Path, attrs: Mapping[str, Any]) -> None:
             raise DamagedRunError(
                 f"run store '{path}' has attribute 'pixel_size_um' = {pixel!r}; expected "
                 f"micrometres per pixel, {PIXEL_SIZE_UM_LIMITS[0]:g} to "
-                f"{PIXEL_SIZE_UM_LIMITS[1]:g}, or null. Put a number of micrometres (or null) "
-                f"back into '{Path(path) / 'zarr.json'}', or restore the store from a backup"
+                f"{PIXEL_SIZE_UM_LIMITS[1]:g}, or null. Set it again with 'crystalseg calibrate "
+                f"{path} --pixel-size UM', or restore the store from a backup"
             ) from exc
 
 

@@ -852,19 +852,40 @@ def set_calibration(
     if pixel_size_um is None and interval_s is None:
         raise ConfigError("nothing to set: give a pixel size (--pixel-size) or --interval")
     check_calibration(pixel_size_um=pixel_size_um, interval_s=interval_s)
-    with writing(path, "calibrate"):
-        return _set_calibration(path, pixel_size_um, interval_s)
+    with run_lock(path, "calibrate"):
+        damaged = _drop_damaged_pixel_size(path) if pixel_size_um is not None else None
+        recover_stages(path)
+        return _set_calibration(path, pixel_size_um, interval_s, damaged=damaged)
+
+
+def _drop_damaged_pixel_size(path: str | Path) -> Any:
+    """Remove a pixel size that is not a number in the physical range (edited by hand
+    or by another tool) so that the new one can replace it; returns the removed value
+    (None: it was fine). Only :func:`set_calibration` with a new pixel size calls this:
+    every other reader refuses such a store."""
+    group = open_group(path, mode="r+")
+    value = node_attrs(group).get("pixel_size_um")
+    try:
+        check_calibration(pixel_size_um=value)
+    except ConfigError:
+        group.attrs["pixel_size_um"] = None
+        log.warning("replacing the damaged pixel size %r of %s", value, path)
+        return value
+    return None
 
 
 def _set_calibration(
-    path: str | Path, pixel_size_um: float | None, interval_s: float | None
+    path: str | Path, pixel_size_um: float | None, interval_s: float | None, *, damaged: Any
 ) -> dict[str, Any]:
     attrs = read_run_attrs(path)
     before = calibration_fingerprint(path)
     group = open_group(path, mode="r+")
     record: dict[str, Any] = {"when": utc_now()}
     if pixel_size_um is not None:
-        record["pixel_size_um"] = [attrs.get("pixel_size_um"), tidy_number(pixel_size_um)]
+        old = attrs.get("pixel_size_um") if damaged is None else jsonable(damaged)
+        record["pixel_size_um"] = [old, tidy_number(pixel_size_um)]
+        if damaged is not None:
+            record["repaired"] = "the pixel size before was not a number of micrometres"
         group.attrs["pixel_size_um"] = tidy_number(pixel_size_um)
     if interval_s is not None:
         time = get_array(group, TIME, path)

@@ -268,7 +268,7 @@ def test_a_mask_without_probability_is_measured_unfiltered_with_a_warning(run, c
 def test_results_of_a_mask_made_again_are_out_of_date_until_measured(run, checkpoint) -> None:
     """After segment --overwrite the psd and particles describe the old mask: info says
     so, reading them warns, the overlay refuses; measure measures the new mask."""
-    from crystalseg.cli import _run_info
+    from crystalseg.cli.base import run_info
     from crystalseg.errors import CrystalsegWarning
     from crystalseg.measure import measure_run
     from crystalseg.measure.run import measured_mask_changed, measurement_outdated
@@ -281,11 +281,11 @@ def test_results_of_a_mask_made_again_are_out_of_date_until_measured(run, checkp
     open_results(run)  # no warning (warnings are errors here)
     segment_run(run, checkpoint, **SETTINGS, overwrite=True)
     assert measured_mask_changed(run)
-    assert "OUT OF DATE: the mask was made again" in format_run_info(_run_info(run))
+    assert "OUT OF DATE: the mask was made again" in format_run_info(run_info(run))
     with pytest.warns(CrystalsegWarning, match="out of date: the mask.*crystalseg measure"):
         open_results(run)
     with pytest.raises(StageStateError, match="made again"):
         overlay_image(run, 0)
     measure_run(run, scheduler="synchronous")  # the new mask: measured without --overwrite
     assert not measured_mask_changed(run)
-    assert "OUT OF DATE" not in format_run_info(_run_info(run))
+    assert "OUT OF DATE" not in format_run_info(run_info(run))

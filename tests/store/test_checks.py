@@ -24,6 +24,7 @@ from crystalseg.store import (
     file_written_whole,
     open_run,
     read_run_attrs,
+    set_calibration,
 )
 
 
@@ -100,6 +101,25 @@ def test_root_attributes_of_the_wrong_kind_are_a_damaged_store(
         read_run_attrs(path)
     with pytest.raises(DamagedRunError, match=match):
         describe_run(path)
+
+
+@pytest.mark.parametrize("value", ["zero point six five", 1e-300, [0.65]])
+def test_calibrate_repairs_a_damaged_pixel_size_and_records_what_it_replaced(
+    tmp_path: Path, value: object
+) -> None:
+    path = _run(tmp_path / "r.zarr")
+    _set_attr(path, key="pixel_size_um", value=value)
+    with pytest.raises(DamagedRunError, match=r"crystalseg calibrate .* --pixel-size UM"):
+        describe_run(path)
+    set_calibration(path, pixel_size_um=0.65)
+    assert read_run_attrs(path)["pixel_size_um"] == 0.65
+    record = read_run_attrs(path)["provenance"]["calibration"][-1]
+    assert record["pixel_size_um"] == [value, 0.65]
+    assert "repaired" in record
+    with pytest.raises(DamagedRunError, match="'provenance' of type list"):
+        # only the pixel size is repaired: other damage still needs the backup
+        _set_attr(path, key="provenance", value=[1])
+        set_calibration(path, pixel_size_um=0.7)
 
 
 @settings(

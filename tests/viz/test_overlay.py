@@ -445,7 +445,7 @@ def test_cli_overlay(drawn_run: Path, tmp_path: Path) -> None:
     code, out = cli_run("overlay", str(drawn_run), "--frames", "5", "-o", str(tmp_path / "x"))
     assert_one_line_error(code, out, "frame 5 is out of range", "0..2")
     code, out = cli_run("overlay", str(drawn_run), "--frames", "a,b", "-o", str(tmp_path / "x"))
-    assert_one_line_error(code, out, "e.g. 0,50,-1")
+    assert_one_line_error(code, out, "e.g. --frames 0,50,-1")
     code, out = cli_run("overlay", str(tmp_path / "missing.zarr"))
     assert_one_line_error(code, out, "does not exist")
 

@@ -1,0 +1,112 @@
+"""``kinetics``: tracks, growth and nucleation rates and the CLD of a measured run."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+import click
+
+from crystalseg.cli.base import (
+    Command,
+)
+from crystalseg.cli.options import (
+    run_argument,
+)
+
+
+@click.command("kinetics", cls=Command)
+@run_argument
+@click.option(
+    "--depth-of-field",
+    "depth_of_field_um",
+    type=float,
+    default=None,
+    help="Depth of the imaged volume in micrometres: nucleation rates per mm³ too.",
+)
+@click.option(
+    "--search-range",
+    "search_range_px",
+    type=float,
+    default=None,
+    help="Farthest a crystal moves between frames once the drift is removed, px (default 12).",
+)
+@click.option(
+    "--memory",
+    type=int,
+    default=None,
+    help="Frames a crystal may go unseen and keep its track (default 2).",
+)
+@click.option("--overwrite", is_flag=True, help="Replace kinetics made with other settings.")
+@click.pass_context
+def kinetics_cmd(
+    ctx: click.Context,
+    run: Path,
+    depth_of_field_um: float | None,
+    search_range_px: float | None,
+    memory: int | None,
+    overwrite: bool,
+) -> None:
+    """Track the crystals of a measured RUN: growth and nucleation rates, and the CLD.
+
+    Writes group 'tracks' (crystals linked across frames, with how each started
+    and ended), 'kinetics' (growth rates in µm/min and nucleation onset and rate
+    per mm² per min, each with a 95 % interval) and 'cld' (the chord length
+    distribution an FBRM probe would see, over time).
+
+    \b
+    Example:
+      crystalseg kinetics run.zarr --depth-of-field 50
+    """
+
+    from crystalseg.errors import ConfigError
+    from crystalseg.kinetics.nucleation import NucleationSettings
+    from crystalseg.kinetics.run import KineticsSettings, kinetics_run
+    from crystalseg.kinetics.tracking import TrackSettings
+
+    tracking = TrackSettings()
+    try:
+        if search_range_px is not None:
+            tracking = dataclasses.replace(tracking, search_range_px=search_range_px)
+        if memory is not None:
+            tracking = dataclasses.replace(tracking, memory=memory)
+        nucleation = NucleationSettings(depth_of_field_um=depth_of_field_um)
+    except ConfigError as exc:
+        raise ConfigError(f"{exc} (--depth-of-field, --search-range, --memory)") from exc
+    settings = KineticsSettings(tracking=tracking, nucleation=nucleation)
+    from tqdm import tqdm
+
+    with tqdm(desc="kinetics", unit="frame", disable=ctx.obj["quiet"], file=sys.stderr) as bar:
+
+        def progress(done: int, total: int) -> None:
+            bar.total, bar.n = total, done
+            bar.refresh()
+
+        summary = kinetics_run(run, settings=settings, overwrite=overwrite, progress=progress)
+    unit = summary.get("growth_units", "um/min")
+
+    def interval(key: str) -> str:
+        low, high = summary.get(f"{key}_low"), summary.get(f"{key}_high")
+        if low is None or high is None or low != low or high != high:
+            return ""
+        return f" (95 % {low:.3g} to {high:.3g})"
+
+    click.echo(f"{summary['n_tracks']} tracks; {summary['n_tracks_fitted']} with a growth rate")
+    click.echo(
+        f"growth rate (length): {summary['length_rate']:.3g} {unit}{interval('length_rate')}"
+    )
+    onset = summary.get("onset_s")
+    if onset is None or onset != onset:
+        click.echo("nucleation onset: none found (no sustained rise of new crystals)")
+    else:
+        low, high = summary["onset_low_s"], summary["onset_high_s"]
+        click.echo(f"nucleation onset: {onset:.0f} s (95 % {low:.0f} to {high:.0f} s)")
+    rate = summary["rate_per_mm2_min"]
+    if rate is None or rate != rate:
+        click.echo(
+            f"nucleation rate: {summary['births']} births; per mm² only with a pixel size "
+            f"(crystalseg calibrate {run} --pixel-size UM)"
+        )
+    else:
+        click.echo(f"nucleation rate: {rate:.3g} per mm² per min{interval('rate_per_mm2_min')}")

@@ -1,0 +1,129 @@
+"""``plot`` (PSD figures of one or several runs) and ``overlay`` (outlines on frames)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from crystalseg.cli.base import (
+    Command,
+    comma_list,
+)
+from crystalseg.cli.options import (
+    FrameList,
+    color_by_option,
+    montage_option,
+    run_argument,
+)
+
+
+@click.command(cls=Command)
+@click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Folder of the figures (default: <run>-plots next to the run; "
+    "compare-plots next to the first of several).",
+)
+@click.option(
+    "--format", "formats", default="png", show_default=True, help="Comma-separated: png,svg,pdf."
+)
+@click.option(
+    "--basis",
+    type=click.Choice(["number", "volume"]),
+    default="number",
+    show_default=True,
+    help="Weighting of the size distribution and D-values.",
+)
+@click.option(
+    "--times",
+    default=None,
+    help="Seconds of the PSD curves, e.g. 0,600,3600 (default: start, middle, end).",
+)
+def plot(
+    runs: tuple[Path, ...],
+    out_dir: Path | None,
+    formats: str,
+    basis: str,
+    times: str | None,
+) -> None:
+    """Draw the PSD over time, D10/D50/D90 and count, PSD curves and crystal shape of RUN.
+
+    Several runs also get one figure comparing their D50 and count over time.
+
+    \b
+    Example:
+      crystalseg plot run.zarr --format png,pdf --times 0,600,3600
+      crystalseg plot run1.zarr run2.zarr -o compare/
+    """
+    from crystalseg.errors import ConfigError
+    from crystalseg.viz.plots import default_plot_dir, plot_run, plot_runs
+
+    fmts = comma_list(formats.lower())
+    at = None
+    if times is not None:
+        try:
+            at = [float(t) for t in comma_list(times)]
+        except ValueError:
+            raise ConfigError(
+                f"--times {times!r} is not a list of seconds; write e.g. --times 0,600,3600"
+            ) from None
+    out = out_dir or default_plot_dir(runs)
+    if len(runs) == 1:
+        written = plot_run(runs[0], out, formats=fmts, basis=basis, times=at)  # type: ignore[arg-type]
+    else:
+        written = plot_runs(runs, out, formats=fmts, basis=basis, times=at)  # type: ignore[arg-type]
+    click.echo(f"{len(written)} figure files ({', '.join(fmts)}) written to {out}")
+
+
+@click.command(cls=Command)
+@run_argument
+@click.option(
+    "--frames",
+    type=FrameList(),
+    default=None,
+    help="Frames to draw, e.g. 0,50,-1 (negative: from the end). Default: first, middle, last.",
+)
+@color_by_option
+@montage_option(9)
+@click.option(
+    "-o",
+    "--output",
+    "output_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Folder of the PNGs (default: RUN_overlays beside RUN).",
+)
+def overlay(
+    run: Path,
+    frames: tuple[int, ...] | None,
+    color_by: str,
+    montage_n: int,
+    output_dir: Path | None,
+) -> None:
+    """Draw the measured particles' outlines on frames of RUN, to check the segmentation.
+
+    Writes frame_NNNNN.png per frame and montage.png. Outlines are the particles as
+    measured: blue counted, vermillion excluded (edge, focus, too small), or by size.
+
+    \b
+    Example:
+      crystalseg overlay run.zarr --frames 0,50,-1 --color-by size
+    """
+    from crystalseg.viz.overlay import write_overlays
+
+    out = output_dir or run.with_name(f"{run.stem}_overlays")
+    paths = write_overlays(
+        run,
+        out,
+        frames=frames,
+        color_by=color_by,  # type: ignore[arg-type]
+        montage_n=montage_n,
+    )
+    click.echo(f"{len(paths)} overlay images written to {out}:")
+    for path in paths:
+        click.echo(f"  {path}")
