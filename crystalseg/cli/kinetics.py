@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -84,6 +85,11 @@ def kinetics_cmd(
             bar.refresh()
 
         summary = kinetics_run(run, settings=settings, overwrite=overwrite, progress=progress)
+    echo_kinetics(summary, run)
+
+
+def echo_kinetics(summary: dict[str, Any], run: Path) -> None:
+    """Print the headline numbers of a run's kinetics (also after ``measure --kinetics``)."""
     unit = summary.get("growth_units", "um/min")
 
     def interval(key: str) -> str:

@@ -59,6 +59,13 @@ from crystalseg.cli.options import (
 )
 @click.option("--overwrite", is_flag=True, help="Replace results made with other settings.")
 @click.option(
+    "--kinetics",
+    "with_kinetics",
+    is_flag=True,
+    help="Then track the crystals: growth and nucleation rates and the CLD, as "
+    "'crystalseg kinetics RUN' with its defaults.",
+)
+@click.option(
     "--stream/--no-stream",
     default=None,
     help="Measure chunks while the next are segmented (default: only when inference is on a "
@@ -78,6 +85,7 @@ def measure(
     min_count: int | None,
     window: str | None,
     overwrite: bool,
+    with_kinetics: bool,
     stream: bool | None,
     precision: str,
     tta: bool,
@@ -96,8 +104,10 @@ def measure(
     Example:
       crystalseg measure run.zarr --export csv
       crystalseg measure run.zarr --window 60s
+      crystalseg measure run.zarr --kinetics
     """
     from crystalseg.export import ExportSettings, export_run
+    from crystalseg.kinetics import KineticsSettings
     from crystalseg.measure import MeasureSettings
     from crystalseg.measure.results import summarize_measurement
     from crystalseg.measure.run import MeasureOptions, needs_segmentation
@@ -144,9 +154,15 @@ def measure(
             options=MeasureOptions(settings, overwrite=overwrite, progress=update),
             client=scheduler,
             stream="auto" if stream is None else stream,
+            kinetics=KineticsSettings() if with_kinetics else None,
         )
     exported = None
     if export_format:
         fmt = ExportSettings(what=("particles",), format=export_format)  # type: ignore[arg-type]
         exported = export_run(run, run.parent, settings=fmt).files[0]
     click.echo(format_measurement(summarize_measurement(run), exported))
+    if with_kinetics:
+        from crystalseg.cli.kinetics import echo_kinetics
+        from crystalseg.kinetics import read_kinetics
+
+        echo_kinetics(read_kinetics(run), run)

@@ -271,7 +271,7 @@ def write_kinetics_figures(
     out_dir: str | os.PathLike[str],
     *,
     formats: tuple[str, ...] = ("png",),
-    fbrm: str | os.PathLike[str] | None = None,
+    fbrm: FbrmCounts | str | os.PathLike[str] | None = None,
     fbrm_offset_s: float = 0.0,
 ) -> list[Path]:
     """Write the kinetics figures of a run (nothing when it has no kinetics).
@@ -281,7 +281,8 @@ def write_kinetics_figures(
     run : path of the run
     out_dir : folder for the figures (created)
     formats : sequence of {"png", "svg", "pdf"}
-    fbrm : path of a probe's CSV export, optional (adds the ``fbrm`` figure)
+    fbrm : FbrmCounts or the path of a probe's CSV export, optional (adds the ``fbrm``
+        figure)
     fbrm_offset_s : run time of the probe's first row, seconds
 
     Returns
@@ -295,7 +296,8 @@ def write_kinetics_figures(
     unknown = [f for f in formats if f not in ("png", "svg", "pdf")]
     if unknown:
         raise ConfigError(f"figure formats {unknown} are not png, svg or pdf; pick those")
-    probe = None if fbrm is None else read_fbrm_csv(fbrm)  # a bad file fails before writing
+    # a bad file fails before anything is written
+    probe = fbrm if fbrm is None or isinstance(fbrm, FbrmCounts) else read_fbrm_csv(fbrm)
     figures = {
         "kinetics": lambda: plot_kinetics(run),
         "tracks": lambda: plot_tracks(run),

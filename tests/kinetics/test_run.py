@@ -218,3 +218,25 @@ def test_kinetics_figures(finished: Path, measured: Path, tmp_path: Path) -> Non
     shown = points.loc[points["frame"] == FRAMES - 1, "track_id"].nunique()
     assert len(fig.axes[0].lines) == 2 * shown  # a path and a dot per track
     assert fig.axes[0].get_title().startswith(f"Frame {FRAMES - 1}: {shown} tracks")
+
+
+def test_cli_measure_kinetics_and_plot_with_a_probe(measured: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["-q", "measure", str(measured), "--kinetics"])
+    assert result.exit_code == 0, result.output
+    summary = read_kinetics(measured)
+    assert f"{summary['n_tracks']} tracks" in result.output
+    example = Path(__file__).resolve().parents[2] / "examples" / "fbrm_example.csv"
+    out = tmp_path / "figs"
+    args = ["-q", "plot", str(measured), "-o", str(out), "--fbrm", str(example)]
+    result = CliRunner().invoke(cli, [*args, "--fbrm-offset", "-30"])
+    assert result.exit_code == 0, result.output
+    assert {"tracks.png", "cld.png", "fbrm.png", "kinetics.png"} <= {p.name for p in out.iterdir()}
+    bad = tmp_path / "bad.csv"
+    bad.write_text("Time (s),Mean\n0,1\n")
+    result = CliRunner().invoke(
+        cli, ["-q", "plot", str(measured), "-o", str(out), "--fbrm", str(bad)]
+    )
+    assert result.exit_code != 0
+    assert (
+        "Error: FBRM file" in result.output and "no column that names a chord bin" in result.output
+    )
