@@ -96,11 +96,34 @@ def is_usable(
     return kept & ~touches_edge & ~suspect & (solidity >= min_solidity)
 
 
-def _slope(t_min: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
-    if len(t_min) < 2 or np.ptp(t_min) <= 0:
+#: The normal quantile of Sen's 95 % interval (scipy.stats.norm.ppf(0.025)).
+_Z95 = float(stats.norm.ppf(0.025))
+
+
+def _repeats(values: np.ndarray) -> np.ndarray:
+    """Sizes of the groups of tied values (groups of two or more)."""
+    _, counts = np.unique(values, return_counts=True)
+    return counts[counts > 1].astype(np.float64)
+
+
+def theil_sen(t_min: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
+    """Theil-Sen slope with Sen's 95 % interval: the same numbers as
+    :func:`scipy.stats.theilslopes` (``alpha=0.95``, ties corrected as Sen 1968, eq.
+    2.6), without its per-call overhead (~10 ms a call; a run makes thousands)."""
+    x = np.asarray(t_min, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    if len(x) < 2 or np.ptp(x) <= 0:
         return math.nan, math.nan, math.nan
-    fit = stats.theilslopes(y, t_min, alpha=0.95)
-    return float(fit.slope), float(fit.low_slope), float(fit.high_slope)
+    dx = x[:, None] - x
+    dy = y[:, None] - y
+    ahead = dx > 0
+    slopes = np.sort(dy[ahead] / dx[ahead])
+    n, nt = len(y), len(slopes)
+    ties = sum(float((k * (k - 1) * (2 * k + 5)).sum()) for k in (_repeats(x), _repeats(y)))
+    sigma = math.sqrt((n * (n - 1) * (2 * n + 5) - ties) / 18.0)
+    upper = min(int(np.round((nt - _Z95 * sigma) / 2.0)), nt - 1)
+    lower = max(int(np.round((nt + _Z95 * sigma) / 2.0)) - 1, 0)
+    return float(np.median(slopes)), float(slopes[lower]), float(slopes[upper])
 
 
 class ThinnedSeries:
@@ -184,7 +207,7 @@ def fit_track(
         "mean_length": series.sum_length / series.seen,
     }
     for k, name in enumerate(GROWTH_QUANTITIES):
-        rate, low, high = _slope(t_min, points[:, k + 1])
+        rate, low, high = theil_sen(t_min, points[:, k + 1])
         record.update({f"{name}_rate": rate, f"{name}_rate_low": low, f"{name}_rate_high": high})
     return record
 
@@ -194,7 +217,7 @@ def window_slope(series: ThinnedSeries, *, settings: GrowthSettings) -> float | 
     if series.seen < settings.min_points:
         return None
     points = series.columns()
-    return _slope(points[:, 0] / 60.0, points[:, 1])[0]
+    return theil_sen(points[:, 0] / 60.0, points[:, 1])[0]
 
 
 def bootstrap_mean(

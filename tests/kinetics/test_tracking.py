@@ -297,3 +297,19 @@ def test_a_joint_particle_the_linker_cannot_follow_is_joined() -> None:
     assert (ended["merged_into"] == joined["track_id"].iloc[0]).all()
     assert set(tracks.loc[tracks["first_frame"] == 8, "origin"]) == {"split"}
     assert results.summary["births"] == 0
+
+
+def test_slope_equals_scipys_theil_sen() -> None:
+    from scipy import stats
+
+    from crystalseg.kinetics.growth import theil_sen
+
+    rng = np.random.default_rng(3)
+    for n in (2, 3, 7, 40, 200):
+        t = np.sort(rng.choice(np.arange(300.0), n, replace=False)) / 6
+        t[n // 2 :] = np.maximum(t[n // 2 :], t[n // 2])  # ties in time too
+        y = np.round(3 * t + rng.normal(0, 2, n), 1)  # and in size
+        if np.ptp(t) == 0:
+            continue
+        fit = stats.theilslopes(y, t, alpha=0.95)
+        np.testing.assert_allclose(theil_sen(t, y), (fit.slope, fit.low_slope, fit.high_slope))
