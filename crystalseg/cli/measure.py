@@ -162,7 +162,6 @@ def measure(
         exported = export_run(run, run.parent, settings=fmt).files[0]
     click.echo(format_measurement(summarize_measurement(run), exported))
     if with_kinetics:
-        from crystalseg.cli.kinetics import echo_kinetics
-        from crystalseg.kinetics import read_kinetics
+        from crystalseg.kinetics.run import format_kinetics, read_kinetics
 
-        echo_kinetics(read_kinetics(run), run)
+        click.echo(format_kinetics(read_kinetics(run), run))

@@ -681,9 +681,42 @@ def write_particle_track_ids(run: str | os.PathLike[str]) -> None:
     out.attrs.update({"long_name": "track of the particle (kinetics; -1: none)", "units": "1"})
     for lo in range(0, total, block):
         out[lo : lo + block] = np.asarray(source[lo : lo + block])
-    columns = [c for c in group.attrs.get("columns", []) if c != "track_id"]
+    named = group.attrs.get("columns", [])
+    columns = [str(c) for c in named if c != "track_id"] if isinstance(named, list) else []
     group.attrs["columns"] = [*columns, "track_id"]
     consolidate(path)
+
+
+def format_kinetics(summary: dict[str, Any], run: str | os.PathLike[str]) -> str:
+    """The headline numbers of a run's kinetics as the CLI prints them (``crystalseg
+    kinetics``, ``measure --kinetics``): tracks, growth rate, onset, nucleation rate."""
+    unit = summary.get("growth_units", "um/min")
+
+    def interval(key: str) -> str:
+        low, high = summary.get(f"{key}_low"), summary.get(f"{key}_high")
+        if low is None or high is None or low != low or high != high:
+            return ""
+        return f" (95 % {low:.3g} to {high:.3g})"
+
+    lines = [
+        f"{summary['n_tracks']} tracks; {summary['n_tracks_fitted']} with a growth rate",
+        f"growth rate (length): {summary['length_rate']:.3g} {unit}{interval('length_rate')}",
+    ]
+    onset = summary.get("onset_s")
+    if onset is None or onset != onset:
+        lines.append("nucleation onset: none found (no sustained rise of new crystals)")
+    else:
+        low, high = summary["onset_low_s"], summary["onset_high_s"]
+        lines.append(f"nucleation onset: {onset:.0f} s (95 % {low:.0f} to {high:.0f} s)")
+    rate = summary["rate_per_mm2_min"]
+    if rate is None or rate != rate:
+        lines.append(
+            f"nucleation rate: {summary['births']} births; per mm² only with a pixel size "
+            f"(crystalseg calibrate {run} --pixel-size UM)"
+        )
+    else:
+        lines.append(f"nucleation rate: {rate:.3g} per mm² per min{interval('rate_per_mm2_min')}")
+    return "\n".join(lines)
 
 
 def read_tracks(run: str | os.PathLike[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
