@@ -223,7 +223,7 @@ def link_stream(
         for table in frames:
             if on_frame is not None:
                 on_frame(table)
-            xy = table[["centroid_x", "centroid_y"]].to_numpy(dtype=np.float64)
+            xy = _columns(table, ("centroid_x", "centroid_y"), np.float64)
             total = drift.update(xy) if settings.drift else np.zeros(2)
             ecd_px = np.maximum(table["ecd"].to_numpy(dtype=np.float64) / scale, 1.0)
             coords = np.column_stack([xy - total, settings.size_weight_px * np.log(ecd_px)])
@@ -256,7 +256,7 @@ def _compact(table: pd.DataFrame, drift: np.ndarray) -> LinkedFrame:
         "y_px": table["centroid_y"].to_numpy(dtype=f32),
         "drift_x_px": np.full(n, drift[0], dtype=f32),
         "drift_y_px": np.full(n, drift[1], dtype=f32),
-        "bbox": table[["bbox_min_y", "bbox_min_x", "bbox_max_y", "bbox_max_x"]].to_numpy(dtype=f32),
+        "bbox": _columns(table, ("bbox_min_y", "bbox_min_x", "bbox_max_y", "bbox_max_x"), f32),
         "area": table["area"].to_numpy(dtype=f32),
         "ecd": table["ecd"].to_numpy(dtype=f32),
         "length": table["feret_diameter_max"].to_numpy(dtype=f32),
@@ -267,3 +267,8 @@ def _compact(table: pd.DataFrame, drift: np.ndarray) -> LinkedFrame:
         "kept": table["kept"].to_numpy(dtype=bool),
         "touches_edge": table["touches_edge"].to_numpy(dtype=bool),
     }
+
+
+def _columns(table: pd.DataFrame, names: tuple[str, ...], dtype: Any) -> np.ndarray:
+    """Columns of a table side by side (rows, len(names)); faster than ``table[names]``."""
+    return np.column_stack([table[name].to_numpy(dtype=dtype) for name in names])
