@@ -23,8 +23,10 @@ What a track's start and end are called (:data:`ORIGINS`, :data:`FATES`):
   a sixth of its area, or ended there: a crystal broke, or crystals measured as
   one came apart), *joined* (its outline box holds a particle of the previous
   frame whose track ended there: crystals that came to touch are measured as one
-  new particle), or *appeared* (anywhere else: a nucleus, or a crystal coming
-  into focus). Only *appeared* counts as a birth;
+  new particle), *refound* (within ``refind_frames`` frames after a track was
+  lost, where it was last seen: a crystal at the limit of detection, missed for
+  longer than the linker's memory), or *appeared* (anywhere else: a nucleus, or a
+  crystal coming into focus). Only *appeared* counts as a birth;
 * fate *to_end*, *left_field* (at the edge), *merged* (inside the outline box of a
   particle of the next frame whose own track gained more than a fifth of its
   area, or began there), *split* (its outline box holds a particle of the next
@@ -63,7 +65,7 @@ from crystalseg.kinetics.nucleation import NucleationSettings, nearness, nucleat
 from crystalseg.kinetics.tracking import LinkedFrame, TrackSettings
 
 #: How a track starts.
-ORIGINS: tuple[str, ...] = ("present", "entered", "split", "joined", "appeared")
+ORIGINS: tuple[str, ...] = ("present", "entered", "split", "joined", "refound", "appeared")
 #: How a track ends.
 FATES: tuple[str, ...] = ("to_end", "left_field", "merged", "split", "dissolved", "lost")
 
@@ -184,6 +186,7 @@ class TrackBook:
         self.records: list[dict[str, Any]] = []
         self.fits: list[dict[str, Any]] = []
         self.near: list[tuple[int, float, float]] = []
+        self.lost: deque[tuple[int, float, float, int]] = deque()  # frame, x, y, track
         self.edges = window_edges(self.time_s, growth.windows) if self.n_frames else np.zeros(1)
         self.window_slopes: list[list[tuple[int, float]]] = [[] for _ in range(growth.windows)]
         self.particles = np.zeros(self.n_frames, dtype=np.int64)
@@ -383,8 +386,27 @@ class TrackBook:
                 elif self._contained(before, track.first_box, track.first_drift, ended=True):
                     origin = "joined"
         if origin == "appeared":
+            found = self._refound(track)
+            if found >= 0:
+                origin, parent = "refound", found
+        if origin == "appeared":
             self._judge_nearness(tid, entry, track.first_x, track.first_y)
         track.origin, track.parent = origin, parent
+
+    def _refound(self, track: _Track) -> int:
+        """The lost track nearest to where ``track`` starts (drift removed), lost within
+        ``refind_frames`` frames before it and within the search range; -1 if none."""
+        window = self.tracking.refind_frames
+        while self.lost and self.lost[0][0] < track.first_frame - window:
+            self.lost.popleft()
+        x = track.first_x - track.first_drift[0]
+        y = track.first_y - track.first_drift[1]
+        best, best_d = -1, self.tracking.search_range_px
+        for frame, lx, ly, tid in self.lost:
+            d = math.hypot(x - lx, y - ly)
+            if frame < track.first_frame and d <= best_d:
+                best, best_d = tid, d
+        return best
 
     def _judge_nearness(self, tid: int, entry: _Frame, x: float, y: float) -> None:
         rows = entry.rows
@@ -425,6 +447,9 @@ class TrackBook:
                 fate = "split"
             elif track.last_length < 0.5 * track.max_length:
                 fate = "dissolved"
+        if fate == "lost" and self.tracking.refind_frames > 0:
+            x, y = track.last_x - track.last_drift[0], track.last_y - track.last_drift[1]
+            self.lost.append((track.last_frame, x, y, tid))
         self._close_window(tid, track)
         fit = fit_track(tid, track.growth, settings=self.growth)
         if fit is not None:

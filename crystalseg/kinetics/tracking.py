@@ -85,6 +85,11 @@ class TrackSettings:
         entered or left the field
     area_jump : relative change of area between consecutive frames of a track
         above which the frame is flagged a segmentation suspect
+    refind_frames : a track that appears within this many frames after a track was
+        lost, where that track was last seen (within ``search_range_px`` once the
+        drift is removed), is that crystal found again (origin ``refound``), not a
+        birth: a nucleus at the limit of detection is seen, missed for longer than
+        ``memory``, and seen again (0: never)
     """
 
     search_range_px: float = 12.0
@@ -93,12 +98,17 @@ class TrackSettings:
     drift: bool = True
     edge_margin_px: float = 3.0
     area_jump: float = 0.5
+    refind_frames: int = 10
 
     def __post_init__(self) -> None:
         for name in ("search_range_px", "edge_margin_px", "area_jump"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ConfigError(f"{name} must be a positive number, got {value!r}")
+        if int(self.refind_frames) != self.refind_frames or self.refind_frames < 0:
+            raise ConfigError(
+                f"refind_frames must be a whole number >= 0, got {self.refind_frames!r}"
+            )
         if int(self.memory) != self.memory or self.memory < 0:
             raise ConfigError(f"memory must be a whole number >= 0, got {self.memory!r}")
         if not (math.isfinite(self.size_weight_px) and self.size_weight_px >= 0):
