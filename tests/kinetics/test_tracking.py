@@ -313,3 +313,29 @@ def test_slope_equals_scipys_theil_sen() -> None:
             continue
         fit = stats.theilslopes(y, t, alpha=0.95)
         np.testing.assert_allclose(theil_sen(t, y), (fit.slope, fit.low_slope, fit.high_slope))
+
+
+def test_a_crystal_missed_for_longer_than_memory_is_refound_not_born() -> None:
+    """A small crystal seen in frames 0-3 and 8-11 (missed 4 frames, memory 2): found
+    again where it was lost, not a birth, unless refind_frames is 0."""
+    small = [(100.0, 100.0, 2.0)]
+    frames = [_disc_rows(t, FAR + ([] if 4 <= t <= 7 else small)) for t in range(12)]
+    tracks = _book_of(frames, 12).tracks
+    again = tracks[tracks["first_frame"] == 8].iloc[0]
+    assert again["origin"] == "refound"
+    assert again["parent"] == tracks.loc[tracks["last_frame"] == 3, "track_id"].iloc[0]
+    settings = TrackSettings(drift=False, refind_frames=0)
+    book = TrackBook(
+        tracking=settings,
+        growth=GrowthSettings(),
+        nucleation=NucleationSettings(min_track_frames=1),
+        time_s=np.arange(12) * 10.0,
+        frame_shape=(200, 200),
+        pixel_size_um=1.0,
+    )
+    for frame in link_stream(frames, settings=settings, pixel_size_um=1.0):
+        book.add(frame)
+    results = book.finish()
+    assert results.summary["births"] == 1
+    with pytest.raises(ConfigError, match="refind_frames must be a whole number"):
+        TrackSettings(refind_frames=-1)
