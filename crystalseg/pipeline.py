@@ -42,6 +42,7 @@ import xarray as xr
 
 import crystalseg.segment.run as segment_stage
 from crystalseg.errors import ConfigError, CrystalsegError, explain_failure
+from crystalseg.kinetics import KineticsSettings, kinetics_run
 from crystalseg.measure.results import STAGE, summarize_measurement
 from crystalseg.measure.run import (
     MeasureOptions,
@@ -71,8 +72,10 @@ def segment_and_measure(
     options: MeasureOptions | None = None,
     client: Any = None,
     stream: bool | Literal["auto"] = "auto",
+    kinetics: KineticsSettings | None = None,
 ) -> xr.Dataset:
-    """Segment a run when it has no finished mask, then measure every frame.
+    """Segment a run when it has no finished mask, then measure every frame (and, when
+    asked, compute its kinetics).
 
     Parameters
     ----------
@@ -90,6 +93,10 @@ def segment_and_measure(
         the mask while the model segments the next (True), or segment the whole run
         first (False). "auto" streams when the model infers on a GPU, where the
         cores are free to measure meanwhile. The results are the same.
+    kinetics : KineticsSettings, optional
+        Then track the crystals and compute the kinetics with these settings
+        (:func:`crystalseg.kinetics.kinetics_run`; ``measure --kinetics``), under the
+        same lock and with the measurement's ``overwrite``. None: measure only.
 
     Returns
     -------
@@ -101,29 +108,40 @@ def segment_and_measure(
         raise ConfigError(f"stream must be True, False or 'auto', got {stream!r}")
     path = run_path(run, resolve=True)
     open_run(path)  # checks the store is a complete run
-    with writing(path, STAGE):  # held once for both stages
-        if needs_segmentation(path):
-            seg_progress = _segment_progress(options.progress)
-            if client is None and _wants_stream(stream, model):
-                log.info("%s has no finished mask: segmenting and measuring it together", path)
-                chunks = stream_segment_run(
-                    path, model, progress=seg_progress, save_probability=True
-                )
-                with closing(chunks):
-                    measure_as_segmented(path, chunks, options)
-                return open_psd(path)
-            log.info("%s has no finished mask: segmenting it first", path)
-            segment_run(path, model, client=client, progress=seg_progress, save_probability=True)
-        return measure_run(
-            path,
-            settings=options.settings,
-            client=client,
-            progress=options.progress,
-            overwrite=options.overwrite,
-            scheduler=options.scheduler,
-            num_workers=options.num_workers,
-            frames_per_chunk=options.frames_per_chunk,
-        )
+    with writing(path, STAGE):  # held once for every stage
+        psd = _segment_and_measure(path, model, options, client, stream)
+        if kinetics is not None:
+            kinetics_run(path, settings=kinetics, overwrite=options.overwrite)
+        return psd
+
+
+def _segment_and_measure(
+    path: RunPath,
+    model: str | os.PathLike[str] | Segmenter | None,
+    options: MeasureOptions,
+    client: Any,
+    stream: bool | Literal["auto"],
+) -> xr.Dataset:
+    if needs_segmentation(path):
+        seg_progress = _segment_progress(options.progress)
+        if client is None and _wants_stream(stream, model):
+            log.info("%s has no finished mask: segmenting and measuring it together", path)
+            chunks = stream_segment_run(path, model, progress=seg_progress, save_probability=True)
+            with closing(chunks):
+                measure_as_segmented(path, chunks, options)
+            return open_psd(path)
+        log.info("%s has no finished mask: segmenting it first", path)
+        segment_run(path, model, client=client, progress=seg_progress, save_probability=True)
+    return measure_run(
+        path,
+        settings=options.settings,
+        client=client,
+        progress=options.progress,
+        overwrite=options.overwrite,
+        scheduler=options.scheduler,
+        num_workers=options.num_workers,
+        frames_per_chunk=options.frames_per_chunk,
+    )
 
 
 def _segment_progress(progress: MeasureProgress | None) -> Callable[[int, int], None]:

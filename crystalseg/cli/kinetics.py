@@ -62,7 +62,7 @@ def kinetics_cmd(
 
     from crystalseg.errors import ConfigError
     from crystalseg.kinetics.nucleation import NucleationSettings
-    from crystalseg.kinetics.run import KineticsSettings, kinetics_run
+    from crystalseg.kinetics.run import KineticsSettings, format_kinetics, kinetics_run
     from crystalseg.kinetics.tracking import TrackSettings
 
     tracking = TrackSettings()
@@ -84,29 +84,4 @@ def kinetics_cmd(
             bar.refresh()
 
         summary = kinetics_run(run, settings=settings, overwrite=overwrite, progress=progress)
-    unit = summary.get("growth_units", "um/min")
-
-    def interval(key: str) -> str:
-        low, high = summary.get(f"{key}_low"), summary.get(f"{key}_high")
-        if low is None or high is None or low != low or high != high:
-            return ""
-        return f" (95 % {low:.3g} to {high:.3g})"
-
-    click.echo(f"{summary['n_tracks']} tracks; {summary['n_tracks_fitted']} with a growth rate")
-    click.echo(
-        f"growth rate (length): {summary['length_rate']:.3g} {unit}{interval('length_rate')}"
-    )
-    onset = summary.get("onset_s")
-    if onset is None or onset != onset:
-        click.echo("nucleation onset: none found (no sustained rise of new crystals)")
-    else:
-        low, high = summary["onset_low_s"], summary["onset_high_s"]
-        click.echo(f"nucleation onset: {onset:.0f} s (95 % {low:.0f} to {high:.0f} s)")
-    rate = summary["rate_per_mm2_min"]
-    if rate is None or rate != rate:
-        click.echo(
-            f"nucleation rate: {summary['births']} births; per mm² only with a pixel size "
-            f"(crystalseg calibrate {run} --pixel-size UM)"
-        )
-    else:
-        click.echo(f"nucleation rate: {rate:.3g} per mm² per min{interval('rate_per_mm2_min')}")
+    click.echo(format_kinetics(summary, run))

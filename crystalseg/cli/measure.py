@@ -59,6 +59,13 @@ from crystalseg.cli.sop import config_option, record_requests, sop_request
 )
 @click.option("--overwrite", is_flag=True, help="Replace results made with other settings.")
 @click.option(
+    "--kinetics",
+    "with_kinetics",
+    is_flag=True,
+    help="Then track the crystals: growth and nucleation rates and the CLD, as "
+    "'crystalseg kinetics RUN' with its defaults.",
+)
+@click.option(
     "--stream/--no-stream",
     default=None,
     help="Measure chunks while the next are segmented (default: only when inference is on a "
@@ -80,6 +87,7 @@ def measure(
     min_count: int | None,
     window: str | None,
     overwrite: bool,
+    with_kinetics: bool,
     stream: bool | None,
     precision: str,
     tta: bool,
@@ -105,8 +113,11 @@ def measure(
       crystalseg measure run.zarr --window 60s --min-area 20um2
       crystalseg measure run.zarr --config sop.toml --json
       crystalseg measure runs/*.zarr
+      crystalseg measure run.zarr --kinetics
     """
     from crystalseg.export import ExportSettings, export_run
+    from crystalseg.kinetics import KineticsSettings, kinetics_run
+    from crystalseg.kinetics.run import format_kinetics, read_kinetics
     from crystalseg.measure import MeasureSettings
     from crystalseg.measure.run import MeasureOptions, needs_segmentation
     from crystalseg.pipeline import RunOutcome, measure_runs
@@ -162,7 +173,11 @@ def measure(
         if export_format:
             fmt = ExportSettings(what=("particles",), format=export_format)  # type: ignore[arg-type]
             exported = export_run(run, run.parent, settings=fmt).files[0]
-        return {"exported": exported, "min_area": min_areas[run]}
+        done: dict[str, Any] = {"exported": exported, "min_area": min_areas[run]}
+        if with_kinetics:
+            kinetics_run(run, settings=KineticsSettings(), overwrite=overwrite)
+            done["kinetics"] = read_kinetics(run)
+        return done
 
     def report(outcome: RunOutcome) -> None:
         if not many:
@@ -171,6 +186,8 @@ def measure(
             echo_run_error(outcome.path, outcome.error)
         elif not as_json:
             click.echo(format_measurement(dict(outcome.summary), outcome.summary["exported"]))
+            if "kinetics" in outcome.summary:
+                click.echo(format_kinetics(outcome.summary["kinetics"], outcome.path))
 
     with bars:
         outcomes = measure_runs(
@@ -192,6 +209,8 @@ def measure(
             echo_json(summary)
         else:
             click.echo(format_measurement(summary, summary["exported"]))
+            if "kinetics" in summary:
+                click.echo(format_kinetics(summary["kinetics"], outcome.path))
         return
     documents = [outcome.as_dict() for outcome in outcomes]
     if as_json:

@@ -45,23 +45,46 @@ from crystalseg.cli.options import (
     default=None,
     help="Seconds of the PSD curves, e.g. 0,600,3600 (default: start, middle, end).",
 )
+@click.option(
+    "--fbrm",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    default=None,
+    help="A probe's CSV export (time + counts per chord bin): its counts per size class "
+    "beside the run's CLD (runs with kinetics).",
+)
+@click.option(
+    "--fbrm-offset",
+    "fbrm_offset_s",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Run time of the probe's first row, seconds (negative: the probe started first).",
+)
 def plot(
     runs: tuple[Path, ...],
     out_dir: Path | None,
     formats: str,
     basis: str,
     times: str | None,
+    fbrm: Path | None,
+    fbrm_offset_s: float,
 ) -> None:
     """Draw the PSD over time, D10/D50/D90 and count, PSD curves and crystal shape of RUN.
 
-    Several runs also get one figure comparing their D50 and count over time.
+    Several runs also get one figure comparing their D50 and count over time. A run
+    with kinetics also gets its kinetics figures (tracks on the last frame, growth
+    against size, births and growth over time, CLD over time; with --fbrm the
+    probe's counts beside the CLD).
 
     \b
     Example:
       crystalseg plot run.zarr --format png,pdf --times 0,600,3600
       crystalseg plot run1.zarr run2.zarr -o compare/
+      crystalseg plot run.zarr --fbrm probe_export.csv --fbrm-offset -120
     """
     from crystalseg.errors import ConfigError
+    from crystalseg.kinetics.fbrm import read_fbrm_csv
+    from crystalseg.viz.kinetics import has_kinetics, write_kinetics_figures
     from crystalseg.viz.plots import default_plot_dir, plot_run, plot_runs
 
     fmts = comma_list(formats.lower())
@@ -74,8 +97,21 @@ def plot(
                 f"--times {times!r} is not a list of seconds; write e.g. --times 0,600,3600"
             ) from None
     out = out_dir or default_plot_dir(runs)
+    if fbrm is not None and not (len(runs) == 1 and has_kinetics(runs[0])):
+        raise ConfigError(
+            "--fbrm draws the probe beside one run's CLD, which 'crystalseg kinetics RUN' "
+            "makes; give one run that has kinetics"
+        )
+    probe = None if fbrm is None else read_fbrm_csv(fbrm)  # read before drawing anything
     if len(runs) == 1:
         written = plot_run(runs[0], out, formats=fmts, basis=basis, times=at)  # type: ignore[arg-type]
+        written += write_kinetics_figures(
+            runs[0],
+            out,
+            formats=tuple(fmts),
+            fbrm=probe,
+            fbrm_offset_s=fbrm_offset_s,
+        )
     else:
         written = plot_runs(runs, out, formats=fmts, basis=basis, times=at)  # type: ignore[arg-type]
     click.echo(f"{len(written)} figure files ({', '.join(fmts)}) written to {out}")

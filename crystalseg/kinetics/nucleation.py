@@ -9,9 +9,15 @@ and found again: that background is why the onset is a change of rate rather
 than the first birth.
 
 Onset: births per frame are modelled as Poisson with one rate before the onset
-and another after it; the onset is the frame that maximises the likelihood
+and another after it; the onset frame is the frame that maximises the likelihood
 (among those where the rate rises), and its 95 % interval holds the frames whose
 profile likelihood is within 1.92 of the maximum (a likelihood-ratio interval).
+A crystal first seen in frame k was born between frames k-1 and k, so the onset
+time is the middle of that frame interval (unbiased when births are spread
+evenly within it), and its interval runs from the start of the earliest to the
+end of the latest frame interval in the likelihood-ratio set. A nucleus is seen
+only once it is big enough to be segmented: the onset is that of crystals of a
+detectable size (see ``docs/kinetics.md``).
 ``onset_lr`` is twice the log-likelihood gain over a constant rate; below
 ``min_lr`` no onset is reported.
 
@@ -40,7 +46,6 @@ from scipy import stats
 from scipy.spatial import cKDTree
 
 from crystalseg.errors import ConfigError
-from crystalseg.kinetics.tracking import LinkedRows
 
 
 @dataclass(frozen=True)
@@ -180,51 +185,57 @@ def field_area_mm2(
     return area_px * (pixel_size_um / 1000.0) ** 2
 
 
-def secondary_ratio(
-    rows: LinkedRows,
-    tracks: pd.DataFrame,
+def nearness(
+    point: np.ndarray,
+    others_xy: np.ndarray,
+    others_reach_px: np.ndarray,
     *,
     settings: NucleationSettings,
     frame_shape: tuple[int, int],
     margin_px: float,
-    pixel_size_um: float | None,
-) -> tuple[float, float, float, int]:
-    """Nearness of births to existing crystals relative to random points.
+    rng: np.random.Generator,
+) -> tuple[float, float]:
+    """Whether a birth lies near an existing crystal of its frame, and the fraction of
+    random points of the same field that do.
+
+    Parameters
+    ----------
+    point : ndarray (2,)
+        The birth's centroid (x, y), pixels.
+    others_xy : ndarray (n, 2)
+        Centroids of the other particles of the frame (x, y), pixels.
+    others_reach_px : ndarray (n,)
+        How near counts for each: its radius plus ``settings.near_px``.
+    rng : the random points' generator (one per birth: seeded by its track id)
 
     Returns
     -------
-    ratio, low, high : float
-        Observed over expected fraction of near births, with a 95 % bootstrap interval.
-    n_births : int
+    near, expected : float
+        1.0 or 0.0 for the birth, and the fraction of ``settings.random_points``
+        uniform points of the field (less the margin) that are near.
     """
-    rng = np.random.default_rng(settings.seed)
-    scale = 1.0 if pixel_size_um is None else float(pixel_size_um)
-    born = tracks[is_birth(tracks, min_track_frames=settings.min_track_frames)]
-    frame_bounds = np.searchsorted(rows.frame, np.arange(int(rows.frame.max(initial=0)) + 2))
     height, width = frame_shape
-    near_obs, near_exp = [], []
-    for track_id, frame in zip(born["track_id"], born["first_frame"], strict=True):
-        lo, hi = frame_bounds[frame], frame_bounds[frame + 1]
-        others = np.arange(lo, hi)
-        others = others[rows.track_id[others] != track_id]
-        own = lo + np.flatnonzero(rows.track_id[lo:hi] == track_id)
-        if not len(others) or not len(own):
-            continue
-        xy = np.column_stack([rows.x_px[others], rows.y_px[others]]).astype(np.float64)
-        reach = rows.ecd[others].astype(np.float64) / scale / 2 + settings.near_px
-        tree = cKDTree(xy)
-        point = np.array([[rows.x_px[own[0]], rows.y_px[own[0]]]], dtype=np.float64)
-        random = np.column_stack(
-            [
-                rng.uniform(margin_px, width - margin_px, settings.random_points),
-                rng.uniform(margin_px, height - margin_px, settings.random_points),
-            ]
-        )
-        near_obs.append(_near(tree, point, reach)[0])
-        near_exp.append(_near(tree, random, reach).mean())
-    if not near_obs:
+    tree = cKDTree(np.asarray(others_xy, dtype=np.float64))
+    random = np.column_stack(
+        [
+            rng.uniform(margin_px, width - margin_px, settings.random_points),
+            rng.uniform(margin_px, height - margin_px, settings.random_points),
+        ]
+    )
+    reach = np.asarray(others_reach_px, dtype=np.float64)
+    near = _near(tree, np.asarray(point, dtype=np.float64).reshape(1, 2), reach)[0]
+    return float(near), float(_near(tree, random, reach).mean())
+
+
+def secondary_ratio(
+    near: np.ndarray, expected: np.ndarray, *, seed: int
+) -> tuple[float, float, float, int]:
+    """Observed over expected fraction of births near crystals, with a 95 % bootstrap
+    interval over births (in track order), and the number of births judged."""
+    obs, exp = np.asarray(near, dtype=np.float64), np.asarray(expected, dtype=np.float64)
+    if not len(obs):
         return math.nan, math.nan, math.nan, 0
-    obs, exp = np.array(near_obs, dtype=np.float64), np.array(near_exp)
+    rng = np.random.default_rng(seed)
     ratio = obs.mean() / exp.mean() if exp.mean() > 0 else math.nan
     picks = rng.integers(0, len(obs), (1000, len(obs)))
     boot = obs[picks].mean(1) / np.maximum(exp[picks].mean(1), 1e-12)
@@ -244,8 +255,8 @@ def _near(tree: cKDTree, points: np.ndarray, reach: np.ndarray) -> np.ndarray:
 
 
 def nucleation_summary(
-    rows: LinkedRows,
     tracks: pd.DataFrame,
+    near: pd.DataFrame,
     *,
     settings: NucleationSettings,
     time_s: np.ndarray,
@@ -254,6 +265,14 @@ def nucleation_summary(
     pixel_size_um: float | None,
 ) -> tuple[dict[str, Any], pd.DataFrame]:
     """Onset, rates and the secondary-nucleation ratio of a tracked run.
+
+    Parameters
+    ----------
+    tracks : DataFrame
+        The track table (:func:`crystalseg.kinetics.book.TrackBook.finish`).
+    near : DataFrame
+        ``track_id``, ``near``, ``expected`` of the tracks that started inside the
+        field (:func:`nearness`); the births among them are judged.
 
     Returns
     -------
@@ -267,6 +286,9 @@ def nucleation_summary(
         (and per mm³ with a depth of field).
     """
     n_frames = len(time_s)
+    born_ids = tracks.loc[
+        is_birth(tracks, min_track_frames=settings.min_track_frames), "track_id"
+    ].to_numpy()
     births = births_per_frame(tracks, n_frames, min_track_frames=settings.min_track_frames)
     births[0] = 0
     area = field_area_mm2(frame_shape, margin_px=margin_px, pixel_size_um=pixel_size_um)
@@ -279,16 +301,27 @@ def nucleation_summary(
     }
     if found["frame"] >= 0 and found["lr"] >= settings.min_lr:
         first = found["frame"] + 1  # births[1:] starts at frame 1
+        # a crystal first seen in frame k was born during (t[k-1], t[k]]: the onset is
+        # the middle of that interval, and its interval spans the intervals it may lie in
+        low, high = found["frame_low"] + 1, found["frame_high"] + 1
         summary.update(
             {
-                "onset_s": float(time_s[first]),
-                "onset_low_s": float(time_s[found["frame_low"] + 1]),
-                "onset_high_s": float(time_s[found["frame_high"] + 1]),
+                "onset_s": float(0.5 * (time_s[first - 1] + time_s[first])),
+                "onset_low_s": float(time_s[low - 1]),
+                "onset_high_s": float(time_s[high]),
+                "onset_frame": int(first),
             }
         )
     else:
         first = 1
-        summary.update({"onset_s": math.nan, "onset_low_s": math.nan, "onset_high_s": math.nan})
+        summary.update(
+            {
+                "onset_s": math.nan,
+                "onset_low_s": math.nan,
+                "onset_high_s": math.nan,
+                "onset_frame": -1,
+            }
+        )
     after = float(births[first:].sum())
     exposure = area * (n_frames - first) * interval_min
     rate, low, high = poisson_interval(after, exposure)
@@ -304,13 +337,9 @@ def nucleation_summary(
                 "rate_per_mm3_min_high": high / depth_mm,
             }
         )
+    judged = near[near["track_id"].isin(born_ids)].sort_values("track_id")
     ratio, r_low, r_high, n_judged = secondary_ratio(
-        rows,
-        tracks,
-        settings=settings,
-        frame_shape=frame_shape,
-        margin_px=margin_px,
-        pixel_size_um=pixel_size_um,
+        judged["near"].to_numpy(), judged["expected"].to_numpy(), seed=settings.seed
     )
     summary.update(
         {

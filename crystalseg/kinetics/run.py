@@ -10,14 +10,18 @@ complete.
 
 One pass over the particle table (streamed in blocks by
 :func:`crystalseg.measure.results.iter_particles`, one frame at a time) does
-both jobs: the linker gets each frame, and the chord lengths of each chunk of
-frames are drawn from the mask (relabelled exactly as the measurement labelled
-it) as soon as the chunk's rows have gone by, written into ``cld`` and marked
-done. An interrupted run resumes with the chunks of ``cld`` that are missing;
-the tracks, which depend on every frame, are linked again. Held in memory: one
-chunk of frames (mask and rows), the linker's last few frames, and ~100 bytes per
-particle row for the tables written at the end: memory grows with the run
-(:mod:`crystalseg.kinetics.tracking`).
+every job: the linker gets each frame, the track book
+(:class:`crystalseg.kinetics.book.TrackBook`) turns the linked frames into
+points, track records and growth fits, the points are written into ``tracks``
+block by block, and the chord lengths of each chunk of frames are drawn from the
+mask (relabelled exactly as the measurement labelled it) as soon as the chunk's
+rows have gone by, written into ``cld`` and marked done. An interrupted run
+resumes with the chunks of ``cld`` that are missing; the tracks, which depend on
+every frame before them, are linked again. Held in memory: one chunk of frames
+(mask and rows), one block of points, the linker's and the book's last few
+frames, and a bounded record per open track: memory does not grow with the run
+(``benchmarks/bench_kinetics.py --parts scale``). When the stage finishes, the
+particle table gets the ``track_id`` column (:func:`write_particle_track_ids`).
 
 Outputs (groups of the store):
 
@@ -45,36 +49,21 @@ import pandas as pd
 import xarray as xr
 import zarr
 
-from crystalseg.dims import CHORD_BIN, CHORD_CLASS, MASK, TIME, TRACK, TRACK_POINT
+from crystalseg.dims import CHORD_BIN, CHORD_CLASS, MASK, PARTICLE, TIME, TRACK, TRACK_POINT
 from crystalseg.errors import ConfigError, RunFormatError, StageStateError
+from crystalseg.kinetics.book import POINT_COLUMNS, BookResults, TrackBook
 from crystalseg.kinetics.cld import CLD_CLASS_NAMES, CLD_CLASSES_UM, ChordSettings, frame_cld
-from crystalseg.kinetics.growth import (
-    GrowthSettings,
-    growth_by_size,
-    growth_over_time,
-    population_growth,
-    track_growth,
-    usable_rows,
-)
-from crystalseg.kinetics.nucleation import (
-    NucleationSettings,
-    births_per_frame,
-    nucleation_summary,
-)
-from crystalseg.kinetics.tracking import (
-    LinkedRows,
-    TrackSettings,
-    area_jumps,
-    classify_tracks,
-    frames_of,
-    link_frames,
-)
-from crystalseg.measure.results import iter_particles, size_units
+from crystalseg.kinetics.growth import GrowthSettings
+from crystalseg.kinetics.nucleation import NucleationSettings, births_per_frame
+from crystalseg.kinetics.tracking import TrackSettings, frames_of, link_stream
+from crystalseg.measure.results import PARTICLES_GROUP, iter_particles, size_units
 from crystalseg.measure.run import label_mask_frame, read_mask_codes
 from crystalseg.measure.settings import MeasureSettings
 from crystalseg.store import (
     begin_stage,
+    consolidate,
     create_array,
+    default_compressor,
     get_array,
     open_run,
     plan_stage,
@@ -94,6 +83,8 @@ TRACKS_GROUP = "tracks"
 KINETICS_GROUP = "kinetics"
 CLD_GROUP = "cld"
 OUTPUTS = (TRACKS_GROUP, KINETICS_GROUP, CLD_GROUP)
+#: Rows per block of the points table (its chunk length).
+BLOCK_ROWS = 1 << 16
 
 #: ``progress(frames_done, frames_total)``, called as frames go through.
 KineticsProgress = Callable[[int, int], None]
@@ -249,6 +240,9 @@ def _kinetics(
     n, height, width = (int(v) for v in mask.shape)
     if plan.action == "finished":
         log.info("%s already has kinetics of these settings; nothing to do", path)
+        particles = zarr.open_group(str(path / PARTICLES_GROUP), mode="r", use_consolidated=False)
+        if "track_id" not in particles:  # stopped between finishing and copying it
+            write_particle_track_ids(path)
         if progress is not None:
             progress(n, n)
         return
@@ -279,23 +273,35 @@ def _kinetics(
         n,
         progress,
     )
-    rows = link_frames(
+    tracks_out = stage.output(TRACKS_GROUP)
+    points = _PointWriter(
+        path,
+        tracks_out,
+        _particle_rows(path),
+        attrs={"pixel_size_um": pixel_size_um, "settings": json.dumps(settings.tracking.to_dict())},
+        unit=size_units(pixel_size_um),
+    )
+    book = TrackBook(
+        tracking=settings.tracking,
+        growth=settings.growth,
+        nucleation=settings.nucleation,
+        time_s=time_s,
+        frame_shape=(height, width),
+        pixel_size_um=pixel_size_um,
+        on_points=points.add,
+    )
+    for linked in link_stream(
         frames_of(iter_particles(path)),
         settings=settings.tracking,
         pixel_size_um=pixel_size_um,
         on_frame=chunks.add,
-    )
+    ):
+        book.add(linked)
     chunks.flush_all()
-    summary = _write_tables(
-        path,
-        stage,
-        rows,
-        settings,
-        time_s=time_s,
-        frame_shape=(height, width),
-        pixel_size_um=pixel_size_um,
-    )
+    points.close()
+    summary = _write_tables(path, stage, book.finish(), settings, time_s=time_s, unit=points.unit)
     stage.finish(summary={k: summary[k] for k in ("n_tracks", "onset_s", "length_rate")})
+    write_particle_track_ids(path)
     log.info(
         "kinetics of %s: %d tracks, growth %.3g %s, onset %s s",
         path,
@@ -494,44 +500,109 @@ class _ChordChunks:
 # --------------------------------------------------------------------------- tables
 
 
+def _particle_rows(path: RunPath) -> int:
+    """Rows of the run's particle table (the points table has one per row)."""
+    group = zarr.open_group(str(path / PARTICLES_GROUP), mode="r", use_consolidated=False)
+    return int(get_array(group, "frame", path).shape[0])
+
+
+class _PointWriter:
+    """Writes the points table (group ``tracks``) block by block as frames go by."""
+
+    def __init__(
+        self,
+        path: RunPath,
+        out: str,
+        total: int,
+        *,
+        attrs: dict[str, Any],
+        unit: str,
+        block_rows: int = BLOCK_ROWS,
+    ) -> None:
+        self.path, self.total, self.block_rows, self.unit = path, total, block_rows, unit
+        root = zarr.open_group(str(path), mode="r+", use_consolidated=False)
+        if out in root:
+            del root[out]
+        group = root.create_group(out)
+        group.attrs.update({**attrs, "columns": list(POINT_COLUMNS)})
+        column_attrs = _point_attrs(unit)
+        self.arrays = {}
+        for name, dtype in POINT_COLUMNS.items():
+            arr = group.create_array(
+                name,
+                shape=(total,),
+                chunks=(max(1, min(total, block_rows)),),
+                dtype=dtype,
+                fill_value=-1 if name == "track_id" else 0,
+                dimension_names=(TRACK_POINT,),
+                compressors=default_compressor(),
+            )
+            arr.attrs.update(column_attrs.get(name, {}))
+            self.arrays[name] = arr
+        self.buffer: list[dict[str, np.ndarray]] = []
+        self.buffered = 0
+        self.offset = 0
+
+    def add(self, points: dict[str, np.ndarray]) -> None:
+        self.buffer.append(points)
+        self.buffered += len(points["frame"])
+        if self.buffered >= self.block_rows:
+            self._write()
+
+    def close(self) -> None:
+        self._write()
+        if self.offset != self.total:
+            raise RunFormatError(
+                f"the particle table of '{self.path}' has {self.total} rows but {self.offset} "
+                "went through the tracking; it changed while the kinetics ran. Run "
+                "'crystalseg kinetics' again"
+            )
+
+    def _write(self) -> None:
+        if not self.buffer:
+            return
+        n = self.buffered
+        if self.offset + n > self.total:
+            raise RunFormatError(
+                f"the particle table of '{self.path}' has {self.total} rows but more went "
+                "through the tracking; measure the run again"
+            )
+        for name, arr in self.arrays.items():
+            arr[self.offset : self.offset + n] = np.concatenate([b[name] for b in self.buffer])
+        self.offset += n
+        self.buffer, self.buffered = [], 0
+
+
+def _point_attrs(unit: str) -> dict[str, dict[str, str]]:
+    length = {"units": unit}
+    return {
+        "time_s": {"units": "s"},
+        "track_id": {"long_name": "track of the particle (0-based)"},
+        "x_px": {"units": "px", "long_name": "centroid column"},
+        "y_px": {"units": "px", "long_name": "centroid row"},
+        "drift_x_px": {"units": "px", "long_name": "drift of the field since frame 0"},
+        "drift_y_px": {"units": "px", "long_name": "drift of the field since frame 0"},
+        "length": length,
+        "width": length,
+        "ecd": length,
+        "usable": {"long_name": "whole and convex: enters the growth fits"},
+        "segmentation_suspect": {"long_name": "area jumped from the track's previous frame"},
+    }
+
+
 def _write_tables(
     path: RunPath,
     stage: StageProgress,
-    rows: LinkedRows,
+    results: BookResults,
     settings: KineticsSettings,
     *,
     time_s: np.ndarray,
-    frame_shape: tuple[int, int],
-    pixel_size_um: float | None,
+    unit: str,
 ) -> dict[str, Any]:
-    """Classify and fit the linked rows and write groups ``tracks`` and ``kinetics``."""
+    """Write the track table and group ``kinetics`` from a finished book."""
     n = len(time_s)
-    unit = size_units(pixel_size_um)
-    track_settings = settings.tracking
-    suspects = area_jumps(rows, threshold=track_settings.area_jump)
-    tracks = classify_tracks(rows, settings=track_settings, frame_shape=frame_shape, n_frames=n)
-    usable = usable_rows(rows, suspects, min_solidity=settings.growth.min_solidity)
-    per_track = track_growth(rows, usable, settings=settings.growth)
-    population = population_growth(per_track, settings=settings.growth)
-    over_time = growth_over_time(rows, usable, settings=settings.growth, time_s=time_s)
-    by_size = growth_by_size(per_track, settings=settings.growth)
-    nucleation, births_over_time = nucleation_summary(
-        rows,
-        tracks,
-        settings=settings.nucleation,
-        time_s=time_s,
-        frame_shape=frame_shape,
-        margin_px=track_settings.edge_margin_px,
-        pixel_size_um=pixel_size_um,
-    )
     summary: dict[str, Any] = {
-        "n_tracks": len(tracks),
-        "n_points": len(rows),
-        "origins": {str(k): int(v) for k, v in tracks["origin"].value_counts().items()},
-        "fates": {str(k): int(v) for k, v in tracks["fate"].value_counts().items()},
-        "segmentation_suspects": int(suspects.sum()),
-        **population,
-        **nucleation,
+        **results.summary,
         "growth_units": f"{unit}/min",
         "rate_units": "1/(mm2 min)",
         "interval": "95 %; growth: bootstrap over tracks; onset: likelihood ratio; "
@@ -539,49 +610,14 @@ def _write_tables(
     }
     summary = json.loads(json.dumps(summary, default=float))
     tracks_out, kinetics_out = stage.output(TRACKS_GROUP), stage.output(KINETICS_GROUP)
-    points = pd.DataFrame(
-        {
-            "frame": rows.frame.astype(np.int64),
-            "time_s": rows.time_s,
-            "label": rows.label.astype(np.int64),
-            "track_id": rows.track_id,
-            "x_px": rows.x_px,
-            "y_px": rows.y_px,
-            "drift_x_px": rows.drift_x_px,
-            "drift_y_px": rows.drift_y_px,
-            "length": rows.length,
-            "width": rows.width,
-            "ecd": rows.ecd,
-            "usable": usable,
-            "segmentation_suspect": suspects,
-        }
-    )
-    length_units = {"units": unit}
-    write_table(
-        path,
-        tracks_out,
-        points,
-        attrs={"pixel_size_um": pixel_size_um, "settings": json.dumps(track_settings.to_dict())},
-        dim=TRACK_POINT,
-        column_attrs={
-            "time_s": {"units": "s"},
-            "x_px": {"units": "px", "long_name": "centroid column"},
-            "y_px": {"units": "px", "long_name": "centroid row"},
-            "drift_x_px": {"units": "px", "long_name": "drift of the field since frame 0"},
-            "drift_y_px": {"units": "px", "long_name": "drift of the field since frame 0"},
-            "length": length_units,
-            "width": length_units,
-            "ecd": length_units,
-        },
-    )
-    write_table(path, f"{tracks_out}/summary", tracks, dim=TRACK)
+    write_table(path, f"{tracks_out}/summary", results.tracks, dim=TRACK)
     per_frame = pd.DataFrame(
         {
             "frame": np.arange(n, dtype=np.int64),
             "time_s": time_s,
-            "particles": np.bincount(rows.frame, minlength=n)[:n],
+            "particles": results.particles_per_frame,
             "births": births_per_frame(
-                tracks, n, min_track_frames=settings.nucleation.min_track_frames
+                results.tracks, n, min_track_frames=settings.nucleation.min_track_frames
             ),
         }
     )
@@ -592,6 +628,7 @@ def _write_tables(
         attrs={"summary": json.dumps(summary), "settings": json.dumps(settings.to_dict())},
         dim=TIME,
     )
+    per_track = results.track_growth
     rate_units = {"units": f"{unit}/min"}
     write_table(
         path,
@@ -600,10 +637,85 @@ def _write_tables(
         dim=TRACK,
         column_attrs={c: rate_units for c in per_track.columns if "_rate" in c},
     )
-    write_table(path, f"{kinetics_out}/growth_over_time", over_time, dim="window")
-    write_table(path, f"{kinetics_out}/growth_by_size", by_size, dim="size_class")
-    write_table(path, f"{kinetics_out}/births_over_time", births_over_time, dim="window")
+    write_table(path, f"{kinetics_out}/growth_over_time", results.growth_over_time, dim="window")
+    write_table(path, f"{kinetics_out}/growth_by_size", results.growth_by_size, dim="size_class")
+    write_table(path, f"{kinetics_out}/births_over_time", results.births_over_time, dim="window")
     return summary
+
+
+def write_particle_track_ids(run: RunLike) -> None:
+    """Copy the finished tracks' ``track_id`` into the particle table as one more column.
+
+    The points table has one row per particle row, in the same order, so the column
+    is copied block by block (chunked like the particle table's columns) and named
+    in the table's ``columns``: :func:`crystalseg.store.read_table` and
+    ``xarray.open_zarr(run, group="particles")`` read it. Rows that no track holds
+    are -1. A new measurement writes the particle table again, without it.
+    """
+    path = run_path(run)
+    source = get_array(
+        zarr.open_group(str(path / TRACKS_GROUP), mode="r", use_consolidated=False),
+        "track_id",
+        path,
+    )
+    group = zarr.open_group(str(path / PARTICLES_GROUP), mode="r+", use_consolidated=False)
+    frame = get_array(group, "frame", path)
+    total = int(frame.shape[0])
+    if int(source.shape[0]) != total:
+        raise RunFormatError(
+            f"run '{path}': the tracks have {source.shape[0]} rows, the particle table "
+            f"{total}; the run was measured again since. Run 'crystalseg kinetics {path}'"
+        )
+    block = int(frame.chunks[0]) or 1
+    out = group.create_array(
+        "track_id",
+        shape=(total,),
+        chunks=(max(1, block),),
+        dtype=np.int64,
+        fill_value=-1,
+        dimension_names=(PARTICLE,),
+        compressors=default_compressor(),
+        overwrite=True,
+    )
+    out.attrs.update({"long_name": "track of the particle (kinetics; -1: none)", "units": "1"})
+    for lo in range(0, total, block):
+        out[lo : lo + block] = np.asarray(source[lo : lo + block])
+    named = group.attrs.get("columns", [])
+    columns = [str(c) for c in named if c != "track_id"] if isinstance(named, list) else []
+    group.attrs["columns"] = [*columns, "track_id"]
+    consolidate(path)
+
+
+def format_kinetics(summary: dict[str, Any], run: RunLike) -> str:
+    """The headline numbers of a run's kinetics as the CLI prints them (``crystalseg
+    kinetics``, ``measure --kinetics``): tracks, growth rate, onset, nucleation rate."""
+    unit = summary.get("growth_units", "um/min")
+
+    def interval(key: str) -> str:
+        low, high = summary.get(f"{key}_low"), summary.get(f"{key}_high")
+        if low is None or high is None or low != low or high != high:
+            return ""
+        return f" (95 % {low:.3g} to {high:.3g})"
+
+    lines = [
+        f"{summary['n_tracks']} tracks; {summary['n_tracks_fitted']} with a growth rate",
+        f"growth rate (length): {summary['length_rate']:.3g} {unit}{interval('length_rate')}",
+    ]
+    onset = summary.get("onset_s")
+    if onset is None or onset != onset:
+        lines.append("nucleation onset: none found (no sustained rise of new crystals)")
+    else:
+        low, high = summary["onset_low_s"], summary["onset_high_s"]
+        lines.append(f"nucleation onset: {onset:.0f} s (95 % {low:.0f} to {high:.0f} s)")
+    rate = summary["rate_per_mm2_min"]
+    if rate is None or rate != rate:
+        lines.append(
+            f"nucleation rate: {summary['births']} births; per mm² only with a pixel size "
+            f"(crystalseg calibrate {run} --pixel-size UM)"
+        )
+    else:
+        lines.append(f"nucleation rate: {rate:.3g} per mm² per min{interval('rate_per_mm2_min')}")
+    return "\n".join(lines)
 
 
 def read_tracks(run: RunLike) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -89,6 +89,21 @@ def test_outputs_follow_the_truth(finished: Path) -> None:
     assert summary["growth_units"] == "um/min"
 
 
+def test_particle_table_gets_the_track_ids(finished: Path) -> None:
+    points, tracks = read_tracks(finished)
+    particles = read_table(finished, "particles")
+    assert particles.columns[-1] == "track_id"
+    np.testing.assert_array_equal(particles["track_id"], points["track_id"])
+    np.testing.assert_array_equal(particles["label"], points["label"])
+    assert (particles["track_id"] >= 0).all()
+    # each track's rows are one particle per frame
+    assert not particles.duplicated(["track_id", "frame"]).any()
+    ds = xr.open_zarr(str(finished), group="particles")
+    assert ds["track_id"].dims == ("particle",)
+    assert ds["track_id"].encoding["chunks"] == ds["frame"].encoding["chunks"]
+    assert int(ds["track_id"].max()) == len(tracks) - 1
+
+
 def test_cld_is_a_labelled_dataset(finished: Path) -> None:
     cld = open_cld(finished)
     assert cld["count"].dims == ("time", "chord_bin")
@@ -175,3 +190,53 @@ def test_report_has_a_kinetics_section(finished: Path) -> None:
     summary = read_kinetics(finished)
     assert f"{summary['length_rate']:.3g} µm/min (95 % " in section
     assert "Nucleation onset" in section and "id='fig-kinetics'" in section
+
+
+def test_measure_then_kinetics_in_one_call(measured: Path) -> None:
+    from crystalseg.measure.run import MeasureOptions
+    from crystalseg.pipeline import segment_and_measure
+
+    segment_and_measure(
+        measured, options=MeasureOptions(scheduler="synchronous"), kinetics=KineticsSettings()
+    )
+    summary = read_kinetics(measured)
+    points, _ = read_tracks(measured)
+    assert summary["n_tracks"] == points["track_id"].nunique() > 0
+    assert "track_id" in read_table(measured, "particles")
+
+
+def test_kinetics_figures(finished: Path, measured: Path, tmp_path: Path) -> None:
+    from crystalseg.viz.kinetics import plot_tracks, write_kinetics_figures
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "fbrm_example.csv"
+    written = write_kinetics_figures(finished, tmp_path / "figs", fbrm=example)
+    assert [p.name for p in written] == ["kinetics.png", "tracks.png", "cld.png", "fbrm.png"]
+    assert all(p.stat().st_size > 10_000 for p in written)
+    assert write_kinetics_figures(measured, tmp_path / "none") == []  # no kinetics yet
+    points, _ = read_tracks(finished)
+    fig = plot_tracks(finished, frame=FRAMES - 1, last=5)
+    shown = points.loc[points["frame"] == FRAMES - 1, "track_id"].nunique()
+    assert len(fig.axes[0].lines) == 2 * shown  # a path and a dot per track
+    assert fig.axes[0].get_title().startswith(f"Frame {FRAMES - 1}: {shown} tracks")
+
+
+def test_cli_measure_kinetics_and_plot_with_a_probe(measured: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["-q", "measure", str(measured), "--kinetics"])
+    assert result.exit_code == 0, result.output
+    summary = read_kinetics(measured)
+    assert f"{summary['n_tracks']} tracks" in result.output
+    example = Path(__file__).resolve().parents[2] / "examples" / "fbrm_example.csv"
+    out = tmp_path / "figs"
+    args = ["-q", "plot", str(measured), "-o", str(out), "--fbrm", str(example)]
+    result = CliRunner().invoke(cli, [*args, "--fbrm-offset", "-30"])
+    assert result.exit_code == 0, result.output
+    assert {"tracks.png", "cld.png", "fbrm.png", "kinetics.png"} <= {p.name for p in out.iterdir()}
+    bad = tmp_path / "bad.csv"
+    bad.write_text("Time (s),Mean\n0,1\n")
+    result = CliRunner().invoke(
+        cli, ["-q", "plot", str(measured), "-o", str(out), "--fbrm", str(bad)]
+    )
+    assert result.exit_code != 0
+    assert (
+        "Error: FBRM file" in result.output and "no column that names a chord bin" in result.output
+    )
