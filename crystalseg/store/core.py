@@ -24,6 +24,7 @@ resume.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import hashlib
 import json
@@ -269,21 +270,62 @@ def utc_now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def jsonable(value: Any) -> Any:
-    """Convert settings to plain JSON types (numpy scalars, paths, tuples, dataclasses)."""
-    return json.loads(json.dumps(value, default=_json_default))
+def jsonable(value: Any, *, strict: bool = False) -> Any:
+    """``value`` in plain JSON types: what ``json.loads(json.dumps(value))`` gives, with
+    numpy scalars and arrays, one-element tensors, paths, sets and dataclasses converted.
 
+    Parameters
+    ----------
+    value : any
+        Settings, attributes, metrics: mappings, sequences, numbers, strings, paths.
+        Keys become strings as ``json.dumps`` writes them (``1`` -> ``"1"``,
+        ``True`` -> ``"true"``); a key or value of another type becomes its ``str``.
+    strict : bool
+        NaN and infinity become None (strict JSON, which every parser reads; what a
+        checkpoint's ``model.json`` and ``--json`` output hold). Without it they stay
+        floats: zarr attributes store them, and a stored NaN reads back as NaN.
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
+    Returns
+    -------
+    dict, list, str, int, float, bool or None
+    """
+    if isinstance(value, Mapping):
+        return {_json_key(k): jsonable(v, strict=strict) for k, v in value.items()}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        fields = (f.name for f in dataclasses.fields(value))
+        return {name: jsonable(getattr(value, name), strict=strict) for name in fields}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [jsonable(v, strict=strict) for v in value]
     if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    if hasattr(value, "__dataclass_fields__"):
-        return {k: getattr(value, k) for k in value.__dataclass_fields__}
+        return jsonable(value.tolist(), strict=strict)
+    if isinstance(value, np.generic) or _is_scalar_tensor(value):
+        value = value.item()  # then checked as the Python number it is (a NaN too)
+    if value is None or isinstance(value, bool):
+        return value if value is None else bool(value)
+    if isinstance(value, int):
+        return int(value)  # an IntEnum as its number, as json.dumps writes it
+    if isinstance(value, float):
+        return None if strict and not math.isfinite(value) else float(value)
+    if isinstance(value, str):
+        return str.__str__(value)  # a str Enum as its value, as json.dumps writes it
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
     return str(value)
+
+
+def _json_key(key: Any) -> str:
+    """A mapping key as ``json.dumps`` writes it (``str`` of keys it cannot write)."""
+    if isinstance(key, np.generic):
+        key = key.item()
+    if isinstance(key, (str, int, float, bool)) or key is None:
+        return str(json.loads(json.dumps({key: 0})).popitem()[0])
+    return str(key)
+
+
+def _is_scalar_tensor(value: Any) -> bool:
+    """Whether ``value`` is a one-element torch tensor (seen without importing torch)."""
+    numel = getattr(value, "numel", None)
+    return type(value).__module__.startswith("torch") and callable(numel) and numel() == 1
 
 
 def consolidate(path: RunLike) -> None:
