@@ -13,7 +13,8 @@ True
 ``synthesize_run(path, config)`` writes a whole run, with its truth, to a run store.
 """
 
-from crystalseg.synth.render import Appearance, SyntheticRun, SynthFrame
+from crystalseg.synth.optics import Appearance
+from crystalseg.synth.render import SyntheticRun, SynthFrame
 from crystalseg.synth.scenarios import (
     SCENARIO_NAMES,
     SCENARIOS,
