@@ -48,6 +48,7 @@ from crystalseg.measure.run import label_mask_frame
 from crystalseg.measure.scoring import score_frame, worse_sizes
 from crystalseg.measure.settings import MeasureSettings
 from crystalseg.store import crystalseg_version
+from crystalseg.store.core import jsonable
 
 PathLike = str | os.PathLike[str]
 
@@ -127,11 +128,8 @@ class Evaluation:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: ``summary``, ``settings`` and ``frames`` (a list of rows); with a
         baseline also ``baseline`` (its ``to_dict``) and ``verdicts``."""
-        rows = [
-            {k: _json_value(v) for k, v in row.items()}
-            for row in self.frames.to_dict(orient="records")
-        ]
-        summary = {k: _json_value(v) for k, v in self.summary.items()}
+        rows = [jsonable(dict(row), strict=True) for row in self.frames.to_dict(orient="records")]
+        summary = jsonable(dict(self.summary), strict=True)
         out: dict[str, Any] = {"summary": summary, "settings": self.settings, "frames": rows}
         if self.baseline is not None:
             out["baseline"] = self.baseline.to_dict()
@@ -201,14 +199,6 @@ def best_resize_factor(results: Mapping[float, Evaluation]) -> float | None:
     scored = {k: r.summary["f1_mean"] for k, r in results.items()}
     scored = {k: v for k, v in scored.items() if v is not None}
     return max(scored, key=lambda k: scored[k]) if scored else None
-
-
-def _json_value(v: Any) -> Any:
-    if isinstance(v, np.generic):
-        v = v.item()
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    return v
 
 
 def summarize_scores(

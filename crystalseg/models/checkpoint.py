@@ -35,6 +35,7 @@ from torch import nn
 
 from crystalseg.errors import CheckpointError, ConfigError
 from crystalseg.store import crystalseg_version
+from crystalseg.store.core import jsonable as store_jsonable
 
 log = logging.getLogger(__name__)
 
@@ -544,22 +545,10 @@ def _sha256(path: Path) -> str:
 
 
 def jsonable(value: Any) -> Any:
-    """``value`` with paths, tuples, numpy and torch scalars turned into JSON types."""
-    if isinstance(value, Mapping):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    if isinstance(value, np.ndarray):
-        return jsonable(value.tolist())
-    if isinstance(value, np.generic) or (isinstance(value, torch.Tensor) and value.numel() == 1):
-        value = value.item()  # then checked as the Python number it is (a NaN too)
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    return str(value)
+    """``value`` in strict JSON types (NaN and infinity as None), as ``model.json`` and
+    the training state hold them: :func:`crystalseg.store.core.jsonable` with
+    ``strict=True``, the one conversion of the package."""
+    return store_jsonable(value, strict=True)
 
 
 def shared_file_mode() -> int:

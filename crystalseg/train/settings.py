@@ -53,7 +53,6 @@ FLAT_FIELDS: dict[str, str] = {
     "loss": "learner",
     "crop_size": "data",
     "batch_size": "schedule",
-    "min_steps_per_epoch": "schedule",
     "valid_fraction": "data",
     "valid": "data",
     "mask_values": "data",
@@ -77,6 +76,7 @@ FLAT_FIELDS: dict[str, str] = {
     "freeze_bn": "learner",
     "command": "",
     "amp": "schedule",
+    "min_steps_per_epoch": "schedule",
 }
 
 
