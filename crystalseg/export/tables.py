@@ -212,8 +212,13 @@ def psd_table(run: MeasuredRun) -> Table:
     return Table("psd", tuple(columns), len(frame), lambda: iter([frame]))
 
 
+#: The particle table's column that the kinetics stage adds (its tracks).
+TRACK_ID = "track_id"
+
+
 def particles_table(run: MeasuredRun) -> Table:
-    """One row per particle per frame, streamed block by block; ``ecd`` once."""
+    """One row per particle per frame, streamed block by block; ``ecd`` once, and
+    ``track_id`` when the kinetics stage has added it."""
     path = run.path
     attrs = particle_column_attrs(run.calibration.pixel_size_um)
     columns = tuple(
@@ -221,10 +226,14 @@ def particles_table(run: MeasuredRun) -> Table:
         for name, a in attrs.items()
         if name not in DUPLICATE_COLUMNS
     )
+    read = list(PARTICLE_COLUMNS)
+    if TRACK_ID in run.columns:  # added by the kinetics stage
+        columns += (Column(TRACK_ID, TRACK_ID, "1", "track of the particle (-1: none)"),)
+        read.append(TRACK_ID)
     rename = {c.source: c.header for c in columns}
 
     def blocks() -> Iterator[pd.DataFrame]:
-        for block in run.iter_particles(columns=PARTICLE_COLUMNS):
+        for block in run.iter_particles(columns=read):
             for dup, kept in DUPLICATE_COLUMNS.items():
                 a, b = block[dup].to_numpy(), block[kept].to_numpy()
                 if not np.array_equal(a, b, equal_nan=True):

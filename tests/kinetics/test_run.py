@@ -104,6 +104,15 @@ def test_particle_table_gets_the_track_ids(finished: Path) -> None:
     assert int(ds["track_id"].max()) == len(tracks) - 1
 
 
+def test_exported_particles_carry_the_track_ids(finished: Path, tmp_path: Path) -> None:
+    from crystalseg.export import ExportSettings, export_run
+
+    result = export_run(finished, tmp_path, settings=ExportSettings(what=("particles",)))
+    exported = pd.read_csv(result.files[0], encoding="utf-8-sig")
+    particles = read_table(finished, "particles")
+    np.testing.assert_array_equal(exported["track_id"], particles["track_id"])
+
+
 def test_cld_is_a_labelled_dataset(finished: Path) -> None:
     cld = open_cld(finished)
     assert cld["count"].dims == ("time", "chord_bin")
